@@ -1,0 +1,364 @@
+/*
+ * ioloop — Tornado's IOLoop in C, one loop per thread.
+ *
+ * The one public header. Conventions (see also docs/):
+ *  - Every call that can fail returns int: >= 0 success, -errno failure.
+ *    Constructors are iol_x_new(&out, cfg); on failure *out is untouched.
+ *  - Bad arguments never crash: -EINVAL (NULL fn, negative delay, unknown
+ *    name, bad event bits), -EBADF (fd < 0 or not open), -EEXIST, -ENOENT,
+ *    -ENOMEM.
+ *  - Thread rules: calls marked "any thread" are safe from any thread.
+ *    Every other loop call must be made by the thread running the loop, or
+ *    by one thread while the loop is not running; while the loop runs, such
+ *    a call from another thread returns -EPERM.
+ *  - Time is double seconds on the loop's clock (CLOCK_MONOTONIC unless a
+ *    time_func is given).
+ */
+#ifndef IOLOOP_H
+#define IOLOOP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define IOL_VERSION_MAJOR 0
+#define IOL_VERSION_MINOR 1
+#define IOL_VERSION_PATCH 0
+#define IOL_VERSION_STRING "0.1.0"
+
+/* Events, level-triggered. IOL_ERROR is always reported, asked for or not. */
+#define IOL_READ  0x001u
+#define IOL_WRITE 0x004u
+#define IOL_ERROR 0x018u
+
+/* ------------------------------------------------------------------ Loop */
+
+typedef struct iol_loop iol_loop;
+typedef uint64_t iol_timeout; /* 0 is never a valid handle */
+typedef void (*iol_callback_fn)(void *arg);
+typedef void (*iol_handler_fn)(int fd, unsigned events, void *arg);
+
+enum { IOL_CURRENT_IF_NONE = 0, IOL_CURRENT_ALWAYS, IOL_CURRENT_NEVER };
+
+typedef struct iol_loop_config {
+    const char *poller;            /* "epoll", "poll", "select"; NULL: $IOL_POLLER, else best */
+    int make_current;              /* IOL_CURRENT_*; ALWAYS fails with -EEXIST if the thread has one */
+    double (*time_func)(void *ud); /* NULL: CLOCK_MONOTONIC */
+    void *time_ud;
+    unsigned signal_reserve;       /* entries for add_callback_from_signal; 0: 256 */
+} iol_loop_config;
+
+/* Creates a loop. cfg NULL: defaults (poller by $IOL_POLLER else epoll,
+ * IF_NONE: becomes current if this thread has none). An explicit
+ * cfg->poller wins over $IOL_POLLER.
+ * -EINVAL: out NULL, unknown poller name or make_current value.
+ * -EEXIST: IOL_CURRENT_ALWAYS and this thread already has a current loop.
+ * -ENOMEM, or the -errno of epoll_create1/eventfd/timer_create. */
+int iol_loop_new(iol_loop **out, const iol_loop_config *cfg);
+
+/* Shuts the loop down. Closes the poller and, when all_fds, every fd that
+ * has a handler; drops pending callbacks (signal ones included) and active
+ * timeouts and returns how many it dropped (cancelled timeouts do not
+ * count). Clears it from current/instance and drops the creator's
+ * reference; memory goes with the last reference. The waker's eventfd
+ * stays open until then, so a producer holding a ref that keeps posting
+ * gets -ESHUTDOWN, never a crash. Thread: the loop's owner, loop stopped.
+ * -EINVAL: loop NULL. -EBUSY: the loop is running. -ESHUTDOWN: closed already. */
+int iol_loop_close(iol_loop *loop, bool all_fds);
+
+/* Takes a reference; returns loop (NULL for NULL). Any thread. */
+iol_loop *iol_loop_ref(iol_loop *loop);
+/* Drops a reference; the last one frees the loop (NULL is ignored).
+ * A loop freed without close is closed first (without all_fds). Any thread. */
+void iol_loop_unref(iol_loop *loop);
+/* Name of the backend in use: "epoll", "poll" or "select"; NULL for NULL. */
+const char *iol_loop_poller(const iol_loop *loop);
+
+/* This thread's current loop, or NULL. No reference is taken. */
+iol_loop *iol_loop_current(void);
+/* Makes loop this thread's current one (NULL clears). -ESHUTDOWN: closed. */
+int iol_loop_make_current(iol_loop *loop);
+void iol_loop_clear_current(void);
+/* The process-wide loop, created on first call (NULL on allocation
+ * failure). Any thread. */
+iol_loop *iol_loop_instance(void);
+bool iol_loop_initialized(void);
+/* Installs loop as the process instance (takes a reference).
+ * -EINVAL: NULL. -EEXIST: an instance exists. -ESHUTDOWN: closed. */
+int iol_loop_install(iol_loop *loop);
+/* Forgets the instance (drops the instance's reference, does not close). */
+void iol_loop_clear_instance(void);
+
+/* Runs the loop until stop. Makes it current for this thread and restores
+ * the previous current on return. Returns 0 after stop.
+ * -EINVAL: NULL. -EBUSY: already running (also re-entrant).
+ * -ESHUTDOWN: closed. */
+int iol_loop_start(iol_loop *loop);
+/* Lets the running iteration finish its batch of callbacks, then start
+ * returns without polling again; callbacks added during that batch stay
+ * queued for the next start. Before start: the next start returns at once
+ * and queued callbacks stay queued (as Tornado). Any thread.
+ * -EINVAL: NULL. -ESHUTDOWN: closed. */
+int iol_loop_stop(iol_loop *loop);
+/* Whether start is running. Any thread. false for NULL. */
+bool iol_loop_running(const iol_loop *loop);
+
+/* Watches fd for events (IOL_READ|IOL_WRITE; IOL_ERROR always implied).
+ * fn(fd, events, arg) runs on the loop thread while the condition holds.
+ * -EINVAL: NULL loop/fn, unknown bits in events. -EBADF: fd < 0 or not
+ * open. -EEXIST: fd has a handler. -EPERM: wrong thread. -ESHUTDOWN.
+ * select backend: fd >= FD_SETSIZE is -EINVAL. events 0 is accepted and
+ * means "errors only" (useful while a stream is paused). */
+int iol_loop_add_handler(iol_loop *loop, int fd, unsigned events, iol_handler_fn fn, void *arg);
+/* Changes the watched events. -EBADF: fd < 0. -ENOENT: not registered.
+ * -EINVAL, -EPERM, -ESHUTDOWN as above. */
+int iol_loop_update_handler(iol_loop *loop, int fd, unsigned events);
+/* Stops watching fd (does not close it). Events of fd already polled in
+ * this iteration are dropped. -EBADF: fd < 0. -ENOENT: not registered
+ * (harmless). -EINVAL, -EPERM, -ESHUTDOWN. */
+int iol_loop_remove_handler(iol_loop *loop, int fd);
+
+/* Queues fn(arg) to run on the loop's thread in the next iteration.
+ * Lock-free; wakes a sleeping loop with at most one eventfd write per sleep.
+ * Callbacks from one producer run in order. Any thread.
+ * -EINVAL: NULL loop/fn. -ESHUTDOWN: closed. -ENOMEM. */
+int iol_loop_add_callback(iol_loop *loop, iol_callback_fn fn, void *arg);
+/* Same as add_callback (Tornado's spawn_callback: not tied to a context). */
+int iol_loop_spawn_callback(iol_loop *loop, iol_callback_fn fn, void *arg);
+/* Async-signal-safe add_callback: no malloc, no lock; uses the loop's
+ * preallocated reserve (iol_loop_config.signal_reserve, default 256); an
+ * entry is free again once its callback ran. Any thread, signal handlers.
+ * -EINVAL: NULL loop/fn. -EAGAIN: reserve empty. -ESHUTDOWN: closed. */
+int iol_loop_add_callback_from_signal(iol_loop *loop, iol_callback_fn fn, void *arg);
+
+/* Runs fn(arg) at loop time `when`. out (may be NULL) gets a handle for
+ * remove_timeout. Equal deadlines run in the order they were added.
+ * -EINVAL: NULL loop/fn, when NaN. -EPERM. -ESHUTDOWN. -ENOMEM. */
+int iol_loop_call_at(iol_loop *loop, double when, iol_callback_fn fn, void *arg, iol_timeout *out);
+/* Runs fn(arg) delay seconds from now. -EINVAL also for delay < 0 or NaN. */
+int iol_loop_call_later(iol_loop *loop, double delay, iol_callback_fn fn, void *arg, iol_timeout *out);
+/* Tornado's add_timeout with an absolute deadline: same as call_at. */
+int iol_loop_add_timeout(iol_loop *loop, double deadline, iol_callback_fn fn, void *arg, iol_timeout *out);
+/* Cancels a pending timeout; may be called from inside any callback.
+ * -ENOENT: fired, removed or unknown handle (never touches freed memory).
+ * -EINVAL: NULL loop. -EPERM. -ESHUTDOWN. */
+int iol_loop_remove_timeout(iol_loop *loop, iol_timeout t);
+/* The loop's clock in seconds (time_func or CLOCK_MONOTONIC). Any thread.
+ * NAN for NULL. */
+double iol_loop_time(const iol_loop *loop);
+
+/* Blocking watchdog. A loop iteration (the callbacks, timeouts and
+ * handlers run between two polls) that runs longer than `seconds` of wall
+ * time raises a per-thread POSIX timer signal (SIGALRM, SIGEV_THREAD_ID) on
+ * the loop's own thread; `action(signo)` runs there in signal context.
+ * action NULL: writes a warning with a backtrace to stderr (async-signal
+ * safe). The timer is armed when the iteration starts its work and disarmed
+ * before polling, so a loop sleeping in poll never triggers it. The process
+ * SIGALRM disposition is taken over while any signal threshold is set.
+ * seconds <= 0 disables. -EINVAL: NULL loop, NaN. -EPERM. -ESHUTDOWN. */
+int iol_loop_set_blocking_signal_threshold(iol_loop *loop, double seconds, void (*action)(int signo));
+/* Logs at IOL_LOG_WARNING, with a backtrace of where the loop thread was
+ * stuck, when one callback, timeout or handler runs longer than `seconds`:
+ * while it still runs (backtrace taken on the loop thread by the same timer
+ * signal, written at once with the default log handler) and once it
+ * returns (with the duration and the function's symbol).
+ * seconds <= 0 disables. -EINVAL, -EPERM, -ESHUTDOWN as above. */
+int iol_loop_set_blocking_log_threshold(iol_loop *loop, double seconds);
+
+/* --------------------------------------------------------------- Logging */
+
+enum { IOL_LOG_DEBUG, IOL_LOG_INFO, IOL_LOG_WARNING, IOL_LOG_ERROR };
+/* Routes the library's messages to fn (any thread may call fn; it must be
+ * thread-safe). NULL restores the default: WARNING and above to stderr.
+ * Set it before starting loops; not synchronized with running loggers. */
+void iol_set_log_handler(void (*fn)(int level, const char *msg, void *ud), void *ud);
+
+/* ------------------------------------------------------ PeriodicCallback */
+
+typedef struct iol_periodic iol_periodic;
+/* A callback run every period_ms on loop (Tornado's PeriodicCallback).
+ * -EINVAL: NULL out/loop/fn, period_ms <= 0 or not finite. -ENOMEM. */
+int iol_periodic_new(iol_periodic **out, iol_loop *loop, double period_ms, iol_callback_fn fn, void *arg);
+/* Randomizes each period by +-jitter/2 of it. -EINVAL: NULL, jitter
+ * outside [0, 1]. */
+int iol_periodic_set_jitter(iol_periodic *pc, double jitter);
+/* First run one period after now. Loop thread. -EINVAL: NULL.
+ * -EALREADY: running. Errors of call_at (-EPERM, -ESHUTDOWN, -ENOMEM). */
+int iol_periodic_start(iol_periodic *pc);
+/* Stops future runs; safe inside its own callback. -EINVAL: NULL. */
+int iol_periodic_stop(iol_periodic *pc);
+bool iol_periodic_is_running(const iol_periodic *pc);
+/* Stops it, then frees it (NULL ignored). Not from inside its own callback. */
+void iol_periodic_free(iol_periodic *pc);
+/* Tornado 5.1 schedule: p = period_s * (1 + jitter * (random01 - 0.5));
+ * deadline <= now: deadline + (floor((now - deadline) / p) + 1) * p,
+ * else (clock went backwards) deadline + p. Pure function. */
+double iol_periodic_next_deadline(double deadline, double now, double period_s, double jitter, double random01);
+
+/* --------------------------------------------------------------- Futures */
+
+typedef struct iol_future iol_future;
+/* A thread-safe, refcounted future (one reference for the caller). */
+int iol_future_new(iol_future **out);
+iol_future *iol_future_ref(iol_future *f);   /* any thread; NULL for NULL */
+void iol_future_unref(iol_future *f);        /* any thread; NULL ignored */
+/* Resolves with a result. Any thread. -EINVAL: NULL. -EALREADY: done. */
+int iol_future_set_result(iol_future *f, void *result);
+/* Resolves with an error. Any thread. -EINVAL: NULL or err >= 0.
+ * -EALREADY: done. */
+int iol_future_set_error(iol_future *f, int err);
+bool iol_future_done(const iol_future *f);   /* any thread */
+/* 0 with *result (result may be NULL), the error, or -EAGAIN if pending.
+ * -EINVAL: f NULL. Any thread. */
+int iol_future_result(const iol_future *f, void **result);
+/* Runs fn(f, arg) on the loop's thread once f is done, in a later
+ * iteration even if it is done already. Holds a ref on f until then.
+ * Any thread. -EINVAL: NULL loop/f/fn. -ESHUTDOWN. -ENOMEM. */
+int iol_loop_add_future(iol_loop *loop, iol_future *f, void (*fn)(iol_future *f, void *arg), void *arg);
+
+typedef struct iol_executor iol_executor;
+/* A fixed pool of threads (0: number of online CPUs).
+ * -EINVAL: out NULL or threads > 1024. -ENOMEM, -EAGAIN (pthread_create). */
+int iol_executor_new(iol_executor **out, unsigned threads);
+/* Finishes queued work, joins the threads, frees (NULL ignored).
+ * Not from one of its own threads. */
+void iol_executor_free(iol_executor *ex);
+/* Uses ex (not owned; free it after closing the loop) for
+ * run_in_executor(NULL). -EINVAL: NULL loop or ex. -EPERM. -ESHUTDOWN. */
+int iol_loop_set_default_executor(iol_loop *loop, iol_executor *ex);
+/* Runs fn(arg, &result) on ex (NULL: the loop's default, created on first
+ * use and owned by the loop). *out gets a future (caller's reference) that
+ * resolves with result, or with fn's return if negative.
+ * -EINVAL: NULL loop/fn/out. -EPERM. -ESHUTDOWN. -ENOMEM. */
+int iol_loop_run_in_executor(iol_loop *loop, iol_executor *ex, int (*fn)(void *arg, void **result), void *arg,
+                             iol_future **out);
+/* Makes loop current, runs fn(loop, done, arg) as a callback, runs the loop
+ * until `done` resolves (fn resolves it, now or later), stops the loop.
+ * Returns 0 with *result (result may be NULL), the future's error, fn's own
+ * return if < 0, or -ETIMEDOUT after timeout seconds (<= 0: no limit).
+ * The loop stays usable. -EINVAL: NULL loop/fn. -EBUSY: running.
+ * -ESHUTDOWN. -ENOMEM. */
+int iol_loop_run_sync(iol_loop *loop, int (*fn)(iol_loop *loop, iol_future *done, void *arg), void *arg,
+                      double timeout, void **result);
+
+/* --------------------------------------------------------------- Runtime */
+
+typedef struct iol_runtime iol_runtime;
+typedef struct iol_runtime_config {
+    unsigned workers;              /* 0: number of online CPUs */
+    bool pin_threads;              /* pin worker i to CPU i % ncpu */
+    const char *poller;            /* as iol_loop_config.poller */
+    double blocking_log_threshold; /* seconds; 0: off */
+    void (*on_start)(iol_loop *loop, unsigned index, void *arg); /* on the worker */
+    void (*on_stop)(iol_loop *loop, unsigned index, void *arg);  /* on the worker */
+    void *arg;
+} iol_runtime_config;
+
+/* N workers, one loop each (created here, started by start).
+ * -EINVAL: out NULL, unknown poller, workers > 4096. -ENOMEM. */
+int iol_runtime_new(iol_runtime **out, const iol_runtime_config *cfg);
+/* Starts the worker threads; returns once every loop runs (after every
+ * on_start). -EINVAL: NULL. -EALREADY: started. -ESHUTDOWN: stopped. */
+int iol_runtime_start(iol_runtime *rt);
+/* Stops taking work: posts after this get -ESHUTDOWN; every callback
+ * posted before runs exactly once; listeners accept what the kernel has
+ * queued, hand it to on_accept, then close. Does not wait (see join).
+ * Idempotent. Any thread, workers too. -EINVAL: NULL. */
+int iol_runtime_stop(iol_runtime *rt);
+/* Waits for the workers to finish after stop. -EINVAL: NULL.
+ * -EDEADLK: called from a worker. */
+int iol_runtime_join(iol_runtime *rt);
+/* Stops, joins, frees (NULL ignored). Not from a worker. */
+void iol_runtime_free(iol_runtime *rt);
+unsigned iol_runtime_size(const iol_runtime *rt);          /* 0 for NULL */
+iol_loop *iol_runtime_loop(iol_runtime *rt, unsigned index); /* NULL out of range */
+/* Runs fn(arg) on worker index. Any thread. -EINVAL: NULL rt/fn, index
+ * >= size. -ESHUTDOWN: stopped. -ENOMEM. */
+int iol_runtime_post(iol_runtime *rt, unsigned index, iol_callback_fn fn, void *arg);
+/* Runs fn(arg) once on every worker. Any thread. Errors as post. */
+int iol_runtime_broadcast(iol_runtime *rt, iol_callback_fn fn, void *arg);
+/* This thread's worker index, -1 outside workers. */
+int iol_runtime_worker_index(void);
+
+enum { IOL_SHARD_REUSEPORT = 0, IOL_SHARD_HANDOFF = 1 };
+typedef void (*iol_accept_fn)(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg);
+typedef struct iol_listen_config {
+    const char *host;         /* NULL: all addresses */
+    uint16_t port;            /* 0: one ephemeral port shared by all workers */
+    int backlog;              /* 0: SOMAXCONN */
+    int shard;                /* IOL_SHARD_REUSEPORT or IOL_SHARD_HANDOFF */
+    iol_accept_fn on_accept;  /* on the worker that owns the connection; owns fd */
+    void *arg;
+} iol_listen_config;
+
+/* Listens on host:port, before or after start. Returns a listener id >= 0.
+ * -EINVAL: NULL rt/cfg/on_accept, unknown shard, bad host.
+ * -EADDRINUSE: port taken. -ESHUTDOWN: stopped. -ENOMEM, socket errors. */
+int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg);
+/* The bound port of listener id. -EINVAL: NULL. -ENOENT: unknown id. */
+int iol_runtime_listener_port(iol_runtime *rt, int id);
+/* counts[i] = on_accept calls made on worker i (for i < n); returns the
+ * number of workers. -EINVAL: NULL rt, counts NULL with n > 0.
+ * -ENOENT: unknown id. Any thread. */
+int iol_runtime_listener_counts(iol_runtime *rt, int id, uint64_t *counts, unsigned n);
+
+/* --------------------------------------------------------------- Streams */
+
+typedef struct iol_stream iol_stream;
+typedef void (*iol_read_fn)(iol_stream *s, const char *data, size_t len, int status, void *arg);
+typedef void (*iol_connect_fn)(iol_stream *s, int status, void *arg);
+typedef void (*iol_close_fn)(iol_stream *s, void *arg);
+
+/* Wraps a connected non-blocking socket (made non-blocking if it is not)
+ * on loop; the stream owns fd. max_buffer_size bounds the read buffer
+ * (0: 100 MiB). Loop thread. -EINVAL: NULL out/loop. -EBADF: bad fd.
+ * -EEXIST: fd has a handler. -ENOMEM. */
+int iol_stream_new(iol_stream **out, iol_loop *loop, int fd, size_t max_buffer_size);
+/* Non-blocking connect to host:port (numeric or resolved with
+ * getaddrinfo, which may block). cb(s, 0 | -errno, arg) runs on the loop
+ * when connected or failed; on failure the stream is closed after cb.
+ * -EINVAL: NULL out/loop/host/cb. -ENOMEM, socket errors. */
+int iol_stream_connect(iol_stream **out, iol_loop *loop, const char *host, uint16_t port, size_t max_buffer_size,
+                       iol_connect_fn cb, void *arg);
+/* Reads until delim (data includes it). -ENOBUFS (and close) when the
+ * buffer would exceed max_buffer_size without finding it. */
+int iol_stream_read_until(iol_stream *s, const char *delim, iol_read_fn cb, void *arg);
+/* Reads exactly n bytes, or with partial as soon as 1..n bytes exist. */
+int iol_stream_read_bytes(iol_stream *s, size_t n, bool partial, iol_read_fn cb, void *arg);
+/* Reads everything until the peer closes; status 0 then. */
+int iol_stream_read_until_close(iol_stream *s, iol_read_fn cb, void *arg);
+/* Read calls: cb runs on the loop thread, never inside the call itself.
+ * status 0 or -errno (-ECONNRESET/-EPIPE closed, -ENOBUFS too big).
+ * Errors of the call: -EINVAL: NULL s/cb/delim, empty delim, n 0.
+ * -EBUSY: a read is pending. -EPIPE: stream closed. */
+
+/* Queues data (copied) and writes it as the socket allows; done(arg) runs
+ * once its bytes were handed to the kernel (done may be NULL).
+ * -EINVAL: NULL s, data NULL with len > 0. -EPIPE: closed.
+ * -ENOBUFS: the write buffer would exceed the write limit. -ENOMEM. */
+int iol_stream_write(iol_stream *s, const void *data, size_t len, iol_callback_fn done, void *arg);
+/* Bytes queued but not yet handed to the kernel; 0 for NULL. */
+size_t iol_stream_write_buffer_size(const iol_stream *s);
+/* Write limit (Tornado's max_write_buffer_size); 0: unlimited (default). */
+int iol_stream_set_max_write_buffer(iol_stream *s, size_t max);
+/* fn(s, arg) runs on the loop once the stream closed (by either side). */
+int iol_stream_set_close_callback(iol_stream *s, iol_close_fn fn, void *arg);
+/* Closes the fd and fails a pending read with -EPIPE; frees the stream
+ * once its callbacks are done. -EINVAL: NULL. -EALREADY: closed. */
+int iol_stream_close(iol_stream *s);
+bool iol_stream_closed(const iol_stream *s);
+/* The socket fd, -EBADF once closed, -EINVAL for NULL. */
+int iol_stream_fd(const iol_stream *s);
+/* The error that closed the stream (-errno), 0 if none. */
+int iol_stream_error(const iol_stream *s);
+iol_loop *iol_stream_loop(const iol_stream *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* IOLOOP_H */

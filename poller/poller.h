@@ -1,0 +1,42 @@
+/* poller/ — the backend interface: fds and events, nothing else.
+ * Policy (what runs when) lives in loop/. Each backend is one file that
+ * fills an iol__poller_ops and nothing else. Level-triggered; IOL_ERROR is
+ * always reported. */
+#ifndef IOL_POLLER_H
+#define IOL_POLLER_H
+
+#include <stdbool.h>
+
+typedef struct iol__poller iol__poller; /* backend-private state */
+
+typedef struct iol__poller_event {
+    int fd;
+    unsigned events; /* IOL_READ | IOL_WRITE | IOL_ERROR bits */
+} iol__poller_event;
+
+typedef struct iol__poller_ops {
+    const char *name;
+    /* 0 or -errno. */
+    int (*create)(iol__poller **out);
+    /* events: IOL_READ|IOL_WRITE (0 allowed: errors only). 0 or -errno;
+     * -EEXIST already added, -EINVAL fd out of range (select: >= FD_SETSIZE). */
+    int (*add)(iol__poller *p, int fd, unsigned events);
+    /* -ENOENT if fd was not added. */
+    int (*modify)(iol__poller *p, int fd, unsigned events);
+    /* -ENOENT if fd was not added. Works on an fd already closed. */
+    int (*remove)(iol__poller *p, int fd);
+    /* Waits up to timeout_ms (-1: forever, 0: not at all) and fills at most
+     * max events. Returns the count, 0 on EINTR, or -errno. */
+    int (*wait)(iol__poller *p, iol__poller_event *events, int max, int timeout_ms);
+    void (*close)(iol__poller *p);
+} iol__poller_ops;
+
+extern const iol__poller_ops iol__poller_epoll;
+extern const iol__poller_ops iol__poller_poll;
+extern const iol__poller_ops iol__poller_select;
+
+/* The backend called name; NULL name: $IOL_POLLER if set, else the best
+ * (epoll). NULL for an unknown name (the loop returns -EINVAL). */
+const iol__poller_ops *iol__poller_find(const char *name);
+
+#endif

@@ -1,0 +1,37 @@
+/* sync/ — the eventfd waker with wakeup coalescing: at most one eventfd
+ * write per sleep of the consumer. The memory-ordering argument is in
+ * waker.c. */
+#ifndef IOL_WAKER_H
+#define IOL_WAKER_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct iol__waker {
+    int fd;                   /* eventfd, EFD_NONBLOCK|EFD_CLOEXEC */
+    _Atomic unsigned state;   /* see waker.c */
+    _Atomic uint64_t writes;  /* eventfd writes made, for benchmarks */
+} iol__waker;
+
+/* 0 or -errno of eventfd. */
+int iol__waker_init(iol__waker *w);
+/* Closes the eventfd (only when no producer can wake any more). */
+void iol__waker_destroy(iol__waker *w);
+static inline int iol__waker_fd(const iol__waker *w) { return w->fd; }
+
+/* Consumer, before polling: announces the sleep with a full fence. The
+ * caller MUST re-check its queue and stop flag after this and poll with
+ * timeout 0 if there is work. */
+void iol__waker_prepare_sleep(iol__waker *w);
+/* Consumer, after polling: ends the sleep; drains the eventfd if a
+ * producer wrote it. */
+void iol__waker_finish_sleep(iol__waker *w);
+/* Producer, after making work visible (a queue push, a stop flag store):
+ * writes the eventfd only if the consumer announced a sleep and nobody has
+ * written since. Async-signal-safe. */
+void iol__waker_wake(iol__waker *w);
+/* eventfd writes so far. */
+uint64_t iol__waker_writes(const iol__waker *w);
+
+#endif

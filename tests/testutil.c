@@ -1,0 +1,44 @@
+#include "testutil.h"
+
+#include <stdlib.h>
+#include <time.h>
+
+size_t iol_test_scaled(size_t n, size_t min)
+{
+    const char *env = getenv("IOL_TEST_SCALE");
+    double scale = env ? atof(env) : 1.0;
+    if (scale <= 0)
+        scale = 1.0;
+    size_t r = (size_t)((double)n * scale);
+    return r < min ? min : r;
+}
+
+int iol_test_under_valgrind(void)
+{
+    return getenv("IOL_UNDER_VALGRIND") != NULL;
+}
+
+double iol_test_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int iol_test_run(Suite *s)
+{
+    SRunner *sr = srunner_create(s);
+    srunner_set_fork_status(sr, CK_FORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+TCase *iol_test_tcase(const char *name, double timeout_s)
+{
+    TCase *tc = tcase_create(name);
+    double mult = iol_test_under_valgrind() ? 10.0 : 1.0;
+    tcase_set_timeout(tc, timeout_s * mult);
+    return tc;
+}
