@@ -110,10 +110,11 @@ bool iol_loop_running(const iol_loop *loop);
 
 /* Watches fd for events (IOL_READ|IOL_WRITE; IOL_ERROR always implied).
  * fn(fd, events, arg) runs on the loop thread while the condition holds.
- * -EINVAL: NULL loop/fn, unknown bits in events. -EBADF: fd < 0 or not
- * open. -EEXIST: fd has a handler. -EPERM: wrong thread. -ESHUTDOWN.
- * select backend: fd >= FD_SETSIZE is -EINVAL. events 0 is accepted and
- * means "errors only" (useful while a stream is paused). */
+ * -EINVAL: NULL loop/fn, events 0 or with unknown bits (IOL_ERROR alone is
+ * valid and means "errors only", e.g. while a stream is paused).
+ * -EBADF: fd < 0 or not open. -EEXIST: fd has a handler. -EPERM: wrong
+ * thread. -ESHUTDOWN. select backend: fd >= FD_SETSIZE is -EINVAL.
+ * epoll backend: -EPERM for fds epoll cannot watch (regular files). */
 int iol_loop_add_handler(iol_loop *loop, int fd, unsigned events, iol_handler_fn fn, void *arg);
 /* Changes the watched events. -EBADF: fd < 0. -ENOENT: not registered.
  * -EINVAL, -EPERM, -ESHUTDOWN as above. */
