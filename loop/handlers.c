@@ -1,0 +1,145 @@
+/* loop/ — fd handlers: the table indexed by fd and event dispatch. */
+#include "loop/loop_impl.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define KNOWN_EVENTS (IOL_READ | IOL_WRITE | IOL_ERROR)
+
+static int check_fd_open(int fd)
+{
+    if (fd < 0)
+        return -EBADF;
+    if (fcntl(fd, F_GETFD) < 0 && errno == EBADF)
+        return -EBADF;
+    return 0;
+}
+
+static inline bool has_handler(const iol_loop *loop, int fd)
+{
+    return fd < loop->handlers_cap && loop->handlers[fd].fn;
+}
+
+static int reserve_table(iol_loop *loop, int fd)
+{
+    if (fd < loop->handlers_cap)
+        return 0;
+    int cap = loop->handlers_cap ? loop->handlers_cap : 64;
+    while (cap <= fd)
+        cap = cap > INT32_MAX / 2 ? INT32_MAX : cap * 2;
+    iol__handler *table = realloc(loop->handlers, (size_t)cap * sizeof *table);
+    if (!table)
+        return -ENOMEM;
+    for (int i = loop->handlers_cap; i < cap; i++)
+        table[i] = (iol__handler){ 0 };
+    loop->handlers = table;
+    loop->handlers_cap = cap;
+    return 0;
+}
+
+int iol_loop_add_handler(iol_loop *loop, int fd, unsigned events, iol_handler_fn fn, void *arg)
+{
+    int err = iol__loop_check(loop);
+    if (err)
+        return err;
+    if (!fn || events == 0 || (events & ~KNOWN_EVENTS))
+        return -EINVAL;
+    if ((err = check_fd_open(fd)) < 0)
+        return err;
+    if (fd == iol__waker_fd(&loop->waker) || has_handler(loop, fd))
+        return -EEXIST;
+    if ((err = reserve_table(loop, fd)) < 0)
+        return err;
+    if ((err = loop->poller_ops->add(loop->poller, fd, events & (IOL_READ | IOL_WRITE))) < 0)
+        return err;
+    loop->handlers[fd] = (iol__handler){ .fn = fn, .arg = arg, .events = events | IOL_ERROR };
+    /* relaxed: a statistic for load balancing, read without ordering. */
+    atomic_fetch_add_explicit(&loop->handler_count, 1, memory_order_relaxed);
+    return 0;
+}
+
+int iol_loop_update_handler(iol_loop *loop, int fd, unsigned events)
+{
+    int err = iol__loop_check(loop);
+    if (err)
+        return err;
+    if (fd < 0)
+        return -EBADF;
+    if (events == 0 || (events & ~KNOWN_EVENTS))
+        return -EINVAL;
+    if (!has_handler(loop, fd))
+        return -ENOENT;
+    if ((err = loop->poller_ops->modify(loop->poller, fd, events & (IOL_READ | IOL_WRITE))) < 0)
+        return err;
+    loop->handlers[fd].events = events | IOL_ERROR;
+    return 0;
+}
+
+/* Forgets polled-but-not-dispatched events of fd: a handler removed during
+ * an iteration gets nothing more from that iteration's poll. */
+static void drop_pending_events(iol_loop *loop, int fd)
+{
+    if (!loop->dispatching)
+        return;
+    for (int i = loop->event_pos + 1; i < loop->nevents; i++)
+        if (loop->events[i].fd == fd)
+            loop->events[i].fd = -1;
+}
+
+int iol_loop_remove_handler(iol_loop *loop, int fd)
+{
+    int err = iol__loop_check(loop);
+    if (err)
+        return err;
+    if (fd < 0)
+        return -EBADF;
+    if (!has_handler(loop, fd))
+        return -ENOENT;
+    /* The fd may be closed already; the poller forgets it either way. */
+    loop->poller_ops->remove(loop->poller, fd);
+    loop->handlers[fd] = (iol__handler){ 0 };
+    atomic_fetch_sub_explicit(&loop->handler_count, 1, memory_order_relaxed);
+    drop_pending_events(loop, fd);
+    return 0;
+}
+
+void iol__loop_dispatch_events(iol_loop *loop)
+{
+    int waker_fd = iol__waker_fd(&loop->waker);
+    bool watched = iol__watchdog_enabled(loop->watchdog);
+    loop->dispatching = true;
+    for (loop->event_pos = 0; loop->event_pos < loop->nevents; loop->event_pos++) {
+        iol__poller_event ev = loop->events[loop->event_pos];
+        if (ev.fd < 0 || ev.fd == waker_fd || !has_handler(loop, ev.fd))
+            continue;
+        iol__handler h = loop->handlers[ev.fd];
+        unsigned events = ev.events & h.events;
+        if (!events)
+            continue;
+        if (watched)
+            iol__watchdog_call_begin(loop->watchdog, (const void *)h.fn);
+        h.fn(ev.fd, events, h.arg);
+        if (watched)
+            iol__watchdog_call_end(loop->watchdog);
+    }
+    loop->dispatching = false;
+    loop->nevents = 0;
+}
+
+void iol__loop_handlers_release(iol_loop *loop, bool close_fds)
+{
+    for (int fd = 0; fd < loop->handlers_cap; fd++) {
+        if (!loop->handlers[fd].fn)
+            continue;
+        if (loop->poller)
+            loop->poller_ops->remove(loop->poller, fd);
+        if (close_fds)
+            close(fd);
+    }
+    free(loop->handlers);
+    loop->handlers = NULL;
+    loop->handlers_cap = 0;
+    atomic_store_explicit(&loop->handler_count, 0, memory_order_relaxed);
+}

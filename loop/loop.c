@@ -1,0 +1,416 @@
+/* loop/ — the IOLoop: lifetime, the iteration, callbacks and timeouts.
+ * This file is the only place that decides what runs when. */
+#include "loop/loop_impl.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "loop/log.h"
+
+#define MAX_EVENTS 1024
+#define MAX_POLL_SECONDS 3600.0 /* Tornado's _POLL_TIMEOUT */
+
+/* ---------------------------------------------------------------- time */
+
+static double monotonic_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+double iol_loop_time(const iol_loop *loop)
+{
+    if (!loop)
+        return NAN;
+    return loop->time_func ? loop->time_func(loop->time_ud) : monotonic_now();
+}
+
+/* ------------------------------------------------------------ lifetime */
+
+int iol_loop_new(iol_loop **out, const iol_loop_config *cfg)
+{
+    static const iol_loop_config defaults = { 0 };
+    if (!out)
+        return -EINVAL;
+    if (!cfg)
+        cfg = &defaults;
+    if (cfg->make_current < IOL_CURRENT_IF_NONE || cfg->make_current > IOL_CURRENT_NEVER)
+        return -EINVAL;
+    const iol__poller_ops *ops = iol__poller_find(cfg->poller);
+    if (!ops)
+        return -EINVAL;
+    if (cfg->make_current == IOL_CURRENT_ALWAYS && iol_loop_current())
+        return -EEXIST;
+
+    int err = -ENOMEM;
+    iol_loop *loop = calloc(1, sizeof *loop);
+    if (!loop)
+        return -ENOMEM;
+    loop->waker.fd = -1;
+    loop->events = malloc(MAX_EVENTS * sizeof *loop->events);
+    if (!loop->events)
+        goto fail;
+    if ((err = iol__cbqueue_new(&loop->queue, cfg->signal_reserve)) < 0)
+        goto fail;
+    if ((err = iol__waker_init(&loop->waker)) < 0)
+        goto fail;
+    if ((err = iol__watchdog_new(&loop->watchdog)) < 0)
+        goto fail;
+    loop->poller_ops = ops;
+    if ((err = ops->create(&loop->poller)) < 0)
+        goto fail;
+    if ((err = ops->add(loop->poller, iol__waker_fd(&loop->waker), IOL_READ)) < 0)
+        goto fail;
+    iol__timer_heap_init(&loop->timers);
+    loop->time_func = cfg->time_func;
+    loop->time_ud = cfg->time_ud;
+    loop->owner_ref = true;
+    atomic_init(&loop->refs, 1);
+
+    if (cfg->make_current == IOL_CURRENT_ALWAYS ||
+        (cfg->make_current == IOL_CURRENT_IF_NONE && !iol_loop_current()))
+        iol_loop_make_current(loop);
+    *out = loop;
+    return 0;
+
+fail:
+    if (loop->poller)
+        ops->close(loop->poller);
+    iol__watchdog_free(loop->watchdog);
+    if (loop->waker.fd >= 0)
+        iol__waker_destroy(&loop->waker);
+    iol__cbqueue_free(loop->queue);
+    free(loop->events);
+    free(loop);
+    return err;
+}
+
+/* Shuts down and returns how many pending callbacks and timeouts it
+ * dropped. Owner thread, loop not running. */
+static int loop_shutdown(iol_loop *loop, bool all_fds)
+{
+    /* seq_cst: a producer that reads closed == false after this store
+     * pushes a node that iol__cbqueue_free reclaims at the last unref;
+     * one that reads true returns -ESHUTDOWN. Either way no crash. */
+    atomic_store(&loop->closed, true);
+    size_t dropped = iol__cbqueue_drop(loop->queue, NULL);
+    dropped += iol__timer_heap_len(&loop->timers);
+    iol__timer_heap_destroy(&loop->timers);
+    iol__loop_handlers_release(loop, all_fds);
+    loop->poller_ops->close(loop->poller);
+    loop->poller = NULL;
+    return dropped > INT32_MAX ? INT32_MAX : (int)dropped;
+}
+
+int iol_loop_close(iol_loop *loop, bool all_fds)
+{
+    int err = iol__loop_check(loop);
+    if (err)
+        return err;
+    if (atomic_load(&loop->running))
+        return -EBUSY;
+    int dropped = loop_shutdown(loop, all_fds);
+    /* Hold a reference while current/instance and the creator let go. */
+    iol_loop_ref(loop);
+    iol__loop_forget(loop);
+    if (loop->owner_ref) {
+        loop->owner_ref = false;
+        iol_loop_unref(loop);
+    }
+    iol_loop_unref(loop);
+    return dropped;
+}
+
+iol_loop *iol_loop_ref(iol_loop *loop)
+{
+    /* relaxed: taking a reference needs no ordering; the caller already
+     * holds one, so the count cannot reach zero meanwhile. */
+    if (loop)
+        atomic_fetch_add_explicit(&loop->refs, 1, memory_order_relaxed);
+    return loop;
+}
+
+void iol_loop_unref(iol_loop *loop)
+{
+    if (!loop)
+        return;
+    /* acq_rel: the release publishes this thread's last uses of the loop;
+     * the acquire on the final decrement sees every other thread's before
+     * the memory is freed. */
+    if (atomic_fetch_sub_explicit(&loop->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    if (!atomic_load(&loop->closed)) {
+        loop_shutdown(loop, false);
+        iol__loop_forget(loop);
+    }
+    if (loop->default_executor_owned)
+        iol__executor_free_owned(loop->default_executor);
+    iol__cbqueue_free(loop->queue);
+    iol__waker_destroy(&loop->waker);
+    iol__watchdog_free(loop->watchdog);
+    free(loop->events);
+    free(loop);
+}
+
+const char *iol_loop_poller(const iol_loop *loop)
+{
+    return loop ? loop->poller_ops->name : NULL;
+}
+
+uint64_t iol__loop_wakeups(const iol_loop *loop)
+{
+    return iol__waker_writes(&loop->waker);
+}
+
+int iol__loop_handler_count(const iol_loop *loop)
+{
+    /* relaxed: a load-balancing hint, stale values are fine. */
+    return atomic_load_explicit(&loop->handler_count, memory_order_relaxed);
+}
+
+/* ----------------------------------------------------------- callbacks */
+
+static inline int check_producer(const iol_loop *loop, iol_callback_fn fn)
+{
+    if (!loop || !fn)
+        return -EINVAL;
+    /* relaxed would do for the crash-freedom argument (see loop_shutdown);
+     * acquire keeps a post made after observing close from racing ahead. */
+    if (atomic_load_explicit(&loop->closed, memory_order_acquire))
+        return -ESHUTDOWN;
+    return 0;
+}
+
+int iol_loop_add_callback(iol_loop *loop, iol_callback_fn fn, void *arg)
+{
+    int err = check_producer(loop, fn);
+    if (err)
+        return err;
+    if ((err = iol__cbqueue_push(loop->queue, fn, arg)) < 0)
+        return err;
+    /* The waker orders the push before its read of the sleep state. */
+    iol__waker_wake(&loop->waker);
+    return 0;
+}
+
+int iol_loop_spawn_callback(iol_loop *loop, iol_callback_fn fn, void *arg)
+{
+    return iol_loop_add_callback(loop, fn, arg);
+}
+
+int iol_loop_add_callback_from_signal(iol_loop *loop, iol_callback_fn fn, void *arg)
+{
+    int err = check_producer(loop, fn);
+    if (err)
+        return err;
+    if ((err = iol__cbqueue_push_signal(loop->queue, fn, arg)) < 0)
+        return err;
+    iol__waker_wake(&loop->waker);
+    return 0;
+}
+
+/* ------------------------------------------------------------ timeouts */
+
+int iol_loop_call_at(iol_loop *loop, double when, iol_callback_fn fn, void *arg, iol_timeout *out)
+{
+    int err = iol__loop_check(loop);
+    if (err)
+        return err;
+    if (!fn || isnan(when))
+        return -EINVAL;
+    return iol__timer_heap_add(&loop->timers, when, fn, arg, out);
+}
+
+int iol_loop_add_timeout(iol_loop *loop, double deadline, iol_callback_fn fn, void *arg, iol_timeout *out)
+{
+    return iol_loop_call_at(loop, deadline, fn, arg, out);
+}
+
+int iol_loop_call_later(iol_loop *loop, double delay, iol_callback_fn fn, void *arg, iol_timeout *out)
+{
+    int err = iol__loop_check(loop);
+    if (err)
+        return err;
+    if (!fn || isnan(delay) || delay < 0)
+        return -EINVAL;
+    return iol__timer_heap_add(&loop->timers, iol_loop_time(loop) + delay, fn, arg, out);
+}
+
+int iol_loop_remove_timeout(iol_loop *loop, iol_timeout t)
+{
+    int err = iol__loop_check(loop);
+    if (err)
+        return err;
+    return iol__timer_heap_remove(&loop->timers, t);
+}
+
+/* ------------------------------------------------------------ watchdog */
+
+int iol_loop_set_blocking_signal_threshold(iol_loop *loop, double seconds, void (*action)(int signo))
+{
+    int err = iol__loop_check(loop);
+    if (err)
+        return err;
+    if (isnan(seconds))
+        return -EINVAL;
+    return iol__watchdog_set_signal(loop->watchdog, seconds, action);
+}
+
+int iol_loop_set_blocking_log_threshold(iol_loop *loop, double seconds)
+{
+    int err = iol__loop_check(loop);
+    if (err)
+        return err;
+    if (isnan(seconds))
+        return -EINVAL;
+    return iol__watchdog_set_log(loop->watchdog, seconds);
+}
+
+/* ----------------------------------------------------------- iteration */
+
+static void run_callbacks(iol_loop *loop, bool watched)
+{
+    iol__cbbatch batch;
+    if (!iol__cbqueue_take(loop->queue, &batch))
+        return;
+    iol_callback_fn fn;
+    void *arg;
+    while (iol__cbbatch_next(&batch, &fn, &arg)) {
+        if (watched)
+            iol__watchdog_call_begin(loop->watchdog, (const void *)fn);
+        fn(arg);
+        if (watched)
+            iol__watchdog_call_end(loop->watchdog);
+    }
+}
+
+static void run_due_timeouts(iol_loop *loop, bool watched)
+{
+    if (iol__timer_heap_len(&loop->timers) == 0)
+        return;
+    double now = iol_loop_time(loop);
+    /* Timeouts added by these callbacks wait for the next iteration. */
+    uint64_t mark = iol__timer_heap_mark(&loop->timers);
+    iol_callback_fn fn;
+    void *arg;
+    while (iol__timer_heap_pop_due(&loop->timers, now, mark, &fn, &arg)) {
+        if (watched)
+            iol__watchdog_call_begin(loop->watchdog, (const void *)fn);
+        fn(arg);
+        if (watched)
+            iol__watchdog_call_end(loop->watchdog);
+    }
+}
+
+/* Milliseconds to sleep: 0 if work is pending, else until the next
+ * deadline (rounded up so we never wake early and spin), at most 3600 s. */
+static int poll_timeout_ms(iol_loop *loop)
+{
+    /* seq_cst load after prepare_sleep's fence: see sync/waker.c. */
+    if (!iol__cbqueue_empty(loop->queue) || atomic_load(&loop->stop_requested))
+        return 0;
+    double wait = MAX_POLL_SECONDS;
+    if (iol__timer_heap_len(&loop->timers) > 0) {
+        wait = iol__timer_heap_next(&loop->timers) - iol_loop_time(loop);
+        if (wait <= 0)
+            return 0;
+        if (wait > MAX_POLL_SECONDS)
+            wait = MAX_POLL_SECONDS;
+    }
+    return (int)ceil(wait * 1000.0);
+}
+
+static int loop_poll(iol_loop *loop)
+{
+    /* Lost-wakeup argument (details in sync/waker.c): we announce the
+     * sleep with a full fence BEFORE looking at the queue and the stop
+     * flag; a producer publishes its work BEFORE looking at our state with
+     * a full fence. So either we see the work (timeout 0) or the producer
+     * sees us asleep and writes the eventfd. */
+    iol__waker_prepare_sleep(&loop->waker);
+    int timeout = poll_timeout_ms(loop);
+    int n = loop->poller_ops->wait(loop->poller, loop->events, MAX_EVENTS, timeout);
+    iol__waker_finish_sleep(&loop->waker);
+    if (n < 0) {
+        iol__log(IOL_LOG_ERROR, "poll failed: %s", strerror(-n));
+        return n;
+    }
+    loop->nevents = n;
+    return 0;
+}
+
+int iol_loop_start(iol_loop *loop)
+{
+    if (!loop)
+        return -EINVAL;
+    if (atomic_load(&loop->closed))
+        return -ESHUTDOWN;
+    bool expected = false;
+    /* acq_rel: pairs with the release store at the end of a previous run
+     * (possibly on another thread), so its writes are visible here. */
+    if (!atomic_compare_exchange_strong_explicit(&loop->running, &expected, true, memory_order_acq_rel,
+                                                 memory_order_relaxed))
+        return -EBUSY;
+    atomic_store_explicit(&loop->owner, iol__thread_id(), memory_order_relaxed);
+    /* seq_cst exchange: a stop() made before this start is consumed here
+     * and the start returns at once, as in Tornado. */
+    if (atomic_exchange(&loop->stop_requested, false)) {
+        atomic_store_explicit(&loop->owner, NULL, memory_order_relaxed);
+        atomic_store_explicit(&loop->running, false, memory_order_release);
+        return 0;
+    }
+
+    iol_loop *previous = iol_loop_current();
+    iol_loop_make_current(loop);
+    iol__watchdog_thread_enter(loop->watchdog);
+    /* The watchdog covers the work between two polls: armed after a poll
+     * returns, disarmed before the next one, so a sleeping loop never
+     * triggers it. Both calls are cheap no-ops while it is disabled. */
+    iol__watchdog_iteration_begin(loop->watchdog);
+    int err = 0;
+    for (;;) {
+        bool watched = iol__watchdog_enabled(loop->watchdog);
+        run_callbacks(loop, watched);
+        run_due_timeouts(loop, watched);
+        /* seq_cst: pairs with stop()'s store (see iol_loop_stop). */
+        if (atomic_exchange(&loop->stop_requested, false))
+            break;
+        iol__watchdog_iteration_end(loop->watchdog);
+        err = loop_poll(loop);
+        iol__watchdog_iteration_begin(loop->watchdog);
+        if (err < 0)
+            break;
+        iol__loop_dispatch_events(loop);
+    }
+    iol__watchdog_iteration_end(loop->watchdog);
+    iol__watchdog_thread_exit(loop->watchdog);
+    iol_loop_make_current(previous);
+    atomic_store_explicit(&loop->owner, NULL, memory_order_relaxed);
+    /* release: this run's writes happen-before the next start's acquire. */
+    atomic_store_explicit(&loop->running, false, memory_order_release);
+    return err;
+}
+
+int iol_loop_stop(iol_loop *loop)
+{
+    if (!loop)
+        return -EINVAL;
+    if (atomic_load(&loop->closed))
+        return -ESHUTDOWN;
+    /* seq_cst store, then the waker's full fence before it reads the sleep
+     * state: the loop either sees the flag after announcing its sleep or
+     * gets the eventfd write. */
+    atomic_store(&loop->stop_requested, true);
+    iol__waker_wake(&loop->waker);
+    return 0;
+}
+
+bool iol_loop_running(const iol_loop *loop)
+{
+    /* relaxed: a snapshot for the caller, ordering nothing. */
+    return loop && atomic_load_explicit(&loop->running, memory_order_relaxed);
+}

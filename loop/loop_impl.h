@@ -1,0 +1,101 @@
+/* loop/ — the loop's private state, shared by the files of loop/. Nothing
+ * outside loop/ includes this except benches and tests that need the two
+ * counters at the end. */
+#ifndef IOL_LOOP_IMPL_H
+#define IOL_LOOP_IMPL_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ioloop.h"
+#include "loop/timer_heap.h"
+#include "loop/watchdog.h"
+#include "poller/poller.h"
+#include "sync/cbqueue.h"
+#include "sync/waker.h"
+
+struct iol_executor;
+
+typedef struct iol__handler {
+    iol_handler_fn fn; /* NULL: no handler for this fd */
+    void *arg;
+    unsigned events;   /* as asked, IOL_ERROR included */
+} iol__handler;
+
+struct iol_loop {
+    /* Cross-thread state. */
+    _Atomic unsigned refs;
+    _Atomic bool closed;         /* producers read it before pushing */
+    _Atomic bool running;        /* set by start, read by any thread */
+    _Atomic bool stop_requested; /* stop() from any thread */
+    _Atomic int handler_count;   /* read by runtime/ for load balancing */
+    _Atomic(const void *) owner; /* iol__thread_id() of the thread in start() */
+
+    iol__cbqueue *queue;
+    iol__waker waker;
+
+    /* Owner-thread state. */
+    const iol__poller_ops *poller_ops;
+    iol__poller *poller;
+    iol__handler *handlers;      /* indexed by fd */
+    int handlers_cap;
+    iol__poller_event *events;   /* the current poll's results */
+    int nevents, event_pos;
+    bool dispatching;
+
+    iol__timer_heap timers;
+    double (*time_func)(void *ud);
+    void *time_ud;
+    iol__watchdog *watchdog;
+    bool owner_ref;              /* the creator's reference not yet dropped */
+
+    struct iol_executor *default_executor;
+    bool default_executor_owned;
+};
+
+/* A unique id of the calling thread: the address of a thread-local. */
+const void *iol__thread_id(void);
+
+/* -EPERM when the loop runs on another thread (loop-thread-only calls).
+ * The running thread stores `owner` before it runs anything, so for it the
+ * check always passes; any other thread sees either not running (allowed:
+ * one thread may drive a stopped loop) or an owner that is not itself. */
+static inline int iol__loop_check_owner(const iol_loop *loop)
+{
+    /* relaxed: both are only compared with this thread's own id, which no
+     * other thread ever stores; no data is published through them. */
+    if (atomic_load_explicit(&loop->running, memory_order_relaxed) &&
+        atomic_load_explicit(&loop->owner, memory_order_relaxed) != iol__thread_id())
+        return -EPERM;
+    return 0;
+}
+
+/* Common prologue of owner-thread calls: NULL, closed, wrong thread. */
+static inline int iol__loop_check(const iol_loop *loop)
+{
+    if (!loop)
+        return -EINVAL;
+    /* relaxed: closing happens on the owner thread, the one that may call. */
+    if (atomic_load_explicit(&loop->closed, memory_order_relaxed))
+        return -ESHUTDOWN;
+    return iol__loop_check_owner(loop);
+}
+
+/* Drops the fds' handlers; with close_fds, closes them too (loop/handlers.c). */
+void iol__loop_handlers_release(iol_loop *loop, bool close_fds);
+/* Runs the handlers for the events of the last poll (loop/handlers.c). */
+void iol__loop_dispatch_events(iol_loop *loop);
+/* current/instance bookkeeping when a loop closes (loop/current.c). */
+void iol__loop_forget(iol_loop *loop);
+/* Frees an executor the loop created itself (loop/executor.c). */
+void iol__executor_free_owned(struct iol_executor *ex);
+
+/* For benches and tests: eventfd writes made to wake this loop. */
+uint64_t iol__loop_wakeups(const iol_loop *loop);
+/* Registered fd handlers (any thread; relaxed). */
+int iol__loop_handler_count(const iol_loop *loop);
+
+#endif

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the project needs, only those missing.
+# Idempotent; needs root (or sudo) the first time.
+set -euo pipefail
+
+packages=(
+  build-essential meson ninja-build pkg-config    # build
+  liburcu-dev check libhttp-parser-dev            # library, tests, HTTP example
+  valgrind                                        # test flavour
+  libuv1-dev libevent-dev                         # bench competitors
+  wrk nginx-light h2o gnuplot-nox python3 procps  # load, competitors, plots, checks
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "installing: ${missing[*]}" >&2
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+# Servers from Debian start themselves on install; we start our own copies.
+printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+$SUDO chmod +x /usr/sbin/policy-rc.d
+trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

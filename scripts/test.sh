@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Builds and runs the whole test suite in four flavours: the normal build,
+# AddressSanitizer + UndefinedBehaviorSanitizer, ThreadSanitizer, and
+# valgrind memcheck. Stress sizes shrink under the slow flavours through
+# IOL_TEST_SCALE (set by the meson test setups). Exits non-zero on any
+# failure. Usage: scripts/test.sh [normal|asan|tsan|valgrind ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+
+flavours=("$@")
+[ ${#flavours[@]} -gt 0 ] || flavours=(normal asan tsan valgrind)
+
+setup() { # dir, meson options...
+  local dir=$1; shift
+  if [ ! -f "$dir/build.ninja" ]; then
+    meson setup "$dir" -Dwerror=true "$@" >/dev/null
+  fi
+  ninja -C "$dir" >/dev/null
+}
+
+start=$(date +%s)
+for f in "${flavours[@]}"; do
+  echo "=== tests: $f ($(( $(date +%s) - start )) s)"
+  case $f in
+    normal)
+      setup build
+      meson test -C build --print-errorlogs ;;
+    asan)
+      setup build-asan -Db_sanitize=address,undefined -Db_lundef=false
+      ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+        meson test -C build-asan --setup sanitize --print-errorlogs ;;
+    tsan)
+      setup build-tsan -Db_sanitize=thread -Db_lundef=false
+      TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp" \
+        meson test -C build-tsan --setup sanitize --print-errorlogs ;;
+    valgrind)
+      setup build
+      meson test -C build --setup valgrind --print-errorlogs ;;
+    *) echo "unknown flavour $f" >&2; exit 2 ;;
+  esac
+done
+echo "=== all test flavours passed in $(( $(date +%s) - start )) s"
