@@ -12,6 +12,7 @@ typedef struct iol__waker {
     int fd;                   /* eventfd, EFD_NONBLOCK|EFD_CLOEXEC */
     _Atomic unsigned state;   /* see waker.c */
     _Atomic uint64_t writes;  /* eventfd writes made, for benchmarks */
+    uint64_t owed;            /* consumer-private: writes won but not yet drained */
 } iol__waker;
 
 /* 0 or -errno of eventfd. */

@@ -1,0 +1,141 @@
+/* sync/waker.c — eventfd waker with wakeup coalescing.
+ *
+ * STATE is 0 (awake), SLEEPING (the consumer announced it is about to poll)
+ * or SLEEPING|WOKEN (a producer won the right to write the eventfd for this
+ * sleep).
+ *
+ *   consumer                               producer
+ *   prepare_sleep: state = SLEEPING        push: tail = node  (the work)
+ *                  FENCE (seq_cst)         wake: FENCE (seq_cst)
+ *   loop: recheck queue tail, stop flag          if state == SLEEPING and
+ *         poll(timeout or 0)                        CAS SLEEPING -> |WOKEN:
+ *   finish_sleep: state = 0                           write(eventfd, 1)
+ *                 read(eventfd) if owed
+ *
+ * NO LOST WAKEUP. This is Dekker's pattern: each side stores its own flag
+ * then loads the other's. With a seq_cst fence between the store and the
+ * load on both sides, the two fences are ordered in the single total order
+ * S of seq_cst operations. If the consumer's fence comes first, the
+ * producer's load of the state (after its fence) sees SLEEPING (or a later
+ * value of the same sleep: SLEEPING|WOKEN, meaning somebody else writes);
+ * if the producer's fence comes first, the consumer's recheck (after its
+ * fence) sees the pushed node (or the stop flag) and polls with timeout 0.
+ * Either the consumer does not sleep, or a write happens after it
+ * announced the sleep; that write makes the eventfd readable, so a poll
+ * that started before or after it returns. Without the fences, store
+ * buffering (x86 allows a load to pass an earlier store to another
+ * address) lets both sides read the stale value: the consumer sleeps on an
+ * empty-looking queue while the producer sees "awake" and skips the write.
+ * On the producer side the queue push is already a seq_cst exchange (a
+ * full barrier on x86, where the fence costs an extra mfence); wake() still
+ * issues its own fence so that callers that made work visible with a plain
+ * store (the loop's stop flag) are covered too.
+ *
+ * AT MOST ONE WRITE PER SLEEP. Only prepare_sleep sets SLEEPING; a write
+ * requires winning the CAS SLEEPING -> SLEEPING|WOKEN, which can succeed
+ * once until the next prepare_sleep. A producer that loaded SLEEPING for an
+ * earlier sleep and CASes later may win for a later sleep: that is one
+ * (possibly early) wakeup for that sleep, still at most one.
+ *
+ * DRAINING. The CAS winner writes after winning, so finish_sleep may run
+ * between the CAS and the write and find the eventfd still empty. We count
+ * the writes owed to us (one per WOKEN sleep) and read whenever something is
+ * owed; a read returns the sum of all writes landed so far (eventfd counter
+ * semantics), which we subtract. A late write makes the next poll return at
+ * once; that finish_sleep drains it. The eventfd never stays readable for
+ * nothing, so the loop never spins on it.
+ *
+ * wake() is async-signal-safe: lock-free atomics and write(2), and it
+ * preserves errno.
+ */
+#include "sync/waker.h"
+
+#include <errno.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+enum { SLEEPING = 1u, WOKEN = 2u };
+
+int iol__waker_init(iol__waker *w)
+{
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    w->fd = fd;
+    atomic_init(&w->state, 0);
+    atomic_init(&w->writes, 0);
+    w->owed = 0;
+    return 0;
+}
+
+void iol__waker_destroy(iol__waker *w)
+{
+    if (w->fd >= 0)
+        close(w->fd);
+    w->fd = -1;
+}
+
+void iol__waker_prepare_sleep(iol__waker *w)
+{
+    /* relaxed store + seq_cst fence: the consumer half of the Dekker pair.
+     * The fence orders this store before the caller's recheck loads (queue
+     * tail, stop flag) against the producer's fence in wake(). */
+    atomic_store_explicit(&w->state, SLEEPING, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+}
+
+void iol__waker_finish_sleep(iol__waker *w)
+{
+    /* acquire: if a producer won the CAS (WOKEN), its win happens before our
+     * read accounting below. No release is needed: the producers publish
+     * work through the queue, not through this word. */
+    unsigned old = atomic_exchange_explicit(&w->state, 0, memory_order_acquire);
+    if (old & WOKEN)
+        w->owed++;
+    if (w->owed == 0)
+        return;
+    uint64_t v;
+    ssize_t r;
+    do {
+        r = read(w->fd, &v, sizeof v);
+    } while (r < 0 && errno == EINTR);
+    /* EAGAIN: the winner has not written yet; the write will make the next
+     * poll return and that finish_sleep reads it. */
+    if (r == (ssize_t)sizeof v)
+        w->owed = v >= w->owed ? 0 : w->owed - v;
+}
+
+void iol__waker_wake(iol__waker *w)
+{
+    /* seq_cst fence: the producer half of the Dekker pair; orders the
+     * caller's publication of work before the state load below. */
+    atomic_thread_fence(memory_order_seq_cst);
+    /* relaxed: ordered by the fence above; a stale 0 is impossible for a
+     * sleep announced before our fence (see the top of the file). */
+    unsigned s = atomic_load_explicit(&w->state, memory_order_relaxed);
+    if (s != SLEEPING)
+        return; /* awake (it will recheck) or somebody already writes */
+    /* relaxed: the CAS only elects the single writer; the work itself was
+     * published by the caller and ordered by the fence. */
+    if (!atomic_compare_exchange_strong_explicit(&w->state, &s, SLEEPING | WOKEN,
+                                                 memory_order_relaxed, memory_order_relaxed))
+        return;
+    int saved = errno;
+    uint64_t one = 1;
+    ssize_t r;
+    do {
+        r = write(w->fd, &one, sizeof one);
+    } while (r < 0 && errno == EINTR);
+    /* A write of 1 cannot fail otherwise (EAGAIN needs a counter near 2^64,
+     * and the consumer drains every write). */
+    errno = saved;
+    /* relaxed: a statistic; no reader derives ordering from it, and the
+     * single CAS winner per sleep makes it uncontended. */
+    atomic_fetch_add_explicit(&w->writes, 1, memory_order_relaxed);
+}
+
+uint64_t iol__waker_writes(const iol__waker *w)
+{
+    /* relaxed: a statistic (see wake). */
+    return atomic_load_explicit(&w->writes, memory_order_relaxed);
+}
