@@ -1,0 +1,259 @@
+/* loop/ — a fixed thread pool (Tornado's run_in_executor) and the loop's
+ * default executor.
+ *
+ * One mutex + condvar guards a FIFO of work items; workers sleep on the
+ * condvar. Shutdown drains the queue before the workers exit, so free
+ * finishes queued work. Results travel through iol_future, which is itself
+ * thread-safe; the loop only sees them through add_future. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ioloop.h"
+#include "loop/log.h"
+#include "loop/loop_impl.h"
+
+#define EXECUTOR_MAX_THREADS 1024
+
+typedef struct executor_work {
+    int (*fn)(void *arg, void **result);
+    void *arg;
+    iol_future *future;           /* the work's own reference */
+    struct executor_work *next;
+} executor_work;
+
+struct iol_executor {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;          /* work queued or shutdown */
+    executor_work *head, *tail;   /* under lock */
+    bool shutdown;                /* under lock: no new work, exit when drained */
+    bool detached;                /* under lock: freed from a worker; the last one out frees */
+    unsigned live;                /* under lock: workers not yet out of their loop */
+    unsigned nthreads;            /* started */
+    pthread_t threads[];
+};
+
+static void executor_destroy(iol_executor *ex)
+{
+    pthread_cond_destroy(&ex->cond);
+    pthread_mutex_destroy(&ex->lock);
+    free(ex);
+}
+
+static void executor_run_work(executor_work *w)
+{
+    void *result = NULL;
+    int rc = w->fn(w->arg, &result);
+    if (rc < 0)
+        iol_future_set_error(w->future, rc);
+    else
+        iol_future_set_result(w->future, result);
+    iol_future_unref(w->future);
+    free(w);
+}
+
+static void *executor_worker(void *arg)
+{
+    iol_executor *ex = arg;
+    pthread_mutex_lock(&ex->lock);
+    for (;;) {
+        while (!ex->head && !ex->shutdown)
+            pthread_cond_wait(&ex->cond, &ex->lock);
+        executor_work *w = ex->head;
+        if (!w)
+            break; /* shutdown and drained */
+        ex->head = w->next;
+        if (!ex->head)
+            ex->tail = NULL;
+        pthread_mutex_unlock(&ex->lock);
+        executor_run_work(w);
+        pthread_mutex_lock(&ex->lock);
+    }
+    ex->live--;
+    bool free_it = ex->detached && ex->live == 0;
+    pthread_mutex_unlock(&ex->lock);
+    if (free_it)
+        executor_destroy(ex);
+    return NULL;
+}
+
+/* Sets shutdown and wakes every worker; they drain the queue and exit. */
+static void executor_shutdown_locked(iol_executor *ex)
+{
+    ex->shutdown = true;
+    pthread_cond_broadcast(&ex->cond);
+}
+
+static void executor_join_all(iol_executor *ex)
+{
+    for (unsigned i = 0; i < ex->nthreads; i++)
+        pthread_join(ex->threads[i], NULL);
+}
+
+int iol_executor_new(iol_executor **out, unsigned threads)
+{
+    if (!out || threads > EXECUTOR_MAX_THREADS)
+        return -EINVAL;
+
+    if (threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n < 1 ? 1 : n > EXECUTOR_MAX_THREADS ? EXECUTOR_MAX_THREADS : (unsigned)n;
+    }
+    iol_executor *ex = calloc(1, sizeof(*ex) + threads * sizeof(pthread_t));
+    if (!ex)
+        return -ENOMEM;
+    int err = pthread_mutex_init(&ex->lock, NULL);
+    if (err) {
+        free(ex);
+        return -err;
+    }
+    if ((err = pthread_cond_init(&ex->cond, NULL))) {
+        pthread_mutex_destroy(&ex->lock);
+        free(ex);
+        return -err;
+    }
+
+    /* Workers start with every signal blocked, so process-directed
+     * signals go to the application's threads, never into a pool thread
+     * that is running someone else's blocking work. */
+    sigset_t all, saved;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &saved);
+    for (unsigned i = 0; i < threads; i++) {
+        pthread_mutex_lock(&ex->lock);
+        ex->live++;
+        pthread_mutex_unlock(&ex->lock);
+        if ((err = pthread_create(&ex->threads[i], NULL, executor_worker, ex))) {
+            pthread_mutex_lock(&ex->lock);
+            ex->live--;
+            pthread_mutex_unlock(&ex->lock);
+            break;
+        }
+        ex->nthreads++;
+    }
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    if (err) {
+        pthread_mutex_lock(&ex->lock);
+        executor_shutdown_locked(ex);
+        pthread_mutex_unlock(&ex->lock);
+        executor_join_all(ex);
+        executor_destroy(ex);
+        return -err;
+    }
+    *out = ex;
+    return 0;
+}
+
+static bool executor_is_own_thread(const iol_executor *ex)
+{
+    pthread_t self = pthread_self();
+    for (unsigned i = 0; i < ex->nthreads; i++)
+        if (pthread_equal(ex->threads[i], self))
+            return true;
+    return false;
+}
+
+void iol_executor_free(iol_executor *ex)
+{
+    if (!ex)
+        return;
+    pthread_mutex_lock(&ex->lock);
+    executor_shutdown_locked(ex);
+    if (executor_is_own_thread(ex)) {
+        /* Documented as not allowed, but a loop's last unref can land on
+         * a pool thread. Joining ourselves would deadlock: detach instead
+         * and let the last worker out free the pool. The lock keeps every
+         * worker (this one included) from getting there before the loop
+         * below is done. */
+        ex->detached = true;
+        for (unsigned i = 0; i < ex->nthreads; i++)
+            pthread_detach(ex->threads[i]);
+        pthread_mutex_unlock(&ex->lock);
+        return;
+    }
+    pthread_mutex_unlock(&ex->lock);
+    executor_join_all(ex);
+    executor_destroy(ex);
+}
+
+void iol__executor_free_owned(struct iol_executor *ex)
+{
+    iol_executor_free(ex);
+}
+
+int iol_loop_set_default_executor(iol_loop *loop, iol_executor *ex)
+{
+    if (!loop || !ex)
+        return -EINVAL;
+    int err = iol__loop_check(loop);
+    if (err)
+        return err;
+
+    if (loop->default_executor_owned && loop->default_executor != ex)
+        iol_executor_free(loop->default_executor); /* the loop's own: nobody else holds it */
+    loop->default_executor = ex;
+    loop->default_executor_owned = false;
+    return 0;
+}
+
+/* The loop's default executor, created on first use. Owner thread. */
+static int executor_default(iol_loop *loop, iol_executor **out)
+{
+    if (!loop->default_executor) {
+        iol_executor *ex;
+        int err = iol_executor_new(&ex, 0);
+        if (err < 0)
+            return err;
+        loop->default_executor = ex;
+        loop->default_executor_owned = true;
+    }
+    *out = loop->default_executor;
+    return 0;
+}
+
+int iol_loop_run_in_executor(iol_loop *loop, iol_executor *ex, int (*fn)(void *arg, void **result), void *arg,
+                             iol_future **out)
+{
+    if (!loop || !fn || !out)
+        return -EINVAL;
+    int err = iol__loop_check(loop);
+    if (err)
+        return err;
+
+    if (!ex && (err = executor_default(loop, &ex)) < 0)
+        return err;
+    iol_future *f;
+    if ((err = iol_future_new(&f)) < 0)
+        return err;
+    executor_work *w = malloc(sizeof(*w));
+    if (!w) {
+        iol_future_unref(f);
+        return -ENOMEM;
+    }
+    w->fn = fn;
+    w->arg = arg;
+    w->future = iol_future_ref(f);
+    w->next = NULL;
+
+    pthread_mutex_lock(&ex->lock);
+    if (ex->shutdown) {
+        /* Being freed (e.g. work queued from a worker during free). */
+        pthread_mutex_unlock(&ex->lock);
+        iol_future_unref(w->future);
+        free(w);
+        iol_future_unref(f);
+        return -ESHUTDOWN;
+    }
+    if (ex->tail)
+        ex->tail->next = w;
+    else
+        ex->head = w;
+    ex->tail = w;
+    pthread_cond_signal(&ex->cond);
+    pthread_mutex_unlock(&ex->lock);
+    *out = f;
+    return 0;
+}

@@ -1,0 +1,30 @@
+/* loop/ — internal completion hooks of iol_future (loop/future.c).
+ *
+ * A hook runs on the thread that resolves the future, under the future's
+ * lock, right after the result is published. It must be short and must
+ * not call back into the same future (it may take other locks that never
+ * take a future's lock, e.g. iol_loop_stop or iol_loop_add_callback).
+ * Because hooks run under the lock, a successful remove guarantees the
+ * hook is neither running nor going to run. */
+#ifndef IOL_FUTURE_H
+#define IOL_FUTURE_H
+
+#include <stdbool.h>
+
+#include "ioloop.h"
+
+typedef struct iol__future_hook {
+    void (*fn)(iol_future *f, void *arg);
+    void *arg;
+    struct iol__future_hook *next; /* owned by the future while linked */
+} iol__future_hook;
+
+/* Links h (caller-owned memory, must outlive it being linked) so that
+ * h->fn runs once f resolves. 0, or -EALREADY if f is done already (h is
+ * not linked and will not run). */
+int iol__future_add_hook(iol_future *f, iol__future_hook *h);
+/* Unlinks h. true if it was linked (it will not run); false if it has run
+ * already (it is not running any more). */
+bool iol__future_remove_hook(iol_future *f, iol__future_hook *h);
+
+#endif
