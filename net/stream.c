@@ -72,12 +72,14 @@ struct iol_stream {
 
     bool registered;  /* fd has our handler on the loop */
     unsigned watched; /* events the handler currently watches */
-    bool parked;      /* peer hung up while we wanted nothing: handler removed */
+    bool parked;      /* peer hung up while nothing was asked: no idle watching */
 
     bool closed;
     bool eof;      /* closed because the peer finished sending */
     bool finished; /* close completed: read failed, close callback run */
     bool deferred_queued;
+    bool in_deferred; /* the deferred callback is running and re-checks at its end */
+    bool deferred_again;
     int error;     /* -errno that closed the stream, 0 if none */
     unsigned refs; /* frames on the stack + the queued deferred callback */
 
@@ -255,11 +257,18 @@ static void stream_release(iol_stream *s)
     stream_free(s);
 }
 
-/* Queues the one deferred callback (which then holds a reference). */
+/* Queues the one deferred callback (which then holds a reference). From
+ * inside that callback, asks it to look again before it returns instead:
+ * a second queued callback could be stranded by a loop that stops (and is
+ * closed) right after the close callback ran. */
 static int stream_schedule(iol_stream *s)
 {
     if (s->deferred_queued)
         return 0;
+    if (s->in_deferred) {
+        s->deferred_again = true;
+        return 0;
+    }
     int r = iol_loop_add_callback(s->loop, stream_deferred, s);
     if (r < 0)
         return r;
@@ -313,29 +322,29 @@ static unsigned stream_wanted_events(const iol_stream *s)
 }
 
 /* Brings the handler in line with what the stream waits for; a syscall
- * only when that changed. */
+ * only when that changed. A stream that waits for nothing is not
+ * registered at all (rather than with events 0): that works on any loop,
+ * and an idle stream then costs the poller nothing. */
 static int stream_update_events(iol_stream *s)
 {
     if (s->closed || s->fd < 0)
         return 0;
     unsigned want = stream_wanted_events(s);
     int r = 0;
-    if (s->registered) {
-        if (want == 0 && s->parked) {
-            /* A hung-up fd stays readable/erroring forever; events 0 would
-             * still report it, so stop watching until asked again. */
+    if (want == 0) {
+        if (s->registered) {
             r = iol_loop_remove_handler(s->loop, s->fd);
-            if (r == 0 || r == -ENOENT) {
-                s->registered = false;
+            if (r == -ENOENT)
                 r = 0;
-            }
-        } else if (want != s->watched) {
-            r = iol_loop_update_handler(s->loop, s->fd, want);
+            if (r == 0)
+                s->registered = false;
         }
-    } else if (want != 0 || !s->parked) {
+    } else if (!s->registered) {
         r = iol_loop_add_handler(s->loop, s->fd, want, stream_on_events, s);
         if (r == 0)
             s->registered = true;
+    } else if (want != s->watched) {
+        r = iol_loop_update_handler(s->loop, s->fd, want);
     }
     if (r == 0)
         s->watched = want;
@@ -696,14 +705,23 @@ static void stream_deferred(void *arg)
 {
     iol_stream *s = arg;
     s->deferred_queued = false; /* its reference now belongs to this frame */
+    s->in_deferred = true;
+    s->deferred_again = false;
     if (s->connect_report && !s->closed)
         stream_connect_done(s, s->connect_status);
     stream_fire_dones(s);
     if (!s->closed && s->read_kind != READ_NONE)
         (void)stream_try_complete_read(s);
+    s->in_deferred = false;
     if (s->closed) {
+        /* Closed before or during this callback: finish here, after the
+         * callbacks above, so nothing of the stream stays queued. */
         stream_finish_close(s);
     } else {
+        /* Work asked for meanwhile (a read answered by the buffer, a done
+         * due) waits for the next iteration, as from outside. */
+        if (s->deferred_again)
+            (void)stream_schedule(s);
         int r = stream_update_events(s);
         if (r < 0)
             stream_close_internal(s, r);
@@ -774,8 +792,9 @@ int iol_stream_new(iol_stream **out, iol_loop *loop, int fd, size_t max_buffer_s
     int r = stream_alloc(&s, loop, max_buffer_size);
     if (r < 0)
         return r;
-    /* Registered now (events 0: errors only) so -EEXIST surfaces here. */
-    r = iol_loop_add_handler(loop, fd, 0, stream_on_events, s);
+    /* Registered now so -EEXIST surfaces here. READ is a placeholder: the
+     * first request or event narrows it, sparing a syscall meanwhile. */
+    r = iol_loop_add_handler(loop, fd, IOL_READ, stream_on_events, s);
     if (r < 0)
         goto fail;
     if (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
@@ -788,6 +807,7 @@ int iol_stream_new(iol_stream **out, iol_loop *loop, int fd, size_t max_buffer_s
     s->is_socket = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0;
     s->fd = fd;
     s->registered = true;
+    s->watched = IOL_READ;
     *out = s;
     return 0;
 fail:
