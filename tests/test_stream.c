@@ -692,6 +692,98 @@ START_TEST(idle_stream_notices_peer_close)
 }
 END_TEST
 
+/* A client stream and a server stream on one loop trade numbered lines:
+ * the steady state (buffers reused, events toggled) over TCP. */
+typedef struct echo {
+    iol_loop *loop;
+    iol_stream *client;
+    iol_stream *server;
+    int rounds;
+    int target;
+    int closes;
+    bool ok;
+} echo;
+
+static void echo_client_send(echo *e);
+
+static void on_server_line(iol_stream *s, const char *data, size_t len, int status, void *arg)
+{
+    echo *e = arg;
+    if (status < 0)
+        return; /* the client closed: the server side sees EOF */
+    ck_assert_int_eq(iol_stream_write(s, data, len, NULL, NULL), 0);
+    ck_assert_int_eq(iol_stream_read_until(s, "\n", on_server_line, e), 0);
+}
+
+static void on_client_line(iol_stream *s, const char *data, size_t len, int status, void *arg)
+{
+    echo *e = arg;
+    ck_assert_int_eq(status, 0);
+    char want[32];
+    int n = snprintf(want, sizeof(want), "line %d\n", e->rounds);
+    if (len != (size_t)n || memcmp(data, want, len) != 0)
+        e->ok = false;
+    if (++e->rounds == e->target)
+        iol_stream_close(s);
+    else
+        echo_client_send(e);
+}
+
+static void echo_client_send(echo *e)
+{
+    char line[32];
+    int n = snprintf(line, sizeof(line), "line %d\n", e->rounds);
+    ck_assert_int_eq(iol_stream_write(e->client, line, (size_t)n, NULL, NULL), 0);
+    ck_assert_int_eq(iol_stream_read_until(e->client, "\n", on_client_line, e), 0);
+}
+
+static void on_echo_close(iol_stream *s, void *arg)
+{
+    (void)s;
+    echo *e = arg;
+    if (++e->closes == 2)
+        iol_loop_stop(e->loop);
+}
+
+START_TEST(echo_ping_pong)
+{
+    int fds[2];
+    tcp_pair(fds);
+    iol_loop *loop = new_loop();
+    echo e = {.loop = loop, .ok = true, .target = (int)iol_test_scaled(2000, 50)};
+    ck_assert_int_eq(iol_stream_new(&e.client, loop, fds[0], 0), 0);
+    ck_assert_int_eq(iol_stream_new(&e.server, loop, fds[1], 0), 0);
+    ck_assert_int_eq(iol_stream_set_close_callback(e.client, on_echo_close, &e), 0);
+    ck_assert_int_eq(iol_stream_set_close_callback(e.server, on_echo_close, &e), 0);
+    ck_assert_int_eq(iol_stream_read_until(e.server, "\n", on_server_line, &e), 0);
+    echo_client_send(&e);
+    run_loop(loop);
+    ck_assert_int_eq(e.rounds, e.target);
+    ck_assert(e.ok);
+    ck_assert_int_eq(e.closes, 2);
+    free_loop(loop);
+}
+END_TEST
+
+START_TEST(write_to_vanished_peer)
+{
+    int fds[2];
+    make_pair(fds);
+    story st;
+    new_story(&st, fds[0], 0);
+    ck_assert_int_eq(iol_stream_set_close_callback(st.s, on_close_reads_error, &st), 0);
+    close(fds[1]);
+    /* A unix socket knows at once: the write fails and closes the stream. */
+    ck_assert_int_eq(iol_stream_write(st.s, "hello", 5, NULL, NULL), -EPIPE);
+    ck_assert(iol_stream_closed(st.s));
+    ck_assert_int_eq(iol_stream_write(st.s, "hello", 5, NULL, NULL), -EPIPE);
+    run_loop(st.loop);
+    ck_assert_int_eq(st.closes, 1);
+    ck_assert_int_eq(st.statuses[7], -EPIPE);
+    free_loop(st.loop);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- Close */
 
 static void on_read_then_close(iol_stream *s, const char *data, size_t len, int status, void *arg)
@@ -1030,6 +1122,8 @@ static Suite *stream_suite(void)
         {"eof_fails_read_until", eof_fails_read_until},
         {"eof_fails_read_bytes", eof_fails_read_bytes},
         {"idle_stream_notices_peer_close", idle_stream_notices_peer_close},
+        {"echo_ping_pong", echo_ping_pong},
+        {"write_to_vanished_peer", write_to_vanished_peer},
         {"close_inside_read_callback", close_inside_read_callback},
         {"close_fails_pending_read_then_close_callback", close_fails_pending_read_then_close_callback},
         {"connect_to_listener", connect_to_listener},
