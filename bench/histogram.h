@@ -55,4 +55,66 @@ unsigned histogram_bucket_of(uint64_t ns);
 uint64_t histogram_bucket_low(unsigned index);
 uint64_t histogram_bucket_width(unsigned index);
 
+
+/* ------------------------------------------------------------------------
+ * The HTTP load generator of bench/http.c, whose results are histograms;
+ * declared here because compare.c drives the same generator. */
+#include <stdbool.h>
+#include <stddef.h>
+
+enum {
+    HTTP_ERR_REFUSED,    /* connect refused */
+    HTTP_ERR_RESET,      /* reset, or closed in the middle of a reply */
+    HTTP_ERR_TIMEOUT,    /* no reply within the timeout */
+    HTTP_ERR_BAD_STATUS, /* a complete reply, not 2xx (counted as a request too, as wrk does) */
+    HTTP_ERR_OTHER,      /* unparsable reply, socket errors */
+    HTTP_ERR_KINDS
+};
+extern const char *const http_error_names[HTTP_ERR_KINDS];
+
+typedef struct http_load_config {
+    const char *url;       /* http://host[:port]/path, IPv4 or a host name */
+    unsigned connections;
+    unsigned workers;      /* worker loops; capped at connections */
+    double duration;       /* seconds of measuring */
+    double timeout;        /* per request; 0: 2 s */
+    bool churn;            /* one request per connection */
+    bool quiet;            /* no progress line */
+    const char *label;     /* for the progress line; NULL: "http" */
+} http_load_config;
+
+typedef struct http_load_result {
+    double seconds;
+    uint64_t requests;     /* complete replies inside the window */
+    uint64_t connections;  /* churn: connections that completed a request */
+    double requests_per_sec;
+    double connections_per_sec;
+    uint64_t errors[HTTP_ERR_KINDS];
+    histogram latency;     /* ns, every worker merged */
+} http_load_result;
+
+/* One measuring run. 0, or -EINVAL (bad config or URL), -EHOSTUNREACH (name
+ * does not resolve), -ENOMEM, runtime errors. */
+int http_load_run(const http_load_config *cfg, http_load_result *out);
+/* Splits http://host[:port]/path. 0 or -EINVAL. */
+int http_parse_url(const char *url, char *host, size_t host_size, uint16_t *port, char *path, size_t path_size);
+
+/* Output shared by http and compare http (bench/http.c). */
+#include <stdio.h>
+#include "bench/bench.h"
+/* min / median / max of n values (NaN when n is 0). */
+void http_stats(const double *v, unsigned n, double *min, double *median, double *max);
+/* Percentile `which` (0: p50, 1: p90, 2: p99, 3: p99.9) of one run, in µs. */
+double http_latency_us(const http_load_result *r, unsigned which);
+/* One BENCH.md JSON line for an impl's repeats; extra_results (may be NULL)
+ * is appended inside "results" as raw JSON members. */
+void http_json_line(FILE *f, const char *impl, const char *params_json, const http_load_result *runs, unsigned n,
+                    bool churn, const char *extra_results);
+/* A human block: min / median / max of every figure. */
+void http_table(FILE *f, const char *title, const http_load_result *runs, unsigned n, bool churn);
+/* The framework report figures for --plot: the rate and the percentiles. */
+#define HTTP_PLOT_FIGS 5
+extern const bench_fig_spec http_plot_figs[HTTP_PLOT_FIGS];
+void http_report_add(bench_report *r, const char *impl, const char *label, const http_load_result *runs, unsigned n);
+
 #endif
