@@ -3,7 +3,7 @@
  * A future is resolved once, from any thread. The mutex serializes
  * resolution against hook registration, so a done-callback is never lost
  * (registered after the result: scheduled at once; before: run by the
- * resolver). Readers do not take the mutex: `state` is stored with release
+ * resolver, after it released the lock). Readers do not take the mutex: `state` is stored with release
  * after the result fields, and loaded with acquire before reading them;
  * the fields never change after that store. */
 #include <errno.h>
@@ -23,9 +23,11 @@ struct iol_future {
     _Atomic unsigned refs;
     _Atomic int state;        /* FUTURE_*; release-stored once, after result/err */
     pthread_mutex_t lock;     /* resolution vs. hooks */
+    pthread_cond_t fired;     /* broadcast when `firing` goes false */
     void *result;             /* written under lock before state */
     int err;                  /* 0 or < 0, ditto */
-    iol__future_hook *hooks;  /* under lock; run (and emptied) on resolution */
+    iol__future_hook *hooks;  /* under lock; taken (emptied) on resolution */
+    bool firing;              /* under lock: the resolver is running hooks */
 };
 
 /* One add_future registration: a hook that moves it to the loop's queue. */
@@ -46,6 +48,11 @@ int iol_future_new(iol_future **out)
         return -ENOMEM;
     int err = pthread_mutex_init(&f->lock, NULL);
     if (err) {
+        free(f);
+        return -err;
+    }
+    if ((err = pthread_cond_init(&f->fired, NULL))) {
+        pthread_mutex_destroy(&f->lock);
         free(f);
         return -err;
     }
@@ -75,6 +82,7 @@ void iol_future_unref(iol_future *f)
         return;
     /* No hook can be linked here: each linked hook belongs to someone
      * holding a reference (add_future's waiter, run_sync's frame). */
+    pthread_cond_destroy(&f->fired);
     pthread_mutex_destroy(&f->lock);
     free(f);
 }
@@ -94,15 +102,24 @@ static int future_resolve(iol_future *f, void *result, int err)
     atomic_store_explicit(&f->state, FUTURE_DONE, memory_order_release);
     iol__future_hook *h = f->hooks;
     f->hooks = NULL;
-    /* Hooks run under the lock, so remove_hook either unlinks one before
-     * it runs or returns after it ran (see loop/future.h). Read next
-     * first: a hook may free its own memory. */
+    f->firing = h != NULL;
+    pthread_mutex_unlock(&f->lock);
+    if (!h)
+        return 0;
+
+    /* Hooks run outside the lock (one may drop the last reference of a
+     * loop, whose teardown joins threads); remove_hook waits on `fired`
+     * for them, so it still either unlinks a hook before it runs or
+     * returns after it ran. Read next first: a hook may free itself. */
     while (h) {
         iol__future_hook *next = h->next;
         h->next = NULL;
         h->fn(f, h->arg);
         h = next;
     }
+    pthread_mutex_lock(&f->lock);
+    f->firing = false;
+    pthread_cond_broadcast(&f->fired);
     pthread_mutex_unlock(&f->lock);
     return 0;
 }
@@ -172,6 +189,10 @@ bool iol__future_remove_hook(iol_future *f, iol__future_hook *h)
             break;
         }
     }
+    /* Not linked: either it ran, or the resolver took it and may be
+     * running it right now; wait for the latter to finish. */
+    while (!removed && f->firing)
+        pthread_cond_wait(&f->fired, &f->lock);
     pthread_mutex_unlock(&f->lock);
     return removed;
 }
@@ -209,9 +230,8 @@ static int waiter_queue(future_waiter *w)
     return err;
 }
 
-/* Hook: runs in the resolver, under f's lock (see loop/future.h). The
- * resolver holds its own reference to f, so waiter_free's unref is never
- * the last one here. */
+/* Hook: runs in the resolver (see loop/future.h). The resolver holds its
+ * own reference to f, so waiter_free's unref is never the last one here. */
 static void waiter_on_resolved(iol_future *f, void *arg)
 {
     (void)f;

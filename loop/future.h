@@ -1,11 +1,12 @@
 /* loop/ — internal completion hooks of iol_future (loop/future.c).
  *
- * A hook runs on the thread that resolves the future, under the future's
- * lock, right after the result is published. It must be short and must
- * not call back into the same future (it may take other locks that never
- * take a future's lock, e.g. iol_loop_stop or iol_loop_add_callback).
- * Because hooks run under the lock, a successful remove guarantees the
- * hook is neither running nor going to run. */
+ * A hook runs once, on the thread that resolves the future, right after
+ * the result is published and outside the future's lock. It must not
+ * remove itself (remove_hook waits for running hooks) and should be short:
+ * a remove_hook on another thread waits for it. A successful remove
+ * guarantees the hook will not run; a failed one that it has run and
+ * returned.
+ */
 #ifndef IOL_FUTURE_H
 #define IOL_FUTURE_H
 

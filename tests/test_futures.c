@@ -664,6 +664,54 @@ START_TEST(test_run_sync_late_resolution)
 }
 END_TEST
 
+typedef struct race_arg {
+    iol_future *done;
+    int delay_us;
+} race_arg;
+
+static void *resolve_after_delay(void *arg)
+{
+    race_arg *r = arg;
+    struct timespec ts = {0, (long)r->delay_us * 1000L};
+    nanosleep(&ts, NULL);
+    iol_future_set_result(r->done, (void *)1);
+    iol_future_unref(r->done);
+    return NULL;
+}
+
+static pthread_t race_thread;
+static race_arg race;
+static int sync_race(iol_loop *loop, iol_future *done, void *arg)
+{
+    (void)loop;
+    race.done = iol_future_ref(done);
+    race.delay_us = (int)(intptr_t)arg;
+    return -pthread_create(&race_thread, NULL, resolve_after_delay, &race);
+}
+
+START_TEST(test_run_sync_resolution_races_timeout)
+{
+    /* Resolution on another thread around the moment of the timeout:
+     * either outcome is fine, but no run may leave a stop behind for the
+     * next one. */
+    iol_loop *loop = new_loop();
+    int n = (int)iol_test_scaled(40, 4);
+    for (int i = 0; i < n; i++) {
+        void *r = NULL;
+        int rc = iol_loop_run_sync(loop, sync_race, (void *)(intptr_t)(3000 + (i % 5) * 500), 0.004, &r);
+        ck_assert_msg(rc == 0 || rc == -ETIMEDOUT, "rc %d", rc);
+        if (rc == 0)
+            ck_assert_ptr_eq(r, (void *)1);
+        pthread_join(race_thread, NULL);
+        double t0 = iol_test_now();
+        iol_loop_call_later(loop, 0.005, stop_loop, loop, NULL);
+        ck_assert_int_eq(iol_loop_start(loop), 0);
+        ck_assert_msg(iol_test_now() - t0 >= 0.004, "run %d: start returned at once", i);
+    }
+    ck_assert_int_eq(iol_loop_close(loop, false), 0);
+}
+END_TEST
+
 static int nested_rc;
 static int sync_nested(iol_loop *loop, iol_future *done, void *arg)
 {
@@ -743,6 +791,7 @@ int main(void)
     tcase_add_test(tc, test_run_sync_results);
     tcase_add_test(tc, test_run_sync_timeout_then_usable);
     tcase_add_test(tc, test_run_sync_late_resolution);
+    tcase_add_test(tc, test_run_sync_resolution_races_timeout);
     tcase_add_test(tc, test_run_sync_busy_and_bad_args);
     tcase_add_test(tc, test_run_sync_current);
     suite_add_tcase(s, tc);
