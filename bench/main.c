@@ -1,0 +1,177 @@
+/* iol-bench — the subcommand table and the common flags (BENCH.md).
+ * Flags main does not know stay in argv for the subcommand, so each bench
+ * owns its extra flags (--producers, --connections ...) and its --help. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench/bench.h"
+
+/* Written by others (http.c, compare.c); weak so this binary links and
+ * says so when they are not in the build. */
+int bench_http(int argc, char **argv, const bench_opts *o) __attribute__((weak));
+int bench_compare(int argc, char **argv, const bench_opts *o) __attribute__((weak));
+
+static int cmd_compare(int argc, char **argv, const bench_opts *o);
+
+static const struct {
+    const char *name;
+    const char *what;
+} commands[] = {
+    {"handoff", "P producer threads -> one loop: callbacks/s, wakeups per callback"},
+    {"pingpong", "two loops on two threads bounce a callback: us per round trip"},
+    {"timers", "insert / cancel / dispatch of 10^6 timeouts: ns per op, bytes per timer"},
+    {"http", "HTTP load generator on our runtime"},
+    {"compare", "compare handoff|pingpong|timers|http: all competitors in one run"},
+};
+
+static bench_fn lookup(const char *name)
+{
+    if (strcmp(name, "handoff") == 0)
+        return bench_handoff;
+    if (strcmp(name, "pingpong") == 0)
+        return bench_pingpong;
+    if (strcmp(name, "timers") == 0)
+        return bench_timers;
+    if (strcmp(name, "http") == 0)
+        return bench_http; /* NULL when http.c is not built */
+    if (strcmp(name, "compare") == 0)
+        return cmd_compare;
+    return NULL;
+}
+
+void bench_usage_common(FILE *f)
+{
+    fprintf(f, "common flags:\n"
+               "  --count N       operations per run (bench default otherwise)\n"
+               "  --duration S    seconds per run instead of --count (where it applies)\n"
+               "  --repeat R      interleaved repetitions per implementation (default 5)\n"
+               "  --workers N     worker threads (where it applies)\n"
+               "  --pin           pin threads to CPUs (report separately; changes cross-thread costs)\n"
+               "  --json          stdout: one JSON object per line (impl x bench); table on stderr\n"
+               "  --plot F.svg    bar chart (median, min-max whiskers) via gnuplot\n"
+               "  --help          this text\n");
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: iol-bench SUBCOMMAND [flags]\n\nsubcommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].what);
+    fprintf(f, "\n");
+    bench_usage_common(f);
+    fprintf(f, "\n'iol-bench SUBCOMMAND --help' for a subcommand's own flags.\n");
+}
+
+/* `compare X` is the plain subcommand X (which already measures every
+ * competitor in the same run) for our three; anything else belongs to
+ * compare.c when it is built. */
+static int cmd_compare(int argc, char **argv, const bench_opts *o)
+{
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        fprintf(argc < 2 ? stderr : stdout,
+                "usage: iol-bench compare http|handoff|pingpong|timers [flags]\n"
+                "  handoff, pingpong and timers: the same as the plain subcommand\n");
+        return argc < 2 ? 2 : 0;
+    }
+    const char *what = argv[1];
+    if (strcmp(what, "handoff") == 0 || strcmp(what, "pingpong") == 0 || strcmp(what, "timers") == 0)
+        return lookup(what)(argc - 1, argv + 1, o);
+    if (bench_compare)
+        return bench_compare(argc, argv, o);
+    fprintf(stderr, "iol-bench: compare %s is not available in this build\n", what);
+    return 2;
+}
+
+static bool parse_num(const char *flag, const char *s, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || v < 0) {
+        fprintf(stderr, "iol-bench: %s wants a non-negative number, got '%s'\n", flag, s);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    bench_fn fn = lookup(argv[1]);
+    bool known = false;
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        known |= strcmp(commands[i].name, argv[1]) == 0;
+    if (!known) {
+        fprintf(stderr, "iol-bench: unknown subcommand '%s'\n\n", argv[1]);
+        usage(stderr);
+        return 2;
+    }
+    if (!fn) {
+        fprintf(stderr, "iol-bench: %s is not available in this build\n", argv[1]);
+        return 2;
+    }
+
+    bench_opts o = {.repeat = 5};
+    /* Rest: argv[1] (the subcommand) and whatever main does not know. */
+    char **rest = calloc((size_t)argc + 1, sizeof *rest);
+    if (!rest)
+        return 1;
+    int nrest = 0;
+    rest[nrest++] = argv[1];
+    for (int i = 2; i < argc; i++) {
+        char *a = argv[i];
+        const char *val = NULL;
+        char name[32];
+        /* --flag=value and --flag value */
+        char *eq = strchr(a, '=');
+        if (strncmp(a, "--", 2) == 0 && eq && (size_t)(eq - a) < sizeof name) {
+            memcpy(name, a, (size_t)(eq - a));
+            name[eq - a] = '\0';
+            val = eq + 1;
+        } else {
+            snprintf(name, sizeof name, "%s", a);
+        }
+        bool takes = strcmp(name, "--duration") == 0 || strcmp(name, "--repeat") == 0 ||
+                     strcmp(name, "--workers") == 0 || strcmp(name, "--plot") == 0 || strcmp(name, "--count") == 0;
+        if (takes && !val) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "iol-bench: %s needs a value\n", name);
+                return 2;
+            }
+            val = argv[++i];
+        }
+        double v = 0;
+        if (strcmp(name, "--plot") == 0) {
+            o.plot = val;
+        } else if (takes) {
+            if (!parse_num(name, val, &v))
+                return 2;
+            if (strcmp(name, "--duration") == 0)
+                o.duration = v;
+            else if (strcmp(name, "--repeat") == 0)
+                o.repeat = (int)v;
+            else if (strcmp(name, "--workers") == 0)
+                o.workers = (int)v;
+            else
+                o.count = (uint64_t)v;
+        } else if (strcmp(a, "--pin") == 0) {
+            o.pin = true;
+        } else if (strcmp(a, "--json") == 0) {
+            o.json = true;
+        } else {
+            rest[nrest++] = a;
+        }
+    }
+    if (o.repeat < 1)
+        o.repeat = 1;
+    if (o.repeat > BENCH_MAX_REPEAT)
+        o.repeat = BENCH_MAX_REPEAT;
+    int rc = fn(nrest, rest, &o);
+    free(rest);
+    return rc;
+}
