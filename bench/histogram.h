@@ -91,6 +91,10 @@ typedef struct http_load_result {
     double connections_per_sec;
     uint64_t errors[HTTP_ERR_KINDS];
     histogram latency;     /* ns, every worker merged */
+    /* Set when another tool measured (compare --wrk): latency_us holds its
+     * p50/p90/p99/p99.9 (NaN where it reports none), not the histogram. */
+    bool external_latency;
+    double latency_us[4];
 } http_load_result;
 
 /* One measuring run. 0, or -EINVAL (bad config or URL), -EHOSTUNREACH (name

@@ -755,6 +755,8 @@ void http_stats(const double *v, unsigned n, double *min, double *median, double
 
 double http_latency_us(const http_load_result *r, unsigned which)
 {
+    if (r->external_latency)
+        return r->latency_us[which];
     return (double)histogram_percentile(&r->latency, reported_percentiles[which]) / 1000.0;
 }
 

@@ -1,0 +1,649 @@
+/* iol-bench compare http: our http-hello against nginx and h2o, each
+ * serving "Hello, World!" with the same worker count, loaded in turn by the
+ * same load generator (ours, or wrk with --wrk) with interleaved repeats
+ * (ours, nginx, h2o, ours, nginx, h2o, ...) so drifts of this shared
+ * machine hit every server alike.
+ *
+ * Every server runs in its own process group and is stopped by group
+ * (SIGTERM, SIGKILL after 2 s, waitpid), from the normal path, from an
+ * atexit handler and from SIGINT/SIGTERM/SIGHUP, so no process outlives
+ * the bench. nginx's workers are children of its master: a group kill
+ * reaches them even when the master dies first. */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <libgen.h>
+#include <limits.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench/bench.h"
+#include "bench/histogram.h"
+
+#define MAX_SERVERS 3
+#define STOP_GRACE_NS 2000000000ull
+#define READY_TIMEOUT_NS 10000000000ull
+
+struct server {
+    const char *impl;       /* JSON "impl" */
+    char label[48];         /* table row */
+    char note[128];         /* how it serves the body */
+    char *argv[16];
+    char argbuf[16][PATH_MAX];
+    int argc;
+    uint16_t port;
+    pid_t pid;              /* also the process group id; 0: not running */
+    http_load_result *runs;
+    unsigned nruns;
+};
+
+/* What the exit paths must clean up; written only by the main thread
+ * before the signal handlers could need it. */
+static struct server *volatile g_servers;
+static volatile int g_nservers;
+static char g_tmpdir[PATH_MAX];
+
+/* ------------------------------------------------------------ processes */
+
+static void server_arg(struct server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void server_arg(struct server *s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->argbuf[s->argc], sizeof s->argbuf[0], fmt, ap);
+    va_end(ap);
+    s->argv[s->argc] = s->argbuf[s->argc];
+    s->argc++;
+    s->argv[s->argc] = NULL;
+}
+
+static void kill_all_now(void)
+{
+    for (int i = 0; i < g_nservers; i++)
+        if (g_servers[i].pid > 0)
+            kill(-g_servers[i].pid, SIGKILL);
+}
+
+static void on_fatal_signal(int signo)
+{
+    /* Async-signal-safe: kill() only; the atexit path is not run here, so
+     * the temp dir of a killed bench stays (it holds only configs). */
+    kill_all_now();
+    signal(signo, SIG_DFL);
+    raise(signo);
+}
+
+static uint64_t now_ns(void)
+{
+    return bench_now_ns();
+}
+
+static void server_stop(struct server *s)
+{
+    if (s->pid <= 0)
+        return;
+    kill(-s->pid, SIGTERM);
+    uint64_t until = now_ns() + STOP_GRACE_NS;
+    bool reaped = false;
+    while (!reaped && now_ns() < until) {
+        pid_t r = waitpid(s->pid, NULL, WNOHANG);
+        if (r == s->pid || (r < 0 && errno == ECHILD))
+            reaped = true;
+        else
+            nanosleep(&(struct timespec){ 0, 20000000 }, NULL);
+    }
+    /* The group too: a worker may outlive its master for a moment. */
+    kill(-s->pid, SIGKILL);
+    if (!reaped)
+        waitpid(s->pid, NULL, 0);
+    s->pid = 0;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+static void cleanup_at_exit(void)
+{
+    for (int i = 0; i < g_nservers; i++)
+        server_stop(&g_servers[i]);
+    if (g_tmpdir[0]) {
+        nftw(g_tmpdir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+        g_tmpdir[0] = '\0';
+    }
+}
+
+static int free_port(uint16_t *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof a;
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || getsockname(fd, (struct sockaddr *)&a, &len) < 0) {
+        int err = -errno;
+        close(fd);
+        return err;
+    }
+    close(fd);
+    *port = ntohs(a.sin_port);
+    return 0;
+}
+
+static bool accepts(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    bool ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    return ok;
+}
+
+/* Starts the server in its own process group, output to a log in the temp
+ * dir, and waits until its port accepts. 0, or -1 with a message. */
+static int server_start(struct server *s)
+{
+    char log[PATH_MAX + 32];
+    snprintf(log, sizeof log, "%s/%s.log", g_tmpdir, s->impl);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "compare http: fork: %s\n", strerror(errno));
+        return -1;
+    }
+    if (pid == 0) {
+        setpgid(0, 0);
+        /* If the bench dies without cleaning up, the server goes too. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd >= 0) {
+            dup2(fd, STDOUT_FILENO);
+            dup2(fd, STDERR_FILENO);
+        }
+        int devnull = open("/dev/null", O_RDONLY);
+        if (devnull >= 0)
+            dup2(devnull, STDIN_FILENO);
+        signal(SIGPIPE, SIG_DFL);
+        execv(s->argv[0], s->argv);
+        fprintf(stderr, "exec %s: %s\n", s->argv[0], strerror(errno));
+        _exit(127);
+    }
+    /* Both sides set the group, so a kill right after fork reaches it. */
+    setpgid(pid, pid);
+    s->pid = pid;
+    uint64_t until = now_ns() + READY_TIMEOUT_NS;
+    while (now_ns() < until) {
+        if (accepts(s->port))
+            return 0;
+        int status;
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            s->pid = 0;
+            fprintf(stderr, "compare http: %s exited before accepting (status %d); log:\n", s->label, status);
+            FILE *f = fopen(log, "r");
+            if (f) {
+                char line[512];
+                for (int n = 0; n < 10 && fgets(line, sizeof line, f); n++)
+                    fprintf(stderr, "    %s", line);
+                fclose(f);
+            }
+            return -1;
+        }
+        nanosleep(&(struct timespec){ 0, 20000000 }, NULL);
+    }
+    fprintf(stderr, "compare http: %s does not accept on port %u after 10 s\n", s->label, s->port);
+    server_stop(s);
+    return -1;
+}
+
+/* ------------------------------------------------------------ servers */
+
+static bool executable(const char *path)
+{
+    return access(path, X_OK) == 0;
+}
+
+/* A program on $PATH or in the sbin directories (nginx lives in /usr/sbin,
+ * which is not on every user's PATH). */
+static bool find_program(const char *name, char *out, size_t size)
+{
+    const char *path = getenv("PATH");
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s:/usr/sbin:/sbin:/usr/local/sbin", path ? path : "/usr/bin:/bin");
+    for (char *save, *dir = strtok_r(buf, ":", &save); dir; dir = strtok_r(NULL, ":", &save)) {
+        snprintf(out, size, "%s/%s", dir, name);
+        if (executable(out))
+            return true;
+    }
+    return false;
+}
+
+static int write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    fputs(text, f);
+    return fclose(f) == 0 ? 0 : -1;
+}
+
+static bool setup_ours(struct server *s, unsigned workers)
+{
+    char self[PATH_MAX], exe[PATH_MAX + 32];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n < 0)
+        return false;
+    self[n] = '\0';
+    snprintf(exe, sizeof exe, "%s/../examples/http-hello", dirname(self));
+    if (!executable(exe)) {
+        fprintf(stderr, "compare http: %s not built: ioloop skipped\n", exe);
+        return false;
+    }
+    s->impl = "ioloop";
+    snprintf(s->label, sizeof s->label, "ioloop");
+    snprintf(s->note, sizeof s->note, "examples/http-hello");
+    server_arg(s, "%s", exe);
+    server_arg(s, "--host");
+    server_arg(s, "127.0.0.1");
+    server_arg(s, "--port");
+    server_arg(s, "%u", s->port);
+    server_arg(s, "--workers");
+    server_arg(s, "%u", workers);
+    return true;
+}
+
+static bool setup_nginx(struct server *s, unsigned workers)
+{
+    char exe[PATH_MAX], conf[PATH_MAX + 32], text[3 * PATH_MAX + 512];
+    if (!find_program("nginx", exe, sizeof exe)) {
+        fputs("compare http: nginx not installed: skipped\n", stderr);
+        return false;
+    }
+    snprintf(conf, sizeof conf, "%s/nginx.conf", g_tmpdir);
+    snprintf(text, sizeof text,
+             "worker_processes %u;\n"
+             "daemon off;\n"
+             "master_process on;\n"
+             "pid %s/nginx.pid;\n"
+             "error_log %s/nginx-error.log;\n"
+             "events {}\n"
+             "http {\n"
+             "  access_log off;\n"
+             "  server {\n"
+             "    listen 127.0.0.1:%u;\n"
+             "    location / { default_type text/plain; return 200 \"Hello, World!\"; }\n"
+             "  }\n"
+             "}\n",
+             workers, g_tmpdir, g_tmpdir, s->port);
+    if (write_file(conf, text) < 0)
+        return false;
+    s->impl = "nginx";
+    snprintf(s->label, sizeof s->label, "nginx");
+    snprintf(s->note, sizeof s->note, "return 200 Hello, World!");
+    server_arg(s, "%s", exe);
+    server_arg(s, "-c");
+    server_arg(s, "%s", conf);
+    server_arg(s, "-p");
+    server_arg(s, "%s", g_tmpdir);
+    server_arg(s, "-e");
+    server_arg(s, "%s/nginx-error.log", g_tmpdir);
+    return true;
+}
+
+static bool h2o_has_mruby(const char *exe)
+{
+    char cmd[PATH_MAX + 32], line[256];
+    snprintf(cmd, sizeof cmd, "'%s' --version 2>&1", exe);
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return false;
+    bool yes = false;
+    while (fgets(line, sizeof line, p))
+        yes |= strncmp(line, "mruby: YES", 10) == 0;
+    pclose(p);
+    return yes;
+}
+
+static bool setup_h2o(struct server *s, unsigned workers)
+{
+    char exe[PATH_MAX], conf[PATH_MAX + 32], dir[PATH_MAX + 32], text[3 * PATH_MAX + 512], handler[PATH_MAX + 128];
+    if (!find_program("h2o", exe, sizeof exe)) {
+        fputs("compare http: h2o not installed: skipped\n", stderr);
+        return false;
+    }
+    bool mruby = h2o_has_mruby(exe);
+    if (mruby) {
+        snprintf(handler, sizeof handler,
+                 "        mruby.handler: |\n"
+                 "          Proc.new do |env|\n"
+                 "            [200, {\"content-type\" => \"text/plain\"}, [\"Hello, World!\"]]\n"
+                 "          end\n");
+        snprintf(s->note, sizeof s->note, "mruby.handler returning Hello, World!");
+    } else {
+        /* h2o started as root drops to nobody: the files must be readable. */
+        snprintf(dir, sizeof dir, "%s/www", g_tmpdir);
+        char index[PATH_MAX + 48];
+        snprintf(index, sizeof index, "%s/index.html", dir);
+        if (mkdir(dir, 0755) < 0 || write_file(index, "Hello, World!") < 0)
+            return false;
+        chmod(index, 0644);
+        snprintf(handler, sizeof handler, "        file.dir: %s\n", dir);
+        snprintf(s->note, sizeof s->note, "static file with body Hello, World! (no mruby)");
+    }
+    snprintf(conf, sizeof conf, "%s/h2o.conf", g_tmpdir);
+    snprintf(text, sizeof text,
+             "listen:\n"
+             "  host: 127.0.0.1\n"
+             "  port: %u\n"
+             "num-threads: %u\n"
+             "error-log: %s/h2o-error.log\n"
+             "hosts:\n"
+             "  \"default\":\n"
+             "    paths:\n"
+             "      \"/\":\n"
+             "%s",
+             s->port, workers, g_tmpdir, handler);
+    if (write_file(conf, text) < 0)
+        return false;
+    s->impl = "h2o";
+    snprintf(s->label, sizeof s->label, mruby ? "h2o (mruby)" : "h2o (file)");
+    server_arg(s, "%s", exe);
+    server_arg(s, "-c");
+    server_arg(s, "%s", conf);
+    return true;
+}
+
+/* ------------------------------------------------------------ wrk */
+
+static double wrk_time_us(const char *text)
+{
+    char *end;
+    double v = strtod(text, &end);
+    if (end == text)
+        return NAN;
+    if (!strncmp(end, "us", 2))
+        return v;
+    if (!strncmp(end, "ms", 2))
+        return v * 1e3;
+    if (!strncmp(end, "s", 1))
+        return v * 1e6;
+    return NAN;
+}
+
+/* One wrk run; its percentiles (50/90/99; wrk prints no 99.9) go to
+ * latency_us, its socket errors to "other"/"timeout"/"bad_status". */
+static int wrk_run(const char *url, unsigned conns, unsigned threads, double duration, http_load_result *out)
+{
+    char cmd[1024], line[512];
+    snprintf(cmd, sizeof cmd, "wrk -t%u -c%u -d%.0fs --latency '%s' 2>&1", threads, conns, ceil(duration), url);
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    memset(out, 0, sizeof *out);
+    histogram_init(&out->latency);
+    out->external_latency = true;
+    for (int i = 0; i < 4; i++)
+        out->latency_us[i] = NAN;
+    out->seconds = duration;
+    bool seen = false;
+    while (fgets(line, sizeof line, p)) {
+        char *t = line + strspn(line, " \t");
+        unsigned long a, b, c, d;
+        if (!strncmp(t, "Requests/sec:", 13)) {
+            out->requests_per_sec = strtod(t + 13, NULL);
+            seen = true;
+        } else if (!strncmp(t, "50%", 3)) {
+            out->latency_us[0] = wrk_time_us(t + 3 + strspn(t + 3, " \t"));
+        } else if (!strncmp(t, "90%", 3)) {
+            out->latency_us[1] = wrk_time_us(t + 3 + strspn(t + 3, " \t"));
+        } else if (!strncmp(t, "99%", 3)) {
+            out->latency_us[2] = wrk_time_us(t + 3 + strspn(t + 3, " \t"));
+        } else if (sscanf(t, "Socket errors: connect %lu, read %lu, write %lu, timeout %lu", &a, &b, &c, &d) == 4) {
+            out->errors[HTTP_ERR_REFUSED] = a;
+            out->errors[HTTP_ERR_OTHER] = b + c;
+            out->errors[HTTP_ERR_TIMEOUT] = d;
+        } else if (sscanf(t, "Non-2xx or 3xx responses: %lu", &a) == 1) {
+            out->errors[HTTP_ERR_BAD_STATUS] = a;
+        } else if (sscanf(t, "%lu requests in", &a) == 1) {
+            out->requests = a;
+        }
+    }
+    int st = pclose(p);
+    return seen && st == 0 ? 0 : -1;
+}
+
+/* ------------------------------------------------------------ compare */
+
+static void compare_usage(FILE *f)
+{
+    fputs("usage: iol-bench compare http [--workers N] [--connections C] [--load-workers L]\n"
+          "                            [--duration S] [--repeat R] [--wrk] [--json] [--plot F.svg]\n"
+          "  Our http-hello, nginx and h2o (those installed), N workers each, on free\n"
+          "  ports of 127.0.0.1, loaded in turn (interleaved repeats) by iol-bench's\n"
+          "  load generator with L worker loops (default: N), or by wrk with --wrk.\n",
+          f);
+    bench_usage_common(f);
+}
+
+static int parse_count(const char *s, unsigned *out)
+{
+    char *end;
+    unsigned long v = strtoul(s, &end, 10);
+    if (!*s || *end || v == 0 || v > 100000)
+        return -1;
+    *out = (unsigned)v;
+    return 0;
+}
+
+static int compare_http(int argc, char **argv, const bench_opts *o)
+{
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    /* The server and the load generator share the machine: by default
+     * each gets half of it. */
+    unsigned half = ncpu > 1 ? (unsigned)ncpu / 2 : 1;
+    unsigned workers = o->workers > 0 ? (unsigned)o->workers : half;
+    unsigned load_workers = 0, conns = 64;
+    bool use_wrk = false;
+    double duration = o->duration > 0 ? o->duration : 3;
+    unsigned repeat = o->repeat > 0 ? (unsigned)o->repeat : 1;
+    if (repeat > BENCH_MAX_REPEAT)
+        repeat = BENCH_MAX_REPEAT;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            compare_usage(stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--connections") && i + 1 < argc) {
+            if (parse_count(argv[++i], &conns) < 0)
+                goto bad;
+        } else if (!strcmp(argv[i], "--load-workers") && i + 1 < argc) {
+            if (parse_count(argv[++i], &load_workers) < 0)
+                goto bad;
+        } else if (!strcmp(argv[i], "--wrk")) {
+            use_wrk = true;
+        } else {
+            fprintf(stderr, "iol-bench compare http: unexpected argument '%s'\n", argv[i]);
+            goto bad;
+        }
+    }
+    if (!load_workers)
+        load_workers = workers;
+    char wrk_path[PATH_MAX];
+    if (use_wrk && !find_program("wrk", wrk_path, sizeof wrk_path)) {
+        fputs("compare http: --wrk given but wrk is not installed: skipped\n", stderr);
+        return 0;
+    }
+
+    static struct server servers[MAX_SERVERS];
+    memset(servers, 0, sizeof servers);
+    snprintf(g_tmpdir, sizeof g_tmpdir, "/tmp/iol-bench-http-XXXXXX");
+    if (!mkdtemp(g_tmpdir)) {
+        fprintf(stderr, "compare http: mkdtemp: %s\n", strerror(errno));
+        g_tmpdir[0] = '\0';
+        return 1;
+    }
+    chmod(g_tmpdir, 0755); /* servers that drop root still read their files */
+    g_servers = servers;
+    g_nservers = 0;
+    atexit(cleanup_at_exit);
+    struct sigaction sa = { .sa_handler = on_fatal_signal };
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+
+    bool (*const setups[])(struct server *, unsigned) = { setup_ours, setup_nginx, setup_h2o };
+    int n = 0;
+    for (size_t k = 0; k < sizeof setups / sizeof setups[0]; k++) {
+        struct server *s = &servers[n];
+        memset(s, 0, sizeof *s);
+        if (free_port(&s->port) < 0 || !setups[k](s, workers))
+            continue;
+        g_nservers = n + 1; /* visible to the exit paths before it runs */
+        if (server_start(s) < 0)
+            continue;
+        s->runs = calloc(repeat, sizeof *s->runs);
+        if (!s->runs) {
+            server_stop(s);
+            continue;
+        }
+        n++;
+    }
+    g_nservers = n;
+    FILE *table = o->json ? stderr : stdout;
+    if (n == 0) {
+        fputs("compare http: no server could be started: nothing to compare\n", table);
+        cleanup_at_exit();
+        return 0;
+    }
+
+    int rc = 0;
+    for (unsigned r = 0; r < repeat && rc == 0; r++) {
+        for (int k = 0; k < n; k++) {
+            struct server *s = &servers[k];
+            char url[64];
+            snprintf(url, sizeof url, "http://127.0.0.1:%u/", s->port);
+            http_load_result *res = &s->runs[s->nruns];
+            int err;
+            if (use_wrk) {
+                err = wrk_run(url, conns, load_workers, duration, res);
+            } else {
+                http_load_config cfg = { .url = url, .connections = conns, .workers = load_workers,
+                                         .duration = duration, .label = s->label };
+                err = http_load_run(&cfg, res);
+            }
+            if (err < 0) {
+                fprintf(stderr, "compare http: load run against %s failed\n", s->label);
+                continue;
+            }
+            s->nruns++;
+        }
+    }
+
+    /* Tables: one block per server, then the summary with ratios. */
+    double ours_rps = NAN, ours_p99 = NAN, v[BENCH_MAX_REPEAT], lo, med, hi;
+    for (int k = 0; k < n; k++) {
+        char title[256];
+        snprintf(title, sizeof title, "compare http  %s (%s)  port %u", servers[k].label, servers[k].note,
+                 servers[k].port);
+        http_table(table, title, servers[k].runs, servers[k].nruns, false);
+    }
+    fprintf(table,
+            "\ncompare http  %u server workers, %u connections, load: %s with %u workers, %.3g s x %u interleaved\n",
+            workers, conns, use_wrk ? "wrk" : "iol-bench", load_workers, duration, repeat);
+    fprintf(table, "  %-14s %10s %10s %10s   %9s %9s %9s   %12s %10s\n", "server", "req/s min", "median", "max",
+            "p99us min", "median", "max", "ours/theirs", "p99 ratio");
+    for (int k = 0; k < n; k++) {
+        struct server *s = &servers[k];
+        for (unsigned i = 0; i < s->nruns; i++)
+            v[i] = s->runs[i].requests_per_sec;
+        http_stats(v, s->nruns, &lo, &med, &hi);
+        double rps = med, rps_lo = lo, rps_hi = hi;
+        for (unsigned i = 0; i < s->nruns; i++)
+            v[i] = http_latency_us(&s->runs[i], 2);
+        http_stats(v, s->nruns, &lo, &med, &hi);
+        if (!strcmp(s->impl, "ioloop")) {
+            ours_rps = rps;
+            ours_p99 = med;
+        }
+        char ratio[32] = "-", p99_ratio[32] = "-";
+        if (isfinite(ours_rps / rps))
+            snprintf(ratio, sizeof ratio, "%.2fx", ours_rps / rps);
+        if (isfinite(med / ours_p99))
+            snprintf(p99_ratio, sizeof p99_ratio, "%.2fx", med / ours_p99);
+        fprintf(table, "  %-14s %10.0f %10.0f %10.0f   %9.0f %9.0f %9.0f   %12s %10s\n", s->label, rps_lo, rps,
+                rps_hi, lo, med, hi, ratio, p99_ratio);
+    }
+    fputs("  (ours/theirs: req/s of ioloop over this server's, > 1 is ioloop faster; p99 ratio: this server's\n"
+          "   p99 over ioloop's, > 1 is ioloop lower)\n",
+          table);
+    fflush(table);
+
+    if (o->json) {
+        for (int k = 0; k < n; k++) {
+            struct server *s = &servers[k];
+            char params[1024], extra[256];
+            snprintf(params, sizeof params,
+                     "{\"mode\":\"compare\",\"server\":\"%s\",\"server_note\":\"%s\",\"workers\":%u,"
+                     "\"connections\":%u,\"load_generator\":\"%s\",\"load_workers\":%u,\"duration\":%g,"
+                     "\"repeat\":%u,\"churn\":false}",
+                     s->label, s->note, workers, conns,
+                     use_wrk ? "wrk" : "iol-bench", load_workers, duration, repeat);
+            for (unsigned i = 0; i < s->nruns; i++)
+                v[i] = s->runs[i].requests_per_sec;
+            http_stats(v, s->nruns, &lo, &med, &hi);
+            extra[0] = '\0';
+            if (isfinite(ours_rps) && med > 0)
+                snprintf(extra, sizeof extra, "\"ratio_ours_over_this\":%.4g", ours_rps / med);
+            http_json_line(stdout, s->impl, params, s->runs, s->nruns, false, extra);
+        }
+    }
+    if (o->plot) {
+        static bench_report report;
+        bench_report_init(&report, "http", http_plot_figs, HTTP_PLOT_FIGS);
+        snprintf(report.title, sizeof report.title, "compare http N=%u C=%u", workers, conns);
+        for (int k = 0; k < n; k++)
+            http_report_add(&report, servers[k].impl, servers[k].label, servers[k].runs, servers[k].nruns);
+        bench_report *rs[] = { &report };
+        if (bench_plot(o, rs, 1) < 0)
+            rc = 1;
+    }
+
+    cleanup_at_exit();
+    for (int k = 0; k < n; k++)
+        free(servers[k].runs);
+    g_nservers = 0;
+    return rc;
+bad:
+    compare_usage(stderr);
+    return 2;
+}
+
+/* main.c runs `compare handoff|pingpong|timers` itself and hands the rest
+ * here; argv[0] is "compare", argv[1] what to compare. */
+int bench_compare(int argc, char **argv, const bench_opts *o)
+{
+    if (argc >= 2 && !strcmp(argv[1], "http"))
+        return compare_http(argc, argv, o);
+    fprintf(stderr, "iol-bench compare: unknown comparison '%s' (http|handoff|pingpong|timers)\n",
+            argc >= 2 ? argv[1] : "");
+    return 2;
+}
