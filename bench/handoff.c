@@ -516,7 +516,7 @@ int bench_handoff(int argc, char **argv, const bench_opts *o)
         double lo, med, hi;
         if (bench_stats(&r->impls[0], 1, &lo, &med, &hi))
             fprintf(o->json ? stderr : stdout,
-                    "  %-14s ioloop wakeups per callback %.2g (max %.2g)  (target <= 0.001)  %s\n\n", r->title,
+                    "  %-18s ioloop wakeups per callback %.2g (max %.2g)  (target <= 0.001)  %s\n\n", r->title,
                     med, hi, med <= 0.001 ? "met" : "MISSED");
     }
     int rc = bench_plot(o, reports, np) < 0 ? 1 : 0;

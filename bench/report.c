@@ -67,6 +67,8 @@ void bench_human(char *buf, size_t len, double v)
         snprintf(buf, len, "%.3gM", v / 1e6);
     else if (a >= 1e4)
         snprintf(buf, len, "%.3gk", v / 1e3);
+    else if (a >= 1000)
+        snprintf(buf, len, "%.0f", v);
     else
         snprintf(buf, len, "%.3g", v);
 }
@@ -94,7 +96,7 @@ static void print_table(const bench_report *r, FILE *f)
             continue;
         char head[96];
         snprintf(head, sizeof head, "%s (min / median / max)", r->figs[fig].label);
-        fprintf(f, "%-16s %-16s %-36s", first ? r->title : "", "impl", head);
+        fprintf(f, "%-18s %-16s %-36s", first ? r->title : "", "impl", head);
         for (int x = 0; x < r->nfigs; x++)
             if (!r->figs[x].full)
                 fprintf(f, " %12s", r->figs[x].label);
@@ -111,7 +113,7 @@ static void print_table(const bench_report *r, FILE *f)
                 bench_human(c, sizeof c, hi);
                 snprintf(cell, sizeof cell, "%s / %s / %s", a, b, c);
             }
-            fprintf(f, "%-16s %-16s %-36s", "", im->label, cell);
+            fprintf(f, "%-18s %-16s %-36s", "", im->label, cell);
             for (int x = 0; x < r->nfigs; x++) {
                 if (r->figs[x].full)
                     continue;
@@ -219,7 +221,7 @@ void bench_report_target(const bench_report *r, const bench_opts *o, int fig, co
     if (isnan(a) || isnan(b) || a == 0 || b == 0)
         return;
     double ratio = r->figs[fig].lower_better ? b / a : a / b;
-    fprintf(f, "  %-14s ioloop vs %-14s %-14s %6.2fx  (target >= %gx)  %s\n", r->title, other_impl,
+    fprintf(f, "  %-18s ioloop vs %-14s %-14s %6.2fx  (target >= %gx)  %s\n", r->title, other_impl,
             r->figs[fig].label, ratio, target, ratio >= target ? "met" : "MISSED");
 }
 
