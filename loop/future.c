@@ -270,3 +270,13 @@ int iol_loop_add_future(iol_loop *loop, iol_future *f, void (*fn)(iol_future *f,
      * never inside this call. */
     return waiter_queue(w);
 }
+
+bool iol__callback_dropped(iol_callback_fn fn, void *arg)
+{
+    if (fn == waiter_run) {
+        /* Never ran: drop its future reference like waiter_run would. */
+        waiter_free(arg);
+        return true;
+    }
+    return iol__run_sync_callback_dropped(fn, arg);
+}

@@ -28,4 +28,13 @@ int iol__future_add_hook(iol_future *f, iol__future_hook *h);
  * already (it is not running any more). */
 bool iol__future_remove_hook(iol_future *f, iol__future_hook *h);
 
+/* For the loop's teardown: (fn, arg) was queued with add_callback and is
+ * being dropped without running (close, or the last unref). Releases what
+ * add_future and run_sync put in the queue (a waiter holding a future
+ * reference, run_sync's state); ignores every other callback. true if it
+ * was one of those. Any thread; touches no loop. */
+bool iol__callback_dropped(iol_callback_fn fn, void *arg);
+/* run_sync's part of the above (loop/run_sync.c). */
+bool iol__run_sync_callback_dropped(iol_callback_fn fn, void *arg);
+
 #endif

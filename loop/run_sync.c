@@ -10,7 +10,8 @@
  * The state lives on the heap because fn's callback may outlive the call:
  * if a stop was pending before run_sync, start returns at once and the
  * callback stays queued for the next start, where it sees `active` false
- * and only drops its reference. */
+ * and only drops its reference (or the loop's teardown drops it through
+ * iol__callback_dropped). */
 #include <errno.h>
 #include <math.h>
 #include <stdatomic.h>
@@ -71,6 +72,14 @@ static void run_sync_call_fn(void *arg)
         }
     }
     run_sync_state_unref(st);
+}
+
+bool iol__run_sync_callback_dropped(iol_callback_fn fn, void *arg)
+{
+    if (fn != run_sync_call_fn)
+        return false;
+    run_sync_state_unref(arg);
+    return true;
 }
 
 static void run_sync_on_timeout(void *arg)
