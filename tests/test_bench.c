@@ -1,0 +1,525 @@
+/* Smoke test of iol-bench: every subcommand with tiny sizes and --json
+ * exits 0 and prints only BENCH.md JSON lines; --plot writes an SVG; and
+ * our load generator agrees with wrk on the same server. Benchmarks never
+ * fail the suite on speed: only the wrk agreement compares figures, with a
+ * tolerance wide enough for a shared 2-vCPU machine. Subcommands whose
+ * competitors are missing skip themselves inside the tool. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+static char bench_path[PATH_MAX + 32];
+static char build_dir[PATH_MAX];
+
+/* The binaries sit next to ours in the build tree: tests/../bench. */
+static void find_binaries(void)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    ck_assert_int_gt(n, 0);
+    self[n] = '\0';
+    snprintf(build_dir, sizeof build_dir, "%s/..", dirname(self));
+    snprintf(bench_path, sizeof bench_path, "%s/bench/iol-bench", build_dir);
+}
+
+static bool have_program(const char *name)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "PATH=\"$PATH:/usr/sbin:/sbin\" command -v %s >/dev/null 2>&1", name);
+    return system(cmd) == 0;
+}
+
+/* Runs iol-bench with args; stdout goes to out_path. Returns the exit
+ * status (or -1). stderr (table, progress) is kept in a log for failures. */
+static int run_bench(const char *args, const char *out_path)
+{
+    char cmd[4 * PATH_MAX];
+    snprintf(cmd, sizeof cmd, "'%s' %s >'%s' 2>'%s.err'", bench_path, args, out_path, out_path);
+    int st = system(cmd);
+    if (st == -1 || !WIFEXITED(st))
+        return -1;
+    return WEXITSTATUS(st);
+}
+
+static void dump_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    char line[1024];
+    while (fgets(line, sizeof line, f))
+        fprintf(stderr, "    %s", line);
+    fclose(f);
+}
+
+/* Every line parses as JSON and carries the BENCH.md fields. Returns the
+ * number of lines, -1 if any is wrong. */
+static int check_json_lines(const char *path)
+{
+    char cmd[PATH_MAX + 512];
+    snprintf(cmd, sizeof cmd,
+             "python3 -c '\n"
+             "import json, sys\n"
+             "n = 0\n"
+             "for line in open(sys.argv[1]):\n"
+             "    o = json.loads(line)\n"
+             "    for k in (\"bench\", \"impl\", \"params\", \"machine\", \"results\"):\n"
+             "        assert k in o, (k, line)\n"
+             "    assert isinstance(o[\"params\"], dict) and isinstance(o[\"results\"], dict)\n"
+             "    n += 1\n"
+             "print(n)\n"
+             "' '%s'",
+             path);
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    int n = -1;
+    if (fscanf(p, "%d", &n) != 1)
+        n = -1;
+    int st = pclose(p);
+    return st == 0 ? n : -1;
+}
+
+static long file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (long)st.st_size : -1;
+}
+
+static char tmpdir[PATH_MAX];
+
+static void make_tmpdir(void)
+{
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/iol-test-bench-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+}
+
+static void remove_tmpdir(void)
+{
+    char cmd[PATH_MAX + 16];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", tmpdir);
+}
+
+/* Runs one smoke command and checks exit 0 and the JSON lines. */
+static int smoke(const char *args)
+{
+    char out[PATH_MAX + 16], err[PATH_MAX + 32];
+    snprintf(out, sizeof out, "%s/out.json", tmpdir);
+    int rc = run_bench(args, out);
+    if (rc != 0) {
+        fprintf(stderr, "iol-bench %s: exit %d; stderr:\n", args, rc);
+        snprintf(err, sizeof err, "%s.err", out);
+        dump_file(err);
+    }
+    ck_assert_msg(rc == 0, "iol-bench %s exited %d", args, rc);
+    int n = check_json_lines(out);
+    if (n < 0)
+        dump_file(out);
+    ck_assert_msg(n >= 0, "iol-bench %s: stdout is not BENCH.md JSON lines", args);
+    return n;
+}
+
+/* ------------------------------------------------ a tiny HTTP server */
+
+/* A thread per connection answering every request with "Hello, World!":
+ * enough for the smoke runs of `http` without depending on other
+ * programs. Connection: close in a request closes after the reply. */
+static void *serve_conn(void *arg)
+{
+    int fd = (int)(intptr_t)arg;
+    char buf[4096];
+    size_t len = 0;
+    static const char reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\n"
+                                "Hello, World!";
+    static const char reply_close[] = "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nConnection: close\r\n\r\n"
+                                      "Hello, World!";
+    for (;;) {
+        ssize_t n = read(fd, buf + len, sizeof buf - len - 1);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        buf[len] = '\0';
+        char *end;
+        bool closing = false;
+        while ((end = strstr(buf, "\r\n\r\n"))) {
+            closing = strcasestr(buf, "Connection: close") && strcasestr(buf, "Connection: close") < end;
+            const char *r = closing ? reply_close : reply;
+            if (write(fd, r, strlen(r)) < 0)
+                closing = true;
+            size_t used = (size_t)(end + 4 - buf);
+            memmove(buf, buf + used, len - used + 1);
+            len -= used;
+            if (closing)
+                break;
+        }
+        if (closing || len == sizeof buf - 1)
+            break;
+    }
+    close(fd);
+    return NULL;
+}
+
+static void *accept_loop(void *arg)
+{
+    int lfd = (int)(intptr_t)arg;
+    for (;;) {
+        int fd = accept(lfd, NULL, NULL);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE)
+                continue;
+            return NULL;
+        }
+        pthread_t t;
+        if (pthread_create(&t, NULL, serve_conn, (void *)(intptr_t)fd) != 0)
+            close(fd);
+        else
+            pthread_detach(t);
+    }
+}
+
+/* Starts the server; returns its port. Lives until the test process ends
+ * (each test runs in its own forked process). */
+static unsigned start_tiny_server(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(lfd, 0);
+    int one = 1;
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t alen = sizeof a;
+    ck_assert_int_eq(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    ck_assert_int_eq(listen(lfd, 1024), 0);
+    ck_assert_int_eq(getsockname(lfd, (struct sockaddr *)&a, &alen), 0);
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, accept_loop, (void *)(intptr_t)lfd), 0);
+    pthread_detach(t);
+    return ntohs(a.sin_port);
+}
+
+/* ------------------------------------------------ tests */
+
+static void setup(void)
+{
+    find_binaries();
+    make_tmpdir();
+}
+
+static void teardown(void)
+{
+    remove_tmpdir();
+}
+
+#define REQUIRE_BENCH()                                                                                      \
+    do {                                                                                                     \
+        if (access(bench_path, X_OK) != 0) {                                                                 \
+            fprintf(stderr, "skip: %s not built\n", bench_path);                                             \
+            return;                                                                                          \
+        }                                                                                                    \
+    } while (0)
+
+START_TEST(handoff_smoke)
+{
+    REQUIRE_BENCH();
+    ck_assert_int_gt(smoke("handoff --producers 1 --count 20000 --duration 1 --repeat 1 --json"), 0);
+}
+END_TEST
+
+START_TEST(pingpong_smoke)
+{
+    REQUIRE_BENCH();
+    ck_assert_int_gt(smoke("pingpong --count 2000 --duration 1 --repeat 1 --json"), 0);
+}
+END_TEST
+
+START_TEST(timers_smoke)
+{
+    REQUIRE_BENCH();
+    ck_assert_int_gt(smoke("timers --count 20000 --duration 1 --repeat 1 --json"), 0);
+}
+END_TEST
+
+START_TEST(compare_smoke)
+{
+    REQUIRE_BENCH();
+    smoke("compare handoff --producers 1 --count 20000 --duration 1 --repeat 1 --json");
+    smoke("compare pingpong --count 2000 --duration 1 --repeat 1 --json");
+    smoke("compare timers --count 20000 --duration 1 --repeat 1 --json");
+}
+END_TEST
+
+START_TEST(http_keepalive_and_churn)
+{
+    REQUIRE_BENCH();
+    unsigned port = start_tiny_server();
+    char args[256];
+    snprintf(args, sizeof args, "http --connections 4 --workers 2 --duration 1 --repeat 1 --json http://127.0.0.1:%u/",
+             port);
+    ck_assert_int_eq(smoke(args), 1);
+    snprintf(args, sizeof args,
+             "http --connections 4 --workers 1 --duration 1 --repeat 1 --churn --json http://127.0.0.1:%u/hello", port);
+    ck_assert_int_eq(smoke(args), 1);
+
+    /* The figures are there and say requests were made without errors. */
+    char out[PATH_MAX + 16], cmd[PATH_MAX + 512];
+    snprintf(out, sizeof out, "%s/out.json", tmpdir);
+    snprintf(cmd, sizeof cmd,
+             "python3 -c 'import json,sys; r=json.loads(open(sys.argv[1]).readline())[\"results\"]; "
+             "assert r[\"requests_per_sec\"] > 0 and r[\"connections_per_sec\"] > 0, r; "
+             "assert set(r[\"latency_us\"]) == {\"p50\",\"p90\",\"p99\",\"p999\"}, r; "
+             "assert r[\"requests_per_sec_min\"] <= r[\"requests_per_sec\"] <= r[\"requests_per_sec_max\"]; "
+             "assert sum(r[\"errors\"].values()) == 0, r[\"errors\"]' '%s'",
+             out);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+START_TEST(http_refused_is_an_error_kind)
+{
+    REQUIRE_BENCH();
+    /* A port nobody listens on: the run still completes, exit 0, and the
+     * refusals are counted. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t alen = sizeof a;
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &alen), 0);
+    char args[256], out[PATH_MAX + 16], cmd[PATH_MAX + 256];
+    snprintf(args, sizeof args, "http --connections 2 --workers 1 --duration 1 --repeat 1 --json http://127.0.0.1:%u/",
+             ntohs(a.sin_port));
+    ck_assert_int_eq(smoke(args), 1);
+    close(fd);
+    snprintf(out, sizeof out, "%s/out.json", tmpdir);
+    snprintf(cmd, sizeof cmd,
+             "python3 -c 'import json,sys; r=json.loads(open(sys.argv[1]).readline())[\"results\"]; "
+             "assert r[\"errors\"][\"connect_refused\"] > 0 and r[\"requests_per_sec\"] == 0, r' '%s'",
+             out);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+START_TEST(http_bad_arguments)
+{
+    REQUIRE_BENCH();
+    char out[PATH_MAX + 16];
+    snprintf(out, sizeof out, "%s/out.txt", tmpdir);
+    ck_assert_int_eq(run_bench("http --duration 1 --repeat 1", out), 2);              /* no URL */
+    ck_assert_int_eq(run_bench("http --duration 1 ftp://x/", out), 2);                /* not http */
+    ck_assert_int_eq(run_bench("http --connections 0 http://127.0.0.1:1/", out), 2); /* no connections */
+    ck_assert_int_eq(run_bench("http --help", out), 0);
+    ck_assert_int_eq(run_bench("compare http --help", out), 0);
+}
+END_TEST
+
+START_TEST(plot_writes_svg)
+{
+    REQUIRE_BENCH();
+    if (!have_program("gnuplot")) {
+        fprintf(stderr, "skip: gnuplot not installed\n");
+        return;
+    }
+    unsigned port = start_tiny_server();
+    char args[PATH_MAX + 256], svg[PATH_MAX + 16];
+    snprintf(svg, sizeof svg, "%s/http.svg", tmpdir);
+    snprintf(args, sizeof args,
+             "http --connections 2 --workers 1 --duration 1 --repeat 1 --json --plot '%s' http://127.0.0.1:%u/", svg,
+             port);
+    smoke(args);
+    ck_assert_int_gt(file_size(svg), 100);
+    snprintf(svg, sizeof svg, "%s/timers.svg", tmpdir);
+    snprintf(args, sizeof args, "timers --count 20000 --repeat 1 --json --plot '%s'", svg);
+    smoke(args);
+    ck_assert_int_gt(file_size(svg), 100);
+}
+END_TEST
+
+/* Counts processes whose command line mentions our temp config dirs. */
+static int leftover_servers(void)
+{
+    /* The bracket keeps the pattern from matching the shell running pgrep. */
+    FILE *p = popen("pgrep -f -c 'iol-bench-htt[p]-' 2>/dev/null", "r");
+    if (!p)
+        return 0;
+    int n = 0;
+    if (fscanf(p, "%d", &n) != 1)
+        n = 0;
+    pclose(p);
+    return n;
+}
+
+START_TEST(compare_http_smoke)
+{
+    REQUIRE_BENCH();
+    char args[PATH_MAX + 256], svg[PATH_MAX + 16];
+    snprintf(svg, sizeof svg, "%s/compare.svg", tmpdir);
+    snprintf(args, sizeof args, "compare http --workers 1 --connections 8 --duration 1 --repeat 1 --json --plot '%s'",
+             svg);
+    int n = smoke(args);
+    /* Servers that are not installed are skipped by the tool; those that
+     * ran each gave a line and the plot. */
+    if (n > 0 && have_program("gnuplot"))
+        ck_assert_int_gt(file_size(svg), 100);
+    ck_assert_int_eq(leftover_servers(), 0);
+}
+END_TEST
+
+/* --------------------------------------------- agreement with wrk */
+
+static pid_t start_server(const char *exe, unsigned port, char *url, size_t url_size)
+{
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        char p[16];
+        snprintf(p, sizeof p, "%u", port);
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0) {
+            dup2(devnull, STDOUT_FILENO);
+            dup2(devnull, STDERR_FILENO);
+        }
+        execl(exe, exe, "--host", "127.0.0.1", "--port", p, "--workers", "1", (char *)NULL);
+        _exit(127);
+    }
+    snprintf(url, url_size, "http://127.0.0.1:%u/", port);
+    /* Wait until it accepts. */
+    for (int i = 0; i < 500; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        int ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+        close(fd);
+        if (ok)
+            return pid;
+        if (waitpid(pid, NULL, WNOHANG) == pid)
+            return -1;
+        usleep(20000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
+}
+
+static unsigned pick_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t alen = sizeof a;
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &alen), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static double wrk_rps(const char *url)
+{
+    char cmd[512], line[256];
+    snprintf(cmd, sizeof cmd, "wrk -t1 -c32 -d2s '%s' 2>&1", url);
+    FILE *p = popen(cmd, "r");
+    ck_assert_ptr_nonnull(p);
+    double rps = -1;
+    while (fgets(line, sizeof line, p))
+        if (sscanf(line, "Requests/sec: %lf", &rps) == 1)
+            break;
+    while (fgets(line, sizeof line, p)) {
+    }
+    pclose(p);
+    return rps;
+}
+
+static double ours_rps(const char *url)
+{
+    char args[512], out[PATH_MAX + 16], cmd[PATH_MAX + 256];
+    snprintf(out, sizeof out, "%s/agree.json", tmpdir);
+    snprintf(args, sizeof args, "http --connections 32 --workers 1 --duration 2 --repeat 1 --json '%s'", url);
+    ck_assert_int_eq(run_bench(args, out), 0);
+    snprintf(cmd, sizeof cmd,
+             "python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())"
+             "[\"results\"][\"requests_per_sec\"])' '%s'",
+             out);
+    FILE *p = popen(cmd, "r");
+    double rps = -1;
+    if (fscanf(p, "%lf", &rps) != 1)
+        rps = -1;
+    pclose(p);
+    return rps;
+}
+
+START_TEST(agrees_with_wrk)
+{
+    REQUIRE_BENCH();
+    char hello[PATH_MAX + 32], url[64];
+    snprintf(hello, sizeof hello, "%s/examples/http-hello", build_dir);
+    if (!have_program("wrk") || access(hello, X_OK) != 0) {
+        fprintf(stderr, "skip: wrk or %s missing\n", hello);
+        return;
+    }
+    pid_t server = start_server(hello, pick_port(), url, sizeof url);
+    ck_assert_msg(server > 0, "http-hello did not start");
+    /* Interleaved, two runs each, compared by their means: one 2 s run on
+     * a shared 2-vCPU machine can be off by a third on its own. */
+    double wrk = 0, ours = 0;
+    for (int i = 0; i < 2; i++) {
+        double w = wrk_rps(url), o = ours_rps(url);
+        ck_assert(w > 0 && o > 0);
+        wrk += w / 2;
+        ours += o / 2;
+    }
+    kill(server, SIGTERM);
+    waitpid(server, NULL, 0);
+    double ratio = ours / wrk;
+    fprintf(stderr, "wrk agreement: wrk %.0f req/s, iol-bench %.0f req/s, ratio %.3f\n", wrk, ours, ratio);
+    ck_assert_msg(ratio > 0.65 && ratio < 1.35, "iol-bench %.0f vs wrk %.0f req/s: ratio %.2f outside +-35%%", ours,
+                  wrk, ratio);
+}
+END_TEST
+
+static Suite *bench_suite(void)
+{
+    Suite *s = suite_create("bench");
+    TCase *tc = iol_test_tcase("subcommands", 300);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, handoff_smoke);
+    tcase_add_test(tc, pingpong_smoke);
+    tcase_add_test(tc, timers_smoke);
+    tcase_add_test(tc, compare_smoke);
+    suite_add_tcase(s, tc);
+
+    tc = iol_test_tcase("http", 300);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, http_keepalive_and_churn);
+    tcase_add_test(tc, http_refused_is_an_error_kind);
+    tcase_add_test(tc, http_bad_arguments);
+    tcase_add_test(tc, plot_writes_svg);
+    tcase_add_test(tc, compare_http_smoke);
+    tcase_add_test(tc, agrees_with_wrk);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    /* Timing-bound and slow under valgrind; sanitizer builds run it. */
+    if (iol_test_under_valgrind()) {
+        fprintf(stderr, "test_bench: skipped under valgrind\n");
+        return 0;
+    }
+    return iol_test_run(bench_suite());
+}
