@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "loop/future.h"
 #include "loop/log.h"
 
 #define MAX_EVENTS 1024
@@ -89,6 +90,24 @@ fail:
     return err;
 }
 
+/* Discards queued callbacks without running them. Callbacks that own
+ * resources (a future waiter, run_sync's state) release them through
+ * iol__callback_dropped. Returns how many were dropped. */
+static size_t drop_callbacks(iol_loop *loop)
+{
+    size_t dropped = 0;
+    iol__cbbatch batch;
+    iol_callback_fn fn;
+    void *arg;
+    while (iol__cbqueue_take(loop->queue, &batch)) {
+        while (iol__cbbatch_next(&batch, &fn, &arg)) {
+            iol__callback_dropped(fn, arg);
+            dropped++;
+        }
+    }
+    return dropped;
+}
+
 /* Shuts down and returns how many pending callbacks and timeouts it
  * dropped. Owner thread, loop not running. */
 static int loop_shutdown(iol_loop *loop, bool all_fds)
@@ -97,7 +116,7 @@ static int loop_shutdown(iol_loop *loop, bool all_fds)
      * pushes a node that iol__cbqueue_free reclaims at the last unref;
      * one that reads true returns -ESHUTDOWN. Either way no crash. */
     atomic_store(&loop->closed, true);
-    size_t dropped = iol__cbqueue_drop(loop->queue, NULL);
+    size_t dropped = drop_callbacks(loop);
     dropped += iol__timer_heap_len(&loop->timers);
     iol__timer_heap_destroy(&loop->timers);
     iol__loop_handlers_release(loop, all_fds);
@@ -149,6 +168,8 @@ void iol_loop_unref(iol_loop *loop)
     }
     if (loop->default_executor_owned)
         iol__executor_free_owned(loop->default_executor);
+    /* Producers that raced with close may have pushed after its drop. */
+    drop_callbacks(loop);
     iol__cbqueue_free(loop->queue);
     iol__waker_destroy(&loop->waker);
     iol__watchdog_free(loop->watchdog);
