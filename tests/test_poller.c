@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -270,6 +271,19 @@ END_TEST
 
 static void on_usr1(int signo) { (void)signo; }
 
+static atomic_bool wait_returned;
+
+/* Signals the waiting thread until its wait returned (the first signal
+ * may land before the wait began). */
+static void *interrupt_later(void *arg)
+{
+    while (!atomic_load(&wait_returned)) {
+        usleep(50 * 1000);
+        pthread_kill(*(pthread_t *)arg, SIGUSR1);
+    }
+    return NULL;
+}
+
 START_TEST(test_timeout_and_eintr)
 {
     const iol__poller_ops *ops = backends[_i];
@@ -284,16 +298,15 @@ START_TEST(test_timeout_and_eintr)
     struct sigaction catcher = { .sa_handler = on_usr1 }, saved;
     sigemptyset(&catcher.sa_mask);
     ck_assert_int_eq(sigaction(SIGUSR1, &catcher, &saved), 0);
-    pid_t child = fork();
-    ck_assert_int_ge(child, 0);
-    if (child == 0) {
-        usleep(100 * 1000);
-        kill(getppid(), SIGUSR1);
-        _exit(0);
-    }
+    atomic_store(&wait_returned, false);
+    pthread_t killer;
+    pthread_t self = pthread_self();
+    ck_assert_int_eq(pthread_create(&killer, NULL, interrupt_later, &self), 0);
     t0 = iol_test_now();
     ck_assert_int_eq(ops->wait(p, ev, 4, 20000), 0);
+    atomic_store(&wait_returned, true);
     ck_assert(iol_test_now() - t0 < 15);
+    ck_assert_int_eq(pthread_join(killer, NULL), 0);
     ck_assert_int_eq(sigaction(SIGUSR1, &saved, NULL), 0);
     ops->close(p);
 }
