@@ -103,16 +103,18 @@ static long long seconds_to_ns(double seconds)
 #define LOAD(field) atomic_load_explicit(&(field), memory_order_relaxed)
 #define STORE(field, v) atomic_store_explicit(&(field), (v), memory_order_relaxed)
 
-/* One-shot, relative; 0 disarms. Async-signal-safe. */
+/* One-shot, relative (a deadline already past fires at once). Async-signal-safe. */
 static void arm_in(iol__watchdog *w, long long ns)
 {
+    if (ns < 1)
+        ns = 1;
+    struct itimerspec its = { .it_value = { .tv_sec = ns / 1000000000LL, .tv_nsec = ns % 1000000000LL } };
+    timer_settime(w->timer, 0, &its, NULL);
+}
+
+static void disarm(iol__watchdog *w)
+{
     struct itimerspec its = { 0 };
-    if (ns != 0) {
-        if (ns < 1)
-            ns = 1;
-        its.it_value.tv_sec = ns / 1000000000LL;
-        its.it_value.tv_nsec = ns % 1000000000LL;
-    }
     timer_settime(w->timer, 0, &its, NULL);
 }
 
@@ -290,6 +292,20 @@ void iol__watchdog_free(iol__watchdog *w)
     free(w);
 }
 
+/* Swaps in a preformatted message: its threshold reads 0 meanwhile, so a
+ * handler interrupting the copy never writes half a message. */
+static void replace_message(_Atomic long long *threshold, char *dst, size_t size, size_t *dst_len, const char *msg,
+                            int len)
+{
+    STORE(*threshold, 0);
+    atomic_signal_fence(memory_order_seq_cst);
+    size_t n = len < 0 ? 0 : (size_t)len < size ? (size_t)len : size - 1;
+    memcpy(dst, msg, n);
+    dst[n] = '\0';
+    *dst_len = n;
+    atomic_signal_fence(memory_order_seq_cst);
+}
+
 /* Both setters: the handler and a timer first, then the values; a handler
  * running meanwhile reads either the old or the new threshold, whole. */
 int iol__watchdog_set_signal(iol__watchdog *w, double seconds, void (*action)(int signo))
@@ -304,10 +320,9 @@ int iol__watchdog_set_signal(iol__watchdog *w, double seconds, void (*action)(in
     int err = install_handler();
     if (err || (err = bind_timer(w)) < 0)
         return err;
-    int len = snprintf(w->signal_msg, sizeof w->signal_msg, "ioloop: blocked for > %g s\n", seconds);
-    STORE(w->signal_ns, 0); /* no handler uses the message while it changes */
-    atomic_signal_fence(memory_order_seq_cst);
-    w->signal_msg_len = len < (int)sizeof w->signal_msg ? (size_t)len : sizeof w->signal_msg - 1;
+    char msg[sizeof w->signal_msg];
+    int len = snprintf(msg, sizeof msg, "ioloop: blocked for > %g s\n", seconds);
+    replace_message(&w->signal_ns, w->signal_msg, sizeof w->signal_msg, &w->signal_msg_len, msg, len);
     STORE(w->action, action);
     atomic_signal_fence(memory_order_seq_cst);
     STORE(w->signal_ns, seconds_to_ns(seconds));
@@ -327,11 +342,9 @@ int iol__watchdog_set_log(iol__watchdog *w, double seconds)
     int err = install_handler();
     if (err || (err = bind_timer(w)) < 0)
         return err;
-    int len = snprintf(w->log_msg, sizeof w->log_msg,
-                       "ioloop WARNING: a call has blocked the loop for > %g s; backtrace:\n", seconds);
-    STORE(w->log_ns, 0);
-    atomic_signal_fence(memory_order_seq_cst);
-    w->log_msg_len = len < (int)sizeof w->log_msg ? (size_t)len : sizeof w->log_msg - 1;
+    char msg[sizeof w->log_msg];
+    int len = snprintf(msg, sizeof msg, "ioloop WARNING: a call has blocked the loop for > %g s; backtrace:\n", seconds);
+    replace_message(&w->log_ns, w->log_msg, sizeof w->log_msg, &w->log_msg_len, msg, len);
     /* Asked here, not in the handler: iol__log_is_default takes a lock. */
     STORE(w->log_to_stderr, iol__log_is_default());
     atomic_signal_fence(memory_order_seq_cst);
@@ -387,7 +400,7 @@ void iol__watchdog_iteration_end(iol__watchdog *w)
         return;
     STORE(w->active, false);
     atomic_signal_fence(memory_order_seq_cst); /* a handler after this point does nothing */
-    arm_in(w, 0);
+    disarm(w);
 }
 
 void iol__watchdog_call_begin(iol__watchdog *w, const void *fn)
