@@ -286,7 +286,10 @@ static bool setup_nginx(struct server *s, unsigned workers)
              "master_process on;\n"
              "pid %s/nginx.pid;\n"
              "error_log %s/nginx-error.log;\n"
-             "events {}\n"
+             /* The defaults (512 connections, 1024 fds) would reset a
+              * large --connections before measuring anything. */
+             "worker_rlimit_nofile 65536;\n"
+             "events { worker_connections 16384; }\n"
              "http {\n"
              "  access_log off;\n"
              "  server {\n"
@@ -356,6 +359,7 @@ static bool setup_h2o(struct server *s, unsigned workers)
              "  host: 127.0.0.1\n"
              "  port: %u\n"
              "num-threads: %u\n"
+             "max-connections: 16384\n"
              "error-log: %s/h2o-error.log\n"
              "hosts:\n"
              "  \"default\":\n"
@@ -509,6 +513,12 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
+    /* A crash must not leave servers running either (nginx's workers
+     * outlive a dead master; the death signal reaches only the master). */
+    sigaction(SIGSEGV, &sa, NULL);
+    sigaction(SIGBUS, &sa, NULL);
+    sigaction(SIGABRT, &sa, NULL);
+    sigaction(SIGFPE, &sa, NULL);
 
     bool (*const setups[])(struct server *, unsigned) = { setup_ours, setup_nginx, setup_h2o };
     int n = 0;
@@ -600,12 +610,13 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
     if (o->json) {
         for (int k = 0; k < n; k++) {
             struct server *s = &servers[k];
-            char params[1024], extra[256];
+            char params[1024], extra[256], note[256];
+            json_escape(note, sizeof note, s->note);
             snprintf(params, sizeof params,
                      "{\"mode\":\"compare\",\"server\":\"%s\",\"server_note\":\"%s\",\"workers\":%u,"
                      "\"connections\":%u,\"load_generator\":\"%s\",\"load_workers\":%u,\"duration\":%g,"
                      "\"repeat\":%u,\"churn\":false}",
-                     s->label, s->note, workers, conns,
+                     s->label, note, workers, conns,
                      use_wrk ? "wrk" : "iol-bench", load_workers, duration, repeat);
             for (unsigned i = 0; i < s->nruns; i++)
                 v[i] = s->runs[i].requests_per_sec;

@@ -114,6 +114,8 @@ double http_latency_us(const http_load_result *r, unsigned which);
  * is appended inside "results" as raw JSON members. */
 void http_json_line(FILE *f, const char *impl, const char *params_json, const http_load_result *runs, unsigned n,
                     bool churn, const char *extra_results);
+/* s escaped for the inside of a JSON string (cut to fit size). */
+void json_escape(char *dst, size_t size, const char *s);
 /* A human block: min / median / max of every figure. */
 void http_table(FILE *f, const char *title, const http_load_result *runs, unsigned n, bool churn);
 /* The framework report figures for --plot: the rate and the percentiles. */

@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/utsname.h>
@@ -626,10 +627,22 @@ static uint64_t progress_total(const struct load *ld)
     return total;
 }
 
+/* Thousands of connections need more fds than the usual soft limit of
+ * 1024; the hard limit is ours to take. */
+static void raise_fd_limit(unsigned connections)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)connections + 64 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 int http_load_run(const http_load_config *cfg, http_load_result *out)
 {
     if (!cfg || !out || !cfg->url || cfg->workers == 0 || cfg->connections == 0 || !(cfg->duration > 0))
         return -EINVAL;
+    raise_fd_limit(cfg->connections);
     struct load *ld = calloc(1, sizeof *ld);
     if (!ld)
         return -ENOMEM;
@@ -773,6 +786,24 @@ static void json_string(FILE *f, const char *s)
             fputc(ch, f);
     }
     fputc('"', f);
+}
+
+/* s as the inside of a JSON string, cut to fit. */
+void json_escape(char *dst, size_t size, const char *s)
+{
+    size_t n = 0;
+    for (; *s && n + 7 < size; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') {
+            dst[n++] = '\\';
+            dst[n++] = (char)ch;
+        } else if (ch < 0x20) {
+            n += (size_t)snprintf(dst + n, size - n, "\\u%04x", ch);
+        } else {
+            dst[n++] = (char)ch;
+        }
+    }
+    dst[n] = '\0';
 }
 
 /* Numbers as JSON: NaN/inf have no JSON spelling, they become null. */
@@ -994,11 +1025,12 @@ int bench_http(int argc, char **argv, const bench_opts *o)
              cfg.churn ? "churn" : "keep-alive", cfg.duration, repeat);
     http_table(table, title, runs, repeat, cfg.churn);
     if (o->json) {
-        char params[1024];
+        char params[1024], url[600];
+        json_escape(url, sizeof url, cfg.url);
         snprintf(params, sizeof params,
                  "{\"url\":\"%s\",\"connections\":%u,\"workers\":%u,\"duration\":%g,\"churn\":%s,\"repeat\":%u,"
                  "\"timeout\":%g}",
-                 cfg.url, cfg.connections, cfg.workers, cfg.duration, cfg.churn ? "true" : "false", repeat,
+                 url, cfg.connections, cfg.workers, cfg.duration, cfg.churn ? "true" : "false", repeat,
                  cfg.timeout > 0 ? cfg.timeout : 2.0);
         http_json_line(stdout, "ioloop", params, runs, repeat, cfg.churn, NULL);
     }
