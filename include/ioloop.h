@@ -114,7 +114,11 @@ bool iol_loop_running(const iol_loop *loop);
  * valid and means "errors only", e.g. while a stream is paused).
  * -EBADF: fd < 0 or not open. -EEXIST: fd has a handler. -EPERM: wrong
  * thread. -ESHUTDOWN. select backend: fd >= FD_SETSIZE is -EINVAL.
- * epoll backend: -EPERM for fds epoll cannot watch (regular files). */
+ * epoll backend: -EPERM for fds epoll cannot watch (regular files).
+ * Backends differ where the OS does: select cannot tell errors apart (an
+ * fd in error or hung up shows readable/writable, and an errors-only
+ * registration sees nothing); on poll and select an fd closed without
+ * being removed is reported as IOL_ERROR until its handler removes it. */
 int iol_loop_add_handler(iol_loop *loop, int fd, unsigned events, iol_handler_fn fn, void *arg);
 /* Changes the watched events. -EBADF: fd < 0. -ENOENT: not registered.
  * -EINVAL, -EPERM, -ESHUTDOWN as above. */
@@ -156,12 +160,17 @@ double iol_loop_time(const iol_loop *loop);
 /* Blocking watchdog. A loop iteration (the callbacks, timeouts and
  * handlers run between two polls) that runs longer than `seconds` of wall
  * time raises a per-thread POSIX timer signal (SIGALRM, SIGEV_THREAD_ID) on
- * the loop's own thread; `action(signo)` runs there in signal context.
- * action NULL: writes a warning with a backtrace to stderr (async-signal
- * safe). The timer is armed when the iteration starts its work and disarmed
- * before polling, so a loop sleeping in poll never triggers it. The process
- * SIGALRM disposition is taken over while any signal threshold is set.
- * seconds <= 0 disables. -EINVAL: NULL loop, NaN. -EPERM. -ESHUTDOWN. */
+ * the loop's own thread; `action(signo)` runs there in signal context, at
+ * most once per iteration. action NULL: writes a warning with a backtrace
+ * to stderr (async-signal-safe). The timer is armed when the iteration
+ * starts its work and disarmed before polling, so a loop sleeping in poll
+ * never triggers it. Thresholds take effect from the next iteration.
+ * From the first threshold (signal or log) on, the library owns the
+ * process's SIGALRM handler for the life of the process; a loop thread must
+ * not block SIGALRM. A callback blocked in a syscall may see EINTR when the
+ * timer fires. seconds <= 0 disables.
+ * Thread: the loop's owner. -EINVAL: NULL loop, NaN. -EPERM. -ESHUTDOWN.
+ * -errno of timer_create. */
 int iol_loop_set_blocking_signal_threshold(iol_loop *loop, double seconds, void (*action)(int signo));
 /* Logs at IOL_LOG_WARNING, with a backtrace of where the loop thread was
  * stuck, when one callback, timeout or handler runs longer than `seconds`:
