@@ -201,7 +201,9 @@ void bench_report_print(const bench_report *r, const bench_opts *o)
     bench_progress_done();
     FILE *f = o->json ? stderr : stdout;
     print_table(r, f);
-    fputc('\n', f);
+    fprintf(f, "%-18s (vs ioloop: impl / ioloop of the medians; for times and bytes > 1 means ioloop\n"
+               "%-18s  is better, for rates < 1 does; repeats interleaved, %d per impl)\n\n",
+            "", "", r->nimpls ? r->impls[0].n[0] : 0);
     fflush(f);
     if (o->json)
         print_json(r);
