@@ -690,22 +690,23 @@ int http_load_run(const http_load_config *cfg, http_load_result *out)
     if (rc < 0)
         goto out_rt;
 
-    /* Progress once a second until every worker closed its window; the
-     * grace period covers a worker that is late to see its timer. */
-    uint64_t last = 0, last_t = t0, tick = t0;
+    /* Progress once a second until the deadline, then short naps until
+     * every worker closed its window; the grace period covers a worker
+     * that is late to see its timer. */
+    uint64_t last = 0, last_t = t0, next_tick = t0 + 1000000000ull;
     while (atomic_load_explicit(&ld->finished, memory_order_acquire) < nw) {
-        tick += 1000000000ull;
-        uint64_t wake = tick < ld->deadline_ns ? tick : ld->deadline_ns + 50000000ull;
-        if (now_ns() > ld->deadline_ns + 5000000000ull)
+        uint64_t now = now_ns();
+        if (now > ld->deadline_ns + 5000000000ull)
             break;
+        bool tick = next_tick < ld->deadline_ns;
+        uint64_t wake = tick ? next_tick : (now > ld->deadline_ns ? now : ld->deadline_ns) + 10000000ull;
         sleep_until_ns(wake);
-        if (wake <= ld->deadline_ns) {
+        if (tick) {
             uint64_t total = progress_total(ld), t = now_ns();
             print_progress(ld, (double)(t - t0) * 1e-9, total - last, (double)(t - last_t) * 1e-9);
             last = total;
             last_t = t;
-        } else {
-            tick = wake;
+            next_tick += 1000000000ull;
         }
     }
     if (!ld->cfg.quiet)
