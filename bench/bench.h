@@ -28,6 +28,7 @@ typedef struct bench_opts {
     bool json;          /* stdout: JSON lines only; table to stderr */
     const char *plot;   /* SVG path or NULL */
     uint64_t count;     /* 0: bench default */
+    const char *only;   /* --impl a,b: run only these impls (label or JSON name); NULL: all */
 } bench_opts;
 
 typedef int (*bench_fn)(int argc, char **argv, const bench_opts *o);
@@ -35,6 +36,9 @@ typedef int (*bench_fn)(int argc, char **argv, const bench_opts *o);
 int bench_handoff(int argc, char **argv, const bench_opts *o);
 int bench_pingpong(int argc, char **argv, const bench_opts *o);
 int bench_timers(int argc, char **argv, const bench_opts *o);
+
+/* Whether --impl lets an impl run (matches its label or its JSON name). */
+bool bench_selected(const bench_opts *o, const char *impl, const char *label);
 
 /* The common flags, for the subcommands' --help. */
 void bench_usage_common(FILE *f);

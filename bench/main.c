@@ -50,6 +50,7 @@ void bench_usage_common(FILE *f)
                "  --pin           pin threads to CPUs (report separately; changes cross-thread costs)\n"
                "  --json          stdout: one JSON object per line (impl x bench); table on stderr\n"
                "  --plot F.svg    bar chart (median, min-max whiskers) via gnuplot\n"
+               "  --impl A,B      only these implementations (e.g. ioloop,floor)\n"
                "  --help          this text\n");
 }
 
@@ -81,6 +82,19 @@ static int cmd_compare(int argc, char **argv, const bench_opts *o)
         return bench_compare(argc, argv, o);
     fprintf(stderr, "iol-bench: compare %s is not available in this build\n", what);
     return 2;
+}
+
+bool bench_selected(const bench_opts *o, const char *impl, const char *label)
+{
+    if (!o->only)
+        return true;
+    for (const char *p = o->only; *p;) {
+        size_t len = strcspn(p, ",");
+        if ((strlen(impl) == len && strncmp(p, impl, len) == 0) || (strlen(label) == len && strncmp(p, label, len) == 0))
+            return true;
+        p += len + (p[len] == ',');
+    }
+    return false;
 }
 
 static bool parse_num(const char *flag, const char *s, double *out)
@@ -137,7 +151,8 @@ int main(int argc, char **argv)
             snprintf(name, sizeof name, "%s", a);
         }
         bool takes = strcmp(name, "--duration") == 0 || strcmp(name, "--repeat") == 0 ||
-                     strcmp(name, "--workers") == 0 || strcmp(name, "--plot") == 0 || strcmp(name, "--count") == 0;
+                     strcmp(name, "--workers") == 0 || strcmp(name, "--plot") == 0 || strcmp(name, "--count") == 0 ||
+                     strcmp(name, "--impl") == 0;
         if (takes && !val) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "iol-bench: %s needs a value\n", name);
@@ -148,6 +163,8 @@ int main(int argc, char **argv)
         double v = 0;
         if (strcmp(name, "--plot") == 0) {
             o.plot = val;
+        } else if (strcmp(name, "--impl") == 0) {
+            o.only = val;
         } else if (takes) {
             if (!parse_num(name, val, &v))
                 return 2;

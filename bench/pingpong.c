@@ -442,10 +442,13 @@ int bench_pingpong(int argc, char **argv, const bench_opts *o)
     snprintf(r.params_json, sizeof r.params_json, "{\"count\":%llu,\"pin\":%s}", (unsigned long long)n,
              o->pin ? "true" : "false");
     for (size_t i = 0; i < NIMPLS; i++)
-        bench_report_impl(&r, impls[i].impl, impls[i].label);
+        if (bench_selected(o, impls[i].impl, impls[i].label))
+            bench_report_impl(&r, impls[i].impl, impls[i].label);
     for (int rep = 0; rep < o->repeat; rep++)
         for (size_t i = 0; i < NIMPLS; i++)
-            bench_report_add(&r, (int)i, 0, run_once(&impls[i], o, n));
+            if (bench_selected(o, impls[i].impl, impls[i].label))
+                bench_report_add(&r, bench_report_impl(&r, impls[i].impl, impls[i].label), 0,
+                                 run_once(&impls[i], o, n));
     bench_report_print(&r, o);
     bench_report_target(&r, o, 0, "libevent-once", 1.0);
     bench_report_target(&r, o, 0, "libuv-async", 1.0);

@@ -251,7 +251,7 @@ int bench_plot(const bench_opts *o, bench_report *const *reports, int nreports)
     fprintf(g, "set multiplot layout %d,1\n", panels);
     fprintf(g, "set style fill solid 0.5 border -1\nset boxwidth 0.6\nset yrange [0:*]\n");
     fprintf(g, "set grid ytics\nset xrange [-0.5:*]\n");
-    /* ioloop is always the first row: a different colour singles it out. */
+    /* ioloop's bar gets its own colour. */
     int d = 0;
     for (int k = 0; k < nreports; k++) {
         const bench_report *r = reports[k];
@@ -267,7 +267,7 @@ int bench_plot(const bench_opts *o, bench_report *const *reports, int nreports)
             fprintf(g, "EOD\n");
             fprintf(g, "set title \"%s: %s (bar: median, whiskers: min-max; %s)\"\n", r->title, r->figs[fig].label,
                     r->figs[fig].lower_better ? "lower is better" : "higher is better");
-            fprintf(g, "plot $D%d using 0:2:(0.6):($0 == 0 ? 2 : 3):xtic(1) with boxes lc variable notitle, "
+            fprintf(g, "plot $D%d using 0:2:(0.6):(strcol(1) eq \"ioloop\" ? 2 : 3):xtic(1) with boxes lc variable notitle, "
                        "$D%d using 0:2:3:4 with yerrorbars lc rgb 'black' pt -1 notitle\n",
                     d, d);
             d++;

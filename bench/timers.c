@@ -305,16 +305,20 @@ int bench_timers(int argc, char **argv, const bench_opts *o)
     snprintf(r.title, sizeof r.title, "timers  N=%zu", n);
     snprintf(r.params_json, sizeof r.params_json, "{\"count\":%zu}", n);
     for (size_t i = 0; i < NIMPLS; i++)
-        bench_report_impl(&r, impls[i].impl, impls[i].label);
+        if (bench_selected(o, impls[i].impl, impls[i].label))
+            bench_report_impl(&r, impls[i].impl, impls[i].label);
     uint64_t started = bench_now_ns();
     for (int rep = 0; rep < o->repeat; rep++)
         for (size_t i = 0; i < NIMPLS; i++) {
+            if (!bench_selected(o, impls[i].impl, impls[i].label))
+                continue;
             tctx c = {.n = n, .far_ms = far_ms, .near_ms = near_ms};
             impls[i].run(&c);
-            bench_report_add(&r, (int)i, FIG_INSERT, c.insert_ns);
-            bench_report_add(&r, (int)i, FIG_CANCEL, c.cancel_ns);
-            bench_report_add(&r, (int)i, FIG_DISPATCH, c.dispatch_ns);
-            bench_report_add(&r, (int)i, FIG_BYTES, c.bytes);
+            int row = bench_report_impl(&r, impls[i].impl, impls[i].label);
+            bench_report_add(&r, row, FIG_INSERT, c.insert_ns);
+            bench_report_add(&r, row, FIG_CANCEL, c.cancel_ns);
+            bench_report_add(&r, row, FIG_DISPATCH, c.dispatch_ns);
+            bench_report_add(&r, row, FIG_BYTES, c.bytes);
             char what[64];
             snprintf(what, sizeof what, "timers rep %d/%d %s insert", rep + 1, o->repeat, impls[i].label);
             bench_progress(what, (double)(bench_now_ns() - started) / 1e9, 1e9 / c.insert_ns, "ins/s");
