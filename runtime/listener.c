@@ -1,0 +1,646 @@
+/* runtime/ — listening sockets shared by the workers.
+ *
+ * REUSEPORT: one SO_REUSEPORT socket per worker, each registered on its
+ * worker's loop; the kernel spreads connections.
+ *
+ * HANDOFF: one socket, registered on worker 0's loop, which is the
+ * coordinator: it accepts and hands each fd to the worker with the fewest
+ * registered fd handlers (plus handoffs not yet delivered), ties broken
+ * round-robin, through that worker's callback queue. Why worker 0 and not
+ * a thread of its own: no extra thread competing for the CPUs the workers
+ * are pinned to, and the coordinator shares the workers' lifecycle — it
+ * runs when they run, listen before or after start needs no special case,
+ * and its final accepts at stop happen in the same shutdown sequence (and
+ * before the same barrier) as the REUSEPORT ones. The cost: accepts wait
+ * while worker 0 runs a long callback, which the blocking watchdog
+ * already flags; worker 0's own connections count in the balance, so it
+ * gets fewer when it is busier.
+ *
+ * Out of fds (EMFILE/ENFILE): each socket keeps a reserve fd (/dev/null).
+ * On EMFILE it closes the reserve, accepts and closes what is queued (the
+ * clients see a close at once instead of hanging: libuv's trick), reopens
+ * the reserve, removes its handler and retries after a back-off of
+ * 100 ms doubling to 500 ms (nginx pauses 500 ms). One warning per
+ * episode; the episode ends with the next successful accept. Level-
+ * triggered polling never spins because the handler is gone while paused.
+ *
+ * Every lsock field is touched only by its worker's thread once the
+ * runtime runs (before start: by the one thread calling listen, under
+ * rt->mu, which start also takes).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "loop/log.h"
+#include "loop/loop_impl.h"
+#include "runtime/runtime_impl.h"
+
+#define ACCEPT_BATCH 64
+#define BACKOFF_MIN 0.1
+#define BACKOFF_MAX 0.5
+
+typedef struct iol__lsock {
+    struct iol__listener *l;
+    unsigned worker; /* the worker whose loop watches it */
+    int fd;          /* -1 once closed */
+    int reserve_fd;  /* /dev/null, given up on EMFILE; -1 if not held */
+    bool registered; /* a handler is on the worker's loop */
+    bool episode;    /* inside an out-of-fds episode (warned once) */
+    double backoff;
+    iol_timeout resume_timer; /* 0: none */
+} iol__lsock;
+
+typedef struct iol__count {
+    /* relaxed: a statistic; incremented by its worker, read by anyone. */
+    _Alignas(IOL__CACHE_LINE) _Atomic uint64_t v;
+} iol__count;
+
+typedef struct iol__listener {
+    iol_runtime *rt;
+    int id;
+    int shard;
+    iol_accept_fn on_accept;
+    void *arg;
+    uint16_t port;
+    unsigned nsocks;
+    iol__lsock *socks;
+    iol__count *counts; /* one per worker */
+    unsigned rr;        /* HANDOFF round-robin start; coordinator only */
+} iol__listener;
+
+typedef struct handoff_item {
+    iol__listener *l;
+    unsigned worker;
+    int fd;
+    socklen_t peerlen;
+    struct sockaddr_storage peer;
+} handoff_item;
+
+static void lsock_ready(int fd, unsigned events, void *arg);
+
+/* ----------------------------------------------------------- delivering */
+
+static void deliver(iol__listener *l, unsigned worker, int fd, const struct sockaddr *peer, socklen_t peerlen)
+{
+    atomic_fetch_add_explicit(&l->counts[worker].v, 1, memory_order_relaxed);
+    l->on_accept(l->rt->workers[worker].loop, fd, peer, peerlen, l->arg);
+}
+
+static void handoff_cb(void *arg)
+{
+    handoff_item *it = arg;
+    iol__rt_worker *w = &it->l->rt->workers[it->worker];
+    deliver(it->l, it->worker, it->fd, (const struct sockaddr *)&it->peer, it->peerlen);
+    /* relaxed, after on_accept: its handler is already counted when the
+     * pending count drops, so the coordinator never sees a dip. */
+    atomic_fetch_sub_explicit(&w->pending, 1, memory_order_relaxed);
+    free(it);
+}
+
+/* The worker with the fewest connections: registered handlers minus the
+ * runtime's own, plus handoffs on their way. Ties: the first from rr on. */
+static unsigned pick_worker(iol__listener *l)
+{
+    iol_runtime *rt = l->rt;
+    unsigned best = l->rr % rt->n;
+    long best_load = -1;
+    for (unsigned k = 0; k < rt->n; k++) {
+        unsigned i = (l->rr + k) % rt->n;
+        iol__rt_worker *w = &rt->workers[i];
+        /* relaxed loads: a snapshot for balancing; ordering nothing. */
+        long load = (long)iol__loop_handler_count(w->loop) -
+                    atomic_load_explicit(&w->own_handlers, memory_order_relaxed) +
+                    atomic_load_explicit(&w->pending, memory_order_relaxed);
+        if (best_load < 0 || load < best_load) {
+            best = i;
+            best_load = load;
+        }
+    }
+    l->rr = best + 1;
+    return best;
+}
+
+static void dispatch(iol__lsock *s, int fd, const struct sockaddr *peer, socklen_t peerlen)
+{
+    iol__listener *l = s->l;
+    if (l->shard == IOL_SHARD_REUSEPORT) {
+        deliver(l, s->worker, fd, peer, peerlen);
+        return;
+    }
+    unsigned target = pick_worker(l);
+    if (target == s->worker) {
+        deliver(l, target, fd, peer, peerlen);
+        return;
+    }
+    handoff_item *it = malloc(sizeof(*it));
+    if (!it) {
+        iol__log(IOL_LOG_ERROR, "listener %d: out of memory, dropping a connection", l->id);
+        close(fd);
+        return;
+    }
+    it->l = l;
+    it->worker = target;
+    it->fd = fd;
+    it->peerlen = peerlen <= sizeof(it->peer) ? peerlen : sizeof(it->peer);
+    memcpy(&it->peer, peer, it->peerlen);
+    iol__rt_worker *w = &l->rt->workers[target];
+    atomic_fetch_add_explicit(&w->pending, 1, memory_order_relaxed);
+    /* Straight to the loop, not iol_runtime_post: handoffs made before
+     * the final-accept barrier must go through even after stop (see
+     * worker_shutdown in runtime.c). */
+    int r = iol_loop_add_callback(w->loop, handoff_cb, it);
+    if (r < 0) {
+        atomic_fetch_sub_explicit(&w->pending, 1, memory_order_relaxed);
+        iol__log(IOL_LOG_ERROR, "listener %d: handoff to worker %u failed: %s", l->id, target, strerror(-r));
+        close(fd);
+        free(it);
+    }
+}
+
+/* ------------------------------------------------------------ watching */
+
+static iol_loop *lsock_loop(const iol__lsock *s)
+{
+    return s->l->rt->workers[s->worker].loop;
+}
+
+static int lsock_watch(iol__lsock *s)
+{
+    int r = iol_loop_add_handler(lsock_loop(s), s->fd, IOL_READ, lsock_ready, s);
+    if (r < 0)
+        return r;
+    s->registered = true;
+    /* relaxed: see own_handlers in runtime_impl.h. */
+    atomic_fetch_add_explicit(&s->l->rt->workers[s->worker].own_handlers, 1, memory_order_relaxed);
+    return 0;
+}
+
+static void lsock_unwatch(iol__lsock *s)
+{
+    if (!s->registered)
+        return;
+    iol_loop_remove_handler(lsock_loop(s), s->fd);
+    s->registered = false;
+    atomic_fetch_sub_explicit(&s->l->rt->workers[s->worker].own_handlers, 1, memory_order_relaxed);
+}
+
+static void lsock_resume(void *arg)
+{
+    iol__lsock *s = arg;
+    s->resume_timer = 0;
+    if (s->fd < 0)
+        return;
+    if (s->reserve_fd < 0)
+        s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    int r = lsock_watch(s);
+    if (r < 0)
+        iol__log(IOL_LOG_ERROR, "listener %d: cannot resume accepting: %s", s->l->id, strerror(-r));
+}
+
+/* Accepts and closes what is queued, using the reserve fd's slot. */
+static void lsock_shed(iol__lsock *s)
+{
+    if (s->reserve_fd < 0)
+        return;
+    close(s->reserve_fd);
+    s->reserve_fd = -1;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        int c = accept4(s->fd, NULL, NULL, SOCK_CLOEXEC);
+        if (c < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            break;
+        }
+        close(c);
+    }
+    s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+/* Out of fds or memory (or an unexpected error): shed, pause, retry
+ * later. Never spins: the handler is removed until the timer fires. */
+static void lsock_pause(iol__lsock *s, int err)
+{
+    if (!s->episode) {
+        s->episode = true;
+        iol__log(IOL_LOG_WARNING, "listener %d (port %u): accept: %s; shedding connections and pausing accepts",
+                 s->l->id, (unsigned)s->l->port, strerror(err));
+    }
+    if (err == EMFILE || err == ENFILE)
+        lsock_shed(s);
+    lsock_unwatch(s);
+    if (s->backoff < BACKOFF_MIN)
+        s->backoff = BACKOFF_MIN;
+    int r = iol_loop_call_later(lsock_loop(s), s->backoff, lsock_resume, s, &s->resume_timer);
+    if (r < 0) {
+        iol__log(IOL_LOG_ERROR, "listener %d: cannot schedule resume: %s", s->l->id, strerror(-r));
+        s->resume_timer = 0;
+    }
+    s->backoff *= 2;
+    if (s->backoff > BACKOFF_MAX)
+        s->backoff = BACKOFF_MAX;
+}
+
+/* Accepts up to `limit` connections (0: until EAGAIN). Returns false when
+ * it paused the socket. */
+static bool lsock_accept(iol__lsock *s, int limit)
+{
+    for (int n = 0; limit == 0 || n < limit; n++) {
+        struct sockaddr_storage peer;
+        socklen_t peerlen = sizeof(peer);
+        int c = accept4(s->fd, (struct sockaddr *)&peer, &peerlen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (c < 0) {
+            int err = errno;
+            switch (err) {
+            case EINTR:
+            case ECONNABORTED:
+            case EPROTO:
+            case EPERM: /* refused by a firewall rule: the next one may pass */
+                continue;
+            case EAGAIN:
+                return true;
+            default:
+                lsock_pause(s, err);
+                return false;
+            }
+        }
+        if (s->episode) {
+            s->episode = false;
+            s->backoff = 0;
+            iol__log(IOL_LOG_INFO, "listener %d (port %u): accepting again", s->l->id, (unsigned)s->l->port);
+        }
+        dispatch(s, c, (const struct sockaddr *)&peer, peerlen);
+    }
+    return true;
+}
+
+static void lsock_ready(int fd, unsigned events, void *arg)
+{
+    (void)fd;
+    (void)events;
+    lsock_accept(arg, ACCEPT_BATCH);
+}
+
+static void lsock_close(iol__lsock *s)
+{
+    if (s->fd < 0)
+        return;
+    lsock_unwatch(s);
+    if (s->resume_timer) {
+        iol_loop_remove_timeout(lsock_loop(s), s->resume_timer);
+        s->resume_timer = 0;
+    }
+    close(s->fd);
+    s->fd = -1;
+    if (s->reserve_fd >= 0) {
+        close(s->reserve_fd);
+        s->reserve_fd = -1;
+    }
+}
+
+/* Posted to the worker when listen runs after start. */
+static void lsock_register_cb(void *arg)
+{
+    iol__lsock *s = arg;
+    if (s->fd < 0 || s->registered)
+        return; /* closed by the final accepts already */
+    int r = lsock_watch(s);
+    if (r < 0)
+        iol__log(IOL_LOG_ERROR, "listener %d: cannot watch its socket on worker %u: %s", s->l->id, s->worker,
+                 strerror(-r));
+}
+
+/* --------------------------------------------------------------- sockets */
+
+typedef struct bind_addr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    bool dual; /* "::" for all addresses: clear IPV6_V6ONLY */
+} bind_addr;
+
+static void set_port(bind_addr *a, uint16_t port)
+{
+    if (a->ss.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)&a->ss)->sin6_port = htons(port);
+    else
+        ((struct sockaddr_in *)&a->ss)->sin_port = htons(port);
+}
+
+static int open_socket(const bind_addr *a, bool reuseport, int backlog, bool do_listen, int *out)
+{
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1, zero = 0, err;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
+        goto fail_errno;
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+        goto fail_errno;
+    if (a->dual && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero)) < 0)
+        goto fail_errno;
+    if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0)
+        goto fail_errno;
+    if (do_listen && listen(fd, backlog) < 0)
+        goto fail_errno;
+    *out = fd;
+    return 0;
+fail_errno:
+    err = -errno;
+    close(fd);
+    return err;
+}
+
+/* SO_REUSEPORT lets a second socket of the same user join a port another
+ * program listens on. To report a taken port honestly, bind a plain
+ * (SO_REUSEADDR only) probe first: it fails with EADDRINUSE if anyone
+ * listens there. */
+static int probe_port(const bind_addr *a)
+{
+    int fd;
+    int r = open_socket(a, false, 0, false, &fd);
+    if (r < 0)
+        return r;
+    close(fd);
+    return 0;
+}
+
+static int resolve(const char *host, uint16_t port, bind_addr *a)
+{
+    memset(a, 0, sizeof(*a));
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+    struct addrinfo *res = NULL;
+    if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res)
+        return -EINVAL;
+    if (res->ai_addrlen > sizeof(a->ss) || (res->ai_family != AF_INET && res->ai_family != AF_INET6)) {
+        freeaddrinfo(res);
+        return -EINVAL;
+    }
+    memcpy(&a->ss, res->ai_addr, res->ai_addrlen);
+    a->len = res->ai_addrlen;
+    freeaddrinfo(res);
+    set_port(a, port);
+    return 0;
+}
+
+static void any_addr(bind_addr *a, int family, uint16_t port)
+{
+    memset(a, 0, sizeof(*a));
+    if (family == AF_INET6) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&a->ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_addr = in6addr_any;
+        a->len = sizeof(*s6);
+        a->dual = true;
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&a->ss;
+        s4->sin_family = AF_INET;
+        s4->sin_addr.s_addr = htonl(INADDR_ANY);
+        a->len = sizeof(*s4);
+    }
+    set_port(a, port);
+}
+
+/* Opens nsocks listening sockets into fds; the first decides the port. */
+static int open_sockets(bind_addr *a, unsigned nsocks, bool reuseport, int backlog, int *fds, uint16_t *port)
+{
+    int r;
+    if (*port != 0 && reuseport && (r = probe_port(a)) < 0)
+        return r;
+    unsigned made = 0;
+    for (; made < nsocks; made++) {
+        if ((r = open_socket(a, reuseport, backlog, true, &fds[made])) < 0)
+            goto fail;
+        if (made == 0 && *port == 0) {
+            struct sockaddr_storage ss;
+            socklen_t len = sizeof(ss);
+            if (getsockname(fds[0], (struct sockaddr *)&ss, &len) < 0) {
+                r = -errno;
+                made++;
+                goto fail;
+            }
+            *port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                   : ((struct sockaddr_in *)&ss)->sin_port);
+            set_port(a, *port);
+        }
+    }
+    return 0;
+fail:
+    while (made-- > 0)
+        close(fds[made]);
+    return r;
+}
+
+/* ----------------------------------------------------------- public API */
+
+static void listener_free(iol__listener *l)
+{
+    if (!l)
+        return;
+    free(l->socks);
+    free(l->counts);
+    free(l);
+}
+
+static iol__listener *find(iol_runtime *rt, int id)
+{
+    if (id < 0 || (unsigned)id >= rt->nlisteners)
+        return NULL;
+    return rt->listeners[id];
+}
+
+int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg)
+{
+    if (!rt || !cfg || !cfg->on_accept)
+        return -EINVAL;
+    if (cfg->shard != IOL_SHARD_REUSEPORT && cfg->shard != IOL_SHARD_HANDOFF)
+        return -EINVAL;
+    if (cfg->backlog < 0)
+        return -EINVAL;
+    /* relaxed: a fast path; the authoritative check is under rt->mu. */
+    if (atomic_load_explicit(&rt->stopped, memory_order_relaxed))
+        return -ESHUTDOWN;
+
+    bool reuseport = cfg->shard == IOL_SHARD_REUSEPORT;
+    unsigned nsocks = reuseport ? rt->n : 1;
+    int backlog = cfg->backlog ? cfg->backlog : SOMAXCONN;
+    int err = -ENOMEM;
+
+    iol__listener *l = calloc(1, sizeof(*l));
+    if (!l)
+        return -ENOMEM;
+    l->socks = calloc(nsocks, sizeof(*l->socks));
+    void *mem = NULL;
+    if (!l->socks || posix_memalign(&mem, IOL__CACHE_LINE, rt->n * sizeof(iol__count)) != 0)
+        goto fail_listener;
+    l->counts = mem;
+    for (unsigned i = 0; i < rt->n; i++)
+        atomic_init(&l->counts[i].v, 0);
+    l->rt = rt;
+    l->shard = cfg->shard;
+    l->on_accept = cfg->on_accept;
+    l->arg = cfg->arg;
+    l->nsocks = nsocks;
+
+    int *fds = calloc(nsocks, sizeof(int));
+    if (!fds)
+        goto fail_listener;
+    uint16_t port = cfg->port;
+    bind_addr a;
+    if (cfg->host) {
+        if ((err = resolve(cfg->host, port, &a)) < 0)
+            goto fail_fds;
+        err = open_sockets(&a, nsocks, reuseport, backlog, fds, &port);
+    } else {
+        any_addr(&a, AF_INET6, port);
+        err = open_sockets(&a, nsocks, reuseport, backlog, fds, &port);
+        if (err == -EAFNOSUPPORT || err == -EADDRNOTAVAIL) {
+            port = cfg->port;
+            any_addr(&a, AF_INET, port);
+            err = open_sockets(&a, nsocks, reuseport, backlog, fds, &port);
+        }
+    }
+    if (err < 0)
+        goto fail_fds;
+    l->port = port;
+    for (unsigned i = 0; i < nsocks; i++) {
+        iol__lsock *s = &l->socks[i];
+        s->l = l;
+        s->worker = i; /* HANDOFF: the single socket is worker 0's */
+        s->fd = fds[i];
+        s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+    free(fds);
+    fds = NULL;
+
+    pthread_mutex_lock(&rt->mu);
+    if (atomic_load_explicit(&rt->stopped, memory_order_relaxed) || rt->listeners_closed) {
+        err = -ESHUTDOWN;
+        goto fail_locked;
+    }
+    if (rt->nlisteners == rt->listeners_cap) {
+        unsigned cap = rt->listeners_cap ? rt->listeners_cap * 2 : 4;
+        iol__listener **grown = realloc(rt->listeners, cap * sizeof(*grown));
+        if (!grown) {
+            err = -ENOMEM;
+            goto fail_locked;
+        }
+        rt->listeners = grown;
+        rt->listeners_cap = cap;
+    }
+    if (rt->state == IOL__RT_NEW) {
+        /* Loops not running: register from here (start takes rt->mu, so
+         * the workers see it). */
+        for (unsigned i = 0; i < nsocks; i++) {
+            if ((err = lsock_watch(&l->socks[i])) < 0) {
+                while (i-- > 0)
+                    lsock_unwatch(&l->socks[i]);
+                goto fail_locked;
+            }
+        }
+    }
+    l->id = (int)rt->nlisteners;
+    rt->listeners[rt->nlisteners++] = l;
+    if (rt->state != IOL__RT_NEW) {
+        /* Each worker registers its own socket. If stop wins the race the
+         * post is refused; the listener is in the list, so that worker's
+         * final accepts still drain and close its socket. */
+        for (unsigned i = 0; i < nsocks; i++) {
+            int r = iol_runtime_post(rt, l->socks[i].worker, lsock_register_cb, &l->socks[i]);
+            if (r < 0 && err >= 0)
+                err = r;
+        }
+        if (err < 0) {
+            pthread_mutex_unlock(&rt->mu);
+            return err;
+        }
+    }
+    pthread_mutex_unlock(&rt->mu);
+    return l->id;
+
+fail_locked:
+    pthread_mutex_unlock(&rt->mu);
+    for (unsigned i = 0; i < nsocks; i++) {
+        close(l->socks[i].fd);
+        if (l->socks[i].reserve_fd >= 0)
+            close(l->socks[i].reserve_fd);
+    }
+fail_fds:
+    free(fds);
+fail_listener:
+    listener_free(l);
+    return err;
+}
+
+int iol_runtime_listener_port(iol_runtime *rt, int id)
+{
+    if (!rt)
+        return -EINVAL;
+    pthread_mutex_lock(&rt->mu);
+    iol__listener *l = find(rt, id);
+    int r = l ? l->port : -ENOENT;
+    pthread_mutex_unlock(&rt->mu);
+    return r;
+}
+
+int iol_runtime_listener_counts(iol_runtime *rt, int id, uint64_t *counts, unsigned n)
+{
+    if (!rt || (!counts && n > 0))
+        return -EINVAL;
+    pthread_mutex_lock(&rt->mu);
+    iol__listener *l = find(rt, id);
+    if (!l) {
+        pthread_mutex_unlock(&rt->mu);
+        return -ENOENT;
+    }
+    for (unsigned i = 0; i < n && i < rt->n; i++)
+        counts[i] = atomic_load_explicit(&l->counts[i].v, memory_order_relaxed);
+    pthread_mutex_unlock(&rt->mu);
+    return (int)rt->n;
+}
+
+/* ------------------------------------------------------------ shutdown */
+
+void iol__listeners_final_accept(iol_runtime *rt, unsigned index)
+{
+    /* Snapshot under the lock; listen fails once listeners_closed is set,
+     * so no listener appears after the first worker got here. Listeners
+     * are only freed by iol_runtime_free, after join. */
+    pthread_mutex_lock(&rt->mu);
+    rt->listeners_closed = true;
+    unsigned n = rt->nlisteners;
+    iol__listener **list = rt->listeners;
+    pthread_mutex_unlock(&rt->mu);
+
+    for (unsigned k = 0; k < n; k++) {
+        iol__listener *l = list[k];
+        for (unsigned i = 0; i < l->nsocks; i++) {
+            iol__lsock *s = &l->socks[i];
+            if (s->worker != index || s->fd < 0)
+                continue;
+            lsock_unwatch(s);
+            /* Until EAGAIN; a pause (out of fds) ends it: the rest is
+             * shed or reset, nothing more can be done without fds. */
+            lsock_accept(s, 0);
+            lsock_close(s);
+        }
+    }
+}
+
+void iol__listeners_free(iol_runtime *rt)
+{
+    for (unsigned k = 0; k < rt->nlisteners; k++) {
+        iol__listener *l = rt->listeners[k];
+        for (unsigned i = 0; i < l->nsocks; i++)
+            lsock_close(&l->socks[i]);
+        listener_free(l);
+    }
+    free(rt->listeners);
+    rt->listeners = NULL;
+    rt->nlisteners = 0;
+}

@@ -1,0 +1,482 @@
+/* runtime/ — one loop per worker thread.
+ *
+ * Each worker owns one loop, created by iol_runtime_new (IOL_CURRENT_NEVER)
+ * and run on the worker thread. A worker's life:
+ *
+ *   make the loop current, set the watchdog, on_start, queue "running"
+ *   run the loop until the runtime is stopped           (worker_run)
+ *   wait until no post to this worker is in flight      (worker_shutdown)
+ *   final accepts on its listening sockets, then a barrier with the others
+ *   drain: run the loop's queued callbacks (no polling), on_stop, drain
+ *   close the loop (all fds)
+ *
+ * The exactly-once argument for posts is next to iol_runtime_post.
+ */
+#include <errno.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "loop/log.h"
+#include "runtime/runtime_impl.h"
+
+#define MAX_WORKERS 4096
+/* Drain passes around on_stop: the first one runs everything the runtime
+ * guarantees (posts, handoffs); later ones pick up callbacks that those
+ * callbacks queued. Bounded so a callback that re-queues itself forever
+ * cannot keep a stopping worker alive. */
+#define DRAIN_PASSES 4
+
+/* The documented thread-locals: which runtime and worker this thread is. */
+static __thread int tl_worker_index = -1;
+static __thread iol_runtime *tl_worker_runtime;
+
+int iol_runtime_worker_index(void)
+{
+    return tl_worker_index;
+}
+
+iol_runtime *iol__runtime_of_thread(void)
+{
+    return tl_worker_runtime;
+}
+
+static unsigned online_cpus(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (unsigned)n : 1;
+}
+
+int iol_runtime_new(iol_runtime **out, const iol_runtime_config *cfg)
+{
+    static const iol_runtime_config defaults;
+    if (!out)
+        return -EINVAL;
+    if (!cfg)
+        cfg = &defaults;
+    if (cfg->workers > MAX_WORKERS)
+        return -EINVAL;
+    if (cfg->blocking_log_threshold != cfg->blocking_log_threshold) /* NaN */
+        return -EINVAL;
+
+    unsigned n = cfg->workers ? cfg->workers : online_cpus();
+    if (n > MAX_WORKERS)
+        n = MAX_WORKERS;
+    iol_runtime *rt = calloc(1, sizeof(*rt));
+    if (!rt)
+        return -ENOMEM;
+    int err = -ENOMEM;
+    void *mem = NULL;
+    if (posix_memalign(&mem, IOL__CACHE_LINE, (size_t)n * sizeof(iol__rt_worker)) != 0)
+        goto fail_rt;
+    rt->workers = mem;
+    memset(rt->workers, 0, (size_t)n * sizeof(iol__rt_worker));
+    rt->n = n;
+    rt->cfg = *cfg;
+    rt->cfg.workers = n;
+    atomic_init(&rt->stopped, false);
+    if ((err = -pthread_mutex_init(&rt->mu, NULL)) < 0)
+        goto fail_workers;
+    if ((err = -pthread_cond_init(&rt->cv, NULL)) < 0)
+        goto fail_mutex;
+
+    iol_loop_config lcfg = {.poller = cfg->poller, .make_current = IOL_CURRENT_NEVER};
+    unsigned made = 0;
+    for (; made < n; made++) {
+        iol__rt_worker *w = &rt->workers[made];
+        atomic_init(&w->inflight, 0);
+        atomic_init(&w->pending, 0);
+        atomic_init(&w->own_handlers, 0);
+        w->rt = rt;
+        w->index = made;
+        if ((err = iol_loop_new(&w->loop, &lcfg)) < 0)
+            goto fail_loops;
+        /* The runtime's own reference: iol_runtime_loop stays valid until
+         * free even after the worker closed its loop. */
+        iol_loop_ref(w->loop);
+    }
+    rt->cfg.poller = NULL; /* the caller's string need not outlive new */
+    *out = rt;
+    return 0;
+
+fail_loops:
+    while (made-- > 0) {
+        iol_loop_close(rt->workers[made].loop, true);
+        iol_loop_unref(rt->workers[made].loop);
+    }
+    pthread_cond_destroy(&rt->cv);
+fail_mutex:
+    pthread_mutex_destroy(&rt->mu);
+fail_workers:
+    free(rt->workers);
+fail_rt:
+    free(rt);
+    return err;
+}
+
+unsigned iol_runtime_size(const iol_runtime *rt)
+{
+    return rt ? rt->n : 0;
+}
+
+iol_loop *iol_runtime_loop(iol_runtime *rt, unsigned index)
+{
+    if (!rt || index >= rt->n)
+        return NULL;
+    return rt->workers[index].loop;
+}
+
+/* -------------------------------------------------------------- posting */
+
+/* The stop race. A post checks "not stopped" and then pushes; stop may
+ * land in between, and the worker may then be leaving its loop. The
+ * callback must still run. Protocol (all seq_cst, so they are in one total
+ * order S):
+ *
+ *   post:    inflight += 1;  if (stopped) {inflight -= 1; -ESHUTDOWN}
+ *            push;  inflight -= 1
+ *   stop:    stopped = true; stop the loops
+ *   worker:  after its loop returned, reads stopped == true, then waits
+ *            until inflight == 0, then pushes a sentinel and drains.
+ *
+ * If a post read stopped == false, its read precedes stop's store in S,
+ * its increment precedes its read, and stop's store precedes the worker's
+ * read of stopped (which saw it), which precedes the worker's read of
+ * inflight. So the worker's reads of inflight come after the increment in
+ * S and cannot return a value that misses it: it waits until the matching
+ * decrement, which is a release after the push; the worker's load that
+ * reads 0 acquires it, so the push happens-before the sentinel push. The
+ * MPSC queue is FIFO for pushes ordered by happens-before, so the drain
+ * runs the callback before the sentinel stops it. A post that read
+ * stopped == true pushes nothing. Hence: accepted (returned 0) => runs
+ * exactly once (the loop runs each queued callback once); rejected =>
+ * never runs.
+ *
+ * inflight is per worker so producers that post to different workers do
+ * not bounce one cache line. */
+static inline bool post_enter(iol__rt_worker *w)
+{
+    /* seq_cst RMW: must precede the load of stopped in S (see above). */
+    atomic_fetch_add_explicit(&w->inflight, 1, memory_order_seq_cst);
+    /* seq_cst load: the Dekker half that pairs with stop's store. */
+    if (atomic_load_explicit(&w->rt->stopped, memory_order_seq_cst)) {
+        atomic_fetch_sub_explicit(&w->inflight, 1, memory_order_relaxed);
+        return false;
+    }
+    return true;
+}
+
+static inline void post_leave(iol__rt_worker *w)
+{
+    /* release: the push above happens-before the worker's acquire load
+     * that reads 0 in wait_posts_done. */
+    atomic_fetch_sub_explicit(&w->inflight, 1, memory_order_release);
+}
+
+int iol_runtime_post(iol_runtime *rt, unsigned index, iol_callback_fn fn, void *arg)
+{
+    if (!rt || !fn || index >= rt->n)
+        return -EINVAL;
+    iol__rt_worker *w = &rt->workers[index];
+    if (!post_enter(w))
+        return -ESHUTDOWN;
+    int r = iol_loop_add_callback(w->loop, fn, arg);
+    post_leave(w);
+    return r < 0 ? r : 0;
+}
+
+int iol_runtime_broadcast(iol_runtime *rt, iol_callback_fn fn, void *arg)
+{
+    if (!rt || !fn)
+        return -EINVAL;
+    /* Enter every worker before checking the flag once more, so a
+     * broadcast is all-or-nothing with respect to stop: post_enter on
+     * worker 0 may pass while a later one sees the flag; then undo all. */
+    unsigned entered = 0;
+    for (; entered < rt->n; entered++) {
+        if (!post_enter(&rt->workers[entered]))
+            break;
+    }
+    if (entered < rt->n) {
+        for (unsigned i = 0; i < entered; i++)
+            post_leave(&rt->workers[i]);
+        return -ESHUTDOWN;
+    }
+    int err = 0;
+    for (unsigned i = 0; i < rt->n; i++) {
+        int r = iol_loop_add_callback(rt->workers[i].loop, fn, arg);
+        if (r < 0 && err == 0)
+            err = r; /* -ENOMEM: the others were queued; reported */
+        post_leave(&rt->workers[i]);
+    }
+    return err;
+}
+
+/* --------------------------------------------------------------- workers */
+
+/* Tells start that this worker's loop runs (or will never run); once. */
+static void signal_running(iol__rt_worker *w)
+{
+    if (w->signaled_running)
+        return;
+    w->signaled_running = true;
+    iol_runtime *rt = w->rt;
+    pthread_mutex_lock(&rt->mu);
+    rt->running++;
+    pthread_cond_broadcast(&rt->cv);
+    pthread_mutex_unlock(&rt->mu);
+}
+
+static void running_cb(void *arg)
+{
+    signal_running(arg);
+}
+
+static void pin_to_cpu(unsigned index)
+{
+    cpu_set_t allowed;
+    CPU_ZERO(&allowed);
+    if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
+        return;
+    int count = CPU_COUNT(&allowed);
+    if (count <= 0)
+        return;
+    /* The (index % count)-th CPU this process may use. */
+    int want = (int)(index % (unsigned)count);
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (!CPU_ISSET(cpu, &allowed))
+            continue;
+        if (want-- == 0) {
+            cpu_set_t one;
+            CPU_ZERO(&one);
+            CPU_SET(cpu, &one);
+            int r = pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
+            if (r != 0)
+                iol__log(IOL_LOG_WARNING, "runtime: worker %u: cannot pin to CPU %d: %s", index, cpu, strerror(r));
+            return;
+        }
+    }
+}
+
+static void drain_sentinel(void *arg)
+{
+    bool *ran = arg;
+    *ran = true;
+    iol_loop_stop(iol_loop_current());
+}
+
+/* Runs the callbacks queued on the (stopped) loop, without polling: a
+ * sentinel queued last stops the loop once everything queued before it
+ * ran. A start may return at once when a stale stop was pending, hence the
+ * inner retry. */
+static void drain(iol_loop *loop, int passes)
+{
+    for (int pass = 0; pass < passes; pass++) {
+        bool ran = false;
+        if (iol_loop_add_callback(loop, drain_sentinel, &ran) < 0)
+            return;
+        for (int tries = 0; !ran && tries < 3; tries++) {
+            if (iol_loop_start(loop) < 0)
+                break;
+        }
+        if (!ran) {
+            iol__log(IOL_LOG_ERROR, "runtime: worker %d: could not drain its loop", tl_worker_index);
+            return;
+        }
+    }
+}
+
+/* Waits until no post to this worker is between its check and its push
+ * (see iol_runtime_post). Posts that find the flag set leave at once, so
+ * this is a short wait. */
+static void wait_posts_done(iol__rt_worker *w)
+{
+    /* seq_cst (so acquire): pairs with post_leave's release, and is after
+     * our seq_cst read of stopped in S. */
+    while (atomic_load_explicit(&w->inflight, memory_order_seq_cst) != 0)
+        sched_yield();
+}
+
+static void worker_shutdown(iol__rt_worker *w)
+{
+    iol_runtime *rt = w->rt;
+    wait_posts_done(w);
+
+    /* Accept what the kernel queued on our listening sockets; handoffs go
+     * to other workers' queues. The barrier makes every handoff push
+     * happen-before every worker's drain sentinel, so no handed-off fd is
+     * left behind in a queue. */
+    iol__listeners_final_accept(rt, w->index);
+    pthread_mutex_lock(&rt->mu);
+    rt->accepted_final++;
+    pthread_cond_broadcast(&rt->cv);
+    while (rt->creating || rt->accepted_final < rt->nthreads)
+        pthread_cond_wait(&rt->cv, &rt->mu);
+    pthread_mutex_unlock(&rt->mu);
+
+    drain(w->loop, DRAIN_PASSES);
+    if (rt->cfg.on_stop)
+        rt->cfg.on_stop(w->loop, w->index, rt->cfg.arg);
+    drain(w->loop, DRAIN_PASSES);
+}
+
+static void *worker_main(void *p)
+{
+    iol__rt_worker *w = p;
+    iol_runtime *rt = w->rt;
+    tl_worker_index = (int)w->index;
+    tl_worker_runtime = rt;
+
+    if (rt->cfg.pin_threads)
+        pin_to_cpu(w->index);
+    iol_loop_make_current(w->loop);
+    if (rt->cfg.blocking_log_threshold > 0) {
+        /* On the worker thread: the watchdog's timer targets this thread. */
+        int r = iol_loop_set_blocking_log_threshold(w->loop, rt->cfg.blocking_log_threshold);
+        if (r < 0)
+            iol__log(IOL_LOG_WARNING, "runtime: worker %u: blocking log threshold: %s", w->index, strerror(-r));
+    }
+    if (rt->cfg.on_start)
+        rt->cfg.on_start(w->loop, w->index, rt->cfg.arg);
+    /* Runs once the loop is running; start() waits for it. */
+    if (iol_loop_add_callback(w->loop, running_cb, w) < 0)
+        signal_running(w);
+
+    for (;;) {
+        int r = iol_loop_start(w->loop);
+        /* In case stop came before the loop ever ran its first batch. */
+        signal_running(w);
+        /* seq_cst: the worker's read of the flag in the post protocol. */
+        if (atomic_load_explicit(&rt->stopped, memory_order_seq_cst))
+            break;
+        if (r < 0) {
+            iol__log(IOL_LOG_ERROR, "runtime: worker %u: loop failed: %s; stopping the runtime", w->index,
+                     strerror(-r));
+            iol_runtime_stop(rt);
+            continue; /* re-read the flag (now set) */
+        }
+        /* Someone stopped this worker's loop directly: the runtime owns
+         * its lifetime, so it keeps running until the runtime stops. */
+    }
+
+    worker_shutdown(w);
+    int dropped = iol_loop_close(w->loop, true);
+    if (dropped > 0)
+        iol__log(IOL_LOG_DEBUG, "runtime: worker %u: dropped %d callbacks at close", w->index, dropped);
+    w->loop_closed = true;
+    tl_worker_index = -1;
+    tl_worker_runtime = NULL;
+    return NULL;
+}
+
+int iol_runtime_start(iol_runtime *rt)
+{
+    if (!rt)
+        return -EINVAL;
+    pthread_mutex_lock(&rt->mu);
+    if (rt->state != IOL__RT_NEW) {
+        pthread_mutex_unlock(&rt->mu);
+        return -EALREADY;
+    }
+    /* relaxed: stop before start is a caller-side ordering; either way
+     * workers re-check the flag with seq_cst. */
+    if (atomic_load_explicit(&rt->stopped, memory_order_relaxed)) {
+        pthread_mutex_unlock(&rt->mu);
+        return -ESHUTDOWN;
+    }
+    rt->state = IOL__RT_STARTED;
+    rt->creating = true;
+    int err = 0;
+    for (unsigned i = 0; i < rt->n; i++) {
+        int r = pthread_create(&rt->workers[i].thread, NULL, worker_main, &rt->workers[i]);
+        if (r != 0) {
+            err = -r;
+            break;
+        }
+        rt->nthreads++;
+    }
+    rt->creating = false;
+    pthread_cond_broadcast(&rt->cv);
+    if (err < 0) {
+        pthread_mutex_unlock(&rt->mu);
+        iol__log(IOL_LOG_ERROR, "runtime: cannot create worker thread: %s", strerror(-err));
+        iol_runtime_stop(rt);
+        iol_runtime_join(rt);
+        return err;
+    }
+    while (rt->running < rt->nthreads)
+        pthread_cond_wait(&rt->cv, &rt->mu);
+    pthread_mutex_unlock(&rt->mu);
+    return 0;
+}
+
+int iol_runtime_stop(iol_runtime *rt)
+{
+    if (!rt)
+        return -EINVAL;
+    /* seq_cst: the store of the post protocol (see iol_runtime_post). The
+     * exchange makes stop idempotent: only the first one stops loops. */
+    if (atomic_exchange_explicit(&rt->stopped, true, memory_order_seq_cst))
+        return 0;
+    for (unsigned i = 0; i < rt->n; i++)
+        iol_loop_stop(rt->workers[i].loop);
+    return 0;
+}
+
+int iol_runtime_join(iol_runtime *rt)
+{
+    if (!rt)
+        return -EINVAL;
+    if (tl_worker_runtime == rt)
+        return -EDEADLK;
+    pthread_mutex_lock(&rt->mu);
+    if (rt->state == IOL__RT_NEW || rt->joined) {
+        pthread_mutex_unlock(&rt->mu);
+        return 0;
+    }
+    if (rt->joining) {
+        /* Another thread joins: wait for it to finish. */
+        while (!rt->joined)
+            pthread_cond_wait(&rt->cv, &rt->mu);
+        pthread_mutex_unlock(&rt->mu);
+        return 0;
+    }
+    rt->joining = true;
+    unsigned nthreads = rt->nthreads;
+    pthread_mutex_unlock(&rt->mu);
+
+    for (unsigned i = 0; i < nthreads; i++)
+        pthread_join(rt->workers[i].thread, NULL);
+
+    pthread_mutex_lock(&rt->mu);
+    rt->joined = true;
+    pthread_cond_broadcast(&rt->cv);
+    pthread_mutex_unlock(&rt->mu);
+    return 0;
+}
+
+void iol_runtime_free(iol_runtime *rt)
+{
+    if (!rt)
+        return;
+    if (tl_worker_runtime == rt) {
+        iol__log(IOL_LOG_ERROR, "runtime: iol_runtime_free called from a worker; ignored (leaks)");
+        return;
+    }
+    iol_runtime_stop(rt);
+    iol_runtime_join(rt);
+    /* Listening sockets first: they may still be registered on loops that
+     * never ran, and closing those loops with all_fds would close them. */
+    iol__listeners_free(rt);
+    for (unsigned i = 0; i < rt->n; i++) {
+        iol__rt_worker *w = &rt->workers[i];
+        if (!w->loop_closed)
+            iol_loop_close(w->loop, true);
+        iol_loop_unref(w->loop);
+    }
+    pthread_cond_destroy(&rt->cv);
+    pthread_mutex_destroy(&rt->mu);
+    free(rt->workers);
+    free(rt);
+}

@@ -1,0 +1,77 @@
+/* runtime/ — state shared by runtime.c (workers) and listener.c.
+ * Nothing outside runtime/ includes this. */
+#ifndef IOL_RUNTIME_IMPL_H
+#define IOL_RUNTIME_IMPL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ioloop.h"
+
+#define IOL__CACHE_LINE 64
+
+struct iol__listener;
+
+typedef struct iol__rt_worker {
+    /* Written by posting threads: on its own line so producers posting to
+     * different workers do not share one. See iol_runtime_post for the
+     * ordering argument. */
+    _Alignas(IOL__CACHE_LINE) _Atomic long inflight;
+
+    /* Handoff balance, read by the coordinator (worker 0), on their own
+     * line. pending: fds handed to this worker whose on_accept has not run
+     * yet. own_handlers: fd handlers the runtime itself registered on this
+     * loop (listening sockets), subtracted from the loop's handler count
+     * so only connections count. Both relaxed: a load-balancing snapshot,
+     * they order nothing. */
+    _Alignas(IOL__CACHE_LINE) _Atomic int pending;
+    _Atomic int own_handlers;
+
+    /* Set before the thread starts or owned by the worker thread. */
+    _Alignas(IOL__CACHE_LINE) struct iol_runtime *rt;
+    unsigned index;
+    iol_loop *loop;
+    pthread_t thread;
+    bool signaled_running; /* worker thread only */
+    bool loop_closed;      /* the worker closed its loop on exit */
+} iol__rt_worker;
+
+enum { IOL__RT_NEW = 0, IOL__RT_STARTED };
+
+struct iol_runtime {
+    unsigned n;
+    iol__rt_worker *workers;
+    iol_runtime_config cfg;
+
+    /* The stop flag, seq_cst: see iol_runtime_post and worker_shutdown. */
+    _Atomic bool stopped;
+
+    pthread_mutex_t mu; /* guards everything below */
+    pthread_cond_t cv;
+    int state;
+    unsigned nthreads;        /* worker threads created */
+    bool creating;            /* start still creating threads */
+    unsigned running;         /* loops that reported running */
+    unsigned accepted_final;  /* workers done with their final accepts */
+    bool joining, joined;
+
+    struct iol__listener **listeners;
+    unsigned nlisteners, listeners_cap;
+    bool listeners_closed; /* a worker began its final accepts: no new listen */
+};
+
+/* listener.c: on worker `index` at shutdown, after it stopped taking new
+ * work: accepts what the kernel queued on the listening sockets this
+ * worker owns, hands it to on_accept (handoff: to the chosen worker's
+ * queue), then closes those sockets. */
+void iol__listeners_final_accept(struct iol_runtime *rt, unsigned index);
+/* listener.c: closes what is left (runtime never started) and frees the
+ * listeners. Before the loops are closed; workers joined. */
+void iol__listeners_free(struct iol_runtime *rt);
+
+/* runtime.c: the runtime the calling thread is a worker of, or NULL. */
+struct iol_runtime *iol__runtime_of_thread(void);
+
+#endif

@@ -1,0 +1,504 @@
+/* Listeners: REUSEPORT and HANDOFF sharding, addresses, counts, balance,
+ * graceful stop. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "ioloop.h"
+#include "loop/loop_impl.h" /* iol__loop_handler_count */
+#include "testutil.h"
+
+#define MAX_WORKERS 4
+
+/* ---------------------------------------------------------- client side */
+
+static int connect_to(int family, uint16_t port)
+{
+    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int r;
+    if (family == AF_INET6) {
+        struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_port = htons(port), .sin6_addr = in6addr_loopback};
+        r = connect(fd, (struct sockaddr *)&a, sizeof(a));
+    } else {
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        r = connect(fd, (struct sockaddr *)&a, sizeof(a));
+    }
+    if (r < 0) {
+        int err = -errno;
+        close(fd);
+        return err;
+    }
+    return fd;
+}
+
+static bool have_ipv6(void)
+{
+    int fd = socket(AF_INET6, SOCK_STREAM, 0);
+    if (fd < 0)
+        return false;
+    struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_addr = in6addr_loopback};
+    bool ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+    close(fd);
+    return ok;
+}
+
+/* Reads until EOF (or 5 s). Returns bytes read, or -errno (-ECONNRESET). */
+static ssize_t read_to_eof(int fd, char *buf, size_t cap)
+{
+    size_t got = 0;
+    double deadline = iol_test_now() + 5;
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int left = (int)((deadline - iol_test_now()) * 1000);
+        if (left <= 0 || poll(&p, 1, left) <= 0)
+            return -ETIMEDOUT;
+        ssize_t n = recv(fd, buf + got, cap - got, 0);
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            return (ssize_t)got;
+        got += (size_t)n;
+        if (got == cap)
+            return (ssize_t)got;
+    }
+}
+
+static uint64_t sum_counts(iol_runtime *rt, int id, uint64_t *counts)
+{
+    int n = iol_runtime_listener_counts(rt, id, counts, MAX_WORKERS);
+    ck_assert_int_gt(n, 0);
+    uint64_t sum = 0;
+    for (int i = 0; i < n && i < MAX_WORKERS; i++)
+        sum += counts[i];
+    return sum;
+}
+
+static void wait_accepted(iol_runtime *rt, int id, uint64_t want)
+{
+    uint64_t counts[MAX_WORKERS];
+    double deadline = iol_test_now() + 20;
+    while (sum_counts(rt, id, counts) < want && iol_test_now() < deadline)
+        usleep(2000);
+    ck_assert_uint_eq(sum_counts(rt, id, counts), want);
+}
+
+/* ---------------------------------------------------------- server side */
+
+typedef struct server {
+    iol_runtime *rt;
+    _Atomic int wrong_thread;  /* on_accept not on the owning worker */
+    _Atomic int bad_flags;     /* accepted fd blocking or not cloexec */
+    _Atomic int accepted;
+    _Atomic int peer_family[2]; /* [0] AF_INET, [1] AF_INET6 */
+} server;
+
+static void check_accept(server *sv, iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen)
+{
+    int w = iol_runtime_worker_index();
+    if (w < 0 || iol_loop_current() != loop || iol_runtime_loop(sv->rt, (unsigned)w) != loop)
+        atomic_fetch_add(&sv->wrong_thread, 1);
+    int fl = fcntl(fd, F_GETFL), fdfl = fcntl(fd, F_GETFD);
+    if (!(fl & O_NONBLOCK) || !(fdfl & FD_CLOEXEC))
+        atomic_fetch_add(&sv->bad_flags, 1);
+    if (peer && peerlen >= sizeof(sa_family_t))
+        atomic_fetch_add(&sv->peer_family[peer->sa_family == AF_INET6], 1);
+    atomic_fetch_add(&sv->accepted, 1);
+}
+
+/* Says "ok" and closes. */
+static void accept_greet(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg)
+{
+    check_accept(arg, loop, fd, peer, peerlen);
+    ck_assert_int_eq(write(fd, "ok", 2), 2);
+    close(fd);
+}
+
+static void hold_readable(int fd, unsigned events, void *arg)
+{
+    (void)events;
+    (void)arg;
+    char buf[256];
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n == 0 || (n < 0 && errno != EAGAIN)) {
+        iol_loop_remove_handler(iol_loop_current(), fd);
+        close(fd);
+    }
+}
+
+/* Keeps the connection: a registered handler, closed by the peer or by
+ * the loop's close. */
+static void accept_hold(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg)
+{
+    check_accept(arg, loop, fd, peer, peerlen);
+    ck_assert_int_eq(iol_loop_add_handler(loop, fd, IOL_READ, hold_readable, NULL), 0);
+}
+
+/* Says "hi" and keeps the connection until the loop closes. */
+static void accept_greet_hold(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg)
+{
+    check_accept(arg, loop, fd, peer, peerlen);
+    ck_assert_int_eq(write(fd, "hi", 2), 2);
+    ck_assert_int_eq(iol_loop_add_handler(loop, fd, IOL_READ, hold_readable, NULL), 0);
+}
+
+static void assert_clean(server *sv)
+{
+    ck_assert_int_eq(atomic_load(&sv->wrong_thread), 0);
+    ck_assert_int_eq(atomic_load(&sv->bad_flags), 0);
+}
+
+/* Connects n clients (family), expects "ok" then EOF from each. */
+static void greet_clients(int family, uint16_t port, int n)
+{
+    for (int i = 0; i < n; i++) {
+        int fd = connect_to(family, port);
+        ck_assert_int_ge(fd, 0);
+        char buf[8];
+        ck_assert_int_eq(read_to_eof(fd, buf, sizeof(buf)), 2);
+        ck_assert(memcmp(buf, "ok", 2) == 0);
+        close(fd);
+    }
+}
+
+static void run_greet(int shard, const char *host, int family, bool listen_before_start)
+{
+    server sv = {0};
+    ck_assert_int_eq(iol_runtime_new(&sv.rt, &(iol_runtime_config){.workers = 2}), 0);
+    iol_listen_config lc = {.host = host, .shard = shard, .on_accept = accept_greet, .arg = &sv};
+    int id = -1;
+    if (listen_before_start)
+        ck_assert_int_ge(id = iol_runtime_listen(sv.rt, &lc), 0);
+    ck_assert_int_eq(iol_runtime_start(sv.rt), 0);
+    if (!listen_before_start)
+        ck_assert_int_ge(id = iol_runtime_listen(sv.rt, &lc), 0);
+    int port = iol_runtime_listener_port(sv.rt, id);
+    ck_assert_int_gt(port, 0);
+    greet_clients(family, (uint16_t)port, 20);
+    wait_accepted(sv.rt, id, 20);
+    uint64_t counts[MAX_WORKERS] = {0};
+    ck_assert_int_eq(iol_runtime_listener_counts(sv.rt, id, counts, MAX_WORKERS), 2);
+    ck_assert_int_eq(iol_runtime_listener_counts(sv.rt, id, NULL, 0), 2);
+    ck_assert_int_eq(iol_runtime_stop(sv.rt), 0);
+    ck_assert_int_eq(iol_runtime_join(sv.rt), 0);
+    assert_clean(&sv);
+    ck_assert_int_eq(atomic_load(&sv.peer_family[family == AF_INET6]), 20);
+    iol_runtime_free(sv.rt);
+}
+
+START_TEST(test_reuseport_ipv4)
+{
+    run_greet(IOL_SHARD_REUSEPORT, "127.0.0.1", AF_INET, false);
+    run_greet(IOL_SHARD_REUSEPORT, "127.0.0.1", AF_INET, true);
+}
+END_TEST
+
+START_TEST(test_handoff_ipv4)
+{
+    run_greet(IOL_SHARD_HANDOFF, "127.0.0.1", AF_INET, false);
+    run_greet(IOL_SHARD_HANDOFF, "127.0.0.1", AF_INET, true);
+}
+END_TEST
+
+START_TEST(test_ipv6)
+{
+    if (!have_ipv6())
+        return;
+    run_greet(IOL_SHARD_REUSEPORT, "::1", AF_INET6, false);
+    run_greet(IOL_SHARD_HANDOFF, "::1", AF_INET6, true);
+}
+END_TEST
+
+START_TEST(test_host_null_all_addresses)
+{
+    server sv = {0};
+    ck_assert_int_eq(iol_runtime_new(&sv.rt, &(iol_runtime_config){.workers = 2}), 0);
+    ck_assert_int_eq(iol_runtime_start(sv.rt), 0);
+    for (int shard = 0; shard < 2; shard++) {
+        iol_listen_config lc = {.host = NULL, .shard = shard, .on_accept = accept_greet, .arg = &sv};
+        int id = iol_runtime_listen(sv.rt, &lc);
+        ck_assert_int_ge(id, 0);
+        int port = iol_runtime_listener_port(sv.rt, id);
+        ck_assert_int_gt(port, 0);
+        greet_clients(AF_INET, (uint16_t)port, 5);
+        int expect = 5;
+        if (have_ipv6()) {
+            greet_clients(AF_INET6, (uint16_t)port, 5);
+            expect += 5;
+        }
+        wait_accepted(sv.rt, id, (uint64_t)expect);
+    }
+    iol_runtime_free(sv.rt);
+    assert_clean(&sv);
+}
+END_TEST
+
+START_TEST(test_port0_shared_and_spread)
+{
+    /* REUSEPORT with port 0: one ephemeral port for every worker's socket;
+     * the kernel spreads connections over them (200 connections all on
+     * one of two sockets has probability 2^-199). */
+    server sv = {0};
+    ck_assert_int_eq(iol_runtime_new(&sv.rt, &(iol_runtime_config){.workers = 2}), 0);
+    ck_assert_int_eq(iol_runtime_start(sv.rt), 0);
+    iol_listen_config lc = {.host = "127.0.0.1", .on_accept = accept_greet, .arg = &sv};
+    int id = iol_runtime_listen(sv.rt, &lc);
+    ck_assert_int_ge(id, 0);
+    int port = iol_runtime_listener_port(sv.rt, id);
+    int n = (int)iol_test_scaled(200, 40);
+    greet_clients(AF_INET, (uint16_t)port, n);
+    wait_accepted(sv.rt, id, (uint64_t)n);
+    uint64_t counts[MAX_WORKERS] = {0};
+    sum_counts(sv.rt, id, counts);
+    ck_assert_uint_gt(counts[0], 0);
+    ck_assert_uint_gt(counts[1], 0);
+    iol_runtime_free(sv.rt);
+    assert_clean(&sv);
+}
+END_TEST
+
+START_TEST(test_addrinuse)
+{
+    /* A plain listener holds a port. */
+    int busy = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert_int_eq(bind(busy, (struct sockaddr *)&a, sizeof(a)), 0);
+    ck_assert_int_eq(listen(busy, 4), 0);
+    socklen_t len = sizeof(a);
+    getsockname(busy, (struct sockaddr *)&a, &len);
+    uint16_t port = ntohs(a.sin_port);
+
+    server sv = {0};
+    ck_assert_int_eq(iol_runtime_new(&sv.rt, &(iol_runtime_config){.workers = 2}), 0);
+    for (int shard = 0; shard < 2; shard++) {
+        iol_listen_config lc = {.host = "127.0.0.1", .port = port, .shard = shard, .on_accept = accept_greet};
+        ck_assert_int_eq(iol_runtime_listen(sv.rt, &lc), -EADDRINUSE);
+    }
+    close(busy);
+
+    /* Another runtime's REUSEPORT group holds a port: still taken. */
+    iol_listen_config lc = {.host = "127.0.0.1", .on_accept = accept_greet, .arg = &sv};
+    int id = iol_runtime_listen(sv.rt, &lc);
+    ck_assert_int_eq(id, 0); /* failed listens take no id */
+    iol_runtime *other = NULL;
+    ck_assert_int_eq(iol_runtime_new(&other, &(iol_runtime_config){.workers = 2}), 0);
+    lc.port = (uint16_t)iol_runtime_listener_port(sv.rt, id);
+    ck_assert_int_eq(iol_runtime_listen(other, &lc), -EADDRINUSE);
+    lc.shard = IOL_SHARD_HANDOFF;
+    ck_assert_int_eq(iol_runtime_listen(other, &lc), -EADDRINUSE);
+    iol_runtime_free(other);
+    iol_runtime_free(sv.rt);
+}
+END_TEST
+
+START_TEST(test_listen_bad_args)
+{
+    iol_runtime *rt = NULL;
+    ck_assert_int_eq(iol_runtime_new(&rt, &(iol_runtime_config){.workers = 2}), 0);
+    iol_listen_config lc = {.host = "127.0.0.1", .on_accept = accept_greet};
+    ck_assert_int_eq(iol_runtime_listen(NULL, &lc), -EINVAL);
+    ck_assert_int_eq(iol_runtime_listen(rt, NULL), -EINVAL);
+    lc.on_accept = NULL;
+    ck_assert_int_eq(iol_runtime_listen(rt, &lc), -EINVAL);
+    lc.on_accept = accept_greet;
+    lc.shard = 7;
+    ck_assert_int_eq(iol_runtime_listen(rt, &lc), -EINVAL);
+    lc.shard = -1;
+    ck_assert_int_eq(iol_runtime_listen(rt, &lc), -EINVAL);
+    lc.shard = IOL_SHARD_REUSEPORT;
+    lc.host = "not a host name!";
+    ck_assert_int_eq(iol_runtime_listen(rt, &lc), -EINVAL);
+    lc.host = "127.0.0.1";
+    lc.backlog = -3;
+    ck_assert_int_eq(iol_runtime_listen(rt, &lc), -EINVAL);
+    lc.backlog = 0;
+    ck_assert_int_eq(iol_runtime_listener_port(rt, 0), -ENOENT);
+    ck_assert_int_eq(iol_runtime_listener_port(rt, -1), -ENOENT);
+    uint64_t counts[2];
+    ck_assert_int_eq(iol_runtime_listener_counts(rt, 3, counts, 2), -ENOENT);
+    int id = iol_runtime_listen(rt, &lc);
+    ck_assert_int_eq(id, 0);
+    ck_assert_int_eq(iol_runtime_listener_counts(rt, id, NULL, 1), -EINVAL);
+    ck_assert_int_eq(iol_runtime_listener_counts(rt, id, counts, 2), 2);
+    ck_assert_uint_eq(counts[0] + counts[1], 0);
+    ck_assert_int_eq(iol_runtime_stop(rt), 0);
+    ck_assert_int_eq(iol_runtime_listen(rt, &lc), -ESHUTDOWN);
+    iol_runtime_free(rt);
+}
+END_TEST
+
+/* --------------------------------------------------------- handoff balance */
+
+START_TEST(test_handoff_balance)
+{
+    server sv = {0};
+    ck_assert_int_eq(iol_runtime_new(&sv.rt, &(iol_runtime_config){.workers = 2}), 0);
+    ck_assert_int_eq(iol_runtime_start(sv.rt), 0);
+    iol_listen_config lc = {.host = "127.0.0.1", .shard = IOL_SHARD_HANDOFF, .on_accept = accept_hold, .arg = &sv};
+    int id = iol_runtime_listen(sv.rt, &lc);
+    ck_assert_int_ge(id, 0);
+    uint16_t port = (uint16_t)iol_runtime_listener_port(sv.rt, id);
+    int n = (int)iol_test_scaled(1000, 40);
+    int *clients = calloc((size_t)n, sizeof(int));
+    for (int i = 0; i < n; i++) {
+        clients[i] = connect_to(AF_INET, port);
+        ck_assert_int_ge(clients[i], 0);
+    }
+    wait_accepted(sv.rt, id, (uint64_t)n);
+    uint64_t counts[MAX_WORKERS] = {0};
+    sum_counts(sv.rt, id, counts);
+    uint64_t lo = counts[0] < counts[1] ? counts[0] : counts[1];
+    uint64_t hi = counts[0] < counts[1] ? counts[1] : counts[0];
+    ck_assert_uint_gt(lo, 0);
+    ck_assert_msg((double)hi / (double)lo <= 1.1, "unbalanced: %llu vs %llu", (unsigned long long)counts[0],
+                  (unsigned long long)counts[1]);
+
+    ck_assert_int_eq(iol_runtime_stop(sv.rt), 0);
+    ck_assert_int_eq(iol_runtime_join(sv.rt), 0);
+    for (int i = 0; i < n; i++)
+        close(clients[i]);
+    free(clients);
+    assert_clean(&sv);
+    iol_runtime_free(sv.rt);
+}
+END_TEST
+
+START_TEST(test_handoff_follows_load)
+{
+    /* Handoffs alternate while loads are equal, and count only live
+     * connections (registered handlers), not past ones. */
+    server sv = {0};
+    ck_assert_int_eq(iol_runtime_new(&sv.rt, &(iol_runtime_config){.workers = 2}), 0);
+    ck_assert_int_eq(iol_runtime_start(sv.rt), 0);
+    iol_listen_config lc = {.host = "127.0.0.1", .shard = IOL_SHARD_HANDOFF, .on_accept = accept_hold, .arg = &sv};
+    int id = iol_runtime_listen(sv.rt, &lc);
+    uint16_t port = (uint16_t)iol_runtime_listener_port(sv.rt, id);
+    int c[30];
+    for (int i = 0; i < 10; i++)
+        ck_assert_int_ge(c[i] = connect_to(AF_INET, port), 0);
+    wait_accepted(sv.rt, id, 10);
+    uint64_t counts[MAX_WORKERS];
+    sum_counts(sv.rt, id, counts);
+    ck_assert_uint_eq(counts[0], 5);
+    ck_assert_uint_eq(counts[1], 5);
+    /* Close all ten; once the workers saw EOF only the listening
+     * socket's handler is left. */
+    for (int i = 0; i < 10; i++)
+        close(c[i]);
+    double deadline = iol_test_now() + 10;
+    while (iol__loop_handler_count(iol_runtime_loop(sv.rt, 0)) + iol__loop_handler_count(iol_runtime_loop(sv.rt, 1)) > 1 &&
+           iol_test_now() < deadline)
+        usleep(1000);
+    for (int i = 10; i < 30; i++)
+        ck_assert_int_ge(c[i] = connect_to(AF_INET, port), 0);
+    wait_accepted(sv.rt, id, 30);
+    sum_counts(sv.rt, id, counts);
+    ck_assert_uint_eq(counts[0], 15);
+    ck_assert_uint_eq(counts[1], 15);
+    for (int i = 10; i < 30; i++)
+        close(c[i]);
+    iol_runtime_free(sv.rt);
+    assert_clean(&sv);
+}
+END_TEST
+
+/* ---------------------------------------------------------- graceful stop */
+
+typedef struct gate {
+    _Atomic int open;
+    _Atomic int blocked;
+} gate;
+
+static void block_until_open(void *arg)
+{
+    gate *g = arg;
+    atomic_fetch_add(&g->blocked, 1);
+    while (!atomic_load(&g->open))
+        usleep(1000);
+}
+
+static void run_graceful_stop(int shard)
+{
+    server sv = {0};
+    gate g = {0};
+    ck_assert_int_eq(iol_runtime_new(&sv.rt, &(iol_runtime_config){.workers = 2}), 0);
+    ck_assert_int_eq(iol_runtime_start(sv.rt), 0);
+    iol_listen_config lc = {.host = "127.0.0.1", .shard = shard, .on_accept = accept_greet_hold, .arg = &sv};
+    int id = iol_runtime_listen(sv.rt, &lc);
+    ck_assert_int_ge(id, 0);
+    uint16_t port = (uint16_t)iol_runtime_listener_port(sv.rt, id);
+    /* Let the listen registrations run, then make both workers busy so
+     * connections stay in the kernel's accept queues. */
+    usleep(50 * 1000);
+    ck_assert_int_eq(iol_runtime_broadcast(sv.rt, block_until_open, &g), 0);
+    while (atomic_load(&g.blocked) < 2)
+        usleep(1000);
+    enum { N = 50 };
+    int c[N];
+    for (int i = 0; i < N; i++)
+        ck_assert_int_ge(c[i] = connect_to(AF_INET, port), 0);
+    ck_assert_int_eq(atomic_load(&sv.accepted), 0);
+    ck_assert_int_eq(iol_runtime_stop(sv.rt), 0);
+    atomic_store(&g.open, 1);
+    ck_assert_int_eq(iol_runtime_join(sv.rt), 0);
+    ck_assert_int_eq(atomic_load(&sv.accepted), N);
+    uint64_t counts[MAX_WORKERS] = {0};
+    ck_assert_uint_eq(sum_counts(sv.rt, id, counts), N);
+    for (int i = 0; i < N; i++) {
+        char buf[8];
+        ssize_t r = read_to_eof(c[i], buf, sizeof(buf));
+        ck_assert_msg(r == 2, "client %d: %zd (%s)", i, r, r < 0 ? strerror((int)-r) : "short");
+        close(c[i]);
+    }
+    assert_clean(&sv);
+    iol_runtime_free(sv.rt);
+}
+
+START_TEST(test_graceful_stop_reuseport)
+{
+    run_graceful_stop(IOL_SHARD_REUSEPORT);
+}
+END_TEST
+
+START_TEST(test_graceful_stop_handoff)
+{
+    run_graceful_stop(IOL_SHARD_HANDOFF);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("listener");
+    TCase *tc = iol_test_tcase("addresses", 60);
+    tcase_add_test(tc, test_reuseport_ipv4);
+    tcase_add_test(tc, test_handoff_ipv4);
+    tcase_add_test(tc, test_ipv6);
+    tcase_add_test(tc, test_host_null_all_addresses);
+    tcase_add_test(tc, test_port0_shared_and_spread);
+    tcase_add_test(tc, test_addrinuse);
+    tcase_add_test(tc, test_listen_bad_args);
+    suite_add_tcase(s, tc);
+
+    tc = iol_test_tcase("handoff", 120);
+    tcase_add_test(tc, test_handoff_balance);
+    tcase_add_test(tc, test_handoff_follows_load);
+    suite_add_tcase(s, tc);
+
+    tc = iol_test_tcase("graceful_stop", 60);
+    tcase_add_test(tc, test_graceful_stop_reuseport);
+    tcase_add_test(tc, test_graceful_stop_handoff);
+    suite_add_tcase(s, tc);
+    return iol_test_run(s);
+}
