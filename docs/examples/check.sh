@@ -16,12 +16,34 @@ flags=$(PKG_CONFIG_PATH="$build/meson-uninstalled" pkg-config --cflags --libs io
 out=$(mktemp -d /tmp/iol-docs-XXXXXX)
 trap 'rm -rf "$out"' EXIT
 
+# Two processes of reuseport_procs on one port; 20 connections must be
+# answered, by both processes.
+reuseport_two_processes() {
+  local prog=$1 port pids=() replies
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  "$prog" "$port" 2 >"$out/rp1.log" 2>&1 & pids+=($!)
+  "$prog" "$port" 2 >"$out/rp2.log" 2>&1 & pids+=($!)
+  sleep 0.5
+  replies=$(for _ in $(seq 20); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port" && head -n 1 <&3) 2>/dev/null
+  done)
+  kill -TERM "${pids[@]}"; wait "${pids[@]}" || true
+  cat "$out/rp1.log" "$out/rp2.log"
+  echo "$replies" | sort | uniq -c
+  [ "$(echo "$replies" | grep -c '^pid ')" -eq 20 ] &&
+    [ "$(echo "$replies" | awk '{ print $2 }' | sort -u | wc -l)" -eq 2 ]
+}
+
 status=0
 for src in docs/examples/*.c; do
   name=$(basename "$src" .c)
   # shellcheck disable=SC2086  # $flags is a list of words
   if ! cc -std=gnu11 -Wall -Wextra -Werror -o "$out/$name" "$src" $flags -Wl,-rpath,"$build"; then
     echo "FAIL compile $name" >&2; status=1; continue
+  fi
+  if [ "$name" = reuseport_procs ]; then
+    if reuseport_two_processes "$out/$name"; then echo "ok   $name"; else echo "FAIL run $name" >&2; status=1; fi
+    continue
   fi
   args=()
   [ "$name" = runtime_listener ] && args=(handoff)
