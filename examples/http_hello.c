@@ -1,0 +1,519 @@
+/* http-hello: HTTP/1.1 "Hello, World!" on a runtime of N workers.
+ *
+ *   http-hello --port P --workers N [--shard reuseport|handoff] [--host H]
+ *
+ * Keep-alive per HTTP/1.1 (and HTTP/1.0 "Connection: keep-alive"),
+ * pipelining (answered in order), parsing with http-parser. GET and HEAD
+ * get 200; other methods 405. A malformed request gets 400, headers over
+ * 8 KiB get 431; both close that connection only. A connection idle for
+ * 10 s, or still sending its headers 10 s after they began, is closed.
+ *
+ * The fast path: one allocation per connection (state and read buffer),
+ * one read per readiness into that fixed buffer, parsing in place, the
+ * responses of one read gathered in a per-thread buffer and written with
+ * one write(2); only what the kernel does not take is copied aside (and
+ * reading pauses until it is flushed). Raw fd handlers, no streams.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <http_parser.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ioloop.h"
+
+#define READ_BUF 16384
+#define OUT_BUF 65536
+#define MAX_HEADER_BYTES 8192
+#define IDLE_TIMEOUT 10      /* seconds */
+#define HEADER_TIMEOUT 10    /* seconds */
+#define LINGER_TIMEOUT 2     /* seconds to drain input after a final response */
+
+typedef struct conn conn;
+struct conn {
+    conn *prev, *next; /* the worker's list, swept once a second */
+    iol_loop *loop;
+    int fd;
+    unsigned events;   /* what the handler watches */
+    bool closing;      /* a final response is queued: no more requests */
+    bool lingering;    /* output done, SHUT_WR sent, discarding input */
+    bool in_headers;
+    long deadline;     /* on the worker's coarse clock (seconds) */
+    char *pending;     /* output the kernel did not take yet */
+    size_t pending_len, pending_off;
+    http_parser parser;
+    char rbuf[READ_BUF];
+};
+
+/* Per worker (each worker thread has its own). */
+typedef struct worker_state {
+    conn head; /* list sentinel */
+    iol_periodic *sweep;
+    long now;  /* coarse monotonic seconds, updated by the sweep */
+    char date[40];
+    size_t date_len;
+    time_t date_of;
+    char ok[256]; /* the common response (GET, HTTP/1.1, keep-alive) */
+    size_t ok_len;
+    char out[OUT_BUF];
+    size_t out_len;
+    conn *out_conn; /* whose responses out holds */
+} worker_state;
+
+static __thread worker_state *ws;
+static iol_runtime *the_runtime; /* for the signal handler */
+static http_parser_settings settings;
+
+/* ------------------------------------------------------------ responses */
+
+static void refresh_date(void)
+{
+    time_t t = time(NULL);
+    if (t == ws->date_of)
+        return;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    ws->date_len = strftime(ws->date, sizeof(ws->date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    ws->date_of = t;
+    int n = snprintf(ws->ok, sizeof(ws->ok),
+                     "HTTP/1.1 200 OK\r\nServer: ioloop\r\nDate: %s\r\nContent-Type: text/plain\r\n"
+                     "Content-Length: 13\r\n\r\nHello, World!",
+                     ws->date);
+    ws->ok_len = n > 0 && (size_t)n < sizeof(ws->ok) ? (size_t)n : 0;
+}
+
+static void conn_close(conn *c);
+static void conn_update_events(conn *c);
+
+/* Hands out[] to the kernel; what it does not take goes to c->pending. */
+static int flush_out(conn *c)
+{
+    size_t len = ws->out_len;
+    ws->out_len = 0;
+    ws->out_conn = NULL;
+    if (len == 0)
+        return 0;
+    size_t off = 0;
+    if (!c->pending) {
+        while (off < len) {
+            ssize_t n = write(c->fd, ws->out + off, len - off);
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN)
+                    break;
+                return -errno;
+            }
+            off += (size_t)n;
+        }
+        if (off == len)
+            return 0;
+    }
+    /* Keep the rest, after anything already pending (order matters). */
+    size_t rest = len - off, have = c->pending_len - c->pending_off;
+    char *buf = malloc(have + rest);
+    if (!buf)
+        return -ENOMEM;
+    if (have)
+        memcpy(buf, c->pending + c->pending_off, have);
+    memcpy(buf + have, ws->out + off, rest);
+    free(c->pending);
+    c->pending = buf;
+    c->pending_len = have + rest;
+    c->pending_off = 0;
+    return 0;
+}
+
+static void out_append(conn *c, const char *data, size_t len)
+{
+    if (ws->out_len + len > OUT_BUF) {
+        if (flush_out(c) < 0) {
+            c->closing = true; /* the write error closes it after parsing */
+            return;
+        }
+    }
+    ws->out_conn = c;
+    memcpy(ws->out + ws->out_len, data, len);
+    ws->out_len += len;
+}
+
+#define LIT(s) s, sizeof(s) - 1
+
+static inline size_t put(char *dst, size_t n, const char *src, size_t len)
+{
+    memcpy(dst + n, src, len);
+    return n + len;
+}
+
+static void respond(conn *c, const char *status, size_t status_len, const char *body, size_t body_len, bool head,
+                    bool keep_alive, bool http10)
+{
+    char hdr[512];
+    size_t n = 0;
+    n = put(hdr, n, LIT("HTTP/1.1 "));
+    n = put(hdr, n, status, status_len);
+    n = put(hdr, n, LIT("\r\nServer: ioloop\r\nDate: "));
+    n = put(hdr, n, ws->date, ws->date_len);
+    n = put(hdr, n, LIT("\r\nContent-Type: text/plain\r\nContent-Length: "));
+    char num[24];
+    int numlen = snprintf(num, sizeof(num), "%zu", body_len);
+    n = put(hdr, n, num, (size_t)numlen);
+    if (!keep_alive)
+        n = put(hdr, n, LIT("\r\nConnection: close"));
+    else if (http10)
+        n = put(hdr, n, LIT("\r\nConnection: keep-alive"));
+    n = put(hdr, n, LIT("\r\n\r\n"));
+    out_append(c, hdr, n);
+    if (!head && body_len)
+        out_append(c, body, body_len);
+}
+
+/* Error responses end the connection. */
+static void respond_error(conn *c, const char *status, size_t status_len)
+{
+    if (c->closing)
+        return;
+    respond(c, status, status_len, status, status_len, false, false, false);
+    c->closing = true;
+}
+
+/* ----------------------------------------------------- parser callbacks */
+
+static int on_message_begin(http_parser *p)
+{
+    conn *c = p->data;
+    c->in_headers = true;
+    c->deadline = ws->now + HEADER_TIMEOUT;
+    return 0;
+}
+
+static int on_headers_complete(http_parser *p)
+{
+    conn *c = p->data;
+    c->in_headers = false;
+    return 0;
+}
+
+static int on_message_complete(http_parser *p)
+{
+    conn *c = p->data;
+    bool keep_alive = http_should_keep_alive(p) && !p->upgrade;
+    bool http10 = p->http_major == 1 && p->http_minor == 0;
+    if (p->method == HTTP_GET && keep_alive && !http10 && ws->ok_len)
+        out_append(c, ws->ok, ws->ok_len); /* the fast path: one memcpy */
+    else if (p->method == HTTP_GET || p->method == HTTP_HEAD)
+        respond(c, LIT("200 OK"), LIT("Hello, World!"), p->method == HTTP_HEAD, keep_alive, http10);
+    else
+        respond(c, LIT("405 Method Not Allowed"), LIT("Method Not Allowed"), false, keep_alive, http10);
+    c->deadline = ws->now + IDLE_TIMEOUT;
+    if (!keep_alive) {
+        c->closing = true;
+        http_parser_pause(p, 1); /* nothing after it is answered */
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ connection */
+
+static void conn_unlink(conn *c)
+{
+    c->prev->next = c->next;
+    c->next->prev = c->prev;
+}
+
+static void conn_close(conn *c)
+{
+    iol_loop_remove_handler(c->loop, c->fd);
+    close(c->fd);
+    conn_unlink(c);
+    free(c->pending);
+    free(c);
+}
+
+/* Output done on a closing connection: half-close and discard input for a
+ * while, so a client still sending does not get our response destroyed
+ * by a reset (lingering close). */
+static void conn_linger(conn *c)
+{
+    shutdown(c->fd, SHUT_WR);
+    c->lingering = true;
+    c->deadline = ws->now + LINGER_TIMEOUT;
+    conn_update_events(c);
+}
+
+static void conn_update_events(conn *c)
+{
+    unsigned want = c->pending ? IOL_WRITE : IOL_READ;
+    if (want != c->events) {
+        c->events = want;
+        iol_loop_update_handler(c->loop, c->fd, want);
+    }
+}
+
+static void conn_read(conn *c)
+{
+    ssize_t n = read(c->fd, c->rbuf, sizeof(c->rbuf));
+    if (n <= 0) {
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        conn_close(c); /* EOF or error */
+        return;
+    }
+    if (c->lingering)
+        return; /* discarding */
+    if (!c->in_headers)
+        c->deadline = ws->now + IDLE_TIMEOUT;
+    refresh_date();
+    size_t parsed = http_parser_execute(&c->parser, &settings, c->rbuf, (size_t)n);
+    enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
+    if (err != HPE_OK && err != HPE_PAUSED) {
+        if (err == HPE_HEADER_OVERFLOW)
+            respond_error(c, LIT("431 Request Header Fields Too Large"));
+        else
+            respond_error(c, LIT("400 Bad Request"));
+    }
+    (void)parsed;
+    if (flush_out(c) < 0) {
+        conn_close(c);
+        return;
+    }
+    if (c->closing && !c->pending) {
+        conn_linger(c);
+        return;
+    }
+    conn_update_events(c);
+}
+
+static void conn_write(conn *c)
+{
+    while (c->pending_off < c->pending_len) {
+        ssize_t n = write(c->fd, c->pending + c->pending_off, c->pending_len - c->pending_off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN)
+                return;
+            conn_close(c);
+            return;
+        }
+        c->pending_off += (size_t)n;
+    }
+    free(c->pending);
+    c->pending = NULL;
+    c->pending_len = c->pending_off = 0;
+    if (c->closing) {
+        conn_linger(c);
+        return;
+    }
+    c->deadline = ws->now + IDLE_TIMEOUT;
+    conn_update_events(c);
+}
+
+static void conn_io(int fd, unsigned events, void *arg)
+{
+    (void)fd;
+    conn *c = arg;
+    if (c->pending) {
+        if (events & (IOL_WRITE | IOL_ERROR))
+            conn_write(c);
+        return;
+    }
+    conn_read(c);
+}
+
+static void on_accept(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg)
+{
+    (void)peer;
+    (void)peerlen;
+    (void)arg;
+    conn *c = malloc(sizeof(*c));
+    if (!c) {
+        close(fd);
+        return;
+    }
+    c->loop = loop;
+    c->fd = fd;
+    c->events = IOL_READ;
+    c->closing = c->lingering = c->in_headers = false;
+    c->deadline = ws->now + IDLE_TIMEOUT;
+    c->pending = NULL;
+    c->pending_len = c->pending_off = 0;
+    http_parser_init(&c->parser, HTTP_REQUEST);
+    c->parser.data = c;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (iol_loop_add_handler(loop, fd, IOL_READ, conn_io, c) < 0) {
+        close(fd);
+        free(c);
+        return;
+    }
+    c->next = ws->head.next;
+    c->prev = &ws->head;
+    ws->head.next->prev = c;
+    ws->head.next = c;
+}
+
+/* ----------------------------------------------------------------- workers */
+
+static long coarse_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (long)ts.tv_sec;
+}
+
+/* Once a second: idle, slowloris and lingering connections go. */
+static void sweep(void *arg)
+{
+    (void)arg;
+    ws->now = coarse_now();
+    for (conn *c = ws->head.next, *next; c != &ws->head; c = next) {
+        next = c->next;
+        if (c->deadline < ws->now)
+            conn_close(c);
+    }
+}
+
+static void worker_start(iol_loop *loop, unsigned index, void *arg)
+{
+    (void)index;
+    (void)arg;
+    ws = calloc(1, sizeof(*ws));
+    if (!ws) {
+        fprintf(stderr, "http-hello: out of memory\n");
+        exit(1);
+    }
+    ws->head.next = ws->head.prev = &ws->head;
+    ws->now = coarse_now();
+    ws->date_of = (time_t)-1;
+    if (iol_periodic_new(&ws->sweep, loop, 1000, sweep, NULL) < 0 || iol_periodic_start(ws->sweep) < 0) {
+        fprintf(stderr, "http-hello: cannot start the idle sweep\n");
+        exit(1);
+    }
+}
+
+static void worker_stop(iol_loop *loop, unsigned index, void *arg)
+{
+    (void)loop;
+    (void)index;
+    (void)arg;
+    while (ws->head.next != &ws->head)
+        conn_close(ws->head.next);
+    iol_periodic_free(ws->sweep);
+    free(ws);
+    ws = NULL;
+}
+
+/* ------------------------------------------------------------------ main */
+
+static void stop_runtime(void *arg)
+{
+    iol_runtime_stop(arg);
+}
+
+static void on_signal(int signo)
+{
+    (void)signo;
+    int saved = errno;
+    /* Async-signal-safe: the stop itself runs on worker 0. */
+    if (iol_loop_add_callback_from_signal(iol_runtime_loop(the_runtime, 0), stop_runtime, the_runtime) < 0)
+        iol_runtime_stop(the_runtime); /* loop closed or reserve empty: stop is a flag and wakes */
+    errno = saved;
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: http-hello --port P --workers N [--shard reuseport|handoff] [--host H]\n");
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"port", required_argument, NULL, 'p'},  {"workers", required_argument, NULL, 'w'},
+        {"shard", required_argument, NULL, 's'}, {"host", required_argument, NULL, 'H'},
+        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
+    };
+    long port = 8080, workers = 1;
+    int shard = IOL_SHARD_REUSEPORT;
+    const char *host = "127.0.0.1";
+    int opt;
+    while ((opt = getopt_long(argc, argv, "p:w:s:H:h", opts, NULL)) != -1) {
+        char *end;
+        switch (opt) {
+        case 'p':
+            port = strtol(optarg, &end, 10);
+            if (*end || port < 0 || port > 65535)
+                usage();
+            break;
+        case 'w':
+            workers = strtol(optarg, &end, 10);
+            if (*end || workers < 0 || workers > 4096)
+                usage();
+            break;
+        case 's':
+            if (strcmp(optarg, "reuseport") == 0)
+                shard = IOL_SHARD_REUSEPORT;
+            else if (strcmp(optarg, "handoff") == 0)
+                shard = IOL_SHARD_HANDOFF;
+            else
+                usage();
+            break;
+        case 'H':
+            host = optarg;
+            break;
+        default:
+            usage();
+        }
+    }
+    if (optind != argc)
+        usage();
+
+    settings = (http_parser_settings){
+        .on_message_begin = on_message_begin,
+        .on_headers_complete = on_headers_complete,
+        .on_message_complete = on_message_complete,
+    };
+    /* Request line and headers together; past it: 431. */
+    http_parser_set_max_header_size(MAX_HEADER_BYTES);
+    signal(SIGPIPE, SIG_IGN);
+
+    iol_runtime_config rc = {.workers = (unsigned)workers, .on_start = worker_start, .on_stop = worker_stop};
+    int r = iol_runtime_new(&the_runtime, &rc);
+    if (r < 0) {
+        fprintf(stderr, "http-hello: runtime: %s\n", strerror(-r));
+        return 1;
+    }
+    iol_listen_config lc = {.host = host, .port = (uint16_t)port, .shard = shard, .on_accept = on_accept};
+    int id = iol_runtime_listen(the_runtime, &lc);
+    if (id < 0) {
+        fprintf(stderr, "http-hello: listen on %s:%ld: %s\n", host, port, strerror(-id));
+        iol_runtime_free(the_runtime);
+        return 1;
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    if ((r = iol_runtime_start(the_runtime)) < 0) {
+        fprintf(stderr, "http-hello: start: %s\n", strerror(-r));
+        iol_runtime_free(the_runtime);
+        return 1;
+    }
+    bool v6 = strchr(host, ':') != NULL;
+    printf("listening on %s%s%s:%d\n", v6 ? "[" : "", host, v6 ? "]" : "", iol_runtime_listener_port(the_runtime, id));
+    fflush(stdout);
+    iol_runtime_join(the_runtime);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    iol_runtime_free(the_runtime);
+    return 0;
+}
