@@ -451,10 +451,12 @@ bool iol__cbqueue_take(iol__cbqueue *q, iol__cbbatch *b)
          * yet (CDS_WFCQ_RET_WOULDBLOCK): wait for its next store. */
         spin_wait(&spins);
     }
-    /* acq_rel: acquire pairs with the producers' exchanges (not needed for
-     * the fields, which travel through the next links, but it makes `last`
-     * a node whose exchange happened before); release orders our clearing
-     * of head.next before the producers that now exchange in &head. */
+    /* acq_rel: acquire synchronises with every producer's exchange of the
+     * tail up to `last` (the exchanges form one release sequence of RMWs),
+     * so every node of first..last is fully written; the next links carry
+     * the same guarantee node by node. release orders our clearing of
+     * head.next before any producer that now gets &head from its exchange
+     * and stores head.next (else its store could be overwritten by ours). */
     struct iol__cbnode *last = atomic_exchange_explicit(&q->tail, &q->head, memory_order_acq_rel);
     b->first = first;
     b->last = last;
