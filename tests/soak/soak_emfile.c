@@ -81,7 +81,7 @@ typedef struct probe {
  * EOF, or a reset when our request was still unread: both are the
  * listener working as designed, not failures. */
 typedef struct outcomes {
-    unsigned long served, shed, timeouts, refused, resets;
+    unsigned long served, shed, timeouts, refused, resets, unfinished;
 } outcomes;
 
 static void probe_finish(probe *p, outcomes *o, int kind)
@@ -91,6 +91,7 @@ static void probe_finish(probe *p, outcomes *o, int kind)
     case 1: o->shed++; break;
     case 2: o->timeouts++; break;
     case 3: o->resets++; break;
+    case 4: o->unfinished++; break;
     }
     close(p->fd);
     p->fd = -1;
@@ -149,7 +150,7 @@ static void probe_for(uint16_t port, double seconds, outcomes *o)
     }
     for (int i = 0; i < PROBES; i++)
         if (probes[i].fd >= 0)
-            probe_finish(&probes[i], o, 2);
+            probe_finish(&probes[i], o, 4); /* still waiting in the accept queue */
 }
 
 typedef struct cycle_result {
@@ -306,10 +307,11 @@ int main(int argc, char **argv)
             r = run_cycle(&srv, out_seconds, &res);
             soak_server_drain(&srv);
             printf("%s cycle %u: nofile %u, held %d connections (server fds %d); out of fds %.1f s: "
-                   "server CPU %.2f %%, attempts served %lu, shed by EOF %lu or reset %lu, timed out %lu, refused %lu; "
+                   "server CPU %.2f %%, attempts served %lu, shed by EOF %lu or reset %lu, timed out %lu, refused %lu, waiting at the end %lu; "
                    "resume %.1f ms after freeing\n",
                    modes[m], c + 1, nofile, res.held, res.server_fds, out_seconds, res.cpu_pct, res.o.served,
-                   res.o.shed, res.o.resets, res.o.timeouts, res.o.refused, res.resume_ms);
+                   res.o.shed, res.o.resets, res.o.timeouts, res.o.refused, res.o.unfinished,
+                   res.resume_ms);
             fflush(stdout);
             if (r < 0) {
                 ok = false;

@@ -37,6 +37,15 @@
 #define RSS_SLACK_BYTES (2u << 20)
 #define RSS_SLACK_RATIO 0.05
 
+/* ASan's quarantine and shadow memory and valgrind's own heap make RSS say
+ * nothing about our leaks there (those tools check leaks themselves): the
+ * series is printed but not judged. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define RSS_MEANINGFUL 0
+#else
+#define RSS_MEANINGFUL 1
+#endif
+
 static const char RESPONSE[] = "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\n"
                                "Hello, World!";
 static const char REQUEST[] = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
@@ -68,6 +77,17 @@ static _Atomic bool g_stopping;
 static _Atomic long g_live_conns;
 
 #define INC(field) atomic_fetch_add_explicit(&g_c.field, 1, memory_order_relaxed)
+
+/* The last client error, for the report: which step and its status.
+ * Relaxed: diagnostics read after join. */
+static _Atomic int g_last_client_error_site, g_last_client_error_status;
+
+static void client_error(int site, int status)
+{
+    INC(client_errors);
+    atomic_store_explicit(&g_last_client_error_site, site, memory_order_relaxed);
+    atomic_store_explicit(&g_last_client_error_status, status, memory_order_relaxed);
+}
 #define GET(field) atomic_load_explicit(&g_c.field, memory_order_relaxed)
 
 typedef struct conn {
@@ -209,7 +229,7 @@ static void client_on_body(iol_stream *s, const char *data, size_t len, int stat
     conn *c = arg;
     if (status < 0) {
         if (!stopping())
-            INC(client_errors);
+            client_error(1, status);
         close_quietly(s);
         return;
     }
@@ -225,7 +245,7 @@ static void client_on_body(iol_stream *s, const char *data, size_t len, int stat
     }
     if (g_pace_s > 0) {
         if (iol_loop_call_later(c->w->loop, g_pace_s, client_send, c, &c->pace) < 0) {
-            INC(client_errors);
+            client_error(2, status);
             iol_stream_close(s);
         }
     } else {
@@ -238,7 +258,7 @@ static void client_on_head(iol_stream *s, const char *data, size_t len, int stat
     (void)len;
     if (status < 0) {
         if (!stopping())
-            INC(client_errors);
+            client_error(3, 0);
         close_quietly(s);
         return;
     }
@@ -247,8 +267,9 @@ static void client_on_head(iol_stream *s, const char *data, size_t len, int stat
         iol_stream_close(s);
         return;
     }
-    if (iol_stream_read_bytes(s, 13, false, client_on_body, arg) < 0) {
-        INC(client_errors);
+    int r = iol_stream_read_bytes(s, 13, false, client_on_body, arg);
+    if (r < 0) {
+        client_error(4, r);
         iol_stream_close(s);
     }
 }
@@ -257,9 +278,16 @@ static void client_send(void *arg)
 {
     conn *c = arg;
     c->pace = 0;
-    if (iol_stream_write(c->s, REQUEST, sizeof(REQUEST) - 1, NULL, NULL) < 0 ||
-        iol_stream_read_until(c->s, "\r\n\r\n", client_on_head, c) < 0) {
-        INC(client_errors);
+    if (iol_stream_closed(c->s)) {
+        /* Closed while we waited for the pace timer; its close callback is
+         * queued. Only shutdown closes the server side. */
+        if (!stopping())
+            client_error(7, iol_stream_error(c->s));
+        return;
+    }
+    int r = iol_stream_write(c->s, REQUEST, sizeof(REQUEST) - 1, NULL, NULL);
+    if (r < 0 || (r = iol_stream_read_until(c->s, "\r\n\r\n", client_on_head, c)) < 0) {
+        client_error(5, r);
         close_quietly(c->s);
     }
 }
@@ -280,7 +308,7 @@ static void client_start(worker_state *w)
 {
     conn *c = conn_new(w, true);
     if (!c) {
-        INC(client_errors);
+        client_error(6, -ENOMEM);
         return;
     }
     int r = iol_stream_connect(&c->s, w->loop, "127.0.0.1", g_port, 64 << 10, client_on_connect, c);
@@ -510,6 +538,11 @@ int main(int argc, char **argv)
            (unsigned long long)GET(connects), (unsigned long long)GET(accepts),
            (unsigned long long)GET(bad_responses), (unsigned long long)GET(client_errors),
            (unsigned long long)GET(server_errors), (unsigned long long)GET(connect_errors));
+    if (GET(client_errors))
+        printf("last client error: step %d, status %d (%s)\n",
+               atomic_load_explicit(&g_last_client_error_site, memory_order_relaxed),
+               atomic_load_explicit(&g_last_client_error_status, memory_order_relaxed),
+               strerror(-atomic_load_explicit(&g_last_client_error_status, memory_order_relaxed)));
     printf("timers: %llu added, %llu fired, %llu removed, %llu already gone; periodic runs %llu, "
            "re-created %llu\n",
            (unsigned long long)GET(timers_added), (unsigned long long)GET(timers_fired),
@@ -520,7 +553,10 @@ int main(int argc, char **argv)
            (unsigned long long)GET(post_refused), leftover);
     free(rss);
 
-    bool ok = growth <= bound && GET(requests_ok) > 0 && GET(bad_responses) == 0 && GET(client_errors) == 0 &&
+    bool judge_rss = RSS_MEANINGFUL && !getenv("IOL_UNDER_VALGRIND");
+    if (!judge_rss)
+        printf("rss not judged under a sanitizer or valgrind\n");
+    bool ok = (!judge_rss || growth <= bound) && GET(requests_ok) > 0 && GET(bad_responses) == 0 && GET(client_errors) == 0 &&
               GET(server_errors) == 0 && GET(connect_errors) == 0 && GET(timers_fired) > 0 &&
               GET(timers_removed) > 0 && GET(periodic_runs) > 0 && GET(posted) == GET(posts_ran) &&
               GET(posts_ran) > 0 && leftover == 0;

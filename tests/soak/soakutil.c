@@ -74,12 +74,24 @@ int soak_server_start(soak_server *s, const char *path, char *const argv[], unsi
     int pipefd[2];
     if (pipe2(pipefd, O_CLOEXEC) < 0)
         return -errno;
+    /* The fd limit is set by us on the child (prlimit) while it waits on
+     * `go`, not by the child itself: under valgrind the child's own
+     * setrlimit(RLIMIT_NOFILE) is emulated and would not survive exec. */
+    int go[2];
+    if (pipe2(go, O_CLOEXEC) < 0) {
+        int err = errno;
+        close(pipefd[0]);
+        close(pipefd[1]);
+        return -err;
+    }
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         int err = errno;
         close(pipefd[0]);
         close(pipefd[1]);
+        close(go[0]);
+        close(go[1]);
         return -err;
     }
     if (pid == 0) {
@@ -87,15 +99,30 @@ int soak_server_start(soak_server *s, const char *path, char *const argv[], unsi
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent)
             _exit(127);
+        close(go[1]);
+        char c;
+        if (read(go[0], &c, 1) != 1)
+            _exit(126);
         dup2(pipefd[1], STDOUT_FILENO);
-        if (nofile) {
-            struct rlimit rl = {.rlim_cur = nofile, .rlim_max = nofile};
-            if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
-                _exit(126);
-        }
         execv(path, argv);
         _exit(127);
     }
+    close(go[0]);
+    int limit_err = 0;
+    if (nofile) {
+        struct rlimit rl = {.rlim_cur = nofile, .rlim_max = nofile};
+        if (prlimit(pid, RLIMIT_NOFILE, &rl, NULL) < 0)
+            limit_err = errno;
+    }
+    if (limit_err || write(go[1], "g", 1) != 1) {
+        close(go[1]);
+        close(pipefd[0]);
+        close(pipefd[1]);
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return -(limit_err ? limit_err : EPIPE);
+    }
+    close(go[1]);
     close(pipefd[1]);
     s->pid = pid;
     s->port = 0;
