@@ -133,7 +133,7 @@ set style histogram clustered gap 1
 set style fill solid 0.6 border -1
 set grid ytics
 set yrange [0:*]
-set key top left
+set key below
 set title 'throughput'
 plot '$tmp/demo.dat' using 2:xtic(1) title 'keep-alive req/s', '' using 3 title 'churn connections/s'
 set title 'keep-alive latency (us)'
