@@ -406,7 +406,8 @@ static void reply_complete(struct conn *c, bool eof)
 static void conn_read(struct conn *c)
 {
     for (;;) {
-        ssize_t n = recv(c->fd, c->buf + c->len, sizeof c->buf - c->len, 0);
+        size_t space = sizeof c->buf - c->len;
+        ssize_t n = recv(c->fd, c->buf + c->len, space, 0);
         if (n > 0) {
             if (c->state == C_DRAINING) { /* bytes after the reply: ignore */
                 c->len = 0;
@@ -422,7 +423,10 @@ static void conn_read(struct conn *c)
                 conn_fail(c, HTTP_ERR_OTHER);
                 return;
             }
-            if (c->len < sizeof c->buf) /* short read: the socket is empty */
+            /* A short read emptied the socket: wait for the next event
+             * rather than pay a recv that says EAGAIN. The parser left
+             * room (bodies are consumed, full headers are an error). */
+            if ((size_t)n < space)
                 return;
             continue;
         }
