@@ -8,7 +8,7 @@ packages=(
   liburcu-dev check libhttp-parser-dev            # library, tests, HTTP example
   valgrind                                        # test flavour
   libuv1-dev libevent-dev                         # bench competitors
-  wrk nginx-light h2o gnuplot-nox python3 procps  # load, competitors, plots, checks
+  wrk nginx-light h2o haproxy gnuplot-nox python3 procps  # load, competitors, plots, checks
 )
 
 missing=()
