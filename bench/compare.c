@@ -624,7 +624,7 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
             extra[0] = '\0';
             if (isfinite(ours_rps) && med > 0)
                 snprintf(extra, sizeof extra, "\"ratio_ours_over_this\":%.4g", ours_rps / med);
-            http_json_line(stdout, s->impl, params, s->runs, s->nruns, false, extra);
+            http_json_line(stdout, s->impl, s->label, params, s->runs, s->nruns, false, extra);
         }
     }
     if (o->plot) {

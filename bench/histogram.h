@@ -106,14 +106,14 @@ int http_parse_url(const char *url, char *host, size_t host_size, uint16_t *port
 /* Output shared by http and compare http (bench/http.c). */
 #include <stdio.h>
 #include "bench/bench.h"
-/* min / median / max of n values (NaN when n is 0). */
+/* min / median / max of the values that are not NaN (NaN if none). */
 void http_stats(const double *v, unsigned n, double *min, double *median, double *max);
 /* Percentile `which` (0: p50, 1: p90, 2: p99, 3: p99.9) of one run, in µs. */
 double http_latency_us(const http_load_result *r, unsigned which);
 /* One BENCH.md JSON line for an impl's repeats; extra_results (may be NULL)
  * is appended inside "results" as raw JSON members. */
-void http_json_line(FILE *f, const char *impl, const char *params_json, const http_load_result *runs, unsigned n,
-                    bool churn, const char *extra_results);
+void http_json_line(FILE *f, const char *impl, const char *label, const char *params_json,
+                    const http_load_result *runs, unsigned n, bool churn, const char *extra_results);
 /* s escaped for the inside of a JSON string (cut to fit size). */
 void json_escape(char *dst, size_t size, const char *s);
 /* A human block: min / median / max of every figure. */

@@ -757,14 +757,18 @@ static int cmp_double(const void *a, const void *b)
 
 void http_stats(const double *v, unsigned n, double *min, double *median, double *max)
 {
+    /* NaN is "not measured" (a run without replies, wrk's p99.9): left
+     * out, as the framework's report leaves it out. */
     double s[BENCH_MAX_REPEAT];
+    unsigned k = 0;
+    for (unsigned i = 0; i < n && k < BENCH_MAX_REPEAT; i++)
+        if (!isnan(v[i]))
+            s[k++] = v[i];
+    n = k;
     if (n == 0) {
         *min = *median = *max = NAN;
         return;
     }
-    if (n > BENCH_MAX_REPEAT)
-        n = BENCH_MAX_REPEAT;
-    memcpy(s, v, n * sizeof *v);
     qsort(s, n, sizeof *s, cmp_double);
     *min = s[0];
     *max = s[n - 1];
@@ -775,6 +779,8 @@ double http_latency_us(const http_load_result *r, unsigned which)
 {
     if (r->external_latency)
         return r->latency_us[which];
+    if (histogram_count(&r->latency) == 0) /* nothing measured: null, not 0 */
+        return NAN;
     return (double)histogram_percentile(&r->latency, reported_percentiles[which]) / 1000.0;
 }
 
@@ -832,22 +838,27 @@ static void json_figure(FILE *f, const char *name, const double *v, unsigned n)
     json_number(f, max);
 }
 
-void http_json_line(FILE *f, const char *impl, const char *params_json, const http_load_result *runs, unsigned n,
-                    bool churn, const char *extra_results)
+void http_json_line(FILE *f, const char *impl, const char *label, const char *params_json,
+                    const http_load_result *runs, unsigned n, bool churn, const char *extra_results)
 {
     bench_machine m;
     bench_machine_read(&m);
-    double v[BENCH_MAX_REPEAT];
+    double v[BENCH_MAX_REPEAT] = { 0 };
     if (n > BENCH_MAX_REPEAT)
         n = BENCH_MAX_REPEAT;
 
+    /* The same members, in the same order, as the framework's report. */
     fputs("{\"bench\":\"http\",\"impl\":", f);
     json_string(f, impl);
+    fputs(",\"label\":", f);
+    json_string(f, label);
     fprintf(f, ",\"params\":%s,\"machine\":{\"cpu\":", params_json);
     json_string(f, m.cpu);
     fprintf(f, ",\"cpus\":%d,\"kernel\":", m.cpus);
     json_string(f, m.kernel);
-    fputs("},\"results\":{", f);
+    fputs("},\"tool_version\":", f);
+    json_string(f, "iol-bench " IOL_BENCH_VERSION);
+    fputs(",\"results\":{", f);
     for (unsigned i = 0; i < n; i++)
         v[i] = runs[i].requests_per_sec;
     json_figure(f, "requests_per_sec", v, n);
@@ -883,17 +894,17 @@ void http_json_line(FILE *f, const char *impl, const char *params_json, const ht
     }
     for (unsigned i = 0; i < n; i++)
         requests += runs[i].requests;
-    fprintf(f, "},\"requests\":%llu,\"repeats\":%u", (unsigned long long)requests, n);
+    fprintf(f, "},\"requests\":%llu", (unsigned long long)requests);
     if (extra_results && *extra_results)
         fprintf(f, ",%s", extra_results);
-    fputs("}}\n", f);
+    fprintf(f, "},\"repeats\":%u}\n", n);
     fflush(f);
 }
 
 /* One table block: the figures of one impl with min / median / max. */
 void http_table(FILE *f, const char *title, const http_load_result *runs, unsigned n, bool churn)
 {
-    double v[BENCH_MAX_REPEAT], min, med, max;
+    double v[BENCH_MAX_REPEAT] = { 0 }, min, med, max;
     if (n > BENCH_MAX_REPEAT)
         n = BENCH_MAX_REPEAT;
     fprintf(f, "%s\n  %-16s %12s %12s %12s\n", title, "", "min", "median", "max");
@@ -913,7 +924,10 @@ void http_table(FILE *f, const char *title, const http_load_result *runs, unsign
         for (unsigned i = 0; i < n; i++)
             v[i] = http_latency_us(&runs[i], p);
         http_stats(v, n, &min, &med, &max);
-        fprintf(f, "  %-16s %12.1f %12.1f %12.1f\n", label, min, med, max);
+        if (isnan(med))
+            fprintf(f, "  %-16s %12s %12s %12s\n", label, "-", "-", "-");
+        else
+            fprintf(f, "  %-16s %12.1f %12.1f %12.1f\n", label, min, med, max);
     }
     fputs("  errors          ", f);
     for (int k = 0; k < HTTP_ERR_KINDS; k++) {
@@ -1037,7 +1051,7 @@ int bench_http(int argc, char **argv, const bench_opts *o)
                  "\"timeout\":%g}",
                  url, cfg.connections, cfg.workers, cfg.duration, cfg.churn ? "true" : "false", repeat,
                  cfg.timeout > 0 ? cfg.timeout : 2.0);
-        http_json_line(stdout, "ioloop", params, runs, repeat, cfg.churn, NULL);
+        http_json_line(stdout, "ioloop", "iol-bench", params, runs, repeat, cfg.churn, NULL);
     }
     if (o->plot) {
         static bench_report r;
