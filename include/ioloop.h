@@ -76,6 +76,9 @@ iol_loop *iol_loop_ref(iol_loop *loop);
 /* Drops a reference; the last one frees the loop (NULL is ignored).
  * A loop freed without close is closed first (without all_fds). Any thread. */
 void iol_loop_unref(iol_loop *loop);
+/* Number of fds with a handler on loop (a load figure for balancing; may
+ * be stale by the time it is read). Any thread. -EINVAL: NULL. */
+int iol_loop_handler_count(const iol_loop *loop);
 /* Name of the backend in use: "epoll", "poll" or "select"; NULL for NULL. */
 const char *iol_loop_poller(const iol_loop *loop);
 

@@ -187,8 +187,10 @@ uint64_t iol__loop_wakeups(const iol_loop *loop)
     return iol__waker_writes(&loop->waker);
 }
 
-int iol__loop_handler_count(const iol_loop *loop)
+int iol_loop_handler_count(const iol_loop *loop)
 {
+    if (!loop)
+        return -EINVAL;
     /* relaxed: a load-balancing hint, stale values are fine. */
     return atomic_load_explicit(&loop->handler_count, memory_order_relaxed);
 }

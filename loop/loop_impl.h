@@ -95,7 +95,5 @@ void iol__executor_free_owned(struct iol_executor *ex);
 
 /* For benches and tests: eventfd writes made to wake this loop. */
 uint64_t iol__loop_wakeups(const iol_loop *loop);
-/* Registered fd handlers (any thread; relaxed). */
-int iol__loop_handler_count(const iol_loop *loop);
 
 #endif

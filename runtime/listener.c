@@ -39,7 +39,6 @@
 #include <unistd.h>
 
 #include "loop/log.h"
-#include "loop/loop_impl.h"
 #include "runtime/runtime_impl.h"
 
 #define ACCEPT_BATCH 64
@@ -115,7 +114,7 @@ static unsigned pick_worker(iol__listener *l)
         unsigned i = (l->rr + k) % rt->n;
         iol__rt_worker *w = &rt->workers[i];
         /* relaxed loads: a snapshot for balancing; ordering nothing. */
-        long load = (long)iol__loop_handler_count(w->loop) -
+        long load = (long)iol_loop_handler_count(w->loop) -
                     atomic_load_explicit(&w->own_handlers, memory_order_relaxed) +
                     atomic_load_explicit(&w->pending, memory_order_relaxed);
         if (best_load < 0 || load < best_load) {

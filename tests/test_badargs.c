@@ -36,6 +36,7 @@ static int run_row(int i, const char **text, int *want)
 {
     switch (i) {
         ROW(-EINVAL, iol_loop_new(NULL, NULL))
+        ROW(-EINVAL, iol_loop_handler_count(NULL))
         ROW(-EINVAL, iol_loop_new(&(iol_loop *){ 0 }, &(iol_loop_config){ .poller = "kqueue" }))
         ROW(-EINVAL, iol_loop_new(&(iol_loop *){ 0 }, &(iol_loop_config){ .make_current = -1 }))
         ROW(-EINVAL, iol_loop_close(NULL, true))

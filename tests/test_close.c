@@ -27,6 +27,7 @@ START_TEST(test_close_all_fds)
     ck_assert_int_eq(pipe(b), 0);
     ck_assert_int_eq(iol_loop_add_handler(loop, a[0], IOL_READ, on_io, NULL), 0);
     ck_assert_int_eq(iol_loop_add_handler(loop, b[0], IOL_READ, on_io, NULL), 0);
+    ck_assert_int_eq(iol_loop_handler_count(loop), 2);
     ck_assert_int_eq(iol_loop_close(loop, true), 0);
     ck_assert(!fd_open(a[0]));
     ck_assert(!fd_open(b[0]));

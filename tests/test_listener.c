@@ -14,7 +14,6 @@
 #include <unistd.h>
 
 #include "ioloop.h"
-#include "loop/loop_impl.h" /* iol__loop_handler_count */
 #include "testutil.h"
 
 #define MAX_WORKERS 4
@@ -398,7 +397,7 @@ START_TEST(test_handoff_follows_load)
     for (int i = 0; i < 10; i++)
         close(c[i]);
     double deadline = iol_test_now() + 10;
-    while (iol__loop_handler_count(iol_runtime_loop(sv.rt, 0)) + iol__loop_handler_count(iol_runtime_loop(sv.rt, 1)) > 1 &&
+    while (iol_loop_handler_count(iol_runtime_loop(sv.rt, 0)) + iol_loop_handler_count(iol_runtime_loop(sv.rt, 1)) > 1 &&
            iol_test_now() < deadline)
         usleep(1000);
     for (int i = 10; i < 30; i++)
