@@ -123,7 +123,10 @@ struct iol__cbqueue {
     unsigned reserve_size;
 };
 
-static _Thread_local struct iol__nodecache *tls_cache;
+/* initial-exec: one %fs-relative load instead of a __tls_get_addr call in
+ * the shared library; costs 8 bytes of static TLS, which glibc reserves
+ * even for a dlopen'ed library. */
+static _Thread_local struct iol__nodecache *tls_cache __attribute__((tls_model("initial-exec")));
 static pthread_key_t cache_key;
 static pthread_once_t cache_key_once = PTHREAD_ONCE_INIT;
 static int cache_key_err;
@@ -157,9 +160,9 @@ static void cache_thread_exit(void *p)
     if (tls_cache == c)
         tls_cache = NULL;
 
-    /* acquire: pairs with the consumers' release CAS in node_return, so their
+    /* acquire: pairs with the consumers' release CAS in chain_return, so their
      * last reads of these nodes happen before we free the chunks. Exchanging
-     * in ORPHANED makes every later node_return take the counter path. */
+     * in ORPHANED makes every later chain_return take the counter path. */
     struct iol__cbnode *n = atomic_exchange_explicit(&c->remote, ORPHANED, memory_order_acquire);
     long home = 0;
     while (n) {
@@ -232,7 +235,7 @@ static struct iol__cbnode *node_alloc(void)
         return NULL;
     struct iol__cbnode *n = c->local;
     if (__builtin_expect(n == NULL, 0)) {
-        /* acquire: pairs with the consumers' release CAS in node_return, so
+        /* acquire: pairs with the consumers' release CAS in chain_return, so
          * their reads of fn/arg happen before we overwrite them. */
         n = atomic_exchange_explicit(&c->remote, NULL, memory_order_acquire);
         if (!n) {
@@ -246,32 +249,29 @@ static struct iol__cbnode *node_alloc(void)
     return n;
 }
 
-/* Consumer: gives a node that is off every queue back to its owner. */
-static void node_return(struct iol__cbnode *n)
+/* Consumer: gives a chain of `count` nodes of cache c (linked through
+ * next, head..tail), all off every queue, back to their owner. */
+static void chain_return(struct iol__nodecache *c, struct iol__cbnode *head_n, struct iol__cbnode *tail_n,
+                         unsigned count)
 {
-    struct iol__nodecache *c = n->cache;
-    if (c == tls_cache) {
-        /* relaxed: our own private list; no other thread reads it. */
-        atomic_store_explicit(&n->next, c->local, memory_order_relaxed);
-        c->local = n;
-        return;
-    }
     /* relaxed: a failed CAS reloads; the successful CAS below publishes. */
-    struct iol__cbnode *head = atomic_load_explicit(&c->remote, memory_order_relaxed);
+    struct iol__cbnode *top = atomic_load_explicit(&c->remote, memory_order_relaxed);
     for (;;) {
-        if (head == ORPHANED) {
-            /* acq_rel: release orders our reads of n (fn/arg) before the
-             * free by whoever reaches 0; acquire, if we reach 0, orders the
-             * destructor's count and the other returns before our free. */
-            if (atomic_fetch_sub_explicit(&c->orphan_left, 1, memory_order_acq_rel) == 1)
+        if (top == ORPHANED) {
+            /* acq_rel: release orders our reads of these nodes (fn/arg)
+             * before the free by whoever reaches 0; acquire, if we reach
+             * 0, orders the destructor's count and the other returns
+             * before our free. */
+            if (atomic_fetch_sub_explicit(&c->orphan_left, (long)count, memory_order_acq_rel) == (long)count)
                 cache_free_all(c);
             return;
         }
         /* relaxed: published by the release CAS that follows. */
-        atomic_store_explicit(&n->next, head, memory_order_relaxed);
-        /* release on success: our reads of n and its link store happen before
-         * the owner's acquire take-all. relaxed on failure: we just retry. */
-        if (atomic_compare_exchange_weak_explicit(&c->remote, &head, n, memory_order_release,
+        atomic_store_explicit(&tail_n->next, top, memory_order_relaxed);
+        /* release on success: our reads of the nodes and their link stores
+         * happen before the owner's acquire take-all. relaxed on failure:
+         * we just retry. */
+        if (atomic_compare_exchange_weak_explicit(&c->remote, &top, head_n, memory_order_release,
                                                   memory_order_relaxed))
             return;
     }
@@ -432,6 +432,8 @@ bool iol__cbqueue_take(iol__cbqueue *q, iol__cbbatch *b)
 {
     b->q = q;
     b->first = b->last = NULL;
+    b->ret_head = b->ret_tail = NULL;
+    b->ret_count = 0;
     if (iol__cbqueue_empty(q))
         return false;
     unsigned spins = 0;
@@ -491,12 +493,41 @@ static inline struct iol__cbnode *batch_pop(iol__cbbatch *b)
     return n;
 }
 
-static inline void node_release(iol__cbqueue *q, struct iol__cbnode *n)
+#define RETURN_RUN_MAX 64
+
+static void batch_flush_returns(iol__cbbatch *b)
 {
-    if (n->cache)
-        node_return(n);
-    else
-        reserve_push(q, n);
+    if (b->ret_count == 0)
+        return;
+    chain_return(b->ret_head->cache, b->ret_head, b->ret_tail, b->ret_count);
+    b->ret_head = b->ret_tail = NULL;
+    b->ret_count = 0;
+}
+
+/* Consumer: recycles a node whose fn/arg were read. Runs of nodes from one
+ * producer (the common shape of a batch) go back to their owner with one
+ * CAS instead of one per node. */
+static inline void node_release(iol__cbbatch *b, struct iol__cbnode *n)
+{
+    struct iol__nodecache *c = n->cache;
+    if (!c) {
+        reserve_push(b->q, n);
+    } else if (c == tls_cache) {
+        /* relaxed: our own private list; no other thread reads it. */
+        atomic_store_explicit(&n->next, c->local, memory_order_relaxed);
+        c->local = n;
+    } else {
+        if (b->ret_count && (b->ret_head->cache != c || b->ret_count >= RETURN_RUN_MAX))
+            batch_flush_returns(b);
+        /* relaxed: the run is private until chain_return publishes it. */
+        atomic_store_explicit(&n->next, b->ret_head, memory_order_relaxed);
+        if (!b->ret_count)
+            b->ret_tail = n;
+        b->ret_head = n;
+        b->ret_count++;
+    }
+    if (!b->first)
+        batch_flush_returns(b); /* drained: hand the last run back now */
 }
 
 bool iol__cbbatch_next(iol__cbbatch *b, iol_callback_fn *fn, void **arg)
@@ -506,7 +537,7 @@ bool iol__cbbatch_next(iol__cbbatch *b, iol_callback_fn *fn, void **arg)
         return false;
     *fn = n->fn;
     *arg = n->arg;
-    node_release(b->q, n);
+    node_release(b, n);
     return true;
 }
 
@@ -516,14 +547,15 @@ size_t iol__cbqueue_drop(iol__cbqueue *q, iol__cbbatch *b)
     struct iol__cbnode *n;
     if (b && b->q) {
         while ((n = batch_pop(b))) {
-            node_release(b->q, n);
+            node_release(b, n);
             dropped++;
         }
+        batch_flush_returns(b);
     }
     iol__cbbatch tmp;
     while (iol__cbqueue_take(q, &tmp)) {
         while ((n = batch_pop(&tmp))) {
-            node_release(q, n);
+            node_release(&tmp, n);
             dropped++;
         }
     }

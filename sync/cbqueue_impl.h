@@ -18,8 +18,13 @@ struct iol__cbbatch {
     struct iol__cbnode *first; /* next node to run, NULL when empty */
     struct iol__cbnode *last;  /* the queue's tail at the take */
     iol__cbqueue *q;           /* the queue (signal-reserve nodes go back there) */
+    /* Used nodes of one owner, returned to it in one CAS when the owner
+     * changes, the run is long, or the batch is drained. A batch must be
+     * drained (next() until false) or passed to drop(), as before. */
+    struct iol__cbnode *ret_head, *ret_tail;
+    unsigned ret_count;
 };
-#define IOL__CBBATCH_INIT { NULL, NULL, NULL }
+#define IOL__CBBATCH_INIT { NULL, NULL, NULL, NULL, NULL, 0 }
 
 /* Test and benchmark hooks. */
 

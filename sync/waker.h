@@ -32,6 +32,11 @@ void iol__waker_finish_sleep(iol__waker *w);
  * writes the eventfd only if the consumer announced a sleep and nobody has
  * written since. Async-signal-safe. */
 void iol__waker_wake(iol__waker *w);
+/* Same as wake, without its leading full fence, for a caller whose
+ * publication was a seq_cst atomic store or read-modify-write, such as
+ * iol__cbqueue_push and iol__cbqueue_push_signal (their tail exchange is
+ * seq_cst). Saves an mfence per post on x86. Async-signal-safe. */
+void iol__waker_wake_after_push(iol__waker *w);
 /* eventfd writes so far. */
 uint64_t iol__waker_writes(const iol__waker *w);
 

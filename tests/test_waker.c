@@ -56,8 +56,12 @@ struct waker_storm {
 static void *wake_many(void *p)
 {
     struct waker_storm *s = p;
-    for (int i = 0; i < s->n; i++)
-        iol__waker_wake(s->w);
+    for (int i = 0; i < s->n; i++) {
+        if (i & 1)
+            iol__waker_wake_after_push(s->w);
+        else
+            iol__waker_wake(s->w);
+    }
     return NULL;
 }
 
@@ -260,12 +264,14 @@ static void run_hunt(bool with_queue)
     for (uint64_t i = 1; i <= h.n; i++) {
         tiny_delay(&rng);
         if (with_queue) {
+            /* The push's seq_cst tail exchange lets us skip wake's fence. */
             HOT_ASSERT(iol__cbqueue_push(h.q, item_cb, &h) == 0);
+            iol__waker_wake_after_push(&h.w);
         } else {
-            /* release: pairs with the consumer's acquire load. */
+            /* release only (not seq_cst): wake's own fence must order it. */
             atomic_store_explicit(&h.posted, i, memory_order_release);
+            iol__waker_wake(&h.w);
         }
-        iol__waker_wake(&h.w);
         /* acquire: pairs with the consumer's release ack. */
         while (atomic_load_explicit(&h.acked, memory_order_acquire) < i)
             sched_yield();
