@@ -55,6 +55,7 @@ struct conn {
 /* Per worker (each worker thread has its own). */
 typedef struct worker_state {
     conn head; /* list sentinel */
+    bool draining; /* graceful stop: the last close stops the loop */
     iol_periodic *sweep;
     long now;  /* coarse monotonic seconds, updated by the sweep */
     char date[40];
@@ -233,6 +234,9 @@ static void conn_close(conn *c)
     iol_loop_remove_handler(c->loop, c->fd);
     close(c->fd);
     conn_unlink(c);
+    /* Graceful stop waits for the last connection: see worker_stop. */
+    if (ws->draining && ws->head.next == &ws->head && iol_loop_running(c->loop))
+        iol_loop_stop(c->loop);
     free(c->pending);
     free(c);
 }
@@ -257,17 +261,18 @@ static void conn_update_events(conn *c)
     }
 }
 
-static void conn_read(conn *c)
+/* Returns false when the connection was closed (and freed). */
+static bool conn_read(conn *c)
 {
     ssize_t n = read(c->fd, c->rbuf, sizeof(c->rbuf));
     if (n <= 0) {
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            return;
+            return true;
         conn_close(c); /* EOF or error */
-        return;
+        return false;
     }
     if (c->lingering)
-        return; /* discarding */
+        return true; /* discarding */
     if (!c->in_headers)
         c->deadline = ws->now + IDLE_TIMEOUT;
     refresh_date();
@@ -282,13 +287,14 @@ static void conn_read(conn *c)
     (void)parsed;
     if (flush_out(c) < 0) {
         conn_close(c);
-        return;
+        return false;
     }
     if (c->closing && !c->pending) {
         conn_linger(c);
-        return;
+        return true;
     }
     conn_update_events(c);
+    return true;
 }
 
 static void conn_write(conn *c)
@@ -326,6 +332,20 @@ static void conn_io(int fd, unsigned events, void *arg)
         return;
     }
     conn_read(c);
+}
+
+/* Graceful end of a connection: answer the requests that have arrived,
+ * then send FIN and discard input until the client closes. Closing with
+ * unread input would make the kernel reset the connection. */
+static void conn_finish(conn *c)
+{
+    c->closing = true;
+    if (c->lingering || c->pending)
+        return; /* conn_write lingers once the output is out */
+    if (!conn_read(c))
+        return;
+    if (!c->lingering && !c->pending)
+        conn_linger(c);
 }
 
 static void on_accept(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg)
@@ -399,11 +419,32 @@ static void worker_start(iol_loop *loop, unsigned index, void *arg)
     }
 }
 
+static void stop_loop(void *arg)
+{
+    iol_loop_stop(arg);
+}
+
+/* The runtime has stopped taking work and handed us every connection the
+ * kernel had queued. Finish each one gracefully and run the loop until the
+ * last has closed, for at most LINGER_TIMEOUT; only then close what is
+ * left. No client of an accepted connection sees a reset. */
 static void worker_stop(iol_loop *loop, unsigned index, void *arg)
 {
-    (void)loop;
     (void)index;
     (void)arg;
+    ws->draining = true;
+    for (conn *c = ws->head.next, *next; c != &ws->head; c = next) {
+        next = c->next;
+        conn_finish(c);
+    }
+    if (ws->head.next != &ws->head) {
+        iol_timeout deadline = 0;
+        if (iol_loop_call_later(loop, LINGER_TIMEOUT, stop_loop, loop, &deadline) == 0) {
+            iol_loop_start(loop);
+            iol_loop_remove_timeout(loop, deadline);
+        }
+    }
+    ws->draining = false;
     while (ws->head.next != &ws->head)
         conn_close(ws->head.next);
     iol_periodic_free(ws->sweep);
