@@ -84,9 +84,11 @@
 
 struct iol__nodecache;
 
+/* 32 bytes, aligned to 32 (chunks and the reserve are 64-aligned), so a node
+ * never straddles two cache lines: a handoff moves one line, not two. */
 struct iol__cbnode {
     /* Queue link while queued; free-stack link while on a remote stack. */
-    _Atomic(struct iol__cbnode *) next;
+    alignas(32) _Atomic(struct iol__cbnode *) next;
     iol_callback_fn fn;
     void *arg;
     /* Owning thread cache; NULL for a signal-reserve node. */
@@ -94,9 +96,20 @@ struct iol__cbnode {
 };
 
 struct iol__chunk {
-    struct iol__chunk *next;
     struct iol__cbnode nodes[CHUNK_NODES];
+    struct iol__chunk *next;
 };
+
+_Static_assert(sizeof(struct iol__cbnode) == 32, "two nodes per cache line");
+/* The reserve stack word must be lock-free to be async-signal-safe. */
+_Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free");
+_Static_assert(ATOMIC_POINTER_LOCK_FREE == 2, "pointer atomics must be lock-free");
+
+/* aligned_alloc wants a size that is a multiple of the alignment. */
+static void *alloc_lines(size_t size)
+{
+    return aligned_alloc(CACHE_LINE, (size + CACHE_LINE - 1) / CACHE_LINE * CACHE_LINE);
+}
 
 /* Marker stored in a cache's remote head once its thread has exited. */
 #define ORPHANED ((struct iol__cbnode *)(uintptr_t)1)
@@ -196,7 +209,7 @@ static struct iol__nodecache *cache_get(void)
     pthread_once(&cache_key_once, cache_key_create);
     if (cache_key_err)
         return NULL;
-    c = aligned_alloc(CACHE_LINE, sizeof *c);
+    c = alloc_lines(sizeof *c);
     if (!c)
         return NULL;
     memset(c, 0, sizeof *c);
@@ -212,7 +225,7 @@ static struct iol__nodecache *cache_get(void)
 
 static int cache_add_chunk(struct iol__nodecache *c)
 {
-    struct iol__chunk *ch = malloc(sizeof *ch);
+    struct iol__chunk *ch = alloc_lines(sizeof *ch);
     if (!ch)
         return -ENOMEM;
     for (size_t i = 0; i < CHUNK_NODES; i++) {
@@ -354,15 +367,16 @@ int iol__cbqueue_new(iol__cbqueue **out, unsigned signal_reserve)
 {
     if (signal_reserve == 0)
         signal_reserve = DEFAULT_SIGNAL_RESERVE;
-    iol__cbqueue *q = aligned_alloc(CACHE_LINE, sizeof *q);
+    iol__cbqueue *q = alloc_lines(sizeof *q);
     if (!q)
         return -ENOMEM;
     memset(q, 0, sizeof *q);
     q->reserve_size = signal_reserve;
-    q->reserve = calloc(signal_reserve, sizeof *q->reserve);
+    q->reserve = alloc_lines((size_t)signal_reserve * sizeof *q->reserve);
     q->reserve_next = calloc(signal_reserve, sizeof *q->reserve_next);
     if (!q->reserve || !q->reserve_next)
         goto fail;
+    memset(q->reserve, 0, (size_t)signal_reserve * sizeof *q->reserve);
     atomic_init(&q->head.next, NULL);
     atomic_init(&q->tail, &q->head);
     for (unsigned i = 0; i < signal_reserve; i++) {
