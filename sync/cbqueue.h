@@ -31,7 +31,11 @@ bool iol__cbqueue_empty(iol__cbqueue *q);
 
 /* Consumer only. Takes every callback queued so far into a batch that the
  * consumer then drains with next(); pushes made meanwhile stay in the
- * queue for the next take. Returns false if nothing was queued. */
+ * queue for the next take. Returns false if nothing was queued. A batch
+ * must be drained (next() until it returns false) or passed to drop():
+ * used nodes go back to their producers when the batch runs dry. Take and
+ * next never sleep; they may spin for the two-instruction window of a
+ * producer that is mid-push (see sync/cbqueue.c). */
 bool iol__cbqueue_take(iol__cbqueue *q, iol__cbbatch *b);
 /* Consumer only. Pops the next callback of the batch (recycling its node);
  * false when the batch is empty. */
