@@ -599,8 +599,12 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
             snprintf(ratio, sizeof ratio, "%.2fx", ours_rps / rps);
         if (isfinite(med / ours_p99))
             snprintf(p99_ratio, sizeof p99_ratio, "%.2fx", med / ours_p99);
-        fprintf(table, "  %-14s %10.0f %10.0f %10.0f   %9.0f %9.0f %9.0f   %12s %10s\n", s->label, rps_lo, rps,
-                rps_hi, lo, med, hi, ratio, p99_ratio);
+        char p99[3][24];
+        const double p99v[3] = { lo, med, hi };
+        for (int i = 0; i < 3; i++) /* no replies measured: no percentile */
+            snprintf(p99[i], sizeof p99[i], isnan(p99v[i]) ? "-" : "%.0f", p99v[i]);
+        fprintf(table, "  %-14s %10.0f %10.0f %10.0f   %9s %9s %9s   %12s %10s\n", s->label, rps_lo, rps, rps_hi,
+                p99[0], p99[1], p99[2], ratio, p99_ratio);
     }
     fputs("  (ours/theirs: req/s of ioloop over this server's, > 1 is ioloop faster; p99 ratio: this server's\n"
           "   p99 over ioloop's, > 1 is ioloop lower)\n",
