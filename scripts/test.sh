@@ -32,7 +32,7 @@ for f in "${flavours[@]}"; do
         meson test -C build-asan --setup sanitize --print-errorlogs ;;
     tsan)
       setup build-tsan -Db_sanitize=thread -Db_lundef=false
-      TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp" \
+      TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
         meson test -C build-tsan --setup sanitize --print-errorlogs ;;
     valgrind)
       setup build
