@@ -192,17 +192,18 @@ static void *foreign(void *arg)
     iol_loop_stop(loop);
     return NULL;
 }
+static pthread_t foreign_thread;
 static void spawn_foreign(void *arg)
 {
-    pthread_t t;
-    pthread_create(&t, NULL, foreign, arg);
-    pthread_detach(t);
+    pthread_create(&foreign_thread, NULL, foreign, arg);
 }
 
 START_TEST(test_wrong_thread_eperm)
 {
     iol_loop_add_callback(L, spawn_foreign, L);
     ck_assert_int_eq(iol_loop_start(L), 0);
+    /* Joined before teardown frees the loop it still touches in stop(). */
+    pthread_join(foreign_thread, NULL);
     ck_assert_int_eq(perm_rc[0], -EPERM);
     ck_assert_int_eq(perm_rc[1], -EPERM);
     ck_assert_int_eq(perm_rc[2], -EPERM);
