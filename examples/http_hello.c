@@ -469,6 +469,24 @@ static void on_signal(int signo)
     errno = saved;
 }
 
+/* "accepted per worker: N0 N1 ..." on exit, for the demo and for users
+ * checking how the listener spread connections. */
+static void print_accept_counts(int id)
+{
+    unsigned n = iol_runtime_size(the_runtime);
+    uint64_t *counts = calloc(n ? n : 1, sizeof *counts);
+    if (!counts || iol_runtime_listener_counts(the_runtime, id, counts, n) < 0) {
+        free(counts);
+        return;
+    }
+    printf("accepted per worker:");
+    for (unsigned i = 0; i < n; i++)
+        printf(" %llu", (unsigned long long)counts[i]);
+    printf("\n");
+    fflush(stdout);
+    free(counts);
+}
+
 static void usage(void)
 {
     fprintf(stderr, "usage: http-hello --port P --workers N [--shard reuseport|handoff] [--host H]\n");
@@ -553,6 +571,7 @@ int main(int argc, char **argv)
     printf("listening on %s%s%s:%d\n", v6 ? "[" : "", host, v6 ? "]" : "", iol_runtime_listener_port(the_runtime, id));
     fflush(stdout);
     iol_runtime_join(the_runtime);
+    print_accept_counts(id);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     iol_runtime_free(the_runtime);
