@@ -45,6 +45,7 @@ struct iol_loop {
     iol__poller_event *events;   /* the current poll's results */
     int nevents, event_pos;
     bool dispatching;
+    bool ran_batch;              /* the last iteration ran queued callbacks */
 
     iol__timer_heap timers;
     double (*time_func)(void *ud);
