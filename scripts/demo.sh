@@ -90,7 +90,7 @@ echo "  handoff: 1 producer -> 1 loop ..." >&2
 accepted() {
   # Lines of http-hello's exit report that carry the per-worker counts.
   local line
-  line=$(grep -i -E 'accept' "$tmp/server-$1.log" | tr '\n' ' ' | sed 's/  */ /g')
+  line=$(grep -i -E '^accepted per worker:' "$tmp/server-$1.log" | sed 's/^accepted per worker: *//' | tr '\n' ' ')
   echo "${line:-(not reported by http-hello)}"
 }
 
