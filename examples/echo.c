@@ -7,14 +7,13 @@
  * and exits 0.
  */
 #include <errno.h>
-#include <getopt.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "ioloop.h"
+#include "server.h"
 
 #define READ_CHUNK 65536
 
@@ -26,7 +25,6 @@ struct conn {
 
 /* Each worker's list (a sentinel head), closed in on_stop. */
 static __thread conn open_head;
-static iol_runtime *the_runtime; /* for the signal handler */
 
 static void on_read(iol_stream *s, const char *data, size_t len, int status, void *arg);
 
@@ -107,99 +105,14 @@ static void worker_stop(iol_loop *loop, unsigned index, void *arg)
             iol_stream_close(c->stream);
 }
 
-static void stop_runtime(void *arg)
-{
-    iol_runtime_stop(arg);
-}
-
-static void on_signal(int signo)
-{
-    (void)signo;
-    int saved = errno;
-    /* Async-signal-safe; the stop itself runs on worker 0. */
-    if (iol_loop_add_callback_from_signal(iol_runtime_loop(the_runtime, 0), stop_runtime, the_runtime) < 0)
-        iol_runtime_stop(the_runtime); /* a flag and a wakeup: safe here too */
-    errno = saved;
-}
-
-static void usage(void)
-{
-    fprintf(stderr, "usage: echo --port P --workers N [--shard reuseport|handoff] [--host H]\n");
-    exit(2);
-}
-
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"port", required_argument, NULL, 'p'},  {"workers", required_argument, NULL, 'w'},
-        {"shard", required_argument, NULL, 's'}, {"host", required_argument, NULL, 'H'},
-        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
+    static const example_server srv = {
+        .name = "echo",
+        .default_port = 7000,
+        .on_start = worker_start,
+        .on_stop = worker_stop,
+        .on_accept = on_accept,
     };
-    long port = 7000, workers = 1;
-    int shard = IOL_SHARD_REUSEPORT;
-    const char *host = "127.0.0.1";
-    int opt;
-    while ((opt = getopt_long(argc, argv, "p:w:s:H:h", opts, NULL)) != -1) {
-        char *end;
-        switch (opt) {
-        case 'p':
-            port = strtol(optarg, &end, 10);
-            if (*end || port < 0 || port > 65535)
-                usage();
-            break;
-        case 'w':
-            workers = strtol(optarg, &end, 10);
-            if (*end || workers < 0 || workers > 4096)
-                usage();
-            break;
-        case 's':
-            if (strcmp(optarg, "reuseport") == 0)
-                shard = IOL_SHARD_REUSEPORT;
-            else if (strcmp(optarg, "handoff") == 0)
-                shard = IOL_SHARD_HANDOFF;
-            else
-                usage();
-            break;
-        case 'H':
-            host = optarg;
-            break;
-        default:
-            usage();
-        }
-    }
-    if (optind != argc)
-        usage();
-    signal(SIGPIPE, SIG_IGN);
-
-    iol_runtime_config rc = {.workers = (unsigned)workers, .on_start = worker_start, .on_stop = worker_stop};
-    int r = iol_runtime_new(&the_runtime, &rc);
-    if (r < 0) {
-        fprintf(stderr, "echo: runtime: %s\n", strerror(-r));
-        return 1;
-    }
-    iol_listen_config lc = {.host = host, .port = (uint16_t)port, .shard = shard, .on_accept = on_accept};
-    int id = iol_runtime_listen(the_runtime, &lc);
-    if (id < 0) {
-        fprintf(stderr, "echo: listen on %s:%ld: %s\n", host, port, strerror(-id));
-        iol_runtime_free(the_runtime);
-        return 1;
-    }
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    if ((r = iol_runtime_start(the_runtime)) < 0) {
-        fprintf(stderr, "echo: start: %s\n", strerror(-r));
-        iol_runtime_free(the_runtime);
-        return 1;
-    }
-    bool v6 = strchr(host, ':') != NULL;
-    printf("listening on %s%s%s:%d\n", v6 ? "[" : "", host, v6 ? "]" : "", iol_runtime_listener_port(the_runtime, id));
-    fflush(stdout);
-    iol_runtime_join(the_runtime);
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
-    iol_runtime_free(the_runtime);
-    return 0;
+    return example_server_main(&srv, argc, argv);
 }

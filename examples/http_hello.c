@@ -15,11 +15,9 @@
  * reading pauses until it is flushed). Raw fd handlers, no streams.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <http_parser.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +26,7 @@
 #include <unistd.h>
 
 #include "ioloop.h"
+#include "server.h"
 
 #define READ_BUF 16384
 #define OUT_BUF 65536
@@ -69,7 +68,6 @@ typedef struct worker_state {
 } worker_state;
 
 static __thread worker_state *ws;
-static iol_runtime *the_runtime; /* for the signal handler */
 static http_parser_settings settings;
 
 /* ------------------------------------------------------------ responses */
@@ -454,28 +452,13 @@ static void worker_stop(iol_loop *loop, unsigned index, void *arg)
 
 /* ------------------------------------------------------------------ main */
 
-static void stop_runtime(void *arg)
-{
-    iol_runtime_stop(arg);
-}
-
-static void on_signal(int signo)
-{
-    (void)signo;
-    int saved = errno;
-    /* Async-signal-safe: the stop itself runs on worker 0. */
-    if (iol_loop_add_callback_from_signal(iol_runtime_loop(the_runtime, 0), stop_runtime, the_runtime) < 0)
-        iol_runtime_stop(the_runtime); /* loop closed or reserve empty: stop is a flag and wakes */
-    errno = saved;
-}
-
 /* "accepted per worker: N0 N1 ..." on exit, for the demo and for users
  * checking how the listener spread connections. */
-static void print_accept_counts(int id)
+static void print_accept_counts(iol_runtime *rt, int id)
 {
-    unsigned n = iol_runtime_size(the_runtime);
+    unsigned n = iol_runtime_size(rt);
     uint64_t *counts = calloc(n ? n : 1, sizeof *counts);
-    if (!counts || iol_runtime_listener_counts(the_runtime, id, counts, n) < 0) {
+    if (!counts || iol_runtime_listener_counts(rt, id, counts, n) < 0) {
         free(counts);
         return;
     }
@@ -487,54 +470,8 @@ static void print_accept_counts(int id)
     free(counts);
 }
 
-static void usage(void)
-{
-    fprintf(stderr, "usage: http-hello --port P --workers N [--shard reuseport|handoff] [--host H]\n");
-    exit(2);
-}
-
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"port", required_argument, NULL, 'p'},  {"workers", required_argument, NULL, 'w'},
-        {"shard", required_argument, NULL, 's'}, {"host", required_argument, NULL, 'H'},
-        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
-    };
-    long port = 8080, workers = 1;
-    int shard = IOL_SHARD_REUSEPORT;
-    const char *host = "127.0.0.1";
-    int opt;
-    while ((opt = getopt_long(argc, argv, "p:w:s:H:h", opts, NULL)) != -1) {
-        char *end;
-        switch (opt) {
-        case 'p':
-            port = strtol(optarg, &end, 10);
-            if (*end || port < 0 || port > 65535)
-                usage();
-            break;
-        case 'w':
-            workers = strtol(optarg, &end, 10);
-            if (*end || workers < 0 || workers > 4096)
-                usage();
-            break;
-        case 's':
-            if (strcmp(optarg, "reuseport") == 0)
-                shard = IOL_SHARD_REUSEPORT;
-            else if (strcmp(optarg, "handoff") == 0)
-                shard = IOL_SHARD_HANDOFF;
-            else
-                usage();
-            break;
-        case 'H':
-            host = optarg;
-            break;
-        default:
-            usage();
-        }
-    }
-    if (optind != argc)
-        usage();
-
     settings = (http_parser_settings){
         .on_message_begin = on_message_begin,
         .on_headers_complete = on_headers_complete,
@@ -542,38 +479,13 @@ int main(int argc, char **argv)
     };
     /* Request line and headers together; past it: 431. */
     http_parser_set_max_header_size(MAX_HEADER_BYTES);
-    signal(SIGPIPE, SIG_IGN);
-
-    iol_runtime_config rc = {.workers = (unsigned)workers, .on_start = worker_start, .on_stop = worker_stop};
-    int r = iol_runtime_new(&the_runtime, &rc);
-    if (r < 0) {
-        fprintf(stderr, "http-hello: runtime: %s\n", strerror(-r));
-        return 1;
-    }
-    iol_listen_config lc = {.host = host, .port = (uint16_t)port, .shard = shard, .on_accept = on_accept};
-    int id = iol_runtime_listen(the_runtime, &lc);
-    if (id < 0) {
-        fprintf(stderr, "http-hello: listen on %s:%ld: %s\n", host, port, strerror(-id));
-        iol_runtime_free(the_runtime);
-        return 1;
-    }
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    if ((r = iol_runtime_start(the_runtime)) < 0) {
-        fprintf(stderr, "http-hello: start: %s\n", strerror(-r));
-        iol_runtime_free(the_runtime);
-        return 1;
-    }
-    bool v6 = strchr(host, ':') != NULL;
-    printf("listening on %s%s%s:%d\n", v6 ? "[" : "", host, v6 ? "]" : "", iol_runtime_listener_port(the_runtime, id));
-    fflush(stdout);
-    iol_runtime_join(the_runtime);
-    print_accept_counts(id);
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
-    iol_runtime_free(the_runtime);
-    return 0;
+    static const example_server srv = {
+        .name = "http-hello",
+        .default_port = 8080,
+        .on_start = worker_start,
+        .on_stop = worker_stop,
+        .on_accept = on_accept,
+        .on_exit = print_accept_counts,
+    };
+    return example_server_main(&srv, argc, argv);
 }

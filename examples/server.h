@@ -1,0 +1,23 @@
+/* examples/ — what every example server's main does: parse
+ * `--port P --workers N [--shard reuseport|handoff] [--host H]`, start a
+ * runtime with one listener, print "listening on HOST:PORT", stop
+ * gracefully on SIGINT/SIGTERM, and join. */
+#ifndef IOL_EXAMPLE_SERVER_H
+#define IOL_EXAMPLE_SERVER_H
+
+#include "ioloop.h"
+
+typedef struct example_server {
+    const char *name;          /* for messages and usage */
+    uint16_t default_port;
+    void (*on_start)(iol_loop *loop, unsigned index, void *arg);
+    void (*on_stop)(iol_loop *loop, unsigned index, void *arg);
+    iol_accept_fn on_accept;
+    /* After the workers stopped, before the runtime is freed (may be NULL). */
+    void (*on_exit)(iol_runtime *rt, int listener_id);
+} example_server;
+
+/* Runs the server until SIGINT/SIGTERM; returns the process exit status. */
+int example_server_main(const example_server *srv, int argc, char **argv);
+
+#endif
