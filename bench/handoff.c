@@ -127,10 +127,29 @@ static void iol_teardown(hctx *c) { iol_loop_close(c->loop, false); }
 
 /* ------------------------------------- libuv: mutex queue + uv_async_send */
 
-static void uv_drain(uv_async_t *a)
+/* The mutex-protected list of allocated closures both the libuv idiom and
+ * Tornado's design use. Append: the caller holds c->mu; returns whether
+ * the list was empty. */
+static bool locked_list_append(hctx *c, hnode *n)
 {
-    hctx *c = a->data;
-    c->wakeups++;
+    bool was_empty = c->head == NULL;
+    if (c->tail)
+        c->tail->next = n;
+    else
+        c->head = n;
+    c->tail = n;
+    return was_empty;
+}
+static hnode *new_closure(hctx *c)
+{
+    hnode *n = malloc(sizeof *n);
+    if (n)
+        *n = (hnode){ .fn = handoff_cb, .arg = c };
+    return n;
+}
+/* Takes the whole list under the lock, runs and frees it outside. */
+static void locked_list_run(hctx *c)
+{
     pthread_mutex_lock(&c->mu);
     hnode *n = c->head;
     c->head = c->tail = NULL;
@@ -141,6 +160,13 @@ static void uv_drain(uv_async_t *a)
         free(n);
         n = next;
     }
+}
+
+static void uv_drain(uv_async_t *a)
+{
+    hctx *c = a->data;
+    c->wakeups++;
+    locked_list_run(c);
 }
 static int uvi_setup(hctx *c)
 {
@@ -161,18 +187,11 @@ static void uvi_run(hctx *c)
 }
 static int uvi_post(hctx *c)
 {
-    hnode *n = malloc(sizeof *n);
+    hnode *n = new_closure(c);
     if (!n)
         return -ENOMEM;
-    n->next = NULL;
-    n->fn = handoff_cb;
-    n->arg = c;
     pthread_mutex_lock(&c->mu);
-    if (c->tail)
-        c->tail->next = n;
-    else
-        c->head = n;
-    c->tail = n;
+    locked_list_append(c, n);
     pthread_mutex_unlock(&c->mu);
     return uv_async_send(&c->async);
 }
@@ -246,20 +265,11 @@ static int tor_wake_if(hctx *c, bool was_empty)
 
 static int tor_post(hctx *c)
 {
-    hnode *n = malloc(sizeof *n); /* the partial */
+    hnode *n = new_closure(c); /* the partial */
     if (!n)
         return -ENOMEM;
-    n->fn = handoff_cb;
-    n->arg = c;
-    n->next = NULL;
     pthread_mutex_lock(&c->mu);
-    bool was_empty = c->head == NULL;
-    if (c->tail)
-        c->tail->next = n;
-    else
-        c->head = n;
-    c->tail = n;
-    int err = tor_wake_if(c, was_empty);
+    int err = tor_wake_if(c, locked_list_append(c, n));
     pthread_mutex_unlock(&c->mu);
     return err;
 }
@@ -289,18 +299,10 @@ static int tora_post(hctx *c)
  * it (Tornado's loop); returns whether more arrived meanwhile. */
 static bool tor_run_batch(hctx *c)
 {
-    pthread_mutex_lock(&c->mu);
     if (c->tlist) {
-        hnode *n = c->head;
-        c->head = c->tail = NULL;
-        pthread_mutex_unlock(&c->mu);
-        while (n) {
-            hnode *next = n->next;
-            n->fn(n->arg);
-            free(n);
-            n = next;
-        }
+        locked_list_run(c);
     } else {
+        pthread_mutex_lock(&c->mu);
         size_t n = c->pending_len;
         void *batch = c->pending;
         size_t cap = c->pending_cap;
