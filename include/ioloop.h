@@ -206,7 +206,8 @@ int iol_periodic_start(iol_periodic *pc);
 /* Stops future runs; safe inside its own callback. -EINVAL: NULL. */
 int iol_periodic_stop(iol_periodic *pc);
 bool iol_periodic_is_running(const iol_periodic *pc);
-/* Stops it, then frees it (NULL ignored). Not from inside its own callback. */
+/* Stops it, then frees it (NULL ignored). Inside its own callback the
+ * free is deferred until the callback returns. */
 void iol_periodic_free(iol_periodic *pc);
 /* Tornado 5.1 schedule: p = period_s * (1 + jitter * (random01 - 0.5));
  * deadline <= now: deadline + (floor((now - deadline) / p) + 1) * p,
@@ -247,13 +248,15 @@ int iol_loop_set_default_executor(iol_loop *loop, iol_executor *ex);
 /* Runs fn(arg, &result) on ex (NULL: the loop's default, created on first
  * use and owned by the loop). *out gets a future (caller's reference) that
  * resolves with result, or with fn's return if negative.
- * -EINVAL: NULL loop/fn/out. -EPERM. -ESHUTDOWN. -ENOMEM. */
+ * -EINVAL: NULL loop/fn/out. -EPERM. -ESHUTDOWN (loop closed, or ex being
+ * freed). -ENOMEM. */
 int iol_loop_run_in_executor(iol_loop *loop, iol_executor *ex, int (*fn)(void *arg, void **result), void *arg,
                              iol_future **out);
 /* Makes loop current, runs fn(loop, done, arg) as a callback, runs the loop
  * until `done` resolves (fn resolves it, now or later), stops the loop.
  * Returns 0 with *result (result may be NULL), the future's error, fn's own
- * return if < 0, or -ETIMEDOUT after timeout seconds (<= 0: no limit).
+ * return if < 0, or -ETIMEDOUT after timeout seconds (<= 0: no limit) or
+ * when something else stopped the loop before `done` resolved (Tornado).
  * The loop stays usable. -EINVAL: NULL loop/fn. -EBUSY: running.
  * -ESHUTDOWN. -ENOMEM. */
 int iol_loop_run_sync(iol_loop *loop, int (*fn)(iol_loop *loop, iol_future *done, void *arg), void *arg,
@@ -286,7 +289,9 @@ int iol_runtime_stop(iol_runtime *rt);
 /* Waits for the workers to finish after stop. -EINVAL: NULL.
  * -EDEADLK: called from a worker. */
 int iol_runtime_join(iol_runtime *rt);
-/* Stops, joins, frees (NULL ignored). Not from a worker. */
+/* Stops, joins, frees (NULL ignored). Not from a worker. Each worker loop
+ * is closed with all_fds, so fds still registered on it are closed too.
+ * Posts accepted before a start that never happened are dropped. */
 void iol_runtime_free(iol_runtime *rt);
 unsigned iol_runtime_size(const iol_runtime *rt);          /* 0 for NULL */
 iol_loop *iol_runtime_loop(iol_runtime *rt, unsigned index); /* NULL out of range */
@@ -361,8 +366,15 @@ size_t iol_stream_write_buffer_size(const iol_stream *s);
 int iol_stream_set_max_write_buffer(iol_stream *s, size_t max);
 /* fn(s, arg) runs on the loop once the stream closed (by either side). */
 int iol_stream_set_close_callback(iol_stream *s, iol_close_fn fn, void *arg);
-/* Closes the fd and fails a pending read with -EPIPE; frees the stream
- * once its callbacks are done. -EINVAL: NULL. -EALREADY: closed. */
+/* Closes the fd and fails a pending read with -EPIPE; unwritten data is
+ * dropped (as Tornado). -EINVAL: NULL. -EALREADY: closed.
+ * Lifetime: a stream frees itself once it is closed (by either side) and
+ * none of its callbacks is running or queued; the close finishes in a loop
+ * callback, so run the loop once after closing streams (or the stream and
+ * its loop reference are dropped with the loop's queue at close). After the
+ * close callback returns, or after iol_stream_close outside a callback,
+ * the pointer must not be used. Set a close callback to learn of a peer's
+ * close while idle. */
 int iol_stream_close(iol_stream *s);
 bool iol_stream_closed(const iol_stream *s);
 /* The socket fd, -EBADF once closed, -EINVAL for NULL. */
