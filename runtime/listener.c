@@ -31,7 +31,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <linux/filter.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -609,6 +611,32 @@ int iol_runtime_listener_counts(iol_runtime *rt, int id, uint64_t *counts, unsig
 
 /* ------------------------------------------------------------ shutdown */
 
+/* Graceful stop has a window: a handshake that completes after the last
+ * accept() saw EAGAIN but before close() is reset by the close, and its
+ * client had already seen connect() succeed. So first make the socket
+ * drop new SYNs (a classic BPF filter: the filter of a TCP socket sees the
+ * TCP header at offset 0; flags are byte 13; SYN without ACK is dropped).
+ * A dropped SYN is retransmitted and then refused once the socket is
+ * gone, which a client handles as "not accepted". Handshakes already past
+ * their SYN still complete; we wait briefly for them below. */
+static void refuse_new_handshakes(int fd)
+{
+    static struct sock_filter drop_syn[] = {
+        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 13),
+        BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0x12),           /* SYN | ACK */
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x02, 0, 1),     /* SYN alone? */
+        BPF_STMT(BPF_RET | BPF_K, 0),                         /* drop */
+        BPF_STMT(BPF_RET | BPF_K, 0xffffffffu),               /* keep */
+    };
+    struct sock_fprog prog = {.len = sizeof drop_syn / sizeof drop_syn[0], .filter = drop_syn};
+    if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) < 0)
+        iol__log(IOL_LOG_DEBUG, "listener: cannot refuse new handshakes at stop: %s", strerror(errno));
+}
+
+/* Handshakes that were past their SYN when the filter went on finish
+ * within a round trip; give them a few milliseconds. */
+#define FINAL_HANDSHAKE_WAIT_MS 5
+
 void iol__listeners_final_accept(iol_runtime *rt, unsigned index)
 {
     /* Snapshot under the lock; listen fails once listeners_closed is set,
@@ -627,9 +655,15 @@ void iol__listeners_final_accept(iol_runtime *rt, unsigned index)
             if (s->worker != index || s->fd < 0)
                 continue;
             lsock_unwatch(s);
-            /* Until EAGAIN; a pause (out of fds) ends it: the rest is
-             * shed or reset, nothing more can be done without fds. */
-            lsock_accept(s, 0);
+            refuse_new_handshakes(s->fd);
+            /* Until EAGAIN, then again while late handshakes land; a pause
+             * (out of fds) ends it: the rest is shed or reset, nothing more
+             * can be done without fds. */
+            struct pollfd pfd = {.fd = s->fd, .events = POLLIN};
+            do {
+                if (!lsock_accept(s, 0))
+                    break;
+            } while (poll(&pfd, 1, FINAL_HANDSHAKE_WAIT_MS) > 0);
             lsock_close(s);
         }
     }
