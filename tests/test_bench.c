@@ -431,7 +431,7 @@ static unsigned pick_port(void)
 static double wrk_rps(const char *url)
 {
     char cmd[512], line[256];
-    snprintf(cmd, sizeof cmd, "wrk -t1 -c32 -d2s '%s' 2>&1", url);
+    snprintf(cmd, sizeof cmd, "wrk -t1 -c1 -d2s '%s' 2>&1", url);
     FILE *p = popen(cmd, "r");
     ck_assert_ptr_nonnull(p);
     double rps = -1;
@@ -448,7 +448,7 @@ static double ours_rps(const char *url)
 {
     char args[512], out[PATH_MAX + 16], cmd[PATH_MAX + 256];
     snprintf(out, sizeof out, "%s/agree.json", tmpdir);
-    snprintf(args, sizeof args, "http --connections 32 --workers 1 --duration 2 --repeat 1 --json '%s'", url);
+    snprintf(args, sizeof args, "http --connections 1 --workers 1 --duration 2 --repeat 1 --json '%s'", url);
     ck_assert_int_eq(run_bench(args, out), 0);
     snprintf(cmd, sizeof cmd,
              "python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())"
@@ -491,11 +491,13 @@ START_TEST(agrees_with_wrk)
      * pairs' ratios: the two runs of a pair see the same machine, while
      * the machine drifts by half between pairs. Both tools count right
      * (checked against a server's access log), but with 2 vCPUs the client
-     * shares the machine with the server, so a client that costs less per
-     * request leaves the server more CPU: ours reads 10-30 % above wrk on
-     * a quiet machine, about the same on a busy one. Hence the wide
-     * tolerance; a round that disagrees earns more pairs (up to 8), and a
-     * load generator that really miscounts disagrees every time. */
+     * shares the machine with the server, so with many connections a
+     * client that costs less per request leaves the server more CPU (ours
+     * reads up to 35 % above wrk there). One connection makes the run
+     * latency-bound, where the tools agree within ~10 % (docs/benchmarks.md);
+     * the tolerance stays wide for sanitizer builds, whose client is
+     * slower than wrk. A round that disagrees earns more pairs (up to 8),
+     * and a load generator that really miscounts disagrees every time. */
     double w[8], o[8], r[8], ratio = 0;
     int n = 0;
     while (n < 8) {
