@@ -203,11 +203,13 @@ int iol_periodic_set_jitter(iol_periodic *pc, double jitter);
 /* First run one period after now. Loop thread. -EINVAL: NULL.
  * -EALREADY: running. Errors of call_at (-EPERM, -ESHUTDOWN, -ENOMEM). */
 int iol_periodic_start(iol_periodic *pc);
-/* Stops future runs; safe inside its own callback. -EINVAL: NULL. */
+/* Stops future runs; safe inside its own callback. Loop thread.
+ * -EINVAL: NULL. -EPERM: another thread while the loop runs. */
 int iol_periodic_stop(iol_periodic *pc);
 bool iol_periodic_is_running(const iol_periodic *pc);
 /* Stops it, then frees it (NULL ignored). Inside its own callback the
- * free is deferred until the callback returns. */
+ * free is deferred until the callback returns. Loop thread: from another
+ * thread while the loop runs it logs an error and frees nothing. */
 void iol_periodic_free(iol_periodic *pc);
 /* Tornado 5.1 schedule: p = period_s * (1 + jitter * (random01 - 0.5));
  * deadline <= now: deadline + (floor((now - deadline) / p) + 1) * p,

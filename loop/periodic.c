@@ -168,12 +168,15 @@ int iol_periodic_stop(iol_periodic *pc)
 {
     if (!pc)
         return -EINVAL;
-    pc->running = false;
     if (pc->timeout != 0) {
+        int err = iol_loop_remove_timeout(pc->loop, pc->timeout);
+        /* From another thread while the loop runs: touch nothing. */
+        if (err == -EPERM)
+            return err;
         /* -ENOENT/-ESHUTDOWN: already gone with a closed loop; nothing to undo. */
-        (void)iol_loop_remove_timeout(pc->loop, pc->timeout);
         pc->timeout = 0;
     }
+    pc->running = false;
     return 0;
 }
 
@@ -186,7 +189,12 @@ void iol_periodic_free(iol_periodic *pc)
 {
     if (!pc)
         return;
-    iol_periodic_stop(pc);
+    if (iol_periodic_stop(pc) == -EPERM) {
+        /* Its timeout is still armed on a running loop: freeing now would
+         * leave the loop a dangling argument. Refuse loudly instead. */
+        iol__log(IOL_LOG_ERROR, "iol_periodic_free from a thread that does not run its loop: not freed");
+        return;
+    }
     if (pc->in_callback) {
         /* Documented as not allowed; still, never free under fn's feet. */
         pc->free_pending = true;

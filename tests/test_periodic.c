@@ -3,6 +3,7 @@
  * sequences driven through a real loop on a fake clock, and the object's
  * life cycle (stop/restart inside its own callback, free, bad arguments). */
 #include <errno.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -422,6 +423,44 @@ START_TEST(test_closed_loop)
 }
 END_TEST
 
+/* stop from a thread that does not run the loop: -EPERM, and the periodic
+ * keeps running (its timeout is untouched). */
+static void nop_cb(void *arg) { (void)arg; }
+static int foreign_stop_rc;
+static bool foreign_still_running;
+static void *stop_from_foreign(void *arg)
+{
+    foreign_stop_rc = iol_periodic_stop(arg);
+    foreign_still_running = iol_periodic_is_running(arg);
+    return NULL;
+}
+static void run_foreign(void *arg)
+{
+    iol_periodic *pc = arg;
+    pthread_t t;
+    pthread_create(&t, NULL, stop_from_foreign, pc);
+    pthread_join(t, NULL);
+    iol_loop_stop(iol_loop_current());
+}
+
+START_TEST(test_stop_from_other_thread)
+{
+    iol_loop *loop;
+    ck_assert_int_eq(iol_loop_new(&loop, NULL), 0);
+    iol_periodic *pc;
+    ck_assert_int_eq(iol_periodic_new(&pc, loop, 1000, nop_cb, NULL), 0);
+    ck_assert_int_eq(iol_periodic_start(pc), 0);
+    iol_loop_add_callback(loop, run_foreign, pc);
+    iol_loop_start(loop);
+    ck_assert_int_eq(foreign_stop_rc, -EPERM);
+    ck_assert(foreign_still_running);
+    ck_assert_int_eq(iol_periodic_stop(pc), 0);
+    ck_assert(!iol_periodic_is_running(pc));
+    iol_periodic_free(pc);
+    iol_loop_close(loop, false);
+}
+END_TEST
+
 START_TEST(test_bad_args)
 {
     iol_loop *loop;
@@ -477,6 +516,7 @@ int main(void)
     tcase_add_test(tc, test_free_inside_callback_defers);
     tcase_add_test(tc, test_start_stop_free);
     tcase_add_test(tc, test_closed_loop);
+    tcase_add_test(tc, test_stop_from_other_thread);
     tcase_add_test(tc, test_bad_args);
     suite_add_tcase(s, tc);
     return iol_test_run(s);
