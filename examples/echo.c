@@ -3,28 +3,35 @@
  *   echo --port P --workers N [--shard reuseport|handoff] [--host H]
  *
  * Prints "listening on 127.0.0.1:PORT", serves until SIGINT/SIGTERM, then
- * stops gracefully (queued connections are accepted, open ones closed)
- * and exits 0.
+ * stops gracefully: queued connections are accepted, and every open one
+ * gets its pending echo, then FIN; input is discarded until the client
+ * closes (at most DRAIN_TIMEOUT), so no client is reset. Exits 0.
  */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "ioloop.h"
 #include "server.h"
 
 #define READ_CHUNK 65536
+#define DRAIN_TIMEOUT 2.0 /* seconds */
 
 typedef struct conn conn;
 struct conn {
     conn *prev, *next; /* the worker's open connections */
     iol_stream *stream;
+    bool fin_sent;     /* draining: our side is shut down for writing */
 };
 
-/* Each worker's list (a sentinel head), closed in on_stop. */
+/* Each worker's list (a sentinel head), finished in on_stop. */
 static __thread conn open_head;
+/* Graceful stop: no more echoes, FIN sent, input discarded until EOF. */
+static __thread bool draining;
+static __thread iol_loop *worker_loop;
 
 static void on_read(iol_stream *s, const char *data, size_t len, int status, void *arg);
 
@@ -33,6 +40,11 @@ static void read_more(void *arg)
     conn *c = arg;
     if (iol_stream_closed(c->stream))
         return;
+    if (draining && !c->fin_sent) {
+        /* Everything echoed so far is in the kernel: FIN follows it. */
+        shutdown(iol_stream_fd(c->stream), SHUT_WR);
+        c->fin_sent = true;
+    }
     if (iol_stream_read_bytes(c->stream, READ_CHUNK, true, on_read, c) < 0)
         iol_stream_close(c->stream);
 }
@@ -43,6 +55,10 @@ static void on_read(iol_stream *s, const char *data, size_t len, int status, voi
     if (status < 0 || len == 0) {
         if (!iol_stream_closed(s))
             iol_stream_close(s);
+        return;
+    }
+    if (draining) {
+        read_more(c); /* discard until the client closes */
         return;
     }
     /* Read the next chunk once this one is in the kernel: a client that
@@ -58,6 +74,8 @@ static void on_close(iol_stream *s, void *arg)
     c->prev->next = c->next;
     c->next->prev = c->prev;
     free(c);
+    if (draining && open_head.next == &open_head && iol_loop_running(worker_loop))
+        iol_loop_stop(worker_loop); /* the last one: the drain is over */
 }
 
 static void on_accept(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg)
@@ -87,19 +105,41 @@ static void on_accept(iol_loop *loop, int fd, const struct sockaddr *peer, sockl
 
 static void worker_start(iol_loop *loop, unsigned index, void *arg)
 {
-    (void)loop;
     (void)index;
     (void)arg;
     open_head.next = open_head.prev = &open_head;
+    worker_loop = loop;
 }
 
+static void stop_loop(void *arg)
+{
+    iol_loop_stop(arg);
+}
+
+/* The runtime stopped taking work and handed us what the kernel had
+ * queued. Finish every connection (echo what is in flight, FIN, discard
+ * until EOF) and run the loop until the last one closed, for at most
+ * DRAIN_TIMEOUT; then close what is left. Close callbacks of those run
+ * in the runtime's drain after on_stop. */
 static void worker_stop(iol_loop *loop, unsigned index, void *arg)
 {
-    (void)loop;
     (void)index;
     (void)arg;
-    /* Close callbacks unlink and free; they run later, in the runtime's
-     * drain after on_stop, so the list is stable during this walk. */
+    draining = true;
+    for (conn *c = open_head.next; c != &open_head; c = c->next) {
+        /* With a write in flight, read_more sends the FIN after it. */
+        if (!iol_stream_closed(c->stream) && iol_stream_write_buffer_size(c->stream) == 0) {
+            shutdown(iol_stream_fd(c->stream), SHUT_WR);
+            c->fin_sent = true;
+        }
+    }
+    if (open_head.next != &open_head) {
+        iol_timeout deadline = 0;
+        if (iol_loop_call_later(loop, DRAIN_TIMEOUT, stop_loop, loop, &deadline) == 0) {
+            iol_loop_start(loop);
+            iol_loop_remove_timeout(loop, deadline);
+        }
+    }
     for (conn *c = open_head.next; c != &open_head; c = c->next)
         if (!iol_stream_closed(c->stream))
             iol_stream_close(c->stream);
