@@ -36,6 +36,8 @@ typedef int (*bench_fn)(int argc, char **argv, const bench_opts *o);
 int bench_handoff(int argc, char **argv, const bench_opts *o);
 int bench_pingpong(int argc, char **argv, const bench_opts *o);
 int bench_timers(int argc, char **argv, const bench_opts *o);
+int bench_http(int argc, char **argv, const bench_opts *o);
+int bench_compare(int argc, char **argv, const bench_opts *o); /* compare http */
 
 /* Whether --impl lets an impl run (matches its label or its JSON name). */
 bool bench_selected(const bench_opts *o, const char *impl, const char *label);

@@ -7,10 +7,6 @@
 
 #include "bench/bench.h"
 
-/* Written by others (http.c, compare.c); weak so this binary links and
- * says so when they are not in the build. */
-int bench_http(int argc, char **argv, const bench_opts *o) __attribute__((weak));
-int bench_compare(int argc, char **argv, const bench_opts *o) __attribute__((weak));
 
 static int cmd_compare(int argc, char **argv, const bench_opts *o);
 
@@ -34,7 +30,7 @@ static bench_fn lookup(const char *name)
     if (strcmp(name, "timers") == 0)
         return bench_timers;
     if (strcmp(name, "http") == 0)
-        return bench_http; /* NULL when http.c is not built */
+        return bench_http;
     if (strcmp(name, "compare") == 0)
         return cmd_compare;
     return NULL;
@@ -78,10 +74,7 @@ static int cmd_compare(int argc, char **argv, const bench_opts *o)
     const char *what = argv[1];
     if (strcmp(what, "handoff") == 0 || strcmp(what, "pingpong") == 0 || strcmp(what, "timers") == 0)
         return lookup(what)(argc - 1, argv + 1, o);
-    if (bench_compare)
-        return bench_compare(argc, argv, o);
-    fprintf(stderr, "iol-bench: compare %s is not available in this build\n", what);
-    return 2;
+    return bench_compare(argc, argv, o);
 }
 
 bool bench_selected(const bench_opts *o, const char *impl, const char *label)
