@@ -58,6 +58,7 @@ struct pctx {
     /* floor */
     int efd_a, efd_b;
     int ep_a, ep_b;                 /* floor-epoll: -1 for the plain floor */
+    _Atomic int turn;               /* floor-spin: 0 A's turn, 1 B's, -1 quit */
 };
 
 /* Counts a round trip on A; true when all are done (t_end stamped). */
@@ -341,12 +342,50 @@ static void fl_teardown(pctx *c)
     close(c->efd_b);
 }
 
+/* The floor of any handoff: the two threads spin on one shared word, so a
+ * round trip is two cache-line transfers and nothing else (it burns both
+ * CPUs the whole time). ioloop's bounded spin before sleeping gets close
+ * to it while traffic flows. */
+static int fs_setup(pctx *c)
+{
+    atomic_store(&c->turn, 1);
+    return 0;
+}
+static int fs_wait(pctx *c, int mine)
+{
+    int t;
+    /* acquire: pairs with the other side's release store of the turn. */
+    while ((t = atomic_load_explicit(&c->turn, memory_order_acquire)) != mine && t >= 0)
+        bench_cpu_relax();
+    return t;
+}
+static void fs_run_a(pctx *c)
+{
+    atomic_fetch_add(&c->ready, 1);
+    fs_wait(c, 0); /* the kick */
+    trip_done(c);
+    do {
+        atomic_store_explicit(&c->turn, 1, memory_order_release);
+        fs_wait(c, 0);
+    } while (!trip_done(c));
+    atomic_store_explicit(&c->turn, -1, memory_order_release);
+}
+static void fs_run_b(pctx *c)
+{
+    atomic_fetch_add(&c->ready, 1);
+    while (fs_wait(c, 1) >= 0)
+        atomic_store_explicit(&c->turn, 0, memory_order_release);
+}
+static void fs_kick(pctx *c) { atomic_store_explicit(&c->turn, 0, memory_order_release); }
+static void fs_teardown(pctx *c) { (void)c; }
+
 static const pimpl impls[] = {
     {"ioloop", "ioloop", iol_setup, iol_run_a, iol_run_b, iol_kick, iol_teardown},
     {"libuv", "libuv-async", uvp_setup, uvp_run_a, uvp_run_b, uvp_kick, uvp_teardown},
     {"libevent", "libevent-once", ev_setup, ev_run_a, ev_run_b, ev_kick, ev_teardown},
     {"floor", "floor-eventfd", fl_setup, fl_run_a, fl_run_b, fl_kick, fl_teardown},
     {"floor", "floor-epoll", fle_setup, fl_run_a, fl_run_b, fl_kick, fle_teardown},
+    {"floor", "floor-spin", fs_setup, fs_run_a, fs_run_b, fs_kick, fs_teardown},
 };
 #define NIMPLS (sizeof impls / sizeof impls[0])
 
@@ -410,7 +449,8 @@ static void usage(FILE *f)
                "Two loops on two threads bounce one callback N times (default %llu):\n"
                "us per round trip. Impls, interleaved: ioloop, libuv (uv_async_t + locked\n"
                "slot), libevent (event_base_once), floor-eventfd (blocking eventfd\n"
-               "ping-pong), floor-epoll (the same, each side sleeping in epoll_wait).\n"
+               "ping-pong), floor-epoll (the same, each side sleeping in epoll_wait),\n"
+               "floor-spin (both threads spinning on one shared word: the hardware floor).\n"
                "--duration is accepted and ignored (the work is fixed by --count).\n\n",
             DEFAULT_COUNT);
     bench_usage_common(f);
