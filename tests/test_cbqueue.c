@@ -11,14 +11,6 @@
 #include "sync/cbqueue.h"
 #include "testutil.h"
 
-/* For hot loops: Check's ck_assert writes a mark point to a pipe on every
- * pass in fork mode, which would dominate the run time. */
-#define HOT_ASSERT(e)                                                 \
-    do {                                                              \
-        if (__builtin_expect(!(e), 0))                                \
-            ck_abort_msg("%s:%d: %s", __FILE__, __LINE__, #e);        \
-    } while (0)
-
 static void cb_a(void *arg) { (void)arg; }
 static void cb_b(void *arg) { (void)arg; }
 

@@ -14,14 +14,6 @@
 #include "loop/loop_impl.h" /* iol__loop_wakeups */
 #include "testutil.h"
 
-/* Check's ck_assert writes a mark point to a pipe on every pass in fork
- * mode; hot paths use this instead. */
-#define HOT_ASSERT(e)                                                 \
-    do {                                                              \
-        if (__builtin_expect(!(e), 0))                                \
-            ck_abort_msg("%s:%d: %s", __FILE__, __LINE__, #e);        \
-    } while (0)
-
 #define NPROD 4
 #define TAG(p, s) ((void *)(uintptr_t)(((uint64_t)(p) << 40) | (uint64_t)(s)))
 #define TAG_P(a) ((unsigned)((uintptr_t)(a) >> 40))
@@ -39,26 +31,6 @@ static void *run_loop(void *p)
 {
     ck_assert_int_eq(iol_loop_start(p), 0);
     return NULL;
-}
-
-static inline uint32_t xorshift(uint32_t *s)
-{
-    uint32_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    return *s = x;
-}
-
-static void tiny_delay(uint32_t *rng)
-{
-    uint32_t r = xorshift(rng);
-    if ((r & 15) == 0) {
-        sched_yield();
-        return;
-    }
-    for (uint32_t i = (r >> 4) & 63; i > 0; i--)
-        __asm__ __volatile__("" ::: "memory");
 }
 
 /* ---- exactly once, per-producer FIFO, with and without restarts ------- */
@@ -154,7 +126,7 @@ static struct {
 static void hunt_cb(void *arg)
 {
     (void)arg;
-    tiny_delay(&hunt.rng);
+    iol_test_tiny_delay(&hunt.rng);
     sem_post(&hunt.done);
 }
 
@@ -170,7 +142,7 @@ START_TEST(test_handoff_lost_wakeup_hunter)
     size_t n = iol_test_scaled(100000, 2000);
     uint32_t rng = 0x12345678u;
     for (size_t i = 0; i < n; i++) {
-        tiny_delay(&rng);
+        iol_test_tiny_delay(&rng);
         HOT_ASSERT(iol_loop_add_callback(loop, hunt_cb, NULL) == 0);
         while (sem_wait(&hunt.done) < 0)
             HOT_ASSERT(errno == EINTR);

@@ -14,14 +14,6 @@
 #include "sync/waker.h"
 #include "testutil.h"
 
-/* Check's ck_assert writes a mark point to a pipe on every pass in fork
- * mode; hot loops use this instead. */
-#define HOT_ASSERT(e)                                                 \
-    do {                                                              \
-        if (__builtin_expect(!(e), 0))                                \
-            ck_abort_msg("%s:%d: %s", __FILE__, __LINE__, #e);        \
-    } while (0)
-
 static bool readable(const iol__waker *w)
 {
     struct pollfd p = { .fd = iol__waker_fd(w), .events = POLLIN };
@@ -166,26 +158,6 @@ struct hunt {
     uint64_t sleeps, polls;
 };
 
-static inline uint32_t xorshift(uint32_t *s)
-{
-    uint32_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    return *s = x;
-}
-
-static void tiny_delay(uint32_t *rng)
-{
-    uint32_t r = xorshift(rng);
-    if ((r & 15) == 0) {
-        sched_yield();
-        return;
-    }
-    for (uint32_t i = (r >> 4) & 63; i > 0; i--)
-        __asm__ __volatile__("" ::: "memory");
-}
-
 static void item_cb(void *arg)
 {
     struct hunt *h = arg;
@@ -235,9 +207,9 @@ static void *hunt_consumer(void *p)
     while (atomic_load_explicit(&h->acked, memory_order_relaxed) < h->n) {
         if (hunt_consume(h, &seen))
             continue;
-        tiny_delay(&rng);
+        iol_test_tiny_delay(&rng);
         iol__waker_prepare_sleep(&h->w);
-        tiny_delay(&rng);
+        iol_test_tiny_delay(&rng);
         struct pollfd pfd = { .fd = iol__waker_fd(&h->w), .events = POLLIN };
         int timeout = hunt_has_work(h, seen) ? 0 : -1;
         if (timeout < 0)
@@ -262,7 +234,7 @@ static void run_hunt(bool with_queue)
     ck_assert_int_eq(pthread_create(&th, NULL, hunt_consumer, &h), 0);
     uint32_t rng = 0x12345678u;
     for (uint64_t i = 1; i <= h.n; i++) {
-        tiny_delay(&rng);
+        iol_test_tiny_delay(&rng);
         if (with_queue) {
             /* The push's seq_cst tail exchange lets us skip wake's fence. */
             HOT_ASSERT(iol__cbqueue_push(h.q, item_cb, &h) == 0);

@@ -1,5 +1,6 @@
 #include "testutil.h"
 
+#include <sched.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -41,4 +42,19 @@ TCase *iol_test_tcase(const char *name, double timeout_s)
     double mult = iol_test_under_valgrind() ? 10.0 : 1.0;
     tcase_set_timeout(tc, timeout_s * mult);
     return tc;
+}
+
+void iol_test_tiny_delay(uint32_t *rng)
+{
+    uint32_t x = *rng;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    *rng = x;
+    if ((x & 15) == 0) {
+        sched_yield();
+        return;
+    }
+    for (uint32_t i = (x >> 4) & 63; i > 0; i--)
+        __asm__ __volatile__("" ::: "memory");
 }

@@ -4,6 +4,7 @@
 
 #include <check.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* $IOL_TEST_SCALE (default 1.0) times n, at least min: stress sizes shrink
  * under sanitizers and valgrind. */
@@ -16,5 +17,18 @@ double iol_test_now(void);
 int iol_test_run(Suite *s);
 /* A TCase with a timeout scaled for slow runs (valgrind: x10). */
 TCase *iol_test_tcase(const char *name, double timeout_s);
+
+/* For hot loops: Check's ck_assert writes a mark point to a pipe on every
+ * pass in fork mode, which would dominate the run time. */
+#define HOT_ASSERT(e)                                                 \
+    do {                                                              \
+        if (__builtin_expect(!(e), 0))                                \
+            ck_abort_msg("%s:%d: %s", __FILE__, __LINE__, #e);        \
+    } while (0)
+
+/* A random pause of 0..63 compiler-barrier spins, or a sched_yield one
+ * time in 16: shakes up interleavings in lost-wakeup hunters. *rng is a
+ * nonzero xorshift32 state. */
+void iol_test_tiny_delay(uint32_t *rng);
 
 #endif
