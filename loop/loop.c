@@ -95,17 +95,7 @@ fail:
  * iol__callback_dropped. Returns how many were dropped. */
 static size_t drop_callbacks(iol_loop *loop)
 {
-    size_t dropped = 0;
-    iol__cbbatch batch;
-    iol_callback_fn fn;
-    void *arg;
-    while (iol__cbqueue_take(loop->queue, &batch)) {
-        while (iol__cbbatch_next(&batch, &fn, &arg)) {
-            iol__callback_dropped(fn, arg);
-            dropped++;
-        }
-    }
-    return dropped;
+    return iol__cbqueue_drop(loop->queue, NULL, iol__callback_dropped);
 }
 
 /* Shuts down and returns how many pending callbacks and timeouts it

@@ -555,24 +555,32 @@ bool iol__cbbatch_next(iol__cbbatch *b, iol_callback_fn *fn, void **arg)
     return true;
 }
 
-size_t iol__cbqueue_drop(iol__cbqueue *q, iol__cbbatch *b)
+/* Empties one batch without running it. */
+static size_t batch_drop(iol__cbbatch *b, bool (*on_drop)(iol_callback_fn fn, void *arg))
 {
     size_t dropped = 0;
     struct iol__cbnode *n;
+    while ((n = batch_pop(b))) {
+        iol_callback_fn fn = n->fn;
+        void *arg = n->arg;
+        node_release(b, n);
+        if (on_drop)
+            on_drop(fn, arg);
+        dropped++;
+    }
+    return dropped;
+}
+
+size_t iol__cbqueue_drop(iol__cbqueue *q, iol__cbbatch *b, bool (*on_drop)(iol_callback_fn fn, void *arg))
+{
+    size_t dropped = 0;
     if (b && b->q) {
-        while ((n = batch_pop(b))) {
-            node_release(b, n);
-            dropped++;
-        }
+        dropped += batch_drop(b, on_drop);
         batch_flush_returns(b);
     }
     iol__cbbatch tmp;
-    while (iol__cbqueue_take(q, &tmp)) {
-        while ((n = batch_pop(&tmp))) {
-            node_release(&tmp, n);
-            dropped++;
-        }
-    }
+    while (iol__cbqueue_take(q, &tmp))
+        dropped += batch_drop(&tmp, on_drop);
     return dropped;
 }
 
@@ -580,7 +588,7 @@ void iol__cbqueue_free(iol__cbqueue *q)
 {
     if (!q)
         return;
-    iol__cbqueue_drop(q, NULL);
+    iol__cbqueue_drop(q, NULL, NULL);
     free(q->reserve);
     free(q->reserve_next);
     free(q);

@@ -42,8 +42,10 @@ bool iol__cbqueue_take(iol__cbqueue *q, iol__cbbatch *b);
 bool iol__cbbatch_next(iol__cbbatch *b, iol_callback_fn *fn, void **arg);
 
 /* Consumer only: discards every queued callback (and any in a batch not yet
- * drained, if b is non-NULL) without running it; returns how many. */
-size_t iol__cbqueue_drop(iol__cbqueue *q, iol__cbbatch *b);
+ * drained, if b is non-NULL) without running it; returns how many. If
+ * on_drop is non-NULL it is told of each one, so callbacks that own
+ * resources can release them (its return value is ignored). */
+size_t iol__cbqueue_drop(iol__cbqueue *q, iol__cbbatch *b, bool (*on_drop)(iol_callback_fn fn, void *arg));
 
 #include "sync/cbqueue_impl.h" /* struct iol__cbbatch, so callers can put it on the stack */
 

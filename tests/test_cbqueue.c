@@ -432,7 +432,7 @@ START_TEST(test_drop_counts)
 {
     iol__cbqueue *q;
     ck_assert_int_eq(iol__cbqueue_new(&q, 8), 0);
-    ck_assert_uint_eq(iol__cbqueue_drop(q, NULL), 0);
+    ck_assert_uint_eq(iol__cbqueue_drop(q, NULL, NULL), 0);
     for (int i = 0; i < 10; i++)
         ck_assert_int_eq(iol__cbqueue_push(q, cb_a, NULL), 0);
     for (int i = 0; i < 3; i++)
@@ -447,11 +447,11 @@ START_TEST(test_drop_counts)
         ck_assert_int_eq(iol__cbqueue_push(q, cb_a, NULL), 0);
     ck_assert_int_eq(iol__cbqueue_push_signal(q, cb_b, NULL), 0);
     /* 11 left in the batch, 6 in the queue. */
-    ck_assert_uint_eq(iol__cbqueue_drop(q, &b), 17);
+    ck_assert_uint_eq(iol__cbqueue_drop(q, &b, NULL), 17);
     ck_assert(!iol__cbbatch_next(&b, &fn, &arg));
     ck_assert(iol__cbqueue_empty(q));
     ck_assert_uint_eq(iol__cbqueue_reserve_free(q), 8);
-    ck_assert_uint_eq(iol__cbqueue_drop(q, &b), 0);
+    ck_assert_uint_eq(iol__cbqueue_drop(q, &b, NULL), 0);
 
     /* Pushes after drop are freed by free(). */
     for (int i = 0; i < 7; i++)
