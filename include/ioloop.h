@@ -61,13 +61,19 @@ typedef struct iol_loop_config {
  * -ENOMEM, or the -errno of epoll_create1/eventfd/timer_create. */
 int iol_loop_new(iol_loop **out, const iol_loop_config *cfg);
 
-/* Shuts the loop down. Closes the poller and, when all_fds, every fd that
- * has a handler; drops pending callbacks (signal ones included) and active
- * timeouts and returns how many it dropped (cancelled timeouts do not
- * count). Clears it from current/instance and drops the creator's
- * reference; memory goes with the last reference. The waker's eventfd
- * stays open until then, so a producer holding a ref that keeps posting
- * gets -ESHUTDOWN, never a crash. Thread: the loop's owner, loop stopped.
+/* Shuts the loop down. First every stream still on the loop is closed
+ * and freed, on this thread before close returns: its fd is closed by the
+ * stream itself, a pending read (or connect) fails with -ESHUTDOWN, and
+ * its close callback runs (iol_stream_error() then says -ESHUTDOWN);
+ * afterwards no stream pointer of this loop may be used. Then it closes
+ * the poller and, when all_fds, every fd that still has a handler; drops
+ * pending callbacks (signal ones included) and active timeouts without
+ * running them and returns how many it dropped (cancelled timeouts do
+ * not count; what stream close callbacks added is dropped too). Clears it
+ * from current/instance and drops the creator's reference; memory goes
+ * with the last reference. The waker's eventfd stays open until then, so
+ * a producer holding a ref that keeps posting gets -ESHUTDOWN, never a
+ * crash. Thread: the loop's owner, loop stopped.
  * -EINVAL: loop NULL. -EBUSY: the loop is running. -ESHUTDOWN: closed already. */
 int iol_loop_close(iol_loop *loop, bool all_fds);
 
@@ -98,7 +104,10 @@ int iol_loop_install(iol_loop *loop);
 void iol_loop_clear_instance(void);
 
 /* Runs the loop until stop. Makes it current for this thread and restores
- * the previous current on return. Returns 0 after stop.
+ * the previous current on return. Holds a reference for as long as it
+ * runs, so other threads may drop theirs meanwhile (clear the instance,
+ * stop then unref): the loop is then freed by this thread when the run
+ * ends. Returns 0 after stop.
  * -EINVAL: NULL. -EBUSY: already running (also re-entrant).
  * -ESHUTDOWN: closed. */
 int iol_loop_start(iol_loop *loop);
@@ -108,7 +117,9 @@ int iol_loop_start(iol_loop *loop);
  * and queued callbacks stay queued (as Tornado). Any thread.
  * -EINVAL: NULL. -ESHUTDOWN: closed. */
 int iol_loop_stop(iol_loop *loop);
-/* Whether start is running. Any thread. false for NULL. */
+/* Whether start is running. Any thread. false for NULL. Once it returns
+ * false after a run, everything that run did is visible to the caller
+ * (acquire), which may then drive the loop itself. */
 bool iol_loop_running(const iol_loop *loop);
 
 /* Watches fd for events (IOL_READ|IOL_WRITE; IOL_ERROR always implied).
@@ -133,7 +144,10 @@ int iol_loop_remove_handler(iol_loop *loop, int fd);
 
 /* Queues fn(arg) to run on the loop's thread in the next iteration.
  * Lock-free; wakes a sleeping loop with at most one eventfd write per sleep.
- * Callbacks from one producer run in order. Any thread.
+ * Callbacks from one producer run in order. Any thread. Queue nodes come
+ * from a per-thread cache that keeps at most 32768 nodes (1 MiB) per
+ * posting thread for reuse; a burst beyond that allocates and frees per
+ * callback.
  * -EINVAL: NULL loop/fn. -ESHUTDOWN: closed. -ENOMEM. */
 int iol_loop_add_callback(iol_loop *loop, iol_callback_fn fn, void *arg);
 /* Same as add_callback (Tornado's spawn_callback: not tied to a context). */
@@ -204,12 +218,14 @@ int iol_periodic_set_jitter(iol_periodic *pc, double jitter);
  * -EALREADY: running. Errors of call_at (-EPERM, -ESHUTDOWN, -ENOMEM). */
 int iol_periodic_start(iol_periodic *pc);
 /* Stops future runs; safe inside its own callback. Loop thread.
- * -EINVAL: NULL. -EPERM: another thread while the loop runs. */
+ * -EINVAL: NULL. -EPERM: another thread while the loop runs (whether a
+ * run is pending or the callback is running right then). */
 int iol_periodic_stop(iol_periodic *pc);
 bool iol_periodic_is_running(const iol_periodic *pc);
 /* Stops it, then frees it (NULL ignored). Inside its own callback the
  * free is deferred until the callback returns. Loop thread: from another
- * thread while the loop runs it logs an error and frees nothing. */
+ * thread while the loop runs (its callback running or not) it logs an
+ * error and frees nothing. */
 void iol_periodic_free(iol_periodic *pc);
 /* Tornado 5.1 schedule: p = period_s * (1 + jitter * (random01 - 0.5));
  * deadline <= now: deadline + (floor((now - deadline) / p) + 1) * p,
@@ -259,8 +275,10 @@ int iol_loop_run_in_executor(iol_loop *loop, iol_executor *ex, int (*fn)(void *a
  * Returns 0 with *result (result may be NULL), the future's error, fn's own
  * return if < 0, or -ETIMEDOUT after timeout seconds (<= 0: no limit) or
  * when something else stopped the loop before `done` resolved (Tornado).
- * The loop stays usable. -EINVAL: NULL loop/fn. -EBUSY: running.
- * -ESHUTDOWN. -ENOMEM. */
+ * The loop stays usable. -EINVAL: NULL loop/fn. -EBUSY: running, on any
+ * thread (checked before anything is put on the loop, so a start racing
+ * on another thread leaves nothing of this call behind). -ESHUTDOWN.
+ * -ENOMEM. */
 int iol_loop_run_sync(iol_loop *loop, int (*fn)(iol_loop *loop, iol_future *done, void *arg), void *arg,
                       double timeout, void **result);
 
@@ -292,7 +310,9 @@ int iol_runtime_stop(iol_runtime *rt);
  * -EDEADLK: called from a worker. */
 int iol_runtime_join(iol_runtime *rt);
 /* Stops, joins, frees (NULL ignored). Not from a worker. Each worker loop
- * is closed with all_fds, so fds still registered on it are closed too.
+ * is closed with all_fds on its worker thread, so streams still on it are
+ * released as by iol_loop_close (close callbacks run on that worker) and
+ * raw fds still registered on it are closed too.
  * Posts accepted before a start that never happened are dropped. */
 void iol_runtime_free(iol_runtime *rt);
 unsigned iol_runtime_size(const iol_runtime *rt);          /* 0 for NULL */
@@ -337,12 +357,14 @@ typedef void (*iol_close_fn)(iol_stream *s, void *arg);
 /* Wraps a connected non-blocking socket (made non-blocking if it is not)
  * on loop; the stream owns fd. max_buffer_size bounds the read buffer
  * (0: 100 MiB). Loop thread. -EINVAL: NULL out/loop. -EBADF: bad fd.
- * -EEXIST: fd has a handler. -ENOMEM. */
+ * -EEXIST: fd has a handler. -ESHUTDOWN: loop closed. -EPERM: another
+ * thread runs the loop. -ENOMEM. */
 int iol_stream_new(iol_stream **out, iol_loop *loop, int fd, size_t max_buffer_size);
 /* Non-blocking connect to host:port (numeric or resolved with
  * getaddrinfo, which may block). cb(s, 0 | -errno, arg) runs on the loop
  * when connected or failed; on failure the stream is closed after cb.
- * -EINVAL: NULL out/loop/host/cb. -ENOMEM, socket errors. */
+ * -EINVAL: NULL out/loop/host/cb. -ESHUTDOWN, -EPERM as stream_new.
+ * -ENOMEM, socket errors. */
 int iol_stream_connect(iol_stream **out, iol_loop *loop, const char *host, uint16_t port, size_t max_buffer_size,
                        iol_connect_fn cb, void *arg);
 /* Reads until delim (data includes it). -ENOBUFS (and close) when the
@@ -372,11 +394,11 @@ int iol_stream_set_close_callback(iol_stream *s, iol_close_fn fn, void *arg);
  * dropped (as Tornado). -EINVAL: NULL. -EALREADY: closed.
  * Lifetime: a stream frees itself once it is closed (by either side) and
  * none of its callbacks is running or queued; the close finishes in a loop
- * callback, so run the loop once after closing streams (or the stream and
- * its loop reference are dropped with the loop's queue at close). After the
- * close callback returns, or after iol_stream_close outside a callback,
- * the pointer must not be used. Set a close callback to learn of a peer's
- * close while idle. */
+ * callback, or, if the loop is closed first, inside iol_loop_close (which
+ * releases every stream on the loop, see there). After the close callback
+ * returns, or after iol_stream_close outside a callback, the pointer must
+ * not be used. Set a close callback to learn of a peer's close while idle
+ * and of the loop's close. */
 int iol_stream_close(iol_stream *s);
 bool iol_stream_closed(const iol_stream *s);
 /* The socket fd, -EBADF once closed, -EINVAL for NULL. */

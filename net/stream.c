@@ -26,6 +26,7 @@
 #include "ioloop.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <stdio.h>
@@ -34,6 +35,8 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <unistd.h>
+
+#include "loop/close_hook.h"
 
 enum {
     STREAM_DEFAULT_MAX_BUFFER = 100u << 20, /* Tornado's default max_buffer_size */
@@ -67,6 +70,7 @@ typedef struct stream_address {
 
 struct iol_stream {
     iol_loop *loop; /* referenced for the stream's lifetime */
+    iol__close_hook close_hook; /* the loop's close releases the stream */
     int fd;         /* -1 once closed (or between connect attempts) */
     bool is_socket; /* send(MSG_NOSIGNAL) rather than write() */
 
@@ -80,6 +84,7 @@ struct iol_stream {
     bool deferred_queued;
     bool in_deferred; /* the deferred callback is running and re-checks at its end */
     bool deferred_again;
+    bool loop_closing; /* released by the loop's close: queue nothing more */
     int error;     /* -errno that closed the stream, 0 if none */
     unsigned refs; /* frames on the stack + the queued deferred callback */
 
@@ -224,6 +229,7 @@ static void buffer_free(stream_buffer *b)
 
 static void stream_free(iol_stream *s)
 {
+    iol__loop_remove_close_hook(s->loop, &s->close_hook);
     buffer_free(&s->rbuf);
     buffer_free(&s->wbuf);
     free(s->dones);
@@ -265,6 +271,8 @@ static int stream_schedule(iol_stream *s)
 {
     if (s->deferred_queued)
         return 0;
+    if (s->loop_closing)
+        return -ESHUTDOWN;
     if (s->in_deferred) {
         s->deferred_again = true;
         return 0;
@@ -729,6 +737,30 @@ static void stream_deferred(void *arg)
     stream_release(s);
 }
 
+/* The loop is closing (iol_loop_close, on its thread, loop stopped): no
+ * frame of the stream is on the stack, and its queued deferred callback,
+ * if any, will be dropped with the loop's queue and never run. Close the
+ * stream with -ESHUTDOWN (its own path removes the handler and closes the
+ * fd), run what a close runs (pending read, connect, close callback) here,
+ * and free it. */
+static void stream_loop_closing(iol__close_hook *hook)
+{
+    iol_stream *s = (iol_stream *)((char *)hook - offsetof(iol_stream, close_hook));
+    if (s->deferred_queued) {
+        s->deferred_queued = false; /* dropped with the queue */
+        s->refs--;
+    }
+    if (s->refs > 0) {
+        /* A frame of the stream is on the stack: impossible while the loop
+         * is stopped; leak rather than free under it. */
+        return;
+    }
+    s->loop_closing = true;
+    stream_close_internal(s, -ESHUTDOWN); /* no-op if closed already */
+    stream_finish_close(s);
+    stream_free(s);
+}
+
 static void stream_on_events(int fd, unsigned events, void *arg)
 {
     iol_stream *s = arg;
@@ -769,6 +801,12 @@ static int stream_alloc(iol_stream **out, iol_loop *loop, size_t max_buffer_size
     iol_stream *s = calloc(1, sizeof(*s));
     if (!s)
         return -ENOMEM;
+    s->close_hook.fn = stream_loop_closing;
+    int r = iol__loop_add_close_hook(loop, &s->close_hook);
+    if (r < 0) {
+        free(s);
+        return r;
+    }
     s->loop = iol_loop_ref(loop);
     s->fd = -1;
     s->max_buffer_size = max_buffer_size ? max_buffer_size : STREAM_DEFAULT_MAX_BUFFER;
