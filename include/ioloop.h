@@ -142,6 +142,16 @@ int iol_loop_update_handler(iol_loop *loop, int fd, unsigned events);
  * (harmless). -EINVAL, -EPERM, -ESHUTDOWN. */
 int iol_loop_remove_handler(iol_loop *loop, int fd);
 
+/* Removes fd's handler, if it has one, and closes fd: the cheap end of a
+ * connection. With epoll it costs the close alone, since closing a file
+ * takes it out of the epoll set; that holds only when no other descriptor
+ * refers to the same open file (dup, a child that inherited it without
+ * CLOEXEC): otherwise use remove_handler, then close. Events of fd already
+ * polled in this iteration are dropped. Thread rules as remove_handler.
+ * -EINVAL: loop NULL. -EBADF: fd < 0 or not open. -EPERM, -ESHUTDOWN (fd
+ * then stays open). */
+int iol_loop_close_fd(iol_loop *loop, int fd);
+
 /* Queues fn(arg) to run on the loop's thread in the next iteration.
  * Lock-free; wakes a sleeping loop with at most one eventfd write per sleep.
  * Callbacks from one producer run in order. Any thread. Queue nodes come
