@@ -5,7 +5,7 @@
 #include <stdlib.h>
 
 #define NO_SLOT UINT32_MAX
-#define ARITY 4
+#define ARITY 4 /* 4 keys = one 64-byte line; half the levels of a binary heap */
 /* Rebuild when dead keys reach this many and outnumber the live ones. */
 #define COMPACT_MIN 32
 
@@ -68,11 +68,29 @@ static void slot_free(iol__timer_heap *h, uint32_t slot)
     h->free_head = slot;
 }
 
+/* Pops the top. The last key is usually among the largest, so the hole
+ * goes down to a leaf along the smaller children without comparing it,
+ * and the key then rises from there (fewer compares than sift_down). */
 static void pop_top(iol__timer_heap *h)
 {
     uint32_t len = --h->len;
-    if (len > 0)
-        sift_down(h->heap, len, 0, h->heap[len]);
+    if (len == 0)
+        return;
+    iol__heap_entry *heap = h->heap;
+    uint32_t i = 0;
+    for (;;) {
+        size_t first = (size_t)ARITY * i + 1;
+        if (first >= len)
+            break;
+        size_t end = first + ARITY < len ? first + ARITY : len;
+        size_t min = first;
+        for (size_t c = first + 1; c < end; c++)
+            if (entry_less(&heap[c], &heap[min]))
+                min = c;
+        heap[i] = heap[min];
+        i = (uint32_t)min;
+    }
+    sift_up(heap, i, heap[len]);
 }
 
 /* Keeps the top key live: drops dead keys that reached it. */
