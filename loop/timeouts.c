@@ -8,6 +8,7 @@
 #define ARITY 4 /* 4 keys = one 64-byte line; half the levels of a binary heap */
 /* Rebuild when dead keys reach this many and outnumber the live ones. */
 #define COMPACT_MIN 32
+#define PREFETCH_AHEAD 16
 
 /* Handle layout: generation in the high 32 bits, slot + 1 in the low 32,
  * so 0 is never valid. */
@@ -83,6 +84,10 @@ static void pop_top(iol__timer_heap *h)
         if (first >= len)
             break;
         size_t end = first + ARITY < len ? first + ARITY : len;
+        /* The next level is a miss in big heaps: ask for every candidate
+         * group while these compares run. */
+        for (size_t c = first; c < end && ARITY * c + 1 < len; c++)
+            __builtin_prefetch(&heap[ARITY * c + 1]);
         size_t min = first;
         for (size_t c = first + 1; c < end; c++)
             if (entry_less(&heap[c], &heap[min]))
@@ -108,6 +113,9 @@ static void compact(iol__timer_heap *h)
 {
     uint32_t n = 0;
     for (uint32_t i = 0; i < h->len; i++) {
+        /* The slots are read in random order: ask for them early. */
+        if (i + PREFETCH_AHEAD < h->len)
+            __builtin_prefetch(&h->slots[h->heap[i + PREFETCH_AHEAD].slot]);
         iol__heap_entry e = h->heap[i];
         if (h->slots[e.slot].fn)
             h->heap[n++] = e;
