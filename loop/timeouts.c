@@ -10,6 +10,16 @@
 #define COMPACT_MIN 32
 #define PREFETCH_AHEAD 16
 
+static inline iol__timer_slot *slot_at(const iol__timer_heap *h, uint32_t slot)
+{
+    return &h->chunks[slot / IOL__SLOT_CHUNK]->slots[slot % IOL__SLOT_CHUNK];
+}
+
+static inline uint32_t *gen_at(const iol__timer_heap *h, uint32_t slot)
+{
+    return &h->chunks[slot / IOL__SLOT_CHUNK]->gens[slot % IOL__SLOT_CHUNK];
+}
+
 /* Handle layout: generation in the high 32 bits, slot + 1 in the low 32,
  * so 0 is never valid. */
 static inline iol_timeout make_handle(uint32_t slot, uint32_t gen)
@@ -64,8 +74,9 @@ static void heapify(iol__timer_heap *h)
 
 static void slot_free(iol__timer_heap *h, uint32_t slot)
 {
-    h->slots[slot].fn = NULL;
-    h->slots[slot].arg = (void *)(uintptr_t)h->free_head;
+    iol__timer_slot *s = slot_at(h, slot);
+    s->fn = NULL;
+    s->arg = (void *)(uintptr_t)h->free_head;
     h->free_head = slot;
 }
 
@@ -101,7 +112,7 @@ static void pop_top(iol__timer_heap *h)
 /* Keeps the top key live: drops dead keys that reached it. */
 static void purge_top(iol__timer_heap *h)
 {
-    while (h->len > 0 && !h->slots[h->heap[0].slot].fn) {
+    while (h->len > 0 && !slot_at(h, h->heap[0].slot)->fn) {
         slot_free(h, h->heap[0].slot);
         h->dead--;
         pop_top(h);
@@ -115,9 +126,9 @@ static void compact(iol__timer_heap *h)
     for (uint32_t i = 0; i < h->len; i++) {
         /* The slots are read in random order: ask for them early. */
         if (i + PREFETCH_AHEAD < h->len)
-            __builtin_prefetch(&h->slots[h->heap[i + PREFETCH_AHEAD].slot]);
+            __builtin_prefetch(slot_at(h, h->heap[i + PREFETCH_AHEAD].slot));
         iol__heap_entry e = h->heap[i];
-        if (h->slots[e.slot].fn)
+        if (slot_at(h, e.slot)->fn)
             h->heap[n++] = e;
         else
             slot_free(h, e.slot);
@@ -160,14 +171,15 @@ void iol__timer_heap_init(iol__timer_heap *h)
 void iol__timer_heap_destroy(iol__timer_heap *h)
 {
     free(h->heap);
-    free(h->slots);
-    free(h->gens);
+    for (uint32_t i = 0; i < h->nslots / IOL__SLOT_CHUNK + (h->nslots % IOL__SLOT_CHUNK != 0); i++)
+        free(h->chunks[i]);
+    free(h->chunks);
     iol__timer_heap_init(h);
 }
 
-/* Room for one more key and one more slot. Nothing changes on failure
- * except, possibly, a larger slots array (slots_cap still says the old
- * size). */
+/* Room for one more key and one more slot; on failure nothing changes
+ * but capacity. Slots live in fixed chunks, so they never move or get
+ * copied as the heap grows, and at most one chunk is partly unused. */
 static int grow(iol__timer_heap *h)
 {
     if (h->len == h->cap) {
@@ -180,19 +192,20 @@ static int grow(iol__timer_heap *h)
         h->heap = heap;
         h->cap = cap;
     }
-    if (h->free_head == NO_SLOT && h->nslots == h->slots_cap) {
-        if (h->slots_cap >= NO_SLOT / 2)
+    if (h->free_head == NO_SLOT && h->nslots % IOL__SLOT_CHUNK == 0) {
+        uint32_t n = h->nslots / IOL__SLOT_CHUNK; /* chunks in use, all full */
+        if (h->nslots >= NO_SLOT / 2)
             return -ENOMEM;
-        uint32_t cap = h->slots_cap ? h->slots_cap * 2 : 64;
-        iol__timer_slot *slots = realloc(h->slots, (size_t)cap * sizeof *slots);
-        if (!slots)
+        if (n == h->chunks_cap) {
+            uint32_t cap = h->chunks_cap ? h->chunks_cap * 2 : 4;
+            iol__timer_chunk **chunks = realloc(h->chunks, (size_t)cap * sizeof *chunks);
+            if (!chunks)
+                return -ENOMEM;
+            h->chunks = chunks;
+            h->chunks_cap = cap;
+        }
+        if (!(h->chunks[n] = malloc(sizeof *h->chunks[n])))
             return -ENOMEM;
-        h->slots = slots;
-        uint32_t *gens = realloc(h->gens, (size_t)cap * sizeof *gens);
-        if (!gens)
-            return -ENOMEM;
-        h->gens = gens;
-        h->slots_cap = cap;
     }
     return 0;
 }
@@ -206,13 +219,13 @@ int iol__timer_heap_add(iol__timer_heap *h, double when, iol_callback_fn fn, voi
         renumber(h);
     uint32_t slot = h->free_head, gen;
     if (slot != NO_SLOT) {
-        h->free_head = (uint32_t)(uintptr_t)h->slots[slot].arg;
-        gen = ++h->gens[slot]; /* handles to the slot's last timeout die */
+        h->free_head = (uint32_t)(uintptr_t)slot_at(h, slot)->arg;
+        gen = ++*gen_at(h, slot); /* handles to the slot's last timeout die */
     } else {
         slot = h->nslots++;
-        gen = h->gens[slot] = 0;
+        gen = *gen_at(h, slot) = 0;
     }
-    h->slots[slot] = (iol__timer_slot){ .fn = fn, .arg = arg };
+    *slot_at(h, slot) = (iol__timer_slot){ .fn = fn, .arg = arg };
     iol__heap_entry e = { .when = when, .seq = h->next_seq++, .slot = slot };
     sift_up(h->heap, h->len++, e);
     if (out)
@@ -226,9 +239,10 @@ int iol__timer_heap_remove(iol__timer_heap *h, iol_timeout t)
     if (low == 0 || low > h->nslots)
         return -ENOENT;
     uint32_t slot = (uint32_t)(low - 1);
-    if (!h->slots[slot].fn || h->gens[slot] != (uint32_t)(t >> 32))
+    iol__timer_slot *s = slot_at(h, slot);
+    if (!s->fn || *gen_at(h, slot) != (uint32_t)(t >> 32))
         return -ENOENT;
-    h->slots[slot].fn = NULL;
+    s->fn = NULL;
     h->dead++;
     if (h->heap[0].slot == slot)
         purge_top(h);
@@ -242,8 +256,9 @@ int iol__timer_heap_pop_due(iol__timer_heap *h, double now, iol_callback_fn *fn,
     if (h->len == 0 || h->heap[0].when > now || h->heap[0].seq >= h->mark)
         return 0;
     uint32_t slot = h->heap[0].slot;
-    *fn = h->slots[slot].fn;
-    *arg = h->slots[slot].arg;
+    iol__timer_slot *s = slot_at(h, slot);
+    *fn = s->fn;
+    *arg = s->arg;
     slot_free(h, slot);
     pop_top(h);
     purge_top(h);

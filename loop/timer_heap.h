@@ -1,6 +1,7 @@
 /* loop/ — the timeout heap: a 4-ary min-heap of 16-byte keys (deadline,
- * 32-bit insertion seq, slot) over a slab of slots (fn, arg) and a parallel
- * array of slot generations. 36 bytes per timeout at full capacity.
+ * 32-bit insertion seq, slot) over slots (fn, arg, generation) kept in
+ * fixed chunks of 4096. 36 bytes per timeout: 16 of key (the heap array
+ * doubles) and 20 of slot (chunks: at most one partly unused).
  *
  * The heap keys hold everything a sift compares and moves, so sifts touch
  * only the heap array (no back-pointers to keep up to date). The price is
@@ -35,13 +36,20 @@ typedef struct iol__timer_slot {
     void *arg;          /* free slots: the next free slot */
 } iol__timer_slot;
 
+/* Slots come in fixed chunks: they never move, so growth copies nothing. */
+#define IOL__SLOT_CHUNK 4096u
+typedef struct iol__timer_chunk {
+    iol__timer_slot slots[IOL__SLOT_CHUNK];
+    uint32_t gens[IOL__SLOT_CHUNK]; /* bumped when a slot is reused */
+} iol__timer_chunk;
+
 typedef struct iol__timer_heap {
     iol__heap_entry *heap;
     uint32_t len, cap; /* keys in the heap, live and dead */
     uint32_t dead;     /* cancelled keys still in the heap */
-    iol__timer_slot *slots;
-    uint32_t *gens;    /* per slot, parallel to slots */
-    uint32_t nslots, slots_cap;
+    iol__timer_chunk **chunks;
+    uint32_t chunks_cap;
+    uint32_t nslots;    /* slots ever handed out: chunks [0, ceil(nslots / CHUNK)) */
     uint32_t free_head; /* UINT32_MAX: no free slot */
     uint32_t next_seq;
     uint32_t mark;      /* pass mark: keys with seq >= mark wait */

@@ -283,6 +283,36 @@ static void model_run(bool jump_seq)
     iol__timer_heap_destroy(&h);
 }
 
+/* Many slot chunks: handles, removes and the order hold across chunk
+ * boundaries. Cancelled slots stay taken while their keys are dead (here
+ * below the rebuild threshold), so the refill takes new slots. */
+START_TEST(test_heap_chunks)
+{
+    enum { N = 3 * 4096 + 5 };
+    static iol_timeout hs[N];
+    iol__timer_heap h;
+    iol__timer_heap_init(&h);
+    for (uintptr_t i = 0; i < N; i++) /* latest first: every add sifts to the top */
+        ck_assert_int_eq(iol__timer_heap_add(&h, (double)(N - i), nop, (void *)i, &hs[i]), 0);
+    for (size_t i = 0; i < N; i += 3)
+        ck_assert_int_eq(iol__timer_heap_remove(&h, hs[i]), 0);
+    for (uintptr_t i = 0; i < N; i += 3) /* re-add, same deadlines */
+        ck_assert_int_eq(iol__timer_heap_add(&h, (double)(N - i), nop, (void *)i, &hs[i]), 0);
+    ck_assert_uint_eq(h.nslots, N + (N + 2) / 3);
+    ck_assert_uint_eq(iol__timer_heap_len(&h), N);
+    iol__timer_heap_begin_pass(&h);
+    iol_callback_fn fn;
+    void *arg;
+    for (uintptr_t i = N; i-- > 0;) {
+        ck_assert_int_eq(iol__timer_heap_pop_due(&h, (double)N, &fn, &arg), 1);
+        ck_assert_uint_eq((uintptr_t)arg, i);
+        ck_assert_int_eq(iol__timer_heap_remove(&h, hs[i]), -ENOENT);
+    }
+    ck_assert_uint_eq(iol__timer_heap_len(&h), 0);
+    iol__timer_heap_destroy(&h);
+}
+END_TEST
+
 /* Random adds, removes (live, dead and bogus handles) and passes against
  * the model: FIFO among equal deadlines, the pass mark, -ENOENT for every
  * handle that is not pending, bounded dead keys, a live top. */
@@ -453,6 +483,7 @@ int main(void)
     suite_add_tcase(s, churn);
     TCase *heap = iol_test_tcase("heap", 60);
     tcase_add_test(heap, test_heap_model);
+    tcase_add_test(heap, test_heap_chunks);
     tcase_add_test(heap, test_heap_seq_wrap);
     tcase_add_test(heap, test_heap_seq_wrap_fifo);
     tcase_add_test(heap, test_heap_signed_zero_tie);
