@@ -344,8 +344,10 @@ int bench_timers(int argc, char **argv, const bench_opts *o)
             bench_progress(what, (double)(bench_now_ns() - started) / 1e9, 1e9 / c.insert_ns, "ins/s");
         }
     bench_report_print(&r, o);
+    /* Issue 11: times >= 4x libuv; bytes: <= 48 per timer (absolute), here
+     * the ratio line the old goal had. */
     for (int fig = 0; fig < NFIGS; fig++)
-        bench_report_target(&r, o, fig, "libuv", 2);
+        bench_report_target(&r, o, fig, "libuv", fig == FIG_BYTES ? 2 : 4);
     bench_report *rp = &r;
     int rc = bench_plot(o, &rp, 1) < 0 ? 1 : 0;
     free(far_ms);
