@@ -148,7 +148,7 @@ static int cmp_seq(const void *a, const void *b)
  * seqs. A monotone renumbering keeps every (when, seq) comparison, so the
  * FIFO order of equal deadlines; the mark moves to the first rank at or
  * past it. Sorting breaks the heap order, so it is rebuilt. Once per ~2^32
- * adds; no allocation. */
+ * adds; needs no memory of its own, so it cannot fail. */
 static void renumber(iol__timer_heap *h)
 {
     qsort(h->heap, h->len, sizeof *h->heap, cmp_seq);
