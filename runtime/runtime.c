@@ -7,15 +7,23 @@
  *   run the loop until the runtime is stopped           (worker_run)
  *   wait until no post to this worker is in flight      (worker_shutdown)
  *   final accepts on its listening sockets, then a barrier with the others
- *   drain: run the loop's queued callbacks (no polling), on_stop, drain
+ *   run the loop's queued callbacks (no polling): posts, handoffs
+ *   on_drain, then run the loop (polling) while the application has fds
+ *   registered, up to drain_timeout                     (serve_drain)
+ *   on_stop, run queued callbacks again
+ *   shut down the fds still registered and discard their input
+ *   briefly, so closing them sends no reset             (linger_close)
  *   close the loop (all fds)
  *
  * The exactly-once argument for posts is next to iol_runtime_post.
  */
 #include <errno.h>
+#include <math.h>
+#include <poll.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "loop/log.h"
@@ -27,6 +35,15 @@
  * callbacks queued. Bounded so a callback that re-queues itself forever
  * cannot keep a stopping worker alive. */
 #define DRAIN_PASSES 4
+/* drain_timeout 0: serve the application's connections for up to this. */
+#define DEFAULT_DRAIN_TIMEOUT 10.0
+/* While draining, how often a worker checks whether the application's fds
+ * are gone: the latency a join pays, against wakeups of a draining loop. */
+#define DRAIN_CHECK_PERIOD 0.005
+/* At the end of the drain, input is discarded from the fds still
+ * registered for at most this long (in all), so closing them sends FIN
+ * rather than RST; a peer that answers our FIN with its own ends it. */
+#define LINGER_DISCARD_SECONDS 0.2
 
 /* The documented thread-locals: which runtime and worker this thread is. */
 static __thread int tl_worker_index = -1;
@@ -57,7 +74,7 @@ int iol_runtime_new(iol_runtime **out, const iol_runtime_config *cfg)
         cfg = &defaults;
     if (cfg->workers > MAX_WORKERS)
         return -EINVAL;
-    if (cfg->blocking_log_threshold != cfg->blocking_log_threshold) /* NaN */
+    if (isnan(cfg->blocking_log_threshold) || isnan(cfg->drain_timeout))
         return -EINVAL;
 
     unsigned n = cfg->workers ? cfg->workers : online_cpus();
@@ -75,6 +92,8 @@ int iol_runtime_new(iol_runtime **out, const iol_runtime_config *cfg)
     rt->n = n;
     rt->cfg = *cfg;
     rt->cfg.workers = n;
+    if (rt->cfg.drain_timeout == 0)
+        rt->cfg.drain_timeout = DEFAULT_DRAIN_TIMEOUT;
     atomic_init(&rt->stopped, false);
     if ((err = -pthread_mutex_init(&rt->mu, NULL)) < 0)
         goto fail_workers;
@@ -261,30 +280,135 @@ static void pin_to_cpu(unsigned index)
 
 static void drain_sentinel(void *arg)
 {
-    bool *ran = arg;
-    *ran = true;
-    iol_loop_stop(iol_loop_current());
+    iol__rt_worker *w = arg;
+    /* Only the last one queued stops the loop: one left queued by a drain
+     * that gave up runs harmlessly in a later one. */
+    if (++w->sentinels_run == w->sentinels_queued)
+        iol_loop_stop(w->loop);
 }
 
 /* Runs the callbacks queued on the (stopped) loop, without polling: a
  * sentinel queued last stops the loop once everything queued before it
  * ran. A start may return at once when a stale stop was pending, hence the
- * inner retry. */
-static void drain(iol_loop *loop, int passes)
+ * inner retry. The sentinel's state is the worker's, not this frame's: a
+ * drain that gives up leaves its sentinel queued. */
+static void drain(iol__rt_worker *w, int passes)
 {
     for (int pass = 0; pass < passes; pass++) {
-        bool ran = false;
-        if (iol_loop_add_callback(loop, drain_sentinel, &ran) < 0)
+        if (iol_loop_add_callback(w->loop, drain_sentinel, w) < 0)
             return;
-        for (int tries = 0; !ran && tries < 3; tries++) {
-            if (iol_loop_start(loop) < 0)
+        w->sentinels_queued++;
+        for (int tries = 0; w->sentinels_run != w->sentinels_queued && tries < 3; tries++) {
+            if (iol_loop_start(w->loop) < 0)
                 break;
         }
-        if (!ran) {
-            iol__log(IOL_LOG_ERROR, "runtime: worker %d: could not drain its loop", tl_worker_index);
+        if (w->sentinels_run != w->sentinels_queued) {
+            iol__log(IOL_LOG_ERROR, "runtime: worker %u: could not drain its loop", w->index);
             return;
         }
     }
+}
+
+/* fds the application has registered on the worker's loop: all of them
+ * but the runtime's own listening sockets. */
+static long app_fds(iol__rt_worker *w)
+{
+    /* relaxed: own_handlers is only written on this thread by now. */
+    return (long)iol_loop_handler_count(w->loop) - atomic_load_explicit(&w->own_handlers, memory_order_relaxed);
+}
+
+static bool drain_over(iol__rt_worker *w)
+{
+    return app_fds(w) <= 0 || iol_loop_time(w->loop) >= w->drain_deadline;
+}
+
+static void drain_check(void *arg)
+{
+    iol__rt_worker *w = arg;
+    w->drain_timer = 0;
+    if (drain_over(w)) {
+        iol_loop_stop(w->loop);
+        return;
+    }
+    double left = w->drain_deadline - iol_loop_time(w->loop);
+    if (iol_loop_call_later(w->loop, left < DRAIN_CHECK_PERIOD ? left : DRAIN_CHECK_PERIOD, drain_check, w,
+                            &w->drain_timer) < 0)
+        iol_loop_stop(w->loop); /* out of memory: end the drain */
+}
+
+/* Tells the application the runtime is stopping and serves its fds until
+ * they are gone or the deadline passed. The loop runs as usual (timeouts,
+ * callbacks, handlers); a stop of the loop by the application only ends
+ * one start, not the drain. */
+static void serve_drain(iol__rt_worker *w)
+{
+    iol_runtime *rt = w->rt;
+    if (rt->cfg.drain_timeout < 0)
+        return;
+    if (rt->cfg.on_drain)
+        rt->cfg.on_drain(w->loop, w->index, rt->cfg.arg);
+    w->drain_deadline = iol_loop_time(w->loop) + rt->cfg.drain_timeout;
+    while (!drain_over(w)) {
+        if (iol_loop_call_later(w->loop, 0, drain_check, w, &w->drain_timer) < 0)
+            break;
+        int r = iol_loop_start(w->loop);
+        if (w->drain_timer) {
+            iol_loop_remove_timeout(w->loop, w->drain_timer);
+            w->drain_timer = 0;
+        }
+        if (r < 0)
+            break;
+    }
+}
+
+/* The fds still registered are closed with the loop. Closing a socket
+ * with unread input sends RST, so first send FIN and discard input until
+ * the peer closes too, bounded in all by LINGER_DISCARD_SECONDS. Not
+ * sockets (ENOTSOCK) and listening sockets are left as they are. */
+static void linger_close(iol__rt_worker *w)
+{
+    int n = iol__loop_handler_fds(w->loop, NULL, 0);
+    if (n <= 0)
+        return;
+    int *fds = malloc((size_t)n * sizeof(*fds));
+    struct pollfd *p = malloc((size_t)n * sizeof(*p));
+    if (!fds || !p)
+        goto out;
+    n = iol__loop_handler_fds(w->loop, fds, n);
+    int open = 0;
+    for (int i = 0; i < n; i++) {
+        p[i] = (struct pollfd){.fd = -1, .events = POLLIN};
+        if (shutdown(fds[i], SHUT_WR) == 0) {
+            p[i].fd = fds[i];
+            open++;
+        }
+    }
+    double deadline = iol_loop_time(w->loop) + LINGER_DISCARD_SECONDS;
+    while (open > 0) {
+        double left = deadline - iol_loop_time(w->loop);
+        if (left <= 0)
+            break;
+        int r = poll(p, (nfds_t)n, (int)(left * 1000) + 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        for (int i = 0; i < n; i++) {
+            if (p[i].fd < 0 || !p[i].revents)
+                continue;
+            char buf[4096];
+            ssize_t got;
+            while ((got = recv(p[i].fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0)
+                ;
+            if (got == 0 || (errno != EAGAIN && errno != EINTR)) {
+                p[i].fd = -1; /* EOF or error: nothing more can arrive */
+                open--;
+            }
+        }
+    }
+out:
+    free(fds);
+    free(p);
 }
 
 /* Waits until no post to this worker is between its check and its push
@@ -315,10 +439,13 @@ static void worker_shutdown(iol__rt_worker *w)
         pthread_cond_wait(&rt->cv, &rt->mu);
     pthread_mutex_unlock(&rt->mu);
 
-    drain(w->loop, DRAIN_PASSES);
+    drain(w, DRAIN_PASSES);
+    serve_drain(w);
     if (rt->cfg.on_stop)
         rt->cfg.on_stop(w->loop, w->index, rt->cfg.arg);
-    drain(w->loop, DRAIN_PASSES);
+    drain(w, DRAIN_PASSES);
+    if (rt->cfg.drain_timeout >= 0)
+        linger_close(w);
 }
 
 static void *worker_main(void *p)
@@ -422,6 +549,13 @@ int iol_runtime_stop(iol_runtime *rt)
     for (unsigned i = 0; i < rt->n; i++)
         iol_loop_stop(rt->workers[i].loop);
     return 0;
+}
+
+bool iol_runtime_stopping(const iol_runtime *rt)
+{
+    /* acquire: pairs with stop's seq_cst exchange; a caller that sees true
+     * may rely on what the stopping thread did before stop. */
+    return rt && atomic_load_explicit(&rt->stopped, memory_order_acquire);
 }
 
 int iol_runtime_join(iol_runtime *rt)

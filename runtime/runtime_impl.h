@@ -36,6 +36,13 @@ typedef struct iol__rt_worker {
     pthread_t thread;
     bool signaled_running; /* worker thread only */
     bool loop_closed;      /* the worker closed its loop on exit */
+    /* Worker thread only. Drain sentinels queued and run: the sentinel
+     * that brings run up to queued stops the loop (see drain). */
+    unsigned sentinels_queued, sentinels_run;
+    /* Worker thread only, during the drain: its end (loop time) and the
+     * timer that checks for it. */
+    double drain_deadline;
+    iol_timeout drain_timer;
 } iol__rt_worker;
 
 enum { IOL__RT_NEW = 0, IOL__RT_STARTED };
@@ -70,6 +77,10 @@ void iol__listeners_final_accept(struct iol_runtime *rt, unsigned index);
 /* listener.c: closes what is left (runtime never started) and frees the
  * listeners. Before the loops are closed; workers joined. */
 void iol__listeners_free(struct iol_runtime *rt);
+
+/* loop/handler_fds.c: writes up to cap fds that have a handler on loop
+ * into fds and returns how many have one. Owner thread, loop stopped. */
+int iol__loop_handler_fds(iol_loop *loop, int *fds, int cap);
 
 /* runtime.c: the runtime the calling thread is a worker of, or NULL. */
 struct iol_runtime *iol__runtime_of_thread(void);

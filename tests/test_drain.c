@@ -3,6 +3,7 @@
  * what they see: a reply and EOF, never a reset. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -19,15 +20,35 @@ enum { NCLIENTS = 16, REQ = 4 };
 
 /* ------------------------------------------------------------ the app */
 
-/* Per-connection state, indexed by fd (the app is the test process). */
+enum { MAX_FD = 1024, WORKERS = 2 };
+
+/* Per-connection state, per worker (only that worker's thread touches its
+ * row), indexed by fd. */
 typedef struct app {
     iol_runtime *rt;
+    bool use_hook;           /* finish connections once told to drain */
     _Atomic int accepted;
     _Atomic int replies;
+    _Atomic int drain_calls;
+    bool open[WORKERS][MAX_FD];
+    bool draining[WORKERS];
 } app;
 
+static unsigned me(void)
+{
+    return (unsigned)iol_runtime_worker_index();
+}
+
+static void app_close(int fd, app *a)
+{
+    a->open[me()][fd] = false;
+    iol_loop_remove_handler(iol_loop_current(), fd);
+    close(fd);
+}
+
 /* Reads requests of REQ bytes and answers each with "pong"; keeps the
- * connection until the client closes it. */
+ * connection until the client closes it. Draining, a connection gets FIN
+ * after its answer. */
 static void app_readable(int fd, unsigned events, void *arg)
 {
     (void)events;
@@ -36,15 +57,16 @@ static void app_readable(int fd, unsigned events, void *arg)
     ssize_t n = read(fd, buf, sizeof(buf));
     if (n > 0) {
         for (ssize_t i = 0; i + REQ <= n; i += REQ) {
-            if (write(fd, "pong", 4) == 4)
+            if (send(fd, "pong", 4, MSG_NOSIGNAL) == 4)
                 atomic_fetch_add(&a->replies, 1);
         }
+        if (a->draining[me()])
+            shutdown(fd, SHUT_WR);
         return;
     }
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return;
-    iol_loop_remove_handler(iol_loop_current(), fd);
-    close(fd);
+    app_close(fd, a);
 }
 
 static void app_accept(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg)
@@ -52,9 +74,32 @@ static void app_accept(iol_loop *loop, int fd, const struct sockaddr *peer, sock
     (void)peer;
     (void)peerlen;
     app *a = arg;
+    ck_assert_int_lt(fd, MAX_FD);
     atomic_fetch_add(&a->accepted, 1);
-    if (iol_loop_add_handler(loop, fd, IOL_READ, app_readable, a) < 0)
+    if (iol_loop_add_handler(loop, fd, IOL_READ, app_readable, a) < 0) {
         close(fd);
+        return;
+    }
+    a->open[me()][fd] = true;
+}
+
+/* The runtime is stopping. Idle connections (nothing unread) get FIN now;
+ * the ones with a request pending get it after their answer. */
+static void app_drain(iol_loop *loop, unsigned index, void *arg)
+{
+    app *a = arg;
+    ck_assert_ptr_eq(loop, iol_loop_current());
+    ck_assert_uint_eq(index, me());
+    ck_assert(iol_runtime_stopping(a->rt));
+    atomic_fetch_add(&a->drain_calls, 1);
+    if (!a->use_hook)
+        return;
+    a->draining[index] = true;
+    for (int fd = 0; fd < MAX_FD; fd++) {
+        char c;
+        if (a->open[index][fd] && recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) < 0 && errno == EAGAIN)
+            shutdown(fd, SHUT_WR);
+    }
 }
 
 /* --------------------------------------------------------- the clients */
@@ -64,6 +109,7 @@ typedef struct clients {
     int n;
     _Atomic int sent; /* all connected and sent their request */
     int connected, resets, eofs, timeouts, pongs;
+    double join_seconds_max; /* sums: the longest join */
 } clients;
 
 static int connect_v4(uint16_t port)
@@ -149,27 +195,33 @@ static void *clients_main(void *arg)
 
 /* One round: a fresh runtime, n clients connect and send, stop at once,
  * join; the clients read until EOF. */
-static void run_round(int shard, const iol_runtime_config *base, clients *out)
+static void run_round(int shard, const iol_runtime_config *base, bool use_hook, clients *out)
 {
-    app a = {0};
+    app *a = calloc(1, sizeof(*a));
+    a->use_hook = use_hook;
     iol_runtime_config cfg = *base;
-    cfg.workers = 2;
-    cfg.arg = &a;
-    ck_assert_int_eq(iol_runtime_new(&a.rt, &cfg), 0);
-    iol_listen_config lc = {.host = "127.0.0.1", .shard = shard, .on_accept = app_accept, .arg = &a};
-    int id = iol_runtime_listen(a.rt, &lc);
+    cfg.workers = WORKERS;
+    cfg.on_drain = app_drain;
+    cfg.arg = a;
+    ck_assert_int_eq(iol_runtime_new(&a->rt, &cfg), 0);
+    iol_listen_config lc = {.host = "127.0.0.1", .shard = shard, .on_accept = app_accept, .arg = a};
+    int id = iol_runtime_listen(a->rt, &lc);
     ck_assert_int_ge(id, 0);
-    ck_assert_int_eq(iol_runtime_start(a.rt), 0);
+    ck_assert_int_eq(iol_runtime_start(a->rt), 0);
 
-    clients c = {.port = (uint16_t)iol_runtime_listener_port(a.rt, id), .n = NCLIENTS};
+    clients c = {.port = (uint16_t)iol_runtime_listener_port(a->rt, id), .n = NCLIENTS};
     pthread_t t;
     ck_assert_int_eq(pthread_create(&t, NULL, clients_main, &c), 0);
     while (!atomic_load(&c.sent))
         usleep(100);
-    ck_assert_int_eq(iol_runtime_stop(a.rt), 0);
-    ck_assert_int_eq(iol_runtime_join(a.rt), 0);
+    ck_assert_int_eq(iol_runtime_stop(a->rt), 0);
+    double t0 = iol_test_now();
+    ck_assert_int_eq(iol_runtime_join(a->rt), 0);
+    out->join_seconds_max = fmax(out->join_seconds_max, iol_test_now() - t0);
     pthread_join(t, NULL);
-    iol_runtime_free(a.rt);
+    ck_assert_int_eq(atomic_load(&a->drain_calls), base->drain_timeout < 0 ? 0 : WORKERS);
+    iol_runtime_free(a->rt);
+    free(a);
     out->connected += c.connected;
     out->resets += c.resets;
     out->eofs += c.eofs;
@@ -177,27 +229,78 @@ static void run_round(int shard, const iol_runtime_config *base, clients *out)
     out->pongs += c.pongs;
 }
 
-static void run_rounds(int shard, const iol_runtime_config *base, int rounds)
+static clients run_rounds(int shard, const iol_runtime_config *base, bool use_hook, int rounds)
 {
     clients sum = {0};
     for (int r = 0; r < rounds; r++)
-        run_round(shard, base, &sum);
-    ck_assert_msg(sum.resets == 0 && sum.timeouts == 0 && sum.eofs == sum.connected,
-                  "%d clients connected: %d reset, %d timed out, %d saw EOF (%d with the reply)", sum.connected,
-                  sum.resets, sum.timeouts, sum.eofs, sum.pongs);
+        run_round(shard, base, use_hook, &sum);
+    return sum;
+}
+
+static void assert_no_reset(const clients *sum)
+{
+    ck_assert_msg(sum->resets == 0 && sum->timeouts == 0 && sum->eofs == sum->connected,
+                  "%d clients connected: %d reset, %d timed out, %d saw EOF (%d with the reply)", sum->connected,
+                  sum->resets, sum->timeouts, sum->eofs, sum->pongs);
 }
 
 /* ------------------------------------------------------------ the tests */
 
+/* The issue's scenario: the application finishes its connections when
+ * told to drain; nobody is reset and nobody waits for the deadline. */
 START_TEST(test_stop_in_flight_reuseport)
 {
-    run_rounds(IOL_SHARD_REUSEPORT, &(iol_runtime_config){0}, 20);
+    clients sum = run_rounds(IOL_SHARD_REUSEPORT, &(iol_runtime_config){0}, true, 20);
+    assert_no_reset(&sum);
+    ck_assert_int_eq(sum.pongs, sum.connected); /* every request answered */
+    ck_assert_double_lt(sum.join_seconds_max, 5); /* not the 10 s deadline */
 }
 END_TEST
 
 START_TEST(test_stop_in_flight_handoff)
 {
-    run_rounds(IOL_SHARD_HANDOFF, &(iol_runtime_config){0}, 20);
+    clients sum = run_rounds(IOL_SHARD_HANDOFF, &(iol_runtime_config){0}, true, 20);
+    assert_no_reset(&sum);
+    ck_assert_int_eq(sum.pongs, sum.connected);
+    ck_assert_double_lt(sum.join_seconds_max, 5);
+}
+END_TEST
+
+/* The application ignores the drain: its connections stay open until the
+ * deadline, then the runtime closes them with FIN, not RST. */
+START_TEST(test_deadline_closes_without_reset)
+{
+    iol_runtime_config cfg = {.drain_timeout = 0.3};
+    clients sum = run_rounds(IOL_SHARD_REUSEPORT, &cfg, false, 3);
+    assert_no_reset(&sum);
+    ck_assert_int_eq(sum.pongs, sum.connected);
+    ck_assert_double_ge(sum.join_seconds_max, 0.29); /* it waited for the deadline */
+    ck_assert_double_lt(sum.join_seconds_max, 5);
+}
+END_TEST
+
+/* drain_timeout < 0: no drain, no on_drain; join returns without waiting
+ * for connections the application keeps. */
+START_TEST(test_negative_timeout_no_drain)
+{
+    iol_runtime_config cfg = {.drain_timeout = -1};
+    clients sum = run_rounds(IOL_SHARD_REUSEPORT, &cfg, false, 3);
+    ck_assert_int_eq(sum.timeouts, 0);
+    ck_assert_int_eq(sum.eofs + sum.resets, sum.connected);
+    ck_assert_double_lt(sum.join_seconds_max, 5);
+}
+END_TEST
+
+START_TEST(test_drain_timeout_nan)
+{
+    iol_runtime *rt = NULL;
+    ck_assert_int_eq(iol_runtime_new(&rt, &(iol_runtime_config){.drain_timeout = NAN}), -EINVAL);
+    ck_assert(!iol_runtime_stopping(NULL));
+    ck_assert_int_eq(iol_runtime_new(&rt, &(iol_runtime_config){.workers = 1}), 0);
+    ck_assert(!iol_runtime_stopping(rt));
+    ck_assert_int_eq(iol_runtime_stop(rt), 0);
+    ck_assert(iol_runtime_stopping(rt));
+    iol_runtime_free(rt);
 }
 END_TEST
 
@@ -207,6 +310,9 @@ int main(void)
     TCase *tc = iol_test_tcase("in_flight", 120);
     tcase_add_test(tc, test_stop_in_flight_reuseport);
     tcase_add_test(tc, test_stop_in_flight_handoff);
+    tcase_add_test(tc, test_deadline_closes_without_reset);
+    tcase_add_test(tc, test_negative_timeout_no_drain);
+    tcase_add_test(tc, test_drain_timeout_nan);
     suite_add_tcase(s, tc);
     return iol_test_run(s);
 }

@@ -343,7 +343,8 @@ END_TEST
 START_TEST(test_handoff_balance)
 {
     server sv = {0};
-    ck_assert_int_eq(iol_runtime_new(&sv.rt, &(iol_runtime_config){.workers = 2}), 0);
+    /* No drain: the clients close only after join. */
+    ck_assert_int_eq(iol_runtime_new(&sv.rt, &(iol_runtime_config){.workers = 2, .drain_timeout = -1}), 0);
     ck_assert_int_eq(iol_runtime_start(sv.rt), 0);
     iol_listen_config lc = {.host = "127.0.0.1", .shard = IOL_SHARD_HANDOFF, .on_accept = accept_hold, .arg = &sv};
     int id = iol_runtime_listen(sv.rt, &lc);
@@ -432,7 +433,9 @@ static void run_graceful_stop(int shard)
 {
     server sv = {0};
     gate g = {0};
-    ck_assert_int_eq(iol_runtime_new(&sv.rt, &(iol_runtime_config){.workers = 2}), 0);
+    /* The app holds its connections: the drain ends at the deadline and
+     * the runtime closes them. */
+    ck_assert_int_eq(iol_runtime_new(&sv.rt, &(iol_runtime_config){.workers = 2, .drain_timeout = 0.2}), 0);
     ck_assert_int_eq(iol_runtime_start(sv.rt), 0);
     iol_listen_config lc = {.host = "127.0.0.1", .shard = shard, .on_accept = accept_greet_hold, .arg = &sv};
     int id = iol_runtime_listen(sv.rt, &lc);
