@@ -291,6 +291,156 @@ START_TEST(test_negative_timeout_no_drain)
 }
 END_TEST
 
+/* ------------------------------------------- handshakes in flight at stop */
+
+/* Clients that keep connecting (non-blocking, BATCH at a time) while the
+ * runtime stops: some handshakes are in flight during the final accepts.
+ * Every client whose connect succeeded sends a request and must see EOF
+ * (with or without the answer), never a reset. */
+enum { STORM_THREADS = 3, BATCH = 16 };
+
+typedef struct storm {
+    uint16_t port;
+    _Atomic int stopping;  /* the runtime was stopped: finish this batch */
+    _Atomic int connected, refused, resets, eofs, answered, timeouts, rounds;
+} storm;
+
+static void storm_batch(storm *st)
+{
+    int fds[BATCH];
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(st->port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (int i = 0; i < BATCH; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        ck_assert_int_ge(fds[i], 0);
+        if (connect(fds[i], (struct sockaddr *)&a, sizeof(a)) < 0 && errno != EINPROGRESS) {
+            atomic_fetch_add(&st->refused, 1);
+            close(fds[i]);
+            fds[i] = -1;
+        }
+    }
+    /* Connected (writable, no error): send the request; then read to EOF.
+     * A dropped SYN is retried by the kernel and refused once the
+     * listener is gone: about 1 s. */
+    bool sent[BATCH] = {0};
+    size_t got[BATCH] = {0};
+    double deadline = iol_test_now() + 15;
+    int open = 0;
+    for (int i = 0; i < BATCH; i++)
+        open += fds[i] >= 0;
+    while (open > 0) {
+        struct pollfd p[BATCH];
+        int map[BATCH], np = 0;
+        for (int i = 0; i < BATCH; i++) {
+            if (fds[i] >= 0) {
+                p[np] = (struct pollfd){.fd = fds[i], .events = sent[i] ? POLLIN : POLLOUT};
+                map[np++] = i;
+            }
+        }
+        int left = (int)((deadline - iol_test_now()) * 1000);
+        if (left <= 0 || poll(p, (nfds_t)np, left) <= 0) {
+            atomic_fetch_add(&st->timeouts, open);
+            break;
+        }
+        for (int k = 0; k < np; k++) {
+            if (!p[k].revents)
+                continue;
+            int i = map[k];
+            bool done = false;
+            if (!sent[i]) {
+                int err = 0;
+                socklen_t len = sizeof(err);
+                getsockopt(fds[i], SOL_SOCKET, SO_ERROR, &err, &len);
+                if (err) {
+                    atomic_fetch_add(&st->refused, 1);
+                    done = true;
+                } else {
+                    atomic_fetch_add(&st->connected, 1);
+                    sent[i] = true;
+                    if (send(fds[i], "ping", REQ, MSG_NOSIGNAL) != REQ) {
+                        atomic_fetch_add(&st->resets, errno == ECONNRESET || errno == EPIPE);
+                        done = true;
+                    }
+                }
+            } else {
+                char buf[64];
+                ssize_t r = recv(fds[i], buf, sizeof(buf), 0);
+                if (r > 0)
+                    got[i] += (size_t)r;
+                if (got[i] >= 4) {
+                    atomic_fetch_add(&st->answered, 1); /* a client closes once answered */
+                    done = true;
+                } else if (r == 0) {
+                    atomic_fetch_add(&st->eofs, 1);
+                    done = true;
+                } else if (r < 0 && errno != EAGAIN && errno != EINTR) {
+                    atomic_fetch_add(&st->resets, errno == ECONNRESET);
+                    done = true;
+                }
+            }
+            if (done) {
+                close(fds[i]);
+                fds[i] = -1;
+                open--;
+            }
+        }
+    }
+    for (int i = 0; i < BATCH; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+}
+
+static void *storm_main(void *arg)
+{
+    storm *st = arg;
+    while (!atomic_load(&st->stopping)) {
+        storm_batch(st);
+        atomic_fetch_add(&st->rounds, 1);
+    }
+    storm_batch(st); /* one batch that surely overlaps the final accepts */
+    return NULL;
+}
+
+static void run_storm(int shard)
+{
+    app *a = calloc(1, sizeof(*a));
+    a->use_hook = true;
+    iol_runtime_config cfg = {.workers = WORKERS, .on_drain = app_drain, .arg = a};
+    ck_assert_int_eq(iol_runtime_new(&a->rt, &cfg), 0);
+    iol_listen_config lc = {.host = "127.0.0.1", .shard = shard, .on_accept = app_accept, .arg = a};
+    int id = iol_runtime_listen(a->rt, &lc);
+    ck_assert_int_ge(id, 0);
+    ck_assert_int_eq(iol_runtime_start(a->rt), 0);
+    storm st = {.port = (uint16_t)iol_runtime_listener_port(a->rt, id)};
+    pthread_t t[STORM_THREADS];
+    for (int i = 0; i < STORM_THREADS; i++)
+        ck_assert_int_eq(pthread_create(&t[i], NULL, storm_main, &st), 0);
+    while (atomic_load(&st.rounds) < 20 * STORM_THREADS)
+        usleep(500);
+    atomic_store(&st.stopping, 1);
+    ck_assert_int_eq(iol_runtime_stop(a->rt), 0);
+    ck_assert_int_eq(iol_runtime_join(a->rt), 0);
+    for (int i = 0; i < STORM_THREADS; i++)
+        pthread_join(t[i], NULL);
+    iol_runtime_free(a->rt);
+    free(a);
+    ck_assert_msg(st.resets == 0 && st.timeouts == 0 && st.eofs + st.answered == st.connected,
+                  "%d connected (%d refused): %d reset, %d timed out, %d answered, %d saw EOF", st.connected,
+                  st.refused, st.resets, st.timeouts, st.answered, st.eofs);
+}
+
+START_TEST(test_handshakes_in_flight_reuseport)
+{
+    run_storm(IOL_SHARD_REUSEPORT);
+}
+END_TEST
+
+START_TEST(test_handshakes_in_flight_handoff)
+{
+    run_storm(IOL_SHARD_HANDOFF);
+}
+END_TEST
+
 START_TEST(test_drain_timeout_nan)
 {
     iol_runtime *rt = NULL;
@@ -313,6 +463,11 @@ int main(void)
     tcase_add_test(tc, test_deadline_closes_without_reset);
     tcase_add_test(tc, test_negative_timeout_no_drain);
     tcase_add_test(tc, test_drain_timeout_nan);
+    suite_add_tcase(s, tc);
+
+    tc = iol_test_tcase("handshakes", 120);
+    tcase_add_loop_test(tc, test_handshakes_in_flight_reuseport, 0, 5);
+    tcase_add_loop_test(tc, test_handshakes_in_flight_handoff, 0, 5);
     suite_add_tcase(s, tc);
     return iol_test_run(s);
 }
