@@ -109,23 +109,35 @@ static void handoff_cb(void *arg)
     free(it);
 }
 
-/* The worker with the fewest connections: registered handlers minus the
- * runtime's own, plus handoffs on their way. Ties: the first from rr on. */
+/* A worker's load: registered handlers minus the runtime's own, plus
+ * handoffs on their way. The three are read separately (relaxed: a
+ * snapshot for balancing, ordering nothing), so the sum can be off by one
+ * for an instant (a listener unwatched between the two handler reads
+ * gives -1); clamped so a torn read cannot look like "less than nothing".
+ * pending first: handoff_cb adds the handler before it drops pending, so
+ * this order over-counts a delivery in progress rather than missing it. */
+static long worker_load(iol__rt_worker *w)
+{
+    long pending = atomic_load_explicit(&w->pending, memory_order_relaxed);
+    long load = (long)iol_loop_handler_count(w->loop) -
+                atomic_load_explicit(&w->own_handlers, memory_order_relaxed) + pending;
+    return load < 0 ? 0 : load;
+}
+
+/* The worker with the fewest connections. Ties: the first from rr on. */
 static unsigned pick_worker(iol__listener *l)
 {
     iol_runtime *rt = l->rt;
     unsigned best = l->rr % rt->n;
-    long best_load = -1;
+    long best_load = 0;
+    bool have_best = false;
     for (unsigned k = 0; k < rt->n; k++) {
         unsigned i = (l->rr + k) % rt->n;
-        iol__rt_worker *w = &rt->workers[i];
-        /* relaxed loads: a snapshot for balancing; ordering nothing. */
-        long load = (long)iol_loop_handler_count(w->loop) -
-                    atomic_load_explicit(&w->own_handlers, memory_order_relaxed) +
-                    atomic_load_explicit(&w->pending, memory_order_relaxed);
-        if (best_load < 0 || load < best_load) {
+        long load = worker_load(&rt->workers[i]);
+        if (!have_best || load < best_load) {
             best = i;
             best_load = load;
+            have_best = true;
         }
     }
     l->rr = best + 1;
