@@ -3,18 +3,18 @@
  * REUSEPORT: one SO_REUSEPORT socket per worker, each registered on its
  * worker's loop; the kernel spreads connections.
  *
- * HANDOFF: one socket, registered on worker 0's loop, which is the
- * coordinator: it accepts and hands each fd to the worker with the fewest
- * registered fd handlers (plus handoffs not yet delivered), ties broken
- * round-robin, through that worker's callback queue. Why worker 0 and not
- * a thread of its own: no extra thread competing for the CPUs the workers
- * are pinned to, and the coordinator shares the workers' lifecycle — it
- * runs when they run, listen before or after start needs no special case,
- * and its final accepts at stop happen in the same shutdown sequence (and
- * before the same barrier) as the REUSEPORT ones. The cost: accepts wait
- * while worker 0 runs a long callback, which the blocking watchdog
- * already flags; worker 0's own connections count in the balance, so it
- * gets fewer when it is busier.
+ * HANDOFF: one socket, watched by the acceptor, a thread of the runtime's
+ * own with a loop of its own (runtime.c, acceptor_main). It accepts and
+ * hands each fd to a worker through that worker's callback queue: a
+ * worker that has taken every handoff already (pending 0) before one
+ * still behind, then the fewest registered fd handlers plus handoffs not
+ * yet delivered, ties broken round-robin. Why a thread and not worker 0,
+ * as before: a long callback on the coordinating worker stalled every
+ * accept; now a busy worker only stops receiving (its pending stays up),
+ * the others keep being served. The acceptor mostly sleeps in its poll,
+ * so it costs the pinned workers little CPU; it is created with the
+ * first HANDOFF listener and takes part in the stop sequence as one more
+ * thread: final accepts before the same barrier as the workers'.
  *
  * Out of fds (EMFILE/ENFILE): each socket keeps a reserve fd (/dev/null).
  * On EMFILE it closes the reserve, accepts and closes what is queued (the
@@ -77,7 +77,7 @@ typedef struct iol__listener {
     unsigned nsocks;
     iol__lsock *socks;
     iol__count *counts; /* one per worker */
-    unsigned rr;        /* HANDOFF round-robin start; coordinator only */
+    unsigned rr;        /* HANDOFF round-robin start; acceptor only */
 } iol__listener;
 
 typedef struct handoff_item {
@@ -102,9 +102,11 @@ static void handoff_cb(void *arg)
 {
     handoff_item *it = arg;
     iol__rt_worker *w = &it->l->rt->workers[it->worker];
+    /* relaxed: the acceptor's "has it come to its queue" snapshot. */
+    atomic_fetch_add_explicit(&w->taken, 1, memory_order_relaxed);
     deliver(it->l, it->worker, it->fd, (const struct sockaddr *)&it->peer, it->peerlen);
     /* relaxed, after on_accept: its handler is already counted when the
-     * pending count drops, so the coordinator never sees a dip. */
+     * pending count drops, so the acceptor never sees a dip. */
     atomic_fetch_sub_explicit(&w->pending, 1, memory_order_relaxed);
     free(it);
 }
@@ -124,19 +126,54 @@ static long worker_load(iol__rt_worker *w)
     return load < 0 ? 0 : load;
 }
 
-/* The worker with the fewest connections. Ties: the first from rr on. */
+/* A worker whose oldest handoff has waited this long for it to come to
+ * its queue is stalled (a long callback): it gets no more connections
+ * while another worker is not. Well above a loop iteration under load,
+ * well below what a client notices. */
+#define STALL_SECONDS 0.010
+
+/* Whether w has handoffs it has not begun (backlog > 0) and has made no
+ * progress on them for STALL_SECONDS. Acceptor only. */
+static bool stalled(iol__rt_worker *w, double now, unsigned long *backlog)
+{
+    /* relaxed: a snapshot, as in worker_load. */
+    unsigned long taken = atomic_load_explicit(&w->taken, memory_order_relaxed);
+    *backlog = w->handed - taken;
+    if (taken != w->seen_taken) {
+        w->seen_taken = taken;
+        w->progress_at = now;
+    }
+    return *backlog > 0 && now - w->progress_at > STALL_SECONDS;
+}
+
+/* The worker to hand the next connection to: not a stalled one if any is
+ * not; then the fewest connections; then the shorter backlog (a worker
+ * that has come to its queue before one that has not); then the first
+ * from rr on. Acceptor only. */
 static unsigned pick_worker(iol__listener *l)
 {
     iol_runtime *rt = l->rt;
+    double now = iol_loop_time(rt->acceptor_loop);
     unsigned best = l->rr % rt->n;
     long best_load = 0;
-    bool have_best = false;
+    unsigned long best_backlog = 0;
+    bool have_best = false, best_stalled = false;
     for (unsigned k = 0; k < rt->n; k++) {
         unsigned i = (l->rr + k) % rt->n;
-        long load = worker_load(&rt->workers[i]);
-        if (!have_best || load < best_load) {
+        iol__rt_worker *w = &rt->workers[i];
+        unsigned long backlog;
+        bool st = stalled(w, now, &backlog);
+        long load = worker_load(w);
+        bool better;
+        if (!have_best || st != best_stalled)
+            better = !have_best || !st;
+        else
+            better = load < best_load || (load == best_load && backlog < best_backlog);
+        if (better) {
             best = i;
             best_load = load;
+            best_backlog = backlog;
+            best_stalled = st;
             have_best = true;
         }
     }
@@ -152,10 +189,6 @@ static void dispatch(iol__lsock *s, int fd, const struct sockaddr *peer, socklen
         return;
     }
     unsigned target = pick_worker(l);
-    if (target == s->worker) {
-        deliver(l, target, fd, peer, peerlen);
-        return;
-    }
     handoff_item *it = malloc(sizeof(*it));
     if (!it) {
         iol__log(IOL_LOG_ERROR, "listener %d: out of memory, dropping a connection", l->id);
@@ -169,12 +202,17 @@ static void dispatch(iol__lsock *s, int fd, const struct sockaddr *peer, socklen
     memcpy(&it->peer, peer, it->peerlen);
     iol__rt_worker *w = &l->rt->workers[target];
     atomic_fetch_add_explicit(&w->pending, 1, memory_order_relaxed);
+    /* Its backlog was empty: the wait for progress starts now. */
+    if (w->handed == w->seen_taken)
+        w->progress_at = iol_loop_time(l->rt->acceptor_loop);
+    w->handed++;
     /* Straight to the loop, not iol_runtime_post: handoffs made before
      * the final-accept barrier must go through even after stop (see
      * worker_shutdown in runtime.c). */
     int r = iol_loop_add_callback(w->loop, handoff_cb, it);
     if (r < 0) {
         atomic_fetch_sub_explicit(&w->pending, 1, memory_order_relaxed);
+        w->handed--;
         iol__log(IOL_LOG_ERROR, "listener %d: handoff to worker %u failed: %s", l->id, target, strerror(-r));
         close(fd);
         free(it);
@@ -183,9 +221,15 @@ static void dispatch(iol__lsock *s, int fd, const struct sockaddr *peer, socklen
 
 /* ------------------------------------------------------------ watching */
 
+static bool on_acceptor(const iol__lsock *s)
+{
+    return s->worker == IOL__ACCEPTOR(s->l->rt);
+}
+
 static iol_loop *lsock_loop(const iol__lsock *s)
 {
-    return s->l->rt->workers[s->worker].loop;
+    iol_runtime *rt = s->l->rt;
+    return on_acceptor(s) ? rt->acceptor_loop : rt->workers[s->worker].loop;
 }
 
 static int lsock_watch(iol__lsock *s)
@@ -195,7 +239,8 @@ static int lsock_watch(iol__lsock *s)
         return r;
     s->registered = true;
     /* relaxed: see own_handlers in runtime_impl.h. */
-    atomic_fetch_add_explicit(&s->l->rt->workers[s->worker].own_handlers, 1, memory_order_relaxed);
+    if (!on_acceptor(s))
+        atomic_fetch_add_explicit(&s->l->rt->workers[s->worker].own_handlers, 1, memory_order_relaxed);
     return 0;
 }
 
@@ -205,7 +250,8 @@ static void lsock_unwatch(iol__lsock *s)
         return;
     iol_loop_remove_handler(lsock_loop(s), s->fd);
     s->registered = false;
-    atomic_fetch_sub_explicit(&s->l->rt->workers[s->worker].own_handlers, 1, memory_order_relaxed);
+    if (!on_acceptor(s))
+        atomic_fetch_sub_explicit(&s->l->rt->workers[s->worker].own_handlers, 1, memory_order_relaxed);
 }
 
 static void lsock_resume(void *arg)
@@ -528,7 +574,7 @@ int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg)
     for (unsigned i = 0; i < nsocks; i++) {
         iol__lsock *s = &l->socks[i];
         s->l = l;
-        s->worker = i; /* HANDOFF: the single socket is worker 0's */
+        s->worker = reuseport ? i : IOL__ACCEPTOR(rt);
         s->fd = fds[i];
         s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     }
@@ -563,13 +609,23 @@ int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg)
     }
     l->id = (int)rt->nlisteners;
     rt->listeners[rt->nlisteners++] = l;
+    if (!reuseport) {
+        /* Starts the acceptor if the runtime runs. On failure the
+         * listener stays in the list (closed at stop) and never accepts. */
+        err = iol__runtime_want_acceptor(rt);
+    }
     if (rt->state != IOL__RT_NEW) {
-        /* Each worker registers its own socket. If stop wins the race the
-         * post is refused; the listener is in the list, so that worker's
-         * final accepts still drain and close its socket. */
-        for (unsigned i = 0; i < nsocks; i++) {
-            int r = iol_runtime_post(rt, l->socks[i].worker, lsock_register_cb, &l->socks[i]);
-            if (r < 0 && err >= 0)
+        /* Each worker (or the acceptor) registers its own socket. If stop
+         * wins the race the post is refused or finds the socket closed;
+         * the listener is in the list, so the final accepts still drain
+         * and close its socket. The acceptor's loop is reached directly:
+         * it closes only after its final accepts, which come after this
+         * (listeners_closed is false under rt->mu). */
+        for (unsigned i = 0; i < nsocks && err >= 0; i++) {
+            iol__lsock *s = &l->socks[i];
+            int r = on_acceptor(s) ? iol_loop_add_callback(rt->acceptor_loop, lsock_register_cb, s)
+                                   : iol_runtime_post(rt, s->worker, lsock_register_cb, s);
+            if (r < 0)
                 err = r;
         }
         if (err < 0) {

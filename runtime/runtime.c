@@ -107,6 +107,7 @@ int iol_runtime_new(iol_runtime **out, const iol_runtime_config *cfg)
         atomic_init(&w->inflight, 0);
         atomic_init(&w->pending, 0);
         atomic_init(&w->own_handlers, 0);
+        atomic_init(&w->taken, 0);
         w->rt = rt;
         w->index = made;
         if ((err = iol_loop_new(&w->loop, &lcfg)) < 0)
@@ -115,6 +116,9 @@ int iol_runtime_new(iol_runtime **out, const iol_runtime_config *cfg)
          * free even after the worker closed its loop. */
         iol_loop_ref(w->loop);
     }
+    if ((err = iol_loop_new(&rt->acceptor_loop, &lcfg)) < 0)
+        goto fail_loops;
+    iol_loop_ref(rt->acceptor_loop);
     rt->cfg.poller = NULL; /* the caller's string need not outlive new */
     *out = rt;
     return 0;
@@ -435,7 +439,7 @@ static void worker_shutdown(iol__rt_worker *w)
     pthread_mutex_lock(&rt->mu);
     rt->accepted_final++;
     pthread_cond_broadcast(&rt->cv);
-    while (rt->creating || rt->accepted_final < rt->nthreads)
+    while (rt->creating || rt->accepted_final < rt->nthreads + rt->acceptor_started)
         pthread_cond_wait(&rt->cv, &rt->mu);
     pthread_mutex_unlock(&rt->mu);
 
@@ -497,6 +501,49 @@ static void *worker_main(void *p)
     return NULL;
 }
 
+/* The acceptor: runs its loop (the HANDOFF sockets, lsock timers) until
+ * the runtime stops, then makes its final accepts — handing the fds to
+ * the workers' queues — and counts itself in the barrier so that every
+ * handoff is queued before any worker drains. It need not wait at the
+ * barrier: nothing it does afterwards touches the workers. */
+static void *acceptor_main(void *p)
+{
+    iol_runtime *rt = p;
+    iol_loop_make_current(rt->acceptor_loop);
+    for (;;) {
+        int r = iol_loop_start(rt->acceptor_loop);
+        /* seq_cst: as the workers' read; pairs with stop's exchange. */
+        if (atomic_load_explicit(&rt->stopped, memory_order_seq_cst))
+            break;
+        if (r < 0) {
+            iol__log(IOL_LOG_ERROR, "runtime: acceptor loop failed: %s; stopping the runtime", strerror(-r));
+            iol_runtime_stop(rt);
+        }
+    }
+    iol__listeners_final_accept(rt, IOL__ACCEPTOR(rt));
+    pthread_mutex_lock(&rt->mu);
+    rt->accepted_final++;
+    pthread_cond_broadcast(&rt->cv);
+    pthread_mutex_unlock(&rt->mu);
+    /* Registrations queued by a listen that raced with stop: they find
+     * their socket closed and do nothing. */
+    iol_loop_close(rt->acceptor_loop, true);
+    rt->acceptor_closed = true;
+    return NULL;
+}
+
+int iol__runtime_want_acceptor(iol_runtime *rt)
+{
+    rt->acceptor_wanted = true;
+    if (rt->state != IOL__RT_STARTED || rt->acceptor_started)
+        return 0;
+    int r = pthread_create(&rt->acceptor_thread, NULL, acceptor_main, rt);
+    if (r != 0)
+        return -r;
+    rt->acceptor_started = true;
+    return 0;
+}
+
 int iol_runtime_start(iol_runtime *rt)
 {
     if (!rt)
@@ -523,6 +570,8 @@ int iol_runtime_start(iol_runtime *rt)
         }
         rt->nthreads++;
     }
+    if (err == 0 && rt->acceptor_wanted)
+        err = iol__runtime_want_acceptor(rt);
     rt->creating = false;
     pthread_cond_broadcast(&rt->cv);
     if (err < 0) {
@@ -548,6 +597,7 @@ int iol_runtime_stop(iol_runtime *rt)
         return 0;
     for (unsigned i = 0; i < rt->n; i++)
         iol_loop_stop(rt->workers[i].loop);
+    iol_loop_stop(rt->acceptor_loop);
     return 0;
 }
 
@@ -582,6 +632,14 @@ int iol_runtime_join(iol_runtime *rt)
 
     for (unsigned i = 0; i < nthreads; i++)
         pthread_join(rt->workers[i].thread, NULL);
+    /* The workers passed the barrier, which counts a started acceptor,
+     * and listen refuses once the final accepts began: acceptor_started
+     * is final now. */
+    pthread_mutex_lock(&rt->mu);
+    bool acceptor = rt->acceptor_started;
+    pthread_mutex_unlock(&rt->mu);
+    if (acceptor)
+        pthread_join(rt->acceptor_thread, NULL);
 
     pthread_mutex_lock(&rt->mu);
     rt->joined = true;
@@ -609,6 +667,9 @@ void iol_runtime_free(iol_runtime *rt)
             iol_loop_close(w->loop, true);
         iol_loop_unref(w->loop);
     }
+    if (!rt->acceptor_closed)
+        iol_loop_close(rt->acceptor_loop, true);
+    iol_loop_unref(rt->acceptor_loop);
     pthread_cond_destroy(&rt->cv);
     pthread_mutex_destroy(&rt->mu);
     free(rt->workers);

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -167,6 +168,18 @@ static void greet_clients(int family, uint16_t port, int n)
         char buf[8];
         ck_assert_int_eq(read_to_eof(fd, buf, sizeof(buf)), 2);
         ck_assert(memcmp(buf, "ok", 2) == 0);
+        close(fd);
+    }
+}
+
+/* Connects n clients to 127.0.0.1:port, each expects one byte. */
+static void greet_clients_any(uint16_t port, int n)
+{
+    for (int i = 0; i < n; i++) {
+        int fd = connect_to(AF_INET, port);
+        ck_assert_int_ge(fd, 0);
+        char c;
+        ck_assert_int_eq(read_to_eof(fd, &c, 1), 1);
         close(fd);
     }
 }
@@ -414,6 +427,111 @@ START_TEST(test_handoff_follows_load)
 }
 END_TEST
 
+/* Says which worker it runs on (one byte) and closes. */
+static void accept_tell_worker(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg)
+{
+    check_accept(arg, loop, fd, peer, peerlen);
+    char w = (char)iol_runtime_worker_index();
+    ck_assert_int_eq(write(fd, &w, 1), 1);
+    close(fd);
+}
+
+/* Says which worker it runs on and keeps the connection (load). */
+static void accept_tell_hold(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg)
+{
+    check_accept(arg, loop, fd, peer, peerlen);
+    char w = (char)iol_runtime_worker_index();
+    ck_assert_int_eq(write(fd, &w, 1), 1);
+    ck_assert_int_eq(iol_loop_add_handler(loop, fd, IOL_READ, hold_readable, NULL), 0);
+}
+
+typedef struct stall {
+    _Atomic int blocked, done;
+} stall;
+
+static void stall_500ms(void *arg)
+{
+    stall *st = arg;
+    atomic_store(&st->blocked, 1);
+    usleep(500 * 1000);
+    atomic_store(&st->done, 1);
+}
+
+/* Worker 0 runs a 500 ms callback; connections keep being accepted and
+ * handed to worker 1 meanwhile. A few may go to worker 0 before it looks
+ * stalled and wait. hold: worker 1's connections stay open, so by load
+ * alone worker 0 (idle but blocked) would win again and again. */
+static void run_not_stalled(bool hold)
+{
+    server sv = {0};
+    stall st = {0};
+    ck_assert_int_eq(iol_runtime_new(&sv.rt, &(iol_runtime_config){.workers = 2, .drain_timeout = -1}), 0);
+    iol_listen_config lc = {.host = "127.0.0.1", .shard = IOL_SHARD_HANDOFF,
+                            .on_accept = hold ? accept_tell_hold : accept_tell_worker, .arg = &sv};
+    int id = iol_runtime_listen(sv.rt, &lc);
+    ck_assert_int_ge(id, 0);
+    ck_assert_int_eq(iol_runtime_start(sv.rt), 0);
+    uint16_t port = (uint16_t)iol_runtime_listener_port(sv.rt, id);
+    greet_clients_any(port, 4); /* warm up */
+
+    ck_assert_int_eq(iol_runtime_post(sv.rt, 0, stall_500ms, &st), 0);
+    while (!atomic_load(&st.blocked))
+        usleep(100);
+    enum { N = 20 };
+    int waiting[N], nwaiting = 0, served = 0, held[N], nheld = 0;
+    double lat[N], worst = 0;
+    for (int i = 0; i < N; i++) {
+        usleep(2000); /* clients arrive over ~50 ms, not in one burst */
+        double t0 = iol_test_now();
+        int fd = connect_to(AF_INET, port);
+        ck_assert_int_ge(fd, 0);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        char w = -1;
+        if (poll(&p, 1, 250) == 1 && recv(fd, &w, 1, 0) == 1 && w == 1) {
+            lat[served++] = iol_test_now() - t0;
+            worst = lat[served - 1] > worst ? lat[served - 1] : worst;
+            if (hold)
+                held[nheld++] = fd;
+            else
+                close(fd);
+        } else {
+            waiting[nwaiting++] = fd;
+        }
+    }
+    bool still_blocked = !atomic_load(&st.done);
+    for (int i = 0; i < nwaiting; i++)
+        close(waiting[i]);
+    for (int i = 0; i < nheld; i++)
+        close(held[i]);
+    /* Sort for the median. */
+    for (int i = 1; i < served; i++)
+        for (int j = i; j > 0 && lat[j] < lat[j - 1]; j--) {
+            double t = lat[j];
+            lat[j] = lat[j - 1];
+            lat[j - 1] = t;
+        }
+    ck_assert_msg(nwaiting <= 3, "%d of %d connections not handed to worker 1 within 250 ms", nwaiting, N);
+    ck_assert(still_blocked || iol_test_under_valgrind());
+    if (!iol_test_under_valgrind())
+        ck_assert_msg(lat[served / 2] < 0.010, "median handoff latency %.1f ms", lat[served / 2] * 1e3);
+    fprintf(stderr, "handoff while worker 0 is blocked%s: %d of %d to worker 1, median %.2f ms, worst %.2f ms\n",
+            hold ? " (held)" : "", served, N, lat[served / 2] * 1e3, worst * 1e3);
+    iol_runtime_free(sv.rt);
+    assert_clean(&sv);
+}
+
+START_TEST(test_handoff_not_stalled_by_worker0)
+{
+    run_not_stalled(false);
+}
+END_TEST
+
+START_TEST(test_handoff_not_stalled_by_worker0_held)
+{
+    run_not_stalled(true);
+}
+END_TEST
+
 /* ---------------------------------------------------------- graceful stop */
 
 typedef struct gate {
@@ -496,6 +614,8 @@ int main(void)
     tc = iol_test_tcase("handoff", 120);
     tcase_add_test(tc, test_handoff_balance);
     tcase_add_test(tc, test_handoff_follows_load);
+    tcase_add_test(tc, test_handoff_not_stalled_by_worker0);
+    tcase_add_test(tc, test_handoff_not_stalled_by_worker0_held);
     suite_add_tcase(s, tc);
 
     tc = iol_test_tcase("graceful_stop", 60);
