@@ -335,11 +335,18 @@ typedef struct iol_listen_config {
     int shard;                /* IOL_SHARD_REUSEPORT or IOL_SHARD_HANDOFF */
     iol_accept_fn on_accept;  /* on the worker that owns the connection; owns fd */
     void *arg;
+    /* Second release. REUSEPORT only: join the SO_REUSEPORT group that
+     * another process (same user) listens on at port, instead of failing
+     * with -EADDRINUSE; the kernel spreads connections over both. */
+    bool reuseport_join;
 } iol_listen_config;
 
 /* Listens on host:port, before or after start. Returns a listener id >= 0.
- * -EINVAL: NULL rt/cfg/on_accept, unknown shard, bad host.
- * -EADDRINUSE: port taken. -ESHUTDOWN: stopped. -ENOMEM, socket errors. */
+ * -EINVAL: NULL rt/cfg/on_accept, unknown shard, bad host, reuseport_join
+ * with HANDOFF or port 0.
+ * -EADDRINUSE: port taken (without reuseport_join; with it: taken by a
+ * socket that is not in a REUSEPORT group of this user).
+ * -ESHUTDOWN: stopped. -ENOMEM, socket errors. */
 int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg);
 /* The bound port of listener id. -EINVAL: NULL. -ENOENT: unknown id. */
 int iol_runtime_listener_port(iol_runtime *rt, int id);

@@ -422,7 +422,8 @@ fail_errno:
 /* SO_REUSEPORT lets a second socket of the same user join a port another
  * program listens on. To report a taken port honestly, bind a plain
  * (SO_REUSEADDR only) probe first: it fails with EADDRINUSE if anyone
- * listens there. */
+ * listens there. Skipped when the caller asks to join (reuseport_join):
+ * then only the kernel's own rule applies (same user, SO_REUSEPORT). */
 static int probe_port(const bind_addr *a)
 {
     int fd;
@@ -469,11 +470,13 @@ static void any_addr(bind_addr *a, int family, uint16_t port)
     set_port(a, port);
 }
 
-/* Opens nsocks listening sockets into fds; the first decides the port. */
-static int open_sockets(bind_addr *a, unsigned nsocks, bool reuseport, int backlog, int *fds, uint16_t *port)
+/* Opens nsocks listening sockets into fds; the first decides the port.
+ * join: the port may be another process's REUSEPORT group; no probe. */
+static int open_sockets(bind_addr *a, unsigned nsocks, bool reuseport, bool join, int backlog, int *fds,
+                        uint16_t *port)
 {
     int r;
-    if (*port != 0 && reuseport && (r = probe_port(a)) < 0)
+    if (*port != 0 && reuseport && !join && (r = probe_port(a)) < 0)
         return r;
     unsigned made = 0;
     for (; made < nsocks; made++) {
@@ -525,6 +528,8 @@ int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg)
         return -EINVAL;
     if (cfg->backlog < 0)
         return -EINVAL;
+    if (cfg->reuseport_join && (cfg->shard != IOL_SHARD_REUSEPORT || cfg->port == 0))
+        return -EINVAL;
     /* relaxed: a fast path; the authoritative check is under rt->mu. */
     if (atomic_load_explicit(&rt->stopped, memory_order_relaxed))
         return -ESHUTDOWN;
@@ -558,14 +563,14 @@ int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg)
     if (cfg->host) {
         if ((err = resolve(cfg->host, port, &a)) < 0)
             goto fail_fds;
-        err = open_sockets(&a, nsocks, reuseport, backlog, fds, &port);
+        err = open_sockets(&a, nsocks, reuseport, cfg->reuseport_join, backlog, fds, &port);
     } else {
         any_addr(&a, AF_INET6, port);
-        err = open_sockets(&a, nsocks, reuseport, backlog, fds, &port);
+        err = open_sockets(&a, nsocks, reuseport, cfg->reuseport_join, backlog, fds, &port);
         if (err == -EAFNOSUPPORT || err == -EADDRNOTAVAIL) {
             port = cfg->port;
             any_addr(&a, AF_INET, port);
-            err = open_sockets(&a, nsocks, reuseport, backlog, fds, &port);
+            err = open_sockets(&a, nsocks, reuseport, cfg->reuseport_join, backlog, fds, &port);
         }
     }
     if (err < 0)

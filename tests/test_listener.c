@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "ioloop.h"
@@ -351,6 +352,104 @@ START_TEST(test_listen_bad_args)
 }
 END_TEST
 
+/* Two processes, one REUSEPORT group. */
+
+/* Says "A" or "B" (arg) and closes. */
+static void accept_tag(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg)
+{
+    (void)loop;
+    (void)peer;
+    (void)peerlen;
+    if (write(fd, arg, 1) != 1)
+        abort();
+    close(fd);
+}
+
+/* The second process: reads the port from cmd, checks that a plain
+ * listen is refused, joins with reuseport_join, reports 'r' (or an error
+ * letter) on ready, serves until cmd closes. Exit 0 when all went well. */
+static int joiner_main(int cmd, int ready)
+{
+    uint16_t port;
+    if (read(cmd, &port, sizeof(port)) != sizeof(port))
+        return 1;
+    iol_runtime *rt = NULL;
+    if (iol_runtime_new(&rt, &(iol_runtime_config){.workers = 2}) < 0)
+        return 2;
+    iol_listen_config lc = {.host = "127.0.0.1", .port = port, .on_accept = accept_tag, .arg = "B"};
+    char status = 'r';
+    if (iol_runtime_listen(rt, &lc) != -EADDRINUSE)
+        status = 'u'; /* the port must look taken without the flag */
+    lc.reuseport_join = true;
+    if (status == 'r' && (iol_runtime_listen(rt, &lc) < 0 || iol_runtime_start(rt) < 0))
+        status = 'j';
+    if (write(ready, &status, 1) != 1)
+        return 3;
+    char c;
+    while (read(cmd, &c, 1) > 0)
+        ;
+    iol_runtime_free(rt);
+    return status == 'r' ? 0 : 4;
+}
+
+START_TEST(test_reuseport_join_two_processes)
+{
+    int cmd[2], ready[2];
+    ck_assert_int_eq(pipe(cmd), 0);
+    ck_assert_int_eq(pipe(ready), 0);
+    /* Fork before any thread exists in this process. */
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        close(cmd[1]);
+        close(ready[0]);
+        _exit(joiner_main(cmd[0], ready[1]));
+    }
+    close(cmd[0]);
+    close(ready[1]);
+
+    iol_runtime *rt = NULL;
+    ck_assert_int_eq(iol_runtime_new(&rt, &(iol_runtime_config){.workers = 2}), 0);
+    iol_listen_config lc = {.host = "127.0.0.1", .on_accept = accept_tag, .arg = "A"};
+    int id = iol_runtime_listen(rt, &lc);
+    ck_assert_int_ge(id, 0);
+    ck_assert_int_eq(iol_runtime_start(rt), 0);
+    uint16_t port = (uint16_t)iol_runtime_listener_port(rt, id);
+    ck_assert_int_eq(write(cmd[1], &port, sizeof(port)), sizeof(port));
+    char status = 0;
+    ck_assert_int_eq(read(ready[0], &status, 1), 1);
+    ck_assert_msg(status == 'r', "second process: %c", status);
+
+    /* The kernel hashes each connection to one socket of the four. */
+    int seen[2] = {0, 0};
+    for (int i = 0; i < 400 && !(seen[0] > 4 && seen[1] > 4); i++) {
+        int fd = connect_to(AF_INET, port);
+        ck_assert_int_ge(fd, 0);
+        char tag = 0;
+        ck_assert_int_eq(read_to_eof(fd, &tag, 1), 1);
+        ck_assert(tag == 'A' || tag == 'B');
+        seen[tag == 'B']++;
+        close(fd);
+    }
+    ck_assert_msg(seen[0] > 0 && seen[1] > 0, "A accepted %d, B accepted %d", seen[0], seen[1]);
+    close(cmd[1]);
+    int wstatus = 0;
+    ck_assert_int_eq(waitpid(pid, &wstatus, 0), pid);
+    ck_assert(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0);
+    close(ready[0]);
+    iol_runtime_free(rt);
+
+    /* Bad uses of the flag. */
+    ck_assert_int_eq(iol_runtime_new(&rt, &(iol_runtime_config){.workers = 1}), 0);
+    iol_listen_config bad = {.host = "127.0.0.1", .port = 0, .on_accept = accept_tag, .reuseport_join = true};
+    ck_assert_int_eq(iol_runtime_listen(rt, &bad), -EINVAL);
+    bad.port = port;
+    bad.shard = IOL_SHARD_HANDOFF;
+    ck_assert_int_eq(iol_runtime_listen(rt, &bad), -EINVAL);
+    iol_runtime_free(rt);
+}
+END_TEST
+
 /* --------------------------------------------------------- handoff balance */
 
 START_TEST(test_handoff_balance)
@@ -609,6 +708,7 @@ int main(void)
     tcase_add_test(tc, test_port0_shared_and_spread);
     tcase_add_test(tc, test_addrinuse);
     tcase_add_test(tc, test_listen_bad_args);
+    tcase_add_test(tc, test_reuseport_join_two_processes);
     suite_add_tcase(s, tc);
 
     tc = iol_test_tcase("handoff", 120);
