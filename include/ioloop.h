@@ -299,11 +299,14 @@ int iol_runtime_start(iol_runtime *rt);
  * posted before runs exactly once; listeners accept what the kernel has
  * queued, hand it to on_accept, then close. Then the drain: each worker
  * calls on_drain and keeps running its loop while the application has fds
- * registered on it, for at most drain_timeout. Then on_stop; fds still
- * registered after on_stop are closed by the runtime without a reset
- * (shutdown(SHUT_WR), input discarded for at most 200 ms, close): the
- * application must not close or use them after on_stop. Does not wait
- * (see join). Idempotent. Any thread, workers too. -EINVAL: NULL. */
+ * registered on it, for at most drain_timeout. Sockets still registered
+ * then are shut down for writing (FIN) and their input is discarded until
+ * the peer closes, for at most 200 ms in all, so that closing them sends
+ * no reset. Then on_stop, which may close them (or leave them: the
+ * worker's loop is closed with all fds, after discarding input again).
+ * Without a drain (drain_timeout < 0) on_stop follows the final accepts.
+ * Does not wait (see join). Idempotent. Any thread, workers too.
+ * -EINVAL: NULL. */
 int iol_runtime_stop(iol_runtime *rt);
 /* Whether stop was called: from then on, a worker's application should
  * finish its connections (see on_drain). Any thread. false for NULL. */

@@ -10,10 +10,10 @@
  *   run the loop's queued callbacks (no polling): posts, handoffs
  *   on_drain, then run the loop (polling) while the application has fds
  *   registered, up to drain_timeout                     (serve_drain)
- *   on_stop, run queued callbacks again
- *   shut down the fds still registered and discard their input
- *   briefly, so closing them sends no reset             (linger_close)
- *   close the loop (all fds)
+ *   shut down the fds still registered and discard their input until
+ *   their peers close (briefly), so closing them sends no reset (linger)
+ *   on_stop (the application may close them now), queued callbacks again
+ *   discard input once more, close the loop (all fds)
  *
  * The exactly-once argument for posts is next to iol_runtime_post.
  */
@@ -365,11 +365,12 @@ static void serve_drain(iol__rt_worker *w)
     }
 }
 
-/* The fds still registered are closed with the loop. Closing a socket
- * with unread input sends RST, so first send FIN and discard input until
- * the peer closes too, bounded in all by LINGER_DISCARD_SECONDS. Not
+/* The fds still registered at the end of the drain get closed: by the
+ * application in on_stop, or with the loop. Closing a socket with unread
+ * input sends RST, so first send FIN and discard input until the peer
+ * closes too, bounded in all by `seconds` (0: one pass, no wait). Not
  * sockets (ENOTSOCK) and listening sockets are left as they are. */
-static void linger_close(iol__rt_worker *w)
+static void linger(iol__rt_worker *w, double seconds)
 {
     int n = iol__loop_handler_fds(w->loop, NULL, 0);
     if (n <= 0)
@@ -387,12 +388,12 @@ static void linger_close(iol__rt_worker *w)
             open++;
         }
     }
-    double deadline = iol_loop_time(w->loop) + LINGER_DISCARD_SECONDS;
-    while (open > 0) {
+    double deadline = iol_loop_time(w->loop) + seconds;
+    for (bool first = true; open > 0; first = false) {
         double left = deadline - iol_loop_time(w->loop);
-        if (left <= 0)
+        if (left <= 0 && !first)
             break;
-        int r = poll(p, (nfds_t)n, (int)(left * 1000) + 1);
+        int r = poll(p, (nfds_t)n, left > 0 ? (int)(left * 1000) + 1 : 0);
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0)
@@ -444,12 +445,16 @@ static void worker_shutdown(iol__rt_worker *w)
     pthread_mutex_unlock(&rt->mu);
 
     drain(w, DRAIN_PASSES);
-    serve_drain(w);
+    bool draining = rt->cfg.drain_timeout >= 0;
+    if (draining) {
+        serve_drain(w);
+        linger(w, LINGER_DISCARD_SECONDS);
+    }
     if (rt->cfg.on_stop)
         rt->cfg.on_stop(w->loop, w->index, rt->cfg.arg);
     drain(w, DRAIN_PASSES);
-    if (rt->cfg.drain_timeout >= 0)
-        linger_close(w);
+    if (draining)
+        linger(w, 0); /* input that came during on_stop */
 }
 
 static void *worker_main(void *p)

@@ -27,6 +27,7 @@ enum { MAX_FD = 1024, WORKERS = 2 };
 typedef struct app {
     iol_runtime *rt;
     bool use_hook;           /* finish connections once told to drain */
+    bool close_in_stop;      /* on_stop closes the connections left */
     _Atomic int accepted;
     _Atomic int replies;
     _Atomic int drain_calls;
@@ -81,6 +82,19 @@ static void app_accept(iol_loop *loop, int fd, const struct sockaddr *peer, sock
         return;
     }
     a->open[me()][fd] = true;
+}
+
+/* on_stop: closes what the app still holds (after the drain's deadline
+ * the runtime has shut those down and discarded their input). */
+static void app_stop(iol_loop *loop, unsigned index, void *arg)
+{
+    (void)loop;
+    app *a = arg;
+    if (!a->close_in_stop)
+        return;
+    for (int fd = 0; fd < MAX_FD; fd++)
+        if (a->open[index][fd])
+            app_close(fd, a);
 }
 
 /* The runtime is stopping. Idle connections (nothing unread) get FIN now;
@@ -199,9 +213,11 @@ static void run_round(int shard, const iol_runtime_config *base, bool use_hook, 
 {
     app *a = calloc(1, sizeof(*a));
     a->use_hook = use_hook;
+    a->close_in_stop = base->on_stop != NULL;
     iol_runtime_config cfg = *base;
     cfg.workers = WORKERS;
     cfg.on_drain = app_drain;
+    cfg.on_stop = app_stop;
     cfg.arg = a;
     ck_assert_int_eq(iol_runtime_new(&a->rt, &cfg), 0);
     iol_listen_config lc = {.host = "127.0.0.1", .shard = shard, .on_accept = app_accept, .arg = a};
@@ -276,6 +292,18 @@ START_TEST(test_deadline_closes_without_reset)
     ck_assert_int_eq(sum.pongs, sum.connected);
     ck_assert_double_ge(sum.join_seconds_max, 0.29); /* it waited for the deadline */
     ck_assert_double_lt(sum.join_seconds_max, 5);
+}
+END_TEST
+
+/* Same, but the application closes its connections itself in on_stop,
+ * after the deadline: still FIN, not RST. */
+START_TEST(test_deadline_app_closes_in_on_stop)
+{
+    iol_runtime_config cfg = {.drain_timeout = 0.3, .on_stop = app_stop};
+    clients sum = run_rounds(IOL_SHARD_HANDOFF, &cfg, false, 3);
+    assert_no_reset(&sum);
+    ck_assert_int_eq(sum.pongs, sum.connected);
+    ck_assert_double_ge(sum.join_seconds_max, 0.29);
 }
 END_TEST
 
@@ -461,6 +489,7 @@ int main(void)
     tcase_add_test(tc, test_stop_in_flight_reuseport);
     tcase_add_test(tc, test_stop_in_flight_handoff);
     tcase_add_test(tc, test_deadline_closes_without_reset);
+    tcase_add_test(tc, test_deadline_app_closes_in_on_stop);
     tcase_add_test(tc, test_negative_timeout_no_drain);
     tcase_add_test(tc, test_drain_timeout_nan);
     suite_add_tcase(s, tc);
