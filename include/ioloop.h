@@ -282,9 +282,11 @@ typedef struct iol_runtime_config {
     /* on_drain(loop, index, arg): on each worker (its own thread, loop
      * current), once stop was called, the final accepts were handed to
      * on_accept and every accepted post ran: close idle connections now,
-     * finish the ones with a request in flight and close them. Not called
-     * when drain_timeout < 0. May be NULL (iol_runtime_stopping answers
-     * the same question). */
+     * finish the ones with a request in flight and close them. The drain
+     * lasts while any fd of the application is registered on the loop:
+     * remove handlers of fds that are not connections (pipes, eventfds)
+     * here too. Not called when drain_timeout < 0. May be NULL
+     * (iol_runtime_stopping answers the same question). */
     void (*on_drain)(iol_loop *loop, unsigned index, void *arg);
 } iol_runtime_config;
 

@@ -5,13 +5,13 @@
  *
  * HANDOFF: one socket, watched by the acceptor, a thread of the runtime's
  * own with a loop of its own (runtime.c, acceptor_main). It accepts and
- * hands each fd to a worker through that worker's callback queue: a
- * worker that has taken every handoff already (pending 0) before one
- * still behind, then the fewest registered fd handlers plus handoffs not
- * yet delivered, ties broken round-robin. Why a thread and not worker 0,
- * as before: a long callback on the coordinating worker stalled every
- * accept; now a busy worker only stops receiving (its pending stays up),
- * the others keep being served. The acceptor mostly sleeps in its poll,
+ * hands each fd to a worker through that worker's callback queue (see
+ * pick_worker: not a stalled worker, then the fewest connections). Why a
+ * thread and not worker 0, as before: a long callback on the coordinating
+ * worker stalled every accept; now a busy worker only stops receiving
+ * (its oldest handoff ages), the others keep being served. The cost: the
+ * connections of worker 0 are handed off too (one queue hop), where the
+ * coordinator kept its own. The acceptor mostly sleeps in its poll,
  * so it costs the pinned workers little CPU; it is created with the
  * first HANDOFF listener and takes part in the stop sequence as one more
  * thread: final accepts before the same barrier as the workers'.
