@@ -38,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "loop/log.h"
@@ -707,8 +708,48 @@ static void refuse_new_handshakes(int fd)
 }
 
 /* Handshakes that were past their SYN when the filter went on finish
- * within a round trip; give them a few milliseconds. */
+ * within a round trip: once the socket was quiet this long, ask the
+ * kernel whether any are still half-open (half_open.c) and keep
+ * accepting while there are, for at most HALF_OPEN_MAX_SECONDS (or the
+ * drain_timeout if shorter; without a drain, or where the kernel cannot
+ * tell, the quiet wait alone). A half-open handshake that outlives the
+ * bound (a client gone silent) is reset by the close. */
 #define FINAL_HANDSHAKE_WAIT_MS 5
+#define HALF_OPEN_MAX_SECONDS 1.0
+
+static double monotonic_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Accepts until EAGAIN, then again while late handshakes land; a pause
+ * (out of fds) ends it: the rest is shed or reset, nothing more can be
+ * done without fds. */
+static void final_accepts(iol__lsock *s)
+{
+    double bound = s->l->rt->cfg.drain_timeout < 0 ? 0 : s->l->rt->cfg.drain_timeout;
+    if (bound > HALF_OPEN_MAX_SECONDS)
+        bound = HALF_OPEN_MAX_SECONDS;
+    double give_up = monotonic_now() + bound;
+    struct pollfd pfd = {.fd = s->fd, .events = POLLIN};
+    for (;;) {
+        if (!lsock_accept(s, 0))
+            return;
+        if (poll(&pfd, 1, FINAL_HANDSHAKE_WAIT_MS) > 0)
+            continue;
+        if (monotonic_now() >= give_up)
+            return;
+        if (iol__half_open_count(s->l->port) <= 0) {
+            /* A handshake that completed between the last accept and the
+             * count is queued, no longer half-open: take it too. Nothing
+             * can land after this pass (new SYNs are dropped). */
+            lsock_accept(s, 0);
+            return;
+        }
+    }
+}
 
 void iol__listeners_final_accept(iol_runtime *rt, unsigned index)
 {
@@ -729,14 +770,7 @@ void iol__listeners_final_accept(iol_runtime *rt, unsigned index)
                 continue;
             lsock_unwatch(s);
             refuse_new_handshakes(s->fd);
-            /* Until EAGAIN, then again while late handshakes land; a pause
-             * (out of fds) ends it: the rest is shed or reset, nothing more
-             * can be done without fds. */
-            struct pollfd pfd = {.fd = s->fd, .events = POLLIN};
-            do {
-                if (!lsock_accept(s, 0))
-                    break;
-            } while (poll(&pfd, 1, FINAL_HANDSHAKE_WAIT_MS) > 0);
+            final_accepts(s);
             lsock_close(s);
         }
     }

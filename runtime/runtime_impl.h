@@ -108,6 +108,11 @@ void iol__listeners_final_accept(struct iol_runtime *rt, unsigned index);
  * listeners. Before the loops are closed; workers joined. */
 void iol__listeners_free(struct iol_runtime *rt);
 
+/* half_open.c: handshakes on port the kernel holds half-open (SYN_RECV),
+ * in all of the host's sockets; -errno when the kernel cannot tell
+ * (no sock_diag). */
+int iol__half_open_count(uint16_t port);
+
 /* loop/handler_fds.c: writes up to cap fds that have a handler on loop
  * into fds and returns how many have one. Owner thread, loop stopped. */
 int iol__loop_handler_fds(iol_loop *loop, int *fds, int cap);

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -469,6 +470,102 @@ START_TEST(test_handshakes_in_flight_handoff)
 }
 END_TEST
 
+/* Handshakes the server has not finished when the listener stops: the
+ * clients' connect() succeeded, but the server holds each connection as a
+ * half-open request until the first data arrives (TCP_DEFER_ACCEPT, set
+ * here on the runtime's listening sockets: the same state as a final ACK
+ * still on its way over a slow path). The data comes 30 ms after stop,
+ * well after a fixed 5 ms final-accept window. Those clients must be
+ * served, not reset. */
+
+/* Sets TCP_DEFER_ACCEPT on this process's listening sockets on port. */
+static int defer_accept_on_port(uint16_t port)
+{
+    int found = 0;
+    for (int fd = 0; fd < MAX_FD; fd++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int listening = 0;
+        socklen_t ilen = sizeof(listening);
+        if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0 || ss.ss_family != AF_INET)
+            continue;
+        if (ntohs(((struct sockaddr_in *)&ss)->sin_port) != port)
+            continue;
+        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ilen) < 0 || !listening)
+            continue;
+        int secs = 5;
+        ck_assert_int_eq(setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs, sizeof(secs)), 0);
+        found++;
+    }
+    return found;
+}
+
+static void run_half_open(int shard)
+{
+    enum { N = 8 };
+    app *a = calloc(1, sizeof(*a));
+    a->use_hook = true;
+    iol_runtime_config cfg = {.workers = WORKERS, .on_drain = app_drain, .arg = a};
+    ck_assert_int_eq(iol_runtime_new(&a->rt, &cfg), 0);
+    iol_listen_config lc = {.host = "127.0.0.1", .shard = shard, .on_accept = app_accept, .arg = a};
+    int id = iol_runtime_listen(a->rt, &lc);
+    ck_assert_int_ge(id, 0);
+    uint16_t port = (uint16_t)iol_runtime_listener_port(a->rt, id);
+    ck_assert_int_eq(defer_accept_on_port(port), shard == IOL_SHARD_REUSEPORT ? WORKERS : 1);
+    ck_assert_int_eq(iol_runtime_start(a->rt), 0);
+
+    int fds[N];
+    for (int i = 0; i < N; i++)
+        ck_assert_int_ge(fds[i] = connect_v4(port), 0); /* connected, as far as the client knows */
+    usleep(10 * 1000);
+    ck_assert_int_eq(atomic_load(&a->accepted), 0); /* the server has not got them yet */
+    ck_assert_int_eq(iol_runtime_stop(a->rt), 0);
+    usleep(30 * 1000);
+    int resets = 0, eofs = 0, answered = 0;
+    for (int i = 0; i < N; i++) {
+        if (send(fds[i], "ping", REQ, MSG_NOSIGNAL) != REQ)
+            resets++;
+    }
+    for (int i = 0; i < N; i++) {
+        char buf[16];
+        size_t got = 0;
+        for (;;) {
+            struct pollfd p = {.fd = fds[i], .events = POLLIN};
+            if (poll(&p, 1, 5000) <= 0)
+                break;
+            ssize_t r = recv(fds[i], buf + got, sizeof(buf) - got, 0);
+            if (r > 0) {
+                got += (size_t)r;
+                continue;
+            }
+            if (r == 0)
+                eofs++;
+            else
+                resets += errno == ECONNRESET;
+            break;
+        }
+        answered += got == 4;
+        close(fds[i]);
+    }
+    ck_assert_int_eq(iol_runtime_join(a->rt), 0);
+    iol_runtime_free(a->rt);
+    free(a);
+    ck_assert_msg(resets == 0 && eofs == N && answered == N, "%d clients: %d reset, %d EOF, %d answered", N, resets,
+                  eofs, answered);
+}
+
+START_TEST(test_half_open_at_stop_reuseport)
+{
+    run_half_open(IOL_SHARD_REUSEPORT);
+}
+END_TEST
+
+START_TEST(test_half_open_at_stop_handoff)
+{
+    run_half_open(IOL_SHARD_HANDOFF);
+}
+END_TEST
+
 START_TEST(test_drain_timeout_nan)
 {
     iol_runtime *rt = NULL;
@@ -497,6 +594,8 @@ int main(void)
     tc = iol_test_tcase("handshakes", 120);
     tcase_add_loop_test(tc, test_handshakes_in_flight_reuseport, 0, 5);
     tcase_add_loop_test(tc, test_handshakes_in_flight_handoff, 0, 5);
+    tcase_add_test(tc, test_half_open_at_stop_reuseport);
+    tcase_add_test(tc, test_half_open_at_stop_handoff);
     suite_add_tcase(s, tc);
     return iol_test_run(s);
 }
