@@ -50,7 +50,6 @@ struct conn {
 /* Per worker (each worker thread has its own). */
 typedef struct worker_state {
     conn head; /* list sentinel */
-    bool draining; /* graceful stop: the last close stops the loop */
     iol_periodic *sweep;
     long now;  /* coarse monotonic seconds, updated by the sweep */
     http_dates dates;
@@ -133,9 +132,6 @@ static void conn_close(conn *c)
     iol_loop_remove_handler(c->loop, c->fd);
     close(c->fd);
     conn_unlink(c);
-    /* Graceful stop waits for the last connection: see worker_stop. */
-    if (ws->draining && ws->head.next == &ws->head && iol_loop_running(c->loop))
-        iol_loop_stop(c->loop);
     free(c->pending);
     free(c);
 }
@@ -306,32 +302,29 @@ static void worker_start(iol_loop *loop, unsigned index, void *arg)
     }
 }
 
-static void stop_loop(void *arg)
-{
-    iol_loop_stop(arg);
-}
-
 /* The runtime has stopped taking work and handed us every connection the
- * kernel had queued. Finish each one gracefully and run the loop until the
- * last has closed, for at most LINGER_TIMEOUT; only then close what is
- * left. No client of an accepted connection sees a reset. */
-static void worker_stop(iol_loop *loop, unsigned index, void *arg)
+ * kernel had queued: finish each one gracefully (answer what has arrived,
+ * FIN, discard input until the client closes). The runtime keeps running
+ * the loop while connections remain, for at most LINGER_TIMEOUT. No
+ * client of an accepted connection sees a reset. */
+static void worker_drain(iol_loop *loop, unsigned index, void *arg)
 {
+    (void)loop;
     (void)index;
     (void)arg;
-    ws->draining = true;
     for (conn *c = ws->head.next, *next; c != &ws->head; c = next) {
         next = c->next;
         conn_finish(c);
     }
-    if (ws->head.next != &ws->head) {
-        iol_timeout deadline = 0;
-        if (iol_loop_call_later(loop, LINGER_TIMEOUT, stop_loop, loop, &deadline) == 0) {
-            iol_loop_start(loop);
-            iol_loop_remove_timeout(loop, deadline);
-        }
-    }
-    ws->draining = false;
+}
+
+/* After the drain: what is left was shut down and its input discarded by
+ * the runtime, so closing sends FIN. */
+static void worker_stop(iol_loop *loop, unsigned index, void *arg)
+{
+    (void)loop;
+    (void)index;
+    (void)arg;
     while (ws->head.next != &ws->head)
         conn_close(ws->head.next);
     iol_periodic_free(ws->sweep);
@@ -366,7 +359,9 @@ int main(int argc, char **argv)
         .name = "http-hello",
         .default_port = 8080,
         .on_start = worker_start,
+        .on_drain = worker_drain,
         .on_stop = worker_stop,
+        .drain_timeout = LINGER_TIMEOUT,
         .on_accept = on_accept,
         .on_exit = print_accept_counts,
     };

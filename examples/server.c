@@ -73,7 +73,13 @@ int example_server_main(const example_server *srv, int argc, char **argv)
         usage(srv->name);
     signal(SIGPIPE, SIG_IGN);
 
-    iol_runtime_config rc = {.workers = (unsigned)workers, .on_start = srv->on_start, .on_stop = srv->on_stop};
+    iol_runtime_config rc = {
+        .workers = (unsigned)workers,
+        .on_start = srv->on_start,
+        .on_stop = srv->on_stop,
+        .on_drain = srv->on_drain,
+        .drain_timeout = srv->drain_timeout,
+    };
     int r = iol_runtime_new(&the_runtime, &rc);
     if (r < 0) {
         fprintf(stderr, "%s: runtime: %s\n", srv->name, strerror(-r));
