@@ -8,8 +8,10 @@
  * 8 KiB get 431; both close that connection only. A connection idle for
  * 10 s, or still sending its headers 10 s after they began, is closed.
  *
- * The fast path: one allocation per connection (state and read buffer),
- * one read per readiness into that fixed buffer, parsing in place, the
+ * The fast path: one small allocation per connection (its state, about
+ * 150 bytes: an idle connection holds no buffer), one read per readiness
+ * into the worker's read buffer, parsing in place (the parser keeps no
+ * pointer into it between reads), the
  * responses of one read gathered in a per-thread buffer and written with
  * one write(2); only what the kernel does not take is copied aside (and
  * reading pauses until it is flushed). Raw fd handlers, no streams.
@@ -44,7 +46,6 @@ struct conn {
     char *pending;     /* output the kernel did not take yet */
     size_t pending_len, pending_off;
     http_conn hc;      /* request state; hc.deadline is on the worker's coarse clock */
-    char rbuf[READ_BUF];
 };
 
 /* Per worker (each worker thread has its own). */
@@ -53,6 +54,7 @@ typedef struct worker_state {
     iol_periodic *sweep;
     long now;  /* coarse monotonic seconds, updated by the sweep */
     http_dates dates;
+    char rbuf[READ_BUF]; /* every connection of the worker reads here */
     char out[OUT_BUF];
     size_t out_len;
     conn *out_conn; /* whose responses out holds */
@@ -159,7 +161,7 @@ static void conn_update_events(conn *c)
 /* Returns false when the connection was closed (and freed). */
 static bool conn_read(conn *c)
 {
-    ssize_t n = read(c->fd, c->rbuf, sizeof(c->rbuf));
+    ssize_t n = read(c->fd, ws->rbuf, sizeof(ws->rbuf));
     if (n <= 0) {
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
             return true;
@@ -169,7 +171,7 @@ static bool conn_read(conn *c)
     if (c->lingering)
         return true; /* discarding */
     http_dates_refresh(&ws->dates, time(NULL));
-    http_conn_feed(&c->hc, c->rbuf, (size_t)n, ws->now);
+    http_conn_feed(&c->hc, ws->rbuf, (size_t)n, ws->now);
     if (flush_out(c) < 0) {
         conn_close(c);
         return false;
