@@ -373,11 +373,20 @@ typedef struct iol_listen_config {
      * another process (same user) listens on at port, instead of failing
      * with -EADDRINUSE; the kernel spreads connections over both. */
     bool reuseport_join;
+    /* TCP_NODELAY on every accepted connection, set once on the listening
+     * sockets (Linux copies it to each accepted socket): no setsockopt per
+     * connection. */
+    bool nodelay;
+    /* > 0: TCP_DEFER_ACCEPT with this many seconds (tcp(7)): a connection
+     * reaches on_accept once its first data has arrived (or the period
+     * ran out), so on_accept can read at once instead of registering and
+     * waiting; nginx's "listen ... deferred". 0: off. */
+    int defer_accept;
 } iol_listen_config;
 
 /* Listens on host:port, before or after start. Returns a listener id >= 0.
  * -EINVAL: NULL rt/cfg/on_accept, unknown shard, bad host, reuseport_join
- * with HANDOFF or port 0.
+ * with HANDOFF or port 0, defer_accept < 0.
  * -EADDRINUSE: port taken (without reuseport_join; with it: taken by a
  * socket that is not in a REUSEPORT group of this user).
  * -ESHUTDOWN: stopped. -ENOMEM, socket errors. */

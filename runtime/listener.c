@@ -33,6 +33,7 @@
 #include <netdb.h>
 #include <linux/filter.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -503,6 +504,21 @@ fail:
     return r;
 }
 
+/* Options the accepted sockets inherit or that shape accepting, set once
+ * on each listening socket. */
+static int set_accepted_options(const iol_listen_config *cfg, const int *fds, unsigned n)
+{
+    int one = 1;
+    for (unsigned i = 0; i < n; i++) {
+        if (cfg->nodelay && setsockopt(fds[i], IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
+            return -errno;
+        if (cfg->defer_accept > 0 &&
+            setsockopt(fds[i], IPPROTO_TCP, TCP_DEFER_ACCEPT, &cfg->defer_accept, sizeof(cfg->defer_accept)) < 0)
+            return -errno;
+    }
+    return 0;
+}
+
 /* ----------------------------------------------------------- public API */
 
 static void listener_free(iol__listener *l)
@@ -530,6 +546,8 @@ int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg)
     if (cfg->backlog < 0)
         return -EINVAL;
     if (cfg->reuseport_join && (cfg->shard != IOL_SHARD_REUSEPORT || cfg->port == 0))
+        return -EINVAL;
+    if (cfg->defer_accept < 0)
         return -EINVAL;
     /* relaxed: a fast path; the authoritative check is under rt->mu. */
     if (atomic_load_explicit(&rt->stopped, memory_order_relaxed))
@@ -576,6 +594,11 @@ int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg)
     }
     if (err < 0)
         goto fail_fds;
+    if ((err = set_accepted_options(cfg, fds, nsocks)) < 0) {
+        for (unsigned i = 0; i < nsocks; i++)
+            close(fds[i]);
+        goto fail_fds;
+    }
     l->port = port;
     for (unsigned i = 0; i < nsocks; i++) {
         iol__lsock *s = &l->socks[i];

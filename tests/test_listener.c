@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -316,6 +317,68 @@ START_TEST(test_addrinuse)
 }
 END_TEST
 
+/* nodelay: accepted sockets inherit TCP_NODELAY from the listener.
+ * defer_accept: a connection that sent nothing does not reach on_accept;
+ * once its first bytes arrive it does, and they are readable at once. */
+typedef struct accept_opts {
+    _Atomic int accepted, nodelay, readable;
+} accept_opts;
+
+static accept_opts the_opts;
+
+static void accept_check_opts(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg)
+{
+    (void)loop, (void)peer, (void)peerlen, (void)arg;
+    int v = 0;
+    socklen_t len = sizeof v;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, &len) == 0 && v)
+        atomic_fetch_add(&the_opts.nodelay, 1);
+    char c;
+    if (recv(fd, &c, 1, MSG_DONTWAIT | MSG_PEEK) == 1)
+        atomic_fetch_add(&the_opts.readable, 1);
+    close(fd);
+    atomic_fetch_add(&the_opts.accepted, 1);
+}
+
+static void run_accept_opts(bool nodelay, int defer, int shard)
+{
+    the_opts = (accept_opts){0};
+    iol_runtime *rt = NULL;
+    ck_assert_int_eq(iol_runtime_new(&rt, &(iol_runtime_config){.workers = 2, .drain_timeout = -1}), 0);
+    ck_assert_int_eq(iol_runtime_start(rt), 0);
+    iol_listen_config lc = {.host = "127.0.0.1", .shard = shard, .on_accept = accept_check_opts,
+                            .nodelay = nodelay, .defer_accept = defer};
+    int id = iol_runtime_listen(rt, &lc);
+    ck_assert_int_ge(id, 0);
+    int port = iol_runtime_listener_port(rt, id);
+    int fd = connect_to(AF_INET, (uint16_t)port);
+    ck_assert_int_ge(fd, 0);
+    if (defer) {
+        usleep(200000);
+        ck_assert_int_eq(atomic_load(&the_opts.accepted), 0); /* nothing sent yet */
+        ck_assert_int_eq(send(fd, "x", 1, 0), 1);
+    }
+    double deadline = iol_test_now() + 20;
+    while (atomic_load(&the_opts.accepted) < 1 && iol_test_now() < deadline)
+        usleep(2000);
+    ck_assert_int_eq(atomic_load(&the_opts.accepted), 1);
+    ck_assert_int_eq(atomic_load(&the_opts.nodelay), nodelay ? 1 : 0);
+    if (defer)
+        ck_assert_int_eq(atomic_load(&the_opts.readable), 1);
+    close(fd);
+    iol_runtime_free(rt);
+}
+
+START_TEST(test_listen_nodelay_and_defer_accept)
+{
+    for (int shard = IOL_SHARD_REUSEPORT; shard <= IOL_SHARD_HANDOFF; shard++) {
+        run_accept_opts(false, 0, shard);
+        run_accept_opts(true, 0, shard);
+        run_accept_opts(true, 5, shard);
+    }
+}
+END_TEST
+
 START_TEST(test_listen_bad_args)
 {
     iol_runtime *rt = NULL;
@@ -337,6 +400,9 @@ START_TEST(test_listen_bad_args)
     lc.backlog = -3;
     ck_assert_int_eq(iol_runtime_listen(rt, &lc), -EINVAL);
     lc.backlog = 0;
+    lc.defer_accept = -1;
+    ck_assert_int_eq(iol_runtime_listen(rt, &lc), -EINVAL);
+    lc.defer_accept = 0;
     ck_assert_int_eq(iol_runtime_listener_port(rt, 0), -ENOENT);
     ck_assert_int_eq(iol_runtime_listener_port(rt, -1), -ENOENT);
     uint64_t counts[2];
@@ -708,6 +774,7 @@ int main(void)
     tcase_add_test(tc, test_port0_shared_and_spread);
     tcase_add_test(tc, test_addrinuse);
     tcase_add_test(tc, test_listen_bad_args);
+    tcase_add_test(tc, test_listen_nodelay_and_defer_accept);
     tcase_add_test(tc, test_reuseport_join_two_processes);
     suite_add_tcase(s, tc);
 
