@@ -101,6 +101,7 @@ static int on_message_complete(http_parser *p)
     c->deadline = c->now + HTTP_IDLE_TIMEOUT;
     if (!keep_alive) {
         c->closing = true;
+        c->clean_end = true;
         http_parser_pause(p, 1); /* nothing after it is answered */
     }
     return 0;
@@ -125,7 +126,8 @@ void http_conn_init(http_conn *c, const http_dates *dates, http_emit_fn emit, vo
     c->dates = dates;
     c->emit = emit;
     c->ud = ud;
-    c->closing = c->in_headers = false;
+    c->closing = c->in_headers = c->clean_end = false;
+    c->unparsed = 0;
     c->now = now;
     c->deadline = now + HTTP_IDLE_TIMEOUT;
 }
@@ -135,9 +137,11 @@ void http_conn_feed(http_conn *c, const char *data, size_t len, long now)
     c->now = now;
     if (!c->in_headers)
         c->deadline = now + HTTP_IDLE_TIMEOUT;
-    (void)http_parser_execute(&c->parser, &settings, data, len);
+    size_t parsed = http_parser_execute(&c->parser, &settings, data, len);
+    c->unparsed = len - parsed;
     enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
     if (err != HPE_OK && err != HPE_PAUSED) {
+        c->clean_end = false;
         if (err == HPE_HEADER_OVERFLOW)
             respond_error(c, LIT("431 Request Header Fields Too Large"));
         else

@@ -37,6 +37,8 @@ typedef struct http_conn {
     http_emit_fn emit;
     void *ud;
     bool closing;    /* a final response is out: no more requests (callers may set it) */
+    bool clean_end;  /* closing after a complete request without keep-alive (not an error) */
+    size_t unparsed; /* bytes of the last feed left unparsed (after a final response) */
     bool in_headers; /* a request began and its headers are not complete */
     long now;        /* the caller's coarse clock (seconds), for deadline */
     long deadline;   /* idle or header deadline on that clock */

@@ -41,6 +41,7 @@ struct conn {
     conn *prev, *next; /* the worker's list, swept once a second */
     iol_loop *loop;
     int fd;
+    bool registered;   /* has a handler on the loop */
     unsigned events;   /* what the handler watches */
     bool lingering;    /* output done, SHUT_WR sent, discarding input */
     char *pending;     /* output the kernel did not take yet */
@@ -65,7 +66,7 @@ static __thread worker_state *ws;
 /* ---------------------------------------------------------------- output */
 
 static void conn_close(conn *c);
-static void conn_update_events(conn *c);
+static bool conn_update_events(conn *c);
 
 /* Hands out[] to the kernel; what it does not take goes to c->pending. */
 static int flush_out(conn *c)
@@ -131,8 +132,12 @@ static void conn_unlink(conn *c)
 
 static void conn_close(conn *c)
 {
-    iol_loop_remove_handler(c->loop, c->fd);
-    close(c->fd);
+    /* close_fd: the close alone takes the socket out of epoll (accepted
+     * with CLOEXEC and never duplicated), no EPOLL_CTL_DEL. */
+    if (c->registered)
+        iol_loop_close_fd(c->loop, c->fd);
+    else
+        close(c->fd);
     conn_unlink(c);
     free(c->pending);
     free(c);
@@ -141,21 +146,33 @@ static void conn_close(conn *c)
 /* Output done on a closing connection: half-close and discard input for a
  * while, so a client still sending does not get our response destroyed
  * by a reset (lingering close). */
-static void conn_linger(conn *c)
+static bool conn_linger(conn *c)
 {
     shutdown(c->fd, SHUT_WR);
     c->lingering = true;
     c->hc.deadline = ws->now + LINGER_TIMEOUT;
-    conn_update_events(c);
+    return conn_update_events(c);
 }
 
-static void conn_update_events(conn *c)
+static void conn_io(int fd, unsigned events, void *arg);
+
+/* Watches what the connection waits for; registers it the first time
+ * (a connection answered at accept never is). false: closed and freed. */
+static bool conn_update_events(conn *c)
 {
     unsigned want = c->pending ? IOL_WRITE : IOL_READ;
-    if (want != c->events) {
+    if (!c->registered) {
+        if (iol_loop_add_handler(c->loop, c->fd, want, conn_io, c) < 0) {
+            conn_close(c);
+            return false;
+        }
+        c->registered = true;
+        c->events = want;
+    } else if (want != c->events) {
         c->events = want;
         iol_loop_update_handler(c->loop, c->fd, want);
     }
+    return true;
 }
 
 /* Returns false when the connection was closed (and freed). */
@@ -164,7 +181,7 @@ static bool conn_read(conn *c)
     ssize_t n = read(c->fd, ws->rbuf, sizeof(ws->rbuf));
     if (n <= 0) {
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            return true;
+            return conn_update_events(c); /* at accept: not registered yet */
         conn_close(c); /* EOF or error */
         return false;
     }
@@ -177,11 +194,17 @@ static bool conn_read(conn *c)
         return false;
     }
     if (c->hc.closing && !c->pending) {
-        conn_linger(c);
-        return true;
+        /* A clean end with nothing unread (the request was all the read
+         * got, and it did not fill the buffer): close now, which sends
+         * FIN. Otherwise close lingering, so unread input cannot make the
+         * kernel reset the response away. */
+        if (c->hc.clean_end && c->hc.unparsed == 0 && (size_t)n < sizeof(ws->rbuf)) {
+            conn_close(c);
+            return false;
+        }
+        return conn_linger(c);
     }
-    conn_update_events(c);
-    return true;
+    return conn_update_events(c);
 }
 
 static void conn_write(conn *c)
@@ -247,22 +270,20 @@ static void on_accept(iol_loop *loop, int fd, const struct sockaddr *peer, sockl
     }
     c->loop = loop;
     c->fd = fd;
-    c->events = IOL_READ;
+    c->registered = false;
+    c->events = 0;
     c->lingering = false;
     c->pending = NULL;
     c->pending_len = c->pending_off = 0;
     http_conn_init(&c->hc, &ws->dates, out_append, c, ws->now);
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (iol_loop_add_handler(loop, fd, IOL_READ, conn_io, c) < 0) {
-        close(fd);
-        free(c);
-        return;
-    }
     c->next = ws->head.next;
     c->prev = &ws->head;
     ws->head.next->prev = c;
     ws->head.next = c;
+    /* The listener defers accepting until the request's first bytes are
+     * in (TCP_DEFER_ACCEPT): read now. A one-request connection is then
+     * answered and closed without ever being registered. */
+    conn_read(c);
 }
 
 /* ----------------------------------------------------------------- workers */
@@ -365,6 +386,9 @@ int main(int argc, char **argv)
         .on_stop = worker_stop,
         .drain_timeout = LINGER_TIMEOUT,
         .on_accept = on_accept,
+        /* nodelay on the listener (inherited), deferred accept for as
+         * long as a request may take to begin. */
+        .listen = {.nodelay = true, .defer_accept = HTTP_HEADER_TIMEOUT},
         .on_exit = print_accept_counts,
     };
     return example_server_main(&srv, argc, argv);

@@ -85,7 +85,11 @@ int example_server_main(const example_server *srv, int argc, char **argv)
         fprintf(stderr, "%s: runtime: %s\n", srv->name, strerror(-r));
         return 1;
     }
-    iol_listen_config lc = {.host = host, .port = (uint16_t)port, .shard = shard, .on_accept = srv->on_accept};
+    iol_listen_config lc = srv->listen;
+    lc.host = host;
+    lc.port = (uint16_t)port;
+    lc.shard = shard;
+    lc.on_accept = srv->on_accept;
     int id = iol_runtime_listen(the_runtime, &lc);
     if (id < 0) {
         fprintf(stderr, "%s: listen on %s:%ld: %s\n", srv->name, host, port, strerror(-id));
