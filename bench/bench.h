@@ -35,6 +35,7 @@ typedef int (*bench_fn)(int argc, char **argv, const bench_opts *o);
 
 int bench_handoff(int argc, char **argv, const bench_opts *o);
 int bench_pingpong(int argc, char **argv, const bench_opts *o);
+int bench_wakecost(int argc, char **argv, const bench_opts *o);
 int bench_timers(int argc, char **argv, const bench_opts *o);
 int bench_http(int argc, char **argv, const bench_opts *o);
 int bench_compare(int argc, char **argv, const bench_opts *o); /* compare http */

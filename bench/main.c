@@ -16,6 +16,7 @@ static const struct {
 } commands[] = {
     {"handoff", "P producer threads -> one loop: callbacks/s, wakeups per callback"},
     {"pingpong", "two loops on two threads bounce a callback: us per round trip"},
+    {"wakecost", "one producer posts every GAP us: loop-thread CPU per callback"},
     {"timers", "insert / cancel / dispatch of 10^6 timeouts: ns per op, bytes per timer"},
     {"http", "HTTP load generator on our runtime"},
     {"compare", "compare handoff|pingpong|timers|http: all competitors in one run"},
@@ -27,6 +28,8 @@ static bench_fn lookup(const char *name)
         return bench_handoff;
     if (strcmp(name, "pingpong") == 0)
         return bench_pingpong;
+    if (strcmp(name, "wakecost") == 0)
+        return bench_wakecost;
     if (strcmp(name, "timers") == 0)
         return bench_timers;
     if (strcmp(name, "http") == 0)
