@@ -58,6 +58,7 @@ typedef struct wimpl {
 struct wctx {
     const wimpl *im;
     const bench_opts *o;
+    double spin_us;                 /* ioloop: iol_loop_config.spin_us */
     /* Loop thread; `ran` is atomic for the producer's backlog bound and the
      * progress line (relaxed: a count, nothing is published through it). */
     _Atomic uint64_t ran;
@@ -65,6 +66,7 @@ struct wctx {
     double cpu0, cpu1;              /* thread CPU seconds at first / stop */
     uint64_t t0, t1;                /* wall ns at first / stop */
     uint64_t wakeups0, wakeups1;
+    uint64_t spins0, spins1;        /* ioloop: pre-sleep spins started */
     _Atomic bool ready, finished;
     /* ioloop */
     iol_loop *loop;
@@ -98,6 +100,7 @@ static void counted_cb(void *arg)
         c->cpu0 = thread_cpu_s();
         c->t0 = bench_now_ns();
         c->wakeups0 = impl_wakeups(c);
+        c->spins0 = c->loop ? c->loop->spin.spins : 0;
     }
 }
 
@@ -107,6 +110,7 @@ static void stop_cb(void *arg)
     c->cpu1 = thread_cpu_s();
     c->t1 = bench_now_ns();
     c->wakeups1 = impl_wakeups(c);
+    c->spins1 = c->loop ? c->loop->spin.spins : 0;
     c->ran_at_stop = atomic_load_explicit(&c->ran, memory_order_relaxed);
     c->im->stop(c);
 }
@@ -115,7 +119,7 @@ static void stop_cb(void *arg)
 
 static int iol_setup(wctx *c)
 {
-    iol_loop_config cfg = {.make_current = IOL_CURRENT_NEVER};
+    iol_loop_config cfg = {.make_current = IOL_CURRENT_NEVER, .spin_us = c->spin_us};
     return iol_loop_new(&c->loop, &cfg);
 }
 static void iol_run(wctx *c)
@@ -320,15 +324,16 @@ static void *consumer_main(void *p)
 }
 
 typedef struct wresult {
-    double cpu_us_per_cb, gap_us, wakeups_per_cb, cb_per_sec;
+    double cpu_us_per_cb, gap_us, wakeups_per_cb, cb_per_sec, spins_per_cb;
 } wresult;
 
-static wresult run_once(const wimpl *im, const bench_opts *o, unsigned gap_us)
+static wresult run_once(const wimpl *im, const bench_opts *o, unsigned gap_us, double spin_us)
 {
     wctx *c = calloc(1, sizeof *c);
     if (!c)
         exit(1);
     c->im = im;
+    c->spin_us = spin_us;
     c->o = o;
     int err = im->setup(c);
     if (err < 0) {
@@ -352,7 +357,7 @@ static wresult run_once(const wimpl *im, const bench_opts *o, unsigned gap_us)
     }
     pthread_join(consumer, NULL);
     pthread_join(producer, NULL);
-    wresult r = {NAN, NAN, NAN, NAN};
+    wresult r = {NAN, NAN, NAN, NAN, NAN};
     uint64_t n = c->ran_at_stop > 1 ? c->ran_at_stop - 1 : 0; /* callbacks after the first stamp */
     if (n > 0) {
         double secs = (double)(c->t1 - c->t0) / 1e9;
@@ -361,6 +366,8 @@ static wresult run_once(const wimpl *im, const bench_opts *o, unsigned gap_us)
         r.cb_per_sec = (double)n / secs;
         if (im->counts_wakeups)
             r.wakeups_per_cb = (double)(c->wakeups1 - c->wakeups0) / (double)n;
+        if (c->loop)
+            r.spins_per_cb = (double)(c->spins1 - c->spins0) / (double)n;
     }
     im->teardown(c);
     free(c);
@@ -369,13 +376,15 @@ static wresult run_once(const wimpl *im, const bench_opts *o, unsigned gap_us)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: iol-bench wakecost [--gaps 0,10,30,60,200,1000] [--duration S] [--count N]\n"
-               "                         [--repeat R] [--pin] [--json] [--plot F.svg]\n"
+    fprintf(f, "usage: iol-bench wakecost [--gaps 0,10,30,60,200,1000] [--spin-us 0,5,-1] [--duration S]\n"
+               "                         [--count N] [--repeat R] [--pin] [--json] [--plot F.svg]\n"
                "One producer posts one empty callback every GAP us (0: a flood with a bounded\n"
                "backlog) to one loop on its own thread, for --duration seconds (default %g) or\n"
                "--count posts. Figure: the loop thread's CPU time (CLOCK_THREAD_CPUTIME_ID,\n"
                "user + system) per callback. Impls, interleaved per repeat and gap: ioloop,\n"
-               "libuv (mutex queue + uv_async_send), libevent (event_base_once).\n\n",
+               "libuv (mutex queue + uv_async_send), libevent (event_base_once).\n"
+               "--spin-us: one ioloop row per iol_loop_config.spin_us value (default 0,\n"
+               "adaptive; 5 is the old fixed spin, -1 never spins).\n\n",
             DEFAULT_DURATION);
     bench_usage_common(f);
 }
@@ -385,6 +394,7 @@ static const bench_fig_spec figs[] = {
     {"gap_us", "gap us", false, true},
     {"wakeups_per_callback", "wakeups/cb", false, true},
     {"callbacks_per_sec", "callbacks/s", false, false},
+    {"spins_per_callback", "spins/cb", false, true},
 };
 #define NFIGS (int)(sizeof figs / sizeof figs[0])
 
@@ -400,26 +410,30 @@ static int parse_gaps(const char *list, unsigned *gaps)
     return n;
 }
 
-/* The curve in one table: medians per gap and the ratio to libuv. */
+/* The curve in one table: medians per gap, one column per row of the
+ * reports, and ioloop over libuv. */
 static void print_summary(bench_report *const *reports, const unsigned *gaps, int ngaps, const bench_opts *o)
 {
     FILE *f = o->json ? stderr : stdout;
-    fprintf(f, "wakecost: loop-thread CPU us per callback (medians)\n");
-    fprintf(f, "%8s %10s %12s %14s %14s %16s\n", "gap us", "ioloop", "libuv-idiom", "libevent-once",
-            "ioloop/libuv", "ioloop/libevent");
+    const bench_report *r0 = reports[0];
+    fprintf(f, "wakecost: loop-thread CPU us per callback (medians)\n%8s", "gap us");
+    for (int j = 0; j < r0->nimpls; j++)
+        fprintf(f, " %15s", r0->impls[j].label);
+    fprintf(f, " %14s\n", "ioloop/libuv");
     for (int k = 0; k < ngaps; k++) {
-        double med[NIMPLS];
-        for (size_t i = 0; i < NIMPLS; i++) {
-            med[i] = NAN;
-            for (int j = 0; j < reports[k]->nimpls; j++) {
-                double lo, m, hi;
-                if (strcmp(reports[k]->impls[j].impl, impls[i].impl) == 0 &&
-                    bench_stats(&reports[k]->impls[j], 0, &lo, &m, &hi))
-                    med[i] = m;
-            }
+        double ours = NAN, libuv = NAN;
+        fprintf(f, "%8u", gaps[k]);
+        for (int j = 0; j < reports[k]->nimpls; j++) {
+            const bench_impl *im = &reports[k]->impls[j];
+            double lo, m = NAN, hi;
+            bench_stats(im, 0, &lo, &m, &hi);
+            fprintf(f, " %15.3g", m);
+            if (strcmp(im->label, "ioloop") == 0)
+                ours = m;
+            else if (strcmp(im->impl, "libuv") == 0)
+                libuv = m;
         }
-        fprintf(f, "%8u %10.2f %12.2f %14.2f %13.2fx %15.2fx\n", gaps[k], med[0], med[1], med[2], med[0] / med[1],
-                med[0] / med[2]);
+        fprintf(f, " %13.2fx\n", ours / libuv);
     }
     fprintf(f, "(target: ioloop/libuv <= 1.00x at every gap; machine shared, see min/max above)\n\n");
 }
@@ -428,10 +442,19 @@ int bench_wakecost(int argc, char **argv, const bench_opts *o)
 {
     unsigned gaps[MAX_GAPS] = {0, 10, 30, 60, 200, 1000};
     int ngaps = 6;
+    bench_spin_rows spins;
+    bench_spin_rows_default(&spins);
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
+        }
+        int used = bench_spin_rows_parse(&spins, argc, argv, i);
+        if (used < 0)
+            return 2;
+        if (used > 0) {
+            i += used - 1;
+            continue;
         }
         const char *list = NULL;
         if (strcmp(argv[i], "--gaps") == 0 && i + 1 < argc)
@@ -465,23 +488,26 @@ int bench_wakecost(int argc, char **argv, const bench_opts *o)
         else
             snprintf(r->params_json, sizeof r->params_json, "{\"gap_us\":%u,\"duration\":%g,\"pin\":%s}", gaps[k],
                      o->duration > 0 ? o->duration : DEFAULT_DURATION, o->pin ? "true" : "false");
-        for (size_t i = 0; i < NIMPLS; i++)
-            if (bench_selected(o, impls[i].impl, impls[i].label))
-                bench_report_impl(r, impls[i].impl, impls[i].label);
     }
-    /* Interleaved: every repeat walks all gaps, every gap all impls. */
-    for (int rep = 0; rep < o->repeat; rep++)
+    /* Interleaved: every repeat walks all gaps, every gap all impls (and
+     * every ioloop spin setting). Repeat -1 only fixes the row order. */
+    for (int rep = -1; rep < o->repeat; rep++)
         for (int k = 0; k < ngaps; k++)
-            for (size_t i = 0; i < NIMPLS; i++) {
-                if (!bench_selected(o, impls[i].impl, impls[i].label))
-                    continue;
-                wresult res = run_once(&impls[i], o, gaps[k]);
-                int row = bench_report_impl(reports[k], impls[i].impl, impls[i].label);
-                bench_report_add(reports[k], row, 0, res.cpu_us_per_cb);
-                bench_report_add(reports[k], row, 1, res.gap_us);
-                bench_report_add(reports[k], row, 2, res.wakeups_per_cb);
-                bench_report_add(reports[k], row, 3, res.cb_per_sec);
-            }
+            for (size_t i = 0; i < NIMPLS; i++)
+                for (int s = 0; s < (i == 0 ? spins.n : 1); s++) {
+                    const char *label = i == 0 ? spins.label[s] : impls[i].label;
+                    if (!bench_selected(o, impls[i].impl, label))
+                        continue;
+                    int row = bench_report_impl(reports[k], impls[i].impl, label);
+                    if (rep < 0)
+                        continue;
+                    wresult res = run_once(&impls[i], o, gaps[k], i == 0 ? spins.us[s] : 0);
+                    bench_report_add(reports[k], row, 0, res.cpu_us_per_cb);
+                    bench_report_add(reports[k], row, 1, res.gap_us);
+                    bench_report_add(reports[k], row, 2, res.wakeups_per_cb);
+                    bench_report_add(reports[k], row, 3, res.cb_per_sec);
+                    bench_report_add(reports[k], row, 4, res.spins_per_cb);
+                }
     for (int k = 0; k < ngaps; k++) {
         bench_report_print(reports[k], o);
         bench_report_target(reports[k], o, 0, "libuv-idiom", 1.0);

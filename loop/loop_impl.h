@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "ioloop.h"
+#include "loop/spin.h"
 #include "loop/timer_heap.h"
 #include "loop/watchdog.h"
 #include "poller/poller.h"
@@ -55,6 +56,10 @@ struct iol_loop {
 
     struct iol_executor *default_executor;
     bool default_executor_owned;
+
+    iol__spin spin;              /* the pre-sleep spin policy (loop/spin.c) */
+    uint64_t sleeps;             /* sleeps announced to the waker (a statistic
+                                    for tests: wakeups <= sleeps) */
 };
 
 /* A unique id of the calling thread: the address of a thread-local. */
