@@ -21,11 +21,14 @@
  * empty when the batch ends) and a ping-pong between two spinning loops
  * (the answer comes ~1 µs after the question) hit every time.
  *
- * ESTIMATOR. A saturating counter, as in a branch predictor: a hit adds
- * one credit, a miss takes one, the loop spins while it has credit. It
- * climbs when p > 1/2 and drains when p < 1/2, and from full it takes
- * CREDIT_MAX more misses than hits to stop, so a producer preempted for a
- * few milliseconds (one or two misses) does not switch a ping-pong off.
+ * ESTIMATOR. A saturating counter, as in a branch predictor: a miss takes
+ * one credit, a hit adds one, or two when it came in the first half of the
+ * window (its gain C - w is larger: a ping-pong between two spinning loops
+ * answers in about 1 µs, a producer that happens to be due just after the
+ * batch comes late in it), and the loop spins while it has credit. It
+ * climbs when early hits outweigh misses and drains otherwise, and from
+ * full it takes CREDIT_MAX net misses to stop, so a producer preempted for
+ * a few milliseconds (one or two misses) does not switch a ping-pong off.
  * A new loop starts full: it behaves like the old fixed spin until the
  * waits say otherwise.
  *
@@ -87,26 +90,33 @@ int iol__spin_init(iol__spin *s, double spin_us)
     return 0;
 }
 
-static void learn(iol__spin *s, bool hit)
+/* waited_ns: from the end of the batch to the work, or -1 for a miss. */
+static void learn(iol__spin *s, int64_t waited_ns)
 {
-    if (hit && s->credit < CREDIT_MAX)
-        s->credit++;
-    else if (!hit && s->credit > 0)
-        s->credit--;
+    if (waited_ns < 0 || waited_ns > s->window_ns) {
+        if (s->credit > 0)
+            s->credit--;
+        return;
+    }
+    s->credit += waited_ns < s->window_ns / 2 ? 2 : 1;
+    if (s->credit > CREDIT_MAX)
+        s->credit = CREDIT_MAX;
 }
 
 /* Bounded by time, not by iterations: a PAUSE takes 10 to 140 cycles
- * depending on the CPU. */
-static bool work_arrived_while_spinning(iol__cbqueue *q, int64_t start, int64_t window_ns)
+ * depending on the CPU. Returns how long it took the work to come (0 if
+ * it was there at once), or -1 if it did not come within the window. */
+static int64_t spin_for_work(iol__cbqueue *q, int64_t start, int64_t window_ns)
 {
+    int64_t waited = 0;
     for (;;) {
         for (int i = 0; i < 16; i++) {
             if (!iol__cbqueue_empty(q))
-                return true;
+                return waited;
             cpu_relax();
         }
-        if (now_ns() - start >= window_ns)
-            return false;
+        if ((waited = now_ns() - start) >= window_ns)
+            return -1;
     }
 }
 
@@ -123,11 +133,11 @@ bool iol__spin_before_sleep(iol__spin *s, iol__cbqueue *q)
     }
     s->skipped = 0;
     s->spins++;
-    bool hit = work_arrived_while_spinning(q, start, s->window_ns);
-    s->spin_hits += hit;
+    int64_t waited = spin_for_work(q, start, s->window_ns);
+    s->spin_hits += waited >= 0;
     if (s->adaptive)
-        learn(s, hit);
-    return hit;
+        learn(s, waited);
+    return waited >= 0;
 }
 
 void iol__spin_after_sleep(iol__spin *s, bool arrived)
@@ -135,5 +145,6 @@ void iol__spin_after_sleep(iol__spin *s, bool arrived)
     if (!s->learn_after_sleep)
         return;
     s->learn_after_sleep = false;
-    learn(s, arrived && now_ns() - s->wait_start_ns <= s->window_ns);
+    int64_t waited = now_ns() - s->wait_start_ns;
+    learn(s, !arrived ? -1 : waited > 0 ? waited : 0);
 }

@@ -106,8 +106,9 @@ START_TEST(test_adaptive_stops_after_misses_and_probes)
     ck_assert_uint_le(s.spins - spun, 640 / 32);
 
     /* A sleep that a spin would have saved (work there on waking, within
-     * the window) brings the spin back. The wait's start is moved ahead so
-     * a slow run (valgrind) cannot turn the hit into a miss. */
+     * the window) brings the spin back. The wait's start is moved ahead
+     * (waits are clamped at 0) so a slow run (valgrind) cannot turn the
+     * hit into a miss. */
     uint64_t before;
     do {
         before = s.spins;
