@@ -36,12 +36,20 @@
  * clock is read when the batch ends and again on waking; work in the queue
  * less than W after the batch is a hit (a spin would have caught it),
  * anything else a miss. That is biased towards misses (the wakeup's own
- * latency adds to w), so it errs on the side of sleeping. And every
- * PROBE_EVERY-th wait without credit spins anyway: an unbiased sample,
- * which matters where spinning pays only when the other side spins too —
- * two loops in a ping-pong that both fell asleep answer each other only
- * after a wakeup, so only a probe (and a quick wakeup) brings them back.
- * A probe costs at most W / PROBE_EVERY per wait (~0.08 µs).
+ * latency adds to w), so it errs on the side of sleeping.
+ *
+ * PROBES. Some loads pay for spinning only when the other side spins too:
+ * two loops in a ping-pong that both sleep answer each other only after a
+ * wakeup, later than W, so neither one's waits ever look like hits, and a
+ * lone short probe misses for the same reason. So a loop without credit
+ * probes, at most once every PROBE_EVERY waits, at its first wait after
+ * each millisecond tick of the monotonic clock, with a longer window
+ * (PROBE_WINDOW, about a wakeup's latency more than W). The tick lines two
+ * such loops up: each probes in the same round trip, the first catches the
+ * other's answer (a late hit, worth one credit), and the second then gets
+ * an answer at once (an early hit): both spin again. A lone loop pays at
+ * most PROBE_WINDOW per millisecond and per PROBE_EVERY waits, ~0.25 µs
+ * per wait.
  *
  * INVARIANTS KEPT. The spin only follows a non-empty batch (loop_poll), so
  * an idle loop never spins and never probes. The spin only reads the
@@ -58,6 +66,8 @@
 #define SPIN_ADAPTIVE_WINDOW_NS 5000
 #define CREDIT_MAX 16
 #define PROBE_EVERY 64
+#define PROBE_PERIOD_NS 1000000
+#define PROBE_WINDOW_NS (3 * SPIN_ADAPTIVE_WINDOW_NS)
 
 static int64_t now_ns(void)
 {
@@ -120,22 +130,36 @@ static int64_t spin_for_work(iol__cbqueue *q, int64_t start, int64_t window_ns)
     }
 }
 
+/* Adaptive, no credit: whether this wait probes (see PROBES above). */
+static bool probe_now(iol__spin *s, int64_t start)
+{
+    int64_t period = start / PROBE_PERIOD_NS;
+    bool new_period = period != s->period;
+    s->period = period;
+    if (++s->skipped < PROBE_EVERY || !new_period)
+        return false;
+    s->skipped = 0;
+    return true;
+}
+
 bool iol__spin_before_sleep(iol__spin *s, iol__cbqueue *q)
 {
     s->learn_after_sleep = false;
     if (s->window_ns == 0)
         return false;
     int64_t start = now_ns();
-    if (s->adaptive && s->credit == 0 && ++s->skipped < PROBE_EVERY) {
+    bool probe = false;
+    if (s->adaptive && s->credit == 0 && !(probe = probe_now(s, start))) {
         s->learn_after_sleep = true;
         s->wait_start_ns = start;
         return false;
     }
-    s->skipped = 0;
     s->spins++;
-    int64_t waited = spin_for_work(q, start, s->window_ns);
+    int64_t waited = spin_for_work(q, start, probe ? PROBE_WINDOW_NS : s->window_ns);
     s->spin_hits += waited >= 0;
-    if (s->adaptive)
+    if (probe && waited > s->window_ns)
+        s->credit = 1; /* a late answer: worth one spin, to see if it was a peer */
+    else if (s->adaptive)
         learn(s, waited);
     return waited >= 0;
 }

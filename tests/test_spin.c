@@ -97,9 +97,11 @@ START_TEST(test_adaptive_stops_after_misses_and_probes)
     }
     uint64_t spun = s.spins;
     ck_assert_uint_lt(spun, 100);
-    /* ...except for rare probes. */
+    /* ...except for rare probes (at most one per 64 waits and per
+     * millisecond tick: the waits here take 20 µs or more). */
     for (int i = 0; i < 640; i++) {
         ck_assert(!iol__spin_before_sleep(&s, q));
+        usleep(20);
         iol__spin_after_sleep(&s, false);
     }
     ck_assert_uint_ge(s.spins - spun, 1);
