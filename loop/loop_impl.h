@@ -1,6 +1,6 @@
 /* loop/ — the loop's private state, shared by the files of loop/. Nothing
- * outside loop/ includes this except benches and tests that need the two
- * counters at the end. */
+ * outside loop/ includes this except benches and tests that read its
+ * statistics (eventfd writes, sleeps, pre-sleep spins). */
 #ifndef IOL_LOOP_IMPL_H
 #define IOL_LOOP_IMPL_H
 
