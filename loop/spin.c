@@ -130,18 +130,6 @@ static int64_t spin_for_work(iol__cbqueue *q, int64_t start, int64_t window_ns)
     }
 }
 
-/* Adaptive, no credit: whether this wait probes (see PROBES above). */
-static bool probe_now(iol__spin *s, int64_t start)
-{
-    int64_t period = start / PROBE_PERIOD_NS;
-    bool new_period = period != s->period;
-    s->period = period;
-    if (++s->skipped < PROBE_EVERY || !new_period)
-        return false;
-    s->skipped = 0;
-    return true;
-}
-
 bool iol__spin_before_sleep(iol__spin *s, iol__cbqueue *q)
 {
     s->learn_after_sleep = false;
@@ -149,10 +137,22 @@ bool iol__spin_before_sleep(iol__spin *s, iol__cbqueue *q)
         return false;
     int64_t start = now_ns();
     bool probe = false;
-    if (s->adaptive && s->credit == 0 && !(probe = probe_now(s, start))) {
-        s->learn_after_sleep = true;
-        s->wait_start_ns = start;
-        return false;
+    if (s->adaptive) {
+        /* PROBES above: without credit, spin only at the first wait after
+         * a millisecond tick, and not more often than every PROBE_EVERY
+         * waits. */
+        int64_t period = start / PROBE_PERIOD_NS;
+        bool tick = period != s->period;
+        s->period = period;
+        if (s->credit == 0) {
+            if (++s->skipped < PROBE_EVERY || !tick) {
+                s->learn_after_sleep = true;
+                s->wait_start_ns = start;
+                return false;
+            }
+            s->skipped = 0;
+            probe = true;
+        }
     }
     s->spins++;
     int64_t waited = spin_for_work(q, start, probe ? PROBE_WINDOW_NS : s->window_ns);

@@ -18,7 +18,7 @@ typedef struct iol__spin {
     bool adaptive;          /* spin only while spinning pays (spin.c) */
     int credit;             /* adaptive: spin while > 0 */
     unsigned skipped;       /* adaptive, credit 0: waits since the last probe */
-    int64_t period;         /* adaptive: the probe period of the last wait */
+    int64_t period;         /* adaptive: the millisecond tick of the last wait */
     bool learn_after_sleep; /* this wait did not spin: judge it after the sleep */
     int64_t wait_start_ns;  /* when this wait began (CLOCK_MONOTONIC) */
     /* Statistics for tests and benches (owner thread; read them once the
