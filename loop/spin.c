@@ -8,29 +8,34 @@
  *
  * COST. Let W be the window (5 µs), C the loop thread's CPU for one sleep
  * and wakeup (epoll_wait blocking, the scheduler switching out and back,
- * the eventfd read: 5 to 15 µs on our VMs) and w the time from the end of
- * a batch to the next post. A spin costs w when w <= W (a hit, which also
- * saves the wakeup's latency) and W + C when not (a miss); a sleep costs
- * C. With a hit rate p, spinning burns less CPU than sleeping when
+ * the eventfd read: about 5 µs on our VMs, see `iol-bench wakecost
+ * --spin-us -1`) and w the time from the end of a batch to the next post.
+ * A spin costs w when w <= W (a hit, which also saves the wakeup's
+ * latency) and W + C when not (a miss); a sleep costs C. With a hit rate
+ * p, spinning burns less CPU than sleeping when
  *     p w + (1 - p)(W + C) < C,  i.e.  p > W / (W + C - w),
- * about one half for W ~ C and hits that come early. So: spin while
- * recent waits were mostly hits, sleep straight away while they were
- * mostly misses. A producer posting every 10 to 1000 µs misses every
+ * a little over one half for W ~ C and hits that come early. So: spin
+ * while recent waits were mostly early hits, sleep straight away while
+ * they were not. A producer posting every 10 to 1000 µs misses every
  * time: the loop stops spinning after a few misses and its cost per post
  * is one sleep and one wakeup, like libuv's. A flood (the queue is not
  * empty when the batch ends) and a ping-pong between two spinning loops
  * (the answer comes ~1 µs after the question) hit every time.
  *
- * ESTIMATOR. A saturating counter, as in a branch predictor: a miss takes
- * one credit, a hit adds one, or two when it came in the first half of the
- * window (its gain C - w is larger: a ping-pong between two spinning loops
- * answers in about 1 µs, a producer that happens to be due just after the
- * batch comes late in it), and the loop spins while it has credit. It
- * climbs when early hits outweigh misses and drains otherwise, and from
- * full it takes CREDIT_MAX net misses to stop, so a producer preempted for
- * a few milliseconds (one or two misses) does not switch a ping-pong off.
- * A new loop starts full: it behaves like the old fixed spin until the
- * waits say otherwise.
+ * ESTIMATOR. A saturating credit, as in a branch predictor, scored in the
+ * units of the cost model (quarters of W): a miss loses W (4), a hit gains
+ * C - w, about 3 when it came in the first half of the window and 1 when
+ * it came late (C ~ W on our VMs: a sleep and a wakeup cost the loop about
+ * 5 µs). The loop spins while it has credit. So it keeps spinning only
+ * where hits are frequent and early — a flood, whose queue is not empty
+ * when the batch ends, or two loops on two CPUs answering each other in
+ * ~1 µs — and stops where they are late or rare: a producer that happens
+ * to be due just after the batch, or a ping-pong whose two threads share a
+ * CPU (there the spinner only keeps the other side from running). From
+ * full it takes six misses in a row to stop, so a peer preempted for a few
+ * milliseconds (one or two misses) does not switch a ping-pong off. A new
+ * loop starts full: it behaves like the old fixed spin until the waits
+ * say otherwise.
  *
  * LEARNING WITHOUT SPINNING. A wait that did not spin is still judged: the
  * clock is read when the batch ends and again on waking; work in the queue
@@ -64,7 +69,10 @@
 #include <time.h>
 
 #define SPIN_ADAPTIVE_WINDOW_NS 5000
-#define CREDIT_MAX 16
+#define CREDIT_MAX 24
+#define CREDIT_MISS 4
+#define CREDIT_EARLY_HIT 3
+#define CREDIT_LATE_HIT 1
 #define PROBE_EVERY 64
 #define PROBE_PERIOD_NS 1000000
 #define PROBE_WINDOW_NS (3 * SPIN_ADAPTIVE_WINDOW_NS)
@@ -104,11 +112,10 @@ int iol__spin_init(iol__spin *s, double spin_us)
 static void learn(iol__spin *s, int64_t waited_ns)
 {
     if (waited_ns < 0 || waited_ns > s->window_ns) {
-        if (s->credit > 0)
-            s->credit--;
+        s->credit = s->credit > CREDIT_MISS ? s->credit - CREDIT_MISS : 0;
         return;
     }
-    s->credit += waited_ns < s->window_ns / 2 ? 2 : 1;
+    s->credit += waited_ns < s->window_ns / 2 ? CREDIT_EARLY_HIT : CREDIT_LATE_HIT;
     if (s->credit > CREDIT_MAX)
         s->credit = CREDIT_MAX;
 }
