@@ -30,6 +30,8 @@
 
 #include "bench/bench.h"
 #include "bench/histogram.h"
+#include "bench/idle.h"
+#include "bench/proctree.h"
 
 #define MAX_SERVERS 3
 #define STOP_GRACE_NS 2000000000ull
@@ -45,6 +47,8 @@ struct server {
     uint16_t port;
     pid_t pid;              /* also the process group id; 0: not running */
     http_load_result *runs;
+    double *cpu_ms;         /* server CPU per run (NaN: not measured) */
+    double *idle_kib;       /* --idle: RSS growth per idle connection, per round */
     unsigned nruns;
 };
 
@@ -396,10 +400,12 @@ static double wrk_time_us(const char *text)
 
 /* One wrk run; its percentiles (50/90/99; wrk prints no 99.9) go to
  * latency_us, its socket errors to "other"/"timeout"/"bad_status". */
-static int wrk_run(const char *url, unsigned conns, unsigned threads, double duration, http_load_result *out)
+static int wrk_run(const char *url, unsigned conns, unsigned threads, double duration, bool churn,
+                   http_load_result *out)
 {
     char cmd[1024], line[512];
-    snprintf(cmd, sizeof cmd, "wrk -t%u -c%u -d%.0fs --latency '%s' 2>&1", threads, conns, ceil(duration), url);
+    snprintf(cmd, sizeof cmd, "wrk -t%u -c%u -d%.0fs --latency %s'%s' 2>&1", threads, conns, ceil(duration),
+             churn ? "-H 'Connection: close' " : "", url);
     FILE *p = popen(cmd, "r");
     if (!p)
         return -1;
@@ -433,6 +439,8 @@ static int wrk_run(const char *url, unsigned conns, unsigned threads, double dur
         }
     }
     int st = pclose(p);
+    if (churn) /* one request per connection */
+        out->connections_per_sec = out->requests_per_sec;
     return seen && st == 0 ? 0 : -1;
 }
 
@@ -441,10 +449,16 @@ static int wrk_run(const char *url, unsigned conns, unsigned threads, double dur
 static void compare_usage(FILE *f)
 {
     fputs("usage: iol-bench compare http [--workers N] [--connections C] [--load-workers L]\n"
-          "                            [--duration S] [--repeat R] [--wrk] [--json] [--plot F.svg]\n"
+          "                            [--duration S] [--repeat R] [--wrk] [--churn | --idle N]\n"
+          "                            [--json] [--plot F.svg]\n"
           "  Our http-hello, nginx and h2o (those installed), N workers each, on free\n"
           "  ports of 127.0.0.1, loaded in turn (interleaved repeats) by iol-bench's\n"
-          "  load generator with L worker loops (default: N), or by wrk with --wrk.\n",
+          "  load generator with L worker loops (default: N), or by wrk with --wrk.\n"
+          "  Each run also reads the server process tree's CPU time (/proc): requests\n"
+          "  (churn: connections) per server CPU-ms.\n"
+          "  --churn: Connection: close, one request per connection (connections/s).\n"
+          "  --idle N: no load; N keep-alive connections, one request each, held open:\n"
+          "  RSS growth of the server process tree per connection (KiB).\n",
           f);
     bench_usage_common(f);
 }
@@ -459,6 +473,78 @@ static int parse_count(const char *s, unsigned *out)
     return 0;
 }
 
+/* Median over the runs of (requests, or connections in churn) per ms of
+ * server CPU; NaN when the CPU could not be read. */
+static double per_cpu_ms(const struct server *s)
+{
+    double v[BENCH_MAX_REPEAT], lo, med, hi;
+    for (unsigned i = 0; i < s->nruns; i++)
+        v[i] = s->cpu_ms[i] > 0 ? (double)s->runs[i].requests / s->cpu_ms[i] : NAN;
+    http_stats(v, s->nruns, &lo, &med, &hi);
+    return med;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    nanosleep(&(struct timespec){ ms / 1000, (long)(ms % 1000) * 1000000L }, NULL);
+}
+
+/* --idle: for each round and server in turn, the RSS growth of the server's
+ * process tree while `idle` answered keep-alive connections are held. */
+static int compare_idle(struct server *servers, int n, unsigned idle, unsigned repeat, int *fds, const bench_opts *o)
+{
+    FILE *table = o->json ? stderr : stdout;
+    for (unsigned r = 0; r < repeat; r++) {
+        for (int k = 0; k < n; k++) {
+            struct server *s = &servers[k];
+            proctree_usage before, after;
+            sleep_ms(200); /* the previous round's closes are processed */
+            if (proctree_read(s->pid, &before) < 0)
+                continue;
+            int opened = idle_open(s->port, idle, fds);
+            if (opened < (int)idle) {
+                fprintf(stderr, "compare http --idle: %s: %d of %u connections answered\n", s->label,
+                        opened < 0 ? 0 : opened, idle);
+                if (opened > 0)
+                    idle_close(fds, (unsigned)opened);
+                continue;
+            }
+            sleep_ms(300); /* lazily touched memory settles */
+            int err = proctree_read(s->pid, &after);
+            idle_close(fds, idle);
+            if (err < 0)
+                continue;
+            s->idle_kib[s->nruns++] = (after.rss_kib - before.rss_kib) / idle;
+            bench_progress(s->label, 0, s->idle_kib[s->nruns - 1], "KiB/conn");
+        }
+    }
+    fprintf(table, "\ncompare http --idle  %u keep-alive connections held, one request each, %u rounds interleaved\n",
+            idle, repeat);
+    fprintf(table, "  %-14s %12s %10s %10s   %12s\n", "server", "KiB/conn min", "median", "max", "ours/theirs");
+    double ours = NAN, lo, med, hi;
+    for (int k = 0; k < n; k++)
+        if (!strcmp(servers[k].impl, "ioloop"))
+            http_stats(servers[k].idle_kib, servers[k].nruns, &lo, &ours, &hi);
+    for (int k = 0; k < n; k++) {
+        struct server *s = &servers[k];
+        http_stats(s->idle_kib, s->nruns, &lo, &med, &hi);
+        char ratio[32] = "-";
+        if (isfinite(ours / med) && med > 0)
+            snprintf(ratio, sizeof ratio, "%.2fx", ours / med);
+        fprintf(table, "  %-14s %12.2f %10.2f %10.2f   %12s\n", s->label, lo, med, hi, ratio);
+        if (o->json) {
+            char note[256];
+            json_escape(note, sizeof note, s->note);
+            printf("{\"bench\":\"http\",\"impl\":\"%s\",\"label\":\"%s\",\"params\":{\"mode\":\"compare-idle\","
+                   "\"server_note\":\"%s\",\"idle\":%u,\"repeat\":%u},\"results\":{\"kib_per_idle_conn\":%.4g,"
+                   "\"kib_per_idle_conn_min\":%.4g,\"kib_per_idle_conn_max\":%.4g}}\n",
+                   s->impl, s->label, note, idle, repeat, med, lo, hi);
+        }
+    }
+    fputs("  (ours/theirs: ioloop's KiB per connection over this server's, < 1 is ioloop smaller)\n", table);
+    return 0;
+}
+
 static int compare_http(int argc, char **argv, const bench_opts *o)
 {
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -466,8 +552,8 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
      * each gets half of it. */
     unsigned half = ncpu > 1 ? (unsigned)ncpu / 2 : 1;
     unsigned workers = o->workers > 0 ? (unsigned)o->workers : half;
-    unsigned load_workers = 0, conns = 64;
-    bool use_wrk = false;
+    unsigned load_workers = 0, conns = 64, idle = 0;
+    bool use_wrk = false, churn = false;
     double duration = o->duration > 0 ? o->duration : 3;
     unsigned repeat = o->repeat > 0 ? (unsigned)o->repeat : 1;
     if (repeat > BENCH_MAX_REPEAT)
@@ -484,13 +570,33 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
                 goto bad;
         } else if (!strcmp(argv[i], "--wrk")) {
             use_wrk = true;
+        } else if (!strcmp(argv[i], "--churn")) {
+            churn = true;
+        } else if (!strcmp(argv[i], "--idle") && i + 1 < argc) {
+            if (parse_count(argv[++i], &idle) < 0)
+                goto bad;
         } else {
             fprintf(stderr, "iol-bench compare http: unexpected argument '%s'\n", argv[i]);
             goto bad;
         }
     }
+    if (churn && idle) {
+        fputs("iol-bench compare http: --churn and --idle are separate measurements\n", stderr);
+        goto bad;
+    }
     if (!load_workers)
         load_workers = workers;
+    int *idle_fds = NULL;
+    if (idle) {
+        long limit = idle_raise_fd_limit(); /* servers inherit it */
+        if (limit < (long)idle + 64) {
+            fprintf(stderr, "compare http: --idle %u needs %u fds, the limit is %ld\n", idle, idle + 64, limit);
+            return 2;
+        }
+        idle_fds = calloc(idle, sizeof *idle_fds);
+        if (!idle_fds)
+            return 1;
+    }
     char wrk_path[PATH_MAX];
     if (use_wrk && !find_program("wrk", wrk_path, sizeof wrk_path)) {
         fputs("compare http: --wrk given but wrk is not installed: skipped\n", stderr);
@@ -531,7 +637,12 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
         if (server_start(s) < 0)
             continue;
         s->runs = calloc(repeat, sizeof *s->runs);
-        if (!s->runs) {
+        s->cpu_ms = calloc(repeat, sizeof *s->cpu_ms);
+        s->idle_kib = calloc(repeat, sizeof *s->idle_kib);
+        if (!s->runs || !s->cpu_ms || !s->idle_kib) {
+            free(s->runs);
+            free(s->cpu_ms);
+            free(s->idle_kib);
             server_stop(s);
             continue;
         }
@@ -546,24 +657,33 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
     }
 
     int rc = 0;
+    if (idle) {
+        rc = compare_idle(servers, n, idle, repeat, idle_fds, o);
+        free(idle_fds);
+        goto out;
+    }
     for (unsigned r = 0; r < repeat && rc == 0; r++) {
         for (int k = 0; k < n; k++) {
             struct server *s = &servers[k];
             char url[64];
             snprintf(url, sizeof url, "http://127.0.0.1:%u/", s->port);
             http_load_result *res = &s->runs[s->nruns];
+            proctree_usage before, after;
+            bool cpu_ok = proctree_read(s->pid, &before) == 0;
             int err;
             if (use_wrk) {
-                err = wrk_run(url, conns, load_workers, duration, res);
+                err = wrk_run(url, conns, load_workers, duration, churn, res);
             } else {
                 http_load_config cfg = { .url = url, .connections = conns, .workers = load_workers,
-                                         .duration = duration, .label = s->label };
+                                         .duration = duration, .churn = churn, .label = s->label };
                 err = http_load_run(&cfg, res);
             }
+            cpu_ok = cpu_ok && proctree_read(s->pid, &after) == 0;
             if (err < 0) {
                 fprintf(stderr, "compare http: load run against %s failed\n", s->label);
                 continue;
             }
+            s->cpu_ms[s->nruns] = cpu_ok ? after.cpu_ms - before.cpu_ms : NAN;
             s->nruns++;
         }
     }
@@ -579,8 +699,12 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
     fprintf(table,
             "\ncompare http  %u server workers, %u connections, load: %s with %u workers, %.3g s x %u interleaved\n",
             workers, conns, use_wrk ? "wrk" : "iol-bench", load_workers, duration, repeat);
-    fprintf(table, "  %-14s %10s %10s %10s   %9s %9s %9s   %12s %10s\n", "server", "req/s min", "median", "max",
-            "p99us min", "median", "max", "ours/theirs", "p99 ratio");
+    const char *unit = churn ? "conn/s" : "req/s";
+    char unit_min[24];
+    snprintf(unit_min, sizeof unit_min, "%s min", unit);
+    fprintf(table, "  %-14s %10s %10s %10s   %9s %9s %9s   %12s %10s   %9s %11s\n", "server", unit_min, "median",
+            "max", "p99us min", "median", "max", "ours/theirs", "p99 ratio", "per CPU-ms", "ours/theirs");
+    double ours_per_cpu = NAN;
     for (int k = 0; k < n; k++) {
         struct server *s = &servers[k];
         for (unsigned i = 0; i < s->nruns; i++)
@@ -590,9 +714,11 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
         for (unsigned i = 0; i < s->nruns; i++)
             v[i] = http_latency_us(&s->runs[i], 2);
         http_stats(v, s->nruns, &lo, &med, &hi);
+        double per_cpu = per_cpu_ms(s);
         if (!strcmp(s->impl, "ioloop")) {
             ours_rps = rps;
             ours_p99 = med;
+            ours_per_cpu = per_cpu;
         }
         char ratio[32] = "-", p99_ratio[32] = "-";
         if (isfinite(ours_rps / rps))
@@ -603,12 +729,17 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
         const double p99v[3] = { lo, med, hi };
         for (int i = 0; i < 3; i++) /* no replies measured: no percentile */
             snprintf(p99[i], sizeof p99[i], isnan(p99v[i]) ? "-" : "%.0f", p99v[i]);
-        fprintf(table, "  %-14s %10.0f %10.0f %10.0f   %9s %9s %9s   %12s %10s\n", s->label, rps_lo, rps, rps_hi,
-                p99[0], p99[1], p99[2], ratio, p99_ratio);
+        char cpu_ratio[32] = "-";
+        if (isfinite(ours_per_cpu / per_cpu))
+            snprintf(cpu_ratio, sizeof cpu_ratio, "%.2fx", ours_per_cpu / per_cpu);
+        fprintf(table, "  %-14s %10.0f %10.0f %10.0f   %9s %9s %9s   %12s %10s   %9.1f %11s\n", s->label, rps_lo,
+                rps, rps_hi, p99[0], p99[1], p99[2], ratio, p99_ratio, per_cpu, cpu_ratio);
     }
-    fputs("  (ours/theirs: req/s of ioloop over this server's, > 1 is ioloop faster; p99 ratio: this server's\n"
-          "   p99 over ioloop's, > 1 is ioloop lower)\n",
-          table);
+    fprintf(table,
+            "  (ours/theirs: %s of ioloop over this server's, > 1 is ioloop faster; p99 ratio: this server's\n"
+            "   p99 over ioloop's, > 1 is ioloop lower; per CPU-ms: %s per ms of server CPU, median\n"
+            "   of the runs, > 1 ratio is ioloop cheaper)\n",
+            unit, churn ? "connections" : "requests");
     fflush(table);
 
     if (o->json) {
@@ -619,16 +750,19 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
             snprintf(params, sizeof params,
                      "{\"mode\":\"compare\",\"server\":\"%s\",\"server_note\":\"%s\",\"workers\":%u,"
                      "\"connections\":%u,\"load_generator\":\"%s\",\"load_workers\":%u,\"duration\":%g,"
-                     "\"repeat\":%u,\"churn\":false}",
+                     "\"repeat\":%u,\"churn\":%s}",
                      s->label, note, workers, conns,
-                     use_wrk ? "wrk" : "iol-bench", load_workers, duration, repeat);
+                     use_wrk ? "wrk" : "iol-bench", load_workers, duration, repeat, churn ? "true" : "false");
             for (unsigned i = 0; i < s->nruns; i++)
                 v[i] = s->runs[i].requests_per_sec;
             http_stats(v, s->nruns, &lo, &med, &hi);
+            size_t used = 0;
             extra[0] = '\0';
             if (isfinite(ours_rps) && med > 0)
-                snprintf(extra, sizeof extra, "\"ratio_ours_over_this\":%.4g", ours_rps / med);
-            http_json_line(stdout, s->impl, s->label, params, s->runs, s->nruns, false, extra);
+                used += (size_t)snprintf(extra, sizeof extra, "\"ratio_ours_over_this\":%.4g,", ours_rps / med);
+            snprintf(extra + used, sizeof extra - used, "\"%s\":%.4g",
+                     churn ? "connections_per_cpu_ms" : "requests_per_cpu_ms", per_cpu_ms(s));
+            http_json_line(stdout, s->impl, s->label, params, s->runs, s->nruns, churn, extra);
         }
     }
     if (o->plot) {
@@ -642,9 +776,13 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
             rc = 1;
     }
 
+out:
     cleanup_at_exit();
-    for (int k = 0; k < n; k++)
+    for (int k = 0; k < n; k++) {
         free(servers[k].runs);
+        free(servers[k].cpu_ms);
+        free(servers[k].idle_kib);
+    }
     g_nservers = 0;
     return rc;
 bad:

@@ -69,13 +69,19 @@ typedef struct iol_loop_config {
  * -ENOMEM, or the -errno of epoll_create1/eventfd/timer_create. */
 int iol_loop_new(iol_loop **out, const iol_loop_config *cfg);
 
-/* Shuts the loop down. Closes the poller and, when all_fds, every fd that
- * has a handler; drops pending callbacks (signal ones included) and active
- * timeouts and returns how many it dropped (cancelled timeouts do not
- * count). Clears it from current/instance and drops the creator's
- * reference; memory goes with the last reference. The waker's eventfd
- * stays open until then, so a producer holding a ref that keeps posting
- * gets -ESHUTDOWN, never a crash. Thread: the loop's owner, loop stopped.
+/* Shuts the loop down. First every stream still on the loop is closed
+ * and freed, on this thread before close returns: its fd is closed by the
+ * stream itself, a pending read (or connect) fails with -ESHUTDOWN, and
+ * its close callback runs (iol_stream_error() then says -ESHUTDOWN);
+ * afterwards no stream pointer of this loop may be used. Then it closes
+ * the poller and, when all_fds, every fd that still has a handler; drops
+ * pending callbacks (signal ones included) and active timeouts without
+ * running them and returns how many it dropped (cancelled timeouts do
+ * not count; what stream close callbacks added is dropped too). Clears it
+ * from current/instance and drops the creator's reference; memory goes
+ * with the last reference. The waker's eventfd stays open until then, so
+ * a producer holding a ref that keeps posting gets -ESHUTDOWN, never a
+ * crash. Thread: the loop's owner, loop stopped.
  * -EINVAL: loop NULL. -EBUSY: the loop is running. -ESHUTDOWN: closed already. */
 int iol_loop_close(iol_loop *loop, bool all_fds);
 
@@ -106,7 +112,10 @@ int iol_loop_install(iol_loop *loop);
 void iol_loop_clear_instance(void);
 
 /* Runs the loop until stop. Makes it current for this thread and restores
- * the previous current on return. Returns 0 after stop.
+ * the previous current on return. Holds a reference for as long as it
+ * runs, so other threads may drop theirs meanwhile (clear the instance,
+ * stop then unref): the loop is then freed by this thread when the run
+ * ends. Returns 0 after stop.
  * -EINVAL: NULL. -EBUSY: already running (also re-entrant).
  * -ESHUTDOWN: closed. */
 int iol_loop_start(iol_loop *loop);
@@ -116,7 +125,9 @@ int iol_loop_start(iol_loop *loop);
  * and queued callbacks stay queued (as Tornado). Any thread.
  * -EINVAL: NULL. -ESHUTDOWN: closed. */
 int iol_loop_stop(iol_loop *loop);
-/* Whether start is running. Any thread. false for NULL. */
+/* Whether start is running. Any thread. false for NULL. Once it returns
+ * false after a run, everything that run did is visible to the caller
+ * (acquire), which may then drive the loop itself. */
 bool iol_loop_running(const iol_loop *loop);
 
 /* Watches fd for events (IOL_READ|IOL_WRITE; IOL_ERROR always implied).
@@ -139,9 +150,22 @@ int iol_loop_update_handler(iol_loop *loop, int fd, unsigned events);
  * (harmless). -EINVAL, -EPERM, -ESHUTDOWN. */
 int iol_loop_remove_handler(iol_loop *loop, int fd);
 
+/* Removes fd's handler, if it has one, and closes fd: the cheap end of a
+ * connection. With epoll it costs the close alone, since closing a file
+ * takes it out of the epoll set; that holds only when no other descriptor
+ * refers to the same open file (dup, a child that inherited it without
+ * CLOEXEC): otherwise use remove_handler, then close. Events of fd already
+ * polled in this iteration are dropped. Thread rules as remove_handler.
+ * -EINVAL: loop NULL. -EBADF: fd < 0 or not open. -EPERM, -ESHUTDOWN (fd
+ * then stays open). */
+int iol_loop_close_fd(iol_loop *loop, int fd);
+
 /* Queues fn(arg) to run on the loop's thread in the next iteration.
  * Lock-free; wakes a sleeping loop with at most one eventfd write per sleep.
- * Callbacks from one producer run in order. Any thread.
+ * Callbacks from one producer run in order. Any thread. Queue nodes come
+ * from a per-thread cache that keeps at most 32768 nodes (1 MiB) per
+ * posting thread for reuse; a burst beyond that allocates and frees per
+ * callback.
  * -EINVAL: NULL loop/fn. -ESHUTDOWN: closed. -ENOMEM. */
 int iol_loop_add_callback(iol_loop *loop, iol_callback_fn fn, void *arg);
 /* Same as add_callback (Tornado's spawn_callback: not tied to a context). */
@@ -212,12 +236,14 @@ int iol_periodic_set_jitter(iol_periodic *pc, double jitter);
  * -EALREADY: running. Errors of call_at (-EPERM, -ESHUTDOWN, -ENOMEM). */
 int iol_periodic_start(iol_periodic *pc);
 /* Stops future runs; safe inside its own callback. Loop thread.
- * -EINVAL: NULL. -EPERM: another thread while the loop runs. */
+ * -EINVAL: NULL. -EPERM: another thread while the loop runs (whether a
+ * run is pending or the callback is running right then). */
 int iol_periodic_stop(iol_periodic *pc);
 bool iol_periodic_is_running(const iol_periodic *pc);
 /* Stops it, then frees it (NULL ignored). Inside its own callback the
  * free is deferred until the callback returns. Loop thread: from another
- * thread while the loop runs it logs an error and frees nothing. */
+ * thread while the loop runs (its callback running or not) it logs an
+ * error and frees nothing. */
 void iol_periodic_free(iol_periodic *pc);
 /* Tornado 5.1 schedule: p = period_s * (1 + jitter * (random01 - 0.5));
  * deadline <= now: deadline + (floor((now - deadline) / p) + 1) * p,
@@ -267,8 +293,10 @@ int iol_loop_run_in_executor(iol_loop *loop, iol_executor *ex, int (*fn)(void *a
  * Returns 0 with *result (result may be NULL), the future's error, fn's own
  * return if < 0, or -ETIMEDOUT after timeout seconds (<= 0: no limit) or
  * when something else stopped the loop before `done` resolved (Tornado).
- * The loop stays usable. -EINVAL: NULL loop/fn. -EBUSY: running.
- * -ESHUTDOWN. -ENOMEM. */
+ * The loop stays usable. -EINVAL: NULL loop/fn. -EBUSY: running, on any
+ * thread (checked before anything is put on the loop, so a start racing
+ * on another thread leaves nothing of this call behind). -ESHUTDOWN.
+ * -ENOMEM. */
 int iol_loop_run_sync(iol_loop *loop, int (*fn)(iol_loop *loop, iol_future *done, void *arg), void *arg,
                       double timeout, void **result);
 
@@ -283,26 +311,52 @@ typedef struct iol_runtime_config {
     void (*on_start)(iol_loop *loop, unsigned index, void *arg); /* on the worker */
     void (*on_stop)(iol_loop *loop, unsigned index, void *arg);  /* on the worker */
     void *arg;
+    /* Second release (zero: the first release's behaviour, plus the drain).
+     * drain_timeout: seconds the workers keep serving the application's
+     * registered fds after stop; 0: 10 s; negative: no drain. */
+    double drain_timeout;
+    /* on_drain(loop, index, arg): on each worker (its own thread, loop
+     * current), once stop was called, the final accepts were handed to
+     * on_accept and every accepted post ran: close idle connections now,
+     * finish the ones with a request in flight and close them. The drain
+     * lasts while any fd of the application is registered on the loop:
+     * remove handlers of fds that are not connections (pipes, eventfds)
+     * here too. Not called when drain_timeout < 0. May be NULL
+     * (iol_runtime_stopping answers the same question). */
+    void (*on_drain)(iol_loop *loop, unsigned index, void *arg);
     double spin_us;                /* as iol_loop_config.spin_us, for every worker */
 } iol_runtime_config;
 
 /* N workers, one loop each (created here, started by start).
- * -EINVAL: out NULL, unknown poller, workers > 4096, spin_us NaN or
- * > 1000. -ENOMEM. */
+ * -EINVAL: out NULL, unknown poller, workers > 4096, a NaN threshold or
+ * drain_timeout, spin_us NaN or > 1000. -ENOMEM. */
 int iol_runtime_new(iol_runtime **out, const iol_runtime_config *cfg);
 /* Starts the worker threads; returns once every loop runs (after every
  * on_start). -EINVAL: NULL. -EALREADY: started. -ESHUTDOWN: stopped. */
 int iol_runtime_start(iol_runtime *rt);
 /* Stops taking work: posts after this get -ESHUTDOWN; every callback
  * posted before runs exactly once; listeners accept what the kernel has
- * queued, hand it to on_accept, then close. Does not wait (see join).
- * Idempotent. Any thread, workers too. -EINVAL: NULL. */
+ * queued, hand it to on_accept, then close. Then the drain: each worker
+ * calls on_drain and keeps running its loop while the application has fds
+ * registered on it, for at most drain_timeout. Sockets still registered
+ * then are shut down for writing (FIN) and their input is discarded until
+ * the peer closes, for at most 200 ms in all, so that closing them sends
+ * no reset. Then on_stop, which may close them (or leave them: the
+ * worker's loop is closed with all fds, after discarding input again).
+ * Without a drain (drain_timeout < 0) on_stop follows the final accepts.
+ * Does not wait (see join). Idempotent. Any thread, workers too.
+ * -EINVAL: NULL. */
 int iol_runtime_stop(iol_runtime *rt);
+/* Whether stop was called: from then on, a worker's application should
+ * finish its connections (see on_drain). Any thread. false for NULL. */
+bool iol_runtime_stopping(const iol_runtime *rt);
 /* Waits for the workers to finish after stop. -EINVAL: NULL.
  * -EDEADLK: called from a worker. */
 int iol_runtime_join(iol_runtime *rt);
 /* Stops, joins, frees (NULL ignored). Not from a worker. Each worker loop
- * is closed with all_fds, so fds still registered on it are closed too.
+ * is closed with all_fds on its worker thread, so streams still on it are
+ * released as by iol_loop_close (close callbacks run on that worker) and
+ * raw fds still registered on it are closed too (gently, see stop).
  * Posts accepted before a start that never happened are dropped. */
 void iol_runtime_free(iol_runtime *rt);
 unsigned iol_runtime_size(const iol_runtime *rt);          /* 0 for NULL */
@@ -324,11 +378,27 @@ typedef struct iol_listen_config {
     int shard;                /* IOL_SHARD_REUSEPORT or IOL_SHARD_HANDOFF */
     iol_accept_fn on_accept;  /* on the worker that owns the connection; owns fd */
     void *arg;
+    /* Second release. REUSEPORT only: join the SO_REUSEPORT group that
+     * another process (same user) listens on at port, instead of failing
+     * with -EADDRINUSE; the kernel spreads connections over both. */
+    bool reuseport_join;
+    /* TCP_NODELAY on every accepted connection, set once on the listening
+     * sockets (Linux copies it to each accepted socket): no setsockopt per
+     * connection. */
+    bool nodelay;
+    /* > 0: TCP_DEFER_ACCEPT with this many seconds (tcp(7)): a connection
+     * reaches on_accept once its first data has arrived (or the period
+     * ran out), so on_accept can read at once instead of registering and
+     * waiting; nginx's "listen ... deferred". 0: off. */
+    int defer_accept;
 } iol_listen_config;
 
 /* Listens on host:port, before or after start. Returns a listener id >= 0.
- * -EINVAL: NULL rt/cfg/on_accept, unknown shard, bad host.
- * -EADDRINUSE: port taken. -ESHUTDOWN: stopped. -ENOMEM, socket errors. */
+ * -EINVAL: NULL rt/cfg/on_accept, unknown shard, bad host, reuseport_join
+ * with HANDOFF or port 0, defer_accept < 0.
+ * -EADDRINUSE: port taken (without reuseport_join; with it: taken by a
+ * socket that is not in a REUSEPORT group of this user).
+ * -ESHUTDOWN: stopped. -ENOMEM, socket errors. */
 int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg);
 /* The bound port of listener id. -EINVAL: NULL. -ENOENT: unknown id. */
 int iol_runtime_listener_port(iol_runtime *rt, int id);
@@ -347,12 +417,14 @@ typedef void (*iol_close_fn)(iol_stream *s, void *arg);
 /* Wraps a connected non-blocking socket (made non-blocking if it is not)
  * on loop; the stream owns fd. max_buffer_size bounds the read buffer
  * (0: 100 MiB). Loop thread. -EINVAL: NULL out/loop. -EBADF: bad fd.
- * -EEXIST: fd has a handler. -ENOMEM. */
+ * -EEXIST: fd has a handler. -ESHUTDOWN: loop closed. -EPERM: another
+ * thread runs the loop. -ENOMEM. */
 int iol_stream_new(iol_stream **out, iol_loop *loop, int fd, size_t max_buffer_size);
 /* Non-blocking connect to host:port (numeric or resolved with
  * getaddrinfo, which may block). cb(s, 0 | -errno, arg) runs on the loop
  * when connected or failed; on failure the stream is closed after cb.
- * -EINVAL: NULL out/loop/host/cb. -ENOMEM, socket errors. */
+ * -EINVAL: NULL out/loop/host/cb. -ESHUTDOWN, -EPERM as stream_new.
+ * -ENOMEM, socket errors. */
 int iol_stream_connect(iol_stream **out, iol_loop *loop, const char *host, uint16_t port, size_t max_buffer_size,
                        iol_connect_fn cb, void *arg);
 /* Reads until delim (data includes it). -ENOBUFS (and close) when the
@@ -362,7 +434,10 @@ int iol_stream_read_until(iol_stream *s, const char *delim, iol_read_fn cb, void
 int iol_stream_read_bytes(iol_stream *s, size_t n, bool partial, iol_read_fn cb, void *arg);
 /* Reads everything until the peer closes; status 0 then. */
 int iol_stream_read_until_close(iol_stream *s, iol_read_fn cb, void *arg);
-/* Read calls: cb runs on the loop thread, never inside the call itself.
+/* Read calls: cb runs on the loop thread, never inside the call itself;
+ * data is valid until cb returns (copy what you keep). A stream holds a
+ * read or write buffer only while bytes are in it (buffers come from a
+ * per-thread pool of at most 1 MiB), so an idle stream costs about 0.5 KiB.
  * status 0 or -errno (-ECONNRESET/-EPIPE closed, -ENOBUFS too big).
  * Errors of the call: -EINVAL: NULL s/cb/delim, empty delim, n 0.
  * -EBUSY: a read is pending. -EPIPE: stream closed. */
@@ -382,11 +457,11 @@ int iol_stream_set_close_callback(iol_stream *s, iol_close_fn fn, void *arg);
  * dropped (as Tornado). -EINVAL: NULL. -EALREADY: closed.
  * Lifetime: a stream frees itself once it is closed (by either side) and
  * none of its callbacks is running or queued; the close finishes in a loop
- * callback, so run the loop once after closing streams (or the stream and
- * its loop reference are dropped with the loop's queue at close). After the
- * close callback returns, or after iol_stream_close outside a callback,
- * the pointer must not be used. Set a close callback to learn of a peer's
- * close while idle. */
+ * callback, or, if the loop is closed first, inside iol_loop_close (which
+ * releases every stream on the loop, see there). After the close callback
+ * returns, or after iol_stream_close outside a callback, the pointer must
+ * not be used. Set a close callback to learn of a peer's close while idle
+ * and of the loop's close. */
 int iol_stream_close(iol_stream *s);
 bool iol_stream_closed(const iol_stream *s);
 /* The socket fd, -EBADF once closed, -EINVAL for NULL. */

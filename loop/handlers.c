@@ -46,7 +46,13 @@ int iol_loop_add_handler(iol_loop *loop, int fd, unsigned events, iol_handler_fn
         return err;
     if (!fn || events == 0 || (events & ~KNOWN_EVENTS))
         return -EINVAL;
-    if ((err = check_fd_open(fd)) < 0)
+    if (fd < 0)
+        return -EBADF;
+    /* A backend that cannot tell a closed fd (poll, select) gets one
+     * checked here; epoll's own add says EBADF, sparing a syscall, except
+     * when the tables must grow: never grow them for an fd that is not
+     * open (a bogus 10^9 would allocate gigabytes). */
+    if ((!loop->poller_ops->add_checks_fd || fd >= loop->handlers_cap) && (err = check_fd_open(fd)) < 0)
         return err;
     if (fd == iol__waker_fd(&loop->waker) || has_handler(loop, fd))
         return -EEXIST;
@@ -88,6 +94,14 @@ static void drop_pending_events(iol_loop *loop, int fd)
             loop->events[i].fd = -1;
 }
 
+static void forget_handler(iol_loop *loop, int fd)
+{
+    loop->handlers[fd] = (iol__handler){ 0 };
+    /* relaxed: a statistic for load balancing, read without ordering. */
+    atomic_fetch_sub_explicit(&loop->handler_count, 1, memory_order_relaxed);
+    drop_pending_events(loop, fd);
+}
+
 int iol_loop_remove_handler(iol_loop *loop, int fd)
 {
     int err = iol__loop_check(loop);
@@ -99,10 +113,25 @@ int iol_loop_remove_handler(iol_loop *loop, int fd)
         return -ENOENT;
     /* The fd may be closed already; the poller forgets it either way. */
     loop->poller_ops->remove(loop->poller, fd);
-    loop->handlers[fd] = (iol__handler){ 0 };
-    atomic_fetch_sub_explicit(&loop->handler_count, 1, memory_order_relaxed);
-    drop_pending_events(loop, fd);
+    forget_handler(loop, fd);
     return 0;
+}
+
+int iol_loop_close_fd(iol_loop *loop, int fd)
+{
+    int err = iol__loop_check(loop);
+    if (err)
+        return err;
+    if (fd < 0)
+        return -EBADF;
+    if (has_handler(loop, fd)) {
+        if (loop->poller_ops->forget)
+            loop->poller_ops->forget(loop->poller, fd);
+        else
+            loop->poller_ops->remove(loop->poller, fd);
+        forget_handler(loop, fd);
+    }
+    return close(fd) < 0 && errno == EBADF ? -EBADF : 0;
 }
 
 void iol__loop_dispatch_events(iol_loop *loop)

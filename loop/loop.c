@@ -106,6 +106,11 @@ static size_t drop_callbacks(iol_loop *loop)
  * dropped. Owner thread, loop not running. */
 static int loop_shutdown(iol_loop *loop, bool all_fds)
 {
+    /* First, while the loop still takes calls: the layers above release
+     * what they own on it (streams remove their handlers and close their
+     * own fds), so all_fds below never closes an fd number a stream
+     * still holds. */
+    iol__loop_run_close_hooks(loop);
     /* seq_cst: a producer that reads closed == false after this store
      * pushes a node that iol__cbqueue_free reclaims at the last unref;
      * one that reads true returns -ESHUTDOWN. Either way no crash. */
@@ -313,10 +318,10 @@ static void run_due_timeouts(iol_loop *loop, bool watched)
         return;
     double now = iol_loop_time(loop);
     /* Timeouts added by these callbacks wait for the next iteration. */
-    uint64_t mark = iol__timer_heap_mark(&loop->timers);
+    iol__timer_heap_begin_pass(&loop->timers);
     iol_callback_fn fn;
     void *arg;
-    while (iol__timer_heap_pop_due(&loop->timers, now, mark, &fn, &arg)) {
+    while (iol__timer_heap_pop_due(&loop->timers, now, &fn, &arg)) {
         if (watched)
             iol__watchdog_call_begin(loop->watchdog, (const void *)fn);
         fn(arg);
@@ -375,7 +380,13 @@ static int loop_poll(iol_loop *loop)
     return 0;
 }
 
-int iol_loop_start(iol_loop *loop)
+/* Claims the loop for this thread: the running flag, the owner and a
+ * reference held for the whole run, so a loop whose other references are
+ * dropped while it runs (the instance cleared, "stop, then unref" from
+ * another thread) is freed by the runner when the run ends, never under
+ * it. run_sync claims first and sets up afterwards, so it cannot lose the
+ * loop to another thread's start half-way. */
+int iol__loop_claim(iol_loop *loop)
 {
     if (!loop)
         return -EINVAL;
@@ -388,13 +399,27 @@ int iol_loop_start(iol_loop *loop)
                                                  memory_order_relaxed))
         return -EBUSY;
     atomic_store_explicit(&loop->owner, iol__thread_id(), memory_order_relaxed);
+    iol_loop_ref(loop);
+    return 0;
+}
+
+/* Ends a claim; may free the loop (the run's reference was the last). */
+void iol__loop_release(iol_loop *loop)
+{
+    atomic_store_explicit(&loop->owner, NULL, memory_order_relaxed);
+    /* release: this run's writes happen-before the next claim's acquire
+     * and before iol_loop_running()'s acquire in a thread that waits for
+     * the loop to stop and then uses it. */
+    atomic_store_explicit(&loop->running, false, memory_order_release);
+    iol_loop_unref(loop);
+}
+
+int iol__loop_run(iol_loop *loop)
+{
     /* seq_cst exchange: a stop() made before this start is consumed here
      * and the start returns at once, as in Tornado. */
-    if (atomic_exchange(&loop->stop_requested, false)) {
-        atomic_store_explicit(&loop->owner, NULL, memory_order_relaxed);
-        atomic_store_explicit(&loop->running, false, memory_order_release);
+    if (atomic_exchange(&loop->stop_requested, false))
         return 0;
-    }
 
     iol_loop *previous = iol_loop_current();
     iol_loop_make_current(loop);
@@ -421,9 +446,16 @@ int iol_loop_start(iol_loop *loop)
     iol__watchdog_iteration_end(loop->watchdog);
     iol__watchdog_thread_exit(loop->watchdog);
     iol_loop_make_current(previous);
-    atomic_store_explicit(&loop->owner, NULL, memory_order_relaxed);
-    /* release: this run's writes happen-before the next start's acquire. */
-    atomic_store_explicit(&loop->running, false, memory_order_release);
+    return err;
+}
+
+int iol_loop_start(iol_loop *loop)
+{
+    int err = iol__loop_claim(loop);
+    if (err)
+        return err;
+    err = iol__loop_run(loop);
+    iol__loop_release(loop);
     return err;
 }
 
@@ -443,6 +475,7 @@ int iol_loop_stop(iol_loop *loop)
 
 bool iol_loop_running(const iol_loop *loop)
 {
-    /* relaxed: a snapshot for the caller, ordering nothing. */
-    return loop && atomic_load_explicit(&loop->running, memory_order_relaxed);
+    /* acquire: a thread that waits for false and then drives the loop
+     * sees everything the run did (pairs with iol__loop_release). */
+    return loop && atomic_load_explicit(&loop->running, memory_order_acquire);
 }

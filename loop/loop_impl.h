@@ -19,6 +19,7 @@
 #include "sync/waker.h"
 
 struct iol_executor;
+struct iol__close_hook;
 
 typedef struct iol__handler {
     iol_handler_fn fn; /* NULL: no handler for this fd */
@@ -57,6 +58,8 @@ struct iol_loop {
     struct iol_executor *default_executor;
     bool default_executor_owned;
 
+    struct iol__close_hook *close_hooks; /* loop/close_hook.h */
+
     iol__spin spin;              /* the pre-sleep spin policy (loop/spin.c) */
     uint64_t sleeps;             /* sleeps announced to the waker (a statistic
                                     for tests: wakeups <= sleeps) */
@@ -71,9 +74,11 @@ const void *iol__thread_id(void);
  * one thread may drive a stopped loop) or an owner that is not itself. */
 static inline int iol__loop_check_owner(const iol_loop *loop)
 {
-    /* relaxed: both are only compared with this thread's own id, which no
-     * other thread ever stores; no data is published through them. */
-    if (atomic_load_explicit(&loop->running, memory_order_relaxed) &&
+    /* running, acquire: when it reads false, the last run's writes to the
+     * owner-thread state (release in iol__loop_release) are visible to
+     * this caller, which is about to use that state. owner, relaxed: only
+     * compared with this thread's own id, which no other thread stores. */
+    if (atomic_load_explicit(&loop->running, memory_order_acquire) &&
         atomic_load_explicit(&loop->owner, memory_order_relaxed) != iol__thread_id())
         return -EPERM;
     return 0;
@@ -90,6 +95,15 @@ static inline int iol__loop_check(const iol_loop *loop)
     return iol__loop_check_owner(loop);
 }
 
+/* A run split in three for run_sync (loop/loop.c): claim the loop for
+ * this thread (-EINVAL, -ESHUTDOWN, -EBUSY; takes a reference), run it
+ * until stopped, release it (drops the reference, which may free it). */
+int iol__loop_claim(iol_loop *loop);
+int iol__loop_run(iol_loop *loop);
+void iol__loop_release(iol_loop *loop);
+
+/* Unlinks and runs every close hook (loop/close_hooks.c). */
+void iol__loop_run_close_hooks(iol_loop *loop);
 /* Drops the fds' handlers; with close_fds, closes them too (loop/handlers.c). */
 void iol__loop_handlers_release(iol_loop *loop, bool close_fds);
 /* Runs the handlers for the events of the last poll (loop/handlers.c). */

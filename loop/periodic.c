@@ -14,6 +14,7 @@
 
 #include "ioloop.h"
 #include "loop/log.h"
+#include "loop/loop_impl.h"
 
 struct iol_periodic {
     iol_loop *loop;        /* referenced */
@@ -168,12 +169,15 @@ int iol_periodic_stop(iol_periodic *pc)
 {
     if (!pc)
         return -EINVAL;
+    /* From another thread while the loop runs: touch nothing, whether a
+     * timeout is pending or the callback itself is running right now (its
+     * timeout is then already gone, and periodic_run reads the fields). */
+    int err = iol__loop_check_owner(pc->loop);
+    if (err)
+        return err;
     if (pc->timeout != 0) {
-        int err = iol_loop_remove_timeout(pc->loop, pc->timeout);
-        /* From another thread while the loop runs: touch nothing. */
-        if (err == -EPERM)
-            return err;
         /* -ENOENT/-ESHUTDOWN: already gone with a closed loop; nothing to undo. */
+        (void)iol_loop_remove_timeout(pc->loop, pc->timeout);
         pc->timeout = 0;
     }
     pc->running = false;
@@ -190,8 +194,9 @@ void iol_periodic_free(iol_periodic *pc)
     if (!pc)
         return;
     if (iol_periodic_stop(pc) == -EPERM) {
-        /* Its timeout is still armed on a running loop: freeing now would
-         * leave the loop a dangling argument. Refuse loudly instead. */
+        /* Its timeout may be armed or its callback running on a running
+         * loop: freeing now would leave either a dangling pointer. Refuse
+         * loudly instead. */
         iol__log(IOL_LOG_ERROR, "iol_periodic_free from a thread that does not run its loop: not freed");
         return;
     }

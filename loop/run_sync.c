@@ -94,17 +94,21 @@ int iol_loop_run_sync(iol_loop *loop, int (*fn)(iol_loop *loop, iol_future *done
 {
     if (!loop || !fn || isnan(timeout))
         return -EINVAL;
-    if (iol_loop_running(loop))
-        return -EBUSY;
-    int err = iol__loop_check(loop);
+    /* Claim the loop before putting anything on it: once claimed, no other
+     * thread can start it, so the timer and the callback below can only
+     * run in our own run (or be dropped with the loop). */
+    int err = iol__loop_claim(loop);
     if (err)
         return err;
 
     run_sync_state *st = calloc(1, sizeof(*st));
-    if (!st)
+    if (!st) {
+        iol__loop_release(loop);
         return -ENOMEM;
+    }
     if ((err = iol_future_new(&st->done)) < 0) {
         free(st);
+        iol__loop_release(loop);
         return err;
     }
     atomic_init(&st->refs, 1);
@@ -128,15 +132,15 @@ int iol_loop_run_sync(iol_loop *loop, int (*fn)(iol_loop *loop, iol_future *done
         goto fail;
     }
 
-    /* start makes the loop current and restores the previous one. */
-    err = iol_loop_start(loop);
+    /* The run makes the loop current and restores the previous one. */
+    err = iol__loop_run(loop);
     st->active = false;
     if (timer && !st->timed_out)
         (void)iol_loop_remove_timeout(loop, timer);
     iol__future_remove_hook(st->done, &st->hook);
 
     if (err < 0) {
-        /* -EBUSY: another thread started the loop after our check. */
+        /* the poller failed */
     } else if (st->fn_rc < 0) {
         err = st->fn_rc;
     } else {
@@ -149,6 +153,7 @@ int iol_loop_run_sync(iol_loop *loop, int (*fn)(iol_loop *loop, iol_future *done
     }
     iol_future_unref(st->done);
     run_sync_state_unref(st);
+    iol__loop_release(loop);
     return err;
 
 fail:
@@ -157,5 +162,6 @@ fail:
     iol__future_remove_hook(st->done, &st->hook);
     iol_future_unref(st->done);
     run_sync_state_unref(st);
+    iol__loop_release(loop);
     return err;
 }

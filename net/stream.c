@@ -7,9 +7,11 @@
  * Consuming only moves start; the bytes slide to the front when more than
  * half of the capacity is dead space (so every byte is moved at most once
  * per time it is consumed past), the buffer doubles when it must grow, and
- * it shrinks back to STREAM_BUFFER_SMALL once mostly empty. Reads go
- * straight into the tail of the read buffer: no malloc per read in the
- * steady state.
+ * it shrinks back to STREAM_BUFFER_SMALL once mostly empty. A buffer exists
+ * only while bytes are in it: blocks come from the thread's pool
+ * (net/bufpool.h) and go back to it when the buffer empties, so an idle
+ * stream holds none and the steady state does no malloc. Reads go straight
+ * into the tail of the read buffer.
  *
  * Callbacks: a read's callback runs from the fd handler or from the
  * stream's one deferred callback (iol_loop_add_callback), never inside the
@@ -26,6 +28,7 @@
 #include "ioloop.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <stdio.h>
@@ -34,6 +37,9 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <unistd.h>
+
+#include "loop/close_hook.h"
+#include "net/bufpool.h"
 
 enum {
     STREAM_DEFAULT_MAX_BUFFER = 100u << 20, /* Tornado's default max_buffer_size */
@@ -67,6 +73,7 @@ typedef struct stream_address {
 
 struct iol_stream {
     iol_loop *loop; /* referenced for the stream's lifetime */
+    iol__close_hook close_hook; /* the loop's close releases the stream */
     int fd;         /* -1 once closed (or between connect attempts) */
     bool is_socket; /* send(MSG_NOSIGNAL) rather than write() */
 
@@ -80,6 +87,7 @@ struct iol_stream {
     bool deferred_queued;
     bool in_deferred; /* the deferred callback is running and re-checks at its end */
     bool deferred_again;
+    bool loop_closing; /* released by the loop's close: queue nothing more */
     int error;     /* -errno that closed the stream, 0 if none */
     unsigned refs; /* frames on the stack + the queued deferred callback */
 
@@ -146,6 +154,21 @@ static void buffer_slide_to_front(stream_buffer *b)
     b->start = 0;
 }
 
+/* Moves the live bytes into a new block of cap bytes (from the pool). */
+static int buffer_move_to(stream_buffer *b, size_t cap)
+{
+    char *base = iol__bufpool_get(cap);
+    if (!base)
+        return -ENOMEM;
+    if (b->len > 0)
+        memcpy(base, b->base + b->start, b->len);
+    iol__bufpool_put(b->base, b->cap);
+    b->base = base;
+    b->start = 0;
+    b->cap = cap;
+    return 0;
+}
+
 /* Makes at least `need` bytes of tail room. */
 static int buffer_reserve(stream_buffer *b, size_t need)
 {
@@ -163,13 +186,7 @@ static int buffer_reserve(stream_buffer *b, size_t need)
     size_t cap = b->cap ? b->cap * 2 : STREAM_BUFFER_MIN;
     while (cap < want)
         cap *= 2;
-    buffer_slide_to_front(b);
-    char *base = realloc(b->base, cap);
-    if (!base)
-        return -ENOMEM;
-    b->base = base;
-    b->cap = cap;
-    return 0;
+    return buffer_move_to(b, cap);
 }
 
 static int buffer_append(stream_buffer *b, const void *data, size_t len)
@@ -185,8 +202,8 @@ static int buffer_append(stream_buffer *b, const void *data, size_t len)
 }
 
 /* Only moves offsets: the consumed bytes stay readable until the next
- * reserve, which is what lets a read callback get a pointer into the
- * buffer after the read state was already cleared. */
+ * reserve or release, which is what lets a read callback get a pointer
+ * into the buffer after the read state was already cleared. */
 static void buffer_consume(stream_buffer *b, size_t n)
 {
     b->start += n;
@@ -195,35 +212,37 @@ static void buffer_consume(stream_buffer *b, size_t n)
         b->start = 0;
 }
 
-/* Gives memory back after a burst: a large buffer that is mostly empty
- * shrinks to twice its live bytes, not below STREAM_BUFFER_SMALL. */
+static void buffer_free(stream_buffer *b)
+{
+    iol__bufpool_put(b->base, b->cap);
+    *b = (stream_buffer){0};
+}
+
+/* A buffer exists only while bytes are in it: an empty one goes back to
+ * the thread's pool; a large, mostly empty one shrinks to twice its live
+ * bytes, not below STREAM_BUFFER_SMALL. */
 static void buffer_trim(stream_buffer *b)
 {
+    if (!b->base)
+        return;
+    if (b->len == 0) {
+        buffer_free(b);
+        return;
+    }
     if (b->cap <= STREAM_BUFFER_SMALL || b->len > b->cap / 4)
         return;
     size_t cap = STREAM_BUFFER_SMALL;
     while (cap < b->len * 2)
         cap *= 2;
-    if (cap >= b->cap)
-        return;
-    buffer_slide_to_front(b);
-    char *base = realloc(b->base, cap);
-    if (base) { /* a failed shrink just keeps the larger block */
-        b->base = base;
-        b->cap = cap;
-    }
-}
-
-static void buffer_free(stream_buffer *b)
-{
-    free(b->base);
-    *b = (stream_buffer){0};
+    if (cap < b->cap)
+        (void)buffer_move_to(b, cap); /* a failed shrink just keeps the larger block */
 }
 
 /* --------------------------------------------------------------- Lifetime */
 
 static void stream_free(iol_stream *s)
 {
+    iol__loop_remove_close_hook(s->loop, &s->close_hook);
     buffer_free(&s->rbuf);
     buffer_free(&s->wbuf);
     free(s->dones);
@@ -265,6 +284,8 @@ static int stream_schedule(iol_stream *s)
 {
     if (s->deferred_queued)
         return 0;
+    if (s->loop_closing)
+        return -ESHUTDOWN;
     if (s->in_deferred) {
         s->deferred_again = true;
         return 0;
@@ -488,6 +509,9 @@ static void stream_handle_read(iol_stream *s)
             stream_close_internal(s, (int)n);
         }
     }
+    /* The last recv usually found nothing (EAGAIN): an idle stream keeps
+     * no buffer. */
+    buffer_trim(&s->rbuf);
 }
 
 /* ------------------------------------------------------------------ Writes */
@@ -497,8 +521,14 @@ static void stream_fire_dones(iol_stream *s)
 {
     while (s->done_head < s->done_count && s->dones[s->done_head].end <= s->bytes_written) {
         stream_write_done d = s->dones[s->done_head++];
-        if (s->done_head == s->done_count)
-            s->done_head = s->done_count = 0; /* empty: reuse from the front */
+        if (s->done_head == s->done_count) {
+            /* Empty: an idle stream keeps no array (d.fn may write again
+             * and make a new one; the loop then reads that). */
+            free(s->dones);
+            s->dones = NULL;
+            s->done_cap = 0;
+            s->done_head = s->done_count = 0;
+        }
         d.fn(d.arg);
     }
 }
@@ -729,6 +759,30 @@ static void stream_deferred(void *arg)
     stream_release(s);
 }
 
+/* The loop is closing (iol_loop_close, on its thread, loop stopped): no
+ * frame of the stream is on the stack, and its queued deferred callback,
+ * if any, will be dropped with the loop's queue and never run. Close the
+ * stream with -ESHUTDOWN (its own path removes the handler and closes the
+ * fd), run what a close runs (pending read, connect, close callback) here,
+ * and free it. */
+static void stream_loop_closing(iol__close_hook *hook)
+{
+    iol_stream *s = (iol_stream *)((char *)hook - offsetof(iol_stream, close_hook));
+    if (s->deferred_queued) {
+        s->deferred_queued = false; /* dropped with the queue */
+        s->refs--;
+    }
+    if (s->refs > 0) {
+        /* A frame of the stream is on the stack: impossible while the loop
+         * is stopped; leak rather than free under it. */
+        return;
+    }
+    s->loop_closing = true;
+    stream_close_internal(s, -ESHUTDOWN); /* no-op if closed already */
+    stream_finish_close(s);
+    stream_free(s);
+}
+
 static void stream_on_events(int fd, unsigned events, void *arg)
 {
     iol_stream *s = arg;
@@ -769,6 +823,12 @@ static int stream_alloc(iol_stream **out, iol_loop *loop, size_t max_buffer_size
     iol_stream *s = calloc(1, sizeof(*s));
     if (!s)
         return -ENOMEM;
+    s->close_hook.fn = stream_loop_closing;
+    int r = iol__loop_add_close_hook(loop, &s->close_hook);
+    if (r < 0) {
+        free(s);
+        return r;
+    }
     s->loop = iol_loop_ref(loop);
     s->fd = -1;
     s->max_buffer_size = max_buffer_size ? max_buffer_size : STREAM_DEFAULT_MAX_BUFFER;

@@ -114,6 +114,16 @@ static int epoll_remove(iol__poller *p, int fd)
     return 0;
 }
 
+static int epoll_forget(iol__poller *p, int fd)
+{
+    if (fd < 0 || !is_added(p, fd))
+        return -ENOENT;
+    /* The close that follows removes fd from the epoll set, unless another
+     * descriptor refers to the same file (a dup): the caller's promise. */
+    p->watched[fd] = 0;
+    return 0;
+}
+
 static int epoll_wait_events(iol__poller *p, iol__poller_event *out, int max, int timeout_ms)
 {
     if (max <= 0)
@@ -171,6 +181,8 @@ const iol__poller_ops iol__poller_epoll = {
     .add = epoll_add,
     .modify = epoll_modify,
     .remove = epoll_remove,
+    .forget = epoll_forget,
     .wait = epoll_wait_events,
     .close = epoll_close_poller,
+    .add_checks_fd = true, /* epoll_ctl: EBADF */
 };

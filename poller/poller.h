@@ -25,10 +25,18 @@ typedef struct iol__poller_ops {
     int (*modify)(iol__poller *p, int fd, unsigned events);
     /* -ENOENT if fd was not added. Works on an fd already closed. */
     int (*remove)(iol__poller *p, int fd);
+    /* Optional (NULL: remove). fd is about to be closed: drop it from the
+     * backend's own books without telling the kernel, where closing the
+     * file unregisters it anyway (epoll). Saves a system call per closed
+     * connection. -ENOENT if fd was not added. */
+    int (*forget)(iol__poller *p, int fd);
     /* Waits up to timeout_ms (-1: forever, 0: not at all) and fills at most
      * max events. Returns the count, 0 on EINTR, or -errno. */
     int (*wait)(iol__poller *p, iol__poller_event *events, int max, int timeout_ms);
     void (*close)(iol__poller *p);
+    /* add itself returns -EBADF for an fd that is not open (the kernel
+     * checks, as epoll_ctl does); else the loop checks first. */
+    bool add_checks_fd;
 } iol__poller_ops;
 
 extern const iol__poller_ops iol__poller_epoll;

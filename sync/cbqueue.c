@@ -41,7 +41,9 @@
  *   producers contend on one cache line; here each producer only touches its
  *   own cache line plus the queue tail, and the consumer's push rarely
  *   contends (only with the owner's take-all).
- *   Memory is bounded by each thread's peak number of nodes in flight.
+ *   A cache keeps at most MAX_CACHED_CHUNKS chunks (1 MiB); nodes beyond
+ *   that are malloc'd one at a time and freed by the consumer (marked
+ *   OVERFLOW_NODE), so memory held for reuse stays bounded after a burst.
  *
  * THREAD EXIT: a pthread key destructor orphans the cache. It takes the
  * remote stack by exchanging it with the ORPHANED marker, counts the nodes
@@ -79,6 +81,10 @@
 
 #define CACHE_LINE 64
 #define CHUNK_NODES 128
+/* The most chunks a thread's cache keeps: 256 x 128 nodes x 32 bytes = 1 MiB.
+ * Past that, nodes are allocated one by one and freed by the consumer, so
+ * a burst cannot pin its peak in the cache for the thread's life. */
+#define MAX_CACHED_CHUNKS 256
 #define DEFAULT_SIGNAL_RESERVE 256
 #define SPINS_BEFORE_YIELD 64
 
@@ -113,6 +119,9 @@ static void *alloc_lines(size_t size)
 
 /* Marker stored in a cache's remote head once its thread has exited. */
 #define ORPHANED ((struct iol__cbnode *)(uintptr_t)1)
+/* The `cache` of a node allocated past MAX_CACHED_CHUNKS: the consumer
+ * frees it instead of returning it. */
+#define OVERFLOW_NODE ((struct iol__nodecache *)(uintptr_t)1)
 
 struct iol__nodecache {
     /* Written by consumers (push) and the owner (take-all): own line. */
@@ -252,6 +261,12 @@ static struct iol__cbnode *node_alloc(void)
          * their reads of fn/arg happen before we overwrite them. */
         n = atomic_exchange_explicit(&c->remote, NULL, memory_order_acquire);
         if (!n) {
+            if (c->nchunks >= MAX_CACHED_CHUNKS) {
+                n = alloc_lines(sizeof *n);
+                if (n)
+                    n->cache = OVERFLOW_NODE;
+                return n;
+            }
             if (cache_add_chunk(c) < 0)
                 return NULL;
             n = c->local;
@@ -526,6 +541,8 @@ static inline void node_release(iol__cbbatch *b, struct iol__cbnode *n)
     struct iol__nodecache *c = n->cache;
     if (!c) {
         reserve_push(b->q, n);
+    } else if (c == OVERFLOW_NODE) {
+        free(n);
     } else if (c == tls_cache) {
         /* relaxed: our own private list; no other thread reads it. */
         atomic_store_explicit(&n->next, c->local, memory_order_relaxed);

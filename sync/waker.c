@@ -63,6 +63,7 @@
 
 #include <errno.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 enum { SLEEPING = 1u, WOKEN = 2u };
@@ -142,8 +143,16 @@ static void wake_elected(iol__waker *w, unsigned s)
     int saved = errno;
     uint64_t one = 1;
     ssize_t r;
+    /* The raw syscall, not write(3): write is a cancellation point, and a
+     * winner cancelled there would never write, leaving the loop asleep
+     * until its next timer or fd event. syscall(2) is no cancellation
+     * point and stays async-signal-safe (pthread_setcancelstate is not).
+     * What remains is preemption between the CAS and the write: the wakeup
+     * is then late by as long as the scheduler keeps this thread off a CPU
+     * (a time slice, milliseconds), or as long as it is stopped (SIGSTOP,
+     * a debugger): the documented cost of electing one writer per sleep. */
     do {
-        r = write(w->fd, &one, sizeof one);
+        r = syscall(SYS_write, w->fd, &one, sizeof one);
     } while (r < 0 && errno == EINTR);
     /* A write of 1 cannot fail otherwise (EAGAIN needs a counter near 2^64,
      * and the consumer drains every write). */

@@ -177,6 +177,61 @@ START_TEST(test_recycling_same_thread)
 }
 END_TEST
 
+/* A burst beyond the cache bound: the cache stops growing at 1 MiB of
+ * nodes (the header's promise), every callback still runs once in order,
+ * and the nodes past the bound are freed by the consumer (exact leak
+ * checks under ASan and valgrind). */
+static uintptr_t burst_next;
+
+static void cb_burst(void *arg)
+{
+    HOT_ASSERT((uintptr_t)arg == burst_next);
+    burst_next++;
+}
+
+static void *burst_producer(void *p)
+{
+    iol__cbqueue *q = p;
+    for (uintptr_t i = 0; i < 40000; i++)
+        HOT_ASSERT(iol__cbqueue_push(q, cb_burst, (void *)i) == 0);
+    HOT_ASSERT(iol__cbqueue_thread_chunks() * iol__cbqueue_chunk_nodes() <= 32768);
+    return NULL; /* exits with every node in flight */
+}
+
+START_TEST(test_cache_bound_after_burst)
+{
+    iol__cbqueue *q;
+    HOT_ASSERT(iol__cbqueue_new(&q, 0) == 0);
+    /* Same thread: push past the bound, drain, again. */
+    for (int round = 0; round < 2; round++) {
+        burst_next = 0;
+        for (uintptr_t i = 0; i < 40000; i++)
+            HOT_ASSERT(iol__cbqueue_push(q, cb_burst, (void *)i) == 0);
+        ck_assert_uint_le(iol__cbqueue_thread_chunks() * iol__cbqueue_chunk_nodes(), 32768);
+        iol__cbbatch b;
+        ck_assert(iol__cbqueue_take(q, &b));
+        iol_callback_fn fn;
+        void *arg;
+        while (iol__cbbatch_next(&b, &fn, &arg))
+            fn(arg);
+        ck_assert_uint_eq(burst_next, 40000);
+    }
+    /* Another thread bursts and exits with its nodes in flight. */
+    burst_next = 0;
+    pthread_t th;
+    HOT_ASSERT(pthread_create(&th, NULL, burst_producer, q) == 0);
+    pthread_join(th, NULL);
+    iol__cbbatch b;
+    ck_assert(iol__cbqueue_take(q, &b));
+    iol_callback_fn fn;
+    void *arg;
+    while (iol__cbbatch_next(&b, &fn, &arg))
+        fn(arg);
+    ck_assert_uint_eq(burst_next, 40000);
+    iol__cbqueue_free(q);
+}
+END_TEST
+
 struct recycle {
     iol__cbqueue *q;
     size_t rounds, per_round;
@@ -470,6 +525,7 @@ int main(void)
     tcase_add_test(tc, test_drop_counts);
     tcase_add_test(tc, test_signal_reserve_exhaustion);
     tcase_add_test(tc, test_recycling_same_thread);
+    tcase_add_test(tc, test_cache_bound_after_burst);
     suite_add_tcase(s, tc);
 
     tc = iol_test_tcase("mpsc", 120);

@@ -226,6 +226,95 @@ START_TEST(test_closed_fd_number_reused)
 }
 END_TEST
 
+/* close_fd: removes the handler and closes the fd in one call; the number
+ * is free for a new file at once, events of the closed fd polled in the
+ * same iteration are dropped, and a closed fd inside the table is still
+ * refused by add_handler (epoll: by the kernel, without an fcntl). */
+static void never_ok(int fd, unsigned events, void *arg)
+{
+    (void)fd;
+    (void)events;
+    (void)arg;
+    ck_abort_msg("handler should not run");
+}
+
+typedef struct closer {
+    iol_loop *loop;
+    int other_fd;
+    int calls;
+} closer;
+
+static void close_other(int fd, unsigned events, void *arg)
+{
+    (void)fd;
+    (void)events;
+    closer *c = arg;
+    c->calls++;
+    ck_assert_int_eq(iol_loop_close_fd(c->loop, c->other_fd), 0);
+    iol_loop_stop(c->loop);
+}
+
+START_TEST(test_close_fd)
+{
+    iol_loop *loop = new_loop(names[_i]);
+    int a[2], b[2];
+    make_pair(a);
+    make_pair(b);
+    closer ca = { loop, b[0], 0 }, cb = { loop, a[0], 0 };
+    ck_assert_int_eq(iol_loop_add_handler(loop, a[0], IOL_READ, close_other, &ca), 0);
+    ck_assert_int_eq(iol_loop_add_handler(loop, b[0], IOL_READ, close_other, &cb), 0);
+    ck_assert_int_eq(iol_loop_handler_count(loop), 2);
+    ck_assert_int_eq(write(a[1], "x", 1), 1);
+    ck_assert_int_eq(write(b[1], "x", 1), 1);
+    run_bounded(loop, 10);
+    ck_assert_int_eq(ca.calls + cb.calls, 1); /* the closed one's event was dropped */
+    ck_assert_int_eq(iol_loop_handler_count(loop), 1);
+    int closed = ca.calls ? b[0] : a[0], open_fd = ca.calls ? a[0] : b[0];
+    ck_assert_int_eq(fcntl(closed, F_GETFD), -1);
+    /* Below the table's size, a closed fd is refused, not watched. */
+    ck_assert_int_eq(iol_loop_add_handler(loop, closed, IOL_READ, never_ok, NULL), -EBADF);
+    ck_assert_int_eq(iol_loop_close_fd(loop, closed), -EBADF);
+    /* Its number reused by a new socket: watched normally. */
+    int c[2];
+    make_pair(c);
+    if (c[0] != closed) { /* socketpair may have taken the lowest number itself */
+        ck_assert_int_eq(dup2(c[0], closed), closed);
+        close(c[0]);
+    }
+    seen got = { .loop = loop, .stop_after = 1, .drain = true };
+    ck_assert_int_eq(iol_loop_add_handler(loop, closed, IOL_READ, record, &got), 0);
+    ck_assert_int_eq(write(c[1], "y", 1), 1);
+    ck_assert_int_eq(iol_loop_remove_handler(loop, open_fd), 0);
+    run_bounded(loop, 10);
+    ck_assert_int_eq(got.calls, 1);
+    /* An fd without a handler is just closed. */
+    int d[2];
+    make_pair(d);
+    ck_assert_int_eq(iol_loop_close_fd(loop, d[0]), 0);
+    ck_assert_int_eq(fcntl(d[0], F_GETFD), -1);
+    ck_assert_int_eq(iol_loop_close_fd(loop, closed), 0);
+    ck_assert_int_eq(iol_loop_handler_count(loop), 0);
+    /* Churn: many connections ended with close_fd leave nothing behind. */
+    for (int i = 0; i < 500; i++) {
+        int e[2];
+        make_pair(e);
+        ck_assert_int_eq(iol_loop_add_handler(loop, e[0], IOL_READ, never_ok, NULL), 0);
+        ck_assert_int_eq(write(e[1], "z", 1), 1);
+        ck_assert_int_eq(iol_loop_close_fd(loop, e[0]), 0);
+        close(e[1]);
+    }
+    ck_assert_int_eq(iol_loop_handler_count(loop), 0);
+    ck_assert_int_eq(iol_loop_add_callback(loop, stop_cb, loop), 0);
+    run_bounded(loop, 10); /* polls once: no event for a closed fd */
+    ck_assert_int_eq(iol_loop_close(loop, false), 0);
+    close(open_fd);
+    close(a[1]);
+    close(b[1]);
+    close(c[1]);
+    close(d[1]);
+}
+END_TEST
+
 static void never(int fd, unsigned events, void *arg)
 {
     (void)fd;
@@ -401,6 +490,7 @@ static Suite *handlers_suite(void)
     tcase_add_loop_test(tc, test_update_handler, 0, NBACKENDS);
     tcase_add_loop_test(tc, test_remove_inside_handler, 0, NBACKENDS);
     tcase_add_loop_test(tc, test_closed_fd_number_reused, 0, NBACKENDS);
+    tcase_add_loop_test(tc, test_close_fd, 0, NBACKENDS);
     tcase_add_loop_test(tc, test_bad_arguments, 0, NBACKENDS);
     tcase_add_loop_test(tc, test_error_on_peer_close, 0, NBACKENDS);
     tcase_add_loop_test(tc, test_backend_limits, 0, NBACKENDS);

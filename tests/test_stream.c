@@ -13,7 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <malloc.h>
+#include <sys/resource.h>
 #include <unistd.h>
+
+#include "net/bufpool.h"
 
 /* ----------------------------------------------------------------- Helpers */
 
@@ -1103,6 +1107,91 @@ START_TEST(bad_args)
 }
 END_TEST
 
+/* Idle streams hold no buffer: after one echo each, N connections cost
+ * their stream structs (and the loop's handler slots), at most 1 KiB
+ * each, not a 4-64 KiB buffer; the thread's pool is not per connection
+ * and is left out. Heap bytes from mallinfo2, so only where glibc's
+ * malloc is the allocator (not under ASan/TSan/valgrind). */
+typedef struct idle_story {
+    iol_loop *loop;
+    int echoed, expected;
+} idle_story;
+
+static void idle_on_read(iol_stream *s, const char *data, size_t len, int status, void *arg);
+
+static void idle_read_more(void *arg)
+{
+    iol_stream *s = arg;
+    ck_assert_int_eq(iol_stream_read_bytes(s, 65536, true, idle_on_read, NULL), 0);
+}
+
+static idle_story *the_idle_story;
+
+static void idle_stop(void *arg)
+{
+    iol_loop_stop(arg);
+}
+
+static void idle_on_read(iol_stream *s, const char *data, size_t len, int status, void *arg)
+{
+    (void)arg;
+    if (status < 0)
+        return; /* closed at the end of the test */
+    ck_assert_int_eq(iol_stream_write(s, data, len, idle_read_more, s), 0);
+    if (++the_idle_story->echoed == the_idle_story->expected)
+        iol_loop_stop(the_idle_story->loop);
+}
+
+START_TEST(idle_streams_hold_no_buffer)
+{
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    return;
+#endif
+    if (iol_test_under_valgrind())
+        return;
+    struct rlimit rl;
+    ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    int n = 300;
+    if (rl.rlim_cur < 1024)
+        n = ((int)rl.rlim_cur - 64) / 2;
+    ck_assert_int_gt(n, 50);
+    idle_story st = {.expected = n};
+    the_idle_story = &st;
+    st.loop = new_loop();
+    int (*pairs)[2] = calloc((size_t)n, sizeof(*pairs));
+    iol_stream **streams = calloc((size_t)n, sizeof(*streams));
+    ck_assert_ptr_nonnull(pairs);
+    ck_assert_ptr_nonnull(streams);
+    for (int i = 0; i < n; i++)
+        make_pair(pairs[i]);
+    size_t before = mallinfo2().uordblks - iol__bufpool_thread_bytes();
+    for (int i = 0; i < n; i++) {
+        ck_assert_int_eq(iol_stream_new(&streams[i], st.loop, pairs[i][0], 0), 0);
+        idle_read_more(streams[i]);
+        ck_assert_int_eq(write(pairs[i][1], "hello", 5), 5);
+    }
+    run_loop(st.loop);
+    {
+        /* The dones of the last echoes run in the next iteration. */
+        ck_assert_int_eq(iol_loop_add_callback(st.loop, idle_stop, st.loop), 0);
+        ck_assert_int_eq(iol_loop_start(st.loop), 0);
+    }
+    size_t after = mallinfo2().uordblks - iol__bufpool_thread_bytes();
+    char buf[8];
+    for (int i = 0; i < n; i++)
+        ck_assert_int_eq(read(pairs[i][1], buf, sizeof buf), 5);
+    double per_conn = ((double)after - (double)before) / n;
+    ck_assert_msg(per_conn <= 1024, "%.0f bytes of heap per idle stream", per_conn);
+    for (int i = 0; i < n; i++) {
+        iol_stream_close(streams[i]);
+        close(pairs[i][1]);
+    }
+    free(pairs);
+    free(streams);
+    ck_assert_int_ge(iol_loop_close(st.loop, false), 0);
+}
+END_TEST
+
 static Suite *stream_suite(void)
 {
     Suite *s = suite_create("stream");
@@ -1130,6 +1219,7 @@ static Suite *stream_suite(void)
         {"connect_by_name", connect_by_name},
         {"connect_refused", connect_refused},
         {"bad_args", bad_args},
+        {"idle_streams_hold_no_buffer", idle_streams_hold_no_buffer},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = iol_test_tcase(cases[i].name, 30);

@@ -145,6 +145,32 @@ START_TEST(test_signal_fires_on_loop_thread)
 }
 END_TEST
 
+/* The signal threshold is per iteration, as the header says (Tornado arms
+ * its itimer per iteration too): calls that are each shorter than the
+ * threshold but together longer fire it, once. */
+static void short_call(void *arg)
+{
+    (void)arg;
+    busy_wait(0.6 * THRESHOLD);
+}
+
+START_TEST(test_signal_threshold_is_per_iteration)
+{
+    reset_fired();
+    iol_loop *loop = new_loop();
+    ck_assert_int_eq(iol_loop_set_blocking_signal_threshold(loop, THRESHOLD, action), 0);
+    for (int i = 0; i < 4; i++) /* one batch: 2.4 thresholds, 0.6 each */
+        ck_assert_int_eq(iol_loop_add_callback(loop, short_call, NULL), 0);
+    ck_assert_int_eq(iol_loop_add_callback(loop, stop_cb, loop), 0);
+    runner r;
+    start_thread(&r, loop, 0);
+    join_thread(&r);
+    ck_assert_int_eq(fired_per_loop[0], 1);
+    ck_assert_int_eq(fired_elsewhere, 0);
+    ck_assert_int_eq(iol_loop_close(loop, false), 0);
+}
+END_TEST
+
 /* Enabled from inside a callback of a running loop: the next iteration is watched. */
 static void enable_then_block(void *arg)
 {
@@ -373,6 +399,7 @@ static Suite *watchdog_suite(void)
     TCase *sig = iol_test_tcase("signal", 60);
     tcase_add_test(sig, test_signal_fires_on_loop_thread);
     tcase_add_test(sig, test_signal_enabled_while_running);
+    tcase_add_test(sig, test_signal_threshold_is_per_iteration);
     tcase_add_test(sig, test_idle_loop_never_fires);
     suite_add_tcase(s, sig);
     TCase *log = iol_test_tcase("log", 60);

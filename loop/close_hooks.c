@@ -1,0 +1,43 @@
+/* loop/ — the close-hook list (see loop/close_hook.h). */
+#include "loop/close_hook.h"
+
+#include "loop/loop_impl.h"
+
+int iol__loop_add_close_hook(iol_loop *loop, iol__close_hook *hook)
+{
+    int err = iol__loop_check(loop);
+    if (err)
+        return err;
+    hook->prev = NULL;
+    hook->next = loop->close_hooks;
+    if (loop->close_hooks)
+        loop->close_hooks->prev = hook;
+    loop->close_hooks = hook;
+    hook->linked = true;
+    return 0;
+}
+
+void iol__loop_remove_close_hook(iol_loop *loop, iol__close_hook *hook)
+{
+    if (!hook->linked)
+        return;
+    if (hook->prev)
+        hook->prev->next = hook->next;
+    else
+        loop->close_hooks = hook->next;
+    if (hook->next)
+        hook->next->prev = hook->prev;
+    hook->prev = hook->next = NULL;
+    hook->linked = false;
+}
+
+void iol__loop_run_close_hooks(iol_loop *loop)
+{
+    /* One at a time from the head: fn may unlink others (a stream closing
+     * its peer) or link new ones; both are seen. */
+    while (loop->close_hooks) {
+        iol__close_hook *hook = loop->close_hooks;
+        iol__loop_remove_close_hook(loop, hook);
+        hook->fn(hook);
+    }
+}
