@@ -35,6 +35,7 @@ typedef int (*bench_fn)(int argc, char **argv, const bench_opts *o);
 
 int bench_handoff(int argc, char **argv, const bench_opts *o);
 int bench_pingpong(int argc, char **argv, const bench_opts *o);
+int bench_wakecost(int argc, char **argv, const bench_opts *o);
 int bench_timers(int argc, char **argv, const bench_opts *o);
 int bench_http(int argc, char **argv, const bench_opts *o);
 int bench_compare(int argc, char **argv, const bench_opts *o); /* compare http */
@@ -66,10 +67,27 @@ static inline void bench_cpu_relax(void)
 /* With --pin, pins the calling thread to CPU index % online CPUs. */
 void bench_pin_self(const bench_opts *o, unsigned index);
 
+/* ---------------------------------------------- ioloop spin settings */
+
+/* `--spin-us 0,5,-1`: one ioloop row per iol_loop_config.spin_us value,
+ * labelled "ioloop" for 0 (the default, adaptive) and "ioloop-spin=X"
+ * otherwise, so a policy and the old fixed spin are measured in one run. */
+#define BENCH_MAX_SPIN_ROWS 3
+typedef struct bench_spin_rows {
+    int n;
+    double us[BENCH_MAX_SPIN_ROWS];
+    char label[BENCH_MAX_SPIN_ROWS][32];
+} bench_spin_rows;
+
+void bench_spin_rows_default(bench_spin_rows *s);
+/* At argv[i]: 0 if it is not --spin-us, the number of arguments used, or
+ * -1 after a message on stderr. */
+int bench_spin_rows_parse(bench_spin_rows *s, int argc, char **argv, int i);
+
 /* ------------------------------------------------------------- report */
 
 #define BENCH_MAX_REPEAT 64
-#define BENCH_MAX_IMPLS 6
+#define BENCH_MAX_IMPLS 8
 #define BENCH_MAX_FIGS 5
 
 typedef struct bench_fig_spec {

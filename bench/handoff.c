@@ -74,6 +74,7 @@ struct hctx {
 
     /* ioloop */
     iol_loop *loop;
+    double spin_us;                 /* iol_loop_config.spin_us */
     /* libuv idiom */
     uv_loop_t uvl;
     uv_async_t async;
@@ -113,7 +114,7 @@ static void handoff_cb(void *arg)
 
 static int iol_setup(hctx *c)
 {
-    return iol_loop_new(&c->loop, &(iol_loop_config){.make_current = IOL_CURRENT_NEVER});
+    return iol_loop_new(&c->loop, &(iol_loop_config){.make_current = IOL_CURRENT_NEVER, .spin_us = c->spin_us});
 }
 static void iol_run(hctx *c)
 {
@@ -444,12 +445,14 @@ static void *consumer_main(void *p)
 }
 
 /* One run; returns callbacks/s and sets *wakeups_per_cb (NaN if unknown). */
-static double run_once(const himpl *im, const bench_opts *o, unsigned producers, uint64_t count, double *wpc)
+static double run_once(const himpl *im, const bench_opts *o, unsigned producers, uint64_t count, double spin_us,
+                       double *wpc)
 {
     hctx *c = calloc(1, sizeof *c);
     if (!c)
         exit(1);
     c->im = im;
+    c->spin_us = spin_us;
     c->o = o;
     c->producers = producers;
     c->by_duration = o->duration > 0;
@@ -499,7 +502,7 @@ static double run_once(const himpl *im, const bench_opts *o, unsigned producers,
 static void usage(FILE *f)
 {
     fprintf(f, "usage: iol-bench handoff [--producers 1,2,4] [--count N] [--duration S] [--repeat R]\n"
-               "                        [--pin] [--json] [--plot F.svg]\n"
+               "                        [--spin-us 0,5,-1] [--pin] [--json] [--plot F.svg]\n"
                "P producer threads post N empty callbacks (default %llu per run, split over\n"
                "the producers) to one loop on its own thread. Impls, interleaved per repeat:\n"
                "ioloop, libuv (mutex queue + uv_async_send), libevent (event_base_once),\n"
@@ -507,7 +510,9 @@ static void usage(FILE *f)
                "empty, as Tornado's add_callback), tornado-array (the same with an inline\n"
                "array, no allocation per callback), floor\n"
                "(the sync queue with a spinning consumer, no loop).\n"
-               "Figures: callbacks/s (first post to last callback), wakeups per callback.\n\n",
+               "Figures: callbacks/s (first post to last callback), wakeups per callback.\n"
+               "--spin-us: one ioloop row per iol_loop_config.spin_us value (default 0,\n"
+               "adaptive; 5 is the old fixed spin, -1 never spins).\n\n",
             DEFAULT_COUNT);
     bench_usage_common(f);
 }
@@ -521,10 +526,19 @@ int bench_handoff(int argc, char **argv, const bench_opts *o)
 {
     unsigned plist[8] = {1, 2, 4};
     int np = 3;
+    bench_spin_rows spins;
+    bench_spin_rows_default(&spins);
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
+        }
+        int used = bench_spin_rows_parse(&spins, argc, argv, i);
+        if (used < 0)
+            return 2;
+        if (used > 0) {
+            i += used - 1;
+            continue;
         }
         const char *list = NULL;
         if (strcmp(argv[i], "--producers") == 0 && i + 1 < argc)
@@ -566,18 +580,22 @@ int bench_handoff(int argc, char **argv, const bench_opts *o)
             snprintf(r->params_json, sizeof r->params_json,
                      "{\"producers\":%u,\"count\":%llu,\"pin\":%s}", p, (unsigned long long)count,
                      o->pin ? "true" : "false");
-        for (size_t i = 0; i < NIMPLS; i++)
-            if (bench_selected(o, impls[i].impl, impls[i].label))
-                bench_report_impl(r, impls[i].impl, impls[i].label);
-        for (int rep = 0; rep < o->repeat; rep++)
+        /* Rep -1 only fixes the row order: each ioloop spin setting first. */
+        for (int rep = -1; rep < o->repeat; rep++)
             for (size_t i = 0; i < NIMPLS; i++) {
-                if (!bench_selected(o, impls[i].impl, impls[i].label))
-                    continue;
-                double wpc;
-                double rate = run_once(&impls[i], o, p, count, &wpc);
-                int row = bench_report_impl(r, impls[i].impl, impls[i].label);
-                bench_report_add(r, row, 0, rate);
-                bench_report_add(r, row, 1, wpc);
+                bool ours = impls[i].setup == iol_setup;
+                for (int s = 0; s < (ours ? spins.n : 1); s++) {
+                    const char *label = ours ? spins.label[s] : impls[i].label;
+                    if (!bench_selected(o, impls[i].impl, label))
+                        continue;
+                    int row = bench_report_impl(r, impls[i].impl, label);
+                    if (rep < 0)
+                        continue;
+                    double wpc;
+                    double rate = run_once(&impls[i], o, p, count, ours ? spins.us[s] : 0, &wpc);
+                    bench_report_add(r, row, 0, rate);
+                    bench_report_add(r, row, 1, wpc);
+                }
             }
         bench_report_print(r, o);
         bench_report_target(r, o, 0, "libuv-idiom", p == 1 ? 3 : 2);

@@ -16,6 +16,7 @@ static const struct {
 } commands[] = {
     {"handoff", "P producer threads -> one loop: callbacks/s, wakeups per callback"},
     {"pingpong", "two loops on two threads bounce a callback: us per round trip"},
+    {"wakecost", "one producer posts every GAP us: loop-thread CPU per callback"},
     {"timers", "insert / cancel / dispatch of 10^6 timeouts: ns per op, bytes per timer"},
     {"http", "HTTP load generator on our runtime"},
     {"compare", "compare handoff|pingpong|timers|http: all competitors in one run"},
@@ -27,6 +28,8 @@ static bench_fn lookup(const char *name)
         return bench_handoff;
     if (strcmp(name, "pingpong") == 0)
         return bench_pingpong;
+    if (strcmp(name, "wakecost") == 0)
+        return bench_wakecost;
     if (strcmp(name, "timers") == 0)
         return bench_timers;
     if (strcmp(name, "http") == 0)
@@ -88,6 +91,41 @@ bool bench_selected(const bench_opts *o, const char *impl, const char *label)
         p += len + (p[len] == ',');
     }
     return false;
+}
+
+void bench_spin_rows_default(bench_spin_rows *s)
+{
+    s->n = 1;
+    s->us[0] = 0;
+    snprintf(s->label[0], sizeof s->label[0], "ioloop");
+}
+
+int bench_spin_rows_parse(bench_spin_rows *s, int argc, char **argv, int i)
+{
+    const char *list = NULL;
+    int used = 0;
+    if (strcmp(argv[i], "--spin-us") == 0 && i + 1 < argc)
+        list = argv[i + 1], used = 2;
+    else if (strncmp(argv[i], "--spin-us=", 10) == 0)
+        list = argv[i] + 10, used = 1;
+    if (!list)
+        return 0;
+    s->n = 0;
+    for (char *end; *list; list = *end ? end + 1 : end) {
+        double v = strtod(list, &end);
+        if (end == list || (*end && *end != ',') || s->n == BENCH_MAX_SPIN_ROWS || v != v || v > 1000) {
+            fprintf(stderr, "iol-bench: --spin-us wants up to %d values in us, e.g. 0,5,-1 (<= 1000)\n",
+                    BENCH_MAX_SPIN_ROWS);
+            return -1;
+        }
+        s->us[s->n] = v;
+        if (v == 0)
+            snprintf(s->label[s->n], sizeof s->label[0], "ioloop");
+        else
+            snprintf(s->label[s->n], sizeof s->label[0], "ioloop-spin=%g", v);
+        s->n++;
+    }
+    return s->n ? used : -1;
 }
 
 static bool parse_num(const char *flag, const char *s, double *out)

@@ -48,6 +48,7 @@ struct pctx {
     _Atomic bool finished;
     /* ioloop */
     iol_loop *la, *lb;
+    double spin_us;                 /* iol_loop_config.spin_us */
     /* libuv */
     uv_loop_t ua, ub;
     uv_async_t aa, ab;
@@ -108,7 +109,7 @@ static void iol_ping(void *arg)
 
 static int iol_setup(pctx *c)
 {
-    iol_loop_config cfg = {.make_current = IOL_CURRENT_NEVER};
+    iol_loop_config cfg = {.make_current = IOL_CURRENT_NEVER, .spin_us = c->spin_us};
     int err = iol_loop_new(&c->la, &cfg);
     if (err < 0)
         return err;
@@ -408,12 +409,13 @@ static void *thread_b(void *p)
     return NULL;
 }
 
-static double run_once(const pimpl *im, const bench_opts *o, uint64_t n)
+static double run_once(const pimpl *im, const bench_opts *o, uint64_t n, double spin_us)
 {
     pctx *c = calloc(1, sizeof *c);
     if (!c)
         exit(1);
     c->im = im;
+    c->spin_us = spin_us;
     c->o = o;
     c->n = n;
     int err = im->setup(c);
@@ -445,13 +447,16 @@ static double run_once(const pimpl *im, const bench_opts *o, uint64_t n)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: iol-bench pingpong [--count N] [--repeat R] [--pin] [--json] [--plot F.svg]\n"
+    fprintf(f, "usage: iol-bench pingpong [--count N] [--repeat R] [--spin-us 0,5,-1] [--pin] [--json]\n"
+               "                         [--plot F.svg]\n"
                "Two loops on two threads bounce one callback N times (default %llu):\n"
                "us per round trip. Impls, interleaved: ioloop, libuv (uv_async_t + locked\n"
                "slot), libevent (event_base_once), floor-eventfd (blocking eventfd\n"
                "ping-pong), floor-epoll (the same, each side sleeping in epoll_wait),\n"
                "floor-spin (both threads spinning on one shared word: the hardware floor).\n"
-               "--duration is accepted and ignored (the work is fixed by --count).\n\n",
+               "--duration is accepted and ignored (the work is fixed by --count).\n"
+               "--spin-us: one ioloop row per iol_loop_config.spin_us value (default 0,\n"
+               "adaptive; 5 is the old fixed spin, -1 never spins).\n\n",
             DEFAULT_COUNT);
     bench_usage_common(f);
 }
@@ -462,10 +467,19 @@ static const bench_fig_spec figs[] = {
 
 int bench_pingpong(int argc, char **argv, const bench_opts *o)
 {
+    bench_spin_rows spins;
+    bench_spin_rows_default(&spins);
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
+        }
+        int used = bench_spin_rows_parse(&spins, argc, argv, i);
+        if (used < 0)
+            return 2;
+        if (used > 0) {
+            i += used - 1;
+            continue;
         }
         fprintf(stderr, "iol-bench pingpong: unknown argument '%s'\n\n", argv[i]);
         usage(stderr);
@@ -481,14 +495,19 @@ int bench_pingpong(int argc, char **argv, const bench_opts *o)
     snprintf(r.title, sizeof r.title, "pingpong N=%llu", (unsigned long long)n);
     snprintf(r.params_json, sizeof r.params_json, "{\"count\":%llu,\"pin\":%s}", (unsigned long long)n,
              o->pin ? "true" : "false");
-    for (size_t i = 0; i < NIMPLS; i++)
-        if (bench_selected(o, impls[i].impl, impls[i].label))
-            bench_report_impl(&r, impls[i].impl, impls[i].label);
-    for (int rep = 0; rep < o->repeat; rep++)
-        for (size_t i = 0; i < NIMPLS; i++)
-            if (bench_selected(o, impls[i].impl, impls[i].label))
-                bench_report_add(&r, bench_report_impl(&r, impls[i].impl, impls[i].label), 0,
-                                 run_once(&impls[i], o, n));
+    /* Rows: each ioloop spin setting, then the competitors. */
+    for (int rep = -1; rep < o->repeat; rep++)
+        for (size_t i = 0; i < NIMPLS; i++) {
+            bool ours = impls[i].setup == iol_setup;
+            for (int k = 0; k < (ours ? spins.n : 1); k++) {
+                const char *label = ours ? spins.label[k] : impls[i].label;
+                if (!bench_selected(o, impls[i].impl, label))
+                    continue;
+                int row = bench_report_impl(&r, impls[i].impl, label);
+                if (rep >= 0) /* rep -1 only fixes the row order */
+                    bench_report_add(&r, row, 0, run_once(&impls[i], o, n, ours ? spins.us[k] : 0));
+            }
+        }
     bench_report_print(&r, o);
     bench_report_target(&r, o, 0, "libevent-once", 1.0);
     bench_report_target(&r, o, 0, "libuv-async", 1.0);

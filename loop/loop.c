@@ -44,6 +44,9 @@ int iol_loop_new(iol_loop **out, const iol_loop_config *cfg)
     const iol__poller_ops *ops = iol__poller_find(cfg->poller);
     if (!ops)
         return -EINVAL;
+    iol__spin spin;
+    if (iol__spin_init(&spin, cfg->spin_us) < 0)
+        return -EINVAL;
     if (cfg->make_current == IOL_CURRENT_ALWAYS && iol_loop_current())
         return -EEXIST;
 
@@ -69,6 +72,7 @@ int iol_loop_new(iol_loop **out, const iol_loop_config *cfg)
     iol__timer_heap_init(&loop->timers);
     loop->time_func = cfg->time_func;
     loop->time_ud = cfg->time_ud;
+    loop->spin = spin;
     loop->owner_ref = true;
     atomic_init(&loop->refs, 1);
 
@@ -344,57 +348,30 @@ static int poll_timeout_ms(iol_loop *loop)
     return (int)ceil(wait * 1000.0);
 }
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
-/* After a batch of cross-thread callbacks, a producer is likely still
- * posting: look at the queue for a few microseconds before announcing a
- * sleep. That is less than an eventfd write plus a wakeup costs, saves
- * both when work arrives in time, and costs nothing when the loop is idle,
- * because it only follows a non-empty batch. Bounded by time, not by
- * iterations: a PAUSE takes 10 to 140 cycles depending on the CPU. */
-#define SPIN_BEFORE_SLEEP_NS 5000
-
-static bool work_arrived_while_spinning(iol_loop *loop)
-{
-    struct timespec start, now;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    for (;;) {
-        for (int i = 0; i < 16; i++) {
-            if (!iol__cbqueue_empty(loop->queue))
-                return true;
-            cpu_relax();
-        }
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        long elapsed = (now.tv_sec - start.tv_sec) * 1000000000L + (now.tv_nsec - start.tv_nsec);
-        if (elapsed >= SPIN_BEFORE_SLEEP_NS)
-            return false;
-    }
-}
-
 static int loop_poll(iol_loop *loop)
 {
     /* Lost-wakeup argument (details in sync/waker.c): we announce the
      * sleep with a full fence BEFORE looking at the queue and the stop
      * flag; a producer publishes its work BEFORE looking at our state with
      * a full fence. So either we see the work (timeout 0) or the producer
-     * sees us asleep and writes the eventfd. */
-    if (loop->ran_batch && work_arrived_while_spinning(loop)) {
+     * sees us asleep and writes the eventfd. The pre-sleep spin (only after
+     * a batch, so an idle loop never spins; loop/spin.c decides whether it
+     * pays) merely reads the queue first: if it sees nothing, the protocol
+     * runs in full. */
+    bool after_batch = loop->ran_batch;
+    if (after_batch && iol__spin_before_sleep(&loop->spin, loop->queue)) {
         /* Skip the sleep protocol entirely: poll without blocking. */
         int n = loop->poller_ops->wait(loop->poller, loop->events, MAX_EVENTS, 0);
         loop->nevents = n > 0 ? n : 0;
         return n < 0 ? n : 0;
     }
+    loop->sleeps++;
     iol__waker_prepare_sleep(&loop->waker);
     int timeout = poll_timeout_ms(loop);
     int n = loop->poller_ops->wait(loop->poller, loop->events, MAX_EVENTS, timeout);
     iol__waker_finish_sleep(&loop->waker);
+    if (after_batch)
+        iol__spin_after_sleep(&loop->spin, !iol__cbqueue_empty(loop->queue));
     if (n < 0) {
         iol__log(IOL_LOG_ERROR, "poll failed: %s", strerror(-n));
         return n;

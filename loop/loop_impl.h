@@ -1,6 +1,6 @@
 /* loop/ — the loop's private state, shared by the files of loop/. Nothing
- * outside loop/ includes this except benches and tests that need the two
- * counters at the end. */
+ * outside loop/ includes this except benches and tests that read its
+ * statistics (eventfd writes, sleeps, pre-sleep spins). */
 #ifndef IOL_LOOP_IMPL_H
 #define IOL_LOOP_IMPL_H
 
@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "ioloop.h"
+#include "loop/spin.h"
 #include "loop/timer_heap.h"
 #include "loop/watchdog.h"
 #include "poller/poller.h"
@@ -58,6 +59,10 @@ struct iol_loop {
     bool default_executor_owned;
 
     struct iol__close_hook *close_hooks; /* loop/close_hook.h */
+
+    iol__spin spin;              /* the pre-sleep spin policy (loop/spin.c) */
+    uint64_t sleeps;             /* sleeps announced to the waker (a statistic
+                                    for tests: wakeups <= sleeps) */
 };
 
 /* A unique id of the calling thread: the address of a thread-local. */

@@ -100,7 +100,7 @@ int iol_runtime_new(iol_runtime **out, const iol_runtime_config *cfg)
     if ((err = -pthread_cond_init(&rt->cv, NULL)) < 0)
         goto fail_mutex;
 
-    iol_loop_config lcfg = {.poller = cfg->poller, .make_current = IOL_CURRENT_NEVER};
+    iol_loop_config lcfg = {.poller = cfg->poller, .make_current = IOL_CURRENT_NEVER, .spin_us = cfg->spin_us};
     unsigned made = 0;
     for (; made < n; made++) {
         iol__rt_worker *w = &rt->workers[made];

@@ -251,6 +251,14 @@ START_TEST(pingpong_smoke)
 }
 END_TEST
 
+START_TEST(wakecost_smoke)
+{
+    REQUIRE_BENCH();
+    /* Two gaps x (two ioloop settings, libuv, libevent). */
+    ck_assert_int_eq(smoke("wakecost --count 300 --gaps 0,100 --spin-us 0,-1 --repeat 1 --json"), 8);
+}
+END_TEST
+
 START_TEST(timers_smoke)
 {
     REQUIRE_BENCH();
@@ -532,6 +540,7 @@ static Suite *bench_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, handoff_smoke);
     tcase_add_test(tc, pingpong_smoke);
+    tcase_add_test(tc, wakecost_smoke);
     tcase_add_test(tc, timers_smoke);
     tcase_add_test(tc, compare_smoke);
     suite_add_tcase(s, tc);

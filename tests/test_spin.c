@@ -1,0 +1,389 @@
+/* The pre-sleep spin (loop/spin.c): the policy alone on a bare queue, then
+ * on running loops: an idle loop never spins, a loop whose posts come
+ * slowly stops spinning, spin_us < 0 never spins, and in every mode each
+ * callback runs exactly once with at most one eventfd write per sleep. */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ioloop.h"
+#include "loop/loop_impl.h"
+#include "loop/spin.h"
+#include "sync/cbqueue.h"
+#include "testutil.h"
+
+static void nop(void *arg) { (void)arg; }
+
+/* ------------------------------------------------------- the policy alone */
+
+START_TEST(test_init_validates)
+{
+    iol__spin s;
+    ck_assert_int_eq(iol__spin_init(&s, NAN), -EINVAL);
+    ck_assert_int_eq(iol__spin_init(&s, INFINITY), -EINVAL);
+    ck_assert_int_eq(iol__spin_init(&s, IOL__SPIN_MAX_US + 1), -EINVAL);
+    ck_assert_int_eq(iol__spin_init(&s, IOL__SPIN_MAX_US), 0);
+    ck_assert_int_eq(iol__spin_init(&s, -INFINITY), 0);
+    ck_assert_int_eq(s.window_ns, 0); /* never */
+    ck_assert_int_eq(iol__spin_init(&s, 1e-6), 0);
+    ck_assert_int_gt(s.window_ns, 0); /* a tiny fixed spin is still a spin */
+    ck_assert(!s.adaptive);
+    ck_assert_int_eq(iol__spin_init(&s, 0), 0);
+    ck_assert(s.adaptive);
+}
+END_TEST
+
+START_TEST(test_never_spins)
+{
+    iol__cbqueue *q;
+    ck_assert_int_eq(iol__cbqueue_new(&q, 0), 0);
+    iol__spin s;
+    ck_assert_int_eq(iol__spin_init(&s, -1), 0);
+    ck_assert_int_eq(iol__cbqueue_push(q, nop, NULL), 0);
+    /* Not even work already queued turns a disabled spin into a look. */
+    for (int i = 0; i < 200; i++) {
+        ck_assert(!iol__spin_before_sleep(&s, q));
+        iol__spin_after_sleep(&s, true);
+    }
+    ck_assert_uint_eq(s.spins, 0);
+    iol__cbqueue_free(q);
+}
+END_TEST
+
+START_TEST(test_fixed_always_spins)
+{
+    iol__cbqueue *q;
+    ck_assert_int_eq(iol__cbqueue_new(&q, 0), 0);
+    iol__spin s;
+    ck_assert_int_eq(iol__spin_init(&s, 1), 0);
+    for (int i = 0; i < 200; i++) {
+        ck_assert(!iol__spin_before_sleep(&s, q)); /* nothing arrives: a miss */
+        iol__spin_after_sleep(&s, false);
+    }
+    ck_assert_uint_eq(s.spins, 200);
+    ck_assert_int_eq(iol__cbqueue_push(q, nop, NULL), 0);
+    ck_assert(iol__spin_before_sleep(&s, q));
+    ck_assert_uint_eq(s.spin_hits, 1);
+    iol__cbqueue_free(q);
+}
+END_TEST
+
+START_TEST(test_adaptive_stops_after_misses_and_probes)
+{
+    iol__cbqueue *q;
+    ck_assert_int_eq(iol__cbqueue_new(&q, 0), 0);
+    iol__spin s;
+    ck_assert_int_eq(iol__spin_init(&s, 0), 0);
+    /* A new loop spins (a flood or a ping-pong gets it from the start). */
+    ck_assert_int_eq(iol__cbqueue_push(q, nop, NULL), 0);
+    ck_assert(iol__spin_before_sleep(&s, q));
+    ck_assert_uint_eq(s.spins, 1);
+    iol__cbbatch b;
+    iol_callback_fn fn;
+    void *arg;
+    ck_assert(iol__cbqueue_take(q, &b));
+    while (iol__cbbatch_next(&b, &fn, &arg))
+        ;
+
+    /* Posts that never come within the window: spinning stops... */
+    for (int i = 0; i < 100; i++) {
+        ck_assert(!iol__spin_before_sleep(&s, q));
+        iol__spin_after_sleep(&s, false);
+    }
+    uint64_t spun = s.spins;
+    ck_assert_uint_lt(spun, 100);
+    /* ...except for rare probes (at most one per 64 waits and per
+     * millisecond tick: the waits here take 20 µs or more). */
+    for (int i = 0; i < 640; i++) {
+        ck_assert(!iol__spin_before_sleep(&s, q));
+        usleep(20);
+        iol__spin_after_sleep(&s, false);
+    }
+    ck_assert_uint_ge(s.spins - spun, 1);
+    ck_assert_uint_le(s.spins - spun, 640 / 32);
+
+    /* A sleep that a spin would have saved (work there on waking, within
+     * the window) brings the spin back. The wait's start is moved ahead
+     * (waits are clamped at 0) so a slow run (valgrind) cannot turn the
+     * hit into a miss. */
+    uint64_t before;
+    do {
+        before = s.spins;
+        ck_assert(!iol__spin_before_sleep(&s, q));
+        s.wait_start_ns += 1000000000;
+        iol__spin_after_sleep(&s, true);
+    } while (s.spins != before); /* that was a probe: judged already */
+    spun = s.spins;
+    ck_assert(!iol__spin_before_sleep(&s, q));
+    ck_assert_uint_eq(s.spins, spun + 1);
+    iol__cbqueue_free(q);
+}
+END_TEST
+
+/* --------------------------------------------------------- running loops */
+
+struct loop_thread {
+    iol_loop *loop;
+    pthread_t th;
+    double cpu_s; /* the loop thread's CPU time during start() */
+};
+
+static double thread_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void *loop_main(void *p)
+{
+    struct loop_thread *t = p;
+    double c0 = thread_cpu_s();
+    ck_assert_int_eq(iol_loop_start(t->loop), 0);
+    t->cpu_s = thread_cpu_s() - c0;
+    return NULL;
+}
+
+static void start_loop(struct loop_thread *t, double spin_us)
+{
+    iol_loop_config cfg = { .make_current = IOL_CURRENT_NEVER, .spin_us = spin_us };
+    ck_assert_int_eq(iol_loop_new(&t->loop, &cfg), 0);
+    ck_assert_int_eq(pthread_create(&t->th, NULL, loop_main, t), 0);
+    while (!iol_loop_running(t->loop))
+        usleep(100);
+}
+
+/* Stops, joins; the statistics are the loop thread's, read after join. */
+static void stop_loop(struct loop_thread *t)
+{
+    ck_assert_int_eq(iol_loop_stop(t->loop), 0);
+    pthread_join(t->th, NULL);
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+START_TEST(test_idle_loop_never_spins)
+{
+    static const double modes[] = { 0, 5, -1 };
+    for (int m = 0; m < 3; m++) {
+        struct loop_thread t;
+        start_loop(&t, modes[m]);
+        sleep_ms(200);
+        stop_loop(&t);
+        ck_assert_uint_eq(t.loop->spin.spins, 0);
+        /* Generous: an idle loop sleeps in epoll_wait; 20 ms of CPU in
+         * 200 ms would mean it woke up (or spun) for nothing. */
+        ck_assert_msg(t.cpu_s < 0.020, "idle loop used %.1f ms of CPU", t.cpu_s * 1e3);
+        ck_assert_int_eq(iol_loop_close(t.loop, false), 0);
+    }
+}
+END_TEST
+
+struct slow_posts {
+    _Atomic int ran;
+};
+
+static void count_cb(void *arg)
+{
+    struct slow_posts *sp = arg;
+    /* relaxed: read by the test thread only after the loop thread joined
+     * (or as a progress hint); join orders it. */
+    atomic_fetch_add_explicit(&sp->ran, 1, memory_order_relaxed);
+}
+
+/* Posts every 2 ms (far beyond any spin window) and counts the spins. */
+static uint64_t spins_for_slow_posts(double spin_us, int posts)
+{
+    struct loop_thread t;
+    struct slow_posts sp = { 0 };
+    start_loop(&t, spin_us);
+    for (int i = 0; i < posts; i++) {
+        ck_assert_int_eq(iol_loop_add_callback(t.loop, count_cb, &sp), 0);
+        sleep_ms(2);
+    }
+    while (atomic_load(&sp.ran) < posts)
+        sleep_ms(1);
+    stop_loop(&t);
+    ck_assert_int_eq(atomic_load(&sp.ran), posts);
+    uint64_t spins = t.loop->spin.spins;
+    /* At most one eventfd write per sleep. */
+    ck_assert_uint_le(iol__loop_wakeups(t.loop), t.loop->sleeps);
+    ck_assert_int_eq(iol_loop_close(t.loop, false), 0);
+    return spins;
+}
+
+START_TEST(test_slow_posts_stop_the_spin)
+{
+    int posts = (int)iol_test_scaled(200, 100);
+    /* Adaptive: a handful of misses, then probes only (1 in 64). */
+    ck_assert_uint_le(spins_for_slow_posts(0, posts), 16 + (uint64_t)posts / 32 + 2);
+    /* Fixed: the old behaviour, a spin after every batch. */
+    ck_assert_uint_ge(spins_for_slow_posts(5, posts), (uint64_t)posts / 2);
+    /* Disabled: never. */
+    ck_assert_uint_eq(spins_for_slow_posts(-1, posts), 0);
+}
+END_TEST
+
+/* P producers post numbered callbacks; each must run once, in order per
+ * producer, whatever the spin mode. */
+#define PRODUCERS 3
+
+struct storm {
+    iol_loop *loop;
+    uint64_t n;
+    _Atomic uint64_t next_seen[PRODUCERS]; /* written by the loop thread only */
+    _Atomic uint64_t bad;
+    _Atomic int done_producers;
+};
+
+struct storm_item {
+    struct storm *st;
+    int producer;
+    uint64_t seq;
+};
+
+static struct storm_item *items[PRODUCERS];
+
+static void storm_cb(void *arg)
+{
+    struct storm_item *it = arg;
+    struct storm *st = it->st;
+    /* relaxed: only the loop thread writes next_seen; the test reads it
+     * after join. */
+    uint64_t want = atomic_load_explicit(&st->next_seen[it->producer], memory_order_relaxed);
+    if (it->seq != want)
+        atomic_fetch_add_explicit(&st->bad, 1, memory_order_relaxed);
+    atomic_store_explicit(&st->next_seen[it->producer], want + 1, memory_order_relaxed);
+}
+
+struct storm_producer {
+    struct storm *st;
+    int index;
+};
+
+static void *storm_main(void *p)
+{
+    struct storm_producer *sp = p;
+    uint32_t rng = 0x2545f491u * (uint32_t)(sp->index + 1);
+    for (uint64_t i = 0; i < sp->st->n; i++) {
+        struct storm_item *it = &items[sp->index][i];
+        *it = (struct storm_item){ sp->st, sp->index, i };
+        HOT_ASSERT(iol_loop_add_callback(sp->st->loop, storm_cb, it) == 0);
+        /* Gaps of all sizes: bursts, sub-window pauses, real sleeps. */
+        uint32_t r = rng % 64;
+        rng ^= rng << 13;
+        rng ^= rng >> 17;
+        rng ^= rng << 5;
+        if (r == 0)
+            usleep(50 + rng % 200);
+        else if (r < 8)
+            iol_test_tiny_delay(&rng);
+    }
+    return NULL;
+}
+
+static void run_storm(double spin_us)
+{
+    static struct storm st;
+    memset(&st, 0, sizeof st);
+    st.n = iol_test_scaled(20000, 500);
+    for (int p = 0; p < PRODUCERS; p++) {
+        items[p] = calloc(st.n, sizeof *items[p]);
+        ck_assert_ptr_nonnull(items[p]);
+    }
+    struct loop_thread t;
+    start_loop(&t, spin_us);
+    st.loop = t.loop;
+    pthread_t th[PRODUCERS];
+    struct storm_producer sp[PRODUCERS];
+    for (int p = 0; p < PRODUCERS; p++) {
+        sp[p] = (struct storm_producer){ &st, p };
+        ck_assert_int_eq(pthread_create(&th[p], NULL, storm_main, &sp[p]), 0);
+    }
+    for (int p = 0; p < PRODUCERS; p++)
+        pthread_join(th[p], NULL);
+    for (;;) {
+        uint64_t total = 0;
+        for (int p = 0; p < PRODUCERS; p++)
+            total += atomic_load(&st.next_seen[p]);
+        if (total >= PRODUCERS * st.n)
+            break;
+        sleep_ms(1);
+    }
+    stop_loop(&t);
+    for (int p = 0; p < PRODUCERS; p++)
+        ck_assert_uint_eq(atomic_load(&st.next_seen[p]), st.n);
+    ck_assert_uint_eq(atomic_load(&st.bad), 0);
+    ck_assert_uint_le(iol__loop_wakeups(t.loop), t.loop->sleeps);
+    if (spin_us < 0)
+        ck_assert_uint_eq(t.loop->spin.spins, 0);
+    ck_assert_int_eq(iol_loop_close(t.loop, false), 0); /* nothing left behind */
+    for (int p = 0; p < PRODUCERS; p++)
+        free(items[p]);
+}
+
+START_TEST(test_exactly_once_adaptive)
+{
+    run_storm(0);
+}
+END_TEST
+
+START_TEST(test_exactly_once_fixed)
+{
+    run_storm(5);
+}
+END_TEST
+
+START_TEST(test_exactly_once_never)
+{
+    run_storm(-1);
+}
+END_TEST
+
+START_TEST(test_runtime_passes_spin_us)
+{
+    iol_runtime *rt;
+    iol_runtime_config cfg = { .workers = 2, .spin_us = -1 };
+    ck_assert_int_eq(iol_runtime_new(&rt, &cfg), 0);
+    for (unsigned i = 0; i < iol_runtime_size(rt); i++)
+        ck_assert_int_eq(iol_runtime_loop(rt, i)->spin.window_ns, 0);
+    iol_runtime_free(rt);
+    cfg.spin_us = 2;
+    ck_assert_int_eq(iol_runtime_new(&rt, &cfg), 0);
+    ck_assert_int_eq(iol_runtime_loop(rt, 0)->spin.window_ns, 2000);
+    iol_runtime_free(rt);
+    cfg.spin_us = NAN;
+    ck_assert_int_eq(iol_runtime_new(&rt, &cfg), -EINVAL);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("spin");
+    TCase *tc = iol_test_tcase("policy", 10);
+    tcase_add_test(tc, test_init_validates);
+    tcase_add_test(tc, test_never_spins);
+    tcase_add_test(tc, test_fixed_always_spins);
+    tcase_add_test(tc, test_adaptive_stops_after_misses_and_probes);
+    suite_add_tcase(s, tc);
+
+    tc = iol_test_tcase("loop", 120);
+    tcase_add_test(tc, test_idle_loop_never_spins);
+    tcase_add_test(tc, test_slow_posts_stop_the_spin);
+    tcase_add_test(tc, test_exactly_once_adaptive);
+    tcase_add_test(tc, test_exactly_once_fixed);
+    tcase_add_test(tc, test_exactly_once_never);
+    tcase_add_test(tc, test_runtime_passes_spin_us);
+    suite_add_tcase(s, tc);
+    return iol_test_run(s);
+}
