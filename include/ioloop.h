@@ -164,8 +164,9 @@ int iol_loop_close_fd(iol_loop *loop, int fd);
  * Lock-free; wakes a sleeping loop with at most one eventfd write per sleep.
  * Callbacks from one producer run in order. Any thread. Queue nodes come
  * from a per-thread cache that keeps at most 32768 nodes (1 MiB) per
- * posting thread for reuse; a burst beyond that allocates and frees per
- * callback.
+ * posting thread for reuse; beyond that (a burst, a flood) they come from
+ * 64 KiB chunks released as soon as their callbacks ran, of which a
+ * process-wide pool keeps at most 16 MiB for reuse.
  * -EINVAL: NULL loop/fn. -ESHUTDOWN: closed. -ENOMEM. */
 int iol_loop_add_callback(iol_loop *loop, iol_callback_fn fn, void *arg);
 /* Same as add_callback (Tornado's spawn_callback: not tied to a context). */

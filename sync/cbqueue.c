@@ -41,9 +41,18 @@
  *   producers contend on one cache line; here each producer only touches its
  *   own cache line plus the queue tail, and the consumer's push rarely
  *   contends (only with the owner's take-all).
- *   A cache keeps at most MAX_CACHED_CHUNKS chunks (1 MiB); nodes beyond
- *   that are malloc'd one at a time and freed by the consumer (marked
- *   OVERFLOW_NODE), so memory held for reuse stays bounded after a burst.
+ *   A cache keeps at most MAX_CACHED_CHUNKS chunks (1 MiB). Past that
+ *   (a burst, a flood the consumer cannot keep up with), the owner hands
+ *   out the nodes of an OVERFLOW CHUNK (2048 nodes) one after the other (a
+ *   bump index) and never takes them back: each overflow chunk counts its
+ *   nodes not yet released (`live`, starting at OV_CHUNK_NODES); consumers
+ *   decrement it once per run of nodes of that chunk in a batch, and
+ *   whoever brings it to 0 puts the chunk in a process-wide pool (at most
+ *   OV_POOL_MAX chunks, 16 MiB; beyond, free). The owner holds at most one
+ *   chunk it has not handed out entirely; its thread's exit releases the
+ *   unused rest. So memory held for reuse stays bounded (1 MiB per thread,
+ *   plus one 64 KiB chunk, plus the 16 MiB pool per process), and a flood
+ *   costs one pool operation and one atomic per 2048 nodes.
  *
  * THREAD EXIT: a pthread key destructor orphans the cache. It takes the
  * remote stack by exchanging it with the ORPHANED marker, counts the nodes
@@ -82,8 +91,9 @@
 #define CACHE_LINE 64
 #define CHUNK_NODES 128
 /* The most chunks a thread's cache keeps: 256 x 128 nodes x 32 bytes = 1 MiB.
- * Past that, nodes are allocated one by one and freed by the consumer, so
- * a burst cannot pin its peak in the cache for the thread's life. */
+ * Past that, nodes come from overflow chunks that the consumers free as
+ * soon as all their nodes ran, so a burst cannot pin its peak in the cache
+ * for the thread's life. */
 #define MAX_CACHED_CHUNKS 256
 #define DEFAULT_SIGNAL_RESERVE 256
 #define SPINS_BEFORE_YIELD 64
@@ -119,9 +129,69 @@ static void *alloc_lines(size_t size)
 
 /* Marker stored in a cache's remote head once its thread has exited. */
 #define ORPHANED ((struct iol__cbnode *)(uintptr_t)1)
-/* The `cache` of a node allocated past MAX_CACHED_CHUNKS: the consumer
- * frees it instead of returning it. */
-#define OVERFLOW_NODE ((struct iol__nodecache *)(uintptr_t)1)
+/* A node of an overflow chunk has `cache` = the chunk's address | 1
+ * (chunks are 64-byte aligned, so the bit is free). */
+#define OV_CHUNK_NODES 2048 /* 64 KiB: one malloc (or pool pop) per 2048 posts */
+#define OV_POOL_MAX 256     /* free overflow chunks kept process-wide: 16 MiB */
+
+struct iol__ovchunk {
+    struct iol__cbnode nodes[OV_CHUNK_NODES];
+    _Atomic unsigned live; /* nodes not yet released by a consumer (or unused) */
+    struct iol__ovchunk *pool_next;
+};
+
+/* Freed overflow chunks, reused by any producer: a flood that keeps
+ * overflowing runs on warm memory instead of malloc and page faults. A
+ * mutex, not a lock-free stack: one operation per 2048 nodes, and no ABA
+ * to argue. Bounded by OV_POOL_MAX; the rest goes back to malloc. */
+static pthread_mutex_t ov_pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct iol__ovchunk *ov_pool;
+static unsigned ov_pool_len;
+
+static struct iol__ovchunk *ov_pool_get(void)
+{
+    pthread_mutex_lock(&ov_pool_lock);
+    struct iol__ovchunk *ov = ov_pool;
+    if (ov) {
+        ov_pool = ov->pool_next;
+        ov_pool_len--;
+    }
+    pthread_mutex_unlock(&ov_pool_lock);
+    return ov ? ov : alloc_lines(sizeof *ov);
+}
+
+static void ov_pool_put(struct iol__ovchunk *ov)
+{
+    pthread_mutex_lock(&ov_pool_lock);
+    if (ov_pool_len < OV_POOL_MAX) {
+        ov->pool_next = ov_pool;
+        ov_pool = ov;
+        ov_pool_len++;
+        ov = NULL;
+    }
+    pthread_mutex_unlock(&ov_pool_lock);
+    free(ov);
+}
+
+static inline bool is_overflow(const struct iol__nodecache *c)
+{
+    return ((uintptr_t)c & 1u) != 0;
+}
+
+static inline struct iol__ovchunk *overflow_chunk(const struct iol__nodecache *c)
+{
+    return (struct iol__ovchunk *)((uintptr_t)c & ~(uintptr_t)1);
+}
+
+/* Releases n nodes of ov; the last release frees it. */
+static void overflow_release(struct iol__ovchunk *ov, unsigned n)
+{
+    /* acq_rel: release orders this thread's reads of the released nodes
+     * (fn/arg) before the free; acquire, for the thread that reaches 0,
+     * orders every other releaser's reads before its free. */
+    if (atomic_fetch_sub_explicit(&ov->live, n, memory_order_acq_rel) == n)
+        ov_pool_put(ov);
+}
 
 struct iol__nodecache {
     /* Written by consumers (push) and the owner (take-all): own line. */
@@ -131,6 +201,8 @@ struct iol__nodecache {
     alignas(CACHE_LINE) struct iol__cbnode *local;
     struct iol__chunk *chunks;
     size_t nchunks;
+    struct iol__ovchunk *ov; /* the overflow chunk being handed out, or NULL */
+    unsigned ov_next;        /* its next unused node */
 };
 
 struct iol__cbqueue {
@@ -181,6 +253,10 @@ static void cache_thread_exit(void *p)
     struct iol__nodecache *c = p;
     if (tls_cache == c)
         tls_cache = NULL;
+    if (c->ov) { /* its unused nodes will never be handed out */
+        overflow_release(c->ov, OV_CHUNK_NODES - c->ov_next);
+        c->ov = NULL;
+    }
 
     /* acquire: pairs with the consumers' release CAS in chain_return, so their
      * last reads of these nodes happen before we free the chunks. Exchanging
@@ -250,6 +326,28 @@ static int cache_add_chunk(struct iol__nodecache *c)
     return 0;
 }
 
+/* Owner: the next node of the current overflow chunk, a new chunk when
+ * that one is used up. */
+static struct iol__cbnode *overflow_alloc(struct iol__nodecache *c)
+{
+    if (!c->ov) {
+        struct iol__ovchunk *ov = ov_pool_get();
+        if (!ov)
+            return NULL;
+        /* relaxed: published with the nodes through the queue (a pooled
+         * chunk's previous life ended with an acq_rel decrement to 0 and
+         * the pool's mutex). */
+        atomic_store_explicit(&ov->live, OV_CHUNK_NODES, memory_order_relaxed);
+        c->ov = ov;
+        c->ov_next = 0;
+    }
+    struct iol__cbnode *n = &c->ov->nodes[c->ov_next++];
+    n->cache = (struct iol__nodecache *)((uintptr_t)c->ov | 1u);
+    if (c->ov_next == OV_CHUNK_NODES)
+        c->ov = NULL; /* all handed out: the consumers release it */
+    return n;
+}
+
 static struct iol__cbnode *node_alloc(void)
 {
     struct iol__nodecache *c = cache_get();
@@ -261,12 +359,8 @@ static struct iol__cbnode *node_alloc(void)
          * their reads of fn/arg happen before we overwrite them. */
         n = atomic_exchange_explicit(&c->remote, NULL, memory_order_acquire);
         if (!n) {
-            if (c->nchunks >= MAX_CACHED_CHUNKS) {
-                n = alloc_lines(sizeof *n);
-                if (n)
-                    n->cache = OVERFLOW_NODE;
-                return n;
-            }
+            if (c->nchunks >= MAX_CACHED_CHUNKS)
+                return overflow_alloc(c);
             if (cache_add_chunk(c) < 0)
                 return NULL;
             n = c->local;
@@ -463,6 +557,8 @@ bool iol__cbqueue_take(iol__cbqueue *q, iol__cbbatch *b)
     b->first = b->last = NULL;
     b->ret_head = b->ret_tail = NULL;
     b->ret_count = 0;
+    b->ov = NULL;
+    b->ov_count = 0;
     if (iol__cbqueue_empty(q))
         return false;
     unsigned spins = 0;
@@ -526,6 +622,11 @@ static inline struct iol__cbnode *batch_pop(iol__cbbatch *b)
 
 static void batch_flush_returns(iol__cbbatch *b)
 {
+    if (b->ov_count) {
+        overflow_release(b->ov, b->ov_count);
+        b->ov = NULL;
+        b->ov_count = 0;
+    }
     if (b->ret_count == 0)
         return;
     chain_return(b->ret_head->cache, b->ret_head, b->ret_tail, b->ret_count);
@@ -541,8 +642,15 @@ static inline void node_release(iol__cbbatch *b, struct iol__cbnode *n)
     struct iol__nodecache *c = n->cache;
     if (!c) {
         reserve_push(b->q, n);
-    } else if (c == OVERFLOW_NODE) {
-        free(n);
+    } else if (is_overflow(c)) {
+        struct iol__ovchunk *ov = overflow_chunk(c);
+        if (b->ov != ov) {
+            if (b->ov_count)
+                overflow_release(b->ov, b->ov_count);
+            b->ov = ov;
+            b->ov_count = 0;
+        }
+        b->ov_count++;
     } else if (c == tls_cache) {
         /* relaxed: our own private list; no other thread reads it. */
         atomic_store_explicit(&n->next, c->local, memory_order_relaxed);

@@ -7,7 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct iol__cbnode; /* private to sync/cbqueue.c */
+struct iol__cbnode;  /* private to sync/cbqueue.c */
+struct iol__ovchunk; /* private to sync/cbqueue.c */
 
 /* A batch taken from the queue by iol__cbqueue_take. Consumer-private: no
  * producer ever links into it, except that a producer which exchanged the
@@ -23,8 +24,12 @@ struct iol__cbbatch {
      * drained (next() until false) or passed to drop(), as before. */
     struct iol__cbnode *ret_head, *ret_tail;
     unsigned ret_count;
+    /* Used nodes of one overflow chunk, released with one atomic when the
+     * chunk changes or the batch is drained (see sync/cbqueue.c). */
+    struct iol__ovchunk *ov;
+    unsigned ov_count;
 };
-#define IOL__CBBATCH_INIT { NULL, NULL, NULL, NULL, NULL, 0 }
+#define IOL__CBBATCH_INIT { NULL, NULL, NULL, NULL, NULL, 0, NULL, 0 }
 
 /* Test and benchmark hooks. */
 
