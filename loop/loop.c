@@ -385,6 +385,7 @@ static int loop_poll(iol_loop *loop)
      * flag; a producer publishes its work BEFORE looking at our state with
      * a full fence. So either we see the work (timeout 0) or the producer
      * sees us asleep and writes the eventfd. */
+    bool zmq_ready = iol__loop_zmq_recheck(loop); /* ZMQ_FD is edge-triggered: loop/zmq_handlers.c */
     if (loop->ran_batch && work_arrived_while_spinning(loop)) {
         /* Skip the sleep protocol entirely: poll without blocking. */
         int n = loop->poller_ops->wait(loop->poller, loop->events, MAX_EVENTS, 0);
@@ -392,7 +393,7 @@ static int loop_poll(iol_loop *loop)
         return n < 0 ? n : 0;
     }
     iol__waker_prepare_sleep(&loop->waker);
-    int timeout = poll_timeout_ms(loop);
+    int timeout = zmq_ready ? 0 : poll_timeout_ms(loop);
     int n = loop->poller_ops->wait(loop->poller, loop->events, MAX_EVENTS, timeout);
     iol__waker_finish_sleep(&loop->waker);
     if (n < 0) {
