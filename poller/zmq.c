@@ -125,7 +125,7 @@ static int zmq_add_socket(iol__poller *p, void *socket, unsigned events)
     if (!socket)
         return -EINVAL;
     /* ETERM for a socket of a terminated context, ENOTSOCK for a closed one. */
-    if (zmq_getsockopt(socket, ZMQ_TYPE, &type, &len) < 0)
+    if (zmq_getsockopt(socket, ZMQ_EVENTS, &type, &len) < 0)
         return -zmq_errno();
     if (find_socket(p, socket) >= 0)
         return -EEXIST;
