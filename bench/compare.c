@@ -605,7 +605,8 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
 
     static struct server servers[MAX_SERVERS];
     memset(servers, 0, sizeof servers);
-    snprintf(g_tmpdir, sizeof g_tmpdir, "/tmp/iol-bench-http-XXXXXX");
+    const char *tmp = getenv("TMPDIR");
+    snprintf(g_tmpdir, sizeof g_tmpdir, "%s/iol-bench-http-XXXXXX", tmp && *tmp ? tmp : "/tmp");
     if (!mkdtemp(g_tmpdir)) {
         fprintf(stderr, "compare http: mkdtemp: %s\n", strerror(errno));
         g_tmpdir[0] = '\0';

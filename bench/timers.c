@@ -13,6 +13,13 @@
  *   the iol_timeout handle (8 bytes) for ioloop, the uv_timer_t / struct
  *   event for libuv / libevent (one array, allocated inside the window).
  * - cancel: every other timeout (N/2) by handle; ns per cancel.
+ * - cancel rest: then the other N/2; ns per cancel. ioloop cancels lazily
+ *   (the key stays in the heap, dead, until it reaches the top or dead
+ *   keys outnumber live ones and the heap is rebuilt); the first cancel of
+ *   this phase triggers that rebuild over all N keys, and later ones
+ *   rebuild again as they halve the heap, so this figure carries the
+ *   reclaim cost the cancel figure defers. libuv and libevent remove
+ *   eagerly in both phases.
  * - dispatch: a fresh loop, N timeouts 0..4 ms ahead, a sleep (untimed)
  *   until all are due, then the loop is started and the clock runs until
  *   the N-th callback stops it: ns per fired timeout. All fire in the
@@ -33,7 +40,7 @@
 #define FAR_SPREAD_MS 60000
 #define NEAR_SPREAD_MS 5
 
-enum { FIG_INSERT, FIG_CANCEL, FIG_DISPATCH, FIG_BYTES };
+enum { FIG_INSERT, FIG_CANCEL, FIG_DISPATCH, FIG_BYTES, FIG_CANCEL_REST, NFIGS };
 
 typedef struct tctx {
     size_t n;
@@ -43,7 +50,7 @@ typedef struct tctx {
     uv_loop_t *uvl;
     struct event_base *base;
     /* results of one run */
-    double insert_ns, cancel_ns, dispatch_ns, bytes;
+    double insert_ns, cancel_ns, cancel_rest_ns, dispatch_ns, bytes;
 } tctx;
 
 static size_t heap_in_use(void)
@@ -100,6 +107,10 @@ static void run_ioloop(tctx *c)
     for (size_t i = 0; i < c->n; i += 2)
         iol_or_die(iol_loop_remove_timeout(c->loop, h[i]), "remove_timeout");
     c->cancel_ns = per_op(t0, (c->n + 1) / 2);
+    t0 = bench_now_ns();
+    for (size_t i = 1; i < c->n; i += 2)
+        iol_or_die(iol_loop_remove_timeout(c->loop, h[i]), "remove_timeout");
+    c->cancel_rest_ns = per_op(t0, c->n / 2);
     iol_loop_close(c->loop, false);
     free(h);
 
@@ -155,6 +166,10 @@ static void run_libuv(tctx *c)
     for (size_t i = 0; i < c->n; i += 2)
         uv_timer_stop(&t[i]);
     c->cancel_ns = per_op(t0, (c->n + 1) / 2);
+    t0 = bench_now_ns();
+    for (size_t i = 1; i < c->n; i += 2)
+        uv_timer_stop(&t[i]);
+    c->cancel_rest_ns = per_op(t0, c->n / 2);
     uv_close_all(&loop, t, c->n);
 
     uv_loop_init(&loop);
@@ -226,8 +241,10 @@ static void run_libevent(tctx *c)
     for (size_t i = 0; i < c->n; i += 2)
         event_del(ev_at(evs, i));
     c->cancel_ns = per_op(t0, (c->n + 1) / 2);
+    t0 = bench_now_ns();
     for (size_t i = 1; i < c->n; i += 2)
         event_del(ev_at(evs, i));
+    c->cancel_rest_ns = per_op(t0, c->n / 2);
     event_base_free(c->base);
 
     c->base = event_base_new();
@@ -264,13 +281,15 @@ static const bench_fig_spec figs[] = {
     [FIG_CANCEL] = {"cancel_ns", "cancel ns", true, true},
     [FIG_DISPATCH] = {"dispatch_ns", "dispatch ns", true, true},
     [FIG_BYTES] = {"bytes_per_timer", "bytes/timer", true, true},
+    [FIG_CANCEL_REST] = {"cancel_rest_ns", "cancel rest ns", true, true},
 };
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: iol-bench timers [--count N] [--repeat R] [--json] [--plot F.svg]\n"
                "N timeouts (default %llu) on one thread: ns per insert (loop not running),\n"
-               "per cancel (every other one, by handle), per dispatch (all due, one pass),\n"
+               "per cancel (every other one, by handle; then the rest: 'cancel rest',\n"
+               "which carries ioloop's deferred reclaim), per dispatch (all due, one pass),\n"
                "and heap bytes per timer. Impls, interleaved: ioloop, libuv, libevent.\n"
                "--duration is accepted and ignored (the work is fixed by --count).\n\n",
             DEFAULT_COUNT);
@@ -301,7 +320,7 @@ int bench_timers(int argc, char **argv, const bench_opts *o)
         near_ms[i] = (uint32_t)((x >> 32) % NEAR_SPREAD_MS);
     }
     bench_report r;
-    bench_report_init(&r, "timers", figs, 4);
+    bench_report_init(&r, "timers", figs, NFIGS);
     snprintf(r.title, sizeof r.title, "timers  N=%zu", n);
     snprintf(r.params_json, sizeof r.params_json, "{\"count\":%zu}", n);
     for (size_t i = 0; i < NIMPLS; i++)
@@ -319,13 +338,16 @@ int bench_timers(int argc, char **argv, const bench_opts *o)
             bench_report_add(&r, row, FIG_CANCEL, c.cancel_ns);
             bench_report_add(&r, row, FIG_DISPATCH, c.dispatch_ns);
             bench_report_add(&r, row, FIG_BYTES, c.bytes);
+            bench_report_add(&r, row, FIG_CANCEL_REST, c.cancel_rest_ns);
             char what[64];
             snprintf(what, sizeof what, "timers rep %d/%d %s insert", rep + 1, o->repeat, impls[i].label);
             bench_progress(what, (double)(bench_now_ns() - started) / 1e9, 1e9 / c.insert_ns, "ins/s");
         }
     bench_report_print(&r, o);
-    for (int fig = 0; fig < 4; fig++)
-        bench_report_target(&r, o, fig, "libuv", 2);
+    /* Issue 11: times >= 4x libuv; bytes: <= 48 per timer (absolute), here
+     * the ratio line the old goal had. */
+    for (int fig = 0; fig < NFIGS; fig++)
+        bench_report_target(&r, o, fig, "libuv", fig == FIG_BYTES ? 2 : 4);
     bench_report *rp = &r;
     int rc = bench_plot(o, &rp, 1) < 0 ? 1 : 0;
     free(far_ms);

@@ -74,8 +74,6 @@ static void on_close(iol_stream *s, void *arg)
     c->prev->next = c->next;
     c->next->prev = c->prev;
     free(c);
-    if (draining && open_head.next == &open_head && iol_loop_running(worker_loop))
-        iol_loop_stop(worker_loop); /* the last one: the drain is over */
 }
 
 static void on_accept(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg)
@@ -111,35 +109,32 @@ static void worker_start(iol_loop *loop, unsigned index, void *arg)
     worker_loop = loop;
 }
 
-static void stop_loop(void *arg)
-{
-    iol_loop_stop(arg);
-}
-
 /* The runtime stopped taking work and handed us what the kernel had
- * queued. Finish every connection (echo what is in flight, FIN, discard
- * until EOF) and run the loop until the last one closed, for at most
- * DRAIN_TIMEOUT; then close what is left. Close callbacks of those run
- * in the runtime's drain after on_stop. */
-static void worker_stop(iol_loop *loop, unsigned index, void *arg)
+ * queued: FIN every connection once its echo is out, discard input until
+ * the client closes. The runtime keeps the loop running until the last
+ * stream closed (or DRAIN_TIMEOUT), then closes what is left without a
+ * reset. */
+static void worker_drain(iol_loop *loop, unsigned index, void *arg)
 {
+    (void)loop;
     (void)index;
     (void)arg;
     draining = true;
     for (conn *c = open_head.next; c != &open_head; c = c->next) {
-        /* With a write in flight, read_more sends the FIN after it. */
         if (!iol_stream_closed(c->stream) && iol_stream_write_buffer_size(c->stream) == 0) {
             shutdown(iol_stream_fd(c->stream), SHUT_WR);
             c->fin_sent = true;
         }
     }
-    if (open_head.next != &open_head) {
-        iol_timeout deadline = 0;
-        if (iol_loop_call_later(loop, DRAIN_TIMEOUT, stop_loop, loop, &deadline) == 0) {
-            iol_loop_start(loop);
-            iol_loop_remove_timeout(loop, deadline);
-        }
-    }
+}
+
+/* After the drain: what is left was shut down and its input discarded by
+ * the runtime; closing it now sends FIN. */
+static void worker_stop(iol_loop *loop, unsigned index, void *arg)
+{
+    (void)loop;
+    (void)index;
+    (void)arg;
     for (conn *c = open_head.next; c != &open_head; c = c->next)
         if (!iol_stream_closed(c->stream))
             iol_stream_close(c->stream);
@@ -151,7 +146,9 @@ int main(int argc, char **argv)
         .name = "echo",
         .default_port = 7000,
         .on_start = worker_start,
+        .on_drain = worker_drain,
         .on_stop = worker_stop,
+        .drain_timeout = DRAIN_TIMEOUT,
         .on_accept = on_accept,
     };
     return example_server_main(&srv, argc, argv);

@@ -8,14 +8,17 @@
  * 8 KiB get 431; both close that connection only. A connection idle for
  * 10 s, or still sending its headers 10 s after they began, is closed.
  *
- * The fast path: one allocation per connection (state and read buffer),
- * one read per readiness into that fixed buffer, parsing in place, the
+ * The fast path: one small allocation per connection (its state, about
+ * 150 bytes: an idle connection holds no buffer), one read per readiness
+ * into the worker's read buffer, parsing in place (the parser keeps no
+ * pointer into it between reads), the
  * responses of one read gathered in a per-thread buffer and written with
  * one write(2); only what the kernel does not take is copied aside (and
  * reading pauses until it is flushed). Raw fd handlers, no streams.
+ * The request path itself (parsing, limits, responses) is http_conn.c,
+ * which has no sockets, so tests/fuzz can drive it.
  */
 #include <errno.h>
-#include <http_parser.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -25,14 +28,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "http_conn.h"
 #include "ioloop.h"
 #include "server.h"
 
 #define READ_BUF 16384
 #define OUT_BUF 65536
-#define MAX_HEADER_BYTES 8192
-#define IDLE_TIMEOUT 10      /* seconds */
-#define HEADER_TIMEOUT 10    /* seconds */
 #define LINGER_TIMEOUT 2     /* seconds to drain input after a final response */
 
 typedef struct conn conn;
@@ -40,56 +41,32 @@ struct conn {
     conn *prev, *next; /* the worker's list, swept once a second */
     iol_loop *loop;
     int fd;
+    bool registered;   /* has a handler on the loop */
     unsigned events;   /* what the handler watches */
-    bool closing;      /* a final response is queued: no more requests */
     bool lingering;    /* output done, SHUT_WR sent, discarding input */
-    bool in_headers;
-    long deadline;     /* on the worker's coarse clock (seconds) */
     char *pending;     /* output the kernel did not take yet */
     size_t pending_len, pending_off;
-    http_parser parser;
-    char rbuf[READ_BUF];
+    http_conn hc;      /* request state; hc.deadline is on the worker's coarse clock */
 };
 
 /* Per worker (each worker thread has its own). */
 typedef struct worker_state {
     conn head; /* list sentinel */
-    bool draining; /* graceful stop: the last close stops the loop */
     iol_periodic *sweep;
     long now;  /* coarse monotonic seconds, updated by the sweep */
-    char date[40];
-    size_t date_len;
-    time_t date_of;
-    char ok[256]; /* the common response (GET, HTTP/1.1, keep-alive) */
-    size_t ok_len;
+    http_dates dates;
+    char rbuf[READ_BUF]; /* every connection of the worker reads here */
     char out[OUT_BUF];
     size_t out_len;
     conn *out_conn; /* whose responses out holds */
 } worker_state;
 
 static __thread worker_state *ws;
-static http_parser_settings settings;
 
-/* ------------------------------------------------------------ responses */
-
-static void refresh_date(void)
-{
-    time_t t = time(NULL);
-    if (t == ws->date_of)
-        return;
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    ws->date_len = strftime(ws->date, sizeof(ws->date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
-    ws->date_of = t;
-    int n = snprintf(ws->ok, sizeof(ws->ok),
-                     "HTTP/1.1 200 OK\r\nServer: ioloop\r\nDate: %s\r\nContent-Type: text/plain\r\n"
-                     "Content-Length: 13\r\n\r\nHello, World!",
-                     ws->date);
-    ws->ok_len = n > 0 && (size_t)n < sizeof(ws->ok) ? (size_t)n : 0;
-}
+/* ---------------------------------------------------------------- output */
 
 static void conn_close(conn *c);
-static void conn_update_events(conn *c);
+static bool conn_update_events(conn *c);
 
 /* Hands out[] to the kernel; what it does not take goes to c->pending. */
 static int flush_out(conn *c)
@@ -130,93 +107,19 @@ static int flush_out(conn *c)
     return 0;
 }
 
-static void out_append(conn *c, const char *data, size_t len)
+/* http_conn's emit: gathers the responses of one read in out[]. */
+static void out_append(void *arg, const char *data, size_t len)
 {
+    conn *c = arg;
     if (ws->out_len + len > OUT_BUF) {
         if (flush_out(c) < 0) {
-            c->closing = true; /* the write error closes it after parsing */
+            c->hc.closing = true; /* the write error closes it after parsing */
             return;
         }
     }
     ws->out_conn = c;
     memcpy(ws->out + ws->out_len, data, len);
     ws->out_len += len;
-}
-
-#define LIT(s) s, sizeof(s) - 1
-
-static inline size_t put(char *dst, size_t n, const char *src, size_t len)
-{
-    memcpy(dst + n, src, len);
-    return n + len;
-}
-
-static void respond(conn *c, const char *status, size_t status_len, const char *body, size_t body_len, bool head,
-                    bool keep_alive, bool http10)
-{
-    char hdr[512];
-    size_t n = 0;
-    n = put(hdr, n, LIT("HTTP/1.1 "));
-    n = put(hdr, n, status, status_len);
-    n = put(hdr, n, LIT("\r\nServer: ioloop\r\nDate: "));
-    n = put(hdr, n, ws->date, ws->date_len);
-    n = put(hdr, n, LIT("\r\nContent-Type: text/plain\r\nContent-Length: "));
-    char num[24];
-    int numlen = snprintf(num, sizeof(num), "%zu", body_len);
-    n = put(hdr, n, num, (size_t)numlen);
-    if (!keep_alive)
-        n = put(hdr, n, LIT("\r\nConnection: close"));
-    else if (http10)
-        n = put(hdr, n, LIT("\r\nConnection: keep-alive"));
-    n = put(hdr, n, LIT("\r\n\r\n"));
-    out_append(c, hdr, n);
-    if (!head && body_len)
-        out_append(c, body, body_len);
-}
-
-/* Error responses end the connection. */
-static void respond_error(conn *c, const char *status, size_t status_len)
-{
-    if (c->closing)
-        return;
-    respond(c, status, status_len, status, status_len, false, false, false);
-    c->closing = true;
-}
-
-/* ----------------------------------------------------- parser callbacks */
-
-static int on_message_begin(http_parser *p)
-{
-    conn *c = p->data;
-    c->in_headers = true;
-    c->deadline = ws->now + HEADER_TIMEOUT;
-    return 0;
-}
-
-static int on_headers_complete(http_parser *p)
-{
-    conn *c = p->data;
-    c->in_headers = false;
-    return 0;
-}
-
-static int on_message_complete(http_parser *p)
-{
-    conn *c = p->data;
-    bool keep_alive = http_should_keep_alive(p) && !p->upgrade;
-    bool http10 = p->http_major == 1 && p->http_minor == 0;
-    if (p->method == HTTP_GET && keep_alive && !http10 && ws->ok_len)
-        out_append(c, ws->ok, ws->ok_len); /* the fast path: one memcpy */
-    else if (p->method == HTTP_GET || p->method == HTTP_HEAD)
-        respond(c, LIT("200 OK"), LIT("Hello, World!"), p->method == HTTP_HEAD, keep_alive, http10);
-    else
-        respond(c, LIT("405 Method Not Allowed"), LIT("Method Not Allowed"), false, keep_alive, http10);
-    c->deadline = ws->now + IDLE_TIMEOUT;
-    if (!keep_alive) {
-        c->closing = true;
-        http_parser_pause(p, 1); /* nothing after it is answered */
-    }
-    return 0;
 }
 
 /* ------------------------------------------------------------ connection */
@@ -229,12 +132,13 @@ static void conn_unlink(conn *c)
 
 static void conn_close(conn *c)
 {
-    iol_loop_remove_handler(c->loop, c->fd);
-    close(c->fd);
+    /* close_fd: the close alone takes the socket out of epoll (accepted
+     * with CLOEXEC and never duplicated), no EPOLL_CTL_DEL. */
+    if (c->registered)
+        iol_loop_close_fd(c->loop, c->fd);
+    else
+        close(c->fd);
     conn_unlink(c);
-    /* Graceful stop waits for the last connection: see worker_stop. */
-    if (ws->draining && ws->head.next == &ws->head && iol_loop_running(c->loop))
-        iol_loop_stop(c->loop);
     free(c->pending);
     free(c);
 }
@@ -242,57 +146,65 @@ static void conn_close(conn *c)
 /* Output done on a closing connection: half-close and discard input for a
  * while, so a client still sending does not get our response destroyed
  * by a reset (lingering close). */
-static void conn_linger(conn *c)
+static bool conn_linger(conn *c)
 {
     shutdown(c->fd, SHUT_WR);
     c->lingering = true;
-    c->deadline = ws->now + LINGER_TIMEOUT;
-    conn_update_events(c);
+    c->hc.deadline = ws->now + LINGER_TIMEOUT;
+    return conn_update_events(c);
 }
 
-static void conn_update_events(conn *c)
+static void conn_io(int fd, unsigned events, void *arg);
+
+/* Watches what the connection waits for; registers it the first time
+ * (a connection answered at accept never is). false: closed and freed. */
+static bool conn_update_events(conn *c)
 {
     unsigned want = c->pending ? IOL_WRITE : IOL_READ;
-    if (want != c->events) {
+    if (!c->registered) {
+        if (iol_loop_add_handler(c->loop, c->fd, want, conn_io, c) < 0) {
+            conn_close(c);
+            return false;
+        }
+        c->registered = true;
+        c->events = want;
+    } else if (want != c->events) {
         c->events = want;
         iol_loop_update_handler(c->loop, c->fd, want);
     }
+    return true;
 }
 
 /* Returns false when the connection was closed (and freed). */
 static bool conn_read(conn *c)
 {
-    ssize_t n = read(c->fd, c->rbuf, sizeof(c->rbuf));
+    ssize_t n = read(c->fd, ws->rbuf, sizeof(ws->rbuf));
     if (n <= 0) {
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            return true;
+            return conn_update_events(c); /* at accept: not registered yet */
         conn_close(c); /* EOF or error */
         return false;
     }
     if (c->lingering)
         return true; /* discarding */
-    if (!c->in_headers)
-        c->deadline = ws->now + IDLE_TIMEOUT;
-    refresh_date();
-    size_t parsed = http_parser_execute(&c->parser, &settings, c->rbuf, (size_t)n);
-    enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
-    if (err != HPE_OK && err != HPE_PAUSED) {
-        if (err == HPE_HEADER_OVERFLOW)
-            respond_error(c, LIT("431 Request Header Fields Too Large"));
-        else
-            respond_error(c, LIT("400 Bad Request"));
-    }
-    (void)parsed;
+    http_dates_refresh(&ws->dates, time(NULL));
+    http_conn_feed(&c->hc, ws->rbuf, (size_t)n, ws->now);
     if (flush_out(c) < 0) {
         conn_close(c);
         return false;
     }
-    if (c->closing && !c->pending) {
-        conn_linger(c);
-        return true;
+    if (c->hc.closing && !c->pending) {
+        /* A clean end with nothing unread (the request was all the read
+         * got, and it did not fill the buffer): close now, which sends
+         * FIN. Otherwise close lingering, so unread input cannot make the
+         * kernel reset the response away. */
+        if (c->hc.clean_end && c->hc.unparsed == 0 && (size_t)n < sizeof(ws->rbuf)) {
+            conn_close(c);
+            return false;
+        }
+        return conn_linger(c);
     }
-    conn_update_events(c);
-    return true;
+    return conn_update_events(c);
 }
 
 static void conn_write(conn *c)
@@ -312,11 +224,11 @@ static void conn_write(conn *c)
     free(c->pending);
     c->pending = NULL;
     c->pending_len = c->pending_off = 0;
-    if (c->closing) {
+    if (c->hc.closing) {
         conn_linger(c);
         return;
     }
-    c->deadline = ws->now + IDLE_TIMEOUT;
+    c->hc.deadline = ws->now + HTTP_IDLE_TIMEOUT;
     conn_update_events(c);
 }
 
@@ -337,7 +249,7 @@ static void conn_io(int fd, unsigned events, void *arg)
  * unread input would make the kernel reset the connection. */
 static void conn_finish(conn *c)
 {
-    c->closing = true;
+    c->hc.closing = true;
     if (c->lingering || c->pending)
         return; /* conn_write lingers once the output is out */
     if (!conn_read(c))
@@ -358,24 +270,20 @@ static void on_accept(iol_loop *loop, int fd, const struct sockaddr *peer, sockl
     }
     c->loop = loop;
     c->fd = fd;
-    c->events = IOL_READ;
-    c->closing = c->lingering = c->in_headers = false;
-    c->deadline = ws->now + IDLE_TIMEOUT;
+    c->registered = false;
+    c->events = 0;
+    c->lingering = false;
     c->pending = NULL;
     c->pending_len = c->pending_off = 0;
-    http_parser_init(&c->parser, HTTP_REQUEST);
-    c->parser.data = c;
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (iol_loop_add_handler(loop, fd, IOL_READ, conn_io, c) < 0) {
-        close(fd);
-        free(c);
-        return;
-    }
+    http_conn_init(&c->hc, &ws->dates, out_append, c, ws->now);
     c->next = ws->head.next;
     c->prev = &ws->head;
     ws->head.next->prev = c;
     ws->head.next = c;
+    /* The listener defers accepting until the request's first bytes are
+     * in (TCP_DEFER_ACCEPT): read now. A one-request connection is then
+     * answered and closed without ever being registered. */
+    conn_read(c);
 }
 
 /* ----------------------------------------------------------------- workers */
@@ -394,7 +302,7 @@ static void sweep(void *arg)
     ws->now = coarse_now();
     for (conn *c = ws->head.next, *next; c != &ws->head; c = next) {
         next = c->next;
-        if (c->deadline < ws->now)
+        if (c->hc.deadline < ws->now)
             conn_close(c);
     }
 }
@@ -410,39 +318,36 @@ static void worker_start(iol_loop *loop, unsigned index, void *arg)
     }
     ws->head.next = ws->head.prev = &ws->head;
     ws->now = coarse_now();
-    ws->date_of = (time_t)-1;
+    http_dates_init(&ws->dates);
     if (iol_periodic_new(&ws->sweep, loop, 1000, sweep, NULL) < 0 || iol_periodic_start(ws->sweep) < 0) {
         fprintf(stderr, "http-hello: cannot start the idle sweep\n");
         exit(1);
     }
 }
 
-static void stop_loop(void *arg)
-{
-    iol_loop_stop(arg);
-}
-
 /* The runtime has stopped taking work and handed us every connection the
- * kernel had queued. Finish each one gracefully and run the loop until the
- * last has closed, for at most LINGER_TIMEOUT; only then close what is
- * left. No client of an accepted connection sees a reset. */
-static void worker_stop(iol_loop *loop, unsigned index, void *arg)
+ * kernel had queued: finish each one gracefully (answer what has arrived,
+ * FIN, discard input until the client closes). The runtime keeps running
+ * the loop while connections remain, for at most LINGER_TIMEOUT. No
+ * client of an accepted connection sees a reset. */
+static void worker_drain(iol_loop *loop, unsigned index, void *arg)
 {
+    (void)loop;
     (void)index;
     (void)arg;
-    ws->draining = true;
     for (conn *c = ws->head.next, *next; c != &ws->head; c = next) {
         next = c->next;
         conn_finish(c);
     }
-    if (ws->head.next != &ws->head) {
-        iol_timeout deadline = 0;
-        if (iol_loop_call_later(loop, LINGER_TIMEOUT, stop_loop, loop, &deadline) == 0) {
-            iol_loop_start(loop);
-            iol_loop_remove_timeout(loop, deadline);
-        }
-    }
-    ws->draining = false;
+}
+
+/* After the drain: what is left was shut down and its input discarded by
+ * the runtime, so closing sends FIN. */
+static void worker_stop(iol_loop *loop, unsigned index, void *arg)
+{
+    (void)loop;
+    (void)index;
+    (void)arg;
     while (ws->head.next != &ws->head)
         conn_close(ws->head.next);
     iol_periodic_free(ws->sweep);
@@ -472,19 +377,18 @@ static void print_accept_counts(iol_runtime *rt, int id)
 
 int main(int argc, char **argv)
 {
-    settings = (http_parser_settings){
-        .on_message_begin = on_message_begin,
-        .on_headers_complete = on_headers_complete,
-        .on_message_complete = on_message_complete,
-    };
-    /* Request line and headers together; past it: 431. */
-    http_parser_set_max_header_size(MAX_HEADER_BYTES);
+    http_conn_global_init();
     static const example_server srv = {
         .name = "http-hello",
         .default_port = 8080,
         .on_start = worker_start,
+        .on_drain = worker_drain,
         .on_stop = worker_stop,
+        .drain_timeout = LINGER_TIMEOUT,
         .on_accept = on_accept,
+        /* nodelay on the listener (inherited), deferred accept for as
+         * long as a request may take to begin. */
+        .listen = {.nodelay = true, .defer_accept = HTTP_HEADER_TIMEOUT},
         .on_exit = print_accept_counts,
     };
     return example_server_main(&srv, argc, argv);

@@ -73,13 +73,23 @@ int example_server_main(const example_server *srv, int argc, char **argv)
         usage(srv->name);
     signal(SIGPIPE, SIG_IGN);
 
-    iol_runtime_config rc = {.workers = (unsigned)workers, .on_start = srv->on_start, .on_stop = srv->on_stop};
+    iol_runtime_config rc = {
+        .workers = (unsigned)workers,
+        .on_start = srv->on_start,
+        .on_stop = srv->on_stop,
+        .on_drain = srv->on_drain,
+        .drain_timeout = srv->drain_timeout,
+    };
     int r = iol_runtime_new(&the_runtime, &rc);
     if (r < 0) {
         fprintf(stderr, "%s: runtime: %s\n", srv->name, strerror(-r));
         return 1;
     }
-    iol_listen_config lc = {.host = host, .port = (uint16_t)port, .shard = shard, .on_accept = srv->on_accept};
+    iol_listen_config lc = srv->listen;
+    lc.host = host;
+    lc.port = (uint16_t)port;
+    lc.shard = shard;
+    lc.on_accept = srv->on_accept;
     int id = iol_runtime_listen(the_runtime, &lc);
     if (id < 0) {
         fprintf(stderr, "%s: listen on %s:%ld: %s\n", srv->name, host, port, strerror(-id));

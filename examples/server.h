@@ -12,7 +12,10 @@ typedef struct example_server {
     uint16_t default_port;
     void (*on_start)(iol_loop *loop, unsigned index, void *arg);
     void (*on_stop)(iol_loop *loop, unsigned index, void *arg);
+    void (*on_drain)(iol_loop *loop, unsigned index, void *arg);
+    double drain_timeout;
     iol_accept_fn on_accept;
+    iol_listen_config listen; /* nodelay, defer_accept; the rest is set from argv */
     /* After the workers stopped, before the runtime is freed (may be NULL). */
     void (*on_exit)(iol_runtime *rt, int listener_id);
 } example_server;

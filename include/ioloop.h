@@ -359,26 +359,51 @@ typedef struct iol_runtime_config {
     void (*on_start)(iol_loop *loop, unsigned index, void *arg); /* on the worker */
     void (*on_stop)(iol_loop *loop, unsigned index, void *arg);  /* on the worker */
     void *arg;
+    /* Second release (zero: the first release's behaviour, plus the drain).
+     * drain_timeout: seconds the workers keep serving the application's
+     * registered fds after stop; 0: 10 s; negative: no drain. */
+    double drain_timeout;
+    /* on_drain(loop, index, arg): on each worker (its own thread, loop
+     * current), once stop was called, the final accepts were handed to
+     * on_accept and every accepted post ran: close idle connections now,
+     * finish the ones with a request in flight and close them. The drain
+     * lasts while any fd of the application is registered on the loop:
+     * remove handlers of fds that are not connections (pipes, eventfds)
+     * here too. Not called when drain_timeout < 0. May be NULL
+     * (iol_runtime_stopping answers the same question). */
+    void (*on_drain)(iol_loop *loop, unsigned index, void *arg);
 } iol_runtime_config;
 
 /* N workers, one loop each (created here, started by start).
- * -EINVAL: out NULL, unknown poller, workers > 4096. -ENOMEM. */
+ * -EINVAL: out NULL, unknown poller, workers > 4096, a NaN threshold or
+ * drain_timeout. -ENOMEM. */
 int iol_runtime_new(iol_runtime **out, const iol_runtime_config *cfg);
 /* Starts the worker threads; returns once every loop runs (after every
  * on_start). -EINVAL: NULL. -EALREADY: started. -ESHUTDOWN: stopped. */
 int iol_runtime_start(iol_runtime *rt);
 /* Stops taking work: posts after this get -ESHUTDOWN; every callback
  * posted before runs exactly once; listeners accept what the kernel has
- * queued, hand it to on_accept, then close. Does not wait (see join).
- * Idempotent. Any thread, workers too. -EINVAL: NULL. */
+ * queued, hand it to on_accept, then close. Then the drain: each worker
+ * calls on_drain and keeps running its loop while the application has fds
+ * registered on it, for at most drain_timeout. Sockets still registered
+ * then are shut down for writing (FIN) and their input is discarded until
+ * the peer closes, for at most 200 ms in all, so that closing them sends
+ * no reset. Then on_stop, which may close them (or leave them: the
+ * worker's loop is closed with all fds, after discarding input again).
+ * Without a drain (drain_timeout < 0) on_stop follows the final accepts.
+ * Does not wait (see join). Idempotent. Any thread, workers too.
+ * -EINVAL: NULL. */
 int iol_runtime_stop(iol_runtime *rt);
+/* Whether stop was called: from then on, a worker's application should
+ * finish its connections (see on_drain). Any thread. false for NULL. */
+bool iol_runtime_stopping(const iol_runtime *rt);
 /* Waits for the workers to finish after stop. -EINVAL: NULL.
  * -EDEADLK: called from a worker. */
 int iol_runtime_join(iol_runtime *rt);
 /* Stops, joins, frees (NULL ignored). Not from a worker. Each worker loop
  * is closed with all_fds on its worker thread, so streams still on it are
  * released as by iol_loop_close (close callbacks run on that worker) and
- * raw fds still registered on it are closed too.
+ * raw fds still registered on it are closed too (gently, see stop).
  * Posts accepted before a start that never happened are dropped. */
 void iol_runtime_free(iol_runtime *rt);
 unsigned iol_runtime_size(const iol_runtime *rt);          /* 0 for NULL */
@@ -400,11 +425,27 @@ typedef struct iol_listen_config {
     int shard;                /* IOL_SHARD_REUSEPORT or IOL_SHARD_HANDOFF */
     iol_accept_fn on_accept;  /* on the worker that owns the connection; owns fd */
     void *arg;
+    /* Second release. REUSEPORT only: join the SO_REUSEPORT group that
+     * another process (same user) listens on at port, instead of failing
+     * with -EADDRINUSE; the kernel spreads connections over both. */
+    bool reuseport_join;
+    /* TCP_NODELAY on every accepted connection, set once on the listening
+     * sockets (Linux copies it to each accepted socket): no setsockopt per
+     * connection. */
+    bool nodelay;
+    /* > 0: TCP_DEFER_ACCEPT with this many seconds (tcp(7)): a connection
+     * reaches on_accept once its first data has arrived (or the period
+     * ran out), so on_accept can read at once instead of registering and
+     * waiting; nginx's "listen ... deferred". 0: off. */
+    int defer_accept;
 } iol_listen_config;
 
 /* Listens on host:port, before or after start. Returns a listener id >= 0.
- * -EINVAL: NULL rt/cfg/on_accept, unknown shard, bad host.
- * -EADDRINUSE: port taken. -ESHUTDOWN: stopped. -ENOMEM, socket errors. */
+ * -EINVAL: NULL rt/cfg/on_accept, unknown shard, bad host, reuseport_join
+ * with HANDOFF or port 0, defer_accept < 0.
+ * -EADDRINUSE: port taken (without reuseport_join; with it: taken by a
+ * socket that is not in a REUSEPORT group of this user).
+ * -ESHUTDOWN: stopped. -ENOMEM, socket errors. */
 int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg);
 /* The bound port of listener id. -EINVAL: NULL. -ENOENT: unknown id. */
 int iol_runtime_listener_port(iol_runtime *rt, int id);

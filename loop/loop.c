@@ -314,10 +314,10 @@ static void run_due_timeouts(iol_loop *loop, bool watched)
         return;
     double now = iol_loop_time(loop);
     /* Timeouts added by these callbacks wait for the next iteration. */
-    uint64_t mark = iol__timer_heap_mark(&loop->timers);
+    iol__timer_heap_begin_pass(&loop->timers);
     iol_callback_fn fn;
     void *arg;
-    while (iol__timer_heap_pop_due(&loop->timers, now, mark, &fn, &arg)) {
+    while (iol__timer_heap_pop_due(&loop->timers, now, &fn, &arg)) {
         if (watched)
             iol__watchdog_call_begin(loop->watchdog, (const void *)fn);
         fn(arg);

@@ -3,18 +3,18 @@
  * REUSEPORT: one SO_REUSEPORT socket per worker, each registered on its
  * worker's loop; the kernel spreads connections.
  *
- * HANDOFF: one socket, registered on worker 0's loop, which is the
- * coordinator: it accepts and hands each fd to the worker with the fewest
- * registered fd handlers (plus handoffs not yet delivered), ties broken
- * round-robin, through that worker's callback queue. Why worker 0 and not
- * a thread of its own: no extra thread competing for the CPUs the workers
- * are pinned to, and the coordinator shares the workers' lifecycle — it
- * runs when they run, listen before or after start needs no special case,
- * and its final accepts at stop happen in the same shutdown sequence (and
- * before the same barrier) as the REUSEPORT ones. The cost: accepts wait
- * while worker 0 runs a long callback, which the blocking watchdog
- * already flags; worker 0's own connections count in the balance, so it
- * gets fewer when it is busier.
+ * HANDOFF: one socket, watched by the acceptor, a thread of the runtime's
+ * own with a loop of its own (runtime.c, acceptor_main). It accepts and
+ * hands each fd to a worker through that worker's callback queue (see
+ * pick_worker: not a stalled worker, then the fewest connections). Why a
+ * thread and not worker 0, as before: a long callback on the coordinating
+ * worker stalled every accept; now a busy worker only stops receiving
+ * (its oldest handoff ages), the others keep being served. The cost: the
+ * connections of worker 0 are handed off too (one queue hop), where the
+ * coordinator kept its own. The acceptor mostly sleeps in its poll,
+ * so it costs the pinned workers little CPU; it is created with the
+ * first HANDOFF listener and takes part in the stop sequence as one more
+ * thread: final accepts before the same barrier as the workers'.
  *
  * Out of fds (EMFILE/ENFILE): each socket keeps a reserve fd (/dev/null).
  * On EMFILE it closes the reserve, accepts and closes what is queued (the
@@ -33,11 +33,13 @@
 #include <netdb.h>
 #include <linux/filter.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "loop/log.h"
@@ -77,7 +79,7 @@ typedef struct iol__listener {
     unsigned nsocks;
     iol__lsock *socks;
     iol__count *counts; /* one per worker */
-    unsigned rr;        /* HANDOFF round-robin start; coordinator only */
+    unsigned rr;        /* HANDOFF round-robin start; acceptor only */
 } iol__listener;
 
 typedef struct handoff_item {
@@ -102,30 +104,79 @@ static void handoff_cb(void *arg)
 {
     handoff_item *it = arg;
     iol__rt_worker *w = &it->l->rt->workers[it->worker];
+    /* relaxed: the acceptor's "has it come to its queue" snapshot. */
+    atomic_fetch_add_explicit(&w->taken, 1, memory_order_relaxed);
     deliver(it->l, it->worker, it->fd, (const struct sockaddr *)&it->peer, it->peerlen);
     /* relaxed, after on_accept: its handler is already counted when the
-     * pending count drops, so the coordinator never sees a dip. */
+     * pending count drops, so the acceptor never sees a dip. */
     atomic_fetch_sub_explicit(&w->pending, 1, memory_order_relaxed);
     free(it);
 }
 
-/* The worker with the fewest connections: registered handlers minus the
- * runtime's own, plus handoffs on their way. Ties: the first from rr on. */
+/* A worker's load: registered handlers minus the runtime's own, plus
+ * handoffs on their way. The three are read separately (relaxed: a
+ * snapshot for balancing, ordering nothing), so the sum can be off by one
+ * for an instant (a listener unwatched between the two handler reads
+ * gives -1); clamped so a torn read cannot look like "less than nothing".
+ * pending first: handoff_cb adds the handler before it drops pending, so
+ * this order over-counts a delivery in progress rather than missing it. */
+static long worker_load(iol__rt_worker *w)
+{
+    long pending = atomic_load_explicit(&w->pending, memory_order_relaxed);
+    long load = (long)iol_loop_handler_count(w->loop) -
+                atomic_load_explicit(&w->own_handlers, memory_order_relaxed) + pending;
+    return load < 0 ? 0 : load;
+}
+
+/* A worker whose oldest handoff has waited this long for it to come to
+ * its queue is stalled (a long callback): it gets no more connections
+ * while another worker is not. Well above a loop iteration under load,
+ * well below what a client notices. */
+#define STALL_SECONDS 0.010
+
+/* Whether w has handoffs it has not begun (backlog > 0) and has made no
+ * progress on them for STALL_SECONDS. Acceptor only. */
+static bool stalled(iol__rt_worker *w, double now, unsigned long *backlog)
+{
+    /* relaxed: a snapshot, as in worker_load. */
+    unsigned long taken = atomic_load_explicit(&w->taken, memory_order_relaxed);
+    *backlog = w->handed - taken;
+    if (taken != w->seen_taken) {
+        w->seen_taken = taken;
+        w->progress_at = now;
+    }
+    return *backlog > 0 && now - w->progress_at > STALL_SECONDS;
+}
+
+/* The worker to hand the next connection to: not a stalled one if any is
+ * not; then the fewest connections; then the shorter backlog (a worker
+ * that has come to its queue before one that has not); then the first
+ * from rr on. Acceptor only. */
 static unsigned pick_worker(iol__listener *l)
 {
     iol_runtime *rt = l->rt;
+    double now = iol_loop_time(rt->acceptor_loop);
     unsigned best = l->rr % rt->n;
-    long best_load = -1;
+    long best_load = 0;
+    unsigned long best_backlog = 0;
+    bool have_best = false, best_stalled = false;
     for (unsigned k = 0; k < rt->n; k++) {
         unsigned i = (l->rr + k) % rt->n;
         iol__rt_worker *w = &rt->workers[i];
-        /* relaxed loads: a snapshot for balancing; ordering nothing. */
-        long load = (long)iol_loop_handler_count(w->loop) -
-                    atomic_load_explicit(&w->own_handlers, memory_order_relaxed) +
-                    atomic_load_explicit(&w->pending, memory_order_relaxed);
-        if (best_load < 0 || load < best_load) {
+        unsigned long backlog;
+        bool st = stalled(w, now, &backlog);
+        long load = worker_load(w);
+        bool better;
+        if (!have_best || st != best_stalled)
+            better = !have_best || !st;
+        else
+            better = load < best_load || (load == best_load && backlog < best_backlog);
+        if (better) {
             best = i;
             best_load = load;
+            best_backlog = backlog;
+            best_stalled = st;
+            have_best = true;
         }
     }
     l->rr = best + 1;
@@ -140,10 +191,6 @@ static void dispatch(iol__lsock *s, int fd, const struct sockaddr *peer, socklen
         return;
     }
     unsigned target = pick_worker(l);
-    if (target == s->worker) {
-        deliver(l, target, fd, peer, peerlen);
-        return;
-    }
     handoff_item *it = malloc(sizeof(*it));
     if (!it) {
         iol__log(IOL_LOG_ERROR, "listener %d: out of memory, dropping a connection", l->id);
@@ -157,12 +204,17 @@ static void dispatch(iol__lsock *s, int fd, const struct sockaddr *peer, socklen
     memcpy(&it->peer, peer, it->peerlen);
     iol__rt_worker *w = &l->rt->workers[target];
     atomic_fetch_add_explicit(&w->pending, 1, memory_order_relaxed);
+    /* Its backlog was empty: the wait for progress starts now. */
+    if (w->handed == w->seen_taken)
+        w->progress_at = iol_loop_time(l->rt->acceptor_loop);
+    w->handed++;
     /* Straight to the loop, not iol_runtime_post: handoffs made before
      * the final-accept barrier must go through even after stop (see
      * worker_shutdown in runtime.c). */
     int r = iol_loop_add_callback(w->loop, handoff_cb, it);
     if (r < 0) {
         atomic_fetch_sub_explicit(&w->pending, 1, memory_order_relaxed);
+        w->handed--;
         iol__log(IOL_LOG_ERROR, "listener %d: handoff to worker %u failed: %s", l->id, target, strerror(-r));
         close(fd);
         free(it);
@@ -171,9 +223,15 @@ static void dispatch(iol__lsock *s, int fd, const struct sockaddr *peer, socklen
 
 /* ------------------------------------------------------------ watching */
 
+static bool on_acceptor(const iol__lsock *s)
+{
+    return s->worker == IOL__ACCEPTOR(s->l->rt);
+}
+
 static iol_loop *lsock_loop(const iol__lsock *s)
 {
-    return s->l->rt->workers[s->worker].loop;
+    iol_runtime *rt = s->l->rt;
+    return on_acceptor(s) ? rt->acceptor_loop : rt->workers[s->worker].loop;
 }
 
 static int lsock_watch(iol__lsock *s)
@@ -183,7 +241,8 @@ static int lsock_watch(iol__lsock *s)
         return r;
     s->registered = true;
     /* relaxed: see own_handlers in runtime_impl.h. */
-    atomic_fetch_add_explicit(&s->l->rt->workers[s->worker].own_handlers, 1, memory_order_relaxed);
+    if (!on_acceptor(s))
+        atomic_fetch_add_explicit(&s->l->rt->workers[s->worker].own_handlers, 1, memory_order_relaxed);
     return 0;
 }
 
@@ -193,7 +252,8 @@ static void lsock_unwatch(iol__lsock *s)
         return;
     iol_loop_remove_handler(lsock_loop(s), s->fd);
     s->registered = false;
-    atomic_fetch_sub_explicit(&s->l->rt->workers[s->worker].own_handlers, 1, memory_order_relaxed);
+    if (!on_acceptor(s))
+        atomic_fetch_sub_explicit(&s->l->rt->workers[s->worker].own_handlers, 1, memory_order_relaxed);
 }
 
 static void lsock_resume(void *arg)
@@ -364,7 +424,8 @@ fail_errno:
 /* SO_REUSEPORT lets a second socket of the same user join a port another
  * program listens on. To report a taken port honestly, bind a plain
  * (SO_REUSEADDR only) probe first: it fails with EADDRINUSE if anyone
- * listens there. */
+ * listens there. Skipped when the caller asks to join (reuseport_join):
+ * then only the kernel's own rule applies (same user, SO_REUSEPORT). */
 static int probe_port(const bind_addr *a)
 {
     int fd;
@@ -411,11 +472,13 @@ static void any_addr(bind_addr *a, int family, uint16_t port)
     set_port(a, port);
 }
 
-/* Opens nsocks listening sockets into fds; the first decides the port. */
-static int open_sockets(bind_addr *a, unsigned nsocks, bool reuseport, int backlog, int *fds, uint16_t *port)
+/* Opens nsocks listening sockets into fds; the first decides the port.
+ * join: the port may be another process's REUSEPORT group; no probe. */
+static int open_sockets(bind_addr *a, unsigned nsocks, bool reuseport, bool join, int backlog, int *fds,
+                        uint16_t *port)
 {
     int r;
-    if (*port != 0 && reuseport && (r = probe_port(a)) < 0)
+    if (*port != 0 && reuseport && !join && (r = probe_port(a)) < 0)
         return r;
     unsigned made = 0;
     for (; made < nsocks; made++) {
@@ -439,6 +502,21 @@ fail:
     while (made-- > 0)
         close(fds[made]);
     return r;
+}
+
+/* Options the accepted sockets inherit or that shape accepting, set once
+ * on each listening socket. */
+static int set_accepted_options(const iol_listen_config *cfg, const int *fds, unsigned n)
+{
+    int one = 1;
+    for (unsigned i = 0; i < n; i++) {
+        if (cfg->nodelay && setsockopt(fds[i], IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
+            return -errno;
+        if (cfg->defer_accept > 0 &&
+            setsockopt(fds[i], IPPROTO_TCP, TCP_DEFER_ACCEPT, &cfg->defer_accept, sizeof(cfg->defer_accept)) < 0)
+            return -errno;
+    }
+    return 0;
 }
 
 /* ----------------------------------------------------------- public API */
@@ -466,6 +544,10 @@ int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg)
     if (cfg->shard != IOL_SHARD_REUSEPORT && cfg->shard != IOL_SHARD_HANDOFF)
         return -EINVAL;
     if (cfg->backlog < 0)
+        return -EINVAL;
+    if (cfg->reuseport_join && (cfg->shard != IOL_SHARD_REUSEPORT || cfg->port == 0))
+        return -EINVAL;
+    if (cfg->defer_accept < 0)
         return -EINVAL;
     /* relaxed: a fast path; the authoritative check is under rt->mu. */
     if (atomic_load_explicit(&rt->stopped, memory_order_relaxed))
@@ -500,23 +582,28 @@ int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg)
     if (cfg->host) {
         if ((err = resolve(cfg->host, port, &a)) < 0)
             goto fail_fds;
-        err = open_sockets(&a, nsocks, reuseport, backlog, fds, &port);
+        err = open_sockets(&a, nsocks, reuseport, cfg->reuseport_join, backlog, fds, &port);
     } else {
         any_addr(&a, AF_INET6, port);
-        err = open_sockets(&a, nsocks, reuseport, backlog, fds, &port);
+        err = open_sockets(&a, nsocks, reuseport, cfg->reuseport_join, backlog, fds, &port);
         if (err == -EAFNOSUPPORT || err == -EADDRNOTAVAIL) {
             port = cfg->port;
             any_addr(&a, AF_INET, port);
-            err = open_sockets(&a, nsocks, reuseport, backlog, fds, &port);
+            err = open_sockets(&a, nsocks, reuseport, cfg->reuseport_join, backlog, fds, &port);
         }
     }
     if (err < 0)
         goto fail_fds;
+    if ((err = set_accepted_options(cfg, fds, nsocks)) < 0) {
+        for (unsigned i = 0; i < nsocks; i++)
+            close(fds[i]);
+        goto fail_fds;
+    }
     l->port = port;
     for (unsigned i = 0; i < nsocks; i++) {
         iol__lsock *s = &l->socks[i];
         s->l = l;
-        s->worker = i; /* HANDOFF: the single socket is worker 0's */
+        s->worker = reuseport ? i : IOL__ACCEPTOR(rt);
         s->fd = fds[i];
         s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     }
@@ -551,13 +638,23 @@ int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg)
     }
     l->id = (int)rt->nlisteners;
     rt->listeners[rt->nlisteners++] = l;
+    if (!reuseport) {
+        /* Starts the acceptor if the runtime runs. On failure the
+         * listener stays in the list (closed at stop) and never accepts. */
+        err = iol__runtime_want_acceptor(rt);
+    }
     if (rt->state != IOL__RT_NEW) {
-        /* Each worker registers its own socket. If stop wins the race the
-         * post is refused; the listener is in the list, so that worker's
-         * final accepts still drain and close its socket. */
-        for (unsigned i = 0; i < nsocks; i++) {
-            int r = iol_runtime_post(rt, l->socks[i].worker, lsock_register_cb, &l->socks[i]);
-            if (r < 0 && err >= 0)
+        /* Each worker (or the acceptor) registers its own socket. If stop
+         * wins the race the post is refused or finds the socket closed;
+         * the listener is in the list, so the final accepts still drain
+         * and close its socket. The acceptor's loop is reached directly:
+         * it closes only after its final accepts, which come after this
+         * (listeners_closed is false under rt->mu). */
+        for (unsigned i = 0; i < nsocks && err >= 0; i++) {
+            iol__lsock *s = &l->socks[i];
+            int r = on_acceptor(s) ? iol_loop_add_callback(rt->acceptor_loop, lsock_register_cb, s)
+                                   : iol_runtime_post(rt, s->worker, lsock_register_cb, s);
+            if (r < 0)
                 err = r;
         }
         if (err < 0) {
@@ -634,8 +731,48 @@ static void refuse_new_handshakes(int fd)
 }
 
 /* Handshakes that were past their SYN when the filter went on finish
- * within a round trip; give them a few milliseconds. */
+ * within a round trip: once the socket was quiet this long, ask the
+ * kernel whether any are still half-open (half_open.c) and keep
+ * accepting while there are, for at most HALF_OPEN_MAX_SECONDS (or the
+ * drain_timeout if shorter; without a drain, or where the kernel cannot
+ * tell, the quiet wait alone). A half-open handshake that outlives the
+ * bound (a client gone silent) is reset by the close. */
 #define FINAL_HANDSHAKE_WAIT_MS 5
+#define HALF_OPEN_MAX_SECONDS 1.0
+
+static double monotonic_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Accepts until EAGAIN, then again while late handshakes land; a pause
+ * (out of fds) ends it: the rest is shed or reset, nothing more can be
+ * done without fds. */
+static void final_accepts(iol__lsock *s)
+{
+    double bound = s->l->rt->cfg.drain_timeout < 0 ? 0 : s->l->rt->cfg.drain_timeout;
+    if (bound > HALF_OPEN_MAX_SECONDS)
+        bound = HALF_OPEN_MAX_SECONDS;
+    double give_up = monotonic_now() + bound;
+    struct pollfd pfd = {.fd = s->fd, .events = POLLIN};
+    for (;;) {
+        if (!lsock_accept(s, 0))
+            return;
+        if (poll(&pfd, 1, FINAL_HANDSHAKE_WAIT_MS) > 0)
+            continue;
+        if (monotonic_now() >= give_up)
+            return;
+        if (iol__half_open_count(s->l->port) <= 0) {
+            /* A handshake that completed between the last accept and the
+             * count is queued, no longer half-open: take it too. Nothing
+             * can land after this pass (new SYNs are dropped). */
+            lsock_accept(s, 0);
+            return;
+        }
+    }
+}
 
 void iol__listeners_final_accept(iol_runtime *rt, unsigned index)
 {
@@ -656,14 +793,7 @@ void iol__listeners_final_accept(iol_runtime *rt, unsigned index)
                 continue;
             lsock_unwatch(s);
             refuse_new_handshakes(s->fd);
-            /* Until EAGAIN, then again while late handshakes land; a pause
-             * (out of fds) ends it: the rest is shed or reset, nothing more
-             * can be done without fds. */
-            struct pollfd pfd = {.fd = s->fd, .events = POLLIN};
-            do {
-                if (!lsock_accept(s, 0))
-                    break;
-            } while (poll(&pfd, 1, FINAL_HANDSHAKE_WAIT_MS) > 0);
+            final_accepts(s);
             lsock_close(s);
         }
     }

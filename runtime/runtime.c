@@ -7,15 +7,23 @@
  *   run the loop until the runtime is stopped           (worker_run)
  *   wait until no post to this worker is in flight      (worker_shutdown)
  *   final accepts on its listening sockets, then a barrier with the others
- *   drain: run the loop's queued callbacks (no polling), on_stop, drain
- *   close the loop (all fds)
+ *   run the loop's queued callbacks (no polling): posts, handoffs
+ *   on_drain, then run the loop (polling) while the application has fds
+ *   registered, up to drain_timeout                     (serve_drain)
+ *   shut down the fds still registered and discard their input until
+ *   their peers close (briefly), so closing them sends no reset (linger)
+ *   on_stop (the application may close them now), queued callbacks again
+ *   discard input once more, close the loop (all fds)
  *
  * The exactly-once argument for posts is next to iol_runtime_post.
  */
 #include <errno.h>
+#include <math.h>
+#include <poll.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "loop/log.h"
@@ -27,6 +35,15 @@
  * callbacks queued. Bounded so a callback that re-queues itself forever
  * cannot keep a stopping worker alive. */
 #define DRAIN_PASSES 4
+/* drain_timeout 0: serve the application's connections for up to this. */
+#define DEFAULT_DRAIN_TIMEOUT 10.0
+/* While draining, how often a worker checks whether the application's fds
+ * are gone: the latency a join pays, against wakeups of a draining loop. */
+#define DRAIN_CHECK_PERIOD 0.005
+/* At the end of the drain, input is discarded from the fds still
+ * registered for at most this long (in all), so closing them sends FIN
+ * rather than RST; a peer that answers our FIN with its own ends it. */
+#define LINGER_DISCARD_SECONDS 0.2
 
 /* The documented thread-locals: which runtime and worker this thread is. */
 static __thread int tl_worker_index = -1;
@@ -57,7 +74,7 @@ int iol_runtime_new(iol_runtime **out, const iol_runtime_config *cfg)
         cfg = &defaults;
     if (cfg->workers > MAX_WORKERS)
         return -EINVAL;
-    if (cfg->blocking_log_threshold != cfg->blocking_log_threshold) /* NaN */
+    if (isnan(cfg->blocking_log_threshold) || isnan(cfg->drain_timeout))
         return -EINVAL;
 
     unsigned n = cfg->workers ? cfg->workers : online_cpus();
@@ -75,6 +92,8 @@ int iol_runtime_new(iol_runtime **out, const iol_runtime_config *cfg)
     rt->n = n;
     rt->cfg = *cfg;
     rt->cfg.workers = n;
+    if (rt->cfg.drain_timeout == 0)
+        rt->cfg.drain_timeout = DEFAULT_DRAIN_TIMEOUT;
     atomic_init(&rt->stopped, false);
     if ((err = -pthread_mutex_init(&rt->mu, NULL)) < 0)
         goto fail_workers;
@@ -88,6 +107,7 @@ int iol_runtime_new(iol_runtime **out, const iol_runtime_config *cfg)
         atomic_init(&w->inflight, 0);
         atomic_init(&w->pending, 0);
         atomic_init(&w->own_handlers, 0);
+        atomic_init(&w->taken, 0);
         w->rt = rt;
         w->index = made;
         if ((err = iol_loop_new(&w->loop, &lcfg)) < 0)
@@ -96,6 +116,9 @@ int iol_runtime_new(iol_runtime **out, const iol_runtime_config *cfg)
          * free even after the worker closed its loop. */
         iol_loop_ref(w->loop);
     }
+    if ((err = iol_loop_new(&rt->acceptor_loop, &lcfg)) < 0)
+        goto fail_loops;
+    iol_loop_ref(rt->acceptor_loop);
     rt->cfg.poller = NULL; /* the caller's string need not outlive new */
     *out = rt;
     return 0;
@@ -261,30 +284,136 @@ static void pin_to_cpu(unsigned index)
 
 static void drain_sentinel(void *arg)
 {
-    bool *ran = arg;
-    *ran = true;
-    iol_loop_stop(iol_loop_current());
+    iol__rt_worker *w = arg;
+    /* Only the last one queued stops the loop: one left queued by a drain
+     * that gave up runs harmlessly in a later one. */
+    if (++w->sentinels_run == w->sentinels_queued)
+        iol_loop_stop(w->loop);
 }
 
 /* Runs the callbacks queued on the (stopped) loop, without polling: a
  * sentinel queued last stops the loop once everything queued before it
  * ran. A start may return at once when a stale stop was pending, hence the
- * inner retry. */
-static void drain(iol_loop *loop, int passes)
+ * inner retry. The sentinel's state is the worker's, not this frame's: a
+ * drain that gives up leaves its sentinel queued. */
+static void drain(iol__rt_worker *w, int passes)
 {
     for (int pass = 0; pass < passes; pass++) {
-        bool ran = false;
-        if (iol_loop_add_callback(loop, drain_sentinel, &ran) < 0)
+        if (iol_loop_add_callback(w->loop, drain_sentinel, w) < 0)
             return;
-        for (int tries = 0; !ran && tries < 3; tries++) {
-            if (iol_loop_start(loop) < 0)
+        w->sentinels_queued++;
+        for (int tries = 0; w->sentinels_run != w->sentinels_queued && tries < 3; tries++) {
+            if (iol_loop_start(w->loop) < 0)
                 break;
         }
-        if (!ran) {
-            iol__log(IOL_LOG_ERROR, "runtime: worker %d: could not drain its loop", tl_worker_index);
+        if (w->sentinels_run != w->sentinels_queued) {
+            iol__log(IOL_LOG_ERROR, "runtime: worker %u: could not drain its loop", w->index);
             return;
         }
     }
+}
+
+/* fds the application has registered on the worker's loop: all of them
+ * but the runtime's own listening sockets. */
+static long app_fds(iol__rt_worker *w)
+{
+    /* relaxed: own_handlers is only written on this thread by now. */
+    return (long)iol_loop_handler_count(w->loop) - atomic_load_explicit(&w->own_handlers, memory_order_relaxed);
+}
+
+static bool drain_over(iol__rt_worker *w)
+{
+    return app_fds(w) <= 0 || iol_loop_time(w->loop) >= w->drain_deadline;
+}
+
+static void drain_check(void *arg)
+{
+    iol__rt_worker *w = arg;
+    w->drain_timer = 0;
+    if (drain_over(w)) {
+        iol_loop_stop(w->loop);
+        return;
+    }
+    double left = w->drain_deadline - iol_loop_time(w->loop);
+    if (iol_loop_call_later(w->loop, left < DRAIN_CHECK_PERIOD ? left : DRAIN_CHECK_PERIOD, drain_check, w,
+                            &w->drain_timer) < 0)
+        iol_loop_stop(w->loop); /* out of memory: end the drain */
+}
+
+/* Tells the application the runtime is stopping and serves its fds until
+ * they are gone or the deadline passed. The loop runs as usual (timeouts,
+ * callbacks, handlers); a stop of the loop by the application only ends
+ * one start, not the drain. */
+static void serve_drain(iol__rt_worker *w)
+{
+    iol_runtime *rt = w->rt;
+    if (rt->cfg.drain_timeout < 0)
+        return;
+    if (rt->cfg.on_drain)
+        rt->cfg.on_drain(w->loop, w->index, rt->cfg.arg);
+    w->drain_deadline = iol_loop_time(w->loop) + rt->cfg.drain_timeout;
+    while (!drain_over(w)) {
+        if (iol_loop_call_later(w->loop, 0, drain_check, w, &w->drain_timer) < 0)
+            break;
+        int r = iol_loop_start(w->loop);
+        if (w->drain_timer) {
+            iol_loop_remove_timeout(w->loop, w->drain_timer);
+            w->drain_timer = 0;
+        }
+        if (r < 0)
+            break;
+    }
+}
+
+/* The fds still registered at the end of the drain get closed: by the
+ * application in on_stop, or with the loop. Closing a socket with unread
+ * input sends RST, so first send FIN and discard input until the peer
+ * closes too, bounded in all by `seconds` (0: one pass, no wait). Not
+ * sockets (ENOTSOCK) and listening sockets are left as they are. */
+static void linger(iol__rt_worker *w, double seconds)
+{
+    int n = iol__loop_handler_fds(w->loop, NULL, 0);
+    if (n <= 0)
+        return;
+    int *fds = malloc((size_t)n * sizeof(*fds));
+    struct pollfd *p = malloc((size_t)n * sizeof(*p));
+    if (!fds || !p)
+        goto out;
+    n = iol__loop_handler_fds(w->loop, fds, n);
+    int open = 0;
+    for (int i = 0; i < n; i++) {
+        p[i] = (struct pollfd){.fd = -1, .events = POLLIN};
+        if (shutdown(fds[i], SHUT_WR) == 0) {
+            p[i].fd = fds[i];
+            open++;
+        }
+    }
+    double deadline = iol_loop_time(w->loop) + seconds;
+    for (bool first = true; open > 0; first = false) {
+        double left = deadline - iol_loop_time(w->loop);
+        if (left <= 0 && !first)
+            break;
+        int r = poll(p, (nfds_t)n, left > 0 ? (int)(left * 1000) + 1 : 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        for (int i = 0; i < n; i++) {
+            if (p[i].fd < 0 || !p[i].revents)
+                continue;
+            char buf[4096];
+            ssize_t got;
+            while ((got = recv(p[i].fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0)
+                ;
+            if (got == 0 || (errno != EAGAIN && errno != EINTR)) {
+                p[i].fd = -1; /* EOF or error: nothing more can arrive */
+                open--;
+            }
+        }
+    }
+out:
+    free(fds);
+    free(p);
 }
 
 /* Waits until no post to this worker is between its check and its push
@@ -311,14 +440,21 @@ static void worker_shutdown(iol__rt_worker *w)
     pthread_mutex_lock(&rt->mu);
     rt->accepted_final++;
     pthread_cond_broadcast(&rt->cv);
-    while (rt->creating || rt->accepted_final < rt->nthreads)
+    while (rt->creating || rt->accepted_final < rt->nthreads + rt->acceptor_started)
         pthread_cond_wait(&rt->cv, &rt->mu);
     pthread_mutex_unlock(&rt->mu);
 
-    drain(w->loop, DRAIN_PASSES);
+    drain(w, DRAIN_PASSES);
+    bool draining = rt->cfg.drain_timeout >= 0;
+    if (draining) {
+        serve_drain(w);
+        linger(w, LINGER_DISCARD_SECONDS);
+    }
     if (rt->cfg.on_stop)
         rt->cfg.on_stop(w->loop, w->index, rt->cfg.arg);
-    drain(w->loop, DRAIN_PASSES);
+    drain(w, DRAIN_PASSES);
+    if (draining)
+        linger(w, 0); /* input that came during on_stop */
 }
 
 static void *worker_main(void *p)
@@ -370,6 +506,49 @@ static void *worker_main(void *p)
     return NULL;
 }
 
+/* The acceptor: runs its loop (the HANDOFF sockets, lsock timers) until
+ * the runtime stops, then makes its final accepts — handing the fds to
+ * the workers' queues — and counts itself in the barrier so that every
+ * handoff is queued before any worker drains. It need not wait at the
+ * barrier: nothing it does afterwards touches the workers. */
+static void *acceptor_main(void *p)
+{
+    iol_runtime *rt = p;
+    iol_loop_make_current(rt->acceptor_loop);
+    for (;;) {
+        int r = iol_loop_start(rt->acceptor_loop);
+        /* seq_cst: as the workers' read; pairs with stop's exchange. */
+        if (atomic_load_explicit(&rt->stopped, memory_order_seq_cst))
+            break;
+        if (r < 0) {
+            iol__log(IOL_LOG_ERROR, "runtime: acceptor loop failed: %s; stopping the runtime", strerror(-r));
+            iol_runtime_stop(rt);
+        }
+    }
+    iol__listeners_final_accept(rt, IOL__ACCEPTOR(rt));
+    pthread_mutex_lock(&rt->mu);
+    rt->accepted_final++;
+    pthread_cond_broadcast(&rt->cv);
+    pthread_mutex_unlock(&rt->mu);
+    /* Registrations queued by a listen that raced with stop: they find
+     * their socket closed and do nothing. */
+    iol_loop_close(rt->acceptor_loop, true);
+    rt->acceptor_closed = true;
+    return NULL;
+}
+
+int iol__runtime_want_acceptor(iol_runtime *rt)
+{
+    rt->acceptor_wanted = true;
+    if (rt->state != IOL__RT_STARTED || rt->acceptor_started)
+        return 0;
+    int r = pthread_create(&rt->acceptor_thread, NULL, acceptor_main, rt);
+    if (r != 0)
+        return -r;
+    rt->acceptor_started = true;
+    return 0;
+}
+
 int iol_runtime_start(iol_runtime *rt)
 {
     if (!rt)
@@ -396,6 +575,8 @@ int iol_runtime_start(iol_runtime *rt)
         }
         rt->nthreads++;
     }
+    if (err == 0 && rt->acceptor_wanted)
+        err = iol__runtime_want_acceptor(rt);
     rt->creating = false;
     pthread_cond_broadcast(&rt->cv);
     if (err < 0) {
@@ -421,7 +602,15 @@ int iol_runtime_stop(iol_runtime *rt)
         return 0;
     for (unsigned i = 0; i < rt->n; i++)
         iol_loop_stop(rt->workers[i].loop);
+    iol_loop_stop(rt->acceptor_loop);
     return 0;
+}
+
+bool iol_runtime_stopping(const iol_runtime *rt)
+{
+    /* acquire: pairs with stop's seq_cst exchange; a caller that sees true
+     * may rely on what the stopping thread did before stop. */
+    return rt && atomic_load_explicit(&rt->stopped, memory_order_acquire);
 }
 
 int iol_runtime_join(iol_runtime *rt)
@@ -448,6 +637,14 @@ int iol_runtime_join(iol_runtime *rt)
 
     for (unsigned i = 0; i < nthreads; i++)
         pthread_join(rt->workers[i].thread, NULL);
+    /* The workers passed the barrier, which counts a started acceptor,
+     * and listen refuses once the final accepts began: acceptor_started
+     * is final now. */
+    pthread_mutex_lock(&rt->mu);
+    bool acceptor = rt->acceptor_started;
+    pthread_mutex_unlock(&rt->mu);
+    if (acceptor)
+        pthread_join(rt->acceptor_thread, NULL);
 
     pthread_mutex_lock(&rt->mu);
     rt->joined = true;
@@ -475,6 +672,9 @@ void iol_runtime_free(iol_runtime *rt)
             iol_loop_close(w->loop, true);
         iol_loop_unref(w->loop);
     }
+    if (!rt->acceptor_closed)
+        iol_loop_close(rt->acceptor_loop, true);
+    iol_loop_unref(rt->acceptor_loop);
     pthread_cond_destroy(&rt->cv);
     pthread_mutex_destroy(&rt->mu);
     free(rt->workers);

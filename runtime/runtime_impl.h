@@ -20,7 +20,7 @@ typedef struct iol__rt_worker {
      * ordering argument. */
     _Alignas(IOL__CACHE_LINE) _Atomic long inflight;
 
-    /* Handoff balance, read by the coordinator (worker 0), on their own
+    /* Handoff balance, read by the acceptor thread, on their own
      * line. pending: fds handed to this worker whose on_accept has not run
      * yet. own_handlers: fd handlers the runtime itself registered on this
      * loop (listening sockets), subtracted from the loop's handler count
@@ -28,6 +28,16 @@ typedef struct iol__rt_worker {
      * they order nothing. */
     _Alignas(IOL__CACHE_LINE) _Atomic int pending;
     _Atomic int own_handlers;
+    /* taken: handoffs this worker began to run (the first thing a handoff
+     * callback does); handed: handoffs queued to it, written by the
+     * acceptor only. taken < handed: the worker has not come to its queue
+     * since (busy or behind). taken relaxed, as pending. */
+    _Atomic unsigned long taken;
+    unsigned long handed;
+    /* Acceptor only: the taken count it last saw, and since when the
+     * worker is known to have made no progress on its queue. */
+    unsigned long seen_taken;
+    double progress_at;
 
     /* Set before the thread starts or owned by the worker thread. */
     _Alignas(IOL__CACHE_LINE) struct iol_runtime *rt;
@@ -36,6 +46,13 @@ typedef struct iol__rt_worker {
     pthread_t thread;
     bool signaled_running; /* worker thread only */
     bool loop_closed;      /* the worker closed its loop on exit */
+    /* Worker thread only. Drain sentinels queued and run: the sentinel
+     * that brings run up to queued stops the loop (see drain). */
+    unsigned sentinels_queued, sentinels_run;
+    /* Worker thread only, during the drain: its end (loop time) and the
+     * timer that checks for it. */
+    double drain_deadline;
+    iol_timeout drain_timer;
 } iol__rt_worker;
 
 enum { IOL__RT_NEW = 0, IOL__RT_STARTED };
@@ -60,7 +77,27 @@ struct iol_runtime {
     struct iol__listener **listeners;
     unsigned nlisteners, listeners_cap;
     bool listeners_closed; /* a worker began its final accepts: no new listen */
+
+    /* The acceptor: a thread of its own that watches the HANDOFF
+     * listeners' sockets, so no worker's callbacks delay accepting. Its
+     * loop is made by new; the thread by the first HANDOFF listener once
+     * started (iol__runtime_want_acceptor). It takes part in the
+     * final-accept barrier as one more thread. */
+    iol_loop *acceptor_loop;
+    pthread_t acceptor_thread;
+    bool acceptor_wanted;  /* a HANDOFF listener exists */
+    bool acceptor_started; /* its thread was created */
+    bool acceptor_closed;  /* the thread closed its loop on exit */
 };
+
+/* The pseudo worker index of the acceptor in lsock->worker and in
+ * iol__listeners_final_accept. */
+#define IOL__ACCEPTOR(rt) ((rt)->n)
+
+/* runtime.c: a HANDOFF listener exists; starts the acceptor thread if the
+ * runtime runs and it has none. Caller holds rt->mu. -errno of
+ * pthread_create. */
+int iol__runtime_want_acceptor(struct iol_runtime *rt);
 
 /* listener.c: on worker `index` at shutdown, after it stopped taking new
  * work: accepts what the kernel queued on the listening sockets this
@@ -70,6 +107,15 @@ void iol__listeners_final_accept(struct iol_runtime *rt, unsigned index);
 /* listener.c: closes what is left (runtime never started) and frees the
  * listeners. Before the loops are closed; workers joined. */
 void iol__listeners_free(struct iol_runtime *rt);
+
+/* half_open.c: handshakes on port the kernel holds half-open (SYN_RECV),
+ * in all of the host's sockets; -errno when the kernel cannot tell
+ * (no sock_diag). */
+int iol__half_open_count(uint16_t port);
+
+/* loop/handler_fds.c: writes up to cap fds that have a handler on loop
+ * into fds and returns how many have one. Owner thread, loop stopped. */
+int iol__loop_handler_fds(iol_loop *loop, int *fds, int cap);
 
 /* runtime.c: the runtime the calling thread is a worker of, or NULL. */
 struct iol_runtime *iol__runtime_of_thread(void);

@@ -5,7 +5,9 @@
 # iol-bench http in both shard modes (SO_REUSEPORT per worker, and one
 # acceptor handing fds to the least-loaded worker), with keep-alive req/s,
 # churn connections/s, p50/p99, the per-worker accepted counts, and the
-# cross-thread handoff figure. Writes demo.svg. Leaves no process behind.
+# cross-thread handoff figure; then the same http-hello beside nginx and h2o
+# (iol-bench compare http: keep-alive, churn and idle memory, 1 worker
+# each). Writes demo.svg. Leaves no process behind.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -87,6 +89,11 @@ done
 echo "  handoff: 1 producer -> 1 loop ..." >&2
 "$bench" handoff --producers 1 --duration 1 --repeat 1 --json >"$tmp/handoff.json" 2>"$tmp/handoff.err"
 
+echo "  compare with nginx and h2o (1 worker each): keep-alive, churn, idle memory ..." >&2
+"$bench" compare http --workers 1 --duration 2 --repeat 1 --json >"$tmp/cmp-ka.json" 2>"$tmp/cmp-ka.err" || true
+"$bench" compare http --workers 1 --duration 2 --repeat 1 --churn --json >"$tmp/cmp-churn.json" 2>"$tmp/cmp-churn.err" || true
+"$bench" compare http --workers 1 --idle 2000 --repeat 1 --json >"$tmp/cmp-idle.json" 2>"$tmp/cmp-idle.err" || true
+
 accepted() {
   # Lines of http-hello's exit report that carry the per-worker counts.
   local line
@@ -117,7 +124,38 @@ for line in open(sys.argv[1]):
               f"{r.get('wakeups_per_callback', float('nan')):.4f} eventfd writes per callback")
 EOF
 
-# demo.svg: both shard modes side by side (throughput and latency).
+# The comparison: one row per server.
+python3 - "$tmp/cmp-ka.json" "$tmp/cmp-churn.json" "$tmp/cmp-idle.json" "$tmp/compare.dat" <<'EOF'
+import json, sys
+rows = {}
+nan = float("nan")
+def load(path, key, fig, cpu=None):
+    try:
+        for line in open(path):
+            o = json.loads(line)
+            r = o["results"]
+            row = rows.setdefault(o["label"], {})
+            row[key] = r.get(fig, nan)
+            if cpu:
+                row[key + "_cpu"] = r.get(cpu, nan)
+    except (OSError, ValueError):
+        pass
+load(sys.argv[1], "ka", "requests_per_sec", "requests_per_cpu_ms")
+load(sys.argv[2], "churn", "connections_per_sec", "connections_per_cpu_ms")
+load(sys.argv[3], "idle", "kib_per_idle_conn")
+if not rows:
+    print("\ncompare with nginx/h2o: nothing measured (see iol-bench compare http)")
+    sys.exit(0)
+print(f"\n{'server (1 worker)':<18} {'keep-alive req/s':>17} {'req/CPU-ms':>11} {'churn conn/s':>13} {'conn/CPU-ms':>12} {'KiB/idle conn':>14}")
+with open(sys.argv[4], "w") as dat:
+    for label, r in rows.items():
+        g = lambda k: r.get(k, nan)
+        print(f"{label:<18} {g('ka'):>17.0f} {g('ka_cpu'):>11.1f} {g('churn'):>13.0f} {g('churn_cpu'):>12.1f} {g('idle'):>14.2f}")
+        dat.write(f"\"{label}\" {g('ka')} {g('churn')} {g('idle')}\n")
+EOF
+
+# demo.svg: both shard modes side by side (throughput and latency), and
+# ioloop beside nginx and h2o.
 if command -v gnuplot >/dev/null; then
   {
     for mode in reuseport handoff; do
@@ -125,9 +163,9 @@ if command -v gnuplot >/dev/null; then
     done
   } >"$tmp/demo.dat"
   gnuplot <<EOF
-set terminal svg size 900,420 dynamic font 'sans,11'
+set terminal svg size 1600,440 dynamic font 'sans,11'
 set output 'demo.svg'
-set multiplot layout 1,2 title "ioloop http-hello, $cpus workers (iol-bench http, $load_workers load workers)"
+set multiplot layout 1,4 title "ioloop http-hello: $cpus workers (iol-bench http, $load_workers load workers); right: beside nginx and h2o, 1 worker each"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.6 border -1
@@ -138,6 +176,10 @@ set title 'throughput'
 plot '$tmp/demo.dat' using 2:xtic(1) title 'keep-alive req/s', '' using 3 title 'churn connections/s'
 set title 'keep-alive latency (us)'
 plot '$tmp/demo.dat' using 4:xtic(1) title 'p50', '' using 5 title 'p99'
+set title 'vs nginx, h2o: throughput'
+plot '$tmp/compare.dat' using 2:xtic(1) title 'keep-alive req/s', '' using 3 title 'churn connections/s'
+set title 'vs nginx, h2o: KiB per idle connection (lower is better)'
+plot '$tmp/compare.dat' using 4:xtic(1) title 'KiB per idle keep-alive connection'
 unset multiplot
 EOF
   echo "plot written to demo.svg"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project needs, only those missing.
 # Idempotent; needs root (or sudo) the first time.
+# Usage: scripts/deps.sh [fuzz]   (fuzz: also clang and libFuzzer)
 set -euo pipefail
 
 packages=(
@@ -11,6 +12,14 @@ packages=(
   libuv1-dev libevent-dev libczmq-dev             # bench competitors
   wrk nginx-light h2o haproxy gnuplot-nox python3 procps  # load, competitors, plots, checks
 )
+for group in "$@"; do
+  case $group in
+    # libclang-rt-dev holds libFuzzer and the sanitizer runtimes (only a
+    # Recommends of clang); llvm gives llvm-symbolizer for stack traces.
+    fuzz) packages+=(clang libclang-rt-dev llvm) ;;
+    *) echo "deps.sh: unknown group $group" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Builds and runs the whole test suite in four flavours: the normal build,
-# AddressSanitizer + UndefinedBehaviorSanitizer, ThreadSanitizer, and
-# valgrind memcheck. Stress sizes shrink under the slow flavours through
-# IOL_TEST_SCALE (set by the meson test setups). Exits non-zero on any
-# failure. Usage: scripts/test.sh [normal|asan|tsan|valgrind ...]
+# Builds and runs the whole test suite in five flavours: the normal build,
+# AddressSanitizer + UndefinedBehaviorSanitizer, ThreadSanitizer, valgrind
+# memcheck, and 30 s of each libFuzzer target (clang, ASan + UBSan).
+# Stress sizes shrink under the slow flavours through IOL_TEST_SCALE (set
+# by the meson test setups). Exits non-zero on any failure.
+# Usage: scripts/test.sh [normal|asan|tsan|valgrind|fuzz ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh
 
 flavours=("$@")
-[ ${#flavours[@]} -gt 0 ] || flavours=(normal asan tsan valgrind)
+[ ${#flavours[@]} -gt 0 ] || flavours=(normal asan tsan valgrind fuzz)
+extra=()
+for f in "${flavours[@]}"; do
+  [ "$f" != fuzz ] || extra=(fuzz) # clang only when fuzzing
+done
+scripts/deps.sh "${extra[@]}"
 
 setup() { # dir, meson options...
   local dir=$1; shift
@@ -38,6 +43,14 @@ for f in "${flavours[@]}"; do
       setup build
       # The soak smokes drive processes and fd limits valgrind cannot follow.
       meson test -C build --setup valgrind --no-suite soak --print-errorlogs ;;
+    fuzz)
+      # Its own build dir: every object carries coverage instrumentation.
+      if [ ! -f build-fuzz/build.ninja ]; then
+        CC=clang meson setup build-fuzz -Dwerror=true -Dfuzz=true \
+          -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
+      fi
+      ninja -C build-fuzz tests/fuzz/fuzz_stream tests/fuzz/fuzz_http >/dev/null
+      tests/fuzz/run.sh build-fuzz 30 ;;
     *) echo "unknown flavour $f" >&2; exit 2 ;;
   esac
 done

@@ -47,10 +47,12 @@ static bool have_program(const char *name)
 
 /* Runs iol-bench with args; stdout goes to out_path. Returns the exit
  * status (or -1). stderr (table, progress) is kept in a log for failures. */
+static char tmpdir[PATH_MAX];
+
 static int run_bench(const char *args, const char *out_path)
 {
     char cmd[4 * PATH_MAX];
-    snprintf(cmd, sizeof cmd, "'%s' %s >'%s' 2>'%s.err'", bench_path, args, out_path, out_path);
+    snprintf(cmd, sizeof cmd, "TMPDIR='%s' '%s' %s >'%s' 2>'%s.err'", tmpdir, bench_path, args, out_path, out_path);
     int st = system(cmd);
     if (st == -1 || !WIFEXITED(st))
         return -1;
@@ -102,7 +104,6 @@ static long file_size(const char *path)
     return stat(path, &st) == 0 ? (long)st.st_size : -1;
 }
 
-static char tmpdir[PATH_MAX];
 
 static void make_tmpdir(void)
 {
@@ -352,10 +353,15 @@ START_TEST(plot_writes_svg)
 END_TEST
 
 /* Counts processes whose command line mentions our temp config dirs. */
+/* Servers whose command line names a compare temp dir under ours: the
+ * runs below set TMPDIR to tmpdir, so another bench running on the same
+ * machine (a demo, a second test run) is not counted. */
 static int leftover_servers(void)
 {
+    char cmd[PATH_MAX + 64];
     /* The bracket keeps the pattern from matching the shell running pgrep. */
-    FILE *p = popen("pgrep -f -c 'iol-bench-htt[p]-' 2>/dev/null", "r");
+    snprintf(cmd, sizeof cmd, "pgrep -f -c '%s/iol-bench-htt[p]-' 2>/dev/null", tmpdir);
+    FILE *p = popen(cmd, "r");
     if (!p)
         return 0;
     int n = 0;

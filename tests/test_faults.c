@@ -340,6 +340,33 @@ START_TEST(test_add_timeout_enomem)
 }
 END_TEST
 
+/* Each allocation an add can make (the heap array, the slot-chunk table,
+ * a slot chunk) fails once in turn, across several 4096-slot chunk
+ * boundaries: -ENOMEM with nothing half-added, and the retry works. */
+START_TEST(test_add_timeout_enomem_each_growth)
+{
+    iol_loop *loop;
+    ck_assert_int_eq(make_loop((void **)&loop), 0);
+    int added = 0, faults = 0;
+    for (int i = 0; i < 5 * 4096 + 2; i++) {
+        for (long k = 1;; k++) {
+            arm(k);
+            int rc = iol_loop_call_later(loop, 100 + i % 7, nop, NULL, NULL);
+            if (!disarm()) {
+                ck_assert_int_eq(rc, 0);
+                added++;
+                break;
+            }
+            ck_assert_int_eq(rc, -ENOMEM);
+            faults++;
+        }
+    }
+    ck_assert_int_ge(faults, 6); /* at least one per slot chunk */
+    assert_usable(loop);
+    ck_assert_int_eq(iol_loop_close(loop, false), added);
+}
+END_TEST
+
 START_TEST(test_add_handler_enomem)
 {
     iol_loop *loop;
@@ -412,6 +439,7 @@ int main(void)
         tcase_add_test(tc, test_loop_bound_constructors);
         tcase_add_test(tc, test_add_callback_enomem);
         tcase_add_test(tc, test_add_timeout_enomem);
+        tcase_add_test(tc, test_add_timeout_enomem_each_growth);
         tcase_add_loop_test(tc, test_add_handler_enomem, 0, NPOLLERS);
 #endif
     }

@@ -4,13 +4,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "ioloop.h"
@@ -171,6 +174,18 @@ static void greet_clients(int family, uint16_t port, int n)
     }
 }
 
+/* Connects n clients to 127.0.0.1:port, each expects one byte. */
+static void greet_clients_any(uint16_t port, int n)
+{
+    for (int i = 0; i < n; i++) {
+        int fd = connect_to(AF_INET, port);
+        ck_assert_int_ge(fd, 0);
+        char c;
+        ck_assert_int_eq(read_to_eof(fd, &c, 1), 1);
+        close(fd);
+    }
+}
+
 static void run_greet(int shard, const char *host, int family, bool listen_before_start)
 {
     server sv = {0};
@@ -302,6 +317,68 @@ START_TEST(test_addrinuse)
 }
 END_TEST
 
+/* nodelay: accepted sockets inherit TCP_NODELAY from the listener.
+ * defer_accept: a connection that sent nothing does not reach on_accept;
+ * once its first bytes arrive it does, and they are readable at once. */
+typedef struct accept_opts {
+    _Atomic int accepted, nodelay, readable;
+} accept_opts;
+
+static accept_opts the_opts;
+
+static void accept_check_opts(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg)
+{
+    (void)loop, (void)peer, (void)peerlen, (void)arg;
+    int v = 0;
+    socklen_t len = sizeof v;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, &len) == 0 && v)
+        atomic_fetch_add(&the_opts.nodelay, 1);
+    char c;
+    if (recv(fd, &c, 1, MSG_DONTWAIT | MSG_PEEK) == 1)
+        atomic_fetch_add(&the_opts.readable, 1);
+    close(fd);
+    atomic_fetch_add(&the_opts.accepted, 1);
+}
+
+static void run_accept_opts(bool nodelay, int defer, int shard)
+{
+    the_opts = (accept_opts){0};
+    iol_runtime *rt = NULL;
+    ck_assert_int_eq(iol_runtime_new(&rt, &(iol_runtime_config){.workers = 2, .drain_timeout = -1}), 0);
+    ck_assert_int_eq(iol_runtime_start(rt), 0);
+    iol_listen_config lc = {.host = "127.0.0.1", .shard = shard, .on_accept = accept_check_opts,
+                            .nodelay = nodelay, .defer_accept = defer};
+    int id = iol_runtime_listen(rt, &lc);
+    ck_assert_int_ge(id, 0);
+    int port = iol_runtime_listener_port(rt, id);
+    int fd = connect_to(AF_INET, (uint16_t)port);
+    ck_assert_int_ge(fd, 0);
+    if (defer) {
+        usleep(200000);
+        ck_assert_int_eq(atomic_load(&the_opts.accepted), 0); /* nothing sent yet */
+        ck_assert_int_eq(send(fd, "x", 1, 0), 1);
+    }
+    double deadline = iol_test_now() + 20;
+    while (atomic_load(&the_opts.accepted) < 1 && iol_test_now() < deadline)
+        usleep(2000);
+    ck_assert_int_eq(atomic_load(&the_opts.accepted), 1);
+    ck_assert_int_eq(atomic_load(&the_opts.nodelay), nodelay ? 1 : 0);
+    if (defer)
+        ck_assert_int_eq(atomic_load(&the_opts.readable), 1);
+    close(fd);
+    iol_runtime_free(rt);
+}
+
+START_TEST(test_listen_nodelay_and_defer_accept)
+{
+    for (int shard = IOL_SHARD_REUSEPORT; shard <= IOL_SHARD_HANDOFF; shard++) {
+        run_accept_opts(false, 0, shard);
+        run_accept_opts(true, 0, shard);
+        run_accept_opts(true, 5, shard);
+    }
+}
+END_TEST
+
 START_TEST(test_listen_bad_args)
 {
     iol_runtime *rt = NULL;
@@ -323,6 +400,9 @@ START_TEST(test_listen_bad_args)
     lc.backlog = -3;
     ck_assert_int_eq(iol_runtime_listen(rt, &lc), -EINVAL);
     lc.backlog = 0;
+    lc.defer_accept = -1;
+    ck_assert_int_eq(iol_runtime_listen(rt, &lc), -EINVAL);
+    lc.defer_accept = 0;
     ck_assert_int_eq(iol_runtime_listener_port(rt, 0), -ENOENT);
     ck_assert_int_eq(iol_runtime_listener_port(rt, -1), -ENOENT);
     uint64_t counts[2];
@@ -338,12 +418,111 @@ START_TEST(test_listen_bad_args)
 }
 END_TEST
 
+/* Two processes, one REUSEPORT group. */
+
+/* Says "A" or "B" (arg) and closes. */
+static void accept_tag(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg)
+{
+    (void)loop;
+    (void)peer;
+    (void)peerlen;
+    if (write(fd, arg, 1) != 1)
+        abort();
+    close(fd);
+}
+
+/* The second process: reads the port from cmd, checks that a plain
+ * listen is refused, joins with reuseport_join, reports 'r' (or an error
+ * letter) on ready, serves until cmd closes. Exit 0 when all went well. */
+static int joiner_main(int cmd, int ready)
+{
+    uint16_t port;
+    if (read(cmd, &port, sizeof(port)) != sizeof(port))
+        return 1;
+    iol_runtime *rt = NULL;
+    if (iol_runtime_new(&rt, &(iol_runtime_config){.workers = 2}) < 0)
+        return 2;
+    iol_listen_config lc = {.host = "127.0.0.1", .port = port, .on_accept = accept_tag, .arg = "B"};
+    char status = 'r';
+    if (iol_runtime_listen(rt, &lc) != -EADDRINUSE)
+        status = 'u'; /* the port must look taken without the flag */
+    lc.reuseport_join = true;
+    if (status == 'r' && (iol_runtime_listen(rt, &lc) < 0 || iol_runtime_start(rt) < 0))
+        status = 'j';
+    if (write(ready, &status, 1) != 1)
+        return 3;
+    char c;
+    while (read(cmd, &c, 1) > 0)
+        ;
+    iol_runtime_free(rt);
+    return status == 'r' ? 0 : 4;
+}
+
+START_TEST(test_reuseport_join_two_processes)
+{
+    int cmd[2], ready[2];
+    ck_assert_int_eq(pipe(cmd), 0);
+    ck_assert_int_eq(pipe(ready), 0);
+    /* Fork before any thread exists in this process. */
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        close(cmd[1]);
+        close(ready[0]);
+        _exit(joiner_main(cmd[0], ready[1]));
+    }
+    close(cmd[0]);
+    close(ready[1]);
+
+    iol_runtime *rt = NULL;
+    ck_assert_int_eq(iol_runtime_new(&rt, &(iol_runtime_config){.workers = 2}), 0);
+    iol_listen_config lc = {.host = "127.0.0.1", .on_accept = accept_tag, .arg = "A"};
+    int id = iol_runtime_listen(rt, &lc);
+    ck_assert_int_ge(id, 0);
+    ck_assert_int_eq(iol_runtime_start(rt), 0);
+    uint16_t port = (uint16_t)iol_runtime_listener_port(rt, id);
+    ck_assert_int_eq(write(cmd[1], &port, sizeof(port)), sizeof(port));
+    char status = 0;
+    ck_assert_int_eq(read(ready[0], &status, 1), 1);
+    ck_assert_msg(status == 'r', "second process: %c", status);
+
+    /* The kernel hashes each connection to one socket of the four. */
+    int seen[2] = {0, 0};
+    for (int i = 0; i < 400 && !(seen[0] > 4 && seen[1] > 4); i++) {
+        int fd = connect_to(AF_INET, port);
+        ck_assert_int_ge(fd, 0);
+        char tag = 0;
+        ck_assert_int_eq(read_to_eof(fd, &tag, 1), 1);
+        ck_assert(tag == 'A' || tag == 'B');
+        seen[tag == 'B']++;
+        close(fd);
+    }
+    ck_assert_msg(seen[0] > 0 && seen[1] > 0, "A accepted %d, B accepted %d", seen[0], seen[1]);
+    close(cmd[1]);
+    int wstatus = 0;
+    ck_assert_int_eq(waitpid(pid, &wstatus, 0), pid);
+    ck_assert(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0);
+    close(ready[0]);
+    iol_runtime_free(rt);
+
+    /* Bad uses of the flag. */
+    ck_assert_int_eq(iol_runtime_new(&rt, &(iol_runtime_config){.workers = 1}), 0);
+    iol_listen_config bad = {.host = "127.0.0.1", .port = 0, .on_accept = accept_tag, .reuseport_join = true};
+    ck_assert_int_eq(iol_runtime_listen(rt, &bad), -EINVAL);
+    bad.port = port;
+    bad.shard = IOL_SHARD_HANDOFF;
+    ck_assert_int_eq(iol_runtime_listen(rt, &bad), -EINVAL);
+    iol_runtime_free(rt);
+}
+END_TEST
+
 /* --------------------------------------------------------- handoff balance */
 
 START_TEST(test_handoff_balance)
 {
     server sv = {0};
-    ck_assert_int_eq(iol_runtime_new(&sv.rt, &(iol_runtime_config){.workers = 2}), 0);
+    /* No drain: the clients close only after join. */
+    ck_assert_int_eq(iol_runtime_new(&sv.rt, &(iol_runtime_config){.workers = 2, .drain_timeout = -1}), 0);
     ck_assert_int_eq(iol_runtime_start(sv.rt), 0);
     iol_listen_config lc = {.host = "127.0.0.1", .shard = IOL_SHARD_HANDOFF, .on_accept = accept_hold, .arg = &sv};
     int id = iol_runtime_listen(sv.rt, &lc);
@@ -413,6 +592,111 @@ START_TEST(test_handoff_follows_load)
 }
 END_TEST
 
+/* Says which worker it runs on (one byte) and closes. */
+static void accept_tell_worker(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg)
+{
+    check_accept(arg, loop, fd, peer, peerlen);
+    char w = (char)iol_runtime_worker_index();
+    ck_assert_int_eq(write(fd, &w, 1), 1);
+    close(fd);
+}
+
+/* Says which worker it runs on and keeps the connection (load). */
+static void accept_tell_hold(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg)
+{
+    check_accept(arg, loop, fd, peer, peerlen);
+    char w = (char)iol_runtime_worker_index();
+    ck_assert_int_eq(write(fd, &w, 1), 1);
+    ck_assert_int_eq(iol_loop_add_handler(loop, fd, IOL_READ, hold_readable, NULL), 0);
+}
+
+typedef struct stall {
+    _Atomic int blocked, done;
+} stall;
+
+static void stall_500ms(void *arg)
+{
+    stall *st = arg;
+    atomic_store(&st->blocked, 1);
+    usleep(500 * 1000);
+    atomic_store(&st->done, 1);
+}
+
+/* Worker 0 runs a 500 ms callback; connections keep being accepted and
+ * handed to worker 1 meanwhile. A few may go to worker 0 before it looks
+ * stalled and wait. hold: worker 1's connections stay open, so by load
+ * alone worker 0 (idle but blocked) would win again and again. */
+static void run_not_stalled(bool hold)
+{
+    server sv = {0};
+    stall st = {0};
+    ck_assert_int_eq(iol_runtime_new(&sv.rt, &(iol_runtime_config){.workers = 2, .drain_timeout = -1}), 0);
+    iol_listen_config lc = {.host = "127.0.0.1", .shard = IOL_SHARD_HANDOFF,
+                            .on_accept = hold ? accept_tell_hold : accept_tell_worker, .arg = &sv};
+    int id = iol_runtime_listen(sv.rt, &lc);
+    ck_assert_int_ge(id, 0);
+    ck_assert_int_eq(iol_runtime_start(sv.rt), 0);
+    uint16_t port = (uint16_t)iol_runtime_listener_port(sv.rt, id);
+    greet_clients_any(port, 4); /* warm up */
+
+    ck_assert_int_eq(iol_runtime_post(sv.rt, 0, stall_500ms, &st), 0);
+    while (!atomic_load(&st.blocked))
+        usleep(100);
+    enum { N = 20 };
+    int waiting[N], nwaiting = 0, served = 0, held[N], nheld = 0;
+    double lat[N], worst = 0;
+    for (int i = 0; i < N; i++) {
+        usleep(2000); /* clients arrive over ~50 ms, not in one burst */
+        double t0 = iol_test_now();
+        int fd = connect_to(AF_INET, port);
+        ck_assert_int_ge(fd, 0);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        char w = -1;
+        if (poll(&p, 1, 250) == 1 && recv(fd, &w, 1, 0) == 1 && w == 1) {
+            lat[served++] = iol_test_now() - t0;
+            worst = lat[served - 1] > worst ? lat[served - 1] : worst;
+            if (hold)
+                held[nheld++] = fd;
+            else
+                close(fd);
+        } else {
+            waiting[nwaiting++] = fd;
+        }
+    }
+    bool still_blocked = !atomic_load(&st.done);
+    for (int i = 0; i < nwaiting; i++)
+        close(waiting[i]);
+    for (int i = 0; i < nheld; i++)
+        close(held[i]);
+    /* Sort for the median. */
+    for (int i = 1; i < served; i++)
+        for (int j = i; j > 0 && lat[j] < lat[j - 1]; j--) {
+            double t = lat[j];
+            lat[j] = lat[j - 1];
+            lat[j - 1] = t;
+        }
+    ck_assert_msg(nwaiting <= 3, "%d of %d connections not handed to worker 1 within 250 ms", nwaiting, N);
+    ck_assert(still_blocked || iol_test_under_valgrind());
+    if (!iol_test_under_valgrind())
+        ck_assert_msg(lat[served / 2] < 0.010, "median handoff latency %.1f ms", lat[served / 2] * 1e3);
+    fprintf(stderr, "handoff while worker 0 is blocked%s: %d of %d to worker 1, median %.2f ms, worst %.2f ms\n",
+            hold ? " (held)" : "", served, N, lat[served / 2] * 1e3, worst * 1e3);
+    iol_runtime_free(sv.rt);
+    assert_clean(&sv);
+}
+
+START_TEST(test_handoff_not_stalled_by_worker0)
+{
+    run_not_stalled(false);
+}
+END_TEST
+
+START_TEST(test_handoff_not_stalled_by_worker0_held)
+{
+    run_not_stalled(true);
+}
+END_TEST
+
 /* ---------------------------------------------------------- graceful stop */
 
 typedef struct gate {
@@ -432,7 +716,9 @@ static void run_graceful_stop(int shard)
 {
     server sv = {0};
     gate g = {0};
-    ck_assert_int_eq(iol_runtime_new(&sv.rt, &(iol_runtime_config){.workers = 2}), 0);
+    /* The app holds its connections: the drain ends at the deadline and
+     * the runtime closes them. */
+    ck_assert_int_eq(iol_runtime_new(&sv.rt, &(iol_runtime_config){.workers = 2, .drain_timeout = 0.2}), 0);
     ck_assert_int_eq(iol_runtime_start(sv.rt), 0);
     iol_listen_config lc = {.host = "127.0.0.1", .shard = shard, .on_accept = accept_greet_hold, .arg = &sv};
     int id = iol_runtime_listen(sv.rt, &lc);
@@ -488,11 +774,15 @@ int main(void)
     tcase_add_test(tc, test_port0_shared_and_spread);
     tcase_add_test(tc, test_addrinuse);
     tcase_add_test(tc, test_listen_bad_args);
+    tcase_add_test(tc, test_listen_nodelay_and_defer_accept);
+    tcase_add_test(tc, test_reuseport_join_two_processes);
     suite_add_tcase(s, tc);
 
     tc = iol_test_tcase("handoff", 120);
     tcase_add_test(tc, test_handoff_balance);
     tcase_add_test(tc, test_handoff_follows_load);
+    tcase_add_test(tc, test_handoff_not_stalled_by_worker0);
+    tcase_add_test(tc, test_handoff_not_stalled_by_worker0_held);
     suite_add_tcase(s, tc);
 
     tc = iol_test_tcase("graceful_stop", 60);

@@ -2,10 +2,13 @@
 #include <errno.h>
 #include <malloc.h>
 #include <math.h>
+#include <stdbool.h>
+#include <sys/types.h>
 #include <stdint.h>
 #include <stdlib.h>
 
 #include "ioloop.h"
+#include "loop/timer_heap.h"
 #include "testutil.h"
 
 static iol_loop *new_loop(void)
@@ -154,6 +157,246 @@ START_TEST(test_churn_bounded_memory)
 }
 END_TEST
 
+/* ------------------------------------------------ the heap on its own */
+
+/* A reference model: every timeout ever added, in insertion order. */
+typedef struct ref_timeout {
+    double when;
+    iol_timeout handle;
+    bool live;
+    bool before_mark; /* added before the current pass began */
+} ref_timeout;
+
+enum { MODEL_MAX = 20000 };
+static ref_timeout refs[MODEL_MAX];
+static size_t nrefs;
+static uint64_t rng = 0x2545F4914F6CDD1Dull;
+
+static uint64_t next_rand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+
+static void model_add(iol__timer_heap *h, double when)
+{
+    ck_assert_uint_lt(nrefs, MODEL_MAX);
+    ref_timeout *r = &refs[nrefs];
+    ck_assert_int_eq(iol__timer_heap_add(h, when, nop, (void *)(uintptr_t)nrefs, &r->handle), 0);
+    ck_assert_uint_ne(r->handle, 0);
+    r->when = when;
+    r->live = true;
+    r->before_mark = false;
+    nrefs++;
+}
+
+/* The first (earliest, then oldest) live timeout; in a pass, -1 unless it
+ * is due at now and was added before the pass (one added during the pass
+ * with an earlier deadline holds the rest back to the next pass). */
+static ssize_t model_first(bool in_pass, double now)
+{
+    ssize_t best = -1;
+    for (size_t i = 0; i < nrefs; i++)
+        if (refs[i].live && (best < 0 || refs[i].when < refs[best].when))
+            best = (ssize_t)i;
+    if (in_pass && best >= 0 && (!refs[best].before_mark || refs[best].when > now))
+        return -1;
+    return best;
+}
+
+static void model_check(const iol__timer_heap *h)
+{
+    size_t live = 0;
+    for (size_t i = 0; i < nrefs; i++)
+        live += refs[i].live;
+    ck_assert_uint_eq(iol__timer_heap_len(h), live);
+    /* Lazy cancel stays bounded: dead keys never outnumber live ones by
+     * more than the rebuild threshold. */
+    ck_assert_uint_le(h->len, 2 * live + 32);
+    if (live > 0) {
+        ssize_t first = model_first(false, 0);
+        ck_assert(iol__timer_heap_next(h) == refs[first].when);
+    }
+}
+
+/* One pass: pops every due timeout added before it began, checking the
+ * order, while adding due timeouts that must wait for the next pass. */
+static void model_pass(iol__timer_heap *h, double now, bool adds, bool jump_seq)
+{
+    iol__timer_heap_begin_pass(h);
+    for (size_t i = 0; i < nrefs; i++)
+        refs[i].before_mark = refs[i].live;
+    iol_callback_fn fn;
+    void *arg;
+    for (;;) {
+        if (jump_seq && next_rand() % 4 == 0 && h->next_seq < UINT32_MAX - 64)
+            h->next_seq = UINT32_MAX - (uint32_t)(next_rand() % 8); /* wrap soon, mid-pass */
+        if (adds && next_rand() % 3 == 0)
+            model_add(h, now - (double)(next_rand() % 3)); /* due, but added during the pass */
+        ssize_t want = model_first(true, now);
+        int got = iol__timer_heap_pop_due(h, now, &fn, &arg);
+        if (want < 0) {
+            ck_assert_int_eq(got, 0);
+            break;
+        }
+        ck_assert_int_eq(got, 1);
+        ck_assert_ptr_eq(fn, nop);
+        ck_assert_uint_eq((uintptr_t)arg, (uintptr_t)want);
+        refs[want].live = false;
+        ck_assert_int_eq(iol__timer_heap_remove(h, refs[want].handle), -ENOENT);
+    }
+}
+
+static void model_run(bool jump_seq)
+{
+    iol__timer_heap h;
+    iol__timer_heap_init(&h);
+    nrefs = 0;
+    size_t steps = iol_test_scaled(6000, 600);
+    for (size_t step = 0; step < steps && nrefs < MODEL_MAX - 64; step++) {
+        unsigned op = (unsigned)(next_rand() % 16);
+        if (jump_seq && step % 97 == 0 && h.next_seq < UINT32_MAX - 64)
+            h.next_seq = UINT32_MAX - (uint32_t)(next_rand() % 64);
+        if (op < 7) {
+            model_add(&h, (double)(next_rand() % 40)); /* few distinct deadlines: many ties */
+        } else if (op < 14 && nrefs > 0) {
+            size_t i = (size_t)(next_rand() % nrefs);
+            ck_assert_int_eq(iol__timer_heap_remove(&h, refs[i].handle), refs[i].live ? 0 : -ENOENT);
+            refs[i].live = false;
+        } else if (op == 14) {
+            model_pass(&h, (double)(next_rand() % 40), true, jump_seq);
+        } else {
+            iol_timeout bogus = next_rand();
+            bool known = false;
+            for (size_t i = 0; i < nrefs; i++)
+                known |= refs[i].live && refs[i].handle == bogus;
+            if (!known)
+                ck_assert_int_eq(iol__timer_heap_remove(&h, bogus), -ENOENT);
+        }
+        model_check(&h);
+    }
+    model_pass(&h, 1e9, true, jump_seq);
+    model_pass(&h, 1e9, false, false); /* drains: nothing added meanwhile */
+    ck_assert_uint_eq(iol__timer_heap_len(&h), 0);
+    iol__timer_heap_destroy(&h);
+}
+
+/* Many slot chunks: handles, removes and the order hold across chunk
+ * boundaries. Cancelled slots stay taken while their keys are dead (here
+ * below the rebuild threshold), so the refill takes new slots. */
+START_TEST(test_heap_chunks)
+{
+    enum { N = 3 * 4096 + 5 };
+    static iol_timeout hs[N];
+    iol__timer_heap h;
+    iol__timer_heap_init(&h);
+    for (uintptr_t i = 0; i < N; i++) /* latest first: every add sifts to the top */
+        ck_assert_int_eq(iol__timer_heap_add(&h, (double)(N - i), nop, (void *)i, &hs[i]), 0);
+    for (size_t i = 0; i < N; i += 3)
+        ck_assert_int_eq(iol__timer_heap_remove(&h, hs[i]), 0);
+    for (uintptr_t i = 0; i < N; i += 3) /* re-add, same deadlines */
+        ck_assert_int_eq(iol__timer_heap_add(&h, (double)(N - i), nop, (void *)i, &hs[i]), 0);
+    ck_assert_uint_eq(h.nslots, N + (N + 2) / 3);
+    ck_assert_uint_eq(iol__timer_heap_len(&h), N);
+    iol__timer_heap_begin_pass(&h);
+    iol_callback_fn fn;
+    void *arg;
+    for (uintptr_t i = N; i-- > 0;) {
+        ck_assert_int_eq(iol__timer_heap_pop_due(&h, (double)N, &fn, &arg), 1);
+        ck_assert_uint_eq((uintptr_t)arg, i);
+        ck_assert_int_eq(iol__timer_heap_remove(&h, hs[i]), -ENOENT);
+    }
+    ck_assert_uint_eq(iol__timer_heap_len(&h), 0);
+    iol__timer_heap_destroy(&h);
+}
+END_TEST
+
+/* Random adds, removes (live, dead and bogus handles) and passes against
+ * the model: FIFO among equal deadlines, the pass mark, -ENOENT for every
+ * handle that is not pending, bounded dead keys, a live top. */
+START_TEST(test_heap_model)
+{
+    model_run(false);
+}
+END_TEST
+
+/* The same with seq pushed to the edge of its 32 bits again and again,
+ * also in the middle of a pass: the renumbering keeps FIFO and the mark. */
+START_TEST(test_heap_seq_wrap)
+{
+    model_run(true);
+}
+END_TEST
+
+/* Equal deadlines on both sides of a seq wrap still fire in order. */
+START_TEST(test_heap_seq_wrap_fifo)
+{
+    iol__timer_heap h;
+    iol__timer_heap_init(&h);
+    h.next_seq = UINT32_MAX - 3;
+    for (uintptr_t i = 0; i < 10; i++)
+        ck_assert_int_eq(iol__timer_heap_add(&h, 5.0, nop, (void *)i, NULL), 0);
+    iol__timer_heap_begin_pass(&h);
+    iol_callback_fn fn;
+    void *arg;
+    for (uintptr_t i = 0; i < 10; i++) {
+        ck_assert_int_eq(iol__timer_heap_pop_due(&h, 5.0, &fn, &arg), 1);
+        ck_assert_uint_eq((uintptr_t)arg, i);
+    }
+    ck_assert_int_eq(iol__timer_heap_pop_due(&h, 5.0, &fn, &arg), 0);
+    iol__timer_heap_destroy(&h);
+}
+END_TEST
+
+/* -0.0 and +0.0 are one deadline (a key compare on the bits would split
+ * them): FIFO between them too. */
+START_TEST(test_heap_signed_zero_tie)
+{
+    iol__timer_heap h;
+    iol__timer_heap_init(&h);
+    ck_assert_int_eq(iol__timer_heap_add(&h, 0.0, nop, (void *)0, NULL), 0);
+    ck_assert_int_eq(iol__timer_heap_add(&h, -0.0, nop, (void *)1, NULL), 0);
+    iol__timer_heap_begin_pass(&h);
+    iol_callback_fn fn;
+    void *arg;
+    for (uintptr_t i = 0; i < 2; i++) {
+        ck_assert_int_eq(iol__timer_heap_pop_due(&h, 0.0, &fn, &arg), 1);
+        ck_assert_uint_eq((uintptr_t)arg, i);
+    }
+    iol__timer_heap_destroy(&h);
+}
+END_TEST
+
+/* Cancels that leave dead keys inside the heap (not at its top) stay
+ * bounded too, and the loop reports only live timeouts as dropped. */
+START_TEST(test_churn_dead_keys_bounded)
+{
+    iol_loop *loop = new_loop();
+    size_t n = iol_test_scaled(100000, 2000);
+    iol_timeout keep[16];
+    for (int i = 0; i < 16; i++)
+        ck_assert_int_eq(iol_loop_call_later(loop, 10 + i, nop, NULL, &keep[i]), 0);
+    /* Warm up with the same pattern (dead keys pile up to the rebuild
+     * threshold once), then measure. */
+    size_t before = 0;
+    for (size_t round = 0; round < 2; round++) {
+        for (size_t i = 0; i < n; i++) {
+            iol_timeout t;
+            ck_assert_int_eq(iol_loop_call_later(loop, 50 + (double)(i % 100), nop, NULL, &t), 0);
+            ck_assert_int_eq(iol_loop_remove_timeout(loop, t), 0);
+            ck_assert_int_eq(iol_loop_remove_timeout(loop, t), -ENOENT);
+        }
+        if (round == 0)
+            before = mallinfo2().uordblks;
+    }
+    ck_assert_uint_le(mallinfo2().uordblks, before + 4096);
+    ck_assert_int_eq(iol_loop_remove_timeout(loop, keep[3]), 0);
+    ck_assert_int_eq(iol_loop_close(loop, false), 15);
+}
+END_TEST
+
 /* A timeout scheduled in the past from a timeout callback runs in the next
  * iteration, so I/O and callbacks get their turn in between. */
 static int chain;
@@ -236,6 +479,14 @@ int main(void)
     suite_add_tcase(s, tc);
     TCase *churn = iol_test_tcase("churn", 60);
     tcase_add_test(churn, test_churn_bounded_memory);
+    tcase_add_test(churn, test_churn_dead_keys_bounded);
     suite_add_tcase(s, churn);
+    TCase *heap = iol_test_tcase("heap", 60);
+    tcase_add_test(heap, test_heap_model);
+    tcase_add_test(heap, test_heap_chunks);
+    tcase_add_test(heap, test_heap_seq_wrap);
+    tcase_add_test(heap, test_heap_seq_wrap_fifo);
+    tcase_add_test(heap, test_heap_signed_zero_tie);
+    suite_add_tcase(s, heap);
     return iol_test_run(s);
 }
