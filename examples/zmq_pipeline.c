@@ -11,7 +11,7 @@
  * the sum is right.
  *
  * Shutdown order (so zmq_ctx_term does not hang): workers remove their
- * handlers and close their sockets in on_stop; the main loop's handlers
+ * handlers in on_drain and close their sockets in on_stop; the main loop's handlers
  * go with iol_loop_close; then the main sockets close; then the context. */
 #include <errno.h>
 #include <stdatomic.h>
@@ -73,11 +73,19 @@ static void worker_start(iol_loop *loop, unsigned index, void *arg)
     }
 }
 
+/* The runtime's drain lasts while handlers remain: a zmq socket is no
+ * connection to finish, so its handler goes at once. */
+static void worker_drain(iol_loop *loop, unsigned index, void *arg)
+{
+    (void)arg;
+    iol_loop_remove_zmq_handler(loop, workers[index].tasks);
+}
+
 static void worker_stop(iol_loop *loop, unsigned index, void *arg)
 {
     (void)arg;
     worker *w = &workers[index];
-    iol_loop_remove_zmq_handler(loop, w->tasks); /* before zmq_close */
+    iol_loop_remove_zmq_handler(loop, w->tasks); /* before zmq_close (-ENOENT after the drain) */
     int zero = 0;
     zmq_setsockopt(w->tasks, ZMQ_LINGER, &zero, sizeof zero);
     zmq_close(w->tasks);
@@ -171,7 +179,8 @@ int main(int argc, char **argv)
     void *sink = bind_socket(ZMQ_PULL, transport, "results", results_endpoint, sizeof results_endpoint);
 
     iol_loop_config lcfg = { .poller = poller };
-    iol_runtime_config rcfg = { .workers = nworkers, .poller = poller, .on_start = worker_start, .on_stop = worker_stop };
+    iol_runtime_config rcfg = { .workers = nworkers, .poller = poller, .on_start = worker_start, .on_stop = worker_stop,
+                              .on_drain = worker_drain };
     iol_runtime *rt;
     int err = iol_loop_new(&m.loop, &lcfg);
     if (err == 0)

@@ -167,8 +167,9 @@ int iol_loop_close_fd(iol_loop *loop, int fd);
  *
  * Threads: libzmq sockets are not thread-safe. A socket belongs to the
  * thread of the loop it is added to (with a runtime, each worker creates
- * and uses its own sockets, e.g. in on_start); use it only from that
- * loop's callbacks and handlers. Thread-safe draft sockets (no ZMQ_FD) work
+ * and uses its own sockets, e.g. in on_start, removes their handlers in
+ * on_drain, since the drain lasts while handlers remain, and closes them
+ * in on_stop); use it only from that loop's callbacks and handlers. Thread-safe draft sockets (no ZMQ_FD) work
  * only on the zmq poller.
  *
  * Context termination: when zmq_ctx_shutdown or zmq_ctx_term runs on
