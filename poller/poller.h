@@ -16,8 +16,9 @@ typedef struct iol__poller_event {
 } iol__poller_event;
 
 /* ZeroMQ sockets are not fds: a socket's readiness is ZMQ_EVENTS, which
- * only zmq_poll (or ZMQ_FD plus a re-check after every call on the socket,
- * done in loop/zmq_handlers.c) can tell. So the zmq backend takes sockets
+ * only zmq_poll can tell (or ZMQ_FD, an edge-triggered hint, plus a
+ * ZMQ_EVENTS re-check before every poll: loop/zmq_handlers.c does that on
+ * the other backends). So the zmq backend takes sockets
  * through three optional ops, and reports their events with fd ==
  * IOL__POLLER_SOCKET and the socket in `socket`. Backends without these
  * ops leave them NULL and never report such an event; nothing else in the
@@ -46,7 +47,8 @@ typedef struct iol__poller_ops {
     void (*close)(iol__poller *p);
     /* Optional (NULL: the backend cannot poll zmq sockets; the loop then
      * uses ZMQ_FD). Same contract as add/modify/remove, keyed by the socket
-     * pointer; -ENOTSOCK if it is not a zmq socket. A socket whose context
+     * pointer; add: -ENOTSOCK if it is not a zmq socket, -ETERM if its
+     * context is terminated. A socket whose context
      * was terminated is reported as IOL_ERROR until it is removed. */
     int (*add_socket)(iol__poller *p, void *socket, unsigned events);
     int (*modify_socket)(iol__poller *p, void *socket, unsigned events);
