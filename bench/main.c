@@ -20,6 +20,7 @@ static const struct {
     {"timers", "insert / cancel / dispatch of 10^6 timeouts: ns per op, bytes per timer"},
     {"http", "HTTP load generator on our runtime"},
     {"compare", "compare handoff|pingpong|timers|http: all competitors in one run"},
+    {"zmq", "PUSH->PULL messages/s and REQ/REP round trip: ioloop (zmq, ZMQ_FD), zloop, zmq_poll"},
 };
 
 static bench_fn lookup(const char *name)
@@ -36,6 +37,8 @@ static bench_fn lookup(const char *name)
         return bench_http;
     if (strcmp(name, "compare") == 0)
         return cmd_compare;
+    if (strcmp(name, "zmq") == 0)
+        return bench_zmq;
     return NULL;
 }
 

@@ -46,7 +46,7 @@ typedef void (*iol_handler_fn)(int fd, unsigned events, void *arg);
 enum { IOL_CURRENT_IF_NONE = 0, IOL_CURRENT_ALWAYS, IOL_CURRENT_NEVER };
 
 typedef struct iol_loop_config {
-    const char *poller;            /* "epoll", "poll", "select"; NULL: $IOL_POLLER, else best */
+    const char *poller;            /* "epoll", "poll", "select", "zmq" (with libzmq); NULL: $IOL_POLLER, else best */
     int make_current;              /* IOL_CURRENT_*; ALWAYS fails with -EEXIST if the thread has one */
     double (*time_func)(void *ud); /* NULL: CLOCK_MONOTONIC */
     void *time_ud;
@@ -90,10 +90,10 @@ iol_loop *iol_loop_ref(iol_loop *loop);
 /* Drops a reference; the last one frees the loop (NULL is ignored).
  * A loop freed without close is closed first (without all_fds). Any thread. */
 void iol_loop_unref(iol_loop *loop);
-/* Number of fds with a handler on loop (a load figure for balancing; may
+/* Number of fds and zmq sockets with a handler on loop (a load figure for balancing; may
  * be stale by the time it is read). Any thread. -EINVAL: NULL. */
 int iol_loop_handler_count(const iol_loop *loop);
-/* Name of the backend in use: "epoll", "poll" or "select"; NULL for NULL. */
+/* Name of the backend in use: "epoll", "poll", "select" or "zmq"; NULL for NULL. */
 const char *iol_loop_poller(const iol_loop *loop);
 
 /* This thread's current loop, or NULL. No reference is taken. */
@@ -159,6 +159,63 @@ int iol_loop_remove_handler(iol_loop *loop, int fd);
  * -EINVAL: loop NULL. -EBADF: fd < 0 or not open. -EPERM, -ESHUTDOWN (fd
  * then stays open). */
 int iol_loop_close_fd(iol_loop *loop, int fd);
+
+/* ---------------------------------------------------------------- ZeroMQ
+ * ZeroMQ sockets as handlers (pyzmq's ZMQIOLoop). `socket` is a libzmq
+ * socket (void *, from zmq_socket). Declared in every build; a build
+ * without libzmq returns -ENOTSUP from each call, before any other check
+ * (and knows no poller "zmq").
+ *
+ * Two ways to poll: the poller "zmq" (iol_loop_config.poller or
+ * IOL_POLLER=zmq) runs one zmq_poll over the sockets and the loop's fds;
+ * every other poller watches each socket's ZMQ_FD and re-reads ZMQ_EVENTS
+ * of every watched socket before each poll (one getsockopt per socket per
+ * iteration), so sends and receives made anywhere on the loop thread never
+ * leave a message unseen. Both are level-triggered, like fd handlers.
+ *
+ * Threads: libzmq sockets are not thread-safe. A socket belongs to the
+ * thread of the loop it is added to (with a runtime, each worker creates
+ * and uses its own sockets, e.g. in on_start, removes their handlers in
+ * on_drain, since the drain lasts while handlers remain, and closes them
+ * in on_stop); use it only from that loop's callbacks and handlers. Thread-safe draft sockets (no ZMQ_FD) work
+ * only on the zmq poller.
+ *
+ * Context termination: when zmq_ctx_shutdown or zmq_ctx_term runs on
+ * another thread while the loop runs, the loop ends the run as after
+ * iol_loop_stop and iol_loop_start returns 0 (logged once per loop at
+ * IOL_LOG_INFO). Then, on the loop's thread, in this order, so that
+ * zmq_ctx_term does not hang: remove each socket's handler (or close the
+ * loop, which removes them all), set ZMQ_LINGER 0 if unsent messages may be
+ * pending, zmq_close each socket; zmq_ctx_term then returns. A loop
+ * restarted with a socket of a terminated context still on it stops again
+ * at once. Always remove a socket's handler before zmq_close (libzmq
+ * closes ZMQ_FD with the socket). */
+typedef void (*iol_zmq_handler_fn)(void *socket, unsigned events, void *arg);
+
+/* Watches a zmq socket: fn(socket, events, arg) runs on the loop thread
+ * while the condition holds, events holding IOL_READ (ZMQ_POLLIN: a message
+ * can be received) and/or IOL_WRITE (ZMQ_POLLOUT: one can be sent). fn
+ * should receive and send with ZMQ_DONTWAIT: like an fd event, readiness
+ * may be stale if other code used the socket meanwhile. IOL_ERROR alone is
+ * valid and pauses the socket (fn does not run; termination is still seen).
+ * The socket counts in iol_loop_handler_count. Loop thread.
+ * -EINVAL: NULL loop/socket/fn, events 0 or with unknown bits.
+ * -EEXIST: socket already added. -ENOTSOCK: not an open zmq socket.
+ * -ETERM: its context is terminated. -EPERM: another thread runs the loop.
+ * -ESHUTDOWN: loop closed. -ENOMEM. -ENOTSUP: built without ZeroMQ.
+ * Other pollers than zmq: -EINVAL for a thread-safe socket (no ZMQ_FD),
+ * and the errors of iol_loop_add_handler for its ZMQ_FD. */
+int iol_loop_add_zmq_handler(iol_loop *loop, void *socket, unsigned events, iol_zmq_handler_fn fn, void *arg);
+/* Changes the watched events (same rules as add). Loop thread.
+ * -EINVAL: NULL loop/socket, bad events. -ENOENT: socket not added.
+ * -EPERM, -ESHUTDOWN, -ENOTSUP as above. */
+int iol_loop_update_zmq_handler(iol_loop *loop, void *socket, unsigned events);
+/* Stops watching the socket (does not close it; do that afterwards). Safe
+ * inside any handler, its own included; events of the socket already
+ * polled in this iteration are dropped. Loop thread.
+ * -EINVAL: NULL loop/socket. -ENOENT: socket not added. -EPERM,
+ * -ESHUTDOWN, -ENOTSUP as above. */
+int iol_loop_remove_zmq_handler(iol_loop *loop, void *socket);
 
 /* Queues fn(arg) to run on the loop's thread in the next iteration.
  * Lock-free; wakes a sleeping loop with at most one eventfd write per sleep.

@@ -141,6 +141,10 @@ void iol__loop_dispatch_events(iol_loop *loop)
     loop->dispatching = true;
     for (loop->event_pos = 0; loop->event_pos < loop->nevents; loop->event_pos++) {
         iol__poller_event ev = loop->events[loop->event_pos];
+        if (ev.fd == IOL__POLLER_SOCKET) {
+            iol__zmq_dispatch_socket(loop, ev.socket, ev.events);
+            continue;
+        }
         if (ev.fd < 0 || ev.fd == waker_fd || !has_handler(loop, ev.fd))
             continue;
         iol__handler h = loop->handlers[ev.fd];
@@ -155,6 +159,8 @@ void iol__loop_dispatch_events(iol_loop *loop)
     }
     loop->dispatching = false;
     loop->nevents = 0;
+    if (loop->zmq)
+        iol__zmq_dispatch_ready(loop);
 }
 
 void iol__loop_handlers_release(iol_loop *loop, bool close_fds)

@@ -358,6 +358,7 @@ static int loop_poll(iol_loop *loop)
      * a batch, so an idle loop never spins; loop/spin.c decides whether it
      * pays) merely reads the queue first: if it sees nothing, the protocol
      * runs in full. */
+    bool zmq_ready = iol__loop_zmq_recheck(loop); /* ZMQ_FD is edge-triggered: loop/zmq_handlers.c */
     bool after_batch = loop->ran_batch;
     if (after_batch && iol__spin_before_sleep(&loop->spin, loop->queue)) {
         /* Skip the sleep protocol entirely: poll without blocking. */
@@ -367,7 +368,7 @@ static int loop_poll(iol_loop *loop)
     }
     loop->sleeps++;
     iol__waker_prepare_sleep(&loop->waker);
-    int timeout = poll_timeout_ms(loop);
+    int timeout = zmq_ready ? 0 : poll_timeout_ms(loop);
     int n = loop->poller_ops->wait(loop->poller, loop->events, MAX_EVENTS, timeout);
     iol__waker_finish_sleep(&loop->waker);
     if (after_batch)

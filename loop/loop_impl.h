@@ -20,6 +20,7 @@
 
 struct iol_executor;
 struct iol__close_hook;
+struct iol__zmq_handlers;
 
 typedef struct iol__handler {
     iol_handler_fn fn; /* NULL: no handler for this fd */
@@ -63,6 +64,7 @@ struct iol_loop {
     iol__spin spin;              /* the pre-sleep spin policy (loop/spin.c) */
     uint64_t sleeps;             /* sleeps announced to the waker (a statistic
                                     for tests: wakeups <= sleeps) */
+    struct iol__zmq_handlers *zmq;       /* loop/zmq_handlers.c; NULL until the first zmq handler */
 };
 
 /* A unique id of the calling thread: the address of a thread-local. */
@@ -112,6 +114,20 @@ void iol__loop_dispatch_events(iol_loop *loop);
 void iol__loop_forget(iol_loop *loop);
 /* Frees an executor the loop created itself (loop/executor.c). */
 void iol__executor_free_owned(struct iol_executor *ex);
+
+/* ZeroMQ sockets (loop/zmq_handlers.c); no-ops on a loop without any.
+ * Before each poll: re-reads ZMQ_EVENTS of the sockets watched through
+ * ZMQ_FD, which is edge-triggered; true when one is ready, so the poll
+ * must not sleep. */
+bool iol__zmq_recheck(iol_loop *loop);
+/* Runs the handler of a socket event reported by the zmq poller. */
+void iol__zmq_dispatch_socket(iol_loop *loop, void *socket, unsigned events);
+/* After the fd handlers: runs the handlers of sockets found ready. */
+void iol__zmq_dispatch_ready(iol_loop *loop);
+static inline bool iol__loop_zmq_recheck(iol_loop *loop)
+{
+    return loop->zmq && iol__zmq_recheck(loop);
+}
 
 /* For benches and tests: eventfd writes made to wake this loop. */
 uint64_t iol__loop_wakeups(const iol_loop *loop);

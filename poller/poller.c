@@ -6,7 +6,11 @@
 
 const iol__poller_ops *iol__poller_find(const char *name)
 {
-    static const iol__poller_ops *const all[] = { &iol__poller_epoll, &iol__poller_poll, &iol__poller_select };
+    static const iol__poller_ops *const all[] = { &iol__poller_epoll, &iol__poller_poll, &iol__poller_select,
+#ifdef IOL_HAVE_ZMQ
+                                                  &iol__poller_zmq,
+#endif
+    };
     if (!name) {
         name = getenv("IOL_POLLER");
         if (!name || !*name)

@@ -10,9 +10,20 @@
 typedef struct iol__poller iol__poller; /* backend-private state */
 
 typedef struct iol__poller_event {
-    int fd;
+    int fd;          /* IOL__POLLER_SOCKET: a zmq socket's event, see below */
     unsigned events; /* IOL_READ | IOL_WRITE | IOL_ERROR bits */
+    void *socket;    /* read only when fd == IOL__POLLER_SOCKET */
 } iol__poller_event;
+
+/* ZeroMQ sockets are not fds: a socket's readiness is ZMQ_EVENTS, which
+ * only zmq_poll can tell (or ZMQ_FD, an edge-triggered hint, plus a
+ * ZMQ_EVENTS re-check before every poll: loop/zmq_handlers.c does that on
+ * the other backends). So the zmq backend takes sockets
+ * through three optional ops, and reports their events with fd ==
+ * IOL__POLLER_SOCKET and the socket in `socket`. Backends without these
+ * ops leave them NULL and never report such an event; nothing else in the
+ * interface changes for them. */
+#define IOL__POLLER_SOCKET (-2)
 
 typedef struct iol__poller_ops {
     const char *name;
@@ -34,6 +45,14 @@ typedef struct iol__poller_ops {
      * max events. Returns the count, 0 on EINTR, or -errno. */
     int (*wait)(iol__poller *p, iol__poller_event *events, int max, int timeout_ms);
     void (*close)(iol__poller *p);
+    /* Optional (NULL: the backend cannot poll zmq sockets; the loop then
+     * uses ZMQ_FD). Same contract as add/modify/remove, keyed by the socket
+     * pointer; add: -ENOTSOCK if it is not a zmq socket, -ETERM if its
+     * context is terminated. A socket whose context
+     * was terminated is reported as IOL_ERROR until it is removed. */
+    int (*add_socket)(iol__poller *p, void *socket, unsigned events);
+    int (*modify_socket)(iol__poller *p, void *socket, unsigned events);
+    int (*remove_socket)(iol__poller *p, void *socket);
     /* add itself returns -EBADF for an fd that is not open (the kernel
      * checks, as epoll_ctl does); else the loop checks first. */
     bool add_checks_fd;
@@ -42,6 +61,9 @@ typedef struct iol__poller_ops {
 extern const iol__poller_ops iol__poller_epoll;
 extern const iol__poller_ops iol__poller_poll;
 extern const iol__poller_ops iol__poller_select;
+#ifdef IOL_HAVE_ZMQ
+extern const iol__poller_ops iol__poller_zmq; /* zmq_poll over sockets and fds */
+#endif
 
 /* The backend called name; NULL name: $IOL_POLLER if set, else the best
  * (epoll). NULL for an unknown name (the loop returns -EINVAL). */

@@ -8,7 +8,8 @@ packages=(
   build-essential meson ninja-build pkg-config    # build
   liburcu-dev check libhttp-parser-dev            # library, tests, HTTP example
   valgrind                                        # test flavour
-  libuv1-dev libevent-dev                         # bench competitors
+  libzmq3-dev                                     # optional zmq poller and handlers
+  libuv1-dev libevent-dev libczmq-dev             # bench competitors
   wrk nginx-light h2o haproxy gnuplot-nox python3 procps  # load, competitors, plots, checks
 )
 for group in "$@"; do

@@ -17,7 +17,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef IOL_HAVE_ZMQ
+static const char *const pollers[] = {"epoll", "poll", "select", "zmq"};
+#else
 static const char *const pollers[] = {"epoll", "poll", "select"};
+#endif
 
 static int count_open_fds(void)
 {
@@ -508,7 +512,7 @@ static Suite *lifecycle_suite(void)
 {
     Suite *s = suite_create("lifecycle");
     TCase *tc = iol_test_tcase("streams_at_close", 30);
-    tcase_add_loop_test(tc, test_loop_close_releases_streams, 0, 3);
+    tcase_add_loop_test(tc, test_loop_close_releases_streams, 0, (int)(sizeof pollers / sizeof pollers[0]));
     tcase_add_test(tc, test_loop_close_without_all_fds_releases_streams);
     tcase_add_test(tc, test_runtime_free_releases_streams);
     suite_add_tcase(s, tc);
