@@ -26,14 +26,8 @@ static void sleep_ms(int ms)
 
 static int thread_count(void)
 {
-    DIR *d = opendir("/proc/self/task");
-    ck_assert_ptr_nonnull(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
+    int n = iol_test_dir_entries("/proc/self/task");
+    ck_assert_int_gt(n, 0);
     return n;
 }
 

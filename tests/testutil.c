@@ -1,5 +1,6 @@
 #include "testutil.h"
 
+#include <dirent.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <time.h>
@@ -57,4 +58,18 @@ void iol_test_tiny_delay(uint32_t *rng)
     }
     for (uint32_t i = (x >> 4) & 63; i > 0; i--)
         __asm__ __volatile__("" ::: "memory");
+}
+
+int iol_test_dir_entries(const char *path)
+{
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
 }

@@ -13,6 +13,9 @@ size_t iol_test_scaled(size_t n, size_t min);
 int iol_test_under_valgrind(void);
 /* Monotonic seconds. */
 double iol_test_now(void);
+/* Entries of a directory, "." and ".." left out (/proc/self/fd,
+ * /proc/self/task); -1 if it cannot be opened. */
+int iol_test_dir_entries(const char *path);
 /* Runs the suite with CK_FORK and returns the process exit status. */
 int iol_test_run(Suite *s);
 /* A TCase with a timeout scaled for slow runs (valgrind: x10). */
