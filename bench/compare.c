@@ -93,6 +93,11 @@ static uint64_t now_ns(void)
     return bench_now_ns();
 }
 
+static void sleep_ms(unsigned ms)
+{
+    nanosleep(&(struct timespec){ ms / 1000, (long)(ms % 1000) * 1000000L }, NULL);
+}
+
 static void server_stop(struct server *s)
 {
     if (s->pid <= 0)
@@ -105,7 +110,7 @@ static void server_stop(struct server *s)
         if (r == s->pid || (r < 0 && errno == ECHILD))
             reaped = true;
         else
-            nanosleep(&(struct timespec){ 0, 20000000 }, NULL);
+            sleep_ms(20);
     }
     /* The group too: a worker may outlive its master for a moment. */
     kill(-s->pid, SIGKILL);
@@ -213,7 +218,7 @@ static int server_start(struct server *s)
             }
             return -1;
         }
-        nanosleep(&(struct timespec){ 0, 20000000 }, NULL);
+        sleep_ms(20);
     }
     fprintf(stderr, "compare http: %s does not accept on port %u after 10 s\n", s->label, s->port);
     server_stop(s);
@@ -482,11 +487,6 @@ static double per_cpu_ms(const struct server *s)
         v[i] = s->cpu_ms[i] > 0 ? (double)s->runs[i].requests / s->cpu_ms[i] : NAN;
     http_stats(v, s->nruns, &lo, &med, &hi);
     return med;
-}
-
-static void sleep_ms(unsigned ms)
-{
-    nanosleep(&(struct timespec){ ms / 1000, (long)(ms % 1000) * 1000000L }, NULL);
 }
 
 /* --idle: for each round and server in turn, the RSS growth of the server's
