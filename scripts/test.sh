@@ -24,25 +24,49 @@ setup() { # dir, meson options...
   ninja -C "$dir" >/dev/null
 }
 
+# meson test, and on failure one rerun of only the failed tests. The
+# machines are 2-vCPU and shared; a test that fails and then passes is
+# reported as FLAKY (loudly, in the log and in flaky.txt) so it gets
+# fixed, but it does not throw away the run. A test that fails twice
+# fails the run. Usage: mtest DIR SETUP(or "") meson-test-args...
+mtest() {
+  local dir=$1 setup=$2; shift 2
+  local sargs=() log=$dir/meson-logs/testlog.json
+  if [ -n "$setup" ]; then sargs=(--setup "$setup"); log=$dir/meson-logs/testlog-$setup.json; fi
+  if meson test -C "$dir" "${sargs[@]}" --print-errorlogs "$@"; then return 0; fi
+  local failed=()
+  mapfile -t failed < <(python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    t = json.loads(line)
+    if t["result"] not in ("OK", "SKIP", "EXPECTEDFAIL"):
+        print(t["name"].split(" / ", 1)[-1])
+' "$log")
+  [ ${#failed[@]} -gt 0 ] || return 1
+  echo "=== rerunning once: ${failed[*]}"
+  meson test -C "$dir" "${sargs[@]}" --print-errorlogs "${failed[@]}" || return 1
+  echo "=== FLAKY in $dir ${setup:-normal}: ${failed[*]} (failed once, passed on rerun)" | tee -a flaky.txt
+}
+
 start=$(date +%s)
 for f in "${flavours[@]}"; do
   echo "=== tests: $f ($(( $(date +%s) - start )) s)"
   case $f in
     normal)
       setup build
-      meson test -C build --print-errorlogs ;;
+      mtest build "" ;;
     asan)
       setup build-asan -Db_sanitize=address,undefined -Db_lundef=false
       ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-        meson test -C build-asan --setup sanitize --print-errorlogs ;;
+        mtest build-asan sanitize ;;
     tsan)
       setup build-tsan -Db_sanitize=thread -Db_lundef=false
       TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
-        meson test -C build-tsan --setup sanitize --print-errorlogs ;;
+        mtest build-tsan sanitize ;;
     valgrind)
       setup build
       # The soak smokes drive processes and fd limits valgrind cannot follow.
-      meson test -C build --setup valgrind --no-suite soak --print-errorlogs ;;
+      mtest build valgrind --no-suite soak ;;
     fuzz)
       # Its own build dir: every object carries coverage instrumentation.
       if [ ! -f build-fuzz/build.ninja ]; then

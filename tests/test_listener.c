@@ -556,7 +556,11 @@ END_TEST
 START_TEST(test_handoff_follows_load)
 {
     /* Handoffs alternate while loads are equal, and count only live
-     * connections (registered handlers), not past ones. */
+     * connections (registered handlers), not past ones. The clients
+     * connect one at a time, each after the previous one was accepted:
+     * a burst could leave a worker's first handoff untaken for 10 ms on a
+     * loaded machine, and the stall rule would then rightly send the
+     * next ones elsewhere (test_handoff_not_stalled_by_worker0). */
     server sv = {0};
     ck_assert_int_eq(iol_runtime_new(&sv.rt, &(iol_runtime_config){.workers = 2}), 0);
     ck_assert_int_eq(iol_runtime_start(sv.rt), 0);
@@ -564,9 +568,10 @@ START_TEST(test_handoff_follows_load)
     int id = iol_runtime_listen(sv.rt, &lc);
     uint16_t port = (uint16_t)iol_runtime_listener_port(sv.rt, id);
     int c[30];
-    for (int i = 0; i < 10; i++)
+    for (int i = 0; i < 10; i++) {
         ck_assert_int_ge(c[i] = connect_to(AF_INET, port), 0);
-    wait_accepted(sv.rt, id, 10);
+        wait_accepted(sv.rt, id, (uint64_t)i + 1);
+    }
     uint64_t counts[MAX_WORKERS];
     sum_counts(sv.rt, id, counts);
     ck_assert_uint_eq(counts[0], 5);
@@ -579,9 +584,10 @@ START_TEST(test_handoff_follows_load)
     while (iol_loop_handler_count(iol_runtime_loop(sv.rt, 0)) + iol_loop_handler_count(iol_runtime_loop(sv.rt, 1)) > 1 &&
            iol_test_now() < deadline)
         usleep(1000);
-    for (int i = 10; i < 30; i++)
+    for (int i = 10; i < 30; i++) {
         ck_assert_int_ge(c[i] = connect_to(AF_INET, port), 0);
-    wait_accepted(sv.rt, id, 30);
+        wait_accepted(sv.rt, id, (uint64_t)i + 1);
+    }
     sum_counts(sv.rt, id, counts);
     ck_assert_uint_eq(counts[0], 15);
     ck_assert_uint_eq(counts[1], 15);
