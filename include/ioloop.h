@@ -486,6 +486,24 @@ typedef struct iol_listen_config {
              * ran out), so on_accept can read at once instead of registering and
              * waiting; nginx's "listen ... deferred". 0: off. */
             int defer_accept;
+            /* Overload control. max_connections > 0: a worker holds at most
+             * this many connections of the application (fds with handlers on
+             * its loop, less the runtime's own, plus handoffs on their way:
+             * what HANDOFF balances on; a connection held without a handler
+             * is not counted). At the cap the worker (REUSEPORT) or, once
+             * every worker is at it, the acceptor (HANDOFF) stops accepting;
+             * new connections wait in the kernel's backlog, and past it the
+             * clients' SYNs are dropped and retried. Accepting resumes at or
+             * under connections_low (0: max_connections less an eighth).
+             * Looked at every 10 ms while held. */
+            unsigned max_connections;
+            unsigned connections_low;
+            /* > 0: at most this many accepts per second for the listener (a
+             * token bucket holding a tenth of a second's worth, at least 1;
+             * REUSEPORT: each worker's socket its share). 0: no bound. The
+             * final accepts at stop are exempt from both, so that stop's
+             * promise (nothing queued is reset) holds. */
+            double max_accept_rate;
         };
         unsigned char iol_reserved_[256]; /* fixes the size (see above) */
     };
@@ -493,7 +511,8 @@ typedef struct iol_listen_config {
 
 /* Listens on host:port, before or after start. Returns a listener id >= 0.
  * -EINVAL: NULL rt/cfg/on_accept, unknown shard, bad host, reuseport_join
- * with HANDOFF or port 0, defer_accept < 0.
+ * with HANDOFF or port 0, defer_accept < 0, max_accept_rate < 0 or NaN,
+ * connections_low set and not below max_connections.
  * -EADDRINUSE: port taken (without reuseport_join; with it: taken by a
  * socket that is not in a REUSEPORT group of this user).
  * -ESHUTDOWN: stopped. -ENOMEM, socket errors. */
