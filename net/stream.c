@@ -105,7 +105,9 @@ static unsigned stream_wanted_events(const iol_stream *s)
     if (s->connecting)
         return s->connect_report ? 0 : IOL_WRITE;
     unsigned events = 0;
-    if (s->read_kind != READ_NONE)
+    if (s->read_paused)
+        ; /* the kernel's buffer fills and the peer's window closes: that is the point */
+    else if (s->read_kind != READ_NONE)
         events |= IOL_READ;
     else if (s->close_cb && s->rbuf.len == 0 && !s->parked)
         events |= IOL_READ; /* idle: notice the peer closing (Tornado's error listener) */
@@ -192,7 +194,9 @@ static void stream_deferred(void *arg)
     if (s->connect_report && !s->closed)
         iol__stream_connect_done(s, s->connect_status);
     iol__stream_fire_dones(s);
-    if (!s->closed && s->read_kind != READ_NONE)
+    if (!s->closed)
+        iol__stream_fire_watermark(s);
+    if (!s->closed && s->read_kind != READ_NONE && !s->read_paused)
         (void)iol__stream_try_complete_read(s);
     s->in_deferred = false;
     if (s->closed) {

@@ -71,6 +71,17 @@ struct iol_stream {
 
     size_t max_buffer_size;
     size_t max_write_buffer; /* 0: unlimited */
+    bool read_paused; /* iol_stream_pause_reading: no recv, no read callback */
+
+    /* write watermarks: wm_above flips when wbuf passes wm_high (up) or
+     * drains to wm_low (down); wm_told is what wm_fn last heard, so a rise
+     * and fall between two loop turns tells nothing */
+    iol_watermark_fn wm_fn;
+    void *wm_arg;
+    size_t wm_high;
+    size_t wm_low;
+    bool wm_above;
+    bool wm_told;
     iol__buffer rbuf;
     iol__buffer wbuf;
 
@@ -80,6 +91,7 @@ struct iol_stream {
     void *read_arg;
     size_t read_n;
     bool read_partial;
+    size_t read_max; /* read_until: fail past this many bytes; 0: no limit */
     char *delim; /* delim_inline or heap */
     size_t delim_len;
     size_t delim_cap;
@@ -138,6 +150,8 @@ void iol__stream_deliver(iol_stream *s, size_t n, int status);
 /* stream_write.c */
 void iol__stream_handle_write(iol_stream *s);
 void iol__stream_fire_dones(iol_stream *s);
+/* Tells wm_fn of a watermark crossing it has not heard of yet. */
+void iol__stream_fire_watermark(iol_stream *s);
 
 /* stream_connect.c */
 void iol__stream_connect_done(iol_stream *s, int status);

@@ -83,12 +83,27 @@ void iol__stream_deliver(iol_stream *s, size_t n, int status)
     iol__buffer_trim(&s->rbuf);
 }
 
+/* A read_until with max_bytes that can no longer succeed: the delimiter
+ * ends past max_bytes, or max_bytes are buffered without it (a delimiter
+ * found later would end past them too). */
+static bool stream_read_over_max(const iol_stream *s, size_t ready)
+{
+    if (s->read_kind != READ_UNTIL || s->read_max == 0)
+        return false;
+    return ready > s->read_max || (ready == 0 && s->rbuf.len >= s->read_max);
+}
+
 /* Completes the pending read from the buffer if it can; a buffer that is
- * full without answering it closes the stream with -ENOBUFS (the read then
- * fails from the deferred callback). true: the read is no longer pending. */
+ * full without answering it closes the stream with -ENOBUFS, a read_until
+ * past its max_bytes with -EMSGSIZE (the read then fails from the deferred
+ * callback). true: the read is no longer pending. */
 bool iol__stream_try_complete_read(iol_stream *s)
 {
     size_t n = stream_read_ready(s);
+    if (stream_read_over_max(s, n)) {
+        iol__stream_close_internal(s, -EMSGSIZE); /* Tornado's UnsatisfiableReadError */
+        return true;
+    }
     if (n > 0) {
         iol__stream_deliver(s, n, 0);
         return true;
@@ -103,7 +118,7 @@ bool iol__stream_try_complete_read(iol_stream *s)
 void iol__stream_handle_read(iol_stream *s)
 {
     int rounds = 0;
-    while (!s->closed) {
+    while (!s->closed && !s->read_paused) { /* a read callback may pause */
         if (s->read_kind != READ_NONE && iol__stream_try_complete_read(s))
             continue; /* the callback may have started another read */
         size_t limit;
@@ -132,12 +147,20 @@ void iol__stream_handle_read(iol_stream *s)
 
 /* ------------------------------------------------------------- Public API */
 
+/* Whether the buffer alone answers the pending read (or fails it). */
+static bool stream_read_decidable(iol_stream *s)
+{
+    size_t n = stream_read_ready(s);
+    return n > 0 || s->rbuf.len >= s->max_buffer_size || stream_read_over_max(s, n);
+}
+
 /* A new read was recorded: answer it from the buffer through the deferred
- * callback, or start watching the socket. On failure the read is undone. */
+ * callback, or start watching the socket (neither while paused). On
+ * failure the read is undone. */
 static int stream_arm_read(iol_stream *s)
 {
     int r;
-    if (stream_read_ready(s) > 0 || s->rbuf.len >= s->max_buffer_size)
+    if (!s->read_paused && stream_read_decidable(s))
         r = iol__stream_schedule(s);
     else
         r = iol__stream_update_events(s);
@@ -158,14 +181,16 @@ static int stream_check_read(const iol_stream *s)
     return 0;
 }
 
-int iol_stream_read_until(iol_stream *s, const char *delim, iol_read_fn cb, void *arg)
+int iol_stream_read_until_max(iol_stream *s, const char *delim, size_t max_bytes, iol_read_fn cb, void *arg)
 {
     if (!s || !delim || !cb || delim[0] == '\0')
         return -EINVAL;
+    size_t dlen = strlen(delim);
+    if (max_bytes > 0 && max_bytes < dlen)
+        return -EINVAL; /* could never be answered */
     int r = stream_check_read(s);
     if (r < 0)
         return r;
-    size_t dlen = strlen(delim);
     if (dlen > s->delim_cap) {
         char *copy = malloc(dlen);
         if (!copy)
@@ -178,10 +203,16 @@ int iol_stream_read_until(iol_stream *s, const char *delim, iol_read_fn cb, void
     memcpy(s->delim, delim, dlen);
     s->delim_len = dlen;
     s->scan_pos = 0;
+    s->read_max = max_bytes;
     s->read_kind = READ_UNTIL;
     s->read_cb = cb;
     s->read_arg = arg;
     return stream_arm_read(s);
+}
+
+int iol_stream_read_until(iol_stream *s, const char *delim, iol_read_fn cb, void *arg)
+{
+    return iol_stream_read_until_max(s, delim, 0, cb, arg);
 }
 
 int iol_stream_read_bytes(iol_stream *s, size_t n, bool partial, iol_read_fn cb, void *arg)
@@ -212,3 +243,34 @@ int iol_stream_read_until_close(iol_stream *s, iol_read_fn cb, void *arg)
     return stream_arm_read(s);
 }
 
+
+int iol_stream_pause_reading(iol_stream *s)
+{
+    if (!s)
+        return -EINVAL;
+    if (s->closed)
+        return -EPIPE;
+    if (s->read_paused)
+        return 0;
+    s->read_paused = true;
+    int r = iol__stream_update_events(s);
+    if (r < 0)
+        iol__stream_close_internal(s, r); /* it would go on reading */
+    return r;
+}
+
+int iol_stream_resume_reading(iol_stream *s)
+{
+    if (!s)
+        return -EINVAL;
+    if (s->closed)
+        return -EPIPE;
+    if (!s->read_paused)
+        return 0;
+    s->read_paused = false;
+    int r = s->read_kind != READ_NONE && stream_read_decidable(s) ? iol__stream_schedule(s)
+                                                                    : iol__stream_update_events(s);
+    if (r < 0)
+        iol__stream_close_internal(s, r); /* the pending read would never finish */
+    return r;
+}

@@ -75,7 +75,30 @@ void iol__stream_handle_write(iol_stream *s)
         s->bytes_written += (uint64_t)n;
     }
     iol__buffer_trim(&s->wbuf);
+    if (s->wm_above && s->wbuf.len <= s->wm_low)
+        s->wm_above = false;
     iol__stream_fire_dones(s);
+    if (!s->closed)
+        iol__stream_fire_watermark(s);
+}
+
+void iol__stream_fire_watermark(iol_stream *s)
+{
+    if (!s->wm_fn || s->wm_told == s->wm_above)
+        return;
+    s->wm_told = s->wm_above;
+    s->wm_fn(s, s->wm_told, s->wm_arg);
+}
+
+/* The buffer grew: past the high mark, tell the producer from the loop
+ * (never inside iol_stream_write, like every other callback). */
+static void stream_check_high_watermark(iol_stream *s)
+{
+    if (s->wm_fn && !s->wm_above && s->wbuf.len > s->wm_high) {
+        s->wm_above = true;
+        /* A failure to queue leaves it for the next write event. */
+        (void)iol__stream_schedule(s);
+    }
 }
 
 /* ------------------------------------------------------------- Public API */
@@ -123,6 +146,7 @@ int iol_stream_write(iol_stream *s, const void *data, size_t len, iol_callback_f
         if (s->bytes_written >= s->bytes_queued)
             (void)iol__stream_schedule(s);
     }
+    stream_check_high_watermark(s);
     if (s->wbuf.len > 0 && !(s->watched & IOL_WRITE)) {
         r = iol__stream_update_events(s);
         if (r < 0) /* the queued bytes would never leave */
@@ -146,3 +170,21 @@ int iol_stream_set_max_write_buffer(iol_stream *s, size_t max)
     return 0;
 }
 
+
+int iol_stream_set_write_watermarks(iol_stream *s, size_t high, size_t low, iol_watermark_fn fn, void *arg)
+{
+    if (!s || (fn && (high == 0 || low > high)))
+        return -EINVAL;
+    if (s->closed)
+        return -EPIPE;
+    s->wm_fn = fn;
+    s->wm_arg = arg;
+    s->wm_high = fn ? high : 0;
+    s->wm_low = fn ? low : 0;
+    /* The new producer starts from "below" and hears of a buffer that is
+     * already past the new high mark from the loop. */
+    s->wm_above = false;
+    s->wm_told = false;
+    stream_check_high_watermark(s);
+    return 0;
+}
