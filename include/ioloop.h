@@ -479,13 +479,39 @@ typedef void (*iol_watermark_fn)(iol_stream *s, bool above, void *arg);
  * -EEXIST: fd has a handler. -ESHUTDOWN: loop closed. -EPERM: another
  * thread runs the loop. -ENOMEM. */
 int iol_stream_new(iol_stream **out, iol_loop *loop, int fd, size_t max_buffer_size);
-/* Non-blocking connect to host:port (numeric or resolved with
- * getaddrinfo, which may block). cb(s, 0 | -errno, arg) runs on the loop
- * when connected or failed; on failure the stream is closed after cb.
- * -EINVAL: NULL out/loop/host/cb. -ESHUTDOWN, -EPERM as stream_new.
- * -ENOMEM, socket errors. */
+/* Non-blocking connect to host:port: iol_stream_connect_ex with only
+ * max_buffer_size set (no deadline, no source address). */
 int iol_stream_connect(iol_stream **out, iol_loop *loop, const char *host, uint16_t port, size_t max_buffer_size,
                        iol_connect_fn cb, void *arg);
+
+typedef struct iol_connect_options {
+    size_t max_buffer_size; /* the stream's read limit; 0: 100 MiB */
+    /* Seconds for the whole connect, name lookup and every address
+     * together; past it cb gets -ETIMEDOUT. <= 0: no deadline. */
+    double timeout;
+    const char *source;   /* numeric local address to bind first; NULL: the kernel picks */
+    uint16_t source_port; /* with source; 0: any */
+} iol_connect_options;
+
+/* Non-blocking connect to host:port. A numeric host (IPv4/IPv6 literal)
+ * is used as is; a name is looked up with getaddrinfo on the loop's
+ * default executor (iol_loop_run_in_executor: the loop thread never
+ * blocks on DNS), and every address found is tried in turn until one
+ * connects. cb(s, status, arg) runs on the loop thread, never inside this
+ * call, once connected (0) or failed; on failure the stream is closed
+ * after cb. Failures reach cb as: -ETIMEDOUT (deadline), -EHOSTUNREACH
+ * (the name does not exist or has no address: EAI_NONAME, EAI_NODATA,
+ * EAI_FAIL, EAI_ADDRFAMILY), -EAGAIN (EAI_AGAIN: temporary DNS failure),
+ * -ENOMEM (EAI_MEMORY), the last address's connect error (-ECONNREFUSED,
+ * -ENETUNREACH...), -EAFNOSUPPORT (no address of the source's family),
+ * -EADDRINUSE / -EADDRNOTAVAIL (source bind), -ESHUTDOWN (loop closed
+ * first). opts may be NULL (all defaults). Loop thread.
+ * Errors of the call itself (nothing reaches cb then): -EINVAL: NULL
+ * out/loop/host/cb, empty host, NaN timeout, source not a numeric
+ * address, source_port without source. -ESHUTDOWN: loop closed. -EPERM:
+ * another thread runs the loop. -ENOMEM. */
+int iol_stream_connect_ex(iol_stream **out, iol_loop *loop, const char *host, uint16_t port,
+                          const iol_connect_options *opts, iol_connect_fn cb, void *arg);
 /* Reads until delim (data includes it). -ENOBUFS (and close) when the
  * buffer would exceed max_buffer_size without finding it. */
 int iol_stream_read_until(iol_stream *s, const char *delim, iol_read_fn cb, void *arg);

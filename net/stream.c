@@ -27,6 +27,9 @@ void iol__stream_free(iol_stream *s)
     if (s->delim != s->delim_inline)
         free(s->delim);
     free(s->addrs);
+    free(s->source);
+    if (s->connect_timer)
+        (void)iol_loop_remove_timeout(s->loop, s->connect_timer); /* nothing to undo once the loop is gone */
     iol_loop_unref(s->loop);
     free(s);
 }
@@ -226,6 +229,13 @@ static void stream_loop_closing(iol__close_hook *hook)
     iol_stream *s = (iol_stream *)((char *)hook - offsetof(iol_stream, close_hook));
     if (s->deferred_queued) {
         s->deferred_queued = false; /* dropped with the queue */
+        s->refs--;
+    }
+    if (s->resolving) {
+        /* The lookup's callback will not run on a closed loop (the
+         * executor's answer finds it closed): drop its reference too. */
+        iol__resolve_job_release(s->resolving);
+        s->resolving = NULL;
         s->refs--;
     }
     if (s->refs > 0) {

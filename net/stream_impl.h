@@ -26,6 +26,7 @@
 
 #include "loop/close_hook.h"
 #include "net/buffer.h"
+#include "net/resolve.h"
 
 enum {
     STREAM_DEFAULT_MAX_BUFFER = 100u << 20, /* Tornado's default max_buffer_size */
@@ -43,11 +44,6 @@ typedef struct stream_write_done {
     iol_callback_fn fn;
     void *arg;
 } stream_write_done;
-
-typedef struct stream_address {
-    struct sockaddr_storage addr;
-    socklen_t len;
-} stream_address;
 
 struct iol_stream {
     iol_loop *loop; /* referenced for the stream's lifetime */
@@ -115,9 +111,12 @@ struct iol_stream {
     int connect_status;
     iol_connect_fn connect_cb;
     void *connect_arg;
-    stream_address *addrs;
+    iol__address *addrs;
     size_t naddrs;
     size_t next_addr;
+    iol__resolve_job *resolving; /* a name lookup whose callback holds a reference */
+    iol_timeout connect_timer;   /* the connect deadline, 0 if none */
+    iol__address *source; /* bound before connecting; out of line: an idle stream stays small */
 };
 
 static inline void iol__stream_hold(iol_stream *s)
