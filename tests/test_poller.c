@@ -16,14 +16,16 @@
 #include "poller/poller.h"
 #include "testutil.h"
 
-#ifdef IOL_HAVE_ZMQ /* the zmq poller passes the same suite */
+/* The optional backends pass the same suite. */
 static const iol__poller_ops *const backends[] = { &iol__poller_epoll, &iol__poller_poll, &iol__poller_select,
-                                                   &iol__poller_zmq };
-#define NBACKENDS 4
-#else
-static const iol__poller_ops *const backends[] = { &iol__poller_epoll, &iol__poller_poll, &iol__poller_select };
-#define NBACKENDS 3
+#ifdef IOL_HAVE_ZMQ
+                                                   &iol__poller_zmq,
 #endif
+#ifdef IOL_HAVE_URING
+                                                   &iol__poller_uring,
+#endif
+};
+#define NBACKENDS (int)(sizeof backends / sizeof backends[0])
 
 static iol__poller *open_poller(const iol__poller_ops *ops)
 {
