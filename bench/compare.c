@@ -33,12 +33,14 @@
 #include "bench/idle.h"
 #include "bench/proctree.h"
 
-#define MAX_SERVERS 3
+#define MAX_SERVERS 8
+#define MAX_POLLERS 4
 #define STOP_GRACE_NS 2000000000ull
 #define READY_TIMEOUT_NS 10000000000ull
 
 struct server {
     const char *impl;       /* JSON "impl" */
+    char poller[16];        /* ioloop: $IOL_POLLER for it; "": the default */
     char label[48];         /* table row */
     char note[128];         /* how it serves the body */
     char *argv[16];
@@ -194,6 +196,8 @@ static int server_start(struct server *s)
         if (devnull >= 0)
             dup2(devnull, STDIN_FILENO);
         signal(SIGPIPE, SIG_DFL);
+        if (s->poller[0])
+            setenv("IOL_POLLER", s->poller, 1);
         execv(s->argv[0], s->argv);
         fprintf(stderr, "exec %s: %s\n", s->argv[0], strerror(errno));
         _exit(127);
@@ -256,7 +260,7 @@ static int write_file(const char *path, const char *text)
     return fclose(f) == 0 ? 0 : -1;
 }
 
-static bool setup_ours(struct server *s, unsigned workers)
+static bool setup_ours(struct server *s, unsigned workers, const char *poller)
 {
     char self[PATH_MAX], exe[PATH_MAX + 32];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
@@ -269,7 +273,8 @@ static bool setup_ours(struct server *s, unsigned workers)
         return false;
     }
     s->impl = "ioloop";
-    snprintf(s->label, sizeof s->label, "ioloop");
+    snprintf(s->poller, sizeof s->poller, "%s", poller ? poller : "");
+    snprintf(s->label, sizeof s->label, poller ? "ioloop-%s" : "ioloop", poller ? poller : "");
     snprintf(s->note, sizeof s->note, "examples/http-hello");
     server_arg(s, "%s", exe);
     server_arg(s, "--host");
@@ -455,7 +460,7 @@ static void compare_usage(FILE *f)
 {
     fputs("usage: iol-bench compare http [--workers N] [--connections C] [--load-workers L]\n"
           "                            [--duration S] [--repeat R] [--wrk] [--churn | --idle N]\n"
-          "                            [--json] [--plot F.svg]\n"
+          "                            [--poller P1,P2] [--json] [--plot F.svg]\n"
           "  Our http-hello, nginx and h2o (those installed), N workers each, on free\n"
           "  ports of 127.0.0.1, loaded in turn (interleaved repeats) by iol-bench's\n"
           "  load generator with L worker loops (default: N), or by wrk with --wrk.\n"
@@ -463,7 +468,9 @@ static void compare_usage(FILE *f)
           "  (churn: connections) per server CPU-ms.\n"
           "  --churn: Connection: close, one request per connection (connections/s).\n"
           "  --idle N: no load; N keep-alive connections, one request each, held open:\n"
-          "  RSS growth of the server process tree per connection (KiB).\n",
+          "  RSS growth of the server process tree per connection (KiB).\n"
+          "  --poller epoll,uring: one http-hello per poller ($IOL_POLLER), rows\n"
+          "  ioloop-epoll, ioloop-uring; ours/theirs is always the first ioloop row's.\n",
           f);
     bench_usage_common(f);
 }
@@ -523,7 +530,7 @@ static int compare_idle(struct server *servers, int n, unsigned idle, unsigned r
     fprintf(table, "  %-14s %12s %10s %10s   %12s\n", "server", "KiB/conn min", "median", "max", "ours/theirs");
     double ours = NAN, lo, med, hi;
     for (int k = 0; k < n; k++)
-        if (!strcmp(servers[k].impl, "ioloop"))
+        if (!strcmp(servers[k].impl, "ioloop") && isnan(ours))
             http_stats(servers[k].idle_kib, servers[k].nruns, &lo, &ours, &hi);
     for (int k = 0; k < n; k++) {
         struct server *s = &servers[k];
@@ -554,6 +561,7 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
     unsigned workers = o->workers > 0 ? (unsigned)o->workers : half;
     unsigned load_workers = 0, conns = 64, idle = 0;
     bool use_wrk = false, churn = false;
+    const char *pollers_arg = NULL;
     double duration = o->duration > 0 ? o->duration : 3;
     unsigned repeat = o->repeat > 0 ? (unsigned)o->repeat : 1;
     if (repeat > BENCH_MAX_REPEAT)
@@ -570,6 +578,8 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
                 goto bad;
         } else if (!strcmp(argv[i], "--wrk")) {
             use_wrk = true;
+        } else if (!strcmp(argv[i], "--poller") && i + 1 < argc) {
+            pollers_arg = argv[++i];
         } else if (!strcmp(argv[i], "--churn")) {
             churn = true;
         } else if (!strcmp(argv[i], "--idle") && i + 1 < argc) {
@@ -627,12 +637,26 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
     sigaction(SIGABRT, &sa, NULL);
     sigaction(SIGFPE, &sa, NULL);
 
-    bool (*const setups[])(struct server *, unsigned) = { setup_ours, setup_nginx, setup_h2o };
+    /* Ours first (one per poller asked for), then the competitors. */
+    char pollers_buf[128];
+    const char *pollers[MAX_POLLERS] = { NULL };
+    int npollers = 1;
+    if (pollers_arg) {
+        snprintf(pollers_buf, sizeof pollers_buf, "%s", pollers_arg);
+        npollers = 0;
+        for (char *save = NULL, *p = strtok_r(pollers_buf, ",", &save); p && npollers < MAX_POLLERS;
+             p = strtok_r(NULL, ",", &save))
+            pollers[npollers++] = p;
+    }
+    bool (*const others[])(struct server *, unsigned) = { setup_nginx, setup_h2o };
+    int nothers = (int)(sizeof others / sizeof others[0]);
     int n = 0;
-    for (size_t k = 0; k < sizeof setups / sizeof setups[0]; k++) {
+    for (int k = 0; k < npollers + nothers; k++) {
         struct server *s = &servers[n];
         memset(s, 0, sizeof *s);
-        if (free_port(&s->port) < 0 || !setups[k](s, workers))
+        if (free_port(&s->port) < 0)
+            continue;
+        if (k < npollers ? !setup_ours(s, workers, pollers[k]) : !others[k - npollers](s, workers))
             continue;
         g_nservers = n + 1; /* visible to the exit paths before it runs */
         if (server_start(s) < 0)
@@ -716,7 +740,7 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
             v[i] = http_latency_us(&s->runs[i], 2);
         http_stats(v, s->nruns, &lo, &med, &hi);
         double per_cpu = per_cpu_ms(s);
-        if (!strcmp(s->impl, "ioloop")) {
+        if (!strcmp(s->impl, "ioloop") && isnan(ours_rps)) {
             ours_rps = rps;
             ours_p99 = med;
             ours_per_cpu = per_cpu;
