@@ -449,16 +449,31 @@ typedef struct iol_listen_config {
      * ran out), so on_accept can read at once instead of registering and
      * waiting; nginx's "listen ... deferred". 0: off. */
     int defer_accept;
+    /* A Unix domain socket path to listen on instead of host:port: HANDOFF
+     * only (the kernel has no REUSEPORT spreading for Unix sockets), host
+     * NULL, port 0, no reuseport_join/nodelay/defer_accept. A socket file
+     * left there by a listener that is gone is replaced: listen finds
+     * that out with a connect that is refused (a live listener there sees
+     * one connection, closed at once, and listen fails). The file is
+     * removed when the listener closes at stop (or at free if never
+     * started), unless another file took its place meanwhile.
+     * on_accept's peer is a sockaddr_un (usually unnamed). */
+    const char *path;
 } iol_listen_config;
 
-/* Listens on host:port, before or after start. Returns a listener id >= 0.
+/* Listens on host:port (or path), before or after start. Returns a
+ * listener id >= 0.
  * -EINVAL: NULL rt/cfg/on_accept, unknown shard, bad host, reuseport_join
- * with HANDOFF or port 0, defer_accept < 0.
+ * with HANDOFF or port 0, defer_accept < 0; path with REUSEPORT (it does
+ * not apply to Unix sockets), with host, port or a TCP option; empty path.
+ * -ENAMETOOLONG: path longer than a sockaddr_un holds (107 bytes).
+ * -EADDRINUSE with a path: a live socket or another file is there.
  * -EADDRINUSE: port taken (without reuseport_join; with it: taken by a
  * socket that is not in a REUSEPORT group of this user).
  * -ESHUTDOWN: stopped. -ENOMEM, socket errors. */
 int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg);
-/* The bound port of listener id. -EINVAL: NULL. -ENOENT: unknown id. */
+/* The bound port of listener id (0 for a path). -EINVAL: NULL.
+ * -ENOENT: unknown id. */
 int iol_runtime_listener_port(iol_runtime *rt, int id);
 /* counts[i] = on_accept calls made on worker i (for i < n); returns the
  * number of workers. -EINVAL: NULL rt, counts NULL with n > 0.
@@ -512,6 +527,16 @@ typedef struct iol_connect_options {
  * another thread runs the loop. -ENOMEM. */
 int iol_stream_connect_ex(iol_stream **out, iol_loop *loop, const char *host, uint16_t port,
                           const iol_connect_options *opts, iol_connect_fn cb, void *arg);
+/* Connects to the Unix domain socket at path, as iol_stream_connect_ex
+ * (opts may be NULL; timeout and max_buffer_size apply, source does not).
+ * A Unix connect completes or fails at once; cb still runs later, on the
+ * loop: -ENOENT (no such file), -ECONNREFUSED (nobody listens), -EAGAIN
+ * (the listener's backlog is full), -EACCES. Loop thread. -EINVAL: NULL
+ * out/loop/path/cb, empty path, NaN timeout, source set.
+ * -ENAMETOOLONG: path longer than a sockaddr_un holds (107 bytes).
+ * -ESHUTDOWN, -EPERM, -ENOMEM as iol_stream_connect_ex. */
+int iol_stream_connect_unix(iol_stream **out, iol_loop *loop, const char *path, const iol_connect_options *opts,
+                            iol_connect_fn cb, void *arg);
 /* Reads until delim (data includes it). -ENOBUFS (and close) when the
  * buffer would exceed max_buffer_size without finding it. */
 int iol_stream_read_until(iol_stream *s, const char *delim, iol_read_fn cb, void *arg);
