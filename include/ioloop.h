@@ -574,9 +574,29 @@ int iol_stream_resume_reading(iol_stream *s);
  * -EINVAL: NULL s, data NULL with len > 0. -EPIPE: closed.
  * -ENOBUFS: the write buffer would exceed the write limit. -ENOMEM. */
 int iol_stream_write(iol_stream *s, const void *data, size_t len, iol_callback_fn done, void *arg);
-/* Bytes queued but not yet handed to the kernel; 0 for NULL. */
+/* Zero-copy: queues len bytes of the caller's memory, written in order
+ * with the other writes (writev of consecutive buffers, no copy into the
+ * stream's buffer). The memory must stay valid and unchanged until
+ * release(arg) runs: exactly once, on the loop thread, never inside this
+ * call, once the last byte reached the kernel or when the stream closed
+ * first (iol_stream_error then says why; release may be NULL). Loop
+ * thread. -EINVAL: NULL s or data, len 0. -EPIPE: closed (release will
+ * not run). -ENOBUFS: past the write limit. -ENOMEM. */
+int iol_stream_write_ref(iol_stream *s, const void *data, size_t len, iol_callback_fn release, void *arg);
+/* Zero-copy: queues len bytes of file fd from offset, sent in order with
+ * the other writes with sendfile(2) (the kernel copies page cache to the
+ * socket; SIGPIPE is held back). fd is the caller's: keep it open until
+ * release(arg) runs, with the same rules as iol_stream_write_ref. A file
+ * that ends before the region does closes the stream with -EIO; a
+ * sendfile error closes it with that error. Loop thread. -EINVAL: NULL
+ * s, offset < 0, len 0. -EBADF: fd < 0. -EPIPE, -ENOBUFS, -ENOMEM as
+ * iol_stream_write_ref. */
+int iol_stream_sendfile(iol_stream *s, int fd, off_t offset, size_t len, iol_callback_fn release, void *arg);
+/* Bytes accepted by the write calls and not yet handed to the kernel
+ * (copied and zero-copy alike); 0 for NULL. */
 size_t iol_stream_write_buffer_size(const iol_stream *s);
-/* Write limit (Tornado's max_write_buffer_size); 0: unlimited (default). */
+/* Write limit (Tornado's max_write_buffer_size) on the bytes not yet
+ * written, zero-copy ones included; 0: unlimited (default). */
 int iol_stream_set_max_write_buffer(iol_stream *s, size_t max);
 /* Write watermarks for a producer: fn(s, true, arg) once the write buffer
  * holds more than high bytes, then fn(s, false, arg) once it drained to
