@@ -48,7 +48,7 @@ unsigned iol_version(void);
 const char *iol_version_string(void);
 
 /* Config structs (iol_loop_config, iol_runtime_config,
- * iol_listen_config) have a fixed size across releases: their fields sit
+ * iol_listen_config, iol_connect_options) have a fixed size across releases: their fields sit
  * in an anonymous struct overlaid on a fixed-size reserve, and a release
  * adds fields at the end, inside the reserve. So a program built against
  * an older header passes as many bytes as the library reads, and zero in
@@ -504,20 +504,36 @@ typedef struct iol_listen_config {
              * final accepts at stop are exempt from both, so that stop's
              * promise (nothing queued is reset) holds. */
             double max_accept_rate;
+            /* A Unix domain socket path to listen on instead of host:port: HANDOFF
+             * only (the kernel has no REUSEPORT spreading for Unix sockets), host
+             * NULL, port 0, no reuseport_join/nodelay/defer_accept. A socket file
+             * left there by a listener that is gone is replaced: listen finds
+             * that out with a connect that is refused (a live listener there sees
+             * one connection, closed at once, and listen fails). The file is
+             * removed when the listener closes at stop (or at free if never
+             * started), unless another file took its place meanwhile.
+             * on_accept's peer is a sockaddr_un (usually unnamed). */
+            const char *path;
         };
         unsigned char iol_reserved_[256]; /* fixes the size (see above) */
     };
 } iol_listen_config;
 
-/* Listens on host:port, before or after start. Returns a listener id >= 0.
+/* Listens on host:port (or path), before or after start. Returns a
+ * listener id >= 0.
  * -EINVAL: NULL rt/cfg/on_accept, unknown shard, bad host, reuseport_join
  * with HANDOFF or port 0, defer_accept < 0, max_accept_rate < 0 or NaN,
- * connections_low set and not below max_connections.
+ * connections_low set and not below max_connections; path with REUSEPORT
+ * (it does not apply to Unix sockets), with host, port or a TCP option;
+ * empty path.
+ * -ENAMETOOLONG: path longer than a sockaddr_un holds (107 bytes).
+ * -EADDRINUSE with a path: a live socket or another file is there.
  * -EADDRINUSE: port taken (without reuseport_join; with it: taken by a
  * socket that is not in a REUSEPORT group of this user).
  * -ESHUTDOWN: stopped. -ENOMEM, socket errors. */
 int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg);
-/* The bound port of listener id. -EINVAL: NULL. -ENOENT: unknown id. */
+/* The bound port of listener id (0 for a path). -EINVAL: NULL.
+ * -ENOENT: unknown id. */
 int iol_runtime_listener_port(iol_runtime *rt, int id);
 /* counts[i] = on_accept calls made on worker i (for i < n); returns the
  * number of workers. -EINVAL: NULL rt, counts NULL with n > 0.
@@ -544,12 +560,17 @@ int iol_stream_connect(iol_stream **out, iol_loop *loop, const char *host, uint1
                        iol_connect_fn cb, void *arg);
 
 typedef struct iol_connect_options {
-    size_t max_buffer_size; /* the stream's read limit; 0: 100 MiB */
-    /* Seconds for the whole connect, name lookup and every address
-     * together; past it cb gets -ETIMEDOUT. <= 0: no deadline. */
-    double timeout;
-    const char *source;   /* numeric local address to bind first; NULL: the kernel picks */
-    uint16_t source_port; /* with source; 0: any */
+    union {
+        struct {
+            size_t max_buffer_size; /* the stream's read limit; 0: 100 MiB */
+            /* Seconds for the whole connect, name lookup and every address
+             * together; past it cb gets -ETIMEDOUT. <= 0: no deadline. */
+            double timeout;
+            const char *source;   /* numeric local address to bind first; NULL: the kernel picks */
+            uint16_t source_port; /* with source; 0: any */
+        };
+        unsigned char iol_reserved_[128]; /* fixes the size (see "Config structs") */
+    };
 } iol_connect_options;
 
 /* Non-blocking connect to host:port. A numeric host (IPv4/IPv6 literal)
@@ -571,6 +592,16 @@ typedef struct iol_connect_options {
  * another thread runs the loop. -ENOMEM. */
 int iol_stream_connect_ex(iol_stream **out, iol_loop *loop, const char *host, uint16_t port,
                           const iol_connect_options *opts, iol_connect_fn cb, void *arg);
+/* Connects to the Unix domain socket at path, as iol_stream_connect_ex
+ * (opts may be NULL; timeout and max_buffer_size apply, source does not).
+ * A Unix connect completes or fails at once; cb still runs later, on the
+ * loop: -ENOENT (no such file), -ECONNREFUSED (nobody listens), -EAGAIN
+ * (the listener's backlog is full), -EACCES. Loop thread. -EINVAL: NULL
+ * out/loop/path/cb, empty path, NaN timeout, source set.
+ * -ENAMETOOLONG: path longer than a sockaddr_un holds (107 bytes).
+ * -ESHUTDOWN, -EPERM, -ENOMEM as iol_stream_connect_ex. */
+int iol_stream_connect_unix(iol_stream **out, iol_loop *loop, const char *path, const iol_connect_options *opts,
+                            iol_connect_fn cb, void *arg);
 /* Reads until delim (data includes it). -ENOBUFS (and close) when the
  * buffer would exceed max_buffer_size without finding it. */
 int iol_stream_read_until(iol_stream *s, const char *delim, iol_read_fn cb, void *arg);
@@ -608,9 +639,29 @@ int iol_stream_resume_reading(iol_stream *s);
  * -EINVAL: NULL s, data NULL with len > 0. -EPIPE: closed.
  * -ENOBUFS: the write buffer would exceed the write limit. -ENOMEM. */
 int iol_stream_write(iol_stream *s, const void *data, size_t len, iol_callback_fn done, void *arg);
-/* Bytes queued but not yet handed to the kernel; 0 for NULL. */
+/* Zero-copy: queues len bytes of the caller's memory, written in order
+ * with the other writes (writev of consecutive buffers, no copy into the
+ * stream's buffer). The memory must stay valid and unchanged until
+ * release(arg) runs: exactly once, on the loop thread, never inside this
+ * call, once the last byte reached the kernel or when the stream closed
+ * first (iol_stream_error then says why; release may be NULL). Loop
+ * thread. -EINVAL: NULL s or data, len 0. -EPIPE: closed (release will
+ * not run). -ENOBUFS: past the write limit. -ENOMEM. */
+int iol_stream_write_ref(iol_stream *s, const void *data, size_t len, iol_callback_fn release, void *arg);
+/* Zero-copy: queues len bytes of file fd from offset, sent in order with
+ * the other writes with sendfile(2) (the kernel copies page cache to the
+ * socket; SIGPIPE is held back). fd is the caller's: keep it open until
+ * release(arg) runs, with the same rules as iol_stream_write_ref. A file
+ * that ends before the region does closes the stream with -EIO; a
+ * sendfile error closes it with that error. Loop thread. -EINVAL: NULL
+ * s, offset < 0, len 0. -EBADF: fd < 0. -EPIPE, -ENOBUFS, -ENOMEM as
+ * iol_stream_write_ref. */
+int iol_stream_sendfile(iol_stream *s, int fd, off_t offset, size_t len, iol_callback_fn release, void *arg);
+/* Bytes accepted by the write calls and not yet handed to the kernel
+ * (copied and zero-copy alike); 0 for NULL. */
 size_t iol_stream_write_buffer_size(const iol_stream *s);
-/* Write limit (Tornado's max_write_buffer_size); 0: unlimited (default). */
+/* Write limit (Tornado's max_write_buffer_size) on the bytes not yet
+ * written, zero-copy ones included; 0: unlimited (default). */
 int iol_stream_set_max_write_buffer(iol_stream *s, size_t max);
 /* Write watermarks for a producer: fn(s, true, arg) once the write buffer
  * holds more than high bytes, then fn(s, false, arg) once it drained to

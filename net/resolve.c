@@ -102,6 +102,25 @@ int iol__resolve_numeric(const char *host, uint16_t port, iol__address **out, si
     return lookup(host, port, AI_NUMERICHOST, out, count);
 }
 
+int iol__resolve_unix(const char *path, iol__address **out, size_t *count)
+{
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    size_t n = strlen(path);
+    if (n == 0)
+        return -EINVAL;
+    if (n >= sizeof(sun.sun_path))
+        return -ENAMETOOLONG;
+    memcpy(sun.sun_path, path, n + 1);
+    iol__address *a = calloc(1, sizeof(*a));
+    if (!a)
+        return -ENOMEM;
+    memcpy(&a->addr, &sun, sizeof(sun));
+    a->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+    *out = a;
+    *count = 1;
+    return 0;
+}
+
 /* On an executor thread. The result travels in the job, not the future. */
 static int resolve_on_executor(void *arg, void **result)
 {

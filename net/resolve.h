@@ -25,6 +25,9 @@ typedef struct iol__resolve_job iol__resolve_job;
 /* A numeric host (IPv4 or IPv6 literal): *out gets a malloc'ed array of
  * one address. -EAGAIN: not numeric, resolve it. -ENOMEM. */
 int iol__resolve_numeric(const char *host, uint16_t port, iol__address **out, size_t *count);
+/* A Unix socket path as a one-address array. -EINVAL: empty.
+ * -ENAMETOOLONG: longer than sun_path holds. -ENOMEM. */
+int iol__resolve_unix(const char *path, iol__address **out, size_t *count);
 /* Starts getaddrinfo(host, port) on loop's default executor; done(f, arg)
  * runs on the loop thread once it finished (not if the loop is closed
  * first: then the loop side lets go with iol__resolve_job_release alone).

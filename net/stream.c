@@ -24,6 +24,7 @@ void iol__stream_free(iol_stream *s)
     iol__buffer_free(&s->rbuf);
     iol__buffer_free(&s->wbuf);
     free(s->dones);
+    free(s->segs);
     if (s->delim != s->delim_inline)
         free(s->delim);
     free(s->addrs);
@@ -97,6 +98,7 @@ void iol__stream_close_internal(iol_stream *s, int err)
     /* Unwritten data is dropped, as Tornado's close does. */
     s->wbuf.len = 0;
     s->wbuf.start = 0;
+    s->bytes_queued = s->bytes_written; /* zero-copy segments are released by finish_close */
     /* On failure stream_release finishes once the stack unwinds. */
     (void)iol__stream_schedule(s);
 }
@@ -114,7 +116,7 @@ static unsigned stream_wanted_events(const iol_stream *s)
         events |= IOL_READ;
     else if (s->close_cb && s->rbuf.len == 0 && !s->parked)
         events |= IOL_READ; /* idle: notice the peer closing (Tornado's error listener) */
-    if (s->wbuf.len > 0)
+    if (iol__stream_pending(s) > 0)
         events |= IOL_WRITE;
     return events;
 }
@@ -170,6 +172,7 @@ static void stream_finish_close(iol_stream *s)
         return;
     s->finished = true;
     iol__stream_fire_dones(s);
+    iol__stream_segs_drop(s);
     if (s->connecting)
         iol__stream_connect_done(s, s->error ? s->error : -EPIPE);
     if (s->read_kind != READ_NONE) {
@@ -266,7 +269,7 @@ void iol__stream_on_events(int fd, unsigned events, void *arg)
                 iol__stream_handle_read(s);
                 acted = true;
             }
-            if (!s->closed && (events & (IOL_WRITE | IOL_ERROR)) && s->wbuf.len > 0) {
+            if (!s->closed && (events & (IOL_WRITE | IOL_ERROR)) && iol__stream_pending(s) > 0) {
                 iol__stream_handle_write(s);
                 acted = true;
             }

@@ -13,6 +13,9 @@
 #include <string.h>
 #include <unistd.h>
 
+/* The size promise of ioloop.h's config structs (see loop/version.c). */
+_Static_assert(sizeof(iol_connect_options) == 128, "iol_connect_options outgrew its reserve");
+
 /* Runs the connect callback; a failure closes the stream after it. */
 void iol__stream_connect_done(iol_stream *s, int status)
 {
@@ -245,6 +248,36 @@ int iol_stream_connect_ex(iol_stream **out, iol_loop *loop, const char *host, ui
         if (r == 0)
             iol__stream_hold(s);
     }
+    if (r < 0)
+        return stream_connect_abort(s, r);
+    *out = s;
+    return 0;
+}
+
+int iol_stream_connect_unix(iol_stream **out, iol_loop *loop, const char *path, const iol_connect_options *opts,
+                            iol_connect_fn cb, void *arg)
+{
+    if (!out || !loop || !path || !cb)
+        return -EINVAL;
+    int r = stream_check_options(opts);
+    if (r < 0)
+        return r;
+    if (opts && opts->source)
+        return -EINVAL; /* binding a client to a path is not offered */
+    iol__address *addrs;
+    size_t naddrs;
+    r = iol__resolve_unix(path, &addrs, &naddrs);
+    if (r < 0)
+        return r;
+    iol_stream *s;
+    r = stream_connect_setup(&s, loop, opts, cb, arg);
+    if (r < 0) {
+        free(addrs);
+        return r;
+    }
+    s->addrs = addrs;
+    s->naddrs = naddrs;
+    r = stream_connect_first(s);
     if (r < 0)
         return stream_connect_abort(s, r);
     *out = s;

@@ -38,6 +38,22 @@ enum {
 
 typedef enum { READ_NONE, READ_UNTIL, READ_BYTES, READ_UNTIL_CLOSE } stream_read_kind;
 
+/* Zero-copy writes queue segments (stream_zerocopy.c). While any is
+ * queued, every pending byte is in one, in order: a COPY segment stands
+ * for the next len bytes of wbuf, a REF for the caller's memory, a FILE
+ * for a region of the caller's file. With none queued, wbuf holds all. */
+typedef enum { SEG_COPY, SEG_REF, SEG_FILE } stream_seg_kind;
+
+typedef struct stream_seg {
+    stream_seg_kind kind;
+    size_t len;       /* bytes not yet written */
+    const char *data; /* REF: the next byte */
+    int fd;           /* FILE */
+    off_t offset;     /* FILE: the next byte */
+    iol_callback_fn release; /* REF/FILE: runs once, written or dropped */
+    void *arg;
+} stream_seg;
+
 /* A write's `done`, due once bytes_written reaches `end`. */
 typedef struct stream_write_done {
     uint64_t end;
@@ -102,6 +118,12 @@ struct iol_stream {
     uint64_t bytes_queued;  /* every byte ever accepted by iol_stream_write */
     uint64_t bytes_written; /* every byte ever handed to the kernel */
 
+    /* zero-copy segments, FIFO: live entries are [seg_head, seg_count) */
+    stream_seg *segs;
+    size_t seg_head;
+    size_t seg_count;
+    size_t seg_cap;
+
     iol_close_fn close_cb;
     void *close_arg;
 
@@ -122,6 +144,18 @@ struct iol_stream {
 static inline void iol__stream_hold(iol_stream *s)
 {
     s->refs++;
+}
+
+/* Bytes accepted for writing and not yet handed to the kernel (copied or
+ * zero-copy): what the write limit and the watermarks count. */
+static inline size_t iol__stream_pending(const iol_stream *s)
+{
+    return (size_t)(s->bytes_queued - s->bytes_written);
+}
+
+static inline bool iol__stream_has_segments(const iol_stream *s)
+{
+    return s->seg_head < s->seg_count;
 }
 
 /* stream.c */
@@ -149,8 +183,23 @@ void iol__stream_deliver(iol_stream *s, size_t n, int status);
 /* stream_write.c */
 void iol__stream_handle_write(iol_stream *s);
 void iol__stream_fire_dones(iol_stream *s);
+/* Room for one more done entry. -ENOMEM. */
+int iol__stream_dones_reserve(iol_stream *s);
+/* After a write queued bytes: the high watermark, the WRITE event. <0:
+ * the stream closed (the bytes would never leave). */
+int iol__stream_queued(iol_stream *s);
 /* Tells wm_fn of a watermark crossing it has not heard of yet. */
 void iol__stream_fire_watermark(iol_stream *s);
+
+/* stream_zerocopy.c */
+/* Room for n more segments (so a write never fails half-done). -ENOMEM. */
+int iol__stream_segs_reserve(iol_stream *s, size_t n);
+/* n bytes were appended to wbuf while segments are queued. Reserved. */
+void iol__stream_segs_note_copy(iol_stream *s, size_t n);
+/* Writes queued segments as the socket allows (writev, sendfile). */
+void iol__stream_segs_flush(iol_stream *s);
+/* Runs the release of every segment left (the stream closed). */
+void iol__stream_segs_drop(iol_stream *s);
 
 /* stream_connect.c */
 void iol__stream_connect_done(iol_stream *s, int status);

@@ -42,7 +42,7 @@ void iol__stream_fire_dones(iol_stream *s)
 }
 
 /* Room for one more done entry (so a write never fails half-done). */
-static int stream_dones_reserve(iol_stream *s)
+int iol__stream_dones_reserve(iol_stream *s)
 {
     if (s->done_count < s->done_cap)
         return 0;
@@ -63,19 +63,23 @@ static int stream_dones_reserve(iol_stream *s)
 
 void iol__stream_handle_write(iol_stream *s)
 {
-    for (int rounds = 0; s->wbuf.len > 0 && rounds < STREAM_IO_ROUNDS; rounds++) {
+    if (iol__stream_has_segments(s))
+        iol__stream_segs_flush(s);
+    for (int rounds = 0; !iol__stream_has_segments(s) && s->wbuf.len > 0 && rounds < STREAM_IO_ROUNDS; rounds++) {
         ssize_t n = stream_send(s, iol__buffer_data(&s->wbuf), s->wbuf.len);
         if (n == -EAGAIN)
             break;
         if (n < 0) {
             iol__stream_close_internal(s, (int)n);
-            return;
+            break;
         }
         iol__buffer_consume(&s->wbuf, (size_t)n);
         s->bytes_written += (uint64_t)n;
     }
+    if (s->closed)
+        return;
     iol__buffer_trim(&s->wbuf);
-    if (s->wm_above && s->wbuf.len <= s->wm_low)
+    if (s->wm_above && iol__stream_pending(s) <= s->wm_low)
         s->wm_above = false;
     iol__stream_fire_dones(s);
     if (!s->closed)
@@ -94,11 +98,22 @@ void iol__stream_fire_watermark(iol_stream *s)
  * (never inside iol_stream_write, like every other callback). */
 static void stream_check_high_watermark(iol_stream *s)
 {
-    if (s->wm_fn && !s->wm_above && s->wbuf.len > s->wm_high) {
+    if (s->wm_fn && !s->wm_above && iol__stream_pending(s) > s->wm_high) {
         s->wm_above = true;
         /* A failure to queue leaves it for the next write event. */
         (void)iol__stream_schedule(s);
     }
+}
+
+int iol__stream_queued(iol_stream *s)
+{
+    stream_check_high_watermark(s);
+    if (iol__stream_pending(s) == 0 || (s->watched & IOL_WRITE))
+        return 0;
+    int r = iol__stream_update_events(s);
+    if (r < 0) /* the queued bytes would never leave */
+        iol__stream_close_internal(s, r);
+    return r;
 }
 
 /* ------------------------------------------------------------- Public API */
@@ -111,15 +126,17 @@ int iol_stream_write(iol_stream *s, const void *data, size_t len, iol_callback_f
         return -EPIPE;
     /* Tornado checks the whole write against the limit, even one that
      * could go straight to the kernel: the limit is predictable. */
-    if (s->max_write_buffer && (len > s->max_write_buffer || s->wbuf.len > s->max_write_buffer - len))
+    if (s->max_write_buffer && (len > s->max_write_buffer || iol__stream_pending(s) > s->max_write_buffer - len))
         return -ENOBUFS;
-    int r = done ? stream_dones_reserve(s) : 0;
+    int r = done ? iol__stream_dones_reserve(s) : 0;
+    if (r == 0 && iol__stream_has_segments(s))
+        r = iol__stream_segs_reserve(s, 1);
     if (r < 0)
         return r;
 
     iol__stream_hold(s);
     size_t sent = 0;
-    if (s->wbuf.len == 0 && !s->connecting && len > 0) {
+    if (iol__stream_pending(s) == 0 && !s->connecting && len > 0) {
         ssize_t n = stream_send(s, data, len);
         if (n >= 0) {
             sent = (size_t)n;
@@ -136,6 +153,8 @@ int iol_stream_write(iol_stream *s, const void *data, size_t len, iol_callback_f
             iol__stream_close_internal(s, r);
         goto out;
     }
+    if (iol__stream_has_segments(s) && sent < len)
+        iol__stream_segs_note_copy(s, len - sent);
     s->bytes_queued += len;
     s->bytes_written += sent;
     if (done) {
@@ -146,12 +165,7 @@ int iol_stream_write(iol_stream *s, const void *data, size_t len, iol_callback_f
         if (s->bytes_written >= s->bytes_queued)
             (void)iol__stream_schedule(s);
     }
-    stream_check_high_watermark(s);
-    if (s->wbuf.len > 0 && !(s->watched & IOL_WRITE)) {
-        r = iol__stream_update_events(s);
-        if (r < 0) /* the queued bytes would never leave */
-            iol__stream_close_internal(s, r);
-    }
+    r = iol__stream_queued(s);
 out:
     iol__stream_release(s);
     return r;
@@ -159,7 +173,7 @@ out:
 
 size_t iol_stream_write_buffer_size(const iol_stream *s)
 {
-    return s ? s->wbuf.len : 0;
+    return s ? iol__stream_pending(s) : 0;
 }
 
 int iol_stream_set_max_write_buffer(iol_stream *s, size_t max)

@@ -41,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -87,6 +88,9 @@ typedef struct iol__listener {
     iol__lsock *socks;
     iol__count *counts; /* one per worker */
     unsigned rr;        /* HANDOFF round-robin start; acceptor only */
+    char *path;         /* a Unix socket path listener; NULL for TCP */
+    dev_t path_dev;     /* the socket file we made, removed at stop only */
+    ino_t path_ino;     /* if it is still that file */
 } iol__listener;
 
 typedef struct handoff_item {
@@ -418,6 +422,19 @@ static void lsock_ready(int fd, unsigned events, void *arg)
     lsock_accept(arg, ACCEPT_BATCH, true);
 }
 
+/* Removes a path listener's socket file, once, and only if it is still
+ * the file this listener made (not one a successor put there since). */
+static void listener_remove_path(iol__listener *l)
+{
+    if (!l->path)
+        return;
+    struct stat st;
+    if (lstat(l->path, &st) == 0 && st.st_dev == l->path_dev && st.st_ino == l->path_ino)
+        (void)unlink(l->path);
+    free(l->path);
+    l->path = NULL;
+}
+
 static void lsock_close(iol__lsock *s)
 {
     if (s->fd < 0)
@@ -591,6 +608,7 @@ static void listener_free(iol__listener *l)
 {
     if (!l)
         return;
+    free(l->path);
     free(l->socks);
     free(l->counts);
     free(l);
@@ -616,6 +634,10 @@ int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg)
     if (cfg->defer_accept < 0)
         return -EINVAL;
     if (!(cfg->max_accept_rate >= 0) || (cfg->connections_low && cfg->connections_low >= cfg->max_connections))
+        return -EINVAL;
+    /* A path: one socket handed off; ports and TCP options do not apply. */
+    if (cfg->path && (cfg->shard != IOL_SHARD_HANDOFF || cfg->host || cfg->port || cfg->reuseport_join ||
+                      cfg->nodelay || cfg->defer_accept))
         return -EINVAL;
     /* relaxed: a fast path; the authoritative check is under rt->mu. */
     if (atomic_load_explicit(&rt->stopped, memory_order_relaxed))
@@ -647,7 +669,25 @@ int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg)
         goto fail_listener;
     uint16_t port = cfg->port;
     bind_addr a;
-    if (cfg->host) {
+    if (cfg->path) {
+        struct stat st;
+        l->path = strdup(cfg->path);
+        if (!l->path)
+            goto fail_fds;
+        if ((err = iol__unix_listen(cfg->path, backlog, &fds[0])) < 0) {
+            free(l->path);
+            l->path = NULL; /* not ours to remove */
+            goto fail_fds;
+        }
+        if (lstat(cfg->path, &st) < 0) {
+            err = -errno;
+            close(fds[0]);
+            unlink(cfg->path);
+            goto fail_fds;
+        }
+        l->path_dev = st.st_dev;
+        l->path_ino = st.st_ino;
+    } else if (cfg->host) {
         if ((err = resolve(cfg->host, port, &a)) < 0)
             goto fail_fds;
         err = open_sockets(&a, nsocks, reuseport, cfg->reuseport_join, backlog, fds, &port);
@@ -744,6 +784,7 @@ fail_locked:
         if (l->socks[i].reserve_fd >= 0)
             close(l->socks[i].reserve_fd);
     }
+    listener_remove_path(l);
 fail_fds:
     free(fds);
 fail_listener:
@@ -824,6 +865,11 @@ static double monotonic_now(void)
  * done without fds. */
 static void final_accepts(iol__lsock *s)
 {
+    if (s->l->path) {
+        /* A Unix connect is queued whole or refused: nothing is half-open. */
+        lsock_accept(s, 0, false);
+        return;
+    }
     double bound = s->l->rt->cfg.drain_timeout < 0 ? 0 : s->l->rt->cfg.drain_timeout;
     if (bound > HALF_OPEN_MAX_SECONDS)
         bound = HALF_OPEN_MAX_SECONDS;
@@ -864,9 +910,11 @@ void iol__listeners_final_accept(iol_runtime *rt, unsigned index)
             if (s->worker != index || s->fd < 0)
                 continue;
             lsock_unwatch(s);
-            refuse_new_handshakes(s->fd);
+            if (!l->path)
+                refuse_new_handshakes(s->fd);
             final_accepts(s);
             lsock_close(s);
+            listener_remove_path(l); /* new connects are refused from here */
         }
     }
 }
@@ -877,6 +925,7 @@ void iol__listeners_free(iol_runtime *rt)
         iol__listener *l = rt->listeners[k];
         for (unsigned i = 0; i < l->nsocks; i++)
             lsock_close(&l->socks[i]);
+        listener_remove_path(l);
         listener_free(l);
     }
     free(rt->listeners);

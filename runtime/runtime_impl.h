@@ -7,6 +7,8 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include "ioloop.h"
 
@@ -107,6 +109,15 @@ void iol__listeners_final_accept(struct iol_runtime *rt, unsigned index);
 /* listener.c: closes what is left (runtime never started) and frees the
  * listeners. Before the loops are closed; workers joined. */
 void iol__listeners_free(struct iol_runtime *rt);
+
+/* unix_path.c: the sockaddr of a socket path. -EINVAL: empty.
+ * -ENAMETOOLONG: longer than sun_path holds. */
+int iol__unix_address(const char *path, struct sockaddr_un *sun, socklen_t *len);
+/* unix_path.c: a non-blocking listening socket bound to path, replacing
+ * a stale socket file (one nobody listens on). -EADDRINUSE: the path
+ * exists (a live socket or another file). -EINVAL, -ENAMETOOLONG, socket
+ * errors. */
+int iol__unix_listen(const char *path, int backlog, int *out);
 
 /* half_open.c: handshakes on port the kernel holds half-open (SYN_RECV),
  * in all of the host's sockets; -errno when the kernel cannot tell
