@@ -72,23 +72,31 @@ void bench_pin_self(const bench_opts *o, unsigned index);
 
 /* `--spin-us 0,5,-1`: one ioloop row per iol_loop_config.spin_us value,
  * labelled "ioloop" for 0 (the default, adaptive) and "ioloop-spin=X"
- * otherwise, so a policy and the old fixed spin are measured in one run. */
-#define BENCH_MAX_SPIN_ROWS 3
+ * otherwise, so a policy and the old fixed spin are measured in one run.
+ * `--poller epoll,uring`: the same rows once per poller (label suffix
+ * "-epoll", "-uring"), interleaved; without it poller is NULL (the
+ * default, or $IOL_POLLER). At most BENCH_MAX_SPIN_ROWS rows in all. */
+#define BENCH_MAX_SPIN_ROWS 4
 typedef struct bench_spin_rows {
     int n;
     double us[BENCH_MAX_SPIN_ROWS];
-    char label[BENCH_MAX_SPIN_ROWS][32];
+    const char *poller[BENCH_MAX_SPIN_ROWS];
+    char label[BENCH_MAX_SPIN_ROWS][48];
+    /* what was asked; the rows above are their product */
+    int nspins, npollers;
+    double spins[BENCH_MAX_SPIN_ROWS];
+    char pollers[BENCH_MAX_SPIN_ROWS][16];
 } bench_spin_rows;
 
 void bench_spin_rows_default(bench_spin_rows *s);
-/* At argv[i]: 0 if it is not --spin-us, the number of arguments used, or
- * -1 after a message on stderr. */
+/* At argv[i]: 0 if it is not --spin-us or --poller, the number of
+ * arguments used, or -1 after a message on stderr. */
 int bench_spin_rows_parse(bench_spin_rows *s, int argc, char **argv, int i);
 
 /* ------------------------------------------------------------- report */
 
 #define BENCH_MAX_REPEAT 64
-#define BENCH_MAX_IMPLS 8
+#define BENCH_MAX_IMPLS 10 /* up to BENCH_MAX_SPIN_ROWS ioloop rows + 6 others */
 #define BENCH_MAX_FIGS 5
 
 typedef struct bench_fig_spec {

@@ -75,6 +75,7 @@ struct hctx {
     /* ioloop */
     iol_loop *loop;
     double spin_us;                 /* iol_loop_config.spin_us */
+    const char *poller;             /* iol_loop_config.poller */
     /* libuv idiom */
     uv_loop_t uvl;
     uv_async_t async;
@@ -114,7 +115,7 @@ static void handoff_cb(void *arg)
 
 static int iol_setup(hctx *c)
 {
-    return iol_loop_new(&c->loop, &(iol_loop_config){.make_current = IOL_CURRENT_NEVER, .spin_us = c->spin_us});
+    return iol_loop_new(&c->loop, &(iol_loop_config){.make_current = IOL_CURRENT_NEVER, .spin_us = c->spin_us, .poller = c->poller});
 }
 static void iol_run(hctx *c)
 {
@@ -446,13 +447,14 @@ static void *consumer_main(void *p)
 
 /* One run; returns callbacks/s and sets *wakeups_per_cb (NaN if unknown). */
 static double run_once(const himpl *im, const bench_opts *o, unsigned producers, uint64_t count, double spin_us,
-                       double *wpc)
+                       const char *poller, double *wpc)
 {
     hctx *c = calloc(1, sizeof *c);
     if (!c)
         exit(1);
     c->im = im;
     c->spin_us = spin_us;
+    c->poller = poller;
     c->o = o;
     c->producers = producers;
     c->by_duration = o->duration > 0;
@@ -502,7 +504,7 @@ static double run_once(const himpl *im, const bench_opts *o, unsigned producers,
 static void usage(FILE *f)
 {
     fprintf(f, "usage: iol-bench handoff [--producers 1,2,4] [--count N] [--duration S] [--repeat R]\n"
-               "                        [--spin-us 0,5,-1] [--pin] [--json] [--plot F.svg]\n"
+               "                        [--spin-us 0,5,-1] [--poller epoll,uring] [--pin] [--json] [--plot F.svg]\n"
                "P producer threads post N empty callbacks (default %llu per run, split over\n"
                "the producers) to one loop on its own thread. Impls, interleaved per repeat:\n"
                "ioloop, libuv (mutex queue + uv_async_send), libevent (event_base_once),\n"
@@ -512,7 +514,8 @@ static void usage(FILE *f)
                "(the sync queue with a spinning consumer, no loop).\n"
                "Figures: callbacks/s (first post to last callback), wakeups per callback.\n"
                "--spin-us: one ioloop row per iol_loop_config.spin_us value (default 0,\n"
-               "adaptive; 5 is the old fixed spin, -1 never spins).\n\n",
+               "adaptive; 5 is the old fixed spin, -1 never spins).\n"
+               "--poller: those ioloop rows once per poller (label suffix -NAME).\n\n",
             DEFAULT_COUNT);
     bench_usage_common(f);
 }
@@ -592,7 +595,8 @@ int bench_handoff(int argc, char **argv, const bench_opts *o)
                     if (rep < 0)
                         continue;
                     double wpc;
-                    double rate = run_once(&impls[i], o, p, count, ours ? spins.us[s] : 0, &wpc);
+                    double rate = run_once(&impls[i], o, p, count, ours ? spins.us[s] : 0,
+                                           ours ? spins.poller[s] : NULL, &wpc);
                     bench_report_add(r, row, 0, rate);
                     bench_report_add(r, row, 1, wpc);
                 }

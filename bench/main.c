@@ -96,39 +96,77 @@ bool bench_selected(const bench_opts *o, const char *impl, const char *label)
     return false;
 }
 
+/* Rows: every spin setting, for every poller asked (or the default). */
+static bool spin_rows_build(bench_spin_rows *s)
+{
+    int np = s->npollers ? s->npollers : 1;
+    if (s->nspins * np > BENCH_MAX_SPIN_ROWS) {
+        fprintf(stderr, "iol-bench: --spin-us x --poller: at most %d ioloop rows\n", BENCH_MAX_SPIN_ROWS);
+        return false;
+    }
+    s->n = 0;
+    for (int k = 0; k < np; k++)
+        for (int j = 0; j < s->nspins; j++) {
+            double v = s->spins[j];
+            char *label = s->label[s->n];
+            size_t len = sizeof s->label[0];
+            int w = v == 0 ? snprintf(label, len, "ioloop") : snprintf(label, len, "ioloop-spin=%g", v);
+            s->poller[s->n] = s->npollers ? s->pollers[k] : NULL;
+            if (s->npollers)
+                snprintf(label + w, len - (size_t)w, "-%s", s->pollers[k]);
+            s->us[s->n++] = v;
+        }
+    return true;
+}
+
 void bench_spin_rows_default(bench_spin_rows *s)
 {
-    s->n = 1;
-    s->us[0] = 0;
-    snprintf(s->label[0], sizeof s->label[0], "ioloop");
+    *s = (bench_spin_rows){ .nspins = 1 };
+    spin_rows_build(s);
+}
+
+/* --poller a,b: names checked by the loop when a run creates it. */
+static int parse_pollers(bench_spin_rows *s, const char *list, int used)
+{
+    s->npollers = 0;
+    for (const char *p = list; *p;) {
+        size_t len = strcspn(p, ",");
+        if (len == 0 || len >= sizeof s->pollers[0] || s->npollers == BENCH_MAX_SPIN_ROWS) {
+            fprintf(stderr, "iol-bench: --poller wants up to %d names, e.g. epoll,uring\n", BENCH_MAX_SPIN_ROWS);
+            return -1;
+        }
+        memcpy(s->pollers[s->npollers], p, len);
+        s->pollers[s->npollers++][len] = '\0';
+        p += len + (p[len] == ',');
+    }
+    return s->npollers && spin_rows_build(s) ? used : -1;
 }
 
 int bench_spin_rows_parse(bench_spin_rows *s, int argc, char **argv, int i)
 {
     const char *list = NULL;
     int used = 0;
+    if (strcmp(argv[i], "--poller") == 0 && i + 1 < argc)
+        return parse_pollers(s, argv[i + 1], 2);
+    if (strncmp(argv[i], "--poller=", 9) == 0)
+        return parse_pollers(s, argv[i] + 9, 1);
     if (strcmp(argv[i], "--spin-us") == 0 && i + 1 < argc)
         list = argv[i + 1], used = 2;
     else if (strncmp(argv[i], "--spin-us=", 10) == 0)
         list = argv[i] + 10, used = 1;
     if (!list)
         return 0;
-    s->n = 0;
+    s->nspins = 0;
     for (char *end; *list; list = *end ? end + 1 : end) {
         double v = strtod(list, &end);
-        if (end == list || (*end && *end != ',') || s->n == BENCH_MAX_SPIN_ROWS || v != v || v > 1000) {
+        if (end == list || (*end && *end != ',') || s->nspins == BENCH_MAX_SPIN_ROWS || v != v || v > 1000) {
             fprintf(stderr, "iol-bench: --spin-us wants up to %d values in us, e.g. 0,5,-1 (<= 1000)\n",
                     BENCH_MAX_SPIN_ROWS);
             return -1;
         }
-        s->us[s->n] = v;
-        if (v == 0)
-            snprintf(s->label[s->n], sizeof s->label[0], "ioloop");
-        else
-            snprintf(s->label[s->n], sizeof s->label[0], "ioloop-spin=%g", v);
-        s->n++;
+        s->spins[s->nspins++] = v;
     }
-    return s->n ? used : -1;
+    return s->nspins && spin_rows_build(s) ? used : -1;
 }
 
 static bool parse_num(const char *flag, const char *s, double *out)

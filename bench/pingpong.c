@@ -49,6 +49,7 @@ struct pctx {
     /* ioloop */
     iol_loop *la, *lb;
     double spin_us;                 /* iol_loop_config.spin_us */
+    const char *poller;             /* iol_loop_config.poller */
     /* libuv */
     uv_loop_t ua, ub;
     uv_async_t aa, ab;
@@ -109,7 +110,7 @@ static void iol_ping(void *arg)
 
 static int iol_setup(pctx *c)
 {
-    iol_loop_config cfg = {.make_current = IOL_CURRENT_NEVER, .spin_us = c->spin_us};
+    iol_loop_config cfg = {.make_current = IOL_CURRENT_NEVER, .spin_us = c->spin_us, .poller = c->poller};
     int err = iol_loop_new(&c->la, &cfg);
     if (err < 0)
         return err;
@@ -409,13 +410,14 @@ static void *thread_b(void *p)
     return NULL;
 }
 
-static double run_once(const pimpl *im, const bench_opts *o, uint64_t n, double spin_us)
+static double run_once(const pimpl *im, const bench_opts *o, uint64_t n, double spin_us, const char *poller)
 {
     pctx *c = calloc(1, sizeof *c);
     if (!c)
         exit(1);
     c->im = im;
     c->spin_us = spin_us;
+    c->poller = poller;
     c->o = o;
     c->n = n;
     int err = im->setup(c);
@@ -447,8 +449,8 @@ static double run_once(const pimpl *im, const bench_opts *o, uint64_t n, double 
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: iol-bench pingpong [--count N] [--repeat R] [--spin-us 0,5,-1] [--pin] [--json]\n"
-               "                         [--plot F.svg]\n"
+    fprintf(f, "usage: iol-bench pingpong [--count N] [--repeat R] [--spin-us 0,5,-1] [--poller epoll,uring]\n"
+               "                         [--pin] [--json] [--plot F.svg]\n"
                "Two loops on two threads bounce one callback N times (default %llu):\n"
                "us per round trip. Impls, interleaved: ioloop, libuv (uv_async_t + locked\n"
                "slot), libevent (event_base_once), floor-eventfd (blocking eventfd\n"
@@ -456,7 +458,8 @@ static void usage(FILE *f)
                "floor-spin (both threads spinning on one shared word: the hardware floor).\n"
                "--duration is accepted and ignored (the work is fixed by --count).\n"
                "--spin-us: one ioloop row per iol_loop_config.spin_us value (default 0,\n"
-               "adaptive; 5 is the old fixed spin, -1 never spins).\n\n",
+               "adaptive; 5 is the old fixed spin, -1 never spins).\n"
+               "--poller: those ioloop rows once per poller (label suffix -NAME).\n\n",
             DEFAULT_COUNT);
     bench_usage_common(f);
 }
@@ -505,7 +508,8 @@ int bench_pingpong(int argc, char **argv, const bench_opts *o)
                     continue;
                 int row = bench_report_impl(&r, impls[i].impl, label);
                 if (rep >= 0) /* rep -1 only fixes the row order */
-                    bench_report_add(&r, row, 0, run_once(&impls[i], o, n, ours ? spins.us[k] : 0));
+                    bench_report_add(&r, row, 0, run_once(&impls[i], o, n, ours ? spins.us[k] : 0,
+                                                              ours ? spins.poller[k] : NULL));
             }
         }
     bench_report_print(&r, o);

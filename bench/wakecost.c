@@ -59,6 +59,7 @@ struct wctx {
     const wimpl *im;
     const bench_opts *o;
     double spin_us;                 /* ioloop: iol_loop_config.spin_us */
+    const char *poller;             /* ioloop: iol_loop_config.poller */
     /* Loop thread; `ran` is atomic for the producer's backlog bound and the
      * progress line (relaxed: a count, nothing is published through it). */
     _Atomic uint64_t ran;
@@ -119,7 +120,7 @@ static void stop_cb(void *arg)
 
 static int iol_setup(wctx *c)
 {
-    iol_loop_config cfg = {.make_current = IOL_CURRENT_NEVER, .spin_us = c->spin_us};
+    iol_loop_config cfg = {.make_current = IOL_CURRENT_NEVER, .spin_us = c->spin_us, .poller = c->poller};
     return iol_loop_new(&c->loop, &cfg);
 }
 static void iol_run(wctx *c)
@@ -331,13 +332,14 @@ typedef struct wresult {
     double cpu_us_per_cb, gap_us, wakeups_per_cb, cb_per_sec, spins_per_cb;
 } wresult;
 
-static wresult run_once(const wimpl *im, const bench_opts *o, unsigned gap_us, double spin_us)
+static wresult run_once(const wimpl *im, const bench_opts *o, unsigned gap_us, double spin_us, const char *poller)
 {
     wctx *c = calloc(1, sizeof *c);
     if (!c)
         exit(1);
     c->im = im;
     c->spin_us = spin_us;
+    c->poller = poller;
     c->o = o;
     int err = im->setup(c);
     if (err < 0) {
@@ -380,7 +382,7 @@ static wresult run_once(const wimpl *im, const bench_opts *o, unsigned gap_us, d
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: iol-bench wakecost [--gaps 0,10,30,60,200,1000] [--spin-us 0,5,-1] [--duration S]\n"
+    fprintf(f, "usage: iol-bench wakecost [--gaps 0,10,30,60,200,1000] [--spin-us 0,5,-1] [--poller epoll,uring] [--duration S]\n"
                "                         [--count N] [--repeat R] [--pin] [--json] [--plot F.svg]\n"
                "One producer posts one empty callback every GAP us (0: a flood with a bounded\n"
                "backlog) to one loop on its own thread, for --duration seconds (default %g) or\n"
@@ -388,7 +390,8 @@ static void usage(FILE *f)
                "user + system) per callback. Impls, interleaved per repeat and gap: ioloop,\n"
                "libuv (mutex queue + uv_async_send), libevent (event_base_once).\n"
                "--spin-us: one ioloop row per iol_loop_config.spin_us value (default 0,\n"
-               "adaptive; 5 is the old fixed spin, -1 never spins).\n\n",
+               "adaptive; 5 is the old fixed spin, -1 never spins).\n"
+               "--poller: those ioloop rows once per poller (label suffix -NAME).\n\n",
             DEFAULT_DURATION);
     bench_usage_common(f);
 }
@@ -505,7 +508,7 @@ int bench_wakecost(int argc, char **argv, const bench_opts *o)
                     int row = bench_report_impl(reports[k], impls[i].impl, label);
                     if (rep < 0)
                         continue;
-                    wresult res = run_once(&impls[i], o, gaps[k], i == 0 ? spins.us[s] : 0);
+                    wresult res = run_once(&impls[i], o, gaps[k], i == 0 ? spins.us[s] : 0, i == 0 ? spins.poller[s] : NULL);
                     bench_report_add(reports[k], row, 0, res.cpu_us_per_cb);
                     bench_report_add(reports[k], row, 1, res.gap_us);
                     bench_report_add(reports[k], row, 2, res.wakeups_per_cb);

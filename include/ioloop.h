@@ -73,7 +73,9 @@ enum { IOL_CURRENT_IF_NONE = 0, IOL_CURRENT_ALWAYS, IOL_CURRENT_NEVER };
 typedef struct iol_loop_config {
     union {
         struct {
-            const char *poller;            /* "epoll", "poll", "select", "zmq" (with libzmq); NULL: $IOL_POLLER, else best */
+            /* "epoll", "poll", "select", "zmq" (with libzmq), "uring" (with
+             * liburing); NULL: $IOL_POLLER, else best (epoll) */
+            const char *poller;
             int make_current;              /* IOL_CURRENT_*; ALWAYS fails with -EEXIST if the thread has one */
             double (*time_func)(void *ud); /* NULL: CLOCK_MONOTONIC */
             void *time_ud;
@@ -96,7 +98,12 @@ typedef struct iol_loop_config {
  * -EINVAL: out NULL, unknown poller name or make_current value, spin_us
  * NaN or > 1000.
  * -EEXIST: IOL_CURRENT_ALWAYS and this thread already has a current loop.
- * -ENOMEM, or the -errno of epoll_create1/eventfd/timer_create. */
+ * -ENOMEM, or the -errno of epoll_create1/eventfd/timer_create.
+ * "uring": the -errno of io_uring_setup when the kernel refuses it
+ * (-EPERM: sysctl kernel.io_uring_disabled or a seccomp filter; -ENOSYS:
+ * no io_uring; -ENOMEM: locked-memory limit); -ENOSYS also for a kernel
+ * without IORING_FEAT_NODROP (< 5.5). A build without liburing knows no
+ * "uring" (-EINVAL). */
 int iol_loop_new(iol_loop **out, const iol_loop_config *cfg);
 
 /* Shuts the loop down. First every stream still on the loop is closed
@@ -123,7 +130,7 @@ void iol_loop_unref(iol_loop *loop);
 /* Number of fds and zmq sockets with a handler on loop (a load figure for balancing; may
  * be stale by the time it is read). Any thread. -EINVAL: NULL. */
 int iol_loop_handler_count(const iol_loop *loop);
-/* Name of the backend in use: "epoll", "poll", "select" or "zmq"; NULL for NULL. */
+/* Name of the backend in use: "epoll", "poll", "select", "zmq" or "uring"; NULL for NULL. */
 const char *iol_loop_poller(const iol_loop *loop);
 
 /* This thread's current loop, or NULL. No reference is taken. */
@@ -170,7 +177,12 @@ bool iol_loop_running(const iol_loop *loop);
  * Backends differ where the OS does: select cannot tell errors apart (an
  * fd in error or hung up shows readable/writable, and an errors-only
  * registration sees nothing); on poll and select an fd closed without
- * being removed is reported as IOL_ERROR until its handler removes it. */
+ * being removed is reported as IOL_ERROR until its handler removes it.
+ * uring backend: regular files are always ready (as on poll); an fd's
+ * poll holds its file, so an fd closed while it has a handler stays open
+ * for the kernel (a socket's peer sees no EOF) until the handler is
+ * removed and the loop's next wait hands the cancel over, or the loop
+ * closes. */
 int iol_loop_add_handler(iol_loop *loop, int fd, unsigned events, iol_handler_fn fn, void *arg);
 /* Changes the watched events. -EBADF: fd < 0. -ENOENT: not registered.
  * -EINVAL, -EPERM, -ESHUTDOWN as above. */
@@ -184,7 +196,9 @@ int iol_loop_remove_handler(iol_loop *loop, int fd);
  * connection. With epoll it costs the close alone, since closing a file
  * takes it out of the epoll set; that holds only when no other descriptor
  * refers to the same open file (dup, a child that inherited it without
- * CLOEXEC): otherwise use remove_handler, then close. Events of fd already
+ * CLOEXEC): otherwise use remove_handler, then close. With uring the
+ * cancel of fd's poll rides on the loop's next wait (no system call of
+ * its own); the file is released then. Events of fd already
  * polled in this iteration are dropped. Thread rules as remove_handler.
  * -EINVAL: loop NULL. -EBADF: fd < 0 or not open. -EPERM, -ESHUTDOWN (fd
  * then stays open). */

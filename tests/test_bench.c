@@ -251,6 +251,21 @@ START_TEST(pingpong_smoke)
 }
 END_TEST
 
+#ifdef IOL_HAVE_URING
+/* --poller: one ioloop row per poller, interleaved with the others. */
+START_TEST(poller_rows_smoke)
+{
+    REQUIRE_BENCH();
+    ck_assert_int_eq(smoke("pingpong --count 500 --repeat 1 --poller epoll,uring --impl ioloop-epoll,ioloop-uring "
+                           "--json"),
+                     2);
+    ck_assert_int_eq(smoke("handoff --producers 1 --count 2000 --repeat 1 --poller epoll,uring --spin-us 0,-1 "
+                           "--impl ioloop --json"),
+                     4);
+}
+END_TEST
+#endif
+
 START_TEST(wakecost_smoke)
 {
     REQUIRE_BENCH();
@@ -540,6 +555,9 @@ static Suite *bench_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, handoff_smoke);
     tcase_add_test(tc, pingpong_smoke);
+#ifdef IOL_HAVE_URING
+    tcase_add_test(tc, poller_rows_smoke);
+#endif
     tcase_add_test(tc, wakecost_smoke);
     tcase_add_test(tc, timers_smoke);
     tcase_add_test(tc, compare_smoke);
