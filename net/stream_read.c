@@ -93,6 +93,19 @@ static bool stream_read_over_max(const iol_stream *s, size_t ready)
     return ready > s->read_max || (ready == 0 && s->rbuf.len >= s->read_max);
 }
 
+/* Whether the buffer is past what the pending read may hold: -ENOBUFS.
+ * Tornado fails only past max_buffer_size, so read_until_close may fill it
+ * exactly: at the limit one more byte is read (see handle_read), and EOF
+ * then delivers the max_buffer_size bytes while a byte more fails. The
+ * other reads cannot be answered by a full buffer (no delimiter in it, or
+ * more bytes asked for than it holds), so for them full is already past. */
+static bool stream_buffer_over(const iol_stream *s)
+{
+    if (s->read_kind == READ_UNTIL_CLOSE)
+        return s->rbuf.len > s->max_buffer_size;
+    return s->rbuf.len >= s->max_buffer_size;
+}
+
 /* Completes the pending read from the buffer if it can; a buffer that is
  * full without answering it closes the stream with -ENOBUFS, a read_until
  * past its max_bytes with -EMSGSIZE (the read then fails from the deferred
@@ -108,7 +121,7 @@ bool iol__stream_try_complete_read(iol_stream *s)
         iol__stream_deliver(s, n, 0);
         return true;
     }
-    if (s->rbuf.len >= s->max_buffer_size) {
+    if (stream_buffer_over(s)) {
         iol__stream_close_internal(s, -ENOBUFS);
         return true;
     }
@@ -122,8 +135,8 @@ void iol__stream_handle_read(iol_stream *s)
         if (s->read_kind != READ_NONE && iol__stream_try_complete_read(s))
             continue; /* the callback may have started another read */
         size_t limit;
-        if (s->read_kind != READ_NONE)
-            limit = s->max_buffer_size - s->rbuf.len; /* > 0: a full buffer closed above */
+        if (s->read_kind != READ_NONE) /* > 0: a buffer past its limit closed above */
+            limit = s->rbuf.len < s->max_buffer_size ? s->max_buffer_size - s->rbuf.len : 1;
         else if (s->close_cb && s->rbuf.len == 0 && !s->parked)
             limit = s->max_buffer_size < STREAM_READ_CHUNK ? s->max_buffer_size : STREAM_READ_CHUNK;
         else
@@ -151,7 +164,7 @@ void iol__stream_handle_read(iol_stream *s)
 static bool stream_read_decidable(iol_stream *s)
 {
     size_t n = stream_read_ready(s);
-    return n > 0 || s->rbuf.len >= s->max_buffer_size || stream_read_over_max(s, n);
+    return n > 0 || stream_buffer_over(s) || stream_read_over_max(s, n);
 }
 
 /* A new read was recorded: answer it from the buffer through the deferred

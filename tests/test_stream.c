@@ -403,6 +403,52 @@ START_TEST(read_until_close_gets_everything)
 }
 END_TEST
 
+/* Tornado fails a read only past max_buffer_size: a peer that sends
+ * exactly max_buffer_size bytes and closes gets them all, status 0; one
+ * byte more is -ENOBUFS. (Found by fuzz_stream; the reproducer was
+ * 01 09 05 48 30 31 32 33 34 35 36 37 38 39 07.) */
+static void on_limit_close(iol_stream *s, void *arg)
+{
+    (void)s;
+    bulk *b = arg;
+    b->closes++;
+    iol_loop_stop(b->loop);
+}
+
+static void until_close_at_limit(size_t limit, size_t sent, int want_status, size_t want_len)
+{
+    int fds[2];
+    make_pair(fds);
+    iol_loop *loop = new_loop();
+    bulk b = {.loop = loop};
+    iol_stream *s;
+    ck_assert_int_eq(iol_stream_new(&s, loop, fds[0], limit), 0);
+    ck_assert_int_eq(iol_stream_read_until_close(s, on_everything, &b), 0);
+    unsigned char *data = malloc(sent);
+    for (size_t i = 0; i < sent; i++)
+        data[i] = pattern_byte(i);
+    write_all(fds[1], data, sent);
+    close(fds[1]);
+    ck_assert_int_eq(iol_stream_set_close_callback(s, on_limit_close, &b), 0);
+    run_loop(loop);
+    ck_assert_int_eq(b.closes, 1);
+    ck_assert_int_eq(b.reads, 1);
+    ck_assert_int_eq(b.status, want_status);
+    ck_assert_uint_eq(b.got, want_len);
+    ck_assert(b.intact);
+    free(data);
+    free_loop(loop);
+}
+
+START_TEST(read_until_close_exactly_at_limit)
+{
+    until_close_at_limit(9, 9, 0, 9);
+    until_close_at_limit(4096, 4096, 0, 4096);
+    until_close_at_limit(9, 10, -ENOBUFS, 10); /* what was read comes with the error */
+    until_close_at_limit(9, 8, 0, 8);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- Writes */
 
 typedef struct done_rec {
@@ -1203,6 +1249,7 @@ static Suite *stream_suite(void)
         {"read_until_buffered_lines", read_until_buffered_lines},
         {"read_bytes_exact_and_partial", read_bytes_exact_and_partial},
         {"read_until_close_gets_everything", read_until_close_gets_everything},
+        {"read_until_close_exactly_at_limit", read_until_close_exactly_at_limit},
         {"write_done_order", write_done_order},
         {"large_write_to_slow_reader", large_write_to_slow_reader},
         {"max_write_buffer", max_write_buffer},

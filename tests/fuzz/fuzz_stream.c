@@ -13,8 +13,9 @@
  * C from the API contract: a pending read is answered from the buffer as
  * soon as it can be; otherwise the stream reads what the socket holds, up
  * to max_buffer_size; a read the full buffer cannot answer fails with
- * -ENOBUFS; EOF completes read_until_close (status 0) and fails the others
- * with -EPIPE; an idle stream with a close callback and an empty buffer
+ * -ENOBUFS (read_until_close only past it: at the limit one byte more is
+ * read, and EOF then delivers the max_buffer_size bytes); EOF completes
+ * read_until_close (status 0) and fails the others with -EPIPE; an idle stream with a close callback and an empty buffer
  * reads too (to notice the peer closing). The loop settles after each
  * chunk and the socket never holds more than the stream's least read size
  * (64 KiB), so a read takes all of it (up to the buffer's limit) and even
@@ -186,14 +187,17 @@ static void model_run(model *m)
                 m->tried = 0;
                 continue;
             }
-            if (m->buf >= m->limit) {
+            /* Past the limit; read_until_close may hold exactly the limit
+             * (Tornado fails only past it): one byte more tells. */
+            bool until_close = m->p->reads[m->pending].kind == R_CLOSE;
+            if (until_close ? m->buf > m->limit : m->buf >= m->limit) {
                 model_close(m, -ENOBUFS, false);
                 break;
             }
         }
         size_t room;
         if (m->pending >= 0)
-            room = m->limit - m->buf;
+            room = m->buf < m->limit ? m->limit - m->buf : 1;
         else if (m->p->close_cb && m->buf == 0)
             room = m->limit < READ_CHUNK ? m->limit : READ_CHUNK;
         else
