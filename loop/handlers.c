@@ -137,7 +137,7 @@ int iol_loop_close_fd(iol_loop *loop, int fd)
 void iol__loop_dispatch_events(iol_loop *loop)
 {
     int waker_fd = iol__waker_fd(&loop->waker);
-    bool watched = iol__watchdog_enabled(loop->watchdog);
+    bool watched = iol__loop_watched(loop);
     loop->dispatching = true;
     for (loop->event_pos = 0; loop->event_pos < loop->nevents; loop->event_pos++) {
         iol__poller_event ev = loop->events[loop->event_pos];
@@ -151,11 +151,13 @@ void iol__loop_dispatch_events(iol_loop *loop)
         unsigned events = ev.events & h.events;
         if (!events)
             continue;
-        if (watched)
-            iol__watchdog_call_begin(loop->watchdog, (const void *)h.fn);
+        if (!watched) {
+            h.fn(ev.fd, events, h.arg);
+            continue;
+        }
+        uint64_t began = iol__loop_call_begin(loop, (const void *)h.fn);
         h.fn(ev.fd, events, h.arg);
-        if (watched)
-            iol__watchdog_call_end(loop->watchdog);
+        iol__loop_call_end(loop, began);
     }
     loop->dispatching = false;
     loop->nevents = 0;

@@ -128,6 +128,12 @@ static int run_row(int i, const char **text, int *want)
         ROW(-EINVAL, iol_stream_close(NULL))
         ROW(-EINVAL, iol_stream_fd(NULL))
         ROW(-EINVAL, iol_stream_set_max_write_buffer(NULL, 1))
+        /* Operability (issue 15): statistics. */
+        ROW(-EINVAL, iol_loop_get_stats(NULL, &(iol_loop_stats){ 0 }, sizeof(iol_loop_stats)))
+        ROW(-EINVAL, iol_loop_get_stats(L, NULL, sizeof(iol_loop_stats)))
+        ROW(-EINVAL, iol_loop_get_stats(L, &(iol_loop_stats){ 0 }, 0))
+        ROW(-EINVAL, iol_loop_reset_stats(NULL))
+        ROW(-EINVAL, iol_loop_set_call_timing(NULL, true))
     default:
         *text = "no such row";
         *want = 0;
