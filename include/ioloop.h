@@ -289,12 +289,17 @@ typedef struct iol_loop_stats {
     uint64_t timeouts;             /* timeouts fired */
     uint64_t handlers;             /* fds and zmq sockets with a handler now */
     uint64_t busy_ns;              /* time running work between polls */
-    uint64_t wait_ns;              /* time inside the poller (asleep or not) */
+    uint64_t wait_ns;              /* time inside the poller (asleep or not), in polls
+                                      that have returned */
     uint64_t longest_callback_ns;  /* longest callback, timeout or handler since the
                                       reset; 0 unless iol_loop_set_call_timing is on */
     uint64_t longest_iteration_ns; /* longest work between two polls since the reset */
     uint64_t queue_depth;          /* callbacks in the last batch the loop took from its
                                       queue: an estimate of the cross-thread queue depth */
+    uint64_t current_poll_ns;      /* how long the poll in progress has lasted; 0 when the
+                                      loop is not polling. wait_ns + current_poll_ns is the
+                                      waiting time up to now (read apart, the two may
+                                      overlap by one poll for a moment) */
 } iol_loop_stats;
 
 /* Fills *out with a snapshot of loop's statistics; pass size = sizeof
@@ -505,6 +510,26 @@ int iol_runtime_listener_port(iol_runtime *rt, int id);
  * number of workers. -EINVAL: NULL rt, counts NULL with n > 0.
  * -ENOENT: unknown id. Any thread. */
 int iol_runtime_listener_counts(iol_runtime *rt, int id, uint64_t *counts, unsigned n);
+
+/* Statistics of one worker, or of all of them (index IOL_RUNTIME_ALL). */
+#define IOL_RUNTIME_ALL (~0u)
+typedef struct iol_runtime_stats {
+    uint64_t accepted;   /* on_accept calls on the worker, every listener together */
+    unsigned workers;    /* iol_runtime_size */
+    unsigned listeners;  /* listener ids are 0..listeners-1: per listener and per
+                            worker, iol_runtime_listener_counts */
+    /* The worker's loop statistics (iol_loop_get_stats), except handlers:
+     * the application's fds only, without the runtime's listening sockets.
+     * For IOL_RUNTIME_ALL: sums over the workers (current_poll_ns too),
+     * the maxima for the two longest_* fields. The acceptor thread of HANDOFF listeners is not a
+     * worker and is not counted. Last, so that it may grow. */
+    iol_loop_stats loop;
+} iol_runtime_stats;
+/* Fills *out (size = sizeof *out, as iol_loop_get_stats) with worker
+ * index's statistics, or their aggregate for IOL_RUNTIME_ALL. Any thread,
+ * from new until free. -EINVAL: NULL rt/out, size 0, index >= size and not
+ * IOL_RUNTIME_ALL. -ENOMEM. */
+int iol_runtime_get_stats(iol_runtime *rt, unsigned index, iol_runtime_stats *out, size_t size);
 
 /* --------------------------------------------------------------- Streams */
 

@@ -462,8 +462,11 @@ int iol__loop_run(iol_loop *loop)
         uint64_t asleep = iol__clock_ns();
         iol__stats_add(&loop->stats.busy_ns, asleep - awake);
         iol__stats_max(&loop->stats.longest_iteration_ns, asleep - awake);
+        /* relaxed: a statistic, read alone (current_poll_ns). */
+        atomic_store_explicit(&loop->stats.polling_since, asleep, memory_order_relaxed);
         err = loop_poll(loop);
         awake = iol__clock_ns();
+        atomic_store_explicit(&loop->stats.polling_since, 0, memory_order_relaxed);
         iol__stats_add(&loop->stats.wait_ns, awake - asleep);
         iol__stats_add(&loop->stats.iterations, 1);
         iol__watchdog_iteration_begin(loop->watchdog);

@@ -39,6 +39,7 @@ typedef struct iol__loop_counters {
     _Atomic uint64_t busy_ns, wait_ns;
     _Atomic uint64_t longest_callback_ns, longest_iteration_ns;
     _Atomic uint64_t last_batch;
+    _Atomic uint64_t polling_since; /* clock_ns when the current poll began; 0: not polling */
 } iol__loop_counters;
 
 static inline void iol__stats_add(_Atomic uint64_t *c, uint64_t n)

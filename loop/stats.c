@@ -12,6 +12,7 @@ int iol_loop_get_stats(const iol_loop *loop, iol_loop_stats *out, size_t size)
     if (!loop || !out || size == 0)
         return -EINVAL;
     const iol__loop_counters *c = &loop->stats;
+    uint64_t since = LOAD(c->polling_since), now = since ? iol__clock_ns() : 0;
     iol_loop_stats s = {
         .iterations = LOAD(c->iterations),
         .callbacks_self = LOAD(c->callbacks_self),
@@ -26,6 +27,7 @@ int iol_loop_get_stats(const iol_loop *loop, iol_loop_stats *out, size_t size)
         .longest_callback_ns = LOAD(c->longest_callback_ns),
         .longest_iteration_ns = LOAD(c->longest_iteration_ns),
         .queue_depth = LOAD(c->last_batch),
+        .current_poll_ns = now > since ? now - since : 0,
     };
     /* A caller built against an older, shorter struct gets its prefix; a
      * newer, longer one gets zeros past what this library knows. */

@@ -134,6 +134,7 @@ static int run_row(int i, const char **text, int *want)
         ROW(-EINVAL, iol_loop_get_stats(L, &(iol_loop_stats){ 0 }, 0))
         ROW(-EINVAL, iol_loop_reset_stats(NULL))
         ROW(-EINVAL, iol_loop_set_call_timing(NULL, true))
+        ROW(-EINVAL, iol_runtime_get_stats(NULL, 0, &(iol_runtime_stats){ 0 }, sizeof(iol_runtime_stats)))
     default:
         *text = "no such row";
         *want = 0;

@@ -1,11 +1,14 @@
 /* Loop statistics (iol_loop_get_stats): each counter counts what it says,
  * the maxima restart at reset, the struct size handshake, and reads from
  * another thread while the loop runs (TSan). */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -245,6 +248,89 @@ START_TEST(test_read_from_other_thread)
 }
 END_TEST
 
+
+/* ------------------------------------------------------------- runtime */
+
+static _Atomic int accepted_total;
+static void on_accept(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t len, void *arg)
+{
+    (void)loop, (void)peer, (void)len, (void)arg;
+    close(fd);
+    atomic_fetch_add(&accepted_total, 1);
+}
+
+static int connect_local(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(fd, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port) };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    return fd;
+}
+
+static iol_runtime_stats rt_stats(iol_runtime *rt, unsigned index)
+{
+    iol_runtime_stats st;
+    ck_assert_int_eq(iol_runtime_get_stats(rt, index, &st, sizeof st), 0);
+    return st;
+}
+
+/* Per worker: its accepts (equal to the listeners' counts) and its loop;
+ * the aggregate sums them. */
+START_TEST(test_runtime_breakdown)
+{
+    iol_runtime *rt;
+    ck_assert_int_eq(iol_runtime_new(&rt, &(iol_runtime_config){ .workers = 2 }), 0);
+    ck_assert_int_eq(iol_runtime_start(rt), 0);
+    int ids[2];
+    for (int k = 0; k < 2; k++) {
+        ids[k] = iol_runtime_listen(rt, &(iol_listen_config){ .host = "127.0.0.1", .on_accept = on_accept,
+                                                              .shard = k ? IOL_SHARD_HANDOFF : IOL_SHARD_REUSEPORT });
+        ck_assert_int_ge(ids[k], 0);
+    }
+    iol_runtime_stats all;
+    ck_assert_int_eq(iol_runtime_get_stats(rt, 2, &all, sizeof all), -EINVAL);
+    ck_assert_int_eq(iol_runtime_get_stats(rt, 0, NULL, sizeof all), -EINVAL);
+    ck_assert_int_eq(iol_runtime_get_stats(rt, 0, &all, 0), -EINVAL);
+    all = rt_stats(rt, IOL_RUNTIME_ALL);
+    ck_assert_uint_eq(all.workers, 2);
+    ck_assert_uint_eq(all.listeners, 2);
+    ck_assert_uint_eq(all.loop.handlers, 0); /* listening sockets are not counted */
+
+    atomic_store(&accepted_total, 0);
+    int n = 20;
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < n; i++)
+            close(connect_local((uint16_t)iol_runtime_listener_port(rt, ids[k])));
+    for (int i = 0; i < 5000 && atomic_load(&accepted_total) < 2 * n; i++)
+        sleep_ms(1);
+    ck_assert_int_eq(atomic_load(&accepted_total), 2 * n);
+    for (int i = 0; i < 10; i++)
+        ck_assert_int_eq(iol_runtime_post(rt, (unsigned)i % 2, nop, NULL), 0);
+    while (rt_stats(rt, IOL_RUNTIME_ALL).loop.callbacks_remote < 10)
+        sleep_ms(1);
+
+    uint64_t per_listener[2][2];
+    for (int k = 0; k < 2; k++)
+        ck_assert_int_eq(iol_runtime_listener_counts(rt, ids[k], per_listener[k], 2), 2);
+    iol_runtime_stats w[2];
+    uint64_t sum_accepted = 0, sum_iter = 0;
+    for (unsigned i = 0; i < 2; i++) {
+        w[i] = rt_stats(rt, i);
+        ck_assert_uint_eq(w[i].accepted, per_listener[0][i] + per_listener[1][i]);
+        sum_accepted += w[i].accepted;
+        sum_iter += w[i].loop.iterations;
+    }
+    all = rt_stats(rt, IOL_RUNTIME_ALL);
+    ck_assert_uint_eq(sum_accepted, 2 * n);
+    ck_assert_uint_eq(all.accepted, 2 * n);
+    ck_assert_uint_ge(all.loop.iterations, sum_iter); /* read later: not fewer */
+    ck_assert_uint_ge(all.loop.callbacks_remote, 10);
+    iol_runtime_free(rt);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("stats");
@@ -254,6 +340,9 @@ static Suite *suite(void)
     tcase_add_test(tc, test_times_and_reset);
     tcase_add_test(tc, test_size_handshake);
     tcase_add_test(tc, test_read_from_other_thread);
+    suite_add_tcase(s, tc);
+    tc = iol_test_tcase("runtime", 30);
+    tcase_add_test(tc, test_runtime_breakdown);
     suite_add_tcase(s, tc);
     return s;
 }
