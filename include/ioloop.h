@@ -273,6 +273,24 @@ int iol_loop_set_blocking_signal_threshold(iol_loop *loop, double seconds, void 
  * seconds <= 0 disables. -EINVAL, -EPERM, -ESHUTDOWN as above. */
 int iol_loop_set_blocking_log_threshold(iol_loop *loop, double seconds);
 
+/* Prepare and check hooks (libuv's uv_prepare/uv_check): fn(arg) runs on
+ * the loop thread in every iteration, a prepare hook right before the poll
+ * (after the iteration's callbacks and timeouts), a check hook right after
+ * the handlers of that poll's events ran; what a profiler or a batching
+ * layer (flush what the iteration produced) hooks into. Hooks run in the
+ * order they were added; one added while the hooks run waits for the next
+ * iteration; one removed while they run does not run again. A prepare hook
+ * that adds a callback (or stops the loop) makes that poll not sleep.
+ * Without hooks an iteration pays one predictable branch per kind. The
+ * same (fn, arg) may be added twice; remove takes away one (the earliest).
+ * Loop thread (or any while it is stopped). Hooks are dropped at close.
+ * -EINVAL: NULL loop/fn. -EPERM: another thread runs the loop.
+ * -ESHUTDOWN: closed. add: -ENOMEM. remove: -ENOENT: no such hook. */
+int iol_loop_add_prepare(iol_loop *loop, iol_callback_fn fn, void *arg);
+int iol_loop_remove_prepare(iol_loop *loop, iol_callback_fn fn, void *arg);
+int iol_loop_add_check(iol_loop *loop, iol_callback_fn fn, void *arg);
+int iol_loop_remove_check(iol_loop *loop, iol_callback_fn fn, void *arg);
+
 /* ------------------------------------------------------------ Statistics
  * What a loop has done, for dashboards and load reports. Counters only
  * grow (take differences between two snapshots); the two maxima restart

@@ -125,6 +125,7 @@ static int loop_shutdown(iol_loop *loop, bool all_fds)
     size_t dropped = drop_callbacks(loop);
     dropped += iol__timer_heap_len(&loop->timers);
     iol__timer_heap_destroy(&loop->timers);
+    iol__loop_free_hooks(loop);
     iol__loop_handlers_release(loop, all_fds);
     loop->poller_ops->close(loop->poller);
     loop->poller = NULL;
@@ -458,6 +459,8 @@ int iol__loop_run(iol_loop *loop)
         /* seq_cst: pairs with stop()'s store (see iol_loop_stop). */
         if (atomic_exchange(&loop->stop_requested, false))
             break;
+        if (loop->prepare_hooks.live)
+            iol__loop_run_hooks(loop, &loop->prepare_hooks);
         iol__watchdog_iteration_end(loop->watchdog);
         uint64_t asleep = iol__clock_ns();
         iol__stats_add(&loop->stats.busy_ns, asleep - awake);
@@ -473,6 +476,8 @@ int iol__loop_run(iol_loop *loop)
         if (err < 0)
             break;
         iol__loop_dispatch_events(loop);
+        if (loop->check_hooks.live)
+            iol__loop_run_hooks(loop, &loop->check_hooks);
     }
     uint64_t done = iol__clock_ns();
     iol__stats_add(&loop->stats.busy_ns, done - awake);

@@ -55,6 +55,18 @@ static inline void iol__stats_max(_Atomic uint64_t *c, uint64_t v)
         atomic_store_explicit(c, v, memory_order_relaxed);
 }
 
+/* Prepare/check hooks (loop/hooks.c). live: entries with fn != NULL. */
+typedef struct iol__hook {
+    iol_callback_fn fn; /* NULL: removed while the list ran */
+    void *arg;
+} iol__hook;
+typedef struct iol__hook_list {
+    iol__hook *hooks;
+    unsigned len, cap, live;
+    bool running;
+} iol__hook_list;
+enum { IOL__HOOK_PREPARE, IOL__HOOK_CHECK };
+
 typedef struct iol__handler {
     iol_handler_fn fn; /* NULL: no handler for this fd */
     void *arg;
@@ -99,6 +111,7 @@ struct iol_loop {
                                     for tests: wakeups <= sleeps) */
     struct iol__zmq_handlers *zmq;       /* loop/zmq_handlers.c; NULL until the first zmq handler */
     bool time_calls;             /* iol_loop_set_call_timing */
+    iol__hook_list prepare_hooks, check_hooks; /* loop/hooks.c */
 
     iol__loop_counters stats;    /* last: its own cache line */
 };
@@ -164,6 +177,10 @@ static inline bool iol__loop_zmq_recheck(iol_loop *loop)
 {
     return loop->zmq && iol__zmq_recheck(loop);
 }
+
+/* Runs a hook list (loop/hooks.c); the loop calls it only when l->live. */
+void iol__loop_run_hooks(iol_loop *loop, iol__hook_list *l);
+void iol__loop_free_hooks(iol_loop *loop);
 
 /* CLOCK_MONOTONIC in ns (statistics; the loop's own clock may be fake). */
 uint64_t iol__clock_ns(void);
