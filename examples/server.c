@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static iol_runtime *the_runtime; /* for the signal handler */
+static iol_runtime *the_runtime;
 static iol_loop *main_loop;       /* the main thread's: signals, --stats */
 
 /* On the main loop: stop taking work, then let main join the workers. */
@@ -18,13 +18,11 @@ static void stop_all(void *arg)
     iol_loop_stop(main_loop);
 }
 
-static void on_signal(int signo)
+/* SIGINT/SIGTERM, on the main loop's thread (iol_loop_add_signal). */
+static void on_signal(int signo, void *arg)
 {
     (void)signo;
-    int saved = errno;
-    if (iol_loop_add_callback_from_signal(main_loop, stop_all, NULL) < 0)
-        iol_runtime_stop(the_runtime); /* reserve empty: a flag and a wakeup, safe here too */
-    errno = saved;
+    stop_all(arg);
 }
 
 /* --stats: what each worker did since the last line. */
@@ -149,11 +147,14 @@ int example_server_main(const example_server *srv, int argc, char **argv)
         iol_runtime_free(the_runtime);
         return 1;
     }
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    /* Before start: the workers the runtime creates block them anyway. */
+    if ((r = iol_loop_add_signal(main_loop, SIGINT, on_signal, NULL)) < 0 ||
+        (r = iol_loop_add_signal(main_loop, SIGTERM, on_signal, NULL)) < 0) {
+        fprintf(stderr, "%s: signals: %s\n", srv->name, strerror(-r));
+        iol_runtime_free(the_runtime);
+        iol_loop_close(main_loop, false);
+        return 1;
+    }
     if ((r = iol_runtime_start(the_runtime)) < 0) {
         fprintf(stderr, "%s: start: %s\n", srv->name, strerror(-r));
         iol_runtime_free(the_runtime);
@@ -180,9 +181,7 @@ int example_server_main(const example_server *srv, int argc, char **argv)
     iol_runtime_join(the_runtime);
     if (srv->on_exit)
         srv->on_exit(the_runtime, id);
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
     iol_runtime_free(the_runtime);
-    iol_loop_close(main_loop, false);
+    iol_loop_close(main_loop, false); /* gives SIGINT/SIGTERM back */
     return 0;
 }

@@ -234,6 +234,45 @@ int iol_loop_spawn_callback(iol_loop *loop, iol_callback_fn fn, void *arg);
  * -EINVAL: NULL loop/fn. -EAGAIN: reserve empty. -ESHUTDOWN: closed. */
 int iol_loop_add_callback_from_signal(iol_loop *loop, iol_callback_fn fn, void *arg);
 
+/* Signal handlers on the loop thread (asyncio's add_signal_handler,
+ * libuv's uv_signal_t): fn(signo, arg) runs on the loop's thread, as an
+ * ordinary callback (no async-signal-safety needed), once per delivery
+ * the kernel reports (like any signal, several deliveries before the loop
+ * reads them may merge into one). Several handlers per signal run in the
+ * order they were added. Underneath: a signalfd, read when the loop polls.
+ *
+ * Blocking: a signalfd sees only a blocked signal. add blocks signo in the
+ * calling thread, and each start blocks the loop's signals in the thread
+ * that runs it; every thread the runtime creates (workers, the acceptor)
+ * starts with SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGCHLD
+ * and SIGWINCH blocked. Block the signal in your own threads too (or
+ * create them after add: they inherit the mask). A delivery that lands on
+ * a thread that does not block it is not lost: while a loop handles the
+ * signal, the process's disposition for it is a small handler that
+ * forwards the signal to the loop's thread; it costs that thread an
+ * interruption (EINTR for a blocking call without SA_RESTART semantics).
+ *
+ * One loop per signal: a signal is consumed by one reader, so a signal
+ * that has handlers on one loop cannot be added on another (-EBUSY).
+ * SIGALRM is the blocking watchdog's (iol_loop_set_blocking_*): do not use
+ * both. When the last handler of a signal is removed (or its loop closes),
+ * the previous disposition comes back, deliveries still pending are
+ * discarded, and the signal is unblocked again in the calling thread if
+ * add (or start) blocked it there.
+ * Thread: the loop's owner (or any while it is stopped).
+ * -EINVAL: NULL loop/fn; signo not a signal, SIGKILL, SIGSTOP, or a fault
+ * signal (SIGSEGV, SIGBUS, SIGFPE, SIGILL). -EBUSY: another loop handles
+ * signo. -EPERM: another thread runs the loop. -ESHUTDOWN: closed.
+ * -ENOMEM, or the -errno of signalfd. */
+typedef void (*iol_signal_fn)(int signo, void *arg);
+int iol_loop_add_signal(iol_loop *loop, int signo, iol_signal_fn fn, void *arg);
+/* Removes the handler added with the same (signo, fn, arg) (the earliest
+ * if added twice): handles are the arguments, as with remove_handler and
+ * the fd of remove_handler, so no object needs keeping. Safe inside a
+ * signal handler, its own included (a removed handler does not run again).
+ * Thread and errors as add; -ENOENT: no such handler. */
+int iol_loop_remove_signal(iol_loop *loop, int signo, iol_signal_fn fn, void *arg);
+
 /* Runs fn(arg) at loop time `when`. out (may be NULL) gets a handle for
  * remove_timeout. Equal deadlines run in the order they were added.
  * -EINVAL: NULL loop/fn, when NaN. -EPERM. -ESHUTDOWN. -ENOMEM. */
@@ -318,6 +357,7 @@ typedef struct iol_loop_stats {
                                       loop is not polling. wait_ns + current_poll_ns is the
                                       waiting time up to now (read apart, the two may
                                       overlap by one poll for a moment) */
+    uint64_t signals;              /* signal handler runs (iol_loop_add_signal) */
 } iol_loop_stats;
 
 /* Fills *out with a snapshot of loop's statistics; pass size = sizeof

@@ -54,7 +54,7 @@ int iol_loop_add_handler(iol_loop *loop, int fd, unsigned events, iol_handler_fn
      * open (a bogus 10^9 would allocate gigabytes). */
     if ((!loop->poller_ops->add_checks_fd || fd >= loop->handlers_cap) && (err = check_fd_open(fd)) < 0)
         return err;
-    if (fd == iol__waker_fd(&loop->waker) || has_handler(loop, fd))
+    if (fd == iol__waker_fd(&loop->waker) || fd == iol__loop_signal_fd(loop) || has_handler(loop, fd))
         return -EEXIST;
     if ((err = reserve_table(loop, fd)) < 0)
         return err;
@@ -145,8 +145,11 @@ void iol__loop_dispatch_events(iol_loop *loop)
             iol__zmq_dispatch_socket(loop, ev.socket, ev.events);
             continue;
         }
-        if (ev.fd < 0 || ev.fd == waker_fd || !has_handler(loop, ev.fd))
+        if (ev.fd < 0 || ev.fd == waker_fd || !has_handler(loop, ev.fd)) {
+            if (ev.fd >= 0 && loop->signals)
+                iol__loop_signal_fd_event(loop, ev.fd);
             continue;
+        }
         iol__handler h = loop->handlers[ev.fd];
         unsigned events = ev.events & h.events;
         if (!events)

@@ -126,6 +126,7 @@ static int loop_shutdown(iol_loop *loop, bool all_fds)
     dropped += iol__timer_heap_len(&loop->timers);
     iol__timer_heap_destroy(&loop->timers);
     iol__loop_free_hooks(loop);
+    iol__loop_signals_release(loop);
     iol__loop_handlers_release(loop, all_fds);
     loop->poller_ops->close(loop->poller);
     loop->poller = NULL;
@@ -442,6 +443,7 @@ int iol__loop_run(iol_loop *loop)
 
     iol_loop *previous = iol_loop_current();
     iol_loop_make_current(loop);
+    iol__loop_signals_thread_enter(loop);
     iol__watchdog_thread_enter(loop->watchdog);
     /* The watchdog covers the work between two polls: armed after a poll
      * returns, disarmed before the next one, so a sleeping loop never

@@ -21,6 +21,7 @@
 struct iol_executor;
 struct iol__close_hook;
 struct iol__zmq_handlers;
+typedef struct iol__signals iol__signals;
 
 /* The counters behind iol_loop_get_stats. Written by the loop thread only
  * (stats_add/stats_max: a relaxed load and a relaxed store, no locked
@@ -40,6 +41,7 @@ typedef struct iol__loop_counters {
     _Atomic uint64_t longest_callback_ns, longest_iteration_ns;
     _Atomic uint64_t last_batch;
     _Atomic uint64_t polling_since; /* clock_ns when the current poll began; 0: not polling */
+    _Atomic uint64_t signals;
 } iol__loop_counters;
 
 static inline void iol__stats_add(_Atomic uint64_t *c, uint64_t n)
@@ -112,6 +114,7 @@ struct iol_loop {
     struct iol__zmq_handlers *zmq;       /* loop/zmq_handlers.c; NULL until the first zmq handler */
     bool time_calls;             /* iol_loop_set_call_timing */
     iol__hook_list prepare_hooks, check_hooks; /* loop/hooks.c */
+    iol__signals *signals;       /* loop/signals.c; NULL until the first signal handler */
 
     iol__loop_counters stats;    /* last: its own cache line */
 };
@@ -181,6 +184,15 @@ static inline bool iol__loop_zmq_recheck(iol_loop *loop)
 /* Runs a hook list (loop/hooks.c); the loop calls it only when l->live. */
 void iol__loop_run_hooks(iol_loop *loop, iol__hook_list *l);
 void iol__loop_free_hooks(iol_loop *loop);
+
+/* Signal handlers (loop/signals.c). fd_event: true (and handlers ran)
+ * when fd is the loop's signalfd. signal_fd: it, or -1. thread_enter: at
+ * start, blocks the loop's signals in the running thread. release: at
+ * close, gives every signal back. */
+bool iol__loop_signal_fd_event(iol_loop *loop, int fd);
+int iol__loop_signal_fd(const iol_loop *loop);
+void iol__loop_signals_thread_enter(iol_loop *loop);
+void iol__loop_signals_release(iol_loop *loop);
 
 /* CLOCK_MONOTONIC in ns (statistics; the loop's own clock may be fake). */
 uint64_t iol__clock_ns(void);

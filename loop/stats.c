@@ -28,6 +28,7 @@ int iol_loop_get_stats(const iol_loop *loop, iol_loop_stats *out, size_t size)
         .longest_iteration_ns = LOAD(c->longest_iteration_ns),
         .queue_depth = LOAD(c->last_batch),
         .current_poll_ns = now > since ? now - since : 0,
+        .signals = LOAD(c->signals),
     };
     /* A caller built against an older, shorter struct gets its prefix; a
      * newer, longer one gets zeros past what this library knows. */

@@ -24,6 +24,7 @@ static void add_loop_stats(iol_loop_stats *sum, const iol_loop_stats *w)
         sum->longest_iteration_ns = w->longest_iteration_ns;
     sum->queue_depth += w->queue_depth;
     sum->current_poll_ns += w->current_poll_ns;
+    sum->signals += w->signals;
 }
 
 /* accepted[i] += on_accept calls of every listener on worker i. */
