@@ -26,10 +26,38 @@
 extern "C" {
 #endif
 
+/* What this header declares is the library's ABI: the library is built
+ * with hidden visibility, and these declarations (only these) are
+ * exported from libioloop.so. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
+
 #define IOL_VERSION_MAJOR 0
 #define IOL_VERSION_MINOR 1
 #define IOL_VERSION_PATCH 0
 #define IOL_VERSION_STRING "0.1.0"
+#define IOL_VERSION_HEX ((IOL_VERSION_MAJOR << 16) | (IOL_VERSION_MINOR << 8) | IOL_VERSION_PATCH)
+
+/* The version of the library the program runs with (which may be newer
+ * than the header it was compiled with: compare with IOL_VERSION_HEX),
+ * as IOL_VERSION_HEX and as IOL_VERSION_STRING would give it. Any thread.
+ * Soname policy: libioloop.so.0 stays binary compatible within 0.x;
+ * anything incompatible bumps the soname (README, "ABI"). */
+unsigned iol_version(void);
+const char *iol_version_string(void);
+
+/* Config structs (iol_loop_config, iol_runtime_config,
+ * iol_listen_config) have a fixed size across releases: their fields sit
+ * in an anonymous struct overlaid on a fixed-size reserve, and a release
+ * adds fields at the end, inside the reserve. So a program built against
+ * an older header passes as many bytes as the library reads, and zero in
+ * every field it did not know of, provided it zeroes the struct: a
+ * designated initializer, {0} or memset. Zero is the default of every
+ * field, present and future. Fields are set and read by name as usual.
+ * Structs the library fills (iol_loop_stats, iol_runtime_stats) take the
+ * caller's sizeof instead: the library writes the fields the caller's
+ * header knows and zeroes the ones the library lacks. */
 
 /* Events, level-triggered. IOL_ERROR is always reported, asked for or not. */
 #define IOL_READ  0x001u
@@ -46,18 +74,23 @@ typedef void (*iol_handler_fn)(int fd, unsigned events, void *arg);
 enum { IOL_CURRENT_IF_NONE = 0, IOL_CURRENT_ALWAYS, IOL_CURRENT_NEVER };
 
 typedef struct iol_loop_config {
-    const char *poller;            /* "epoll", "poll", "select", "zmq" (with libzmq); NULL: $IOL_POLLER, else best */
-    int make_current;              /* IOL_CURRENT_*; ALWAYS fails with -EEXIST if the thread has one */
-    double (*time_func)(void *ud); /* NULL: CLOCK_MONOTONIC */
-    void *time_ud;
-    unsigned signal_reserve;       /* entries for add_callback_from_signal; 0: 256 */
-    /* Spin before sleeping, after a batch of posted callbacks, in µs:
-     * 0: adaptive (spins 5 µs only while recent posts came within 5 µs of
-     * a batch, as in a flood or a ping-pong); < 0: never; > 0: always that
-     * long (at most 1000). A spin trades the loop's CPU for latency: it
-     * saves a sleep and a wakeup when the next post comes within it, and
-     * is wasted on top of both when the post comes later. */
-    double spin_us;
+    union {
+        struct {
+            const char *poller;            /* "epoll", "poll", "select", "zmq" (with libzmq); NULL: $IOL_POLLER, else best */
+            int make_current;              /* IOL_CURRENT_*; ALWAYS fails with -EEXIST if the thread has one */
+            double (*time_func)(void *ud); /* NULL: CLOCK_MONOTONIC */
+            void *time_ud;
+            unsigned signal_reserve;       /* entries for add_callback_from_signal; 0: 256 */
+            /* Spin before sleeping, after a batch of posted callbacks, in µs:
+             * 0: adaptive (spins 5 µs only while recent posts came within 5 µs of
+             * a batch, as in a flood or a ping-pong); < 0: never; > 0: always that
+             * long (at most 1000). A spin trades the loop's CPU for latency: it
+             * saves a sleep and a wakeup when the next post comes within it, and
+             * is wasted on top of both when the post comes later. */
+            double spin_us;
+        };
+        unsigned char iol_reserved_[128]; /* fixes the size (see above) */
+    };
 } iol_loop_config;
 
 /* Creates a loop. cfg NULL: defaults (poller by $IOL_POLLER else epoll,
@@ -466,27 +499,32 @@ int iol_loop_run_sync(iol_loop *loop, int (*fn)(iol_loop *loop, iol_future *done
 
 typedef struct iol_runtime iol_runtime;
 typedef struct iol_runtime_config {
-    unsigned workers;              /* 0: number of online CPUs */
-    bool pin_threads;              /* pin worker i to CPU i % ncpu */
-    const char *poller;            /* as iol_loop_config.poller */
-    double blocking_log_threshold; /* seconds; 0: off */
-    void (*on_start)(iol_loop *loop, unsigned index, void *arg); /* on the worker */
-    void (*on_stop)(iol_loop *loop, unsigned index, void *arg);  /* on the worker */
-    void *arg;
-    /* Second release (zero: the first release's behaviour, plus the drain).
-     * drain_timeout: seconds the workers keep serving the application's
-     * registered fds after stop; 0: 10 s; negative: no drain. */
-    double drain_timeout;
-    /* on_drain(loop, index, arg): on each worker (its own thread, loop
-     * current), once stop was called, the final accepts were handed to
-     * on_accept and every accepted post ran: close idle connections now,
-     * finish the ones with a request in flight and close them. The drain
-     * lasts while any fd of the application is registered on the loop:
-     * remove handlers of fds that are not connections (pipes, eventfds)
-     * here too. Not called when drain_timeout < 0. May be NULL
-     * (iol_runtime_stopping answers the same question). */
-    void (*on_drain)(iol_loop *loop, unsigned index, void *arg);
-    double spin_us;                /* as iol_loop_config.spin_us, for every worker */
+    union {
+        struct {
+            unsigned workers;              /* 0: number of online CPUs */
+            bool pin_threads;              /* pin worker i to CPU i % ncpu */
+            const char *poller;            /* as iol_loop_config.poller */
+            double blocking_log_threshold; /* seconds; 0: off */
+            void (*on_start)(iol_loop *loop, unsigned index, void *arg); /* on the worker */
+            void (*on_stop)(iol_loop *loop, unsigned index, void *arg);  /* on the worker */
+            void *arg;
+            /* Second release (zero: the first release's behaviour, plus the drain).
+             * drain_timeout: seconds the workers keep serving the application's
+             * registered fds after stop; 0: 10 s; negative: no drain. */
+            double drain_timeout;
+            /* on_drain(loop, index, arg): on each worker (its own thread, loop
+             * current), once stop was called, the final accepts were handed to
+             * on_accept and every accepted post ran: close idle connections now,
+             * finish the ones with a request in flight and close them. The drain
+             * lasts while any fd of the application is registered on the loop:
+             * remove handlers of fds that are not connections (pipes, eventfds)
+             * here too. Not called when drain_timeout < 0. May be NULL
+             * (iol_runtime_stopping answers the same question). */
+            void (*on_drain)(iol_loop *loop, unsigned index, void *arg);
+            double spin_us;                /* as iol_loop_config.spin_us, for every worker */
+        };
+        unsigned char iol_reserved_[256]; /* fixes the size (see above) */
+    };
 } iol_runtime_config;
 
 /* N workers, one loop each (created here, started by start).
@@ -534,25 +572,30 @@ int iol_runtime_worker_index(void);
 enum { IOL_SHARD_REUSEPORT = 0, IOL_SHARD_HANDOFF = 1 };
 typedef void (*iol_accept_fn)(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg);
 typedef struct iol_listen_config {
-    const char *host;         /* NULL: all addresses */
-    uint16_t port;            /* 0: one ephemeral port shared by all workers */
-    int backlog;              /* 0: SOMAXCONN */
-    int shard;                /* IOL_SHARD_REUSEPORT or IOL_SHARD_HANDOFF */
-    iol_accept_fn on_accept;  /* on the worker that owns the connection; owns fd */
-    void *arg;
-    /* Second release. REUSEPORT only: join the SO_REUSEPORT group that
-     * another process (same user) listens on at port, instead of failing
-     * with -EADDRINUSE; the kernel spreads connections over both. */
-    bool reuseport_join;
-    /* TCP_NODELAY on every accepted connection, set once on the listening
-     * sockets (Linux copies it to each accepted socket): no setsockopt per
-     * connection. */
-    bool nodelay;
-    /* > 0: TCP_DEFER_ACCEPT with this many seconds (tcp(7)): a connection
-     * reaches on_accept once its first data has arrived (or the period
-     * ran out), so on_accept can read at once instead of registering and
-     * waiting; nginx's "listen ... deferred". 0: off. */
-    int defer_accept;
+    union {
+        struct {
+            const char *host;         /* NULL: all addresses */
+            uint16_t port;            /* 0: one ephemeral port shared by all workers */
+            int backlog;              /* 0: SOMAXCONN */
+            int shard;                /* IOL_SHARD_REUSEPORT or IOL_SHARD_HANDOFF */
+            iol_accept_fn on_accept;  /* on the worker that owns the connection; owns fd */
+            void *arg;
+            /* Second release. REUSEPORT only: join the SO_REUSEPORT group that
+             * another process (same user) listens on at port, instead of failing
+             * with -EADDRINUSE; the kernel spreads connections over both. */
+            bool reuseport_join;
+            /* TCP_NODELAY on every accepted connection, set once on the listening
+             * sockets (Linux copies it to each accepted socket): no setsockopt per
+             * connection. */
+            bool nodelay;
+            /* > 0: TCP_DEFER_ACCEPT with this many seconds (tcp(7)): a connection
+             * reaches on_accept once its first data has arrived (or the period
+             * ran out), so on_accept can read at once instead of registering and
+             * waiting; nginx's "listen ... deferred". 0: off. */
+            int defer_accept;
+        };
+        unsigned char iol_reserved_[256]; /* fixes the size (see above) */
+    };
 } iol_listen_config;
 
 /* Listens on host:port, before or after start. Returns a listener id >= 0.
@@ -651,6 +694,10 @@ int iol_stream_fd(const iol_stream *s);
 /* The error that closed the stream (-errno), 0 if none. */
 int iol_stream_error(const iol_stream *s);
 iol_loop *iol_stream_loop(const iol_stream *s);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #ifdef __cplusplus
 }

@@ -54,7 +54,9 @@ for f in "${flavours[@]}"; do
   case $f in
     normal)
       setup build
-      mtest build "" ;;
+      mtest build ""
+      # The compiled examples of docs/api.md, against the shared library.
+      docs/examples/check.sh build ;;
     asan)
       setup build-asan -Db_sanitize=address,undefined -Db_lundef=false
       ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
