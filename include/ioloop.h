@@ -163,6 +163,56 @@ int iol_loop_stop(iol_loop *loop);
  * (acquire), which may then drive the loop itself. */
 bool iol_loop_running(const iol_loop *loop);
 
+/* Embedding: driving the loop from another event loop (GLib, libuv, a
+ * game loop) instead of start. The other loop watches iol_loop_backend_fd
+ * for readability with the timeout iol_loop_backend_timeout gives, and
+ * calls iol_loop_run_once(loop, 0) when the fd is readable or the timeout
+ * ran out:
+ *
+ *     for (;;) {
+ *         double t;
+ *         iol_loop_backend_timeout(loop, &t);           // before each wait
+ *         struct pollfd p = { iol_loop_backend_fd(loop), POLLIN, 0 };
+ *         poll(&p, 1, t < 0 ? -1 : (int)ceil(t * 1000));
+ *         iol_loop_run_once(loop, 0);
+ *     }
+ *
+ * Cross-thread posts, stop and signals wake the fd as they wake a loop
+ * asleep in start (at most one eventfd write per wait). The pre-sleep spin
+ * (spin_us) does not apply. */
+
+/* Runs one iteration on the calling thread: queued callbacks, due
+ * timeouts, prepare hooks, one poll that waits at most `timeout` seconds
+ * (0: not at all; < 0: as long as start would wait), the handlers of its
+ * events, check hooks. A stop request (made before or by a callback)
+ * ends the iteration before the poll and is consumed. Afterwards the loop
+ * counts as asleep for the waker, so posts make the backend fd readable.
+ * Thread: any one thread at a time, the loop not running (it claims the
+ * loop for the call, like start; callbacks see it running on this thread).
+ * Returns 0. -EINVAL: NULL, timeout NaN. -EBUSY: running (start, or
+ * run_once from inside one of its callbacks). -ESHUTDOWN: closed. The
+ * -errno of the poll. */
+int iol_loop_run_once(iol_loop *loop, double timeout);
+/* An fd that polls readable when the loop has I/O, posts, a stop or a
+ * signal to process (never read it yourself). Per poller: epoll: the epoll
+ * fd itself. poll, select and zmq: -ENOTSUP, since their set of fds lives
+ * in user space (an fd array, zmq_poll items), so no single fd stands for
+ * it; watching only the waker's eventfd would miss every handler's fd and
+ * leave the embedding program sleeping through I/O. Any thread; the fd is
+ * valid until the loop is closed.
+ * -EINVAL: NULL. -ESHUTDOWN: closed. -ENOTSUP: see above. */
+int iol_loop_backend_fd(const iol_loop *loop);
+/* *seconds: how long the embedding program may wait on the backend fd
+ * before the next run_once: 0 when work is already queued (callbacks, a
+ * stop, a ready zmq socket), the time to the next timeout, or -1 when only
+ * an event can bring work. Also announces the wait to the loop's waker,
+ * which is what makes a post made after this call wake the fd: call it
+ * before every wait (run_once alone covers posts from other threads, not
+ * a callback's own posts). Thread: the loop's (as run_once), not from
+ * inside a callback. -EINVAL: NULL loop/seconds. -EBUSY: running here.
+ * -EPERM: running on another thread. -ESHUTDOWN: closed. */
+int iol_loop_backend_timeout(iol_loop *loop, double *seconds);
+
 /* Watches fd for events (IOL_READ|IOL_WRITE; IOL_ERROR always implied).
  * fn(fd, events, arg) runs on the loop thread while the condition holds.
  * -EINVAL: NULL loop/fn, events 0 or with unknown bits (IOL_ERROR alone is

@@ -115,6 +115,9 @@ struct iol_loop {
     bool time_calls;             /* iol_loop_set_call_timing */
     iol__hook_list prepare_hooks, check_hooks; /* loop/hooks.c */
     iol__signals *signals;       /* loop/signals.c; NULL until the first signal handler */
+    uint64_t awake_ns;           /* clock_ns when the last poll returned (statistics) */
+    bool outer_sleep;            /* an embedding program waits on the backend fd: the
+                                    waker has a sleep announced (iol_loop_run_once) */
 
     iol__loop_counters stats;    /* last: its own cache line */
 };

@@ -154,6 +154,11 @@ static int run_row(int i, const char **text, int *want)
         ROW(-EINVAL, iol_loop_remove_signal(NULL, SIGUSR1, on_signal, NULL))
         ROW(-EINVAL, iol_loop_remove_signal(L, -3, on_signal, NULL))
         ROW(-ENOENT, iol_loop_remove_signal(L, SIGUSR1, on_signal, NULL))
+        ROW(-EINVAL, iol_loop_run_once(NULL, 0))
+        ROW(-EINVAL, iol_loop_run_once(L, NAN))
+        ROW(-EINVAL, iol_loop_backend_fd(NULL))
+        ROW(-EINVAL, iol_loop_backend_timeout(NULL, &(double){ 0 }))
+        ROW(-EINVAL, iol_loop_backend_timeout(L, NULL))
         ROW(-EINVAL, iol_runtime_get_stats(NULL, 0, &(iol_runtime_stats){ 0 }, sizeof(iol_runtime_stats)))
     default:
         *text = "no such row";
