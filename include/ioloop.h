@@ -173,7 +173,7 @@ bool iol_loop_running(const iol_loop *loop);
  *         double t;
  *         iol_loop_backend_timeout(loop, &t);           // before each wait
  *         struct pollfd p = { iol_loop_backend_fd(loop), POLLIN, 0 };
- *         poll(&p, 1, t < 0 ? -1 : (int)ceil(t * 1000));
+ *         poll(&p, 1, t < 0 ? -1 : (int)(t * 1000 + 0.999));
  *         iol_loop_run_once(loop, 0);
  *     }
  *
@@ -350,8 +350,8 @@ int iol_loop_add_callback_from_signal(iol_loop *loop, iol_callback_fn fn, void *
 typedef void (*iol_signal_fn)(int signo, void *arg);
 int iol_loop_add_signal(iol_loop *loop, int signo, iol_signal_fn fn, void *arg);
 /* Removes the handler added with the same (signo, fn, arg) (the earliest
- * if added twice): handles are the arguments, as with remove_handler and
- * the fd of remove_handler, so no object needs keeping. Safe inside a
+ * if added twice): the arguments are the handle, as the fd is for
+ * remove_handler, so there is no object to keep. Safe inside a
  * signal handler, its own included (a removed handler does not run again).
  * Thread and errors as add; -ENOENT: no such handler. */
 int iol_loop_remove_signal(iol_loop *loop, int signo, iol_signal_fn fn, void *arg);
