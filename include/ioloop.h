@@ -643,6 +643,24 @@ typedef struct iol_listen_config {
              * ran out), so on_accept can read at once instead of registering and
              * waiting; nginx's "listen ... deferred". 0: off. */
             int defer_accept;
+            /* Overload control. max_connections > 0: a worker holds at most
+             * this many connections of the application (fds with handlers on
+             * its loop, less the runtime's own, plus handoffs on their way:
+             * what HANDOFF balances on; a connection held without a handler
+             * is not counted). At the cap the worker (REUSEPORT) or, once
+             * every worker is at it, the acceptor (HANDOFF) stops accepting;
+             * new connections wait in the kernel's backlog, and past it the
+             * clients' SYNs are dropped and retried. Accepting resumes at or
+             * under connections_low (0: max_connections less an eighth).
+             * Looked at every 10 ms while held. */
+            unsigned max_connections;
+            unsigned connections_low;
+            /* > 0: at most this many accepts per second for the listener (a
+             * token bucket holding a tenth of a second's worth, at least 1;
+             * REUSEPORT: each worker's socket its share). 0: no bound. The
+             * final accepts at stop are exempt from both, so that stop's
+             * promise (nothing queued is reset) holds. */
+            double max_accept_rate;
         };
         unsigned char iol_reserved_[256]; /* fixes the size (see above) */
     };
@@ -650,7 +668,8 @@ typedef struct iol_listen_config {
 
 /* Listens on host:port, before or after start. Returns a listener id >= 0.
  * -EINVAL: NULL rt/cfg/on_accept, unknown shard, bad host, reuseport_join
- * with HANDOFF or port 0, defer_accept < 0.
+ * with HANDOFF or port 0, defer_accept < 0, max_accept_rate < 0 or NaN,
+ * connections_low set and not below max_connections.
  * -EADDRINUSE: port taken (without reuseport_join; with it: taken by a
  * socket that is not in a REUSEPORT group of this user).
  * -ESHUTDOWN: stopped. -ENOMEM, socket errors. */
@@ -688,6 +707,7 @@ typedef struct iol_stream iol_stream;
 typedef void (*iol_read_fn)(iol_stream *s, const char *data, size_t len, int status, void *arg);
 typedef void (*iol_connect_fn)(iol_stream *s, int status, void *arg);
 typedef void (*iol_close_fn)(iol_stream *s, void *arg);
+typedef void (*iol_watermark_fn)(iol_stream *s, bool above, void *arg);
 
 /* Wraps a connected non-blocking socket (made non-blocking if it is not)
  * on loop; the stream owns fd. max_buffer_size bounds the read buffer
@@ -695,20 +715,63 @@ typedef void (*iol_close_fn)(iol_stream *s, void *arg);
  * -EEXIST: fd has a handler. -ESHUTDOWN: loop closed. -EPERM: another
  * thread runs the loop. -ENOMEM. */
 int iol_stream_new(iol_stream **out, iol_loop *loop, int fd, size_t max_buffer_size);
-/* Non-blocking connect to host:port (numeric or resolved with
- * getaddrinfo, which may block). cb(s, 0 | -errno, arg) runs on the loop
- * when connected or failed; on failure the stream is closed after cb.
- * -EINVAL: NULL out/loop/host/cb. -ESHUTDOWN, -EPERM as stream_new.
- * -ENOMEM, socket errors. */
+/* Non-blocking connect to host:port: iol_stream_connect_ex with only
+ * max_buffer_size set (no deadline, no source address). */
 int iol_stream_connect(iol_stream **out, iol_loop *loop, const char *host, uint16_t port, size_t max_buffer_size,
                        iol_connect_fn cb, void *arg);
+
+typedef struct iol_connect_options {
+    size_t max_buffer_size; /* the stream's read limit; 0: 100 MiB */
+    /* Seconds for the whole connect, name lookup and every address
+     * together; past it cb gets -ETIMEDOUT. <= 0: no deadline. */
+    double timeout;
+    const char *source;   /* numeric local address to bind first; NULL: the kernel picks */
+    uint16_t source_port; /* with source; 0: any */
+} iol_connect_options;
+
+/* Non-blocking connect to host:port. A numeric host (IPv4/IPv6 literal)
+ * is used as is; a name is looked up with getaddrinfo on the loop's
+ * default executor (iol_loop_run_in_executor: the loop thread never
+ * blocks on DNS), and every address found is tried in turn until one
+ * connects. cb(s, status, arg) runs on the loop thread, never inside this
+ * call, once connected (0) or failed; on failure the stream is closed
+ * after cb. Failures reach cb as: -ETIMEDOUT (deadline), -EHOSTUNREACH
+ * (the name does not exist or has no address: EAI_NONAME, EAI_NODATA,
+ * EAI_FAIL, EAI_ADDRFAMILY), -EAGAIN (EAI_AGAIN: temporary DNS failure),
+ * -ENOMEM (EAI_MEMORY), the last address's connect error (-ECONNREFUSED,
+ * -ENETUNREACH...), -EAFNOSUPPORT (no address of the source's family),
+ * -EADDRINUSE / -EADDRNOTAVAIL (source bind), -ESHUTDOWN (loop closed
+ * first). opts may be NULL (all defaults). Loop thread.
+ * Errors of the call itself (nothing reaches cb then): -EINVAL: NULL
+ * out/loop/host/cb, empty host, NaN timeout, source not a numeric
+ * address, source_port without source. -ESHUTDOWN: loop closed. -EPERM:
+ * another thread runs the loop. -ENOMEM. */
+int iol_stream_connect_ex(iol_stream **out, iol_loop *loop, const char *host, uint16_t port,
+                          const iol_connect_options *opts, iol_connect_fn cb, void *arg);
 /* Reads until delim (data includes it). -ENOBUFS (and close) when the
  * buffer would exceed max_buffer_size without finding it. */
 int iol_stream_read_until(iol_stream *s, const char *delim, iol_read_fn cb, void *arg);
+/* read_until with Tornado's max_bytes: if the delimiter does not end
+ * within the first max_bytes bytes, the read fails with -EMSGSIZE and the
+ * stream closes (Tornado's UnsatisfiableReadError), as soon as that is
+ * known. max_bytes 0: no limit but max_buffer_size (as read_until).
+ * Loop thread. -EINVAL as read_until, and max_bytes shorter than delim.
+ * -EBUSY, -EPIPE, -ENOMEM as the other read calls. */
+int iol_stream_read_until_max(iol_stream *s, const char *delim, size_t max_bytes, iol_read_fn cb, void *arg);
 /* Reads exactly n bytes, or with partial as soon as 1..n bytes exist. */
 int iol_stream_read_bytes(iol_stream *s, size_t n, bool partial, iol_read_fn cb, void *arg);
 /* Reads everything until the peer closes; status 0 then. */
 int iol_stream_read_until_close(iol_stream *s, iol_read_fn cb, void *arg);
+/* Backpressure on the reading side: while paused the stream takes nothing
+ * from the socket (the kernel's buffer fills and TCP's window closes on
+ * the peer) and runs no read callback; read calls are still accepted and
+ * answered after resume, from the buffer first. A peer's close is noticed
+ * only once resumed (or by a pending write). Pausing a paused stream, or
+ * resuming a running one, does nothing. Loop thread. -EINVAL: NULL.
+ * -EPIPE: closed. A failure to update the fd handler closes the stream
+ * and is returned (-ENOMEM, -ESHUTDOWN, -EPERM). */
+int iol_stream_pause_reading(iol_stream *s);
+int iol_stream_resume_reading(iol_stream *s);
 /* Read calls: cb runs on the loop thread, never inside the call itself;
  * data is valid until cb returns (copy what you keep). A stream holds a
  * read or write buffer only while bytes are in it (buffers come from a
@@ -726,6 +789,17 @@ int iol_stream_write(iol_stream *s, const void *data, size_t len, iol_callback_f
 size_t iol_stream_write_buffer_size(const iol_stream *s);
 /* Write limit (Tornado's max_write_buffer_size); 0: unlimited (default). */
 int iol_stream_set_max_write_buffer(iol_stream *s, size_t max);
+/* Write watermarks for a producer: fn(s, true, arg) once the write buffer
+ * holds more than high bytes, then fn(s, false, arg) once it drained to
+ * low or less, and so on, alternating. fn runs on the loop thread, never
+ * inside iol_stream_write (so a producer writing in a loop stops itself
+ * when iol_stream_write_buffer_size(s) > high, and resumes on "false"). A
+ * rise and fall between two turns of the loop tells nothing. The calls
+ * stop at close. fn NULL removes the watermarks. Memory then stays near
+ * high plus one write (the buffer's capacity at most doubles that).
+ * Loop thread. -EINVAL: NULL s, fn with high 0 or low > high. -EPIPE:
+ * closed. */
+int iol_stream_set_write_watermarks(iol_stream *s, size_t high, size_t low, iol_watermark_fn fn, void *arg);
 /* fn(s, arg) runs on the loop once the stream closed (by either side). */
 int iol_stream_set_close_callback(iol_stream *s, iol_close_fn fn, void *arg);
 /* Closes the fd and fails a pending read with -EPIPE; unwritten data is

@@ -10,6 +10,9 @@ const iol__poller_ops *iol__poller_find(const char *name)
 #ifdef IOL_HAVE_ZMQ
                                                   &iol__poller_zmq,
 #endif
+#ifdef IOL_HAVE_URING
+                                                  &iol__poller_uring,
+#endif
     };
     if (!name) {
         name = getenv("IOL_POLLER");

@@ -68,6 +68,9 @@ extern const iol__poller_ops iol__poller_select;
 #ifdef IOL_HAVE_ZMQ
 extern const iol__poller_ops iol__poller_zmq; /* zmq_poll over sockets and fds */
 #endif
+#ifdef IOL_HAVE_URING
+extern const iol__poller_ops iol__poller_uring; /* IORING_OP_POLL_ADD, batched */
+#endif
 
 /* The backend called name; NULL name: $IOL_POLLER if set, else the best
  * (epoll). NULL for an unknown name (the loop returns -EINVAL). */

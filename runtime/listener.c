@@ -6,7 +6,8 @@
  * HANDOFF: one socket, watched by the acceptor, a thread of the runtime's
  * own with a loop of its own (runtime.c, acceptor_main). It accepts and
  * hands each fd to a worker through that worker's callback queue (see
- * pick_worker: not a stalled worker, then the fewest connections). Why a
+ * pick_worker: under the connection cap, not a stalled worker, then the
+ * fewest connections). Why a
  * thread and not worker 0, as before: a long callback on the coordinating
  * worker stalled every accept; now a busy worker only stops receiving
  * (its oldest handoff ages), the others keep being served. The cost: the
@@ -30,6 +31,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netdb.h>
 #include <linux/filter.h>
 #include <netinet/in.h>
@@ -43,6 +45,7 @@
 #include <unistd.h>
 
 #include "loop/log.h"
+#include "runtime/admission.h"
 #include "runtime/runtime_impl.h"
 
 #define ACCEPT_BATCH 64
@@ -62,6 +65,10 @@ typedef struct iol__lsock {
     bool episode;    /* inside an out-of-fds episode (warned once) */
     double backoff;
     iol_timeout resume_timer; /* 0: none */
+    iol__admission adm;       /* max_connections, max_accept_rate */
+    /* Holds for the cap and for the rate; relaxed: statistics written by
+     * the socket's thread, read by anyone. */
+    _Atomic uint64_t holds_conns, holds_rate;
 } iol__lsock;
 
 typedef struct iol__count {
@@ -148,27 +155,34 @@ static bool stalled(iol__rt_worker *w, double now, unsigned long *backlog)
     return *backlog > 0 && now - w->progress_at > STALL_SECONDS;
 }
 
-/* The worker to hand the next connection to: not a stalled one if any is
- * not; then the fewest connections; then the shorter backlog (a worker
- * that has come to its queue before one that has not); then the first
- * from rr on. Acceptor only. */
+/* The worker to hand the next connection to: one under the listener's
+ * connection cap if any is (admission control made sure one is); then
+ * not a stalled one if any is not; then the fewest connections; then the
+ * shorter backlog (a worker that has come to its queue before one that
+ * has not); then the first from rr on. Acceptor only. */
 static unsigned pick_worker(iol__listener *l)
 {
     iol_runtime *rt = l->rt;
     double now = iol_loop_time(rt->acceptor_loop);
+    const iol__admission *adm = &l->socks[0].adm;
     unsigned best = l->rr % rt->n;
     long best_load = 0;
     unsigned long best_backlog = 0;
-    bool have_best = false, best_stalled = false;
+    bool have_best = false, best_stalled = false, best_full = false;
     for (unsigned k = 0; k < rt->n; k++) {
         unsigned i = (l->rr + k) % rt->n;
         iol__rt_worker *w = &rt->workers[i];
         unsigned long backlog;
         bool st = stalled(w, now, &backlog);
         long load = worker_load(w);
+        bool full = !iol__admission_room(adm, load);
         bool better;
-        if (!have_best || st != best_stalled)
-            better = !have_best || !st;
+        if (!have_best)
+            better = true;
+        else if (full != best_full)
+            better = !full;
+        else if (st != best_stalled)
+            better = !st;
         else
             better = load < best_load || (load == best_load && backlog < best_backlog);
         if (better) {
@@ -176,6 +190,7 @@ static unsigned pick_worker(iol__listener *l)
             best_load = load;
             best_backlog = backlog;
             best_stalled = st;
+            best_full = full;
             have_best = true;
         }
     }
@@ -312,11 +327,61 @@ static void lsock_pause(iol__lsock *s, int err)
         s->backoff = BACKOFF_MAX;
 }
 
+/* The load admission control looks at: the socket's own worker's
+ * (REUSEPORT), or the lowest of the workers a handoff may go to. */
+static long admission_load(iol__lsock *s)
+{
+    iol_runtime *rt = s->l->rt;
+    if (!on_acceptor(s))
+        return worker_load(&rt->workers[s->worker]);
+    long low = -1;
+    for (unsigned i = 0; i < rt->n; i++) {
+        long load = worker_load(&rt->workers[i]);
+        if (low < 0 || load < low)
+            low = load;
+    }
+    return low;
+}
+
+/* The cap or the rate says no: the handler goes until the timer brings
+ * it back, and the next readiness asks again (admission.c). */
+static void lsock_hold(iol__lsock *s, iol__admit_verdict v, double wait)
+{
+    /* relaxed: see holds_conns. */
+    atomic_fetch_add_explicit(v == IOL__HOLD_CONNS ? &s->holds_conns : &s->holds_rate, 1, memory_order_relaxed);
+    lsock_unwatch(s);
+    int r = iol_loop_call_later(lsock_loop(s), wait, lsock_resume, s, &s->resume_timer);
+    if (r < 0) {
+        iol__log(IOL_LOG_ERROR, "listener %d: cannot schedule resume: %s", s->l->id, strerror(-r));
+        s->resume_timer = 0;
+    }
+}
+
+/* Whether admission control lets one more connection in; holds the
+ * socket when not. */
+static bool lsock_admit(iol__lsock *s)
+{
+    iol__admission *a = &s->adm;
+    if (a->max_conns == 0 && a->rate == 0)
+        return true;
+    double wait = 0;
+    double now = a->rate > 0 ? iol_loop_time(lsock_loop(s)) : 0;
+    iol__admit_verdict v = iol__admission_check(a, a->max_conns ? admission_load(s) : 0, now, &wait);
+    if (v == IOL__ADMIT)
+        return true;
+    lsock_hold(s, v, wait);
+    return false;
+}
+
 /* Accepts up to `limit` connections (0: until EAGAIN). Returns false when
- * it paused the socket. */
-static bool lsock_accept(iol__lsock *s, int limit)
+ * it paused or held the socket. admit: ask admission control first (not
+ * for the final accepts at stop: what the kernel queued is handed on, as
+ * stop promises). */
+static bool lsock_accept(iol__lsock *s, int limit, bool admit)
 {
     for (int n = 0; limit == 0 || n < limit; n++) {
+        if (admit && !lsock_admit(s))
+            return false;
         struct sockaddr_storage peer;
         socklen_t peerlen = sizeof(peer);
         int c = accept4(s->fd, (struct sockaddr *)&peer, &peerlen, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -340,6 +405,7 @@ static bool lsock_accept(iol__lsock *s, int limit)
             s->backoff = 0;
             iol__log(IOL_LOG_INFO, "listener %d (port %u): accepting again", s->l->id, (unsigned)s->l->port);
         }
+        iol__admission_took(&s->adm);
         dispatch(s, c, (const struct sockaddr *)&peer, peerlen);
     }
     return true;
@@ -349,7 +415,7 @@ static void lsock_ready(int fd, unsigned events, void *arg)
 {
     (void)fd;
     (void)events;
-    lsock_accept(arg, ACCEPT_BATCH);
+    lsock_accept(arg, ACCEPT_BATCH, true);
 }
 
 static void lsock_close(iol__lsock *s)
@@ -549,6 +615,8 @@ int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg)
         return -EINVAL;
     if (cfg->defer_accept < 0)
         return -EINVAL;
+    if (!(cfg->max_accept_rate >= 0) || (cfg->connections_low && cfg->connections_low >= cfg->max_connections))
+        return -EINVAL;
     /* relaxed: a fast path; the authoritative check is under rt->mu. */
     if (atomic_load_explicit(&rt->stopped, memory_order_relaxed))
         return -ESHUTDOWN;
@@ -606,6 +674,10 @@ int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg)
         s->worker = reuseport ? i : IOL__ACCEPTOR(rt);
         s->fd = fds[i];
         s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        /* REUSEPORT: each socket gets its share of the rate (the kernel
+         * spreads connections evenly); HANDOFF: the one socket all of it. */
+        iol__admission_init(&s->adm, cfg->max_connections, cfg->connections_low,
+                            cfg->max_accept_rate / (double)nsocks, NAN);
     }
     free(fds);
     fds = NULL;
@@ -758,7 +830,7 @@ static void final_accepts(iol__lsock *s)
     double give_up = monotonic_now() + bound;
     struct pollfd pfd = {.fd = s->fd, .events = POLLIN};
     for (;;) {
-        if (!lsock_accept(s, 0))
+        if (!lsock_accept(s, 0, false))
             return;
         if (poll(&pfd, 1, FINAL_HANDSHAKE_WAIT_MS) > 0)
             continue;
@@ -768,7 +840,7 @@ static void final_accepts(iol__lsock *s)
             /* A handshake that completed between the last accept and the
              * count is queued, no longer half-open: take it too. Nothing
              * can land after this pass (new SYNs are dropped). */
-            lsock_accept(s, 0);
+            lsock_accept(s, 0, false);
             return;
         }
     }

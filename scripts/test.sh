@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Builds and runs the whole test suite in five flavours: the normal build,
-# AddressSanitizer + UndefinedBehaviorSanitizer, ThreadSanitizer, valgrind
-# memcheck, and 30 s of each libFuzzer target (clang, ASan + UBSan).
+# Builds and runs the whole test suite in six flavours: the normal build,
+# the normal build with every loop on the uring poller (IOL_POLLER=uring;
+# skipped without liburing), AddressSanitizer + UndefinedBehaviorSanitizer,
+# ThreadSanitizer, valgrind memcheck, and 30 s of each libFuzzer target
+# (clang, ASan + UBSan).
 # Stress sizes shrink under the slow flavours through IOL_TEST_SCALE (set
 # by the meson test setups). Exits non-zero on any failure.
-# Usage: scripts/test.sh [normal|asan|tsan|valgrind|fuzz ...]
+# Usage: scripts/test.sh [normal|uring|asan|tsan|valgrind|fuzz ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 flavours=("$@")
-[ ${#flavours[@]} -gt 0 ] || flavours=(normal asan tsan valgrind fuzz)
+[ ${#flavours[@]} -gt 0 ] || flavours=(normal uring asan tsan valgrind fuzz)
 extra=()
 for f in "${flavours[@]}"; do
   [ "$f" != fuzz ] || extra=(fuzz) # clang only when fuzzing
@@ -57,6 +59,15 @@ for f in "${flavours[@]}"; do
       mtest build ""
       # The compiled examples of docs/api.md, against the shared library.
       docs/examples/check.sh build ;;
+    uring)
+      setup build
+      # The per-poller suites cover uring in every flavour; this runs all
+      # the others (runtime, listener, stream, examples...) on it too.
+      if meson test -C build --setup uring --list >/dev/null 2>&1; then
+        mtest build uring --no-suite soak
+      else
+        echo "=== uring: built without liburing, skipped"
+      fi ;;
     asan)
       setup build-asan -Db_sanitize=address,undefined -Db_lundef=false
       ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \

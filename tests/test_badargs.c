@@ -19,6 +19,7 @@ static int exec_fn(void *arg, void **res) { (void)arg; (void)res; return 0; }
 static int sync_fn(iol_loop *l, iol_future *d, void *arg) { (void)l; (void)d; (void)arg; return 0; }
 static void on_read(iol_stream *s, const char *d, size_t n, int st, void *a) { (void)s; (void)d; (void)n; (void)st; (void)a; }
 static void on_connect(iol_stream *s, int st, void *a) { (void)s; (void)st; (void)a; }
+static void on_watermark(iol_stream *s, bool above, void *a) { (void)s; (void)above; (void)a; }
 static void on_accept(iol_loop *l, int fd, const struct sockaddr *p, socklen_t n, void *a) { (void)l; (void)fd; (void)p; (void)n; (void)a; }
 
 static iol_loop *L;      /* a live loop */
@@ -130,6 +131,15 @@ static int run_row(int i, const char **text, int *want)
         ROW(-EINVAL, iol_stream_close(NULL))
         ROW(-EINVAL, iol_stream_fd(NULL))
         ROW(-EINVAL, iol_stream_set_max_write_buffer(NULL, 1))
+        ROW(-EINVAL, iol_stream_read_until_max(NULL, "\n", 10, on_read, NULL))
+        ROW(-EINVAL, iol_stream_connect_ex(NULL, L, "127.0.0.1", 1, NULL, on_connect, NULL))
+        ROW(-EINVAL, iol_stream_connect_ex(&(iol_stream *){ 0 }, L, "", 1, NULL, on_connect, NULL))
+        ROW(-EINVAL, iol_stream_connect_ex(&(iol_stream *){ 0 }, L, "127.0.0.1", 1, &(iol_connect_options){ .timeout = NAN }, on_connect, NULL))
+        ROW(-EINVAL, iol_stream_connect_ex(&(iol_stream *){ 0 }, L, "127.0.0.1", 1, &(iol_connect_options){ .source = "a.name" }, on_connect, NULL))
+        ROW(-EINVAL, iol_stream_connect_ex(&(iol_stream *){ 0 }, L, "127.0.0.1", 1, &(iol_connect_options){ .source_port = 1 }, on_connect, NULL))
+        ROW(-EINVAL, iol_stream_pause_reading(NULL))
+        ROW(-EINVAL, iol_stream_resume_reading(NULL))
+        ROW(-EINVAL, iol_stream_set_write_watermarks(NULL, 2, 1, on_watermark, NULL))
         /* Operability (issue 15): statistics. */
         ROW(-EINVAL, iol_loop_get_stats(NULL, &(iol_loop_stats){ 0 }, sizeof(iol_loop_stats)))
         ROW(-EINVAL, iol_loop_get_stats(L, NULL, sizeof(iol_loop_stats)))

@@ -190,11 +190,14 @@ static int make_loop(void **obj)
 }
 static void close_loop(void *obj) { iol_loop_close(obj, false); }
 
+static const char *pollers[] = { "epoll", "poll", "select",
 #ifdef IOL_HAVE_ZMQ
-static const char *pollers[] = { "epoll", "poll", "select", "zmq" };
-#else
-static const char *pollers[] = { "epoll", "poll", "select" };
+                                 "zmq",
 #endif
+#ifdef IOL_HAVE_URING
+                                 "uring",
+#endif
+};
 #define NPOLLERS (int)(sizeof pollers / sizeof pollers[0])
 static int make_loop_with_poller(void **obj)
 {

@@ -14,13 +14,16 @@
 #include "ioloop.h"
 #include "testutil.h"
 
-#ifdef IOL_HAVE_ZMQ /* the zmq poller passes the same suite */
-static const char *const names[] = { "epoll", "poll", "select", "zmq" };
-#define NBACKENDS 4
-#else
-static const char *const names[] = { "epoll", "poll", "select" };
-#define NBACKENDS 3
+/* The optional backends pass the same suite. */
+static const char *const names[] = { "epoll", "poll", "select",
+#ifdef IOL_HAVE_ZMQ
+                                     "zmq",
 #endif
+#ifdef IOL_HAVE_URING
+                                     "uring",
+#endif
+};
+#define NBACKENDS (int)(sizeof names / sizeof names[0])
 
 static iol_loop *new_loop(const char *poller)
 {

@@ -17,11 +17,14 @@
 #include <time.h>
 #include <unistd.h>
 
+static const char *const pollers[] = {"epoll", "poll", "select",
 #ifdef IOL_HAVE_ZMQ
-static const char *const pollers[] = {"epoll", "poll", "select", "zmq"};
-#else
-static const char *const pollers[] = {"epoll", "poll", "select"};
+                                      "zmq",
 #endif
+#ifdef IOL_HAVE_URING
+                                      "uring",
+#endif
+};
 
 static int count_open_fds(void)
 {

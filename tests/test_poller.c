@@ -16,14 +16,16 @@
 #include "poller/poller.h"
 #include "testutil.h"
 
-#ifdef IOL_HAVE_ZMQ /* the zmq poller passes the same suite */
+/* The optional backends pass the same suite. */
 static const iol__poller_ops *const backends[] = { &iol__poller_epoll, &iol__poller_poll, &iol__poller_select,
-                                                   &iol__poller_zmq };
-#define NBACKENDS 4
-#else
-static const iol__poller_ops *const backends[] = { &iol__poller_epoll, &iol__poller_poll, &iol__poller_select };
-#define NBACKENDS 3
+#ifdef IOL_HAVE_ZMQ
+                                                   &iol__poller_zmq,
 #endif
+#ifdef IOL_HAVE_URING
+                                                   &iol__poller_uring,
+#endif
+};
+#define NBACKENDS (int)(sizeof backends / sizeof backends[0])
 
 static iol__poller *open_poller(const iol__poller_ops *ops)
 {
@@ -301,6 +303,15 @@ START_TEST(test_timeout_and_eintr)
     ck_assert(waited >= 0.03 && waited < 30);
 
     /* A signal interrupting a long wait: 0, not an error. */
+    if (strcmp(ops->name, "uring") == 0 && iol_test_under_valgrind()) {
+        /* Measured with valgrind 3.19: its io_uring_enter wrapper does not
+         * let a signal in until the call returns (no EINTR; even SIGTERM
+         * waits for the timeout). */
+        fprintf(stderr, "test_timeout_and_eintr: uring under valgrind: signals do not interrupt io_uring_enter, "
+                        "EINTR part skipped\n");
+        ops->close(p);
+        return;
+    }
     struct sigaction catcher = { .sa_handler = on_usr1 }, saved;
     sigemptyset(&catcher.sa_mask);
     ck_assert_int_eq(sigaction(SIGUSR1, &catcher, &saved), 0);

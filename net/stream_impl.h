@@ -1,0 +1,159 @@
+/*
+ * net/stream_impl.h — the stream object shared by the net/ files:
+ * stream.c (lifetime, events, the loop's entry points), stream_read.c,
+ * stream_write.c and stream_connect.c.
+ *
+ * Callbacks: a read's callback runs from the fd handler or from the
+ * stream's one deferred callback (iol_loop_add_callback), never inside the
+ * call that asked for it. Write `done`s run the same way, in order.
+ *
+ * Lifetime: the stream frees itself once it is closed (by either side)
+ * and no callback of it is on the stack or queued: `refs` counts handler
+ * and deferred frames plus the queued deferred callback. Closing only
+ * marks the stream, closes the fd and queues the deferred callback, which
+ * completes the pending read with its error, runs the close callback, and
+ * drops the last reference. So close is safe from inside any callback, and
+ * after the close callback returns the stream must not be used again.
+ */
+#ifndef IOL_NET_STREAM_IMPL_H
+#define IOL_NET_STREAM_IMPL_H
+
+#include "ioloop.h"
+
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include "loop/close_hook.h"
+#include "net/buffer.h"
+#include "net/resolve.h"
+
+enum {
+    STREAM_DEFAULT_MAX_BUFFER = 100u << 20, /* Tornado's default max_buffer_size */
+    STREAM_READ_CHUNK = 64u << 10,          /* least tail room offered to one read() */
+    STREAM_IO_ROUNDS = 16,                  /* syscalls per event before other fds get a turn */
+    STREAM_DELIM_INLINE = 32,               /* delimiters up to this length need no malloc */
+};
+
+
+typedef enum { READ_NONE, READ_UNTIL, READ_BYTES, READ_UNTIL_CLOSE } stream_read_kind;
+
+/* A write's `done`, due once bytes_written reaches `end`. */
+typedef struct stream_write_done {
+    uint64_t end;
+    iol_callback_fn fn;
+    void *arg;
+} stream_write_done;
+
+struct iol_stream {
+    iol_loop *loop; /* referenced for the stream's lifetime */
+    iol__close_hook close_hook; /* the loop's close releases the stream */
+    int fd;         /* -1 once closed (or between connect attempts) */
+    bool is_socket; /* send(MSG_NOSIGNAL) rather than write() */
+
+    bool registered;  /* fd has our handler on the loop */
+    unsigned watched; /* events the handler currently watches */
+    bool parked;      /* peer hung up while nothing was asked: no idle watching */
+
+    bool closed;
+    bool eof;      /* closed because the peer finished sending */
+    bool finished; /* close completed: read failed, close callback run */
+    bool deferred_queued;
+    bool in_deferred; /* the deferred callback is running and re-checks at its end */
+    bool deferred_again;
+    bool loop_closing; /* released by the loop's close: queue nothing more */
+    int error;     /* -errno that closed the stream, 0 if none */
+    unsigned refs; /* frames on the stack + the queued deferred callback */
+
+    size_t max_buffer_size;
+    size_t max_write_buffer; /* 0: unlimited */
+    bool read_paused; /* iol_stream_pause_reading: no recv, no read callback */
+
+    /* write watermarks: wm_above flips when wbuf passes wm_high (up) or
+     * drains to wm_low (down); wm_told is what wm_fn last heard, so a rise
+     * and fall between two loop turns tells nothing */
+    iol_watermark_fn wm_fn;
+    void *wm_arg;
+    size_t wm_high;
+    size_t wm_low;
+    bool wm_above;
+    bool wm_told;
+    iol__buffer rbuf;
+    iol__buffer wbuf;
+
+    /* the pending read */
+    stream_read_kind read_kind;
+    iol_read_fn read_cb;
+    void *read_arg;
+    size_t read_n;
+    bool read_partial;
+    size_t read_max; /* read_until: fail past this many bytes; 0: no limit */
+    char *delim; /* delim_inline or heap */
+    size_t delim_len;
+    size_t delim_cap;
+    size_t scan_pos; /* the delimiter does not start before this offset in rbuf */
+    char delim_inline[STREAM_DELIM_INLINE];
+
+    /* dones of queued writes, FIFO: live entries are [done_head, done_count) */
+    stream_write_done *dones;
+    size_t done_head;
+    size_t done_count;
+    size_t done_cap;
+    uint64_t bytes_queued;  /* every byte ever accepted by iol_stream_write */
+    uint64_t bytes_written; /* every byte ever handed to the kernel */
+
+    iol_close_fn close_cb;
+    void *close_arg;
+
+    /* connect */
+    bool connecting;
+    bool connect_report; /* the result is known and waits for the deferred callback */
+    int connect_status;
+    iol_connect_fn connect_cb;
+    void *connect_arg;
+    iol__address *addrs;
+    size_t naddrs;
+    size_t next_addr;
+    iol__resolve_job *resolving; /* a name lookup whose callback holds a reference */
+    iol_timeout connect_timer;   /* the connect deadline, 0 if none */
+    iol__address *source; /* bound before connecting; out of line: an idle stream stays small */
+};
+
+static inline void iol__stream_hold(iol_stream *s)
+{
+    s->refs++;
+}
+
+/* stream.c */
+int iol__stream_alloc(iol_stream **out, iol_loop *loop, size_t max_buffer_size);
+void iol__stream_free(iol_stream *s);
+/* Drops a reference; frees a closed stream when it was the last. */
+void iol__stream_release(iol_stream *s);
+/* Queues the one deferred callback. -ESHUTDOWN, -ENOMEM. */
+int iol__stream_schedule(iol_stream *s);
+void iol__stream_drop_fd(iol_stream *s);
+/* Marks the stream closed with err; never frees, never calls back. */
+void iol__stream_close_internal(iol_stream *s, int err);
+/* Brings the fd handler in line with what the stream waits for. */
+int iol__stream_update_events(iol_stream *s);
+/* The fd handler of every stream. */
+void iol__stream_on_events(int fd, unsigned events, void *arg);
+/* The pending error of a socket (SO_ERROR clears it), 0 if none. */
+int iol__stream_socket_error(const iol_stream *s);
+
+/* stream_read.c */
+void iol__stream_handle_read(iol_stream *s);
+bool iol__stream_try_complete_read(iol_stream *s);
+void iol__stream_deliver(iol_stream *s, size_t n, int status);
+
+/* stream_write.c */
+void iol__stream_handle_write(iol_stream *s);
+void iol__stream_fire_dones(iol_stream *s);
+/* Tells wm_fn of a watermark crossing it has not heard of yet. */
+void iol__stream_fire_watermark(iol_stream *s);
+
+/* stream_connect.c */
+void iol__stream_connect_done(iol_stream *s, int status);
+void iol__stream_handle_connect(iol_stream *s);
+
+#endif /* IOL_NET_STREAM_IMPL_H */

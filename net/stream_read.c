@@ -1,0 +1,276 @@
+/*
+ * net/stream_read.c — a stream's reads: read_until, read_bytes,
+ * read_until_close. Reads go straight into the tail of the read buffer.
+ */
+#include "net/stream_impl.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---------------------------------------------------------------- Syscall */
+
+/* One read into the read buffer, at most `limit` bytes (> 0).
+ * >0 bytes read, 0 at EOF, -EAGAIN, or -errno. */
+static ssize_t stream_recv(iol_stream *s, size_t limit)
+{
+    int r = iol__buffer_reserve(&s->rbuf, limit < STREAM_READ_CHUNK ? limit : STREAM_READ_CHUNK);
+    if (r < 0)
+        return r;
+    size_t room = iol__buffer_tail_room(&s->rbuf);
+    if (room > limit)
+        room = limit;
+    char *tail = iol__buffer_data(&s->rbuf) + s->rbuf.len;
+    ssize_t n;
+    do {
+        n = s->is_socket ? recv(s->fd, tail, room, 0) : read(s->fd, tail, room);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return (errno == EAGAIN || errno == EWOULDBLOCK) ? -EAGAIN : -errno;
+    s->rbuf.len += (size_t)n;
+    return n;
+}
+
+
+/* ------------------------------------------------------------------- Reads */
+
+/* How many buffered bytes complete the pending read; 0: not yet. */
+static size_t stream_read_ready(iol_stream *s)
+{
+    size_t len = s->rbuf.len;
+    switch (s->read_kind) {
+    case READ_BYTES:
+        if (len >= s->read_n)
+            return s->read_n;
+        return s->read_partial ? len : 0;
+    case READ_UNTIL: {
+        size_t dlen = s->delim_len;
+        if (len < dlen)
+            return 0;
+        const char *data = iol__buffer_data(&s->rbuf);
+        size_t from = s->scan_pos;
+        const char *hit = dlen == 1 ? memchr(data + from, s->delim[0], len - from)
+                                    : memmem(data + from, len - from, s->delim, dlen);
+        if (hit)
+            return (size_t)(hit - data) + dlen;
+        /* Next time search only the new bytes, plus the dlen - 1 before
+         * them where a split delimiter may start. */
+        s->scan_pos = len - (dlen - 1);
+        return 0;
+    }
+    case READ_UNTIL_CLOSE:
+    case READ_NONE:
+        break;
+    }
+    return 0;
+}
+
+/* Hands the first n buffered bytes to the pending read's callback. */
+void iol__stream_deliver(iol_stream *s, size_t n, int status)
+{
+    iol_read_fn cb = s->read_cb;
+    void *arg = s->read_arg;
+    const char *data = n ? iol__buffer_data(&s->rbuf) : NULL;
+    /* Clear the read and consume first, so the callback can start the next
+     * read; data stays valid because only a socket read (never done inside
+     * a stream call) writes into the buffer. */
+    s->read_kind = READ_NONE;
+    s->read_cb = NULL;
+    s->read_arg = NULL;
+    iol__buffer_consume(&s->rbuf, n);
+    cb(s, data, n, status, arg);
+    iol__buffer_trim(&s->rbuf);
+}
+
+/* A read_until with max_bytes that can no longer succeed: the delimiter
+ * ends past max_bytes, or max_bytes are buffered without it (a delimiter
+ * found later would end past them too). */
+static bool stream_read_over_max(const iol_stream *s, size_t ready)
+{
+    if (s->read_kind != READ_UNTIL || s->read_max == 0)
+        return false;
+    return ready > s->read_max || (ready == 0 && s->rbuf.len >= s->read_max);
+}
+
+/* Completes the pending read from the buffer if it can; a buffer that is
+ * full without answering it closes the stream with -ENOBUFS, a read_until
+ * past its max_bytes with -EMSGSIZE (the read then fails from the deferred
+ * callback). true: the read is no longer pending. */
+bool iol__stream_try_complete_read(iol_stream *s)
+{
+    size_t n = stream_read_ready(s);
+    if (stream_read_over_max(s, n)) {
+        iol__stream_close_internal(s, -EMSGSIZE); /* Tornado's UnsatisfiableReadError */
+        return true;
+    }
+    if (n > 0) {
+        iol__stream_deliver(s, n, 0);
+        return true;
+    }
+    if (s->rbuf.len >= s->max_buffer_size) {
+        iol__stream_close_internal(s, -ENOBUFS);
+        return true;
+    }
+    return false;
+}
+
+void iol__stream_handle_read(iol_stream *s)
+{
+    int rounds = 0;
+    while (!s->closed && !s->read_paused) { /* a read callback may pause */
+        if (s->read_kind != READ_NONE && iol__stream_try_complete_read(s))
+            continue; /* the callback may have started another read */
+        size_t limit;
+        if (s->read_kind != READ_NONE)
+            limit = s->max_buffer_size - s->rbuf.len; /* > 0: a full buffer closed above */
+        else if (s->close_cb && s->rbuf.len == 0 && !s->parked)
+            limit = s->max_buffer_size < STREAM_READ_CHUNK ? s->max_buffer_size : STREAM_READ_CHUNK;
+        else
+            break;
+        if (rounds++ == STREAM_IO_ROUNDS)
+            break; /* level-triggered: the rest is reported again */
+        ssize_t n = stream_recv(s, limit);
+        if (n == -EAGAIN)
+            break;
+        if (n == 0) {
+            s->eof = true;
+            iol__stream_close_internal(s, 0);
+        } else if (n < 0) {
+            iol__stream_close_internal(s, (int)n);
+        }
+    }
+    /* The last recv usually found nothing (EAGAIN): an idle stream keeps
+     * no buffer. */
+    iol__buffer_trim(&s->rbuf);
+}
+
+/* ------------------------------------------------------------- Public API */
+
+/* Whether the buffer alone answers the pending read (or fails it). */
+static bool stream_read_decidable(iol_stream *s)
+{
+    size_t n = stream_read_ready(s);
+    return n > 0 || s->rbuf.len >= s->max_buffer_size || stream_read_over_max(s, n);
+}
+
+/* A new read was recorded: answer it from the buffer through the deferred
+ * callback, or start watching the socket (neither while paused). On
+ * failure the read is undone. */
+static int stream_arm_read(iol_stream *s)
+{
+    int r;
+    if (!s->read_paused && stream_read_decidable(s))
+        r = iol__stream_schedule(s);
+    else
+        r = iol__stream_update_events(s);
+    if (r < 0) {
+        s->read_kind = READ_NONE;
+        s->read_cb = NULL;
+        s->read_arg = NULL;
+    }
+    return r;
+}
+
+static int stream_check_read(const iol_stream *s)
+{
+    if (s->closed)
+        return -EPIPE;
+    if (s->read_kind != READ_NONE)
+        return -EBUSY;
+    return 0;
+}
+
+int iol_stream_read_until_max(iol_stream *s, const char *delim, size_t max_bytes, iol_read_fn cb, void *arg)
+{
+    if (!s || !delim || !cb || delim[0] == '\0')
+        return -EINVAL;
+    size_t dlen = strlen(delim);
+    if (max_bytes > 0 && max_bytes < dlen)
+        return -EINVAL; /* could never be answered */
+    int r = stream_check_read(s);
+    if (r < 0)
+        return r;
+    if (dlen > s->delim_cap) {
+        char *copy = malloc(dlen);
+        if (!copy)
+            return -ENOMEM;
+        if (s->delim != s->delim_inline)
+            free(s->delim);
+        s->delim = copy;
+        s->delim_cap = dlen;
+    }
+    memcpy(s->delim, delim, dlen);
+    s->delim_len = dlen;
+    s->scan_pos = 0;
+    s->read_max = max_bytes;
+    s->read_kind = READ_UNTIL;
+    s->read_cb = cb;
+    s->read_arg = arg;
+    return stream_arm_read(s);
+}
+
+int iol_stream_read_until(iol_stream *s, const char *delim, iol_read_fn cb, void *arg)
+{
+    return iol_stream_read_until_max(s, delim, 0, cb, arg);
+}
+
+int iol_stream_read_bytes(iol_stream *s, size_t n, bool partial, iol_read_fn cb, void *arg)
+{
+    if (!s || !cb || n == 0)
+        return -EINVAL;
+    int r = stream_check_read(s);
+    if (r < 0)
+        return r;
+    s->read_kind = READ_BYTES;
+    s->read_n = n;
+    s->read_partial = partial;
+    s->read_cb = cb;
+    s->read_arg = arg;
+    return stream_arm_read(s);
+}
+
+int iol_stream_read_until_close(iol_stream *s, iol_read_fn cb, void *arg)
+{
+    if (!s || !cb)
+        return -EINVAL;
+    int r = stream_check_read(s);
+    if (r < 0)
+        return r;
+    s->read_kind = READ_UNTIL_CLOSE;
+    s->read_cb = cb;
+    s->read_arg = arg;
+    return stream_arm_read(s);
+}
+
+
+int iol_stream_pause_reading(iol_stream *s)
+{
+    if (!s)
+        return -EINVAL;
+    if (s->closed)
+        return -EPIPE;
+    if (s->read_paused)
+        return 0;
+    s->read_paused = true;
+    int r = iol__stream_update_events(s);
+    if (r < 0)
+        iol__stream_close_internal(s, r); /* it would go on reading */
+    return r;
+}
+
+int iol_stream_resume_reading(iol_stream *s)
+{
+    if (!s)
+        return -EINVAL;
+    if (s->closed)
+        return -EPIPE;
+    if (!s->read_paused)
+        return 0;
+    s->read_paused = false;
+    int r = s->read_kind != READ_NONE && stream_read_decidable(s) ? iol__stream_schedule(s)
+                                                                    : iol__stream_update_events(s);
+    if (r < 0)
+        iol__stream_close_internal(s, r); /* the pending read would never finish */
+    return r;
+}

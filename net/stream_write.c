@@ -1,0 +1,190 @@
+/*
+ * net/stream_write.c — a stream's writes: the write buffer and the
+ * `done`s that run once their bytes reached the kernel.
+ */
+#include "net/stream_impl.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static ssize_t stream_send(iol_stream *s, const void *data, size_t len)
+{
+    ssize_t n;
+    do {
+        /* MSG_NOSIGNAL: a vanished peer is -EPIPE here, not a SIGPIPE. */
+        n = s->is_socket ? send(s->fd, data, len, MSG_NOSIGNAL) : write(s->fd, data, len);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return (errno == EAGAIN || errno == EWOULDBLOCK) ? -EAGAIN : -errno;
+    return n;
+}
+
+
+/* ------------------------------------------------------------------ Writes */
+
+/* Runs the dones whose bytes reached the kernel, in write order. */
+void iol__stream_fire_dones(iol_stream *s)
+{
+    while (s->done_head < s->done_count && s->dones[s->done_head].end <= s->bytes_written) {
+        stream_write_done d = s->dones[s->done_head++];
+        if (s->done_head == s->done_count) {
+            /* Empty: an idle stream keeps no array (d.fn may write again
+             * and make a new one; the loop then reads that). */
+            free(s->dones);
+            s->dones = NULL;
+            s->done_cap = 0;
+            s->done_head = s->done_count = 0;
+        }
+        d.fn(d.arg);
+    }
+}
+
+/* Room for one more done entry (so a write never fails half-done). */
+static int stream_dones_reserve(iol_stream *s)
+{
+    if (s->done_count < s->done_cap)
+        return 0;
+    if (s->done_head > 0) {
+        memmove(s->dones, s->dones + s->done_head, (s->done_count - s->done_head) * sizeof(*s->dones));
+        s->done_count -= s->done_head;
+        s->done_head = 0;
+        return 0;
+    }
+    size_t cap = s->done_cap ? s->done_cap * 2 : 8;
+    stream_write_done *dones = realloc(s->dones, cap * sizeof(*dones));
+    if (!dones)
+        return -ENOMEM;
+    s->dones = dones;
+    s->done_cap = cap;
+    return 0;
+}
+
+void iol__stream_handle_write(iol_stream *s)
+{
+    for (int rounds = 0; s->wbuf.len > 0 && rounds < STREAM_IO_ROUNDS; rounds++) {
+        ssize_t n = stream_send(s, iol__buffer_data(&s->wbuf), s->wbuf.len);
+        if (n == -EAGAIN)
+            break;
+        if (n < 0) {
+            iol__stream_close_internal(s, (int)n);
+            return;
+        }
+        iol__buffer_consume(&s->wbuf, (size_t)n);
+        s->bytes_written += (uint64_t)n;
+    }
+    iol__buffer_trim(&s->wbuf);
+    if (s->wm_above && s->wbuf.len <= s->wm_low)
+        s->wm_above = false;
+    iol__stream_fire_dones(s);
+    if (!s->closed)
+        iol__stream_fire_watermark(s);
+}
+
+void iol__stream_fire_watermark(iol_stream *s)
+{
+    if (!s->wm_fn || s->wm_told == s->wm_above)
+        return;
+    s->wm_told = s->wm_above;
+    s->wm_fn(s, s->wm_told, s->wm_arg);
+}
+
+/* The buffer grew: past the high mark, tell the producer from the loop
+ * (never inside iol_stream_write, like every other callback). */
+static void stream_check_high_watermark(iol_stream *s)
+{
+    if (s->wm_fn && !s->wm_above && s->wbuf.len > s->wm_high) {
+        s->wm_above = true;
+        /* A failure to queue leaves it for the next write event. */
+        (void)iol__stream_schedule(s);
+    }
+}
+
+/* ------------------------------------------------------------- Public API */
+
+int iol_stream_write(iol_stream *s, const void *data, size_t len, iol_callback_fn done, void *arg)
+{
+    if (!s || (!data && len > 0))
+        return -EINVAL;
+    if (s->closed)
+        return -EPIPE;
+    /* Tornado checks the whole write against the limit, even one that
+     * could go straight to the kernel: the limit is predictable. */
+    if (s->max_write_buffer && (len > s->max_write_buffer || s->wbuf.len > s->max_write_buffer - len))
+        return -ENOBUFS;
+    int r = done ? stream_dones_reserve(s) : 0;
+    if (r < 0)
+        return r;
+
+    iol__stream_hold(s);
+    size_t sent = 0;
+    if (s->wbuf.len == 0 && !s->connecting && len > 0) {
+        ssize_t n = stream_send(s, data, len);
+        if (n >= 0) {
+            sent = (size_t)n;
+        } else if (n != -EAGAIN) {
+            r = (int)n; /* EPIPE, ECONNRESET...: the stream is over */
+            iol__stream_close_internal(s, r);
+            goto out;
+        }
+    }
+    if (sent < len)
+        r = iol__buffer_append(&s->wbuf, (const char *)data + sent, len - sent);
+    if (r < 0) {
+        if (sent > 0) /* part of it is gone already: the byte stream is torn */
+            iol__stream_close_internal(s, r);
+        goto out;
+    }
+    s->bytes_queued += len;
+    s->bytes_written += sent;
+    if (done) {
+        s->dones[s->done_count++] = (stream_write_done){.end = s->bytes_queued, .fn = done, .arg = arg};
+        /* Even when written at once, done runs later from the loop, never
+         * inside this call; a failure to queue leaves it for the next
+         * write event or the close. */
+        if (s->bytes_written >= s->bytes_queued)
+            (void)iol__stream_schedule(s);
+    }
+    stream_check_high_watermark(s);
+    if (s->wbuf.len > 0 && !(s->watched & IOL_WRITE)) {
+        r = iol__stream_update_events(s);
+        if (r < 0) /* the queued bytes would never leave */
+            iol__stream_close_internal(s, r);
+    }
+out:
+    iol__stream_release(s);
+    return r;
+}
+
+size_t iol_stream_write_buffer_size(const iol_stream *s)
+{
+    return s ? s->wbuf.len : 0;
+}
+
+int iol_stream_set_max_write_buffer(iol_stream *s, size_t max)
+{
+    if (!s)
+        return -EINVAL;
+    s->max_write_buffer = max;
+    return 0;
+}
+
+
+int iol_stream_set_write_watermarks(iol_stream *s, size_t high, size_t low, iol_watermark_fn fn, void *arg)
+{
+    if (!s || (fn && (high == 0 || low > high)))
+        return -EINVAL;
+    if (s->closed)
+        return -EPIPE;
+    s->wm_fn = fn;
+    s->wm_arg = arg;
+    s->wm_high = fn ? high : 0;
+    s->wm_low = fn ? low : 0;
+    /* The new producer starts from "below" and hears of a buffer that is
+     * already past the new high mark from the loop. */
+    s->wm_above = false;
+    s->wm_told = false;
+    stream_check_high_watermark(s);
+    return 0;
+}

@@ -1,0 +1,366 @@
+/* poller/ — the io_uring backend: readiness through IORING_OP_POLL_ADD.
+ *
+ * LEVEL-TRIGGERED. A multishot poll (IORING_POLL_ADD_MULTI) posts a CQE
+ * per wakeup of the file's wait queue, that is per new arrival: data left
+ * unread by a handler raises no new CQE, so multishot is edge-triggered.
+ * We arm one-shot polls instead and re-arm every fd that fired at the
+ * start of the next wait, after its handler ran. Arming checks readiness
+ * at once (vfs_poll) and completes inline when the fd is still ready: a
+ * handler that read half of the data is called again, as on epoll.
+ *
+ * BATCHED. add, modify and remove only write our books and, for a poll in
+ * flight, a POLL_REMOVE SQE; nothing enters the kernel until wait, which
+ * queues the re-arms and hands everything over in the same io_uring_enter
+ * that waits. One system call per iteration in the steady state; more only
+ * when the SQ fills (submit, then take a fresh SQE: never dropped) or the
+ * CQ overflowed (IORING_FEAT_NODROP keeps the extra CQEs in the kernel;
+ * reaping flushes them with io_uring_get_events).
+ *
+ * STALE COMPLETIONS. user_data is (generation << 32 | fd). Every new
+ * registration and every cancel bumps fd's generation, so a CQE of a poll
+ * removed, modified or armed on a closed file whose number was reused is
+ * recognised and dropped, never reported to the new registration. A CQE
+ * with generation 0 is one of our POLL_REMOVEs.
+ *
+ * CLOSED FILES. An armed poll holds a reference to its file: an fd closed
+ * with its poll in flight keeps the file (and a socket's connection) open
+ * until the POLL_REMOVE queued by remove reaches the kernel, at the next
+ * wait or at close. Requests belong to the thread that submitted them: if
+ * it exits, the kernel cancels them (-ECANCELED with a live generation)
+ * and we re-arm from the thread that waits now. */
+#include "poller/poller.h"
+
+#include <errno.h>
+#include <liburing.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "ioloop.h"
+
+#define SQ_ENTRIES 256
+#define CQ_ENTRIES 1024 /* CQEs come only from ready fds; beyond this NODROP */
+
+enum {
+    ADDED = 1u,    /* fd is registered (its events may be 0) */
+    ARMED = 2u,    /* a poll is in the SQ or in the kernel, not yet reaped */
+    QUEUED = 4u,   /* fd is in the arm list */
+};
+
+typedef struct slot {
+    uint32_t gen;  /* generation of the current registration or poll */
+    uint8_t flags;
+    uint8_t want;  /* IOL_READ | IOL_WRITE */
+} slot;
+
+struct iol__poller {
+    struct io_uring ring;
+    slot *slots;   /* indexed by fd */
+    int slots_cap;
+    int *arm;      /* fds to (re-)arm at the next wait, each once (QUEUED) */
+    int arm_len, arm_cap;
+};
+
+static uint64_t tag(int fd, uint32_t gen)
+{
+    return (uint64_t)gen << 32 | (uint32_t)fd;
+}
+
+static void next_gen(slot *s)
+{
+    if (++s->gen == 0) /* 0 marks our own POLL_REMOVEs */
+        s->gen = 1;
+}
+
+static int uring_create_poller(iol__poller **out)
+{
+    iol__poller *p = calloc(1, sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    struct io_uring_params params = {
+        .flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL,
+        .cq_entries = CQ_ENTRIES,
+    };
+    int err = io_uring_queue_init_params(SQ_ENTRIES, &p->ring, &params);
+    if (err == -EINVAL) { /* kernels before 5.18 lack SUBMIT_ALL */
+        params = (struct io_uring_params){ .flags = IORING_SETUP_CQSIZE, .cq_entries = CQ_ENTRIES };
+        err = io_uring_queue_init_params(SQ_ENTRIES, &p->ring, &params);
+    }
+    if (err < 0) { /* -EPERM, -ENOSYS: io_uring disabled or filtered */
+        free(p);
+        return err;
+    }
+    /* Without NODROP a CQ overflow loses completions: an fd would never
+     * be reported again. */
+    if (!(params.features & IORING_FEAT_NODROP)) {
+        io_uring_queue_exit(&p->ring);
+        free(p);
+        return -ENOSYS;
+    }
+    *out = p;
+    return 0;
+}
+
+static bool is_added(const iol__poller *p, int fd)
+{
+    return fd >= 0 && fd < p->slots_cap && (p->slots[fd].flags & ADDED);
+}
+
+static int reserve_fd(iol__poller *p, int fd)
+{
+    if (fd < p->slots_cap)
+        return 0;
+    int cap = p->slots_cap ? p->slots_cap : 64;
+    while (cap <= fd)
+        cap = cap > INT32_MAX / 2 ? INT32_MAX : cap * 2;
+    slot *s = realloc(p->slots, (size_t)cap * sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    for (int i = p->slots_cap; i < cap; i++)
+        s[i] = (slot){ .gen = 1 };
+    p->slots = s;
+    p->slots_cap = cap;
+    return 0;
+}
+
+/* An SQE, submitting the full SQ first if need be. NULL only if the
+ * kernel takes none of it (then the caller keeps its work for later). */
+static struct io_uring_sqe *get_sqe(iol__poller *p)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&p->ring);
+    if (!sqe && io_uring_submit(&p->ring) >= 0)
+        sqe = io_uring_get_sqe(&p->ring);
+    return sqe;
+}
+
+/* Queues fd for arming at the next wait. */
+static int queue_arm(iol__poller *p, int fd)
+{
+    slot *s = &p->slots[fd];
+    if (s->flags & QUEUED)
+        return 0;
+    if (p->arm_len == p->arm_cap) {
+        int cap = p->arm_cap ? p->arm_cap * 2 : 64;
+        int *a = realloc(p->arm, (size_t)cap * sizeof *a);
+        if (!a)
+            return -ENOMEM;
+        p->arm = a;
+        p->arm_cap = cap;
+    }
+    p->arm[p->arm_len++] = fd;
+    s->flags |= QUEUED;
+    return 0;
+}
+
+/* Takes fd's poll out of the kernel (if it is there) and makes any CQE
+ * it posted stale. -ENOMEM/-EBUSY only if no SQE could be had: the
+ * generation still moves on, so nothing stale is ever reported, but the
+ * file stays referenced until the poll fires or the ring closes. */
+static int disarm(iol__poller *p, int fd)
+{
+    slot *s = &p->slots[fd];
+    uint64_t old = tag(fd, s->gen);
+    next_gen(s);
+    if (!(s->flags & ARMED))
+        return 0;
+    s->flags &= (uint8_t)~ARMED;
+    struct io_uring_sqe *sqe = get_sqe(p);
+    if (!sqe)
+        return -EBUSY;
+    io_uring_prep_poll_remove(sqe, old);
+    io_uring_sqe_set_data64(sqe, 0);
+    return 0;
+}
+
+static unsigned to_poll(unsigned events)
+{
+    return ((events & IOL_READ) ? POLLIN : 0) | ((events & IOL_WRITE) ? POLLOUT : 0);
+}
+
+static int uring_add(iol__poller *p, int fd, unsigned events)
+{
+    if (fd < 0)
+        return -EBADF;
+    if (is_added(p, fd))
+        return -EEXIST;
+    int err = reserve_fd(p, fd);
+    if (err)
+        return err;
+    slot *s = &p->slots[fd];
+    if ((err = queue_arm(p, fd)) < 0)
+        return err;
+    next_gen(s);
+    s->flags |= ADDED;
+    s->want = (uint8_t)(events & (IOL_READ | IOL_WRITE));
+    return 0;
+}
+
+static int uring_modify(iol__poller *p, int fd, unsigned events)
+{
+    if (!is_added(p, fd))
+        return -ENOENT;
+    slot *s = &p->slots[fd];
+    uint8_t want = (uint8_t)(events & (IOL_READ | IOL_WRITE));
+    if (want == s->want)
+        return 0;
+    int err = queue_arm(p, fd);
+    if (err)
+        return err;
+    s->want = want;
+    disarm(p, fd); /* on failure the old poll's CQE is stale: we still re-arm */
+    return 0;
+}
+
+static int uring_remove(iol__poller *p, int fd)
+{
+    if (!is_added(p, fd))
+        return -ENOENT;
+    disarm(p, fd);
+    p->slots[fd].flags &= (uint8_t)~ADDED; /* QUEUED stays until the arm list is walked */
+    return 0;
+}
+
+/* Arms every queued fd that is added and has no poll in flight. Returns
+ * false if the SQ could not take them all (the rest stay queued). */
+static bool arm_queued(iol__poller *p)
+{
+    int i = 0;
+    for (; i < p->arm_len; i++) {
+        int fd = p->arm[i];
+        slot *s = &p->slots[fd];
+        if ((s->flags & (ADDED | ARMED)) == ADDED) {
+            struct io_uring_sqe *sqe = get_sqe(p);
+            if (!sqe)
+                break;
+            io_uring_prep_poll_add(sqe, fd, to_poll(s->want));
+            io_uring_sqe_set_data64(sqe, tag(fd, s->gen));
+            s->flags |= ARMED;
+        }
+        s->flags &= (uint8_t)~QUEUED;
+    }
+    if (i == p->arm_len) {
+        p->arm_len = 0;
+        return true;
+    }
+    for (int j = i; j < p->arm_len; j++)
+        p->arm[j - i] = p->arm[j];
+    p->arm_len -= i;
+    return false;
+}
+
+static unsigned from_poll(int res, unsigned want)
+{
+    if (res < 0) /* -EBADF: closed without remove, as poll's POLLNVAL */
+        return IOL_ERROR;
+    unsigned got = 0;
+    if (res & POLLIN)
+        got |= IOL_READ;
+    if (res & POLLOUT)
+        got |= IOL_WRITE;
+    if (res & (POLLERR | POLLHUP | POLLNVAL))
+        got |= IOL_ERROR;
+    /* After a hangup a reader must still see EOF (as Tornado does). */
+    if (res & POLLHUP)
+        got |= IOL_READ;
+    return got & (want | IOL_ERROR);
+}
+
+/* Turns up to max CQEs into events. */
+static int reap(iol__poller *p, iol__poller_event *out, int max)
+{
+    int count = 0;
+    bool flushed = false;
+    while (count < max) {
+        struct io_uring_cqe *cqe;
+        if (io_uring_peek_cqe(&p->ring, &cqe) < 0 || !cqe) {
+            /* peek flushes an overflow only when it can find nothing; make
+             * sure once per wait. */
+            if (flushed || !io_uring_cq_has_overflow(&p->ring))
+                break;
+            io_uring_get_events(&p->ring);
+            flushed = true;
+            continue;
+        }
+        uint64_t data = io_uring_cqe_get_data64(cqe);
+        int res = cqe->res;
+        io_uring_cqe_seen(&p->ring, cqe);
+        int fd = (int)(uint32_t)data;
+        uint32_t gen = (uint32_t)(data >> 32);
+        if (gen == 0 || fd < 0 || fd >= p->slots_cap)
+            continue;
+        slot *s = &p->slots[fd];
+        if (s->gen != gen || !(s->flags & ARMED))
+            continue; /* stale: removed, modified or re-added since */
+        s->flags &= (uint8_t)~ARMED;
+        if (!(s->flags & ADDED))
+            continue;
+        if (queue_arm(p, fd) < 0) {
+            /* Without memory for the arm list: re-arm at once. */
+            struct io_uring_sqe *sqe = get_sqe(p);
+            if (sqe) {
+                io_uring_prep_poll_add(sqe, fd, to_poll(s->want));
+                io_uring_sqe_set_data64(sqe, tag(fd, s->gen));
+                s->flags |= ARMED;
+            }
+        }
+        if (res == -ECANCELED)
+            continue; /* the submitting thread exited: re-armed, nothing to say */
+        unsigned got = from_poll(res, s->want);
+        if (got)
+            out[count++] = (iol__poller_event){ .fd = fd, .events = got };
+    }
+    return count;
+}
+
+static int uring_wait_events(iol__poller *p, iol__poller_event *out, int max, int timeout_ms)
+{
+    if (max <= 0)
+        return -EINVAL;
+    /* Arms that did not fit (the kernel refused SQEs) must not wait on a
+     * sleep: poll without blocking, and try again next time. */
+    if (!arm_queued(p))
+        timeout_ms = 0;
+    int err;
+    if (timeout_ms == 0 || io_uring_cq_ready(&p->ring) > 0) {
+        err = io_uring_submit(&p->ring); /* no system call if nothing is queued */
+    } else {
+        struct io_uring_cqe *cqe;
+        struct __kernel_timespec ts = { .tv_sec = timeout_ms / 1000, .tv_nsec = (long long)(timeout_ms % 1000) * 1000000 };
+        /* One io_uring_enter: submit, then wait for a CQE or the timeout. */
+        err = io_uring_submit_and_wait_timeout(&p->ring, &cqe, 1, timeout_ms < 0 ? NULL : &ts, NULL);
+    }
+    /* -ETIME: timed out. -EINTR: a signal; the caller looks at its state.
+     * -EBUSY/-EAGAIN: the kernel wants CQEs reaped before it takes more. */
+    if (err < 0 && err != -ETIME && err != -EINTR && err != -EBUSY && err != -EAGAIN)
+        return err;
+    return reap(p, out, max);
+}
+
+static void uring_close_poller(iol__poller *p)
+{
+    if (!p)
+        return;
+    /* Cancel every poll still in flight (fds closed without remove too)
+     * and hand the POLL_REMOVEs over: their files are released now, not
+     * whenever the ring's asynchronous teardown gets to them. */
+    for (int fd = 0; fd < p->slots_cap; fd++)
+        if (p->slots[fd].flags & ARMED)
+            disarm(p, fd);
+    io_uring_submit(&p->ring);
+    io_uring_queue_exit(&p->ring);
+    free(p->slots);
+    free(p->arm);
+    free(p);
+}
+
+const iol__poller_ops iol__poller_uring = {
+    .name = "uring",
+    .create = uring_create_poller,
+    .add = uring_add,
+    .modify = uring_modify,
+    .remove = uring_remove,
+    .wait = uring_wait_events,
+    .close = uring_close_poller,
+    .add_checks_fd = false, /* a POLL_ADD on a closed fd fails only when submitted */
+};
