@@ -420,7 +420,7 @@ int iol_loop_remove_check(iol_loop *loop, iol_callback_fn fn, void *arg);
  * and no clock read per callback: callbacks are counted per batch, times
  * come from two clock reads per iteration around the poll. */
 typedef struct iol_loop_stats {
-    uint64_t iterations;           /* polls made by start/run */
+    uint64_t iterations;           /* polls made (start, run_once) */
     uint64_t callbacks_self;       /* callbacks run that the loop's own thread posted */
     uint64_t callbacks_remote;     /* ... that other threads posted (an own-thread flood
                                       past the node cache counts here too) */
