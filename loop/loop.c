@@ -442,7 +442,7 @@ void iol__loop_release(iol_loop *loop)
  * most cap_ms when >= 0), handlers, check hooks. 1 when a stop request
  * ended it before the poll, 0, or the poll's -errno.
  * Busy and waiting time: two clock reads per iteration, around the poll
- * (vDSO, about 20 ns each; an iteration that polls costs a syscall
+ * (vDSO, tens of ns each; an iteration that polls costs a syscall
  * anyway). loop->awake_ns is when the last poll returned. */
 static int iterate(iol_loop *loop, int cap_ms)
 {
