@@ -455,8 +455,8 @@ int iol_loop_get_stats(const iol_loop *loop, iol_loop_stats *out, size_t size);
  * ending). Any thread. -EINVAL: NULL. */
 int iol_loop_reset_stats(iol_loop *loop);
 /* Times every callback, timeout and handler for longest_callback_ns: two
- * clock reads (vDSO, tens of ns each) per call, so off by default. From the next
- * batch on. Loop thread (or any while it is stopped).
+ * clock reads (vDSO, tens of ns each) per call, so off by default. From
+ * the next batch on. Loop thread (or any while it is stopped).
  * -EINVAL: NULL. -EPERM: another thread runs the loop. -ESHUTDOWN. */
 int iol_loop_set_call_timing(iol_loop *loop, bool on);
 
