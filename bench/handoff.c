@@ -10,7 +10,7 @@
  * ...), and a table shows min / median / max over the repeats.
  *
  * Wakeups per callback: eventfd/pipe writes made to wake the consumer,
- * divided by N. ioloop: iol__loop_wakeups. libuv: async_cb calls (libuv
+ * divided by N. ioloop: iol_loop_get_stats' wakeups. libuv: async_cb calls (libuv
  * writes its eventfd once per 0 -> 1 transition of the handle's pending
  * flag and clears it before calling async_cb, so writes == calls).
  * Tornado design: pipe writes, counted. libevent hides its notify writes,
@@ -29,7 +29,6 @@
 
 #include "bench/bench.h"
 #include "ioloop.h"
-#include "loop/loop_impl.h"
 #include "sync/cbqueue.h"
 
 #define DEFAULT_COUNT 2000000ull
@@ -121,7 +120,8 @@ static void iol_run(hctx *c)
 {
     atomic_store(&c->ready, true);
     iol_loop_start(c->loop);
-    c->wakeups = iol__loop_wakeups(c->loop);
+    iol_loop_stats st;
+    c->wakeups = iol_loop_get_stats(c->loop, &st, sizeof st) == 0 ? st.wakeups : 0;
 }
 static int iol_post(hctx *c) { return iol_loop_add_callback(c->loop, handoff_cb, c); }
 static void iol_done(hctx *c) { iol_loop_stop(c->loop); }

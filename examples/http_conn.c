@@ -92,6 +92,7 @@ static int on_message_complete(http_parser *p)
     http_conn *c = p->data;
     bool keep_alive = http_should_keep_alive(p) && !p->upgrade;
     bool http10 = p->http_major == 1 && p->http_minor == 0;
+    c->requests++;
     if (p->method == HTTP_GET && keep_alive && !http10 && c->dates->ok_len)
         c->emit(c->ud, c->dates->ok, c->dates->ok_len); /* the fast path: one memcpy */
     else if (p->method == HTTP_GET || p->method == HTTP_HEAD)

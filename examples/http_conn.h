@@ -42,6 +42,7 @@ typedef struct http_conn {
     bool in_headers; /* a request began and its headers are not complete */
     long now;        /* the caller's coarse clock (seconds), for deadline */
     long deadline;   /* idle or header deadline on that clock */
+    unsigned long requests; /* requests answered (statistics) */
 } http_conn;
 
 /* Once per process, before any connection: parser settings and limits. */

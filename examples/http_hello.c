@@ -1,6 +1,9 @@
 /* http-hello: HTTP/1.1 "Hello, World!" on a runtime of N workers.
  *
- *   http-hello --port P --workers N [--shard reuseport|handoff] [--host H]
+ *   http-hello --port P --workers N [--shard reuseport|handoff] [--host H] [--stats S]
+ *
+ * --stats S: every S seconds, one line per worker: requests/s, open and
+ * accepted connections, busy % of its loop, wakeups/s.
  *
  * Keep-alive per HTTP/1.1 (and HTTP/1.0 "Connection: keep-alive"),
  * pipelining (answered in order), parsing with http-parser. GET and HEAD
@@ -21,6 +24,8 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +67,20 @@ typedef struct worker_state {
 } worker_state;
 
 static __thread worker_state *ws;
+
+/* Requests answered per worker, for --stats: written by that worker only
+ * (a relaxed load and store), read by the main thread (relaxed: a
+ * statistic, it orders nothing). One cache line each. */
+#define MAX_WORKERS 4096
+static struct {
+    _Alignas(64) _Atomic uint64_t n;
+} requests_served[MAX_WORKERS];
+static __thread _Atomic uint64_t *my_requests;
+
+static uint64_t requests_of(unsigned index)
+{
+    return index < MAX_WORKERS ? atomic_load_explicit(&requests_served[index].n, memory_order_relaxed) : 0;
+}
 
 /* ---------------------------------------------------------------- output */
 
@@ -188,7 +207,11 @@ static bool conn_read(conn *c)
     if (c->lingering)
         return true; /* discarding */
     http_dates_refresh(&ws->dates, time(NULL));
+    unsigned long answered = c->hc.requests;
     http_conn_feed(&c->hc, ws->rbuf, (size_t)n, ws->now);
+    if (my_requests)
+        atomic_store_explicit(my_requests, atomic_load_explicit(my_requests, memory_order_relaxed) + (c->hc.requests - answered),
+                              memory_order_relaxed); /* relaxed: the only writer; see requests_served */
     if (flush_out(c) < 0) {
         conn_close(c);
         return false;
@@ -309,8 +332,8 @@ static void sweep(void *arg)
 
 static void worker_start(iol_loop *loop, unsigned index, void *arg)
 {
-    (void)index;
     (void)arg;
+    my_requests = index < MAX_WORKERS ? &requests_served[index].n : NULL;
     ws = calloc(1, sizeof(*ws));
     if (!ws) {
         fprintf(stderr, "http-hello: out of memory\n");
@@ -390,6 +413,7 @@ int main(int argc, char **argv)
          * long as a request may take to begin. */
         .listen = {.nodelay = true, .defer_accept = HTTP_HEADER_TIMEOUT},
         .on_exit = print_accept_counts,
+        .requests = requests_of,
     };
     return example_server_main(&srv, argc, argv);
 }

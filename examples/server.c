@@ -7,26 +7,65 @@
 #include <stdlib.h>
 #include <string.h>
 
-static iol_runtime *the_runtime; /* for the signal handler */
+static iol_runtime *the_runtime;
+static iol_loop *main_loop;       /* the main thread's: signals, --stats */
 
-static void stop_runtime(void *arg)
+/* On the main loop: stop taking work, then let main join the workers. */
+static void stop_all(void *arg)
 {
-    iol_runtime_stop(arg);
+    (void)arg;
+    iol_runtime_stop(the_runtime);
+    iol_loop_stop(main_loop);
 }
 
-static void on_signal(int signo)
+/* SIGINT/SIGTERM, on the main loop's thread (iol_loop_add_signal). */
+static void on_signal(int signo, void *arg)
 {
     (void)signo;
-    int saved = errno;
-    /* Async-signal-safe; the stop itself runs on worker 0. */
-    if (iol_loop_add_callback_from_signal(iol_runtime_loop(the_runtime, 0), stop_runtime, the_runtime) < 0)
-        iol_runtime_stop(the_runtime); /* loop closed or reserve empty: a flag and a wakeup, safe here too */
-    errno = saved;
+    stop_all(arg);
+}
+
+/* --stats: what each worker did since the last line. */
+typedef struct stats_printer {
+    const example_server *srv;
+    double period;
+    unsigned n;
+    iol_runtime_stats *last;
+    uint64_t *last_requests;
+} stats_printer;
+
+static double per_second(uint64_t now, uint64_t before, double period)
+{
+    return (double)(now - before) / period;
+}
+
+static void print_stats(void *arg)
+{
+    stats_printer *p = arg;
+    for (unsigned i = 0; i < p->n; i++) {
+        iol_runtime_stats st;
+        if (iol_runtime_get_stats(the_runtime, i, &st, sizeof st) < 0)
+            continue;
+        iol_runtime_stats *was = &p->last[i];
+        uint64_t busy = st.loop.busy_ns - was->loop.busy_ns;
+        uint64_t waited = st.loop.wait_ns + st.loop.current_poll_ns, waited_before = was->loop.wait_ns + was->loop.current_poll_ns;
+        uint64_t wait = waited > waited_before ? waited - waited_before : 0;
+        uint64_t requests = p->srv->requests ? p->srv->requests(i) : 0;
+        printf("stats worker %u: requests %.0f/s, connections %llu open (%.0f/s accepted), busy %.1f%%, "
+               "wakeups %.0f/s\n",
+               i, per_second(requests, p->last_requests[i], p->period), (unsigned long long)st.loop.handlers,
+               per_second(st.accepted, was->accepted, p->period),
+               busy + wait ? 100.0 * (double)busy / (double)(busy + wait) : 0.0,
+               per_second(st.loop.wakeups, was->loop.wakeups, p->period));
+        *was = st;
+        p->last_requests[i] = requests;
+    }
+    fflush(stdout);
 }
 
 static void usage(const char *name)
 {
-    fprintf(stderr, "usage: %s --port P --workers N [--shard reuseport|handoff] [--host H]\n", name);
+    fprintf(stderr, "usage: %s --port P --workers N [--shard reuseport|handoff] [--host H] [--stats S]\n", name);
     exit(2);
 }
 
@@ -35,13 +74,15 @@ int example_server_main(const example_server *srv, int argc, char **argv)
     static const struct option opts[] = {
         {"port", required_argument, NULL, 'p'},  {"workers", required_argument, NULL, 'w'},
         {"shard", required_argument, NULL, 's'}, {"host", required_argument, NULL, 'H'},
-        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
+        {"stats", required_argument, NULL, 'S'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
+    double stats_period = 0;
     long port = srv->default_port, workers = 1;
     int shard = IOL_SHARD_REUSEPORT;
     const char *host = "127.0.0.1";
     int opt;
-    while ((opt = getopt_long(argc, argv, "p:w:s:H:h", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "p:w:s:H:S:h", opts, NULL)) != -1) {
         char *end;
         switch (opt) {
         case 'p':
@@ -64,6 +105,11 @@ int example_server_main(const example_server *srv, int argc, char **argv)
             break;
         case 'H':
             host = optarg;
+            break;
+        case 'S':
+            stats_period = strtod(optarg, &end);
+            if (*end || !(stats_period > 0 && stats_period <= 86400))
+                usage(srv->name);
             break;
         default:
             usage(srv->name);
@@ -96,24 +142,46 @@ int example_server_main(const example_server *srv, int argc, char **argv)
         iol_runtime_free(the_runtime);
         return 1;
     }
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    if ((r = iol_loop_new(&main_loop, NULL)) < 0) {
+        fprintf(stderr, "%s: loop: %s\n", srv->name, strerror(-r));
+        iol_runtime_free(the_runtime);
+        return 1;
+    }
+    /* Before start: the workers the runtime creates block them anyway. */
+    if ((r = iol_loop_add_signal(main_loop, SIGINT, on_signal, NULL)) < 0 ||
+        (r = iol_loop_add_signal(main_loop, SIGTERM, on_signal, NULL)) < 0) {
+        fprintf(stderr, "%s: signals: %s\n", srv->name, strerror(-r));
+        iol_runtime_free(the_runtime);
+        iol_loop_close(main_loop, false);
+        return 1;
+    }
     if ((r = iol_runtime_start(the_runtime)) < 0) {
         fprintf(stderr, "%s: start: %s\n", srv->name, strerror(-r));
         iol_runtime_free(the_runtime);
+        iol_loop_close(main_loop, false);
         return 1;
     }
     bool v6 = strchr(host, ':') != NULL;
     printf("listening on %s%s%s:%d\n", v6 ? "[" : "", host, v6 ? "]" : "", iol_runtime_listener_port(the_runtime, id));
     fflush(stdout);
+    stats_printer printer = {.srv = srv, .period = stats_period, .n = iol_runtime_size(the_runtime)};
+    iol_periodic *stats_timer = NULL;
+    if (stats_period > 0) {
+        printer.last = calloc(printer.n, sizeof *printer.last);
+        printer.last_requests = calloc(printer.n, sizeof *printer.last_requests);
+        if (!printer.last || !printer.last_requests ||
+            iol_periodic_new(&stats_timer, main_loop, stats_period * 1000, print_stats, &printer) < 0 ||
+            iol_periodic_start(stats_timer) < 0)
+            fprintf(stderr, "%s: --stats: out of memory\n", srv->name);
+    }
+    iol_loop_start(main_loop); /* until SIGINT/SIGTERM */
+    iol_periodic_free(stats_timer);
+    free(printer.last);
+    free(printer.last_requests);
     iol_runtime_join(the_runtime);
     if (srv->on_exit)
         srv->on_exit(the_runtime, id);
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
     iol_runtime_free(the_runtime);
+    iol_loop_close(main_loop, false); /* gives SIGINT/SIGTERM back */
     return 0;
 }

@@ -1,7 +1,8 @@
 /* examples/ — what every example server's main does: parse
- * `--port P --workers N [--shard reuseport|handoff] [--host H]`, start a
- * runtime with one listener, print "listening on HOST:PORT", stop
- * gracefully on SIGINT/SIGTERM, and join. */
+ * `--port P --workers N [--shard reuseport|handoff] [--host H] [--stats S]`,
+ * start a runtime with one listener, print "listening on HOST:PORT", run a
+ * loop on the main thread (with --stats: one line per worker every S
+ * seconds), stop gracefully on SIGINT/SIGTERM, and join. */
 #ifndef IOL_EXAMPLE_SERVER_H
 #define IOL_EXAMPLE_SERVER_H
 
@@ -16,6 +17,9 @@ typedef struct example_server {
     double drain_timeout;
     iol_accept_fn on_accept;
     iol_listen_config listen; /* nodelay, defer_accept; the rest is set from argv */
+    /* Requests worker `index` has answered so far, for the --stats line
+     * (any thread; may be NULL: the line then has no requests). */
+    uint64_t (*requests)(unsigned index);
     /* After the workers stopped, before the runtime is freed (may be NULL). */
     void (*on_exit)(iol_runtime *rt, int listener_id);
 } example_server;

@@ -54,7 +54,10 @@ const char *iol_version_string(void);
  * an older header passes as many bytes as the library reads, and zero in
  * every field it did not know of, provided it zeroes the struct: a
  * designated initializer, {0} or memset. Zero is the default of every
- * field, present and future. Fields are set and read by name as usual. */
+ * field, present and future. Fields are set and read by name as usual.
+ * Structs the library fills (iol_loop_stats, iol_runtime_stats) take the
+ * caller's sizeof instead: the library writes the fields the caller's
+ * header knows and zeroes the ones the library lacks. */
 
 /* Events, level-triggered. IOL_ERROR is always reported, asked for or not. */
 #define IOL_READ  0x001u
@@ -167,6 +170,56 @@ int iol_loop_stop(iol_loop *loop);
  * (acquire), which may then drive the loop itself. */
 bool iol_loop_running(const iol_loop *loop);
 
+/* Embedding: driving the loop from another event loop (GLib, libuv, a
+ * game loop) instead of start. The other loop watches iol_loop_backend_fd
+ * for readability with the timeout iol_loop_backend_timeout gives, and
+ * calls iol_loop_run_once(loop, 0) when the fd is readable or the timeout
+ * ran out:
+ *
+ *     for (;;) {
+ *         double t;
+ *         iol_loop_backend_timeout(loop, &t);           // before each wait
+ *         struct pollfd p = { iol_loop_backend_fd(loop), POLLIN, 0 };
+ *         poll(&p, 1, t < 0 ? -1 : (int)(t * 1000 + 0.999));
+ *         iol_loop_run_once(loop, 0);
+ *     }
+ *
+ * Cross-thread posts, stop and signals wake the fd as they wake a loop
+ * asleep in start (at most one eventfd write per wait). The pre-sleep spin
+ * (spin_us) does not apply. */
+
+/* Runs one iteration on the calling thread: queued callbacks, due
+ * timeouts, prepare hooks, one poll that waits at most `timeout` seconds
+ * (0: not at all; < 0: as long as start would wait), the handlers of its
+ * events, check hooks. A stop request (made before or by a callback)
+ * ends the iteration before the poll and is consumed. Afterwards the loop
+ * counts as asleep for the waker, so posts make the backend fd readable.
+ * Thread: any one thread at a time, the loop not running (it claims the
+ * loop for the call, like start; callbacks see it running on this thread).
+ * Returns 0. -EINVAL: NULL, timeout NaN. -EBUSY: running (start, or
+ * run_once from inside one of its callbacks). -ESHUTDOWN: closed. The
+ * -errno of the poll. */
+int iol_loop_run_once(iol_loop *loop, double timeout);
+/* An fd that polls readable when the loop has I/O, posts, a stop or a
+ * signal to process (never read it yourself). Per poller: epoll: the epoll
+ * fd itself. poll, select and zmq: -ENOTSUP, since their set of fds lives
+ * in user space (an fd array, zmq_poll items), so no single fd stands for
+ * it; watching only the waker's eventfd would miss every handler's fd and
+ * leave the embedding program sleeping through I/O. Any thread; the fd is
+ * valid until the loop is closed.
+ * -EINVAL: NULL. -ESHUTDOWN: closed. -ENOTSUP: see above. */
+int iol_loop_backend_fd(const iol_loop *loop);
+/* *seconds: how long the embedding program may wait on the backend fd
+ * before the next run_once: 0 when work is already queued (callbacks, a
+ * stop, a ready zmq socket), the time to the next timeout, or -1 when only
+ * an event can bring work. Also announces the wait to the loop's waker,
+ * which is what makes a post made after this call wake the fd: call it
+ * before every wait (run_once alone covers posts from other threads, not
+ * a callback's own posts). Thread: the loop's (as run_once), not from
+ * inside a callback. -EINVAL: NULL loop/seconds. -EBUSY: running here.
+ * -EPERM: running on another thread. -ESHUTDOWN: closed. */
+int iol_loop_backend_timeout(iol_loop *loop, double *seconds);
+
 /* Watches fd for events (IOL_READ|IOL_WRITE; IOL_ERROR always implied).
  * fn(fd, events, arg) runs on the loop thread while the condition holds.
  * -EINVAL: NULL loop/fn, events 0 or with unknown bits (IOL_ERROR alone is
@@ -278,6 +331,45 @@ int iol_loop_spawn_callback(iol_loop *loop, iol_callback_fn fn, void *arg);
  * -EINVAL: NULL loop/fn. -EAGAIN: reserve empty. -ESHUTDOWN: closed. */
 int iol_loop_add_callback_from_signal(iol_loop *loop, iol_callback_fn fn, void *arg);
 
+/* Signal handlers on the loop thread (asyncio's add_signal_handler,
+ * libuv's uv_signal_t): fn(signo, arg) runs on the loop's thread, as an
+ * ordinary callback (no async-signal-safety needed), once per delivery
+ * the kernel reports (like any signal, several deliveries before the loop
+ * reads them may merge into one). Several handlers per signal run in the
+ * order they were added. Underneath: a signalfd, read when the loop polls.
+ *
+ * Blocking: a signalfd sees only a blocked signal. add blocks signo in the
+ * calling thread, and each start blocks the loop's signals in the thread
+ * that runs it; every thread the runtime creates (workers, the acceptor)
+ * starts with SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGCHLD
+ * and SIGWINCH blocked. Block the signal in your own threads too (or
+ * create them after add: they inherit the mask). A delivery that lands on
+ * a thread that does not block it is not lost: while a loop handles the
+ * signal, the process's disposition for it is a small handler that
+ * forwards the signal to the loop's thread; it costs that thread an
+ * interruption (EINTR for a blocking call without SA_RESTART semantics).
+ *
+ * One loop per signal: a signal is consumed by one reader, so a signal
+ * that has handlers on one loop cannot be added on another (-EBUSY).
+ * SIGALRM is the blocking watchdog's (iol_loop_set_blocking_*): do not use
+ * both. When the last handler of a signal is removed (or its loop closes),
+ * the previous disposition comes back, deliveries still pending are
+ * discarded, and the signal is unblocked again in the calling thread if
+ * add (or start) blocked it there.
+ * Thread: the loop's owner (or any while it is stopped).
+ * -EINVAL: NULL loop/fn; signo not a signal, SIGKILL, SIGSTOP, or a fault
+ * signal (SIGSEGV, SIGBUS, SIGFPE, SIGILL). -EBUSY: another loop handles
+ * signo. -EPERM: another thread runs the loop. -ESHUTDOWN: closed.
+ * -ENOMEM, or the -errno of signalfd. */
+typedef void (*iol_signal_fn)(int signo, void *arg);
+int iol_loop_add_signal(iol_loop *loop, int signo, iol_signal_fn fn, void *arg);
+/* Removes the handler added with the same (signo, fn, arg) (the earliest
+ * if added twice): the arguments are the handle, as the fd is for
+ * remove_handler, so there is no object to keep. Safe inside a
+ * signal handler, its own included (a removed handler does not run again).
+ * Thread and errors as add; -ENOENT: no such handler. */
+int iol_loop_remove_signal(iol_loop *loop, int signo, iol_signal_fn fn, void *arg);
+
 /* Runs fn(arg) at loop time `when`. out (may be NULL) gets a handle for
  * remove_timeout. Equal deadlines run in the order they were added.
  * -EINVAL: NULL loop/fn, when NaN. -EPERM. -ESHUTDOWN. -ENOMEM. */
@@ -316,6 +408,71 @@ int iol_loop_set_blocking_signal_threshold(iol_loop *loop, double seconds, void 
  * returns (with the duration and the function's symbol).
  * seconds <= 0 disables. -EINVAL, -EPERM, -ESHUTDOWN as above. */
 int iol_loop_set_blocking_log_threshold(iol_loop *loop, double seconds);
+
+/* Prepare and check hooks (libuv's uv_prepare/uv_check): fn(arg) runs on
+ * the loop thread in every iteration, a prepare hook right before the poll
+ * (after the iteration's callbacks and timeouts), a check hook right after
+ * the handlers of that poll's events ran; what a profiler or a batching
+ * layer (flush what the iteration produced) hooks into. Hooks run in the
+ * order they were added; one added while the hooks run waits for the next
+ * iteration; one removed while they run does not run again. A prepare hook
+ * that adds a callback (or stops the loop) makes that poll not sleep.
+ * Without hooks an iteration pays one predictable branch per kind. The
+ * same (fn, arg) may be added twice; remove takes away one (the earliest).
+ * Loop thread (or any while it is stopped). Hooks are dropped at close.
+ * -EINVAL: NULL loop/fn. -EPERM: another thread runs the loop.
+ * -ESHUTDOWN: closed. add: -ENOMEM. remove: -ENOENT: no such hook. */
+int iol_loop_add_prepare(iol_loop *loop, iol_callback_fn fn, void *arg);
+int iol_loop_remove_prepare(iol_loop *loop, iol_callback_fn fn, void *arg);
+int iol_loop_add_check(iol_loop *loop, iol_callback_fn fn, void *arg);
+int iol_loop_remove_check(iol_loop *loop, iol_callback_fn fn, void *arg);
+
+/* ------------------------------------------------------------ Statistics
+ * What a loop has done, for dashboards and load reports. Counters only
+ * grow (take differences between two snapshots); the two maxima restart
+ * at iol_loop_reset_stats. Counting costs the loop no locked instruction
+ * and no clock read per callback: callbacks are counted per batch, times
+ * come from two clock reads per iteration around the poll. */
+typedef struct iol_loop_stats {
+    uint64_t iterations;           /* polls made (start, run_once) */
+    uint64_t callbacks_self;       /* callbacks run that the loop's own thread posted */
+    uint64_t callbacks_remote;     /* ... that other threads posted (an own-thread flood
+                                      past the node cache counts here too) */
+    uint64_t callbacks_signal;     /* ... posted with add_callback_from_signal */
+    uint64_t wakeups;              /* eventfd writes made to wake the loop */
+    uint64_t timeouts;             /* timeouts fired */
+    uint64_t handlers;             /* fds and zmq sockets with a handler now */
+    uint64_t busy_ns;              /* time running work between polls */
+    uint64_t wait_ns;              /* time inside the poller (asleep or not), in polls
+                                      that have returned */
+    uint64_t longest_callback_ns;  /* longest callback, timeout or handler since the
+                                      reset; 0 unless iol_loop_set_call_timing is on */
+    uint64_t longest_iteration_ns; /* longest work between two polls since the reset */
+    uint64_t queue_depth;          /* callbacks in the last batch the loop took from its
+                                      queue: an estimate of the cross-thread queue depth */
+    uint64_t current_poll_ns;      /* how long the poll in progress has lasted; 0 when the
+                                      loop is not polling. wait_ns + current_poll_ns is the
+                                      waiting time up to now (read apart, the two may
+                                      overlap by one poll for a moment) */
+    uint64_t signals;              /* signal handler runs (iol_loop_add_signal) */
+} iol_loop_stats;
+
+/* Fills *out with a snapshot of loop's statistics; pass size = sizeof
+ * *out (a caller built against an older, shorter struct gets the fields
+ * it knows; a longer one gets zeros for fields this library lacks). Each
+ * field is read atomically, the snapshot as a whole is not (fields may
+ * come from neighbouring iterations). Any thread, the loop running or not.
+ * -EINVAL: NULL loop/out, size 0. */
+int iol_loop_get_stats(const iol_loop *loop, iol_loop_stats *out, size_t size);
+/* Restarts longest_callback_ns and longest_iteration_ns from 0 (an update
+ * racing with the reset may keep the figure of an iteration that was
+ * ending). Any thread. -EINVAL: NULL. */
+int iol_loop_reset_stats(iol_loop *loop);
+/* Times every callback, timeout and handler for longest_callback_ns: two
+ * clock reads (vDSO, tens of ns each) per call, so off by default. From
+ * the next batch on. Loop thread (or any while it is stopped).
+ * -EINVAL: NULL. -EPERM: another thread runs the loop. -ESHUTDOWN. */
+int iol_loop_set_call_timing(iol_loop *loop, bool on);
 
 /* --------------------------------------------------------------- Logging */
 
@@ -553,6 +710,26 @@ int iol_runtime_listener_port(iol_runtime *rt, int id);
  * number of workers. -EINVAL: NULL rt, counts NULL with n > 0.
  * -ENOENT: unknown id. Any thread. */
 int iol_runtime_listener_counts(iol_runtime *rt, int id, uint64_t *counts, unsigned n);
+
+/* Statistics of one worker, or of all of them (index IOL_RUNTIME_ALL). */
+#define IOL_RUNTIME_ALL (~0u)
+typedef struct iol_runtime_stats {
+    uint64_t accepted;   /* on_accept calls on the worker, every listener together */
+    unsigned workers;    /* iol_runtime_size */
+    unsigned listeners;  /* listener ids are 0..listeners-1: per listener and per
+                            worker, iol_runtime_listener_counts */
+    /* The worker's loop statistics (iol_loop_get_stats), except handlers:
+     * the application's fds only, without the runtime's listening sockets.
+     * For IOL_RUNTIME_ALL: sums over the workers (current_poll_ns too),
+     * the maxima for the two longest_* fields. The acceptor thread of HANDOFF listeners is not a
+     * worker and is not counted. Last, so that it may grow. */
+    iol_loop_stats loop;
+} iol_runtime_stats;
+/* Fills *out (size = sizeof *out, as iol_loop_get_stats) with worker
+ * index's statistics, or their aggregate for IOL_RUNTIME_ALL. Any thread,
+ * from new until free. -EINVAL: NULL rt/out, size 0, index >= size and not
+ * IOL_RUNTIME_ALL. -ENOMEM. */
+int iol_runtime_get_stats(iol_runtime *rt, unsigned index, iol_runtime_stats *out, size_t size);
 
 /* --------------------------------------------------------------- Streams */
 

@@ -54,7 +54,7 @@ int iol_loop_add_handler(iol_loop *loop, int fd, unsigned events, iol_handler_fn
      * open (a bogus 10^9 would allocate gigabytes). */
     if ((!loop->poller_ops->add_checks_fd || fd >= loop->handlers_cap) && (err = check_fd_open(fd)) < 0)
         return err;
-    if (fd == iol__waker_fd(&loop->waker) || has_handler(loop, fd))
+    if (fd == iol__waker_fd(&loop->waker) || fd == iol__loop_signal_fd(loop) || has_handler(loop, fd))
         return -EEXIST;
     if ((err = reserve_table(loop, fd)) < 0)
         return err;
@@ -137,7 +137,7 @@ int iol_loop_close_fd(iol_loop *loop, int fd)
 void iol__loop_dispatch_events(iol_loop *loop)
 {
     int waker_fd = iol__waker_fd(&loop->waker);
-    bool watched = iol__watchdog_enabled(loop->watchdog);
+    bool watched = iol__loop_watched(loop);
     loop->dispatching = true;
     for (loop->event_pos = 0; loop->event_pos < loop->nevents; loop->event_pos++) {
         iol__poller_event ev = loop->events[loop->event_pos];
@@ -145,17 +145,22 @@ void iol__loop_dispatch_events(iol_loop *loop)
             iol__zmq_dispatch_socket(loop, ev.socket, ev.events);
             continue;
         }
-        if (ev.fd < 0 || ev.fd == waker_fd || !has_handler(loop, ev.fd))
+        if (ev.fd < 0 || ev.fd == waker_fd || !has_handler(loop, ev.fd)) {
+            if (ev.fd >= 0 && loop->signals)
+                iol__loop_signal_fd_event(loop, ev.fd);
             continue;
+        }
         iol__handler h = loop->handlers[ev.fd];
         unsigned events = ev.events & h.events;
         if (!events)
             continue;
-        if (watched)
-            iol__watchdog_call_begin(loop->watchdog, (const void *)h.fn);
+        if (!watched) {
+            h.fn(ev.fd, events, h.arg);
+            continue;
+        }
+        uint64_t began = iol__loop_call_begin(loop, (const void *)h.fn);
         h.fn(ev.fd, events, h.arg);
-        if (watched)
-            iol__watchdog_call_end(loop->watchdog);
+        iol__loop_call_end(loop, began);
     }
     loop->dispatching = false;
     loop->nevents = 0;

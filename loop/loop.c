@@ -16,6 +16,13 @@
 
 /* ---------------------------------------------------------------- time */
 
+uint64_t iol__clock_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static double monotonic_now(void)
 {
     struct timespec ts;
@@ -118,6 +125,8 @@ static int loop_shutdown(iol_loop *loop, bool all_fds)
     size_t dropped = drop_callbacks(loop);
     dropped += iol__timer_heap_len(&loop->timers);
     iol__timer_heap_destroy(&loop->timers);
+    iol__loop_free_hooks(loop);
+    iol__loop_signals_release(loop);
     iol__loop_handlers_release(loop, all_fds);
     loop->poller_ops->close(loop->poller);
     loop->poller = NULL;
@@ -181,10 +190,6 @@ const char *iol_loop_poller(const iol_loop *loop)
     return loop ? loop->poller_ops->name : NULL;
 }
 
-uint64_t iol__loop_wakeups(const iol_loop *loop)
-{
-    return iol__waker_writes(&loop->waker);
-}
 
 int iol_loop_handler_count(const iol_loop *loop)
 {
@@ -295,6 +300,7 @@ int iol_loop_set_blocking_log_threshold(iol_loop *loop, double seconds)
 
 /* ----------------------------------------------------------- iteration */
 
+/* Statistics are counted per batch: a local count, three adds after it. */
 static void run_callbacks(iol_loop *loop, bool watched)
 {
     iol__cbbatch batch;
@@ -303,13 +309,21 @@ static void run_callbacks(iol_loop *loop, bool watched)
         return;
     iol_callback_fn fn;
     void *arg;
+    uint64_t ran = 0;
     while (iol__cbbatch_next(&batch, &fn, &arg)) {
-        if (watched)
-            iol__watchdog_call_begin(loop->watchdog, (const void *)fn);
+        ran++;
+        if (!watched) {
+            fn(arg);
+            continue;
+        }
+        uint64_t began = iol__loop_call_begin(loop, (const void *)fn);
         fn(arg);
-        if (watched)
-            iol__watchdog_call_end(loop->watchdog);
+        iol__loop_call_end(loop, began);
     }
+    iol__stats_add(&loop->stats.callbacks_self, batch.from_self);
+    iol__stats_add(&loop->stats.callbacks_signal, batch.from_signal);
+    iol__stats_add(&loop->stats.callbacks_remote, ran - batch.from_self - batch.from_signal);
+    atomic_store_explicit(&loop->stats.last_batch, ran, memory_order_relaxed); /* relaxed: a statistic */
 }
 
 static void run_due_timeouts(iol_loop *loop, bool watched)
@@ -321,13 +335,18 @@ static void run_due_timeouts(iol_loop *loop, bool watched)
     iol__timer_heap_begin_pass(&loop->timers);
     iol_callback_fn fn;
     void *arg;
+    uint64_t fired = 0;
     while (iol__timer_heap_pop_due(&loop->timers, now, &fn, &arg)) {
-        if (watched)
-            iol__watchdog_call_begin(loop->watchdog, (const void *)fn);
+        fired++;
+        if (!watched) {
+            fn(arg);
+            continue;
+        }
+        uint64_t began = iol__loop_call_begin(loop, (const void *)fn);
         fn(arg);
-        if (watched)
-            iol__watchdog_call_end(loop->watchdog);
+        iol__loop_call_end(loop, began);
     }
+    iol__stats_add(&loop->stats.timeouts, fired);
 }
 
 /* Milliseconds to sleep: 0 if work is pending, else until the next
@@ -348,7 +367,9 @@ static int poll_timeout_ms(iol_loop *loop)
     return (int)ceil(wait * 1000.0);
 }
 
-static int loop_poll(iol_loop *loop)
+/* cap_ms >= 0 (run_once): the poll waits at most that long, and never
+ * spins first (an embedding program owns the CPU between iterations). */
+static int loop_poll(iol_loop *loop, int cap_ms)
 {
     /* Lost-wakeup argument (details in sync/waker.c): we announce the
      * sleep with a full fence BEFORE looking at the queue and the stop
@@ -359,7 +380,7 @@ static int loop_poll(iol_loop *loop)
      * pays) merely reads the queue first: if it sees nothing, the protocol
      * runs in full. */
     bool zmq_ready = iol__loop_zmq_recheck(loop); /* ZMQ_FD is edge-triggered: loop/zmq_handlers.c */
-    bool after_batch = loop->ran_batch;
+    bool after_batch = loop->ran_batch && cap_ms < 0;
     if (after_batch && iol__spin_before_sleep(&loop->spin, loop->queue)) {
         /* Skip the sleep protocol entirely: poll without blocking. */
         int n = loop->poller_ops->wait(loop->poller, loop->events, MAX_EVENTS, 0);
@@ -369,6 +390,8 @@ static int loop_poll(iol_loop *loop)
     loop->sleeps++;
     iol__waker_prepare_sleep(&loop->waker);
     int timeout = zmq_ready ? 0 : poll_timeout_ms(loop);
+    if (cap_ms >= 0 && timeout > cap_ms)
+        timeout = cap_ms;
     int n = loop->poller_ops->wait(loop->poller, loop->events, MAX_EVENTS, timeout);
     iol__waker_finish_sleep(&loop->waker);
     if (after_batch)
@@ -415,39 +438,150 @@ void iol__loop_release(iol_loop *loop)
     iol_loop_unref(loop);
 }
 
+/* One iteration: callbacks, due timeouts, prepare hooks, the poll (at
+ * most cap_ms when >= 0), handlers, check hooks. 1 when a stop request
+ * ended it before the poll, 0, or the poll's -errno.
+ * Busy and waiting time: two clock reads per iteration, around the poll
+ * (vDSO, tens of ns each; an iteration that polls costs a syscall
+ * anyway). loop->awake_ns is when the last poll returned. */
+static int iterate(iol_loop *loop, int cap_ms)
+{
+    bool watched = iol__loop_watched(loop);
+    run_callbacks(loop, watched);
+    run_due_timeouts(loop, watched);
+    /* seq_cst: pairs with stop()'s store (see iol_loop_stop). */
+    if (atomic_exchange(&loop->stop_requested, false))
+        return 1;
+    if (loop->prepare_hooks.live)
+        iol__loop_run_hooks(loop, &loop->prepare_hooks);
+    iol__watchdog_iteration_end(loop->watchdog);
+    uint64_t asleep = iol__clock_ns();
+    iol__stats_add(&loop->stats.busy_ns, asleep - loop->awake_ns);
+    iol__stats_max(&loop->stats.longest_iteration_ns, asleep - loop->awake_ns);
+    /* relaxed: a statistic, read alone (current_poll_ns). */
+    atomic_store_explicit(&loop->stats.polling_since, asleep, memory_order_relaxed);
+    int err = loop_poll(loop, cap_ms);
+    loop->awake_ns = iol__clock_ns();
+    atomic_store_explicit(&loop->stats.polling_since, 0, memory_order_relaxed);
+    iol__stats_add(&loop->stats.wait_ns, loop->awake_ns - asleep);
+    iol__stats_add(&loop->stats.iterations, 1);
+    iol__watchdog_iteration_begin(loop->watchdog);
+    if (err < 0)
+        return err;
+    iol__loop_dispatch_events(loop);
+    if (loop->check_hooks.live)
+        iol__loop_run_hooks(loop, &loop->check_hooks);
+    return 0;
+}
+
+/* Around iterations on this thread: current loop, signal mask, watchdog
+ * (it covers the work between two polls: armed after a poll returns,
+ * disarmed before the next one, so a sleeping loop never triggers it;
+ * cheap no-ops while it is disabled). An embedding program's wait for
+ * the backend fd announced a sleep to the waker: it ends here. */
+static iol_loop *iterations_enter(iol_loop *loop)
+{
+    iol_loop *previous = iol_loop_current();
+    iol_loop_make_current(loop);
+    iol__loop_signals_thread_enter(loop);
+    iol__watchdog_thread_enter(loop->watchdog);
+    iol__watchdog_iteration_begin(loop->watchdog);
+    if (loop->outer_sleep) {
+        iol__waker_finish_sleep(&loop->waker);
+        loop->outer_sleep = false;
+    }
+    loop->awake_ns = iol__clock_ns();
+    return previous;
+}
+
+static void iterations_exit(iol_loop *loop, iol_loop *previous)
+{
+    uint64_t done = iol__clock_ns();
+    iol__stats_add(&loop->stats.busy_ns, done - loop->awake_ns);
+    iol__stats_max(&loop->stats.longest_iteration_ns, done - loop->awake_ns);
+    iol__watchdog_iteration_end(loop->watchdog);
+    iol__watchdog_thread_exit(loop->watchdog);
+    iol_loop_make_current(previous);
+}
+
 int iol__loop_run(iol_loop *loop)
 {
     /* seq_cst exchange: a stop() made before this start is consumed here
      * and the start returns at once, as in Tornado. */
     if (atomic_exchange(&loop->stop_requested, false))
         return 0;
+    iol_loop *previous = iterations_enter(loop);
+    int r;
+    while ((r = iterate(loop, -1)) == 0)
+        ;
+    iterations_exit(loop, previous);
+    return r < 0 ? r : 0;
+}
 
-    iol_loop *previous = iol_loop_current();
-    iol_loop_make_current(loop);
-    iol__watchdog_thread_enter(loop->watchdog);
-    /* The watchdog covers the work between two polls: armed after a poll
-     * returns, disarmed before the next one, so a sleeping loop never
-     * triggers it. Both calls are cheap no-ops while it is disabled. */
-    iol__watchdog_iteration_begin(loop->watchdog);
-    int err = 0;
-    for (;;) {
-        bool watched = iol__watchdog_enabled(loop->watchdog);
-        run_callbacks(loop, watched);
-        run_due_timeouts(loop, watched);
-        /* seq_cst: pairs with stop()'s store (see iol_loop_stop). */
-        if (atomic_exchange(&loop->stop_requested, false))
-            break;
-        iol__watchdog_iteration_end(loop->watchdog);
-        err = loop_poll(loop);
-        iol__watchdog_iteration_begin(loop->watchdog);
-        if (err < 0)
-            break;
-        iol__loop_dispatch_events(loop);
-    }
-    iol__watchdog_iteration_end(loop->watchdog);
-    iol__watchdog_thread_exit(loop->watchdog);
-    iol_loop_make_current(previous);
-    return err;
+/* Announces the outer program's wait on the backend fd as the loop's
+ * sleep (the same protocol as loop_poll: a full fence, then the caller
+ * looks at the queue), so producers write the eventfd from now on and the
+ * backend fd becomes readable. Idempotent until the next iteration. */
+static void announce_outer_sleep(iol_loop *loop)
+{
+    if (loop->outer_sleep)
+        return;
+    loop->sleeps++;
+    iol__waker_prepare_sleep(&loop->waker);
+    loop->outer_sleep = true;
+}
+
+int iol_loop_run_once(iol_loop *loop, double timeout)
+{
+    if (loop && isnan(timeout))
+        return -EINVAL;
+    int err = iol__loop_claim(loop);
+    if (err)
+        return err;
+    int cap_ms = timeout < 0 ? -1 : timeout * 1000.0 >= (double)INT32_MAX ? INT32_MAX : (int)ceil(timeout * 1000.0);
+    if (cap_ms < 0)
+        cap_ms = INT32_MAX; /* as long as the loop would, without the spin */
+    iol_loop *previous = iterations_enter(loop);
+    int r = iterate(loop, cap_ms);
+    iterations_exit(loop, previous);
+    announce_outer_sleep(loop);
+    iol__loop_release(loop);
+    return r < 0 ? r : 0;
+}
+
+int iol_loop_backend_fd(const iol_loop *loop)
+{
+    if (!loop)
+        return -EINVAL;
+    /* relaxed: closing happens on the owner thread; a stale read is the
+     * caller's race with its own close. */
+    if (atomic_load_explicit(&loop->closed, memory_order_relaxed))
+        return -ESHUTDOWN;
+    if (!loop->poller_ops->backend_fd)
+        return -ENOTSUP;
+    return loop->poller_ops->backend_fd(loop->poller);
+}
+
+int iol_loop_backend_timeout(iol_loop *loop, double *seconds)
+{
+    int err = iol__loop_check(loop);
+    if (err)
+        return err;
+    if (!seconds)
+        return -EINVAL;
+    if (atomic_load_explicit(&loop->running, memory_order_relaxed)) /* relaxed: only our own start sets it here */
+        return -EBUSY;
+    announce_outer_sleep(loop);
+    /* After the announcement's fence: work seen now is work a producer
+     * will not wake us for (sync/waker.c). */
+    int ms = iol__loop_zmq_recheck(loop) ? 0 : poll_timeout_ms(loop);
+    if (ms == 0)
+        *seconds = 0;
+    else if (iol__timer_heap_len(&loop->timers) == 0)
+        *seconds = -1;
+    else
+        *seconds = (double)ms / 1000.0;
+    return 0;
 }
 
 int iol_loop_start(iol_loop *loop)

@@ -1,6 +1,6 @@
 /* loop/ — the loop's private state, shared by the files of loop/. Nothing
- * outside loop/ includes this except benches and tests that read its
- * statistics (eventfd writes, sleeps, pre-sleep spins). */
+ * outside loop/ includes this except tests that look at its insides
+ * (sleeps, the spin policy); statistics are public (iol_loop_get_stats). */
 #ifndef IOL_LOOP_IMPL_H
 #define IOL_LOOP_IMPL_H
 
@@ -21,6 +21,53 @@
 struct iol_executor;
 struct iol__close_hook;
 struct iol__zmq_handlers;
+typedef struct iol__signals iol__signals;
+
+/* The counters behind iol_loop_get_stats. Written by the loop thread only
+ * (stats_add/stats_max: a relaxed load and a relaxed store, no locked
+ * instruction, so a plain add on x86), read by any thread with relaxed
+ * loads. Relaxed suffices: each counter is one word read whole, and a
+ * snapshot promises no consistency between counters (nothing else is
+ * published through them). Their own cache line, at the end of the loop,
+ * so writing them never invalidates the line producers read on each post
+ * (closed, the queue, the waker). The maxima are also stored by
+ * iol_loop_reset_stats from any thread: a reset racing with the loop's
+ * update may keep the value of the call that ended during the reset. */
+typedef struct iol__loop_counters {
+    _Alignas(64) _Atomic uint64_t iterations;
+    _Atomic uint64_t callbacks_self, callbacks_remote, callbacks_signal;
+    _Atomic uint64_t timeouts;
+    _Atomic uint64_t busy_ns, wait_ns;
+    _Atomic uint64_t longest_callback_ns, longest_iteration_ns;
+    _Atomic uint64_t last_batch;
+    _Atomic uint64_t polling_since; /* clock_ns when the current poll began; 0: not polling */
+    _Atomic uint64_t signals;
+} iol__loop_counters;
+
+static inline void iol__stats_add(_Atomic uint64_t *c, uint64_t n)
+{
+    /* relaxed load + store: the loop thread is the only writer (see above). */
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n, memory_order_relaxed);
+}
+
+static inline void iol__stats_max(_Atomic uint64_t *c, uint64_t v)
+{
+    /* relaxed: as iol__stats_add; a racing reset is documented above. */
+    if (v > atomic_load_explicit(c, memory_order_relaxed))
+        atomic_store_explicit(c, v, memory_order_relaxed);
+}
+
+/* Prepare/check hooks (loop/hooks.c). live: entries with fn != NULL. */
+typedef struct iol__hook {
+    iol_callback_fn fn; /* NULL: removed while the list ran */
+    void *arg;
+} iol__hook;
+typedef struct iol__hook_list {
+    iol__hook *hooks;
+    unsigned len, cap, live;
+    bool running;
+} iol__hook_list;
+enum { IOL__HOOK_PREPARE, IOL__HOOK_CHECK };
 
 typedef struct iol__handler {
     iol_handler_fn fn; /* NULL: no handler for this fd */
@@ -65,6 +112,14 @@ struct iol_loop {
     uint64_t sleeps;             /* sleeps announced to the waker (a statistic
                                     for tests: wakeups <= sleeps) */
     struct iol__zmq_handlers *zmq;       /* loop/zmq_handlers.c; NULL until the first zmq handler */
+    bool time_calls;             /* iol_loop_set_call_timing */
+    iol__hook_list prepare_hooks, check_hooks; /* loop/hooks.c */
+    iol__signals *signals;       /* loop/signals.c; NULL until the first signal handler */
+    uint64_t awake_ns;           /* clock_ns when the last poll returned (statistics) */
+    bool outer_sleep;            /* an embedding program waits on the backend fd: the
+                                    waker has a sleep announced (iol_loop_run_once) */
+
+    iol__loop_counters stats;    /* last: its own cache line */
 };
 
 /* A unique id of the calling thread: the address of a thread-local. */
@@ -129,7 +184,41 @@ static inline bool iol__loop_zmq_recheck(iol_loop *loop)
     return loop->zmq && iol__zmq_recheck(loop);
 }
 
-/* For benches and tests: eventfd writes made to wake this loop. */
-uint64_t iol__loop_wakeups(const iol_loop *loop);
+/* Runs a hook list (loop/hooks.c); the loop calls it only when l->live. */
+void iol__loop_run_hooks(iol_loop *loop, iol__hook_list *l);
+void iol__loop_free_hooks(iol_loop *loop);
+
+/* Signal handlers (loop/signals.c). fd_event: true (and handlers ran)
+ * when fd is the loop's signalfd. signal_fd: it, or -1. thread_enter: at
+ * start, blocks the loop's signals in the running thread. release: at
+ * close, gives every signal back. */
+bool iol__loop_signal_fd_event(iol_loop *loop, int fd);
+int iol__loop_signal_fd(const iol_loop *loop);
+void iol__loop_signals_thread_enter(iol_loop *loop);
+void iol__loop_signals_release(iol_loop *loop);
+
+/* CLOCK_MONOTONIC in ns (statistics; the loop's own clock may be fake). */
+uint64_t iol__clock_ns(void);
+
+/* Around each callback, timeout and handler. The hooks run only when
+ * `watched` (iol__loop_watched, read once per batch) is true, so a loop
+ * with neither the watchdog nor call timing pays one predictable branch. */
+static inline bool iol__loop_watched(const iol_loop *loop)
+{
+    return loop->time_calls || iol__watchdog_enabled(loop->watchdog);
+}
+
+static inline uint64_t iol__loop_call_begin(iol_loop *loop, const void *fn)
+{
+    iol__watchdog_call_begin(loop->watchdog, fn);
+    return loop->time_calls ? iol__clock_ns() : 0;
+}
+
+static inline void iol__loop_call_end(iol_loop *loop, uint64_t began)
+{
+    if (loop->time_calls)
+        iol__stats_max(&loop->stats.longest_callback_ns, iol__clock_ns() - began);
+    iol__watchdog_call_end(loop->watchdog);
+}
 
 #endif

@@ -221,13 +221,12 @@ static unsigned ready_events(struct iol__zmq_handlers *z, zmq_handler *h)
 
 static void run_handler(iol_loop *loop, zmq_handler *h, unsigned events)
 {
-    bool watched = iol__watchdog_enabled(loop->watchdog);
-    if (watched)
-        iol__watchdog_call_begin(loop->watchdog, (const void *)h->fn);
+    bool watched = iol__loop_watched(loop);
+    uint64_t began = watched ? iol__loop_call_begin(loop, (const void *)h->fn) : 0;
     /* h may be freed by fn (remove_zmq_handler): not touched afterwards. */
     h->fn(h->socket, events, h->arg);
     if (watched)
-        iol__watchdog_call_end(loop->watchdog);
+        iol__loop_call_end(loop, began);
 }
 
 /* The ZMQ_FD handler: only marks the socket; iol__zmq_dispatch_ready

@@ -175,6 +175,11 @@ static void epoll_close_poller(iol__poller *p)
     free(p);
 }
 
+static int epoll_backend_fd(const iol__poller *p)
+{
+    return p->epfd;
+}
+
 const iol__poller_ops iol__poller_epoll = {
     .name = "epoll",
     .create = epoll_create_poller,
@@ -185,4 +190,5 @@ const iol__poller_ops iol__poller_epoll = {
     .wait = epoll_wait_events,
     .close = epoll_close_poller,
     .add_checks_fd = true, /* epoll_ctl: EBADF */
+    .backend_fd = epoll_backend_fd,
 };

@@ -56,6 +56,10 @@ typedef struct iol__poller_ops {
     /* add itself returns -EBADF for an fd that is not open (the kernel
      * checks, as epoll_ctl does); else the loop checks first. */
     bool add_checks_fd;
+    /* Optional (NULL: iol_loop_backend_fd says -ENOTSUP). An fd that polls
+     * readable whenever wait() would report an event, for a program that
+     * drives the loop from its own event loop: epoll's own fd. */
+    int (*backend_fd)(const iol__poller *p);
 } iol__poller_ops;
 
 extern const iol__poller_ops iol__poller_epoll;

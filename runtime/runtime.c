@@ -21,6 +21,7 @@
 #include <math.h>
 #include <poll.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -537,12 +538,29 @@ static void *acceptor_main(void *p)
     return NULL;
 }
 
+/* The runtime's threads start with the usual notification signals
+ * blocked, so that a loop's signal handlers (iol_loop_add_signal reads a
+ * signalfd, which sees only blocked signals) get them instead of a worker
+ * that would take them by the default disposition. */
+static int create_thread(pthread_t *thread, void *(*fn)(void *), void *arg)
+{
+    static const int notifications[] = { SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGCHLD, SIGWINCH };
+    sigset_t block, saved;
+    sigemptyset(&block);
+    for (size_t i = 0; i < sizeof notifications / sizeof notifications[0]; i++)
+        sigaddset(&block, notifications[i]);
+    pthread_sigmask(SIG_BLOCK, &block, &saved);
+    int r = pthread_create(thread, NULL, fn, arg);
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    return r;
+}
+
 int iol__runtime_want_acceptor(iol_runtime *rt)
 {
     rt->acceptor_wanted = true;
     if (rt->state != IOL__RT_STARTED || rt->acceptor_started)
         return 0;
-    int r = pthread_create(&rt->acceptor_thread, NULL, acceptor_main, rt);
+    int r = create_thread(&rt->acceptor_thread, acceptor_main, rt);
     if (r != 0)
         return -r;
     rt->acceptor_started = true;
@@ -568,7 +586,7 @@ int iol_runtime_start(iol_runtime *rt)
     rt->creating = true;
     int err = 0;
     for (unsigned i = 0; i < rt->n; i++) {
-        int r = pthread_create(&rt->workers[i].thread, NULL, worker_main, &rt->workers[i]);
+        int r = create_thread(&rt->workers[i].thread, worker_main, &rt->workers[i]);
         if (r != 0) {
             err = -r;
             break;

@@ -559,6 +559,7 @@ bool iol__cbqueue_take(iol__cbqueue *q, iol__cbbatch *b)
     b->ret_count = 0;
     b->ov = NULL;
     b->ov_count = 0;
+    b->from_signal = b->from_self = 0;
     if (iol__cbqueue_empty(q))
         return false;
     unsigned spins = 0;
@@ -642,6 +643,7 @@ static inline void node_release(iol__cbbatch *b, struct iol__cbnode *n)
     struct iol__nodecache *c = n->cache;
     if (!c) {
         reserve_push(b->q, n);
+        b->from_signal++;
     } else if (is_overflow(c)) {
         struct iol__ovchunk *ov = overflow_chunk(c);
         if (b->ov != ov) {
@@ -655,6 +657,7 @@ static inline void node_release(iol__cbbatch *b, struct iol__cbnode *n)
         /* relaxed: our own private list; no other thread reads it. */
         atomic_store_explicit(&n->next, c->local, memory_order_relaxed);
         c->local = n;
+        b->from_self++;
     } else {
         if (b->ret_count && (b->ret_head->cache != c || b->ret_count >= RETURN_RUN_MAX))
             batch_flush_returns(b);

@@ -28,8 +28,13 @@ struct iol__cbbatch {
      * chunk changes or the batch is drained (see sync/cbqueue.c). */
     struct iol__ovchunk *ov;
     unsigned ov_count;
+    /* Nodes of this batch released so far that came from the signal
+     * reserve, and from the consumer's own thread (a loop posting to
+     * itself): statistics, counted in branches node_release takes anyway.
+     * An overflow node counts as neither (it cannot tell its thread). */
+    unsigned from_signal, from_self;
 };
-#define IOL__CBBATCH_INIT { NULL, NULL, NULL, NULL, NULL, 0, NULL, 0 }
+#define IOL__CBBATCH_INIT { NULL, NULL, NULL, NULL, NULL, 0, NULL, 0, 0, 0 }
 
 /* Test and benchmark hooks. */
 

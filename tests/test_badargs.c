@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <unistd.h>
 
@@ -11,6 +12,7 @@
 #include "testutil.h"
 
 static void nop(void *arg) { (void)arg; }
+static void on_signal(int signo, void *arg) { (void)signo; (void)arg; }
 static void on_io(int fd, unsigned ev, void *arg) { (void)fd; (void)ev; (void)arg; }
 static void on_future(iol_future *f, void *arg) { (void)f; (void)arg; }
 static int exec_fn(void *arg, void **res) { (void)arg; (void)res; return 0; }
@@ -144,6 +146,36 @@ static int run_row(int i, const char **text, int *want)
         ROW(-EINVAL, iol_stream_pause_reading(NULL))
         ROW(-EINVAL, iol_stream_resume_reading(NULL))
         ROW(-EINVAL, iol_stream_set_write_watermarks(NULL, 2, 1, on_watermark, NULL))
+        /* Operability (issue 15): statistics. */
+        ROW(-EINVAL, iol_loop_get_stats(NULL, &(iol_loop_stats){ 0 }, sizeof(iol_loop_stats)))
+        ROW(-EINVAL, iol_loop_get_stats(L, NULL, sizeof(iol_loop_stats)))
+        ROW(-EINVAL, iol_loop_get_stats(L, &(iol_loop_stats){ 0 }, 0))
+        ROW(-EINVAL, iol_loop_reset_stats(NULL))
+        ROW(-EINVAL, iol_loop_set_call_timing(NULL, true))
+        ROW(-EINVAL, iol_loop_add_prepare(NULL, nop, NULL))
+        ROW(-EINVAL, iol_loop_add_prepare(L, NULL, NULL))
+        ROW(-EINVAL, iol_loop_remove_prepare(NULL, nop, NULL))
+        ROW(-EINVAL, iol_loop_remove_prepare(L, NULL, NULL))
+        ROW(-ENOENT, iol_loop_remove_prepare(L, nop, NULL))
+        ROW(-EINVAL, iol_loop_add_check(NULL, nop, NULL))
+        ROW(-EINVAL, iol_loop_add_check(L, NULL, NULL))
+        ROW(-EINVAL, iol_loop_remove_check(NULL, nop, NULL))
+        ROW(-EINVAL, iol_loop_remove_check(L, NULL, NULL))
+        ROW(-ENOENT, iol_loop_remove_check(L, nop, NULL))
+        ROW(-EINVAL, iol_loop_add_signal(NULL, SIGUSR1, on_signal, NULL))
+        ROW(-EINVAL, iol_loop_add_signal(L, SIGUSR1, NULL, NULL))
+        ROW(-EINVAL, iol_loop_add_signal(L, 0, on_signal, NULL))
+        ROW(-EINVAL, iol_loop_add_signal(L, SIGKILL, on_signal, NULL))
+        ROW(-EINVAL, iol_loop_add_signal(L, 1000, on_signal, NULL))
+        ROW(-EINVAL, iol_loop_remove_signal(NULL, SIGUSR1, on_signal, NULL))
+        ROW(-EINVAL, iol_loop_remove_signal(L, -3, on_signal, NULL))
+        ROW(-ENOENT, iol_loop_remove_signal(L, SIGUSR1, on_signal, NULL))
+        ROW(-EINVAL, iol_loop_run_once(NULL, 0))
+        ROW(-EINVAL, iol_loop_run_once(L, NAN))
+        ROW(-EINVAL, iol_loop_backend_fd(NULL))
+        ROW(-EINVAL, iol_loop_backend_timeout(NULL, &(double){ 0 }))
+        ROW(-EINVAL, iol_loop_backend_timeout(L, NULL))
+        ROW(-EINVAL, iol_runtime_get_stats(NULL, 0, &(iol_runtime_stats){ 0 }, sizeof(iol_runtime_stats)))
     default:
         *text = "no such row";
         *want = 0;

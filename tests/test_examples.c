@@ -44,7 +44,15 @@ static void example_path(const char *name, char *buf, size_t len)
 /* Starts examples/NAME --port 0 --workers 2 --shard S and reads its
  * "listening on HOST:PORT" line. Skips (passes) when the example is not
  * built (http-hello needs libhttp-parser). */
+static bool start_server_with(const char *name, const char *shard, const char *stats, int *stdout_fd);
 static bool start_server(const char *name, const char *shard)
+{
+    return start_server_with(name, shard, NULL, NULL);
+}
+
+/* As start_server; with stats, passes --stats STATS, and with stdout_fd
+ * keeps the read end of the server's stdout there. */
+static bool start_server_with(const char *name, const char *shard, const char *stats, int *stdout_fd)
 {
     char path[4200];
     example_path(name, path, sizeof(path));
@@ -65,7 +73,11 @@ static bool start_server(const char *name, const char *shard)
         if (getppid() != parent)
             _exit(127);
         dup2(out[1], STDOUT_FILENO);
-        execl(path, name, "--host", "127.0.0.1", "--port", "0", "--workers", "2", "--shard", shard, (char *)NULL);
+        if (stats)
+            execl(path, name, "--host", "127.0.0.1", "--port", "0", "--workers", "2", "--shard", shard, "--stats",
+                  stats, (char *)NULL);
+        else
+            execl(path, name, "--host", "127.0.0.1", "--port", "0", "--workers", "2", "--shard", shard, (char *)NULL);
         _exit(127);
     }
     close(out[1]);
@@ -90,7 +102,10 @@ static bool start_server(const char *name, const char *shard)
                 srv.port = (uint16_t)atoi(colon + 1);
         }
     }
-    close(out[0]); /* later output goes to a closed pipe: the examples ignore SIGPIPE */
+    if (stdout_fd)
+        *stdout_fd = out[0];
+    else
+        close(out[0]); /* later output goes to a closed pipe: the examples ignore SIGPIPE */
     ck_assert_msg(srv.port > 0, "%s printed no \"listening on HOST:PORT\" line", name);
     return true;
 }
@@ -257,6 +272,50 @@ START_TEST(http_get)
     }
     close(r->fd);
     free(r);
+}
+END_TEST
+
+/* --stats 0.1: one line per worker, and the requests show in them. */
+START_TEST(http_stats)
+{
+    int out;
+    if (!start_server_with("http-hello", SHARDS[_i], "0.1", &out))
+        return;
+    reader *r = calloc(1, sizeof(*r));
+    r->fd = connect_to(srv.port);
+    static const char req[] = "GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+    for (int k = 0; k < 3; k++) {
+        send_all(r->fd, req, sizeof(req) - 1);
+        response resp;
+        ck_assert(read_response(r, &resp, false));
+        assert_hello(&resp);
+    }
+    close(r->fd);
+    free(r);
+    /* Wait for a line that counted them (a worker's requests/s > 0). */
+    static char text[65536];
+    size_t used = 0;
+    bool seen_w0 = false, seen_w1 = false, seen_requests = false;
+    double deadline = iol_test_now() + io_timeout();
+    while (!(seen_w0 && seen_w1 && seen_requests) && iol_test_now() < deadline && used < sizeof(text) - 1) {
+        struct pollfd pfd = {.fd = out, .events = POLLIN};
+        if (poll(&pfd, 1, 100) <= 0)
+            continue;
+        ssize_t n = read(out, text + used, sizeof(text) - 1 - used);
+        if (n <= 0)
+            break;
+        used += (size_t)n;
+        text[used] = '\0';
+        seen_w0 = strstr(text, "stats worker 0: requests ") != NULL;
+        seen_w1 = strstr(text, "stats worker 1: requests ") != NULL;
+        for (const char *p = text; (p = strstr(p, ": requests ")); p++)
+            if (atoi(p + strlen(": requests ")) > 0)
+                seen_requests = true;
+    }
+    close(out);
+    ck_assert_msg(seen_w0 && seen_w1 && seen_requests, "stats output: %s", text);
+    ck_assert_ptr_nonnull(strstr(text, "busy "));
+    ck_assert_ptr_nonnull(strstr(text, "wakeups "));
 }
 END_TEST
 
@@ -563,6 +622,7 @@ static Suite *examples_suite(void)
         const TTest *test;
     } cases[] = {
         {"http_get", http_get},
+        {"http_stats", http_stats},
         {"http_pipelined", http_pipelined},
         {"http_byte_at_a_time", http_byte_at_a_time},
         {"http_malformed", http_malformed},

@@ -11,7 +11,6 @@
 #include <string.h>
 
 #include "ioloop.h"
-#include "loop/loop_impl.h" /* iol__loop_wakeups */
 #include "testutil.h"
 
 #define NPROD 4
@@ -83,7 +82,7 @@ START_TEST(test_handoff_fifo)
     for (unsigned i = 0; i < NPROD; i++)
         ck_assert_uint_eq(fifo.next[i], fifo.n);
     /* Coalescing: far fewer eventfd writes than callbacks. */
-    ck_assert_uint_lt(iol__loop_wakeups(fifo.loop), fifo.total);
+    ck_assert_uint_lt(iol_test_wakeups(fifo.loop), fifo.total);
     ck_assert_int_eq(iol_loop_close(fifo.loop, false), 0);
 }
 END_TEST
@@ -150,7 +149,7 @@ START_TEST(test_handoff_lost_wakeup_hunter)
     ck_assert_int_eq(iol_loop_stop(loop), 0);
     pthread_join(lt, NULL);
     /* At most one write per callback here (one per sleep in general). */
-    ck_assert_uint_le(iol__loop_wakeups(loop), n);
+    ck_assert_uint_le(iol_test_wakeups(loop), n);
     sem_destroy(&hunt.done);
     ck_assert_int_eq(iol_loop_close(loop, false), 0);
 }

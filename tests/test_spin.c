@@ -217,7 +217,7 @@ static uint64_t spins_for_slow_posts(double spin_us, int posts)
     ck_assert_int_eq(atomic_load(&sp.ran), posts);
     uint64_t spins = t.loop->spin.spins;
     /* At most one eventfd write per sleep. */
-    ck_assert_uint_le(iol__loop_wakeups(t.loop), t.loop->sleeps);
+    ck_assert_uint_le(iol_test_wakeups(t.loop), t.loop->sleeps);
     ck_assert_int_eq(iol_loop_close(t.loop, false), 0);
     return spins;
 }
@@ -324,7 +324,7 @@ static void run_storm(double spin_us)
     for (int p = 0; p < PRODUCERS; p++)
         ck_assert_uint_eq(atomic_load(&st.next_seen[p]), st.n);
     ck_assert_uint_eq(atomic_load(&st.bad), 0);
-    ck_assert_uint_le(iol__loop_wakeups(t.loop), t.loop->sleeps);
+    ck_assert_uint_le(iol_test_wakeups(t.loop), t.loop->sleeps);
     if (spin_us < 0)
         ck_assert_uint_eq(t.loop->spin.spins, 0);
     ck_assert_int_eq(iol_loop_close(t.loop, false), 0); /* nothing left behind */

@@ -73,3 +73,10 @@ int iol_test_dir_entries(const char *path)
     closedir(d);
     return n;
 }
+
+uint64_t iol_test_wakeups(const iol_loop *loop)
+{
+    iol_loop_stats st;
+    ck_assert_int_eq(iol_loop_get_stats(loop, &st, sizeof st), 0);
+    return st.wakeups;
+}

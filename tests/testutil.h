@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ioloop.h"
+
 /* $IOL_TEST_SCALE (default 1.0) times n, at least min: stress sizes shrink
  * under sanitizers and valgrind. */
 size_t iol_test_scaled(size_t n, size_t min);
@@ -28,6 +30,9 @@ TCase *iol_test_tcase(const char *name, double timeout_s);
         if (__builtin_expect(!(e), 0))                                \
             ck_abort_msg("%s:%d: %s", __FILE__, __LINE__, #e);        \
     } while (0)
+
+/* eventfd writes made to wake loop (iol_loop_get_stats). */
+uint64_t iol_test_wakeups(const iol_loop *loop);
 
 /* A random pause of 0..63 compiler-barrier spins, or a sched_yield one
  * time in 16: shakes up interleavings in lost-wakeup hunters. *rng is a
