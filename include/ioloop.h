@@ -713,8 +713,27 @@ int iol_runtime_listener_counts(iol_runtime *rt, int id, uint64_t *counts, unsig
 
 /* Statistics of one worker, or of all of them (index IOL_RUNTIME_ALL). */
 #define IOL_RUNTIME_ALL (~0u)
+
+/* A listener's figures (grows at the end; size as iol_loop_get_stats). */
+typedef struct iol_listener_stats {
+    uint64_t accepted;          /* on_accept calls, every worker together */
+    uint64_t holds_connections; /* times accepting stopped at max_connections */
+    uint64_t holds_rate;        /* times it waited for max_accept_rate */
+    unsigned held;              /* its sockets held by either right now */
+} iol_listener_stats;
+/* Fills *out with listener id's figures. Any thread. -EINVAL: NULL
+ * rt/out, size 0. -ENOENT: unknown id. */
+int iol_runtime_listener_stats(iol_runtime *rt, int id, iol_listener_stats *out, size_t size);
+
 typedef struct iol_runtime_stats {
     uint64_t accepted;   /* on_accept calls on the worker, every listener together */
+    /* Overload control (iol_listen_config.max_connections,
+     * max_accept_rate), every listener together: holds and sockets held
+     * now. A worker counts its REUSEPORT sockets; the HANDOFF acceptor's
+     * count in IOL_RUNTIME_ALL only. */
+    uint64_t holds_connections;
+    uint64_t holds_rate;
+    unsigned held;
     unsigned workers;    /* iol_runtime_size */
     unsigned listeners;  /* listener ids are 0..listeners-1: per listener and per
                             worker, iol_runtime_listener_counts */

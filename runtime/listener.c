@@ -67,9 +67,10 @@ typedef struct iol__lsock {
     double backoff;
     iol_timeout resume_timer; /* 0: none */
     iol__admission adm;       /* max_connections, max_accept_rate */
-    /* Holds for the cap and for the rate; relaxed: statistics written by
-     * the socket's thread, read by anyone. */
+    /* Holds for the cap and for the rate, and whether one lasts now;
+     * relaxed: statistics written by the socket's thread, read by anyone. */
     _Atomic uint64_t holds_conns, holds_rate;
+    _Atomic bool held;
 } iol__lsock;
 
 typedef struct iol__count {
@@ -279,6 +280,7 @@ static void lsock_resume(void *arg)
 {
     iol__lsock *s = arg;
     s->resume_timer = 0;
+    atomic_store_explicit(&s->held, false, memory_order_relaxed); /* relaxed: see holds_conns */
     if (s->fd < 0)
         return;
     if (s->reserve_fd < 0)
@@ -353,6 +355,7 @@ static void lsock_hold(iol__lsock *s, iol__admit_verdict v, double wait)
 {
     /* relaxed: see holds_conns. */
     atomic_fetch_add_explicit(v == IOL__HOLD_CONNS ? &s->holds_conns : &s->holds_rate, 1, memory_order_relaxed);
+    atomic_store_explicit(&s->held, true, memory_order_relaxed);
     lsock_unwatch(s);
     int r = iol_loop_call_later(lsock_loop(s), wait, lsock_resume, s, &s->resume_timer);
     if (r < 0) {
@@ -817,6 +820,51 @@ int iol_runtime_listener_counts(iol_runtime *rt, int id, uint64_t *counts, unsig
         counts[i] = atomic_load_explicit(&l->counts[i].v, memory_order_relaxed);
     pthread_mutex_unlock(&rt->mu);
     return (int)rt->n;
+}
+
+/* Overload figures of listener id's sockets; worker: only the socket its
+ * loop watches (REUSEPORT), IOL_RUNTIME_ALL: every socket, the HANDOFF
+ * acceptor's included. Adds to *out. -ENOENT: unknown id. */
+int iol__listener_overload(iol_runtime *rt, int id, unsigned worker, iol_listener_stats *out)
+{
+    pthread_mutex_lock(&rt->mu);
+    iol__listener *l = find(rt, id);
+    if (!l) {
+        pthread_mutex_unlock(&rt->mu);
+        return -ENOENT;
+    }
+    for (unsigned i = 0; i < l->nsocks; i++) {
+        iol__lsock *s = &l->socks[i];
+        if (worker != IOL_RUNTIME_ALL && s->worker != worker)
+            continue;
+        /* relaxed: see holds_conns. */
+        out->holds_connections += atomic_load_explicit(&s->holds_conns, memory_order_relaxed);
+        out->holds_rate += atomic_load_explicit(&s->holds_rate, memory_order_relaxed);
+        out->held += atomic_load_explicit(&s->held, memory_order_relaxed) ? 1u : 0u;
+    }
+    if (worker == IOL_RUNTIME_ALL)
+        for (unsigned i = 0; i < rt->n; i++)
+            out->accepted += atomic_load_explicit(&l->counts[i].v, memory_order_relaxed);
+    else if (worker < rt->n)
+        out->accepted += atomic_load_explicit(&l->counts[worker].v, memory_order_relaxed);
+    pthread_mutex_unlock(&rt->mu);
+    return 0;
+}
+
+int iol_runtime_listener_stats(iol_runtime *rt, int id, iol_listener_stats *out, size_t size)
+{
+    if (!rt || !out || size == 0)
+        return -EINVAL;
+    iol_listener_stats st = {0};
+    int r = iol__listener_overload(rt, id, IOL_RUNTIME_ALL, &st);
+    if (r < 0)
+        return r;
+    if (size > sizeof st) {
+        memset((char *)out + sizeof st, 0, size - sizeof st);
+        size = sizeof st;
+    }
+    memcpy(out, &st, size);
+    return 0;
 }
 
 /* ------------------------------------------------------------ shutdown */

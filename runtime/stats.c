@@ -60,6 +60,12 @@ int iol_runtime_get_stats(iol_runtime *rt, unsigned index, iol_runtime_stats *ou
         return err;
     }
     iol_runtime_stats s = { .workers = rt->n, .listeners = nlisteners };
+    iol_listener_stats over = {0};
+    for (unsigned id = 0; id < nlisteners; id++)
+        (void)iol__listener_overload(rt, (int)id, index, &over);
+    s.holds_connections = over.holds_connections;
+    s.holds_rate = over.holds_rate;
+    s.held = over.held;
     for (unsigned i = 0; i < rt->n; i++) {
         if (index != IOL_RUNTIME_ALL && i != index)
             continue;

@@ -261,6 +261,15 @@ static void storm_against_cap(int shard)
     ck_assert_int_le(atomic_load(&sv->max_open[1]), cap);
     ck_assert_msg(worst < 5.0, "an established connection waited %.2f s for its answer", worst);
     ck_assert_int_eq(atomic_load(&shed_warnings), 0);
+    /* Visible in the statistics: holds at the cap, none for a rate. */
+    iol_runtime_stats rs;
+    ck_assert_int_eq(iol_runtime_get_stats(sv->rt, IOL_RUNTIME_ALL, &rs, sizeof rs), 0);
+    ck_assert_uint_gt(rs.holds_connections, 0);
+    ck_assert_uint_eq(rs.holds_rate, 0);
+    iol_listener_stats ls;
+    ck_assert_int_eq(iol_runtime_listener_stats(sv->rt, id, &ls, sizeof ls), 0);
+    ck_assert_uint_eq(ls.holds_connections, rs.holds_connections);
+    ck_assert_uint_eq(ls.accepted, (uint64_t)atomic_load(&sv->accepted));
 
     /* The storm ends: every connection closes, queued ones included. */
     close(go[1]);
@@ -273,11 +282,15 @@ static void storm_against_cap(int shard)
     ck_assert_msg(sum_open(sv) <= 1, "%d connections still open after the storm", sum_open(sv));
     ck_assert_int_eq(atomic_load(&shed_warnings), 0);
 
-    /* Recovered: a new client is served. */
+    /* Recovered: a new client is served, and nothing is held. */
     int late = connect_blocking(port);
     ck_assert_int_ge(late, 0);
     ping(late);
     close(late);
+    deadline = iol_test_now() + 10;
+    while (iol_runtime_listener_stats(sv->rt, id, &ls, sizeof ls) == 0 && ls.held > 0 && iol_test_now() < deadline)
+        usleep(10000);
+    ck_assert_uint_eq(ls.held, 0);
     close(steady);
     close(issued[0]);
     iol_runtime_free(sv->rt);
@@ -345,6 +358,11 @@ static void rate_bound(int shard)
         ck_assert_msg(at[k] >= earliest, "accept %d after %.3f s, the bucket allows it at %.3f s", k + 1, at[k],
                       earliest + 0.001);
     }
+    iol_listener_stats ls;
+    ck_assert_int_eq(iol_runtime_listener_stats(sv->rt, id, &ls, sizeof ls), 0);
+    ck_assert_uint_eq(ls.accepted, (uint64_t)n);
+    ck_assert_uint_gt(ls.holds_rate, 0);
+    ck_assert_uint_eq(ls.holds_connections, 0);
     fprintf(stderr, "rate %.0f/s (shard %d): %d accepts over %.3f s\n", rate, shard, n, at[n - 1]);
     for (int i = 0; i < n; i++)
         close(fds[i]);
@@ -378,7 +396,16 @@ START_TEST(test_bad_config)
     lc.max_connections = 10; /* not below it */
     ck_assert_int_eq(iol_runtime_listen(rt, &lc), -EINVAL);
     lc.connections_low = 9;
-    ck_assert_int_ge(iol_runtime_listen(rt, &lc), 0);
+    int id = iol_runtime_listen(rt, &lc);
+    ck_assert_int_ge(id, 0);
+    iol_listener_stats ls;
+    ck_assert_int_eq(iol_runtime_listener_stats(NULL, id, &ls, sizeof ls), -EINVAL);
+    ck_assert_int_eq(iol_runtime_listener_stats(rt, id, NULL, sizeof ls), -EINVAL);
+    ck_assert_int_eq(iol_runtime_listener_stats(rt, id, &ls, 0), -EINVAL);
+    ck_assert_int_eq(iol_runtime_listener_stats(rt, id + 1, &ls, sizeof ls), -ENOENT);
+    ck_assert_int_eq(iol_runtime_listener_stats(rt, -1, &ls, sizeof ls), -ENOENT);
+    ck_assert_int_eq(iol_runtime_listener_stats(rt, id, &ls, sizeof ls), 0);
+    ck_assert_uint_eq(ls.accepted + ls.holds_connections + ls.holds_rate + ls.held, 0);
     iol_runtime_free(rt);
 }
 END_TEST
