@@ -90,6 +90,13 @@ typedef struct iol_loop_config {
              * saves a sleep and a wakeup when the next post comes within it, and
              * is wasted on top of both when the post comes later. */
             double spin_us;
+            /* > 0: at most this many callbacks queued and not yet run;
+             * past it iol_loop_add_callback from any thread but the one
+             * running the loop returns -EAGAIN (a loop never refuses its own
+             * work). Costs every post one shared atomic add, so 0 (no
+             * bound) is the default. add_callback_from_signal has its own
+             * bound (signal_reserve) and does not count. */
+            size_t queue_limit;
         };
         unsigned char iol_reserved_[128]; /* fixes the size (see above) */
     };
@@ -321,7 +328,9 @@ int iol_loop_remove_zmq_handler(iol_loop *loop, void *socket);
  * posting thread for reuse; beyond that (a burst, a flood) they come from
  * 64 KiB chunks released as soon as their callbacks ran, of which a
  * process-wide pool keeps at most 16 MiB for reuse.
- * -EINVAL: NULL loop/fn. -ESHUTDOWN: closed. -ENOMEM. */
+ * -EINVAL: NULL loop/fn. -ESHUTDOWN: closed. -ENOMEM. -EAGAIN: the loop
+ * has a queue_limit, that many callbacks wait, and the caller is not the
+ * thread running the loop. */
 int iol_loop_add_callback(iol_loop *loop, iol_callback_fn fn, void *arg);
 /* Same as add_callback (Tornado's spawn_callback: not tied to a context). */
 int iol_loop_spawn_callback(iol_loop *loop, iol_callback_fn fn, void *arg);
@@ -586,6 +595,10 @@ typedef struct iol_runtime_config {
              * (iol_runtime_stopping answers the same question). */
             void (*on_drain)(iol_loop *loop, unsigned index, void *arg);
             double spin_us;                /* as iol_loop_config.spin_us, for every worker */
+            size_t queue_limit;            /* as iol_loop_config.queue_limit, for every worker
+                                              (the application's posts; the runtime's own,
+                                              handoffs of connections included, are never
+                                              refused) */
         };
         unsigned char iol_reserved_[256]; /* fixes the size (see above) */
     };
@@ -626,9 +639,11 @@ void iol_runtime_free(iol_runtime *rt);
 unsigned iol_runtime_size(const iol_runtime *rt);          /* 0 for NULL */
 iol_loop *iol_runtime_loop(iol_runtime *rt, unsigned index); /* NULL out of range */
 /* Runs fn(arg) on worker index. Any thread. -EINVAL: NULL rt/fn, index
- * >= size. -ESHUTDOWN: stopped. -ENOMEM. */
+ * >= size. -ESHUTDOWN: stopped. -ENOMEM. -EAGAIN: queue_limit callbacks
+ * wait on that worker (and the caller is not that worker). */
 int iol_runtime_post(iol_runtime *rt, unsigned index, iol_callback_fn fn, void *arg);
-/* Runs fn(arg) once on every worker. Any thread. Errors as post. */
+/* Runs fn(arg) once on every worker. Any thread. Errors as post, but
+ * never -EAGAIN: a broadcast is not refused for a full queue. */
 int iol_runtime_broadcast(iol_runtime *rt, iol_callback_fn fn, void *arg);
 /* This thread's worker index, -1 outside workers. */
 int iol_runtime_worker_index(void);

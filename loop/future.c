@@ -223,7 +223,7 @@ static int waiter_queue(future_waiter *w)
     iol_loop *loop = w->loop;
     /* After a successful push w may run (and be freed) at once on the
      * loop's thread: touch only the local copy afterwards. */
-    int err = iol_loop_add_callback(loop, waiter_run, w);
+    int err = iol__loop_post(loop, waiter_run, w);
     if (err < 0)
         waiter_free(w);
     iol_loop_unref(loop);

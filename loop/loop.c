@@ -58,9 +58,13 @@ int iol_loop_new(iol_loop **out, const iol_loop_config *cfg)
         return -EEXIST;
 
     int err = -ENOMEM;
-    iol_loop *loop = calloc(1, sizeof *loop);
-    if (!loop)
+    /* Aligned: the statistics and the queue count have cache lines of
+     * their own (_Alignas in loop_impl.h), which calloc does not honour. */
+    void *mem = NULL;
+    if (posix_memalign(&mem, _Alignof(iol_loop), sizeof(iol_loop)) != 0)
         return -ENOMEM;
+    iol_loop *loop = memset(mem, 0, sizeof(iol_loop));
+    loop->queue_limit = cfg->queue_limit;
     loop->waker.fd = -1;
     loop->events = malloc(MAX_EVENTS * sizeof *loop->events);
     if (!loop->events)
@@ -212,17 +216,48 @@ static inline int check_producer(const iol_loop *loop, iol_callback_fn fn)
     return 0;
 }
 
-int iol_loop_add_callback(iol_loop *loop, iol_callback_fn fn, void *arg)
+/* bounded: refused with -EAGAIN past queue_limit, unless posted by the
+ * thread running the loop (a loop never refuses its own work). The count
+ * is kept for every post but the signal ones, so that the loop can take
+ * off what each batch ran (run_callbacks); the library's own posts
+ * (iol__loop_post: a future's waiters, the runtime's handoffs) count
+ * but are never refused. */
+static int add_callback(iol_loop *loop, iol_callback_fn fn, void *arg, bool bounded)
 {
     int err = check_producer(loop, fn);
     if (err)
         return err;
-    if ((err = iol__cbqueue_push(loop->queue, fn, arg)) < 0)
+    if (loop->queue_limit) {
+        /* relaxed: a bound, not a hand-over; it orders nothing (the queue's
+         * own atomics publish the callback). fetch_add returns each post its
+         * own count, so at most queue_limit bounded posts get in while the
+         * loop has taken none of them. */
+        size_t n = atomic_fetch_add_explicit(&loop->queued, 1, memory_order_relaxed);
+        if (bounded && n >= loop->queue_limit &&
+            atomic_load_explicit(&loop->owner, memory_order_relaxed) != iol__thread_id()) {
+            atomic_fetch_sub_explicit(&loop->queued, 1, memory_order_relaxed);
+            return -EAGAIN;
+        }
+    }
+    if ((err = iol__cbqueue_push(loop->queue, fn, arg)) < 0) {
+        if (loop->queue_limit)
+            atomic_fetch_sub_explicit(&loop->queued, 1, memory_order_relaxed); /* relaxed: as above */
         return err;
+    }
     /* The push's tail exchange is seq_cst, which orders it before the
      * waker's read of the sleep state: no extra fence (sync/waker.c). */
     iol__waker_wake_after_push(&loop->waker);
     return 0;
+}
+
+int iol_loop_add_callback(iol_loop *loop, iol_callback_fn fn, void *arg)
+{
+    return add_callback(loop, fn, arg, true);
+}
+
+int iol__loop_post(iol_loop *loop, iol_callback_fn fn, void *arg)
+{
+    return add_callback(loop, fn, arg, false);
 }
 
 int iol_loop_spawn_callback(iol_loop *loop, iol_callback_fn fn, void *arg)
@@ -324,6 +359,8 @@ static void run_callbacks(iol_loop *loop, bool watched)
     iol__stats_add(&loop->stats.callbacks_signal, batch.from_signal);
     iol__stats_add(&loop->stats.callbacks_remote, ran - batch.from_self - batch.from_signal);
     atomic_store_explicit(&loop->stats.last_batch, ran, memory_order_relaxed); /* relaxed: a statistic */
+    if (loop->queue_limit) /* relaxed: see add_callback */
+        atomic_fetch_sub_explicit(&loop->queued, ran - batch.from_signal, memory_order_relaxed);
 }
 
 static void run_due_timeouts(iol_loop *loop, bool watched)

@@ -85,6 +85,7 @@ struct iol_loop {
     _Atomic(const void *) owner; /* iol__thread_id() of the thread in start() */
 
     iol__cbqueue *queue;
+    size_t queue_limit;          /* iol_loop_config.queue_limit; 0: none; set at creation */
     iol__waker waker;
 
     /* Owner-thread state. */
@@ -119,8 +120,15 @@ struct iol_loop {
     bool outer_sleep;            /* an embedding program waits on the backend fd: the
                                     waker has a sleep announced (iol_loop_run_once) */
 
+    /* The callbacks posted and not yet run (loop.c, add_callback), counted
+     * when queue_limit is set; on a line of its own, since every producer
+     * writes it. */
+    _Alignas(64) _Atomic size_t queued;
+
     iol__loop_counters stats;    /* last: its own cache line */
 };
+
+#include "loop/post.h"
 
 /* A unique id of the calling thread: the address of a thread-local. */
 const void *iol__thread_id(void);

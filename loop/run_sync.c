@@ -127,7 +127,7 @@ int iol_loop_run_sync(iol_loop *loop, int (*fn)(iol_loop *loop, iol_future *done
         goto fail;
     /* relaxed: the queue push publishes st to the loop thread. */
     atomic_fetch_add_explicit(&st->refs, 1, memory_order_relaxed);
-    if ((err = iol_loop_add_callback(loop, run_sync_call_fn, st)) < 0) {
+    if ((err = iol__loop_post(loop, run_sync_call_fn, st)) < 0) {
         atomic_fetch_sub_explicit(&st->refs, 1, memory_order_relaxed);
         goto fail;
     }

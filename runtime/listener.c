@@ -46,6 +46,7 @@
 #include <unistd.h>
 
 #include "loop/log.h"
+#include "loop/post.h"
 #include "runtime/admission.h"
 #include "runtime/runtime_impl.h"
 
@@ -231,7 +232,7 @@ static void dispatch(iol__lsock *s, int fd, const struct sockaddr *peer, socklen
     /* Straight to the loop, not iol_runtime_post: handoffs made before
      * the final-accept barrier must go through even after stop (see
      * worker_shutdown in runtime.c). */
-    int r = iol_loop_add_callback(w->loop, handoff_cb, it);
+    int r = iol__loop_post(w->loop, handoff_cb, it);
     if (r < 0) {
         atomic_fetch_sub_explicit(&w->pending, 1, memory_order_relaxed);
         w->handed--;
@@ -767,8 +768,8 @@ int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg)
          * (listeners_closed is false under rt->mu). */
         for (unsigned i = 0; i < nsocks && err >= 0; i++) {
             iol__lsock *s = &l->socks[i];
-            int r = on_acceptor(s) ? iol_loop_add_callback(rt->acceptor_loop, lsock_register_cb, s)
-                                   : iol_runtime_post(rt, s->worker, lsock_register_cb, s);
+            int r = on_acceptor(s) ? iol__loop_post(rt->acceptor_loop, lsock_register_cb, s)
+                                   : iol__runtime_post(rt, s->worker, lsock_register_cb, s);
             if (r < 0)
                 err = r;
         }

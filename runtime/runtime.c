@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "loop/log.h"
+#include "loop/post.h"
 #include "runtime/runtime_impl.h"
 
 #define MAX_WORKERS 4096
@@ -101,7 +102,8 @@ int iol_runtime_new(iol_runtime **out, const iol_runtime_config *cfg)
     if ((err = -pthread_cond_init(&rt->cv, NULL)) < 0)
         goto fail_mutex;
 
-    iol_loop_config lcfg = {.poller = cfg->poller, .make_current = IOL_CURRENT_NEVER, .spin_us = cfg->spin_us};
+    iol_loop_config lcfg = {.poller = cfg->poller, .make_current = IOL_CURRENT_NEVER, .spin_us = cfg->spin_us,
+                            .queue_limit = cfg->queue_limit};
     unsigned made = 0;
     for (; made < n; made++) {
         iol__rt_worker *w = &rt->workers[made];
@@ -198,16 +200,28 @@ static inline void post_leave(iol__rt_worker *w)
     atomic_fetch_sub_explicit(&w->inflight, 1, memory_order_release);
 }
 
-int iol_runtime_post(iol_runtime *rt, unsigned index, iol_callback_fn fn, void *arg)
+/* bounded: the application's posts meet the workers' queue_limit
+ * (-EAGAIN); the runtime's own (iol__runtime_post) never do. */
+static int runtime_post(iol_runtime *rt, unsigned index, iol_callback_fn fn, void *arg, bool bounded)
 {
     if (!rt || !fn || index >= rt->n)
         return -EINVAL;
     iol__rt_worker *w = &rt->workers[index];
     if (!post_enter(w))
         return -ESHUTDOWN;
-    int r = iol_loop_add_callback(w->loop, fn, arg);
+    int r = bounded ? iol_loop_add_callback(w->loop, fn, arg) : iol__loop_post(w->loop, fn, arg);
     post_leave(w);
     return r < 0 ? r : 0;
+}
+
+int iol_runtime_post(iol_runtime *rt, unsigned index, iol_callback_fn fn, void *arg)
+{
+    return runtime_post(rt, index, fn, arg, true);
+}
+
+int iol__runtime_post(iol_runtime *rt, unsigned index, iol_callback_fn fn, void *arg)
+{
+    return runtime_post(rt, index, fn, arg, false);
 }
 
 int iol_runtime_broadcast(iol_runtime *rt, iol_callback_fn fn, void *arg)
@@ -229,7 +243,9 @@ int iol_runtime_broadcast(iol_runtime *rt, iol_callback_fn fn, void *arg)
     }
     int err = 0;
     for (unsigned i = 0; i < rt->n; i++) {
-        int r = iol_loop_add_callback(rt->workers[i].loop, fn, arg);
+        /* Never refused for a full queue: a broadcast (a reload, a
+         * shutdown of the application's own) must reach every worker. */
+        int r = iol__loop_post(rt->workers[i].loop, fn, arg);
         if (r < 0 && err == 0)
             err = r; /* -ENOMEM: the others were queued; reported */
         post_leave(&rt->workers[i]);
@@ -300,7 +316,7 @@ static void drain_sentinel(void *arg)
 static void drain(iol__rt_worker *w, int passes)
 {
     for (int pass = 0; pass < passes; pass++) {
-        if (iol_loop_add_callback(w->loop, drain_sentinel, w) < 0)
+        if (iol__loop_post(w->loop, drain_sentinel, w) < 0)
             return;
         w->sentinels_queued++;
         for (int tries = 0; w->sentinels_run != w->sentinels_queued && tries < 3; tries++) {
@@ -477,7 +493,7 @@ static void *worker_main(void *p)
     if (rt->cfg.on_start)
         rt->cfg.on_start(w->loop, w->index, rt->cfg.arg);
     /* Runs once the loop is running; start() waits for it. */
-    if (iol_loop_add_callback(w->loop, running_cb, w) < 0)
+    if (iol__loop_post(w->loop, running_cb, w) < 0)
         signal_running(w);
 
     for (;;) {

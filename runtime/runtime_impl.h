@@ -100,6 +100,9 @@ struct iol_runtime {
  * runtime runs and it has none. Caller holds rt->mu. -errno of
  * pthread_create. */
 int iol__runtime_want_acceptor(struct iol_runtime *rt);
+/* iol_runtime_post for the runtime's own posts: never refused for a full
+ * queue (see iol__loop_post). */
+int iol__runtime_post(struct iol_runtime *rt, unsigned index, iol_callback_fn fn, void *arg);
 /* listener.c: adds listener id's overload figures (one worker's socket,
  * or all with IOL_RUNTIME_ALL) to *out. -ENOENT. Any thread. */
 int iol__listener_overload(struct iol_runtime *rt, int id, unsigned worker, iol_listener_stats *out);

@@ -290,6 +290,61 @@ START_TEST(test_stop_from_other_thread_wakes)
 }
 END_TEST
 
+/* ------------------------------------------------------------ queue_limit */
+
+static _Atomic int limit_ran;
+
+static void count_limit(void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(&limit_ran, 1);
+}
+
+/* A callback on the loop's own thread posts 3 × the limit to its loop: a
+ * loop never refuses its own work. */
+static void post_own_flood(void *arg)
+{
+    iol_loop *loop = arg;
+    for (int i = 0; i < 300; i++)
+        ck_assert_int_eq(iol_loop_add_callback(loop, count_limit, NULL), 0);
+}
+
+START_TEST(test_queue_limit)
+{
+    iol_loop *loop;
+    ck_assert_int_eq(iol_loop_new(&loop, &(iol_loop_config){.queue_limit = 100}), 0);
+    /* Not running: every thread is foreign. 100 get in, then -EAGAIN. */
+    int ok = 0, refused = 0;
+    for (int i = 0; i < 150; i++) {
+        int r = iol_loop_add_callback(loop, count_limit, NULL);
+        ck_assert(r == 0 || r == -EAGAIN);
+        r == 0 ? ok++ : refused++;
+    }
+    ck_assert_int_eq(ok, 100);
+    ck_assert_int_eq(refused, 50);
+    /* One iteration runs them; the room comes back. */
+    ck_assert_int_eq(iol_loop_run_once(loop, 0), 0);
+    ck_assert_int_eq(atomic_load(&limit_ran), 100);
+    for (int i = 0; i < 100; i++)
+        ck_assert_int_eq(iol_loop_add_callback(loop, count_limit, NULL), 0);
+    ck_assert_int_eq(iol_loop_add_callback(loop, count_limit, NULL), -EAGAIN);
+    ck_assert_int_eq(iol_loop_run_once(loop, 0), 0);
+    ck_assert_int_eq(atomic_load(&limit_ran), 200);
+    /* The loop's own thread, while it runs, is never refused. */
+    ck_assert_int_eq(iol_loop_add_callback(loop, post_own_flood, loop), 0);
+    for (int i = 0; i < 3 && atomic_load(&limit_ran) < 500; i++)
+        ck_assert_int_eq(iol_loop_run_once(loop, 0), 0);
+    ck_assert_int_eq(atomic_load(&limit_ran), 500);
+    /* Without a limit nothing is refused. */
+    iol_loop *free_loop;
+    ck_assert_int_eq(iol_loop_new(&free_loop, &(iol_loop_config){.make_current = IOL_CURRENT_NEVER}), 0);
+    for (int i = 0; i < 1000; i++)
+        ck_assert_int_eq(iol_loop_add_callback(free_loop, count_limit, NULL), 0);
+    ck_assert_int_eq(iol_loop_close(free_loop, false), 1000); /* the dropped ones */
+    ck_assert_int_eq(iol_loop_close(loop, false), 0);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("callbacks");
@@ -299,6 +354,7 @@ int main(void)
     tcase_add_test(tc, test_stop_finishes_batch);
     tcase_add_test(tc, test_stop_before_start);
     tcase_add_test(tc, test_reentrant_start);
+    tcase_add_test(tc, test_queue_limit);
     suite_add_tcase(s, tc);
     TCase *threads = iol_test_tcase("threads", 60);
     tcase_add_test(threads, test_from_other_threads);

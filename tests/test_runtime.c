@@ -1,5 +1,7 @@
 /* Runtime: worker threads, one loop each; post, broadcast, stop, join. */
 #include <errno.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -564,6 +566,75 @@ END_TEST
 
 /* ----------------------------------------------------------- bad args */
 
+/* queue_limit on the workers: the application's posts to a busy worker
+ * are refused past it, a broadcast and the runtime's own handoffs are
+ * not. */
+static _Atomic int gate_open, gate_ran, limit_accepts;
+
+static void gate_cb(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&gate_open))
+        usleep(1000);
+}
+
+static void gate_count(void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(&gate_ran, 1);
+}
+
+static void limit_accept(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg)
+{
+    (void)loop;
+    (void)peer;
+    (void)peerlen;
+    (void)arg;
+    close(fd);
+    atomic_fetch_add(&limit_accepts, 1);
+}
+
+START_TEST(test_queue_limit)
+{
+    iol_runtime *rt;
+    ck_assert_int_eq(iol_runtime_new(&rt, &(iol_runtime_config){.workers = 1, .queue_limit = 10}), 0);
+    iol_listen_config lc = {.host = "127.0.0.1", .shard = IOL_SHARD_HANDOFF, .on_accept = limit_accept};
+    int id = iol_runtime_listen(rt, &lc);
+    ck_assert_int_ge(id, 0);
+    ck_assert_int_eq(iol_runtime_start(rt), 0);
+    ck_assert_int_eq(iol_runtime_post(rt, 0, gate_cb, NULL), 0);
+    /* The gate may or may not have been taken yet: 9 or 10 more fit. */
+    int ok = 0;
+    for (int i = 0; i < 20; i++) {
+        int r = iol_runtime_post(rt, 0, gate_count, NULL);
+        ck_assert(r == 0 || r == -EAGAIN);
+        ok += r == 0;
+    }
+    ck_assert(ok == 9 || ok == 10);
+    ck_assert_int_eq(iol_runtime_post(rt, 0, gate_count, NULL), -EAGAIN);
+    /* Not refused: a broadcast, and a connection handed off to the worker. */
+    ck_assert_int_eq(iol_runtime_broadcast(rt, gate_count, NULL), 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)iol_runtime_listener_port(rt, id))};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_eq(connect(c, (struct sockaddr *)&a, sizeof a), 0);
+    /* The acceptor hands it off at once, to the full queue; 200 ms makes
+     * that all but certain before the gate opens (if it were refused, the
+     * acceptor would close it and on_accept would never run). */
+    usleep(200000);
+    atomic_store(&gate_open, 1);
+    double deadline = iol_test_now() + 20;
+    while ((atomic_load(&gate_ran) < ok + 1 || atomic_load(&limit_accepts) < 1) && iol_test_now() < deadline)
+        usleep(2000);
+    ck_assert_int_eq(atomic_load(&gate_ran), ok + 1);
+    ck_assert_int_eq(atomic_load(&limit_accepts), 1);
+    /* Room again. */
+    ck_assert_int_eq(iol_runtime_post(rt, 0, gate_count, NULL), 0);
+    close(c);
+    iol_runtime_free(rt);
+}
+END_TEST
+
 static void nop_cb(void *arg)
 {
     (void)arg;
@@ -632,6 +703,7 @@ int main(void)
     tcase_add_test(tc, test_pin_threads);
     tcase_add_test(tc, test_blocking_log_threshold);
     tcase_add_test(tc, test_bad_args);
+    tcase_add_test(tc, test_queue_limit);
     suite_add_tcase(s, tc);
     return iol_test_run(s);
 }
