@@ -32,7 +32,9 @@ static bool stale_socket_file(const char *path, const struct sockaddr_un *sun, s
     struct stat st;
     if (lstat(path, &st) < 0 || !S_ISSOCK(st.st_mode))
         return false;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    /* Non-blocking: a live listener with a full backlog says EAGAIN
+     * instead of keeping us waiting for room. */
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return false;
     bool stale = connect(fd, (const struct sockaddr *)sun, len) < 0 && errno == ECONNREFUSED;
@@ -51,10 +53,16 @@ int iol__unix_listen(const char *path, int backlog, int *out)
     if (fd < 0)
         return -errno;
     r = bind(fd, (const struct sockaddr *)&sun, len);
-    if (r < 0 && errno == EADDRINUSE && stale_socket_file(path, &sun, len) && unlink(path) == 0)
+    int err = r < 0 ? -errno : 0; /* the probe below may change errno */
+    if (r < 0 && err == -EADDRINUSE && stale_socket_file(path, &sun, len) && unlink(path) == 0) {
         r = bind(fd, (const struct sockaddr *)&sun, len);
-    if (r < 0 || listen(fd, backlog) < 0) {
-        int err = -errno;
+        err = r < 0 ? -errno : 0;
+    }
+    if (r == 0 && listen(fd, backlog) < 0) {
+        err = -errno;
+        (void)unlink(path); /* the file our bind made */
+    }
+    if (err < 0) {
         close(fd);
         return err;
     }

@@ -358,6 +358,40 @@ START_TEST(listen_path_bad_args)
 }
 END_TEST
 
+/* A live listener that is busy (its backlog full, nobody accepting):
+ * still live, so -EADDRINUSE at once; listen must not block on its probe. */
+START_TEST(live_listener_with_full_backlog)
+{
+    make_dir();
+    iol_runtime *rt;
+    ck_assert_int_eq(iol_runtime_new(&rt, &(iol_runtime_config){.workers = 1}), 0);
+    const char *busy = path_in_dir("busy.sock");
+    int lfd = bind_path(busy, false);
+    ck_assert_int_eq(listen(lfd, 0), 0);
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    memcpy(sun.sun_path, busy, strlen(busy) + 1);
+    int fillers[8], n = 0;
+    for (; n < 8; n++) { /* until the backlog refuses (EAGAIN) */
+        fillers[n] = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (connect(fillers[n], (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+            ck_assert_int_eq(errno, EAGAIN);
+            close(fillers[n]);
+            break;
+        }
+    }
+    iol_listen_config lc = {.shard = IOL_SHARD_HANDOFF, .on_accept = never_accept, .path = busy};
+    double t0 = iol_test_now();
+    ck_assert_int_eq(iol_runtime_listen(rt, &lc), -EADDRINUSE); /* hangs here today */
+    ck_assert(iol_test_now() - t0 < 5);
+    for (int i = 0; i < n; i++)
+        close(fillers[i]);
+    iol_runtime_free(rt);
+    close(lfd);
+    unlink(busy);
+    rmdir(dir);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("unix");
@@ -370,6 +404,7 @@ int main(void)
         {"file_replaced_meanwhile_is_kept", file_replaced_meanwhile_is_kept},
         {"connect_unix_failures", connect_unix_failures},
         {"listen_path_bad_args", listen_path_bad_args},
+        {"live_listener_with_full_backlog", live_listener_with_full_backlog},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = iol_test_tcase(cases[i].name, 60);
