@@ -30,6 +30,7 @@ void iol__admission_init(iol__admission *a, unsigned max_conns, unsigned low_con
     else
         a->low_conns = (long)low_conns;
     a->over = false;
+    a->at_cap = false;
     a->rate = rate > 0 ? rate : 0;
     a->burst = a->rate * BURST_SECONDS < 1 ? 1 : a->rate * BURST_SECONDS;
     a->tokens = a->burst;
@@ -44,10 +45,23 @@ bool iol__admission_room(const iol__admission *a, long load)
 iol__admit_verdict iol__admission_check(iol__admission *a, long load, double now, double *wait)
 {
     if (a->max_conns > 0) {
-        if (a->over && load <= a->low_conns)
+        /* The hysteresis latches only on a load seen at the cap twice,
+         * CAP_RECHECK apart: the load is a snapshot that counts a handoff
+         * being delivered twice for an instant (listener.c, worker_load),
+         * and a latch on such a phantom at cap - 1 would hold accepting
+         * until the load fell to the low mark. One look costs a 10 ms
+         * hold at most; the second sees the delivery done. */
+        if (a->over && load <= a->low_conns) {
             a->over = false;
-        else if (!a->over && load >= a->max_conns)
-            a->over = true;
+            a->at_cap = false;
+        } else if (!a->over && load >= a->max_conns) {
+            a->over = a->at_cap;
+            a->at_cap = true;
+            *wait = CAP_RECHECK;
+            return IOL__HOLD_CONNS;
+        } else if (!a->over) {
+            a->at_cap = false;
+        }
         if (a->over) {
             *wait = CAP_RECHECK;
             return IOL__HOLD_CONNS;

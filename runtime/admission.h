@@ -14,6 +14,7 @@ typedef struct iol__admission {
     long max_conns; /* per worker; 0: no cap */
     long low_conns; /* resume at or under this */
     bool over;      /* held for the cap since it was reached: resume at low_conns */
+    bool at_cap;    /* the last look saw the cap (over latches on the second) */
     double rate;    /* accepts per second on this socket; 0: no bound */
     double burst;   /* bucket size */
     double tokens;

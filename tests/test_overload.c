@@ -144,21 +144,27 @@ static pid_t storm(int n, int go, int go_w, int issued)
     if (read(go, &port, sizeof(port)) != sizeof(port))
         _exit(3);
     int *fds = calloc((size_t)n, sizeof(int));
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int made = 0;
+    int made = 0, last_err = 0;
     for (int i = 0; i < n; i++) {
+        /* Over 8 loopback addresses: each (source port, destination)
+         * pair is one connection, so the local port range (28k ports here,
+         * some in TIME_WAIT from an earlier storm) is not the limit. */
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK + (uint32_t)(i % 8));
         int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0)
+        if (fd < 0) {
+            last_err = errno;
             break;
+        }
         if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0 && errno != EINPROGRESS && errno != EAGAIN) {
+            last_err = errno;
             close(fd);
             continue;
         }
         fds[made++] = fd;
     }
-    char one = (char)(made == n ? 'y' : 'n');
-    if (write(issued, &one, 1) != 1)
+    int report[2] = {made, last_err};
+    if (write(issued, report, sizeof report) != (ssize_t)sizeof report)
         _exit(2);
     char c;
     while (read(go, &c, 1) > 0)
@@ -213,7 +219,8 @@ static void storm_against_cap(int shard)
     the_server = sv;
     iol_set_log_handler(log_sink, NULL);
     ck_assert_int_eq(iol_runtime_new(&sv->rt, &(iol_runtime_config){.workers = MAX_W}), 0);
-    iol_listen_config lc = {.host = "127.0.0.1", .shard = shard, .on_accept = on_accept, .arg = sv,
+    /* All of 127/8 (the storm comes from 8 addresses of it). */
+    iol_listen_config lc = {.host = "0.0.0.0", .shard = shard, .on_accept = on_accept, .arg = sv,
                             .max_connections = (unsigned)cap};
     int id = iol_runtime_listen(sv->rt, &lc);
     ck_assert_int_ge(id, 0);
@@ -229,7 +236,7 @@ static void storm_against_cap(int shard)
      * connection keeps its answers coming. */
     double worst = 0;
     double deadline = iol_test_now() + 60;
-    char st = 0;
+    int report[2] = {0, 0}; /* connects issued, the last error */
     bool storm_issued = false;
     while (iol_test_now() < deadline) {
         double rtt = ping(steady);
@@ -237,7 +244,7 @@ static void storm_against_cap(int shard)
         if (!storm_issued) {
             struct pollfd p = {.fd = issued[0], .events = POLLIN};
             if (poll(&p, 1, 0) == 1) {
-                ck_assert_int_eq(read(issued[0], &st, 1), 1);
+                ck_assert_int_eq(read(issued[0], report, sizeof report), sizeof report);
                 storm_issued = true;
             }
         }
@@ -245,7 +252,10 @@ static void storm_against_cap(int shard)
             break;
         usleep(20000);
     }
-    ck_assert_msg(storm_issued && st == 'y', "the storm could not issue its %d connects", n);
+    /* A storm is many times what the workers may hold; the one asked for
+     * is 20 ×, ten times it will do if the machine runs short of ports. */
+    ck_assert_msg(storm_issued && report[0] >= (n < 10 * MAX_W * cap ? n : 10 * MAX_W * cap),
+                  "the storm issued %d of its %d connects (last error: %s)", report[0], n, strerror(report[1]));
     ck_assert_msg(atomic_load(&sv->open[0]) >= cap && atomic_load(&sv->open[1]) >= cap,
                   "workers hold %d and %d, cap %d", atomic_load(&sv->open[0]), atomic_load(&sv->open[1]), cap);
     /* Held off for a while longer: the cap still holds. */
