@@ -59,7 +59,11 @@ static int stream_connect_next(iol_stream *s, int last_err)
         iol__stream_drop_fd(s);
         int fd = stream_socket_for(s, a);
         if (fd < 0) {
-            last_err = fd;
+            /* A family the source cannot reach says -EAFNOSUPPORT only if
+             * no address was really tried (callers pass -EHOSTUNREACH
+             * then): a real connect error is the better answer. */
+            if (fd != -EAFNOSUPPORT || last_err == -EHOSTUNREACH || last_err == -EAFNOSUPPORT)
+                last_err = fd;
             continue;
         }
         int r = iol_loop_add_handler(s->loop, fd, IOL_WRITE, iol__stream_on_events, s);

@@ -272,6 +272,30 @@ START_TEST(tries_every_address)
 }
 END_TEST
 
+/* A source address skips the addresses of the other family; a real
+ * connect error on the others is the answer, not that skip (review:
+ * [127.0.0.2 refused, ::1] with an IPv4 source said -EAFNOSUPPORT). */
+START_TEST(family_skip_keeps_the_real_error)
+{
+    if (!private_mounts() || !private_file("/etc/hosts", "127.0.0.2 mixed.iol.test\n::1 mixed.iol.test\n") ||
+        !private_file("/etc/gai.conf", "precedence ::ffff:0:0/96 100\n")) {
+        fprintf(stderr, "family_skip_keeps_the_real_error: no private /etc/hosts here: skipped\n");
+        return;
+    }
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+    ck_assert_int_eq(getaddrinfo("mixed.iol.test", NULL, &hints, &res), 0);
+    ck_assert_ptr_nonnull(res->ai_next);
+    ck_assert_int_eq(res->ai_family, AF_INET); /* gai.conf: IPv4 first */
+    ck_assert_int_eq(res->ai_next->ai_family, AF_INET6);
+    freeaddrinfo(res);
+    dial d = {.loop = new_loop()};
+    iol_connect_options o = {.source = "127.0.0.1"};
+    dial_and_wait(&d, "mixed.iol.test", free_port(), &o);
+    ck_assert_int_eq(d.status, -ECONNREFUSED);
+    ck_assert_int_eq(iol_loop_close(d.loop, false), 0);
+}
+END_TEST
+
 /* A DNS server that never answers (a UDP socket nobody reads, named in a
  * private resolv.conf): getaddrinfo blocks for its 3 s timeout on the
  * executor while the loop goes on ticking, and the deadline (which covers
@@ -412,6 +436,7 @@ int main(void)
         {"resolves_localhost_off_the_loop", resolves_localhost_off_the_loop},
         {"unresolvable_name_fails_in_callback", unresolvable_name_fails_in_callback},
         {"tries_every_address", tries_every_address},
+        {"family_skip_keeps_the_real_error", family_skip_keeps_the_real_error},
         {"deadline_covers_a_hung_lookup", deadline_covers_a_hung_lookup},
         {"close_during_lookup", close_during_lookup},
         {"source_address_is_bound", source_address_is_bound},
