@@ -879,7 +879,8 @@ int iol_stream_write_ref(iol_stream *s, const void *data, size_t len, iol_callba
  * release(arg) runs, with the same rules as iol_stream_write_ref. A file
  * that ends before the region does closes the stream with -EIO; a
  * sendfile error closes it with that error. Loop thread. -EINVAL: NULL
- * s, offset < 0, len 0. -EBADF: fd < 0. -EPIPE, -ENOBUFS, -ENOMEM as
+ * s, offset < 0, len 0, offset + len past the largest file offset.
+ * -EBADF: fd < 0. -EPIPE, -ENOBUFS, -ENOMEM as
  * iol_stream_write_ref. */
 int iol_stream_sendfile(iol_stream *s, int fd, off_t offset, size_t len, iol_callback_fn release, void *arg);
 /* Bytes accepted by the write calls and not yet handed to the kernel

@@ -11,6 +11,7 @@
 #include "net/stream_impl.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -235,7 +236,10 @@ int iol_stream_write_ref(iol_stream *s, const void *data, size_t len, iol_callba
 
 int iol_stream_sendfile(iol_stream *s, int fd, off_t offset, size_t len, iol_callback_fn release, void *arg)
 {
-    if (!s || offset < 0 || len == 0)
+    /* off_t is 64-bit (_FILE_OFFSET_BITS=64 or LP64): the region must end
+     * where an off_t can point. */
+    const uint64_t off_max = INT64_MAX;
+    if (!s || offset < 0 || len == 0 || (uint64_t)len > off_max - (uint64_t)offset)
         return -EINVAL;
     if (fd < 0)
         return -EBADF;

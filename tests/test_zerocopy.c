@@ -320,6 +320,8 @@ START_TEST(bad_args)
     ck_assert_int_eq(iol_stream_sendfile(st.s, -1, 0, 1, NULL, NULL), -EBADF);
     ck_assert_int_eq(iol_stream_sendfile(st.s, 0, -1, 1, NULL, NULL), -EINVAL);
     ck_assert_int_eq(iol_stream_sendfile(st.s, 0, 0, 0, NULL, NULL), -EINVAL);
+    ck_assert_int_eq(iol_stream_sendfile(st.s, 0, INT64_MAX - 10, 11, NULL, NULL), -EINVAL); /* past off_t */
+    ck_assert_int_eq(iol_stream_sendfile(st.s, 0, 1, SIZE_MAX, NULL, NULL), -EINVAL);
     ck_assert_int_eq(iol_stream_set_max_write_buffer(st.s, 100), 0);
     ck_assert_int_eq(iol_stream_write_ref(st.s, big, 101, NULL, NULL), -ENOBUFS);
     ck_assert_int_eq(iol_stream_sendfile(st.s, 0, 0, 101, NULL, NULL), -ENOBUFS);
