@@ -9,6 +9,7 @@ packages=(
   liburcu-dev check libhttp-parser-dev            # library, tests, HTTP example
   valgrind                                        # test flavour
   libzmq3-dev                                     # optional zmq poller and handlers
+  libssl-dev openssl curl                         # optional TLS streams; certs and clients in tests
   libuv1-dev libevent-dev libczmq-dev             # bench competitors
   wrk nginx-light h2o haproxy gnuplot-nox python3 procps  # load, competitors, plots, checks
 )
