@@ -206,9 +206,11 @@ static void server_stop(server *sv)
 typedef struct client {
     iol_loop *loop;
     const char *line;
+    size_t line_len; /* 0: strlen(line) */
     int status;     /* of the handshake */
     int calls;
     char reply[128];
+    size_t reply_len;
     int read_status;
     bool close_first; /* close after the reply (sends close_notify) */
     bool stop;        /* stop the loop when done */
@@ -220,6 +222,7 @@ static void cl_on_reply(iol_stream *s, const char *data, size_t len, int status,
 {
     client *c = arg;
     c->read_status = status;
+    c->reply_len = len;
     if (len >= sizeof(c->reply))
         len = sizeof(c->reply) - 1;
     memcpy(c->reply, data, len);
@@ -242,7 +245,7 @@ static void cl_on_handshake(iol_stream *s, int status, void *arg)
     }
     ck_assert_int_ge(iol_stream_tls_alpn(s, c->alpn, sizeof(c->alpn)), 0);
     c->resumed = iol_stream_tls_resumed(s);
-    ck_assert_int_eq(iol_stream_write(s, c->line, strlen(c->line), NULL, NULL), 0);
+    ck_assert_int_eq(iol_stream_write(s, c->line, c->line_len ? c->line_len : strlen(c->line), NULL, NULL), 0);
     if (c->close_first)
         ck_assert_int_eq(iol_stream_read_until(s, "\n", cl_on_reply, c), 0);
     else
@@ -615,6 +618,124 @@ START_TEST(bad_arguments)
 }
 END_TEST
 
+
+/* Megabytes each way: SSL_write's partial writes and WANT_WRITE, the
+ * read buffer filling record by record. */
+START_TEST(big_echo)
+{
+    iol_loop *loop = new_loop();
+    server sv;
+    server_start(&sv, loop, MODE_ECHO, 0);
+    iol_tls_ctx *cctx = client_ctx("ca.pem", NULL);
+    size_t n = iol_test_scaled(8u << 20, 256u << 10);
+    char *big = malloc(n);
+    ck_assert_ptr_nonnull(big);
+    for (size_t i = 0; i < n; i++)
+        big[i] = (char)('a' + i % 26);
+    big[n - 1] = '\n';
+    client c = {.line = big, .line_len = n, .close_first = true};
+    ck_assert_int_eq(dial(&sv, cctx, "a.test", &c), 0);
+    ck_assert_int_eq(c.read_status, 0);
+    ck_assert_uint_eq(c.reply_len, n);
+    ck_assert(memcmp(c.reply, big, sizeof(c.reply) - 1) == 0);
+    wait_server_closes(&sv, 1);
+    ck_assert_int_eq(sv.last_error, 0);
+    free(big);
+    iol_tls_ctx_unref(cctx);
+    finish(loop, &sv);
+}
+END_TEST
+
+/* One context shared by every worker of a runtime (and by the client
+ * loop's streams): concurrent handshakes on several threads. */
+static iol_tls_ctx *shared_ctx;
+
+static void rt_on_line(iol_stream *s, const char *data, size_t len, int status, void *arg)
+{
+    (void)arg;
+    if (status == 0)
+        iol_stream_write(s, data, len, srv_close_after_write, s);
+}
+
+static void rt_on_accept(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg)
+{
+    (void)peer;
+    (void)peerlen;
+    (void)arg;
+    iol_stream *s;
+    if (iol_tls_stream_new(&s, loop, fd, shared_ctx, 0) < 0) {
+        close(fd);
+        return;
+    }
+    iol_stream_read_until(s, "\n", rt_on_line, NULL);
+}
+
+typedef struct fleet {
+    iol_loop *loop;
+    int left;
+    int ok;
+    int resumed;
+} fleet;
+
+static void fleet_on_reply(iol_stream *s, const char *data, size_t len, int status, void *arg)
+{
+    fleet *f = arg;
+    (void)s;
+    if (status == 0 && len == 6 && memcmp(data, "hello\n", 6) == 0)
+        f->ok++;
+    if (--f->left == 0)
+        iol_loop_stop(f->loop);
+}
+
+static void fleet_on_handshake(iol_stream *s, int status, void *arg)
+{
+    fleet *f = arg;
+    if (status < 0) {
+        if (--f->left == 0)
+            iol_loop_stop(f->loop);
+        return;
+    }
+    f->resumed += iol_stream_tls_resumed(s);
+    iol_stream_write(s, "hello\n", 6, NULL, NULL);
+    iol_stream_read_until_close(s, fleet_on_reply, f);
+}
+
+START_TEST(shared_by_workers)
+{
+    shared_ctx = server_ctx(0);
+    iol_runtime *rt;
+    iol_runtime_config rcfg = {.workers = 3, .drain_timeout = -1};
+    ck_assert_int_eq(iol_runtime_new(&rt, &rcfg), 0);
+    iol_listen_config lcfg = {.host = "127.0.0.1", .shard = IOL_SHARD_HANDOFF, .on_accept = rt_on_accept};
+    int id = iol_runtime_listen(rt, &lcfg);
+    ck_assert_int_ge(id, 0);
+    ck_assert_int_eq(iol_runtime_start(rt), 0);
+    int port = iol_runtime_listener_port(rt, id);
+    ck_assert_int_gt(port, 0);
+
+    iol_loop *loop = new_loop();
+    iol_tls_ctx *cctx = client_ctx("ca.pem", NULL);
+    for (int round = 0; round < 2; round++) {
+        int n = (int)iol_test_scaled(24, 6);
+        fleet f = {.loop = loop, .left = n};
+        for (int i = 0; i < n; i++) {
+            iol_stream *s;
+            ck_assert_int_eq(iol_tls_connect(&s, loop, "127.0.0.1", (uint16_t)port, NULL, cctx, "a.test",
+                                             fleet_on_handshake, &f), 0);
+        }
+        run_loop(loop);
+        ck_assert_int_eq(f.ok, n);
+        if (round == 1)
+            ck_assert_int_gt(f.resumed, 0); /* tickets from any worker resume on any other */
+    }
+    iol_tls_ctx_unref(cctx);
+    ck_assert_int_ge(iol_loop_close(loop, true), 0);
+    iol_runtime_free(rt);
+    iol_tls_ctx_unref(shared_ctx);
+    iol_set_log_handler(NULL, NULL);
+}
+END_TEST
+
 /* ------------------------------------------------- openssl s_client, curl */
 
 static void *serve_thread(void *arg)
@@ -768,6 +889,8 @@ int main(void)
         {"close_notify_both_ways", close_notify_both_ways},
         {"starttls", starttls},
         {"bad_arguments", bad_arguments},
+        {"big_echo", big_echo},
+        {"shared_by_workers", shared_by_workers},
         {"openssl_s_client", openssl_s_client},
         {"curl_https", curl_https},
     };
