@@ -8,6 +8,12 @@
 #include <string.h>
 
 static iol_runtime *the_runtime; /* for the signal handler */
+static iol_tls_ctx *the_tls;     /* --tls-cert/--tls-key; read by workers after start */
+
+iol_tls_ctx *example_server_tls(void)
+{
+    return the_tls;
+}
 
 static void stop_runtime(void *arg)
 {
@@ -26,7 +32,8 @@ static void on_signal(int signo)
 
 static void usage(const char *name)
 {
-    fprintf(stderr, "usage: %s --port P --workers N [--shard reuseport|handoff] [--host H]\n", name);
+    fprintf(stderr, "usage: %s --port P --workers N [--shard reuseport|handoff] [--host H]"
+                    " [--tls-cert FILE --tls-key FILE]\n", name);
     exit(2);
 }
 
@@ -35,8 +42,10 @@ int example_server_main(const example_server *srv, int argc, char **argv)
     static const struct option opts[] = {
         {"port", required_argument, NULL, 'p'},  {"workers", required_argument, NULL, 'w'},
         {"shard", required_argument, NULL, 's'}, {"host", required_argument, NULL, 'H'},
-        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
+        {"help", no_argument, NULL, 'h'},        {"tls-cert", required_argument, NULL, 'c'},
+        {"tls-key", required_argument, NULL, 'k'}, {NULL, 0, NULL, 0},
     };
+    const char *tls_cert = NULL, *tls_key = NULL;
     long port = srv->default_port, workers = 1;
     int shard = IOL_SHARD_REUSEPORT;
     const char *host = "127.0.0.1";
@@ -65,13 +74,27 @@ int example_server_main(const example_server *srv, int argc, char **argv)
         case 'H':
             host = optarg;
             break;
+        case 'c':
+            tls_cert = optarg;
+            break;
+        case 'k':
+            tls_key = optarg;
+            break;
         default:
             usage(srv->name);
         }
     }
-    if (optind != argc)
+    if (optind != argc || !tls_cert != !tls_key)
         usage(srv->name);
     signal(SIGPIPE, SIG_IGN);
+    if (tls_cert) {
+        iol_tls_config tc = {.server = true, .cert_file = tls_cert, .key_file = tls_key, .alpn = srv->alpn};
+        int r = iol_tls_ctx_new(&the_tls, &tc);
+        if (r < 0) {
+            fprintf(stderr, "%s: TLS certificate %s / key %s: %s\n", srv->name, tls_cert, tls_key, strerror(-r));
+            return 1;
+        }
+    }
 
     iol_runtime_config rc = {
         .workers = (unsigned)workers,
@@ -83,6 +106,7 @@ int example_server_main(const example_server *srv, int argc, char **argv)
     int r = iol_runtime_new(&the_runtime, &rc);
     if (r < 0) {
         fprintf(stderr, "%s: runtime: %s\n", srv->name, strerror(-r));
+        iol_tls_ctx_unref(the_tls);
         return 1;
     }
     iol_listen_config lc = srv->listen;
@@ -94,6 +118,7 @@ int example_server_main(const example_server *srv, int argc, char **argv)
     if (id < 0) {
         fprintf(stderr, "%s: listen on %s:%ld: %s\n", srv->name, host, port, strerror(-id));
         iol_runtime_free(the_runtime);
+        iol_tls_ctx_unref(the_tls);
         return 1;
     }
     struct sigaction sa = {.sa_handler = on_signal};
@@ -104,6 +129,7 @@ int example_server_main(const example_server *srv, int argc, char **argv)
     if ((r = iol_runtime_start(the_runtime)) < 0) {
         fprintf(stderr, "%s: start: %s\n", srv->name, strerror(-r));
         iol_runtime_free(the_runtime);
+        iol_tls_ctx_unref(the_tls);
         return 1;
     }
     bool v6 = strchr(host, ':') != NULL;
@@ -115,5 +141,7 @@ int example_server_main(const example_server *srv, int argc, char **argv)
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     iol_runtime_free(the_runtime);
+    iol_tls_ctx_unref(the_tls);
+    the_tls = NULL;
     return 0;
 }
