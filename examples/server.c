@@ -33,7 +33,7 @@ static void on_signal(int signo)
 static void usage(const char *name)
 {
     fprintf(stderr, "usage: %s --port P --workers N [--shard reuseport|handoff] [--host H]"
-                    " [--tls-cert FILE --tls-key FILE]\n", name);
+                    " [--tls-cert FILE --tls-key FILE [--tls-no-resumption]]\n", name);
     exit(2);
 }
 
@@ -43,8 +43,10 @@ int example_server_main(const example_server *srv, int argc, char **argv)
         {"port", required_argument, NULL, 'p'},  {"workers", required_argument, NULL, 'w'},
         {"shard", required_argument, NULL, 's'}, {"host", required_argument, NULL, 'H'},
         {"help", no_argument, NULL, 'h'},        {"tls-cert", required_argument, NULL, 'c'},
-        {"tls-key", required_argument, NULL, 'k'}, {NULL, 0, NULL, 0},
+        {"tls-key", required_argument, NULL, 'k'}, {"tls-no-resumption", no_argument, NULL, 'R'},
+        {NULL, 0, NULL, 0},
     };
+    bool tls_no_resumption = false;
     const char *tls_cert = NULL, *tls_key = NULL;
     long port = srv->default_port, workers = 1;
     int shard = IOL_SHARD_REUSEPORT;
@@ -80,6 +82,9 @@ int example_server_main(const example_server *srv, int argc, char **argv)
         case 'k':
             tls_key = optarg;
             break;
+        case 'R':
+            tls_no_resumption = true; /* every handshake a full one (benchmarks) */
+            break;
         default:
             usage(srv->name);
         }
@@ -88,7 +93,8 @@ int example_server_main(const example_server *srv, int argc, char **argv)
         usage(srv->name);
     signal(SIGPIPE, SIG_IGN);
     if (tls_cert) {
-        iol_tls_config tc = {.server = true, .cert_file = tls_cert, .key_file = tls_key, .alpn = srv->alpn};
+        iol_tls_config tc = {.server = true, .cert_file = tls_cert, .key_file = tls_key, .alpn = srv->alpn,
+                             .no_resumption = tls_no_resumption};
         int r = iol_tls_ctx_new(&the_tls, &tc);
         if (r < 0) {
             fprintf(stderr, "%s: TLS certificate %s / key %s: %s\n", srv->name, tls_cert, tls_key, strerror(-r));
