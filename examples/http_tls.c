@@ -2,8 +2,9 @@
  * the requests. One read of up to READ_CHUNK plaintext is parsed in
  * place; its responses are gathered and written with one
  * iol_stream_write (one TLS record when they fit), and the next read
- * starts once they reached the kernel, so a client that does not read
- * cannot make us buffer without bound. Limits as the plain path: 431 past
+ * starts once they reached the kernel (at once when the write went
+ * through), so a client that does not read cannot make us buffer
+ * without bound. Limits as the plain path: 431 past
  * 8 KiB of headers, 400 on garbage, idle and header deadlines. */
 #include "http_tls.h"
 
@@ -84,8 +85,16 @@ static void on_read(iol_stream *s, const char *data, size_t len, int status, voi
         read_more(c); /* a request still arriving */
         return;
     }
-    if (flush(c, read_more) < 0 && !iol_stream_closed(s))
+    /* Written through at once (the usual case): read on now, without a
+     * `done` hop through the loop; otherwise once the rest is out. */
+    if (flush(c, NULL) < 0) {
+        if (!iol_stream_closed(s))
+            iol_stream_close(s);
+    } else if (iol_stream_write_buffer_size(s) == 0) {
+        read_more(c);
+    } else if (iol_stream_write(s, NULL, 0, read_more, c) < 0 && !iol_stream_closed(s)) {
         iol_stream_close(s);
+    }
 }
 
 static void on_close(iol_stream *s, void *arg)

@@ -593,7 +593,12 @@ iol_loop *iol_stream_loop(const iol_stream *s);
  * after creation; each stream holds a reference). A TLS stream is an
  * ordinary iol_stream: read_until/read_bytes/read_until_close, write,
  * watermarks, pause/resume and close work unchanged and carry plaintext.
- * Reads and writes made during the handshake wait for its end.
+ * Reads and writes made during the handshake wait for its end. Two
+ * differences: the read buffer may pass max_buffer_size by less than one
+ * TLS record (16 KiB: a record is decrypted whole), and a write's `done`
+ * runs once its bytes were encrypted and handed to the kernel. Use a TLS
+ * stream's fd for nothing but options (bytes on it would corrupt the
+ * record stream).
  *
  * Errors that close a TLS stream (iol_stream_error, the pending read,
  * the handshake callback), each with one log line at IOL_LOG_INFO (the

@@ -155,7 +155,7 @@ ssize_t iol__tls_recv(iol_stream *s, size_t limit)
 {
     iol__tls *t = s->tls;
     if (t->phase != TLS_OPEN)
-        return t->phase == TLS_HANDSHAKE ? -EAGAIN : -EPIPE;
+        return t->phase == TLS_DEAD ? -EPIPE : -EAGAIN; /* data waits for the handshake */
     /* Room for a whole record, so OpenSSL never keeps decrypted bytes
      * that the socket's readiness would not announce; the buffer may pass
      * max_buffer_size by less than one record. */
@@ -194,7 +194,7 @@ ssize_t iol__tls_send(iol_stream *s, const void *data, size_t len)
 {
     iol__tls *t = s->tls;
     if (t->phase != TLS_OPEN)
-        return t->phase == TLS_HANDSHAKE ? -EAGAIN : -EPIPE;
+        return t->phase == TLS_DEAD ? -EPIPE : -EAGAIN; /* queued until the handshake is done */
     if (len > INT_MAX)
         len = INT_MAX; /* partial writes: the rest goes next round */
     ERR_clear_error();
