@@ -736,6 +736,38 @@ START_TEST(shared_by_workers)
 }
 END_TEST
 
+
+/* The loop closes while a client waits for the ServerHello (the listener
+ * never accepts): the handshake callback hears -ESHUTDOWN inside
+ * iol_loop_close, the timer and the SSL go with the stream (leak checks). */
+static void stop_soon(void *arg)
+{
+    iol_loop_stop(arg);
+}
+
+START_TEST(loop_closes_mid_handshake)
+{
+    iol_loop *loop = new_loop();
+    server sv;
+    server_start(&sv, loop, MODE_ECHO, 0);
+    iol_loop_remove_handler(loop, sv.lfd); /* connects complete in the backlog, nobody answers */
+    iol_tls_ctx *cctx = client_ctx("ca.pem", NULL);
+    client c = {.loop = loop};
+    iol_stream *s;
+    ck_assert_int_eq(iol_tls_connect(&s, loop, "127.0.0.1", sv.port, NULL, cctx, "a.test", cl_on_handshake, &c), 0);
+    iol_tls_ctx_unref(cctx); /* the stream keeps the context alive */
+    ck_assert_int_eq(iol_loop_call_later(loop, 0.2, stop_soon, loop, NULL), 0);
+    run_loop(loop);
+    ck_assert_int_eq(c.calls, 0);
+    close(sv.lfd);
+    iol_tls_ctx_unref(sv.ctx);
+    ck_assert_int_ge(iol_loop_close(loop, true), 0);
+    ck_assert_int_eq(c.calls, 1);
+    ck_assert_int_eq(c.status, -ESHUTDOWN);
+    iol_set_log_handler(NULL, NULL);
+}
+END_TEST
+
 /* ------------------------------------------------- openssl s_client, curl */
 
 static void *serve_thread(void *arg)
@@ -891,6 +923,7 @@ int main(void)
         {"bad_arguments", bad_arguments},
         {"big_echo", big_echo},
         {"shared_by_workers", shared_by_workers},
+        {"loop_closes_mid_handshake", loop_closes_mid_handshake},
         {"openssl_s_client", openssl_s_client},
         {"curl_https", curl_https},
     };
