@@ -59,6 +59,10 @@ struct server {
 static struct server *volatile g_servers;
 static volatile int g_nservers;
 static char g_tmpdir[PATH_MAX];
+/* --tls: every server serves HTTPS with g_tmpdir/cert.pem and key.pem;
+ * --tls --churn: with session resumption off, so each connection is a
+ * full handshake. */
+static bool g_tls, g_tls_full;
 
 /* ------------------------------------------------------------ processes */
 
@@ -283,12 +287,25 @@ static bool setup_ours(struct server *s, unsigned workers, const char *poller)
     server_arg(s, "%u", s->port);
     server_arg(s, "--workers");
     server_arg(s, "%u", workers);
+    if (g_tls) {
+        server_arg(s, "--tls-cert");
+        server_arg(s, "%s/cert.pem", g_tmpdir);
+        server_arg(s, "--tls-key");
+        server_arg(s, "%s/key.pem", g_tmpdir);
+        if (g_tls_full)
+            server_arg(s, "--tls-no-resumption");
+    }
     return true;
 }
 
 static bool setup_nginx(struct server *s, unsigned workers)
 {
-    char exe[PATH_MAX], conf[PATH_MAX + 32], text[3 * PATH_MAX + 512];
+    char exe[PATH_MAX], conf[PATH_MAX + 32], text[6 * PATH_MAX + 512], tls[3 * PATH_MAX + 256] = "";
+    if (g_tls)
+        snprintf(tls, sizeof tls,
+                 " ssl;\n    ssl_certificate %s/cert.pem;\n    ssl_certificate_key %s/key.pem;\n"
+                 "    ssl_session_tickets %s;\n    ssl_session_cache %s",
+                 g_tmpdir, g_tmpdir, g_tls_full ? "off" : "on", g_tls_full ? "off" : "shared:SSL:10m");
     if (!find_program("nginx", exe, sizeof exe)) {
         fputs("compare http: nginx not installed: skipped\n", stderr);
         return false;
@@ -307,11 +324,11 @@ static bool setup_nginx(struct server *s, unsigned workers)
              "http {\n"
              "  access_log off;\n"
              "  server {\n"
-             "    listen 127.0.0.1:%u;\n"
+             "    listen 127.0.0.1:%u%s;\n"
              "    location / { default_type text/plain; return 200 \"Hello, World!\"; }\n"
              "  }\n"
              "}\n",
-             workers, g_tmpdir, g_tmpdir, s->port);
+             workers, g_tmpdir, g_tmpdir, s->port, tls);
     if (write_file(conf, text) < 0)
         return false;
     s->impl = "nginx";
@@ -367,11 +384,19 @@ static bool setup_h2o(struct server *s, unsigned workers)
         snprintf(handler, sizeof handler, "        file.dir: %s\n", dir);
         snprintf(s->note, sizeof s->note, "static file with body Hello, World! (no mruby)");
     }
+    char tls[3 * PATH_MAX + 256] = "";
+    if (g_tls)
+        snprintf(tls, sizeof tls,
+                 "  ssl:\n    certificate-file: %s/cert.pem\n    key-file: %s/key.pem\n"
+                 "    minimum-version: TLSv1.2\n",
+                 g_tmpdir, g_tmpdir);
     snprintf(conf, sizeof conf, "%s/h2o.conf", g_tmpdir);
     snprintf(text, sizeof text,
              "listen:\n"
              "  host: 127.0.0.1\n"
              "  port: %u\n"
+             "%s"
+             "%s"
              "num-threads: %u\n"
              "max-connections: 16384\n"
              "error-log: %s/h2o-error.log\n"
@@ -380,7 +405,7 @@ static bool setup_h2o(struct server *s, unsigned workers)
              "    paths:\n"
              "      \"/\":\n"
              "%s",
-             s->port, workers, g_tmpdir, handler);
+             s->port, tls, g_tls_full ? "ssl-session-resumption:\n  mode: off\n" : "", workers, g_tmpdir, handler);
     if (write_file(conf, text) < 0)
         return false;
     s->impl = "h2o";
@@ -459,7 +484,7 @@ static int wrk_run(const char *url, unsigned conns, unsigned threads, double dur
 static void compare_usage(FILE *f)
 {
     fputs("usage: iol-bench compare http [--workers N] [--connections C] [--load-workers L]\n"
-          "                            [--duration S] [--repeat R] [--wrk] [--churn | --idle N]\n"
+          "                            [--duration S] [--repeat R] [--wrk] [--churn | --idle N] [--tls]\n"
           "                            [--poller P1,P2] [--json] [--plot F.svg]\n"
           "  Our http-hello, nginx and h2o (those installed), N workers each, on free\n"
           "  ports of 127.0.0.1, loaded in turn (interleaved repeats) by iol-bench's\n"
@@ -467,6 +492,8 @@ static void compare_usage(FILE *f)
           "  Each run also reads the server process tree's CPU time (/proc): requests\n"
           "  (churn: connections) per server CPU-ms.\n"
           "  --churn: Connection: close, one request per connection (connections/s).\n"
+          "  --tls: HTTPS, one certificate made at run time for all servers, loaded by\n"
+          "  wrk; with --churn session resumption is off everywhere (full handshakes).\n"
           "  --idle N: no load; N keep-alive connections, one request each, held open:\n"
           "  RSS growth of the server process tree per connection (KiB).\n"
           "  --poller epoll,uring: one http-hello per poller ($IOL_POLLER), rows\n"
@@ -582,6 +609,8 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
             pollers_arg = argv[++i];
         } else if (!strcmp(argv[i], "--churn")) {
             churn = true;
+        } else if (!strcmp(argv[i], "--tls")) {
+            g_tls = true;
         } else if (!strcmp(argv[i], "--idle") && i + 1 < argc) {
             if (parse_count(argv[++i], &idle) < 0)
                 goto bad;
@@ -607,6 +636,16 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
         if (!idle_fds)
             return 1;
     }
+    if (g_tls && idle) {
+        fputs("iol-bench compare http: --tls measures load, not --idle\n", stderr);
+        goto bad;
+    }
+    if (g_tls && !use_wrk) {
+        /* iol-bench's own load generator speaks plain HTTP only. */
+        fputs("compare http: --tls loads with wrk (https://)\n", stderr);
+        use_wrk = true;
+    }
+    g_tls_full = g_tls && churn;
     char wrk_path[PATH_MAX];
     if (use_wrk && !find_program("wrk", wrk_path, sizeof wrk_path)) {
         fputs("compare http: --wrk given but wrk is not installed: skipped\n", stderr);
@@ -623,6 +662,19 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
         return 1;
     }
     chmod(g_tmpdir, 0755); /* servers that drop root still read their files */
+    if (g_tls) {
+        /* One certificate for all three (P-256: the handshake cost is
+         * OpenSSL's ECDSA either way); made now, removed with the dir. */
+        char cmd[3 * PATH_MAX + 256];
+        snprintf(cmd, sizeof cmd,
+                 "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout '%s/key.pem' "
+                 "-out '%s/cert.pem' -subj /CN=localhost -days 1 2>/dev/null && chmod 644 '%s/key.pem'",
+                 g_tmpdir, g_tmpdir, g_tmpdir);
+        if (system(cmd) != 0) {
+            fputs("compare http: --tls needs the openssl CLI to make a certificate: skipped\n", stderr);
+            return 0;
+        }
+    }
     g_servers = servers;
     g_nservers = 0;
     atexit(cleanup_at_exit);
@@ -691,7 +743,7 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
         for (int k = 0; k < n; k++) {
             struct server *s = &servers[k];
             char url[64];
-            snprintf(url, sizeof url, "http://127.0.0.1:%u/", s->port);
+            snprintf(url, sizeof url, "%s://127.0.0.1:%u/", g_tls ? "https" : "http", s->port);
             http_load_result *res = &s->runs[s->nruns];
             proctree_usage before, after;
             bool cpu_ok = proctree_read(s->pid, &before) == 0;
@@ -722,8 +774,9 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
         http_table(table, title, servers[k].runs, servers[k].nruns, false);
     }
     fprintf(table,
-            "\ncompare http  %u server workers, %u connections, load: %s with %u workers, %.3g s x %u interleaved\n",
-            workers, conns, use_wrk ? "wrk" : "iol-bench", load_workers, duration, repeat);
+            "\ncompare http%s  %u server workers, %u connections, load: %s with %u workers, %.3g s x %u interleaved\n",
+            g_tls ? (g_tls_full ? " --tls (full handshakes, no resumption)" : " --tls") : "", workers, conns,
+            use_wrk ? "wrk" : "iol-bench", load_workers, duration, repeat);
     const char *unit = churn ? "conn/s" : "req/s";
     char unit_min[24];
     snprintf(unit_min, sizeof unit_min, "%s min", unit);
@@ -775,9 +828,10 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
             snprintf(params, sizeof params,
                      "{\"mode\":\"compare\",\"server\":\"%s\",\"server_note\":\"%s\",\"workers\":%u,"
                      "\"connections\":%u,\"load_generator\":\"%s\",\"load_workers\":%u,\"duration\":%g,"
-                     "\"repeat\":%u,\"churn\":%s}",
+                     "\"repeat\":%u,\"churn\":%s,\"tls\":%s}",
                      s->label, note, workers, conns,
-                     use_wrk ? "wrk" : "iol-bench", load_workers, duration, repeat, churn ? "true" : "false");
+                     use_wrk ? "wrk" : "iol-bench", load_workers, duration, repeat, churn ? "true" : "false",
+                     g_tls ? "true" : "false");
             for (unsigned i = 0; i < s->nruns; i++)
                 v[i] = s->runs[i].requests_per_sec;
             http_stats(v, s->nruns, &lo, &med, &hi);

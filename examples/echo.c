@@ -1,6 +1,11 @@
 /* echo: a TCP echo server on a runtime of N workers, with streams.
  *
  *   echo --port P --workers N [--shard reuseport|handoff] [--host H]
+ *        [--tls-cert FILE --tls-key FILE]
+ *
+ * With a certificate and key it echoes over TLS (the same code: a TLS
+ * stream reads and writes plaintext); its graceful stop then ends each
+ * connection with close_notify instead of a bare FIN.
  *
  * Prints "listening on 127.0.0.1:PORT", serves until SIGINT/SIGTERM, then
  * stops gracefully: queued connections are accepted, and every open one
@@ -41,7 +46,12 @@ static void read_more(void *arg)
     if (iol_stream_closed(c->stream))
         return;
     if (draining && !c->fin_sent) {
-        /* Everything echoed so far is in the kernel: FIN follows it. */
+        /* Everything echoed so far is in the kernel: FIN follows it (a
+         * TLS stream closes: close_notify, then FIN). */
+        if (iol_stream_is_tls(c->stream)) {
+            iol_stream_close(c->stream);
+            return;
+        }
         shutdown(iol_stream_fd(c->stream), SHUT_WR);
         c->fin_sent = true;
     }
@@ -86,7 +96,8 @@ static void on_accept(iol_loop *loop, int fd, const struct sockaddr *peer, sockl
         close(fd);
         return;
     }
-    int r = iol_stream_new(&c->stream, loop, fd, 0);
+    iol_tls_ctx *tls = example_server_tls();
+    int r = tls ? iol_tls_stream_new(&c->stream, loop, fd, tls, 0) : iol_stream_new(&c->stream, loop, fd, 0);
     if (r < 0) {
         fprintf(stderr, "echo: stream: %s\n", strerror(-r));
         close(fd);
@@ -121,7 +132,11 @@ static void worker_drain(iol_loop *loop, unsigned index, void *arg)
     (void)arg;
     draining = true;
     for (conn *c = open_head.next; c != &open_head; c = c->next) {
-        if (!iol_stream_closed(c->stream) && iol_stream_write_buffer_size(c->stream) == 0) {
+        if (iol_stream_closed(c->stream) || iol_stream_write_buffer_size(c->stream) > 0)
+            continue;
+        if (iol_stream_is_tls(c->stream)) {
+            iol_stream_close(c->stream); /* close_notify; c is freed later, from the loop */
+        } else {
             shutdown(iol_stream_fd(c->stream), SHUT_WR);
             c->fin_sent = true;
         }

@@ -1,9 +1,14 @@
 /* http-hello: HTTP/1.1 "Hello, World!" on a runtime of N workers.
  *
  *   http-hello --port P --workers N [--shard reuseport|handoff] [--host H] [--stats S]
+ *              [--tls-cert FILE --tls-key FILE]
  *
  * --stats S: every S seconds, one line per worker: requests/s, open and
  * accepted connections, busy % of its loop, wakeups/s.
+ *
+ * With a certificate and key it serves HTTPS (ALPN http/1.1) through TLS
+ * streams (http_tls.c), with the same request path and limits; without
+ * them the plain fast path below is all there is.
  *
  * Keep-alive per HTTP/1.1 (and HTTP/1.0 "Connection: keep-alive"),
  * pipelining (answered in order), parsing with http-parser. GET and HEAD
@@ -34,6 +39,7 @@
 #include <unistd.h>
 
 #include "http_conn.h"
+#include "http_tls.h"
 #include "ioloop.h"
 #include "server.h"
 
@@ -286,6 +292,11 @@ static void on_accept(iol_loop *loop, int fd, const struct sockaddr *peer, sockl
     (void)peer;
     (void)peerlen;
     (void)arg;
+    iol_tls_ctx *tls = example_server_tls();
+    if (tls) {
+        http_tls_accept(loop, fd, tls, &ws->dates, ws->now);
+        return;
+    }
     conn *c = malloc(sizeof(*c));
     if (!c) {
         close(fd);
@@ -328,6 +339,7 @@ static void sweep(void *arg)
         if (c->hc.deadline < ws->now)
             conn_close(c);
     }
+    http_tls_sweep(ws->now);
 }
 
 static void worker_start(iol_loop *loop, unsigned index, void *arg)
@@ -362,6 +374,7 @@ static void worker_drain(iol_loop *loop, unsigned index, void *arg)
         next = c->next;
         conn_finish(c);
     }
+    http_tls_drain();
 }
 
 /* After the drain: what is left was shut down and its input discarded by
@@ -373,6 +386,7 @@ static void worker_stop(iol_loop *loop, unsigned index, void *arg)
     (void)arg;
     while (ws->head.next != &ws->head)
         conn_close(ws->head.next);
+    http_tls_stop();
     iol_periodic_free(ws->sweep);
     free(ws);
     ws = NULL;
@@ -414,6 +428,7 @@ int main(int argc, char **argv)
         .listen = {.nodelay = true, .defer_accept = HTTP_HEADER_TIMEOUT},
         .on_exit = print_accept_counts,
         .requests = requests_of,
+        .alpn = "http/1.1",
     };
     return example_server_main(&srv, argc, argv);
 }

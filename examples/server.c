@@ -9,6 +9,12 @@
 
 static iol_runtime *the_runtime;
 static iol_loop *main_loop;       /* the main thread's: signals, --stats */
+static iol_tls_ctx *the_tls;     /* --tls-cert/--tls-key; read by workers after start */
+
+iol_tls_ctx *example_server_tls(void)
+{
+    return the_tls;
+}
 
 /* On the main loop: stop taking work, then let main join the workers. */
 static void stop_all(void *arg)
@@ -65,7 +71,8 @@ static void print_stats(void *arg)
 
 static void usage(const char *name)
 {
-    fprintf(stderr, "usage: %s --port P --workers N [--shard reuseport|handoff] [--host H] [--stats S]\n", name);
+    fprintf(stderr, "usage: %s --port P --workers N [--shard reuseport|handoff] [--host H] [--stats S]"
+                    " [--tls-cert FILE --tls-key FILE [--tls-no-resumption]]\n", name);
     exit(2);
 }
 
@@ -75,9 +82,12 @@ int example_server_main(const example_server *srv, int argc, char **argv)
         {"port", required_argument, NULL, 'p'},  {"workers", required_argument, NULL, 'w'},
         {"shard", required_argument, NULL, 's'}, {"host", required_argument, NULL, 'H'},
         {"stats", required_argument, NULL, 'S'}, {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"tls-cert", required_argument, NULL, 'c'}, {"tls-key", required_argument, NULL, 'k'},
+        {"tls-no-resumption", no_argument, NULL, 'R'}, {NULL, 0, NULL, 0},
     };
     double stats_period = 0;
+    bool tls_no_resumption = false;
+    const char *tls_cert = NULL, *tls_key = NULL;
     long port = srv->default_port, workers = 1;
     int shard = IOL_SHARD_REUSEPORT;
     const char *host = "127.0.0.1";
@@ -111,13 +121,31 @@ int example_server_main(const example_server *srv, int argc, char **argv)
             if (*end || !(stats_period > 0 && stats_period <= 86400))
                 usage(srv->name);
             break;
+        case 'c':
+            tls_cert = optarg;
+            break;
+        case 'k':
+            tls_key = optarg;
+            break;
+        case 'R':
+            tls_no_resumption = true; /* every handshake a full one (benchmarks) */
+            break;
         default:
             usage(srv->name);
         }
     }
-    if (optind != argc)
+    if (optind != argc || !tls_cert != !tls_key)
         usage(srv->name);
     signal(SIGPIPE, SIG_IGN);
+    if (tls_cert) {
+        iol_tls_config tc = {.server = true, .cert_file = tls_cert, .key_file = tls_key, .alpn = srv->alpn,
+                             .no_resumption = tls_no_resumption};
+        int r = iol_tls_ctx_new(&the_tls, &tc);
+        if (r < 0) {
+            fprintf(stderr, "%s: TLS certificate %s / key %s: %s\n", srv->name, tls_cert, tls_key, strerror(-r));
+            return 1;
+        }
+    }
 
     iol_runtime_config rc = {
         .workers = (unsigned)workers,
@@ -129,6 +157,7 @@ int example_server_main(const example_server *srv, int argc, char **argv)
     int r = iol_runtime_new(&the_runtime, &rc);
     if (r < 0) {
         fprintf(stderr, "%s: runtime: %s\n", srv->name, strerror(-r));
+        iol_tls_ctx_unref(the_tls);
         return 1;
     }
     iol_listen_config lc = srv->listen;
@@ -140,6 +169,7 @@ int example_server_main(const example_server *srv, int argc, char **argv)
     if (id < 0) {
         fprintf(stderr, "%s: listen on %s:%ld: %s\n", srv->name, host, port, strerror(-id));
         iol_runtime_free(the_runtime);
+        iol_tls_ctx_unref(the_tls);
         return 1;
     }
     if ((r = iol_loop_new(&main_loop, NULL)) < 0) {
@@ -153,12 +183,14 @@ int example_server_main(const example_server *srv, int argc, char **argv)
         fprintf(stderr, "%s: signals: %s\n", srv->name, strerror(-r));
         iol_runtime_free(the_runtime);
         iol_loop_close(main_loop, false);
+        iol_tls_ctx_unref(the_tls);
         return 1;
     }
     if ((r = iol_runtime_start(the_runtime)) < 0) {
         fprintf(stderr, "%s: start: %s\n", srv->name, strerror(-r));
         iol_runtime_free(the_runtime);
         iol_loop_close(main_loop, false);
+        iol_tls_ctx_unref(the_tls);
         return 1;
     }
     bool v6 = strchr(host, ':') != NULL;
@@ -183,5 +215,7 @@ int example_server_main(const example_server *srv, int argc, char **argv)
         srv->on_exit(the_runtime, id);
     iol_runtime_free(the_runtime);
     iol_loop_close(main_loop, false); /* gives SIGINT/SIGTERM back */
+    iol_tls_ctx_unref(the_tls);
+    the_tls = NULL;
     return 0;
 }

@@ -22,9 +22,15 @@ typedef struct example_server {
     uint64_t (*requests)(unsigned index);
     /* After the workers stopped, before the runtime is freed (may be NULL). */
     void (*on_exit)(iol_runtime *rt, int listener_id);
+    const char *alpn; /* with --tls-cert: the ALPN list offered (may be NULL) */
 } example_server;
 
-/* Runs the server until SIGINT/SIGTERM; returns the process exit status. */
+/* Runs the server until SIGINT/SIGTERM; returns the process exit status.
+ * `--tls-cert FILE --tls-key FILE` (both or neither) make a TLS server
+ * context first, with ALPN alpn (may be NULL); see example_server_tls. */
 int example_server_main(const example_server *srv, int argc, char **argv);
+/* The TLS context of --tls-cert/--tls-key, NULL without them: the same
+ * one for every worker. Valid while the runtime runs. */
+iol_tls_ctx *example_server_tls(void);
 
 #endif

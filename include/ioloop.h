@@ -919,6 +919,143 @@ int iol_stream_fd(const iol_stream *s);
 int iol_stream_error(const iol_stream *s);
 iol_loop *iol_stream_loop(const iol_stream *s);
 
+/* ------------------------------------------------------------------- TLS
+ * TLS streams over OpenSSL 3. Declared in every build; a build without
+ * OpenSSL (meson -Dtls=disabled, or libssl-dev missing) returns -ENOTSUP
+ * from each call, before any other check.
+ *
+ * A context (iol_tls_ctx) holds certificates, trust and settings; it is
+ * created once and shared by every worker and stream (it is immutable
+ * after creation; each stream holds a reference). A TLS stream is an
+ * ordinary iol_stream: read_until/read_bytes/read_until_close, write,
+ * watermarks, pause/resume and close work unchanged and carry plaintext.
+ * Reads and writes made during the handshake wait for its end. Two
+ * differences: the read buffer may pass max_buffer_size by less than one
+ * TLS record (16 KiB: a record is decrypted whole), and a write's `done`
+ * runs once its bytes were encrypted and handed to the kernel. Use a TLS
+ * stream's fd for nothing but options (bytes on it would corrupt the
+ * record stream).
+ *
+ * Errors that close a TLS stream (iol_stream_error, the pending read,
+ * the handshake callback), each with one log line at IOL_LOG_INFO (the
+ * peer's fault, so the default handler does not print it) carrying
+ * OpenSSL's reason:
+ *   -EKEYREJECTED  certificate verification failed (wrong CA, wrong host
+ *                  name, expired), on our side or reported by the peer
+ *   -EPROTO        not TLS or a protocol violation: garbage instead of a
+ *                  ClientHello, plain HTTP to a TLS port, no shared
+ *                  cipher or version, a bad record, a fatal alert
+ *   -ECONNRESET    the peer closed TCP without close_notify (a truncated
+ *                  record or connection), or reset it
+ *   -ETIMEDOUT     the handshake did not finish within the deadline
+ *   -ENOMEM, or the socket's -errno (-EPIPE...).
+ * A peer's close_notify ends the stream like a TCP close does (status 0
+ * for read_until_close); our close sends close_notify (a clean close
+ * answers the peer's too) and does not wait for the answer. */
+
+typedef struct iol_tls_ctx iol_tls_ctx;
+
+/* Fixed size, like the other config structs; zero is each default. */
+typedef struct iol_tls_config {
+    union {
+        struct {
+            bool server; /* accepts handshakes; false: a client context */
+            /* server: the default certificate chain (PEM, leaf first) and
+             * its private key (PEM). */
+            const char *cert_file;
+            const char *key_file;
+            /* server: more chain/key pairs (n_extra of each); a client whose
+             * SNI name matches a name of one of them (subjectAltName, by
+             * the rules of hostname verification, wildcards included) gets
+             * that one, any other client the default. */
+            const char *const *extra_cert_files;
+            const char *const *extra_key_files;
+            unsigned n_extra;
+            /* client: CA certificates (PEM) that the server's chain must
+             * lead to; NULL: the system's default trust store. */
+            const char *ca_file;
+            /* client: no certificate or host name verification at all
+             * (tests, pinned peers); the default verifies both. */
+            bool insecure_no_verify;
+            /* ALPN protocols in preference order, comma-separated
+             * ("h2,http/1.1"); NULL or "": no ALPN. A server picks its own
+             * first protocol the client also offers; with no overlap the
+             * handshake goes on without ALPN. */
+            const char *alpn;
+            /* seconds from the start of the handshake to its end; past it
+             * the stream closes with -ETIMEDOUT. 0: 10 s; < 0: no limit. */
+            double handshake_timeout;
+            /* Session resumption (server: tickets and a session cache;
+             * client: the last session per server name is offered again)
+             * is on unless this is set. */
+            bool no_resumption;
+        };
+        unsigned char iol_reserved_[256]; /* fixes the size */
+    };
+} iol_tls_config;
+
+/* Creates a context: loads and checks the certificates and keys (server)
+ * or the trust store (client). Any thread.
+ * -EINVAL: out/cfg NULL, a server without cert_file/key_file, n_extra
+ * without both arrays or with a NULL entry, a bad ALPN list (an empty
+ * or > 255-byte name), handshake_timeout NaN.
+ * -ENOENT: a file does not exist. -EACCES: cannot be read.
+ * -EBADMSG: a file is not a valid PEM certificate/key, or a key does not
+ * match its certificate (logged with OpenSSL's reason at IOL_LOG_ERROR).
+ * -ENOMEM. -ENOTSUP: built without TLS. */
+int iol_tls_ctx_new(iol_tls_ctx **out, const iol_tls_config *cfg);
+/* Takes a reference; returns ctx (NULL for NULL). Any thread. */
+iol_tls_ctx *iol_tls_ctx_ref(iol_tls_ctx *ctx);
+/* Drops a reference (NULL ignored); streams hold their own, so the
+ * creator may drop its reference while streams still use the context.
+ * Any thread. */
+void iol_tls_ctx_unref(iol_tls_ctx *ctx);
+
+/* Server side: wraps an accepted socket as a TLS stream (as
+ * iol_stream_new) and starts the handshake (as iol_stream_start_tls with
+ * no callback): reads and writes may be issued at once. Loop thread.
+ * -EINVAL: NULL out/loop/ctx, ctx not a server context. Otherwise the
+ * errors of iol_stream_new and iol_stream_start_tls; on failure fd is
+ * left open (not owned). */
+int iol_tls_stream_new(iol_stream **out, iol_loop *loop, int fd, iol_tls_ctx *ctx, size_t max_buffer_size);
+
+/* Client side: iol_stream_connect_ex, then the handshake. server_name is
+ * sent as SNI and the certificate verified against it; NULL: host (an IP
+ * literal is then checked against the certificate's IP addresses and no
+ * SNI is sent). cb(s, status, arg) runs once, on the loop thread, never
+ * inside this call: 0 when the handshake finished, or the connect's
+ * -errno (see iol_stream_connect_ex) or the handshake's (see above); on
+ * failure the stream is closed after cb. opts->timeout covers the
+ * connect only; the context's handshake_timeout the handshake. Loop
+ * thread. -EINVAL: NULL ctx, a server context, and the errors of
+ * iol_stream_connect_ex. -ENOMEM. -ENOTSUP. */
+int iol_tls_connect(iol_stream **out, iol_loop *loop, const char *host, uint16_t port,
+                    const iol_connect_options *opts, iol_tls_ctx *ctx, const char *server_name,
+                    iol_connect_fn cb, void *arg);
+
+/* STARTTLS: starts a TLS handshake on a connected plaintext stream, as a
+ * server or a client after ctx. server_name (client): SNI and the name
+ * verified (copied); NULL: no SNI, and with verification on, -EINVAL.
+ * Ignored by a server. cb(s, status, arg) as for iol_tls_connect (may be
+ * NULL). Loop thread.
+ * -EINVAL: NULL s/ctx, see server_name. -EPIPE: closed. -EALREADY:
+ * already TLS. -EBUSY: a read is pending or bytes are buffered either
+ * way (the switch must fall between two protocol messages). -ENOTSOCK:
+ * not a socket. -EINPROGRESS: still connecting. -ENOMEM. A failure to
+ * update the fd handler closes the stream and is returned. */
+int iol_stream_start_tls(iol_stream *s, iol_tls_ctx *ctx, const char *server_name, iol_connect_fn cb,
+                         void *arg);
+
+/* Whether s is a TLS stream (handshake done or not); false for NULL. */
+bool iol_stream_is_tls(const iol_stream *s);
+/* Copies the ALPN protocol chosen by the handshake into buf (NUL-ended)
+ * and returns its length; 0 if none was chosen. Loop thread.
+ * -EINVAL: NULL s, buf NULL with size > 0. -ENOTCONN: not TLS or the
+ * handshake has not finished. -ENOSPC: size too small. */
+int iol_stream_tls_alpn(const iol_stream *s, char *buf, size_t size);
+/* Whether the finished handshake resumed a session; false otherwise. */
+bool iol_stream_tls_resumed(const iol_stream *s);
+
 #if defined(__GNUC__)
 #pragma GCC visibility pop
 #endif

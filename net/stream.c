@@ -21,6 +21,8 @@ static void stream_finish_close(iol_stream *s);
 void iol__stream_free(iol_stream *s)
 {
     iol__loop_remove_close_hook(s->loop, &s->close_hook);
+    if (s->tls)
+        iol__tls_free(s);
     iol__buffer_free(&s->rbuf);
     iol__buffer_free(&s->wbuf);
     free(s->dones);
@@ -94,6 +96,8 @@ void iol__stream_close_internal(iol_stream *s, int err)
         return;
     s->closed = true;
     s->error = err;
+    if (s->tls)
+        iol__tls_on_close(s, err);
     iol__stream_drop_fd(s);
     /* Unwritten data is dropped, as Tornado's close does. */
     s->wbuf.len = 0;
@@ -118,6 +122,8 @@ static unsigned stream_wanted_events(const iol_stream *s)
         events |= IOL_READ; /* idle: notice the peer closing (Tornado's error listener) */
     if (iol__stream_pending(s) > 0)
         events |= IOL_WRITE;
+    if (s->tls)
+        events = iol__tls_events(s, events);
     return events;
 }
 
@@ -175,6 +181,8 @@ static void stream_finish_close(iol_stream *s)
     iol__stream_segs_drop(s);
     if (s->connecting)
         iol__stream_connect_done(s, s->error ? s->error : -EPIPE);
+    if (s->tls)
+        iol__tls_finish_close(s);
     if (s->read_kind != READ_NONE) {
         int status = s->error ? s->error : -EPIPE;
         size_t n = 0;
@@ -259,6 +267,8 @@ void iol__stream_on_events(int fd, unsigned events, void *arg)
     iol__stream_hold(s);
     if (s->connecting) {
         iol__stream_handle_connect(s);
+    } else if (s->tls && iol__tls_on_events(s, &events)) {
+        ; /* the handshake took them */
     } else {
         int err = (events & IOL_ERROR) ? iol__stream_socket_error(s) : 0;
         bool acted = false;

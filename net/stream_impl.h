@@ -27,6 +27,7 @@
 #include "loop/close_hook.h"
 #include "net/buffer.h"
 #include "net/resolve.h"
+#include "net/tls.h"
 
 enum {
     STREAM_DEFAULT_MAX_BUFFER = 100u << 20, /* Tornado's default max_buffer_size */
@@ -139,6 +140,8 @@ struct iol_stream {
     iol__resolve_job *resolving; /* a name lookup whose callback holds a reference */
     iol_timeout connect_timer;   /* the connect deadline, 0 if none */
     iol__address *source; /* bound before connecting; out of line: an idle stream stays small */
+
+    iol__tls *tls; /* TLS state (net/tls.h); NULL: plain */
 };
 
 static inline void iol__stream_hold(iol_stream *s)

@@ -15,6 +15,8 @@
  * >0 bytes read, 0 at EOF, -EAGAIN, or -errno. */
 static ssize_t stream_recv(iol_stream *s, size_t limit)
 {
+    if (s->tls)
+        return iol__tls_recv(s, limit);
     int r = iol__buffer_reserve(&s->rbuf, limit < STREAM_READ_CHUNK ? limit : STREAM_READ_CHUNK);
     if (r < 0)
         return r;

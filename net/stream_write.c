@@ -11,6 +11,8 @@
 
 static ssize_t stream_send(iol_stream *s, const void *data, size_t len)
 {
+    if (s->tls)
+        return iol__tls_send(s, data, len);
     ssize_t n;
     do {
         /* MSG_NOSIGNAL: a vanished peer is -EPIPE here, not a SIGPIPE. */

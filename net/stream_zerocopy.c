@@ -103,6 +103,11 @@ static int segs_gather(iol_stream *s, struct iovec *iov)
 
 static ssize_t segs_writev(iol_stream *s, struct iovec *iov, int n)
 {
+    /* TLS: SSL_write takes one buffer, the first segment (its retry
+     * after -EAGAIN passes the same bytes again, as OpenSSL wants: a
+     * segment advances only by what was written). */
+    if (s->tls)
+        return n > 0 ? iol__tls_send(s, iov[0].iov_base, iov[0].iov_len) : 0;
     ssize_t r;
     do {
         if (s->is_socket) {
@@ -122,8 +127,30 @@ static ssize_t segs_writev(iol_stream *s, struct iovec *iov, int n)
  * the call raised (EPIPE) before unblocking, so the process never sees
  * it; a SIGPIPE already pending for the thread is lost with it (there is
  * no way to tell the two apart). */
+/* TLS: the kernel cannot encrypt, so the region is read (pread: the
+ * same bytes again on a retry) and written through SSL_write. */
+static ssize_t segs_sendfile_tls(iol_stream *s, stream_seg *seg)
+{
+    char buf[16384]; /* one TLS record */
+    size_t want = seg->len < sizeof buf ? seg->len : sizeof buf;
+    ssize_t k;
+    do {
+        k = pread(seg->fd, buf, want, seg->offset);
+    } while (k < 0 && errno == EINTR);
+    if (k < 0)
+        return -errno;
+    if (k == 0)
+        return -EIO; /* the file ended before the region did */
+    ssize_t n = iol__tls_send(s, buf, (size_t)k);
+    if (n > 0)
+        seg->offset += n; /* what sendfile does itself */
+    return n;
+}
+
 static ssize_t segs_sendfile(iol_stream *s, stream_seg *seg)
 {
+    if (s->tls)
+        return segs_sendfile_tls(s, seg);
     size_t want = seg->len < STREAM_SENDFILE_CHUNK ? seg->len : STREAM_SENDFILE_CHUNK;
     sigset_t pipe_set, old;
     sigemptyset(&pipe_set);

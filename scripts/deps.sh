@@ -10,6 +10,7 @@ packages=(
   valgrind                                        # test flavour
   libzmq3-dev                                     # optional zmq poller and handlers
   liburing-dev                                    # optional uring poller
+  libssl-dev openssl curl                         # optional TLS streams; certs and clients in tests
   libuv1-dev libevent-dev libczmq-dev             # bench competitors
   wrk nginx-light h2o haproxy gnuplot-nox python3 procps  # load, competitors, plots, checks
 )

@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "ioloop.h"
 #include "testutil.h"
 
 static const char *const SHARDS[] = {"reuseport", "handoff"};
@@ -31,6 +32,8 @@ typedef struct server {
 /* Set by start_server: the server every test talks to (one per forked
  * test), killed by the teardown if a test failed halfway. */
 static server srv = {.pid = -1};
+/* --tls-cert FILE --tls-key FILE for the next start_server, or NULLs. */
+static const char *tls_args[4];
 
 static void example_path(const char *name, char *buf, size_t len)
 {
@@ -73,11 +76,17 @@ static bool start_server_with(const char *name, const char *shard, const char *s
         if (getppid() != parent)
             _exit(127);
         dup2(out[1], STDOUT_FILENO);
-        if (stats)
-            execl(path, name, "--host", "127.0.0.1", "--port", "0", "--workers", "2", "--shard", shard, "--stats",
-                  stats, (char *)NULL);
-        else
-            execl(path, name, "--host", "127.0.0.1", "--port", "0", "--workers", "2", "--shard", shard, (char *)NULL);
+        /* --stats S, then the TLS pair (NULLs without TLS end the list). */
+        const char *argv[16] = {name, "--host", "127.0.0.1", "--port", "0", "--workers", "2", "--shard", shard};
+        int argc = 9;
+        if (stats) {
+            argv[argc++] = "--stats";
+            argv[argc++] = stats;
+        }
+        for (int i = 0; i < 4; i++)
+            argv[argc++] = tls_args[i];
+        argv[argc] = NULL;
+        execv(path, (char *const *)argv);
         _exit(127);
     }
     close(out[1]);
@@ -614,6 +623,134 @@ START_TEST(echo_sigterm)
 }
 END_TEST
 
+/* ------------------------------------------------------------------- TLS */
+
+static char cert_dir[64];
+
+/* A self-signed certificate for localhost, made now (no key is
+ * committed); false (and the test skips) without TLS or the openssl CLI. */
+static bool make_tls_args(void)
+{
+    iol_tls_ctx *probe = NULL;
+    iol_tls_config cfg = {0};
+    if (iol_tls_ctx_new(&probe, &cfg) == -ENOTSUP) {
+        printf("test_examples: built without TLS: skipped\n");
+        return false;
+    }
+    iol_tls_ctx_unref(probe);
+    if (system("command -v openssl >/dev/null && command -v curl >/dev/null") != 0) {
+        printf("test_examples: openssl or curl missing: TLS tests skipped\n");
+        return false;
+    }
+    strcpy(cert_dir, "/tmp/iol-ex-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(cert_dir));
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd),
+             "cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout key.pem "
+             "-out cert.pem -subj /CN=localhost -addext subjectAltName=DNS:localhost -days 2 2>/dev/null",
+             cert_dir);
+    ck_assert_int_eq(system(cmd), 0);
+    static char cert[96], key[96];
+    snprintf(cert, sizeof(cert), "%s/cert.pem", cert_dir);
+    snprintf(key, sizeof(key), "%s/key.pem", cert_dir);
+    tls_args[0] = "--tls-cert";
+    tls_args[1] = cert;
+    tls_args[2] = "--tls-key";
+    tls_args[3] = key;
+    return true;
+}
+
+static void tls_teardown(void)
+{
+    teardown();
+    if (cert_dir[0]) {
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "rm -rf %s", cert_dir);
+        (void)system(cmd);
+    }
+}
+
+/* Runs a shell command (%1$s: the cert dir, %2$d: the port); its output. */
+static char *shell(const char *fmt)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), fmt, cert_dir, (int)srv.port);
+    FILE *f = popen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    static char out[8192];
+    size_t n = fread(out, 1, sizeof(out) - 1, f);
+    out[n] = '\0';
+    pclose(f);
+    return out;
+}
+
+/* SIGTERM: the server drains and exits 0 (an ASan build exits non-zero
+ * on a leak). */
+static void stop_cleanly(void)
+{
+    ck_assert_int_eq(kill(srv.pid, SIGTERM), 0);
+    double t0 = iol_test_now(), limit = iol_test_under_valgrind() ? 20 : 10;
+    int status = 0;
+    pid_t got = 0;
+    while (iol_test_now() - t0 < limit && (got = waitpid(srv.pid, &status, WNOHANG)) == 0)
+        usleep(5000);
+    ck_assert_int_eq(got, srv.pid);
+    srv.pid = -1;
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %#x", status);
+}
+
+static int count(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p++)
+        n++;
+    return n;
+}
+
+START_TEST(https_curl)
+{
+    if (!make_tls_args() || !start_server("http-hello", SHARDS[_i]))
+        return;
+    /* Three requests on one kept-alive connection, verified against the
+     * certificate, over ALPN http/1.1. */
+    char *out = shell("timeout 20 curl -sS -v --cacert %1$s/cert.pem https://localhost:%2$d/ "
+                      "https://localhost:%2$d/a https://localhost:%2$d/b 2>&1");
+    ck_assert_msg(count(out, "Hello, World!") == 3, "%s", out);
+    ck_assert_msg(strstr(out, "ALPN: server accepted http/1.1") || strstr(out, "ALPN, server accepted to use http/1.1"),
+                  "%s", out);
+    ck_assert_msg(count(out, "Re-using existing connection") + count(out, "Reusing existing connection") >= 2, "%s",
+                  out);
+    /* Pipelined: both answered, in order, then the close. */
+    out = shell("printf 'GET / HTTP/1.1\\r\\nHost: a\\r\\n\\r\\nHEAD / HTTP/1.1\\r\\nHost: a\\r\\n"
+                "Connection: close\\r\\n\\r\\n' | timeout 20 openssl s_client -quiet -connect 127.0.0.1:%2$d "
+                "-CAfile %1$s/cert.pem -verify_hostname localhost -verify_return_error 2>/dev/null");
+    ck_assert_msg(count(out, "HTTP/1.1 200 OK") == 2 && count(out, "Hello, World!") == 1, "%s", out);
+    /* Plain HTTP to the TLS port: that connection fails, the next works. */
+    out = shell("timeout 20 curl -sS http://localhost:%2$d/ 2>&1; "
+                "timeout 20 curl -sS --cacert %1$s/cert.pem https://localhost:%2$d/ 2>&1");
+    ck_assert_msg(count(out, "Hello, World!") == 1, "%s", out);
+    /* A malformed request still gets its 400 over TLS. */
+    out = shell("printf 'BLAH\\r\\n\\r\\n' | timeout 20 openssl s_client -quiet -connect 127.0.0.1:%2$d "
+                "-CAfile %1$s/cert.pem 2>/dev/null");
+    ck_assert_msg(strstr(out, "HTTP/1.1 400"), "%s", out);
+    stop_cleanly();
+}
+END_TEST
+
+START_TEST(echo_tls)
+{
+    if (!make_tls_args() || !start_server("echo", SHARDS[_i]))
+        return;
+    /* -no_ign_eof: s_client closes (close_notify) once stdin ends, after
+     * the echo had a second to come back. */
+    char *out = shell("(printf 'hello over tls\\nsecond line\\n'; sleep 1) | timeout 20 openssl s_client -quiet -no_ign_eof "
+                      "-connect 127.0.0.1:%2$d -CAfile %1$s/cert.pem -verify_hostname localhost "
+                      "-verify_return_error 2>/dev/null");
+    ck_assert_str_eq(out, "hello over tls\nsecond line\n");
+    stop_cleanly();
+}
+END_TEST
+
 static Suite *examples_suite(void)
 {
     Suite *s = suite_create("examples");
@@ -640,6 +777,14 @@ static Suite *examples_suite(void)
         tcase_add_loop_test(tc, cases[k].test, 0, 2);
         suite_add_tcase(s, tc);
     }
+    TCase *tc = iol_test_tcase("https_curl", 60);
+    tcase_add_checked_fixture(tc, NULL, tls_teardown);
+    tcase_add_loop_test(tc, https_curl, 0, 2);
+    suite_add_tcase(s, tc);
+    tc = iol_test_tcase("echo_tls", 60);
+    tcase_add_checked_fixture(tc, NULL, tls_teardown);
+    tcase_add_loop_test(tc, echo_tls, 0, 2);
+    suite_add_tcase(s, tc);
     return s;
 }
 

@@ -1,0 +1,162 @@
+/* http-hello's HTTPS path: a TLS stream per connection, http_conn for
+ * the requests. One read of up to READ_CHUNK plaintext is parsed in
+ * place; its responses are gathered and written with one
+ * iol_stream_write (one TLS record when they fit), and the next read
+ * starts once they reached the kernel (at once when the write went
+ * through), so a client that does not read cannot make us buffer
+ * without bound. Limits as the plain path: 431 past
+ * 8 KiB of headers, 400 on garbage, idle and header deadlines. */
+#include "http_tls.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define READ_CHUNK 16384
+#define OUT_BUF 16384
+
+typedef struct tconn tconn;
+struct tconn {
+    tconn *prev, *next; /* the worker's list */
+    iol_stream *s;
+    http_conn hc;
+    bool draining;
+};
+
+static __thread tconn head; /* list sentinel, linked at the first accept */
+static __thread char out[OUT_BUF];
+static __thread size_t out_len;
+static __thread long clock_now;
+static __thread bool stopping;
+static __thread http_dates *worker_dates;
+
+static void on_read(iol_stream *s, const char *data, size_t len, int status, void *arg);
+
+static void read_more(void *arg)
+{
+    tconn *c = arg;
+    if (iol_stream_closed(c->s))
+        return;
+    if (c->hc.closing || (c->draining && !c->hc.in_headers)) {
+        iol_stream_close(c->s); /* close_notify after the last response */
+        return;
+    }
+    if (iol_stream_read_bytes(c->s, READ_CHUNK, true, on_read, c) < 0)
+        iol_stream_close(c->s);
+}
+
+static int flush(tconn *c, iol_callback_fn done)
+{
+    size_t len = out_len;
+    out_len = 0;
+    return iol_stream_write(c->s, out, len, done, c);
+}
+
+/* http_conn's emit: gathers responses; a full buffer goes out at once. */
+static void emit(void *arg, const char *data, size_t len)
+{
+    tconn *c = arg;
+    while (len > 0) {
+        if (out_len == OUT_BUF && flush(c, NULL) < 0) {
+            c->hc.closing = true;
+            return;
+        }
+        size_t n = len < OUT_BUF - out_len ? len : OUT_BUF - out_len;
+        memcpy(out + out_len, data, n);
+        out_len += n;
+        data += n;
+        len -= n;
+    }
+}
+
+static void on_read(iol_stream *s, const char *data, size_t len, int status, void *arg)
+{
+    tconn *c = arg;
+    if (status < 0 || len == 0) {
+        if (!iol_stream_closed(s))
+            iol_stream_close(s);
+        return;
+    }
+    out_len = 0;
+    http_dates_refresh(worker_dates, time(NULL));
+    http_conn_feed(&c->hc, data, len, clock_now);
+    if (out_len == 0) {
+        read_more(c); /* a request still arriving */
+        return;
+    }
+    /* Written through at once (the usual case): read on now, without a
+     * `done` hop through the loop; otherwise once the rest is out. */
+    if (flush(c, NULL) < 0) {
+        if (!iol_stream_closed(s))
+            iol_stream_close(s);
+    } else if (iol_stream_write_buffer_size(s) == 0) {
+        read_more(c);
+    } else if (iol_stream_write(s, NULL, 0, read_more, c) < 0 && !iol_stream_closed(s)) {
+        iol_stream_close(s);
+    }
+}
+
+static void on_close(iol_stream *s, void *arg)
+{
+    (void)s;
+    tconn *c = arg;
+    c->prev->next = c->next;
+    c->next->prev = c->prev;
+    free(c);
+}
+
+void http_tls_accept(iol_loop *loop, int fd, iol_tls_ctx *ctx, http_dates *dates, long now)
+{
+    clock_now = now;
+    worker_dates = dates;
+    if (!head.next)
+        head.next = head.prev = &head;
+    tconn *c = calloc(1, sizeof(*c));
+    if (!c || iol_tls_stream_new(&c->s, loop, fd, ctx, 0) < 0) {
+        free(c);
+        close(fd);
+        return;
+    }
+    http_conn_init(&c->hc, dates, emit, c, now);
+    c->draining = stopping;
+    c->next = head.next;
+    c->prev = &head;
+    head.next->prev = c;
+    head.next = c;
+    iol_stream_set_close_callback(c->s, on_close, c);
+    read_more(c);
+}
+
+void http_tls_sweep(long now)
+{
+    clock_now = now;
+    if (!head.next)
+        return;
+    for (tconn *c = head.next; c != &head; c = c->next)
+        if (c->hc.deadline < now && !iol_stream_closed(c->s))
+            iol_stream_close(c->s); /* c goes in its close callback, from the loop */
+}
+
+void http_tls_drain(void)
+{
+    stopping = true;
+    if (!head.next)
+        return;
+    for (tconn *c = head.next; c != &head; c = c->next) {
+        c->draining = true;
+        /* Idle (a read pending, nothing half-received, nothing unsent):
+         * close now; otherwise read_more closes after the response. */
+        if (!iol_stream_closed(c->s) && !c->hc.in_headers && iol_stream_write_buffer_size(c->s) == 0)
+            iol_stream_close(c->s);
+    }
+}
+
+void http_tls_stop(void)
+{
+    if (!head.next)
+        return;
+    for (tconn *c = head.next; c != &head; c = c->next)
+        if (!iol_stream_closed(c->s))
+            iol_stream_close(c->s);
+}

@@ -1,0 +1,434 @@
+/*
+ * net/tls_stream.c — a stream over TLS: the non-blocking handshake under
+ * a deadline, SSL_read/SSL_write in place of recv/send (the stream's
+ * buffers, reads, writes and lifetime stay stream.c's), WANT_READ and
+ * WANT_WRITE mapped onto the fd handler's events, close_notify, and the
+ * error of each failure with OpenSSL's reason in one log line.
+ */
+#include "net/stream_impl.h"
+#include "net/tls_impl.h"
+
+#include "loop/log.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+
+enum { TLS_RECORD_MAX = 16u << 10 }; /* plaintext of one record */
+
+
+/* ------------------------------------------------------------------ Errors */
+
+static bool reason_is_cert(int reason)
+{
+    switch (reason) {
+    case SSL_R_CERTIFICATE_VERIFY_FAILED:
+    case SSL_R_SSLV3_ALERT_BAD_CERTIFICATE:
+    case SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_REVOKED:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN:
+    case SSL_R_TLSV1_ALERT_UNKNOWN_CA:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* A fatal SSL error: the -errno it closes the stream with, and one log
+ * line with OpenSSL's reason. The SSL may not be used for I/O again. */
+static int tls_error(iol_stream *s, int ssl_err, const char *during)
+{
+    iol__tls *t = s->tls;
+    unsigned long e = ERR_peek_last_error();
+    int err;
+    if (ssl_err == SSL_ERROR_SYSCALL && e == 0)
+        err = t->sys_errno ? -t->sys_errno : -ECONNRESET; /* EOF in the middle of it all */
+    else if (ERR_GET_REASON(e) == ERR_R_MALLOC_FAILURE)
+        err = -ENOMEM;
+    else if (ERR_GET_LIB(e) == ERR_LIB_SSL && reason_is_cert(ERR_GET_REASON(e)))
+        err = -EKEYREJECTED;
+    else if (ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+        err = -ECONNRESET;
+    else if (t->sys_errno)
+        err = -t->sys_errno;
+    else
+        err = -EPROTO;
+    char reason[320];
+    iol__tls_reason(reason, sizeof(reason));
+    long verify = SSL_get_verify_result(t->ssl);
+    iol__log(IOL_LOG_INFO, "tls: %s failed on fd %d (%s, closing with -%d): %s%s%s", during, t->fd,
+             SSL_is_server(t->ssl) ? "server" : "client", -err, reason,
+             verify != X509_V_OK ? "; verify: " : "", verify != X509_V_OK ? X509_verify_cert_error_string(verify) : "");
+    t->phase = TLS_DEAD;
+    return err;
+}
+
+/* -------------------------------------------------------------- Handshake */
+
+static void tls_stop_timer(iol_stream *s)
+{
+    iol__tls *t = s->tls;
+    if (t->hs_timer) {
+        (void)iol_loop_remove_timeout(s->loop, t->hs_timer); /* nothing to undo on a closed loop */
+        t->hs_timer = 0;
+    }
+}
+
+static void tls_handshake_timeout(void *arg)
+{
+    iol_stream *s = arg;
+    s->tls->hs_timer = 0;
+    iol__stream_hold(s);
+    iol__log(IOL_LOG_INFO, "tls: handshake timed out on fd %d (closing with -%d)", s->tls->fd, ETIMEDOUT);
+    s->tls->phase = TLS_DEAD;
+    iol__stream_close_internal(s, -ETIMEDOUT);
+    iol__stream_release(s);
+}
+
+/* The handshake finished: tell whoever waits, then do what was asked
+ * meanwhile (queued writes, a pending read). */
+static void tls_opened(iol_stream *s)
+{
+    iol__tls *t = s->tls;
+    t->phase = TLS_OPEN;
+    tls_stop_timer(s);
+    iol_connect_fn cb = t->hs_cb;
+    t->hs_cb = NULL;
+    if (cb)
+        cb(s, 0, t->hs_arg);
+    if (!s->closed && s->wbuf.len > 0)
+        iol__stream_handle_write(s);
+    if (!s->closed)
+        iol__stream_handle_read(s);
+}
+
+static void tls_handshake(iol_stream *s)
+{
+    iol__tls *t = s->tls;
+    ERR_clear_error();
+    int r = SSL_do_handshake(t->ssl);
+    if (r == 1) {
+        tls_opened(s);
+        return;
+    }
+    int e = SSL_get_error(t->ssl, r);
+    if (e == SSL_ERROR_WANT_READ)
+        t->hs_want = IOL_READ;
+    else if (e == SSL_ERROR_WANT_WRITE)
+        t->hs_want = IOL_WRITE;
+    else
+        iol__stream_close_internal(s, tls_error(s, e, "handshake"));
+}
+
+/* An SSL on the stream's socket, and the deadline. */
+static int tls_begin(iol_stream *s)
+{
+    iol__tls *t = s->tls;
+    t->fd = s->fd;
+    ERR_clear_error();
+    t->ssl = iol__tls_ctx_new_ssl(t->ctx, t->server_name);
+    BIO *b = t->ssl ? iol__tls_bio_new(t) : NULL;
+    if (!b) {
+        ERR_clear_error();
+        return -ENOMEM;
+    }
+    SSL_set_app_data(t->ssl, t);
+    SSL_set_bio(t->ssl, b, b);
+    if (t->ctx->server)
+        SSL_set_accept_state(t->ssl);
+    else
+        SSL_set_connect_state(t->ssl);
+    t->phase = TLS_HANDSHAKE;
+    t->hs_want = t->ctx->server ? IOL_READ : IOL_WRITE; /* a client speaks first */
+    if (t->ctx->handshake_timeout > 0) {
+        int r = iol_loop_call_later(s->loop, t->ctx->handshake_timeout, tls_handshake_timeout, s, &t->hs_timer);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------- Hooks */
+
+ssize_t iol__tls_recv(iol_stream *s, size_t limit)
+{
+    iol__tls *t = s->tls;
+    if (t->phase != TLS_OPEN)
+        return t->phase == TLS_DEAD ? -EPIPE : -EAGAIN; /* data waits for the handshake */
+    /* Room for a whole record, so OpenSSL never keeps decrypted bytes
+     * that the socket's readiness would not announce; the buffer may pass
+     * max_buffer_size by less than one record. */
+    size_t want = limit < TLS_RECORD_MAX ? TLS_RECORD_MAX : limit;
+    if (want > STREAM_READ_CHUNK)
+        want = STREAM_READ_CHUNK;
+    int r = iol__buffer_reserve(&s->rbuf, want);
+    if (r < 0)
+        return r;
+    size_t room = iol__buffer_tail_room(&s->rbuf);
+    if (room > INT_MAX)
+        room = INT_MAX;
+    ERR_clear_error();
+    int n = SSL_read(t->ssl, iol__buffer_data(&s->rbuf) + s->rbuf.len, (int)room);
+    if (n > 0) {
+        s->rbuf.len += (size_t)n;
+        t->read_wants_write = false;
+        return n;
+    }
+    int e = SSL_get_error(t->ssl, n);
+    switch (e) {
+    case SSL_ERROR_ZERO_RETURN:
+        return 0; /* close_notify: the close answers it */
+    case SSL_ERROR_WANT_READ:
+        t->read_wants_write = false;
+        return -EAGAIN;
+    case SSL_ERROR_WANT_WRITE:
+        t->read_wants_write = true;
+        return -EAGAIN;
+    default:
+        return tls_error(s, e, "read");
+    }
+}
+
+ssize_t iol__tls_send(iol_stream *s, const void *data, size_t len)
+{
+    iol__tls *t = s->tls;
+    if (t->phase != TLS_OPEN)
+        return t->phase == TLS_DEAD ? -EPIPE : -EAGAIN; /* queued until the handshake is done */
+    if (len > INT_MAX)
+        len = INT_MAX; /* partial writes: the rest goes next round */
+    ERR_clear_error();
+    int n = SSL_write(t->ssl, data, (int)len);
+    if (n > 0) {
+        t->write_wants_read = false;
+        return n;
+    }
+    int e = SSL_get_error(t->ssl, n);
+    switch (e) {
+    case SSL_ERROR_WANT_WRITE:
+        t->write_wants_read = false;
+        return -EAGAIN;
+    case SSL_ERROR_WANT_READ:
+        t->write_wants_read = true;
+        return -EAGAIN;
+    default:
+        return tls_error(s, e, "write");
+    }
+}
+
+unsigned iol__tls_events(const iol_stream *s, unsigned want)
+{
+    const iol__tls *t = s->tls;
+    if (t->phase == TLS_HANDSHAKE)
+        return t->hs_want;
+    if (t->phase != TLS_OPEN)
+        return want;
+    if (t->read_wants_write && (want & IOL_READ))
+        want |= IOL_WRITE;
+    if (t->write_wants_read && (want & IOL_WRITE))
+        want |= IOL_READ;
+    return want;
+}
+
+bool iol__tls_on_events(iol_stream *s, unsigned *events)
+{
+    iol__tls *t = s->tls;
+    if (t->phase == TLS_HANDSHAKE) {
+        tls_handshake(s);
+        return true;
+    }
+    if (t->phase == TLS_OPEN) {
+        /* The socket is ready the way the other direction waited for. */
+        if (t->read_wants_write && (*events & IOL_WRITE))
+            *events |= IOL_READ;
+        if (t->write_wants_read && (*events & IOL_READ))
+            *events |= IOL_WRITE;
+    }
+    return false;
+}
+
+void iol__tls_on_close(iol_stream *s, int err)
+{
+    iol__tls *t = s->tls;
+    (void)err;
+    tls_stop_timer(s);
+    if (t->phase == TLS_OPEN && s->fd >= 0) {
+        /* close_notify, once, without waiting for the peer's (answering
+         * it when that came first); a full socket loses it, as Tornado
+         * loses unwritten data. */
+        ERR_clear_error();
+        (void)SSL_shutdown(t->ssl);
+        ERR_clear_error();
+    }
+    t->phase = TLS_DEAD;
+}
+
+void iol__tls_finish_close(iol_stream *s)
+{
+    iol__tls *t = s->tls;
+    iol_connect_fn cb = t->hs_cb;
+    t->hs_cb = NULL;
+    if (cb)
+        cb(s, s->error ? s->error : -EPIPE, t->hs_arg);
+}
+
+static void tls_state_free(iol__tls *t)
+{
+    if (t->ssl)
+        SSL_free(t->ssl); /* and its BIO */
+    free(t->server_name);
+    iol_tls_ctx_unref(t->ctx);
+    free(t);
+}
+
+void iol__tls_free(iol_stream *s)
+{
+    tls_stop_timer(s);
+    tls_state_free(s->tls);
+    s->tls = NULL;
+}
+
+/* ------------------------------------------------------------- Public API */
+
+static iol__tls *tls_state_new(iol_tls_ctx *ctx, const char *server_name, iol_connect_fn cb, void *arg)
+{
+    iol__tls *t = calloc(1, sizeof(*t));
+    if (!t)
+        return NULL;
+    if (server_name && !ctx->server) {
+        t->server_name = strdup(server_name);
+        if (!t->server_name) {
+            free(t);
+            return NULL;
+        }
+    }
+    t->ctx = iol_tls_ctx_ref(ctx);
+    t->fd = -1;
+    t->hs_cb = cb;
+    t->hs_arg = arg;
+    return t;
+}
+
+int iol_stream_start_tls(iol_stream *s, iol_tls_ctx *ctx, const char *server_name, iol_connect_fn cb, void *arg)
+{
+    if (!s || !ctx)
+        return -EINVAL;
+    if (s->closed)
+        return -EPIPE;
+    if (s->tls)
+        return -EALREADY;
+    if (s->connecting)
+        return -EINPROGRESS;
+    if (!ctx->server && ctx->verify && !server_name)
+        return -EINVAL;
+    if (!s->is_socket)
+        return -ENOTSOCK;
+    if (s->read_kind != READ_NONE || s->rbuf.len > 0 || s->wbuf.len > 0)
+        return -EBUSY;
+    s->tls = tls_state_new(ctx, server_name, cb, arg);
+    if (!s->tls)
+        return -ENOMEM;
+    int r = tls_begin(s);
+    if (r < 0) {
+        iol__tls_free(s);
+        return r;
+    }
+    r = iol__stream_update_events(s);
+    if (r < 0) {
+        iol__stream_hold(s);
+        iol__stream_close_internal(s, r);
+        iol__stream_release(s);
+    }
+    return r;
+}
+
+int iol_tls_stream_new(iol_stream **out, iol_loop *loop, int fd, iol_tls_ctx *ctx, size_t max_buffer_size)
+{
+    if (!out || !loop || !ctx || !ctx->server)
+        return -EINVAL;
+    iol_stream *s;
+    int r = iol_stream_new(&s, loop, fd, max_buffer_size);
+    if (r < 0)
+        return r;
+    r = iol_stream_start_tls(s, ctx, NULL, NULL, NULL);
+    if (r < 0) {
+        /* Give fd back untouched, as iol_stream_new's failures do. */
+        if (s->fd >= 0 && s->registered)
+            (void)iol_loop_remove_handler(loop, s->fd);
+        s->fd = -1;
+        s->registered = false;
+        if (!s->closed)
+            (void)iol_stream_close(s);
+        return r;
+    }
+    *out = s;
+    return 0;
+}
+
+/* iol_tls_connect's TCP connect finished: start the handshake, or hand
+ * the connect's failure to the caller's callback. */
+static void tls_on_connected(iol_stream *s, int status, void *arg)
+{
+    (void)arg;
+    iol__tls *t = s->tls;
+    if (status < 0) {
+        iol_connect_fn cb = t->hs_cb;
+        t->hs_cb = NULL;
+        t->phase = TLS_DEAD;
+        cb(s, status, t->hs_arg);
+        return;
+    }
+    int r = tls_begin(s);
+    if (r < 0) {
+        t->phase = TLS_DEAD;
+        iol__stream_close_internal(s, r); /* the close tells hs_cb */
+    }
+}
+
+int iol_tls_connect(iol_stream **out, iol_loop *loop, const char *host, uint16_t port,
+                    const iol_connect_options *opts, iol_tls_ctx *ctx, const char *server_name, iol_connect_fn cb,
+                    void *arg)
+{
+    if (!out || !loop || !host || !cb || !ctx || ctx->server)
+        return -EINVAL;
+    iol__tls *t = tls_state_new(ctx, server_name ? server_name : host, cb, arg);
+    if (!t)
+        return -ENOMEM;
+    t->phase = TLS_CONNECTING;
+    iol_stream *s;
+    int r = iol_stream_connect_ex(&s, loop, host, port, opts, tls_on_connected, NULL);
+    if (r < 0) {
+        tls_state_free(t);
+        return r;
+    }
+    s->tls = t; /* before any callback: none runs inside the call */
+    *out = s;
+    return 0;
+}
+
+bool iol_stream_is_tls(const iol_stream *s)
+{
+    return s && s->tls;
+}
+
+int iol_stream_tls_alpn(const iol_stream *s, char *buf, size_t size)
+{
+    if (!s || (!buf && size > 0))
+        return -EINVAL;
+    if (!s->tls || s->tls->phase != TLS_OPEN)
+        return -ENOTCONN;
+    const unsigned char *proto = NULL;
+    unsigned len = 0;
+    SSL_get0_alpn_selected(s->tls->ssl, &proto, &len);
+    if (len + 1 > size)
+        return -ENOSPC;
+    if (len)
+        memcpy(buf, proto, len);
+    buf[len] = '\0';
+    return (int)len;
+}
+
+bool iol_stream_tls_resumed(const iol_stream *s)
+{
+    return s && s->tls && s->tls->phase == TLS_OPEN && SSL_session_reused(s->tls->ssl);
+}
