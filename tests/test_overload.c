@@ -278,7 +278,8 @@ static void storm_against_cap(int shard)
     ck_assert_uint_eq(rs.holds_rate, 0);
     iol_listener_stats ls;
     ck_assert_int_eq(iol_runtime_listener_stats(sv->rt, id, &ls, sizeof ls), 0);
-    ck_assert_uint_eq(ls.holds_connections, rs.holds_connections);
+    /* Read later, while the holds go on (one per 10 ms recheck). */
+    ck_assert_uint_ge(ls.holds_connections, rs.holds_connections);
     ck_assert_uint_eq(ls.accepted, (uint64_t)atomic_load(&sv->accepted));
 
     /* The storm ends: every connection closes, queued ones included. */
