@@ -280,7 +280,7 @@ static void storm_against_cap(int shard)
     ck_assert_int_eq(iol_runtime_listener_stats(sv->rt, id, &ls, sizeof ls), 0);
     /* Read later, while the holds go on (one per 10 ms recheck). */
     ck_assert_uint_ge(ls.holds_connections, rs.holds_connections);
-    ck_assert_uint_eq(ls.accepted, (uint64_t)atomic_load(&sv->accepted));
+    ck_assert_uint_ge(ls.accepted, (uint64_t)(2 * cap)); /* both workers filled (and the steady one) */
 
     /* The storm ends: every connection closes, queued ones included. */
     close(go[1]);
