@@ -528,20 +528,28 @@ START_TEST(test_handoff_balance)
     int id = iol_runtime_listen(sv.rt, &lc);
     ck_assert_int_ge(id, 0);
     uint16_t port = (uint16_t)iol_runtime_listener_port(sv.rt, id);
-    int n = (int)iol_test_scaled(1000, 40);
+    /* Clients arrive in pairs, back to back, each pair after the one
+     * before was accepted: the second of a pair lands while the first is
+     * on its way to its worker (counted as pending, or not yet taken),
+     * and must go to the other worker. One burst of all n is not
+     * deterministic: a worker that does not come to its queue for 10 ms
+     * (valgrind runs one thread at a time; a loaded machine) rightly gets
+     * none of the rest of the burst by the stall rule (valgrind with a
+     * CPU hog: 5 of 20 runs, 1 vs 39 to 19 vs 21). Within a pair it cannot
+     * matter: a pair starts with both backlogs empty (all accepted), so
+     * the first goes by load, and the second to the other worker, stalled
+     * or not the first. */
+    int n = (int)iol_test_scaled(1000, 40) & ~1;
     int *clients = calloc((size_t)n, sizeof(int));
-    for (int i = 0; i < n; i++) {
-        clients[i] = connect_to(AF_INET, port);
-        ck_assert_int_ge(clients[i], 0);
+    for (int i = 0; i < n; i += 2) {
+        ck_assert_int_ge(clients[i] = connect_to(AF_INET, port), 0);
+        ck_assert_int_ge(clients[i + 1] = connect_to(AF_INET, port), 0);
+        wait_accepted(sv.rt, id, (uint64_t)i + 2);
+        uint64_t counts[MAX_WORKERS] = {0};
+        sum_counts(sv.rt, id, counts);
+        ck_assert_msg(counts[0] == counts[1], "after %d clients: %llu vs %llu", i + 2, (unsigned long long)counts[0],
+                      (unsigned long long)counts[1]);
     }
-    wait_accepted(sv.rt, id, (uint64_t)n);
-    uint64_t counts[MAX_WORKERS] = {0};
-    sum_counts(sv.rt, id, counts);
-    uint64_t lo = counts[0] < counts[1] ? counts[0] : counts[1];
-    uint64_t hi = counts[0] < counts[1] ? counts[1] : counts[0];
-    ck_assert_uint_gt(lo, 0);
-    ck_assert_msg((double)hi / (double)lo <= 1.1, "unbalanced: %llu vs %llu", (unsigned long long)counts[0],
-                  (unsigned long long)counts[1]);
 
     ck_assert_int_eq(iol_runtime_stop(sv.rt), 0);
     ck_assert_int_eq(iol_runtime_join(sv.rt), 0);
