@@ -528,20 +528,28 @@ START_TEST(test_handoff_balance)
     int id = iol_runtime_listen(sv.rt, &lc);
     ck_assert_int_ge(id, 0);
     uint16_t port = (uint16_t)iol_runtime_listener_port(sv.rt, id);
-    int n = (int)iol_test_scaled(1000, 40);
+    /* Clients arrive in pairs, back to back, each pair after the one
+     * before was accepted: the second of a pair lands while the first is
+     * on its way to its worker (counted as pending, or not yet taken),
+     * and must go to the other worker. One burst of all n is not
+     * deterministic: a worker that does not come to its queue for 10 ms
+     * (valgrind runs one thread at a time; a loaded machine) rightly gets
+     * none of the rest of the burst by the stall rule (valgrind with a
+     * CPU hog: 5 of 20 runs, 1 vs 39 to 19 vs 21). Within a pair it cannot
+     * matter: a pair starts with both backlogs empty (all accepted), so
+     * the first goes by load, and the second to the other worker, stalled
+     * or not the first. */
+    int n = (int)iol_test_scaled(1000, 40) & ~1;
     int *clients = calloc((size_t)n, sizeof(int));
-    for (int i = 0; i < n; i++) {
-        clients[i] = connect_to(AF_INET, port);
-        ck_assert_int_ge(clients[i], 0);
+    for (int i = 0; i < n; i += 2) {
+        ck_assert_int_ge(clients[i] = connect_to(AF_INET, port), 0);
+        ck_assert_int_ge(clients[i + 1] = connect_to(AF_INET, port), 0);
+        wait_accepted(sv.rt, id, (uint64_t)i + 2);
+        uint64_t counts[MAX_WORKERS] = {0};
+        sum_counts(sv.rt, id, counts);
+        ck_assert_msg(counts[0] == counts[1], "after %d clients: %llu vs %llu", i + 2, (unsigned long long)counts[0],
+                      (unsigned long long)counts[1]);
     }
-    wait_accepted(sv.rt, id, (uint64_t)n);
-    uint64_t counts[MAX_WORKERS] = {0};
-    sum_counts(sv.rt, id, counts);
-    uint64_t lo = counts[0] < counts[1] ? counts[0] : counts[1];
-    uint64_t hi = counts[0] < counts[1] ? counts[1] : counts[0];
-    ck_assert_uint_gt(lo, 0);
-    ck_assert_msg((double)hi / (double)lo <= 1.1, "unbalanced: %llu vs %llu", (unsigned long long)counts[0],
-                  (unsigned long long)counts[1]);
 
     ck_assert_int_eq(iol_runtime_stop(sv.rt), 0);
     ck_assert_int_eq(iol_runtime_join(sv.rt), 0);
@@ -617,18 +625,25 @@ static void accept_tell_hold(iol_loop *loop, int fd, const struct sockaddr *peer
 }
 
 typedef struct stall {
-    _Atomic int blocked, done;
+    _Atomic int blocked, release, done;
 } stall;
 
-static void stall_500ms(void *arg)
+/* Blocks its worker until the test releases it (60 s at most: a failed
+ * test's child exits and never releases). */
+static void stall_until_released(void *arg)
 {
     stall *st = arg;
     atomic_store(&st->blocked, 1);
-    usleep(500 * 1000);
+    double deadline = iol_test_now() + 60;
+    while (!atomic_load(&st->release) && iol_test_now() < deadline)
+        usleep(1000);
     atomic_store(&st->done, 1);
 }
 
-/* Worker 0 runs a 500 ms callback; connections keep being accepted and
+/* Worker 0 runs a long callback, until all the clients below are done: a
+ * fixed 500 ms was not enough under valgrind, where worker 0 then came back
+ * mid-run and rightly took its share of the rest (5 and 7 of 20 "not
+ * handed to worker 1"). Connections keep being accepted and
  * handed to worker 1 meanwhile. A few may go to worker 0 before it looks
  * stalled and wait. hold: worker 1's connections stay open, so by load
  * alone worker 0 (idle but blocked) would win again and again. */
@@ -645,7 +660,7 @@ static void run_not_stalled(bool hold)
     uint16_t port = (uint16_t)iol_runtime_listener_port(sv.rt, id);
     greet_clients_any(port, 4); /* warm up */
 
-    ck_assert_int_eq(iol_runtime_post(sv.rt, 0, stall_500ms, &st), 0);
+    ck_assert_int_eq(iol_runtime_post(sv.rt, 0, stall_until_released, &st), 0);
     while (!atomic_load(&st.blocked))
         usleep(100);
     enum { N = 20 };
@@ -670,6 +685,7 @@ static void run_not_stalled(bool hold)
         }
     }
     bool still_blocked = !atomic_load(&st.done);
+    atomic_store(&st.release, 1);
     for (int i = 0; i < nwaiting; i++)
         close(waiting[i]);
     for (int i = 0; i < nheld; i++)
@@ -682,7 +698,7 @@ static void run_not_stalled(bool hold)
             lat[j - 1] = t;
         }
     ck_assert_msg(nwaiting <= 3, "%d of %d connections not handed to worker 1 within 250 ms", nwaiting, N);
-    ck_assert(still_blocked || iol_test_under_valgrind());
+    ck_assert(still_blocked);
     if (!iol_test_under_valgrind())
         ck_assert_msg(lat[served / 2] < 0.010, "median handoff latency %.1f ms", lat[served / 2] * 1e3);
     fprintf(stderr, "handoff while worker 0 is blocked%s: %d of %d to worker 1, median %.2f ms, worst %.2f ms\n",
