@@ -762,7 +762,7 @@ typedef struct iol_runtime_stats {
 /* Fills *out (size = sizeof *out, as iol_loop_get_stats) with worker
  * index's statistics, or their aggregate for IOL_RUNTIME_ALL. Any thread,
  * from new until free. -EINVAL: NULL rt/out, size 0, index >= size and not
- * IOL_RUNTIME_ALL. -ENOMEM. */
+ * IOL_RUNTIME_ALL. */
 int iol_runtime_get_stats(iol_runtime *rt, unsigned index, iol_runtime_stats *out, size_t size);
 
 /* --------------------------------------------------------------- Streams */

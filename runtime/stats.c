@@ -4,7 +4,6 @@
 #include "runtime/runtime_impl.h"
 
 #include <errno.h>
-#include <stdlib.h>
 #include <string.h>
 
 static void add_loop_stats(iol_loop_stats *sum, const iol_loop_stats *w)
@@ -27,22 +26,6 @@ static void add_loop_stats(iol_loop_stats *sum, const iol_loop_stats *w)
     sum->signals += w->signals;
 }
 
-/* accepted[i] += on_accept calls of every listener on worker i. */
-static int add_accepted(iol_runtime *rt, unsigned nlisteners, uint64_t *accepted)
-{
-    uint64_t *counts = calloc(rt->n, sizeof *counts);
-    if (!counts)
-        return -ENOMEM;
-    for (unsigned id = 0; id < nlisteners; id++) {
-        if (iol_runtime_listener_counts(rt, (int)id, counts, rt->n) < 0)
-            continue;
-        for (unsigned i = 0; i < rt->n; i++)
-            accepted[i] += counts[i];
-    }
-    free(counts);
-    return 0;
-}
-
 int iol_runtime_get_stats(iol_runtime *rt, unsigned index, iol_runtime_stats *out, size_t size)
 {
     if (!rt || !out || size == 0 || (index >= rt->n && index != IOL_RUNTIME_ALL))
@@ -51,18 +34,13 @@ int iol_runtime_get_stats(iol_runtime *rt, unsigned index, iol_runtime_stats *ou
     unsigned nlisteners = rt->nlisteners; /* ids are 0..n-1 and never reused */
     pthread_mutex_unlock(&rt->mu);
 
-    uint64_t *accepted = calloc(rt->n, sizeof *accepted);
-    if (!accepted)
-        return -ENOMEM;
-    int err = add_accepted(rt, nlisteners, accepted);
-    if (err < 0) {
-        free(accepted);
-        return err;
-    }
     iol_runtime_stats s = { .workers = rt->n, .listeners = nlisteners };
+    /* One pass over the listeners: their accepted counts (the worker's,
+     * or every worker's) and their overload figures. */
     iol_listener_stats over = {0};
     for (unsigned id = 0; id < nlisteners; id++)
         (void)iol__listener_overload(rt, (int)id, index, &over);
+    s.accepted = over.accepted;
     s.holds_connections = over.holds_connections;
     s.holds_rate = over.holds_rate;
     s.held = over.held;
@@ -76,9 +54,7 @@ int iol_runtime_get_stats(iol_runtime *rt, unsigned index, iol_runtime_stats *ou
         int own = atomic_load_explicit(&rt->workers[i].own_handlers, memory_order_relaxed); /* relaxed: a statistic */
         w.handlers = w.handlers > (uint64_t)own ? w.handlers - (uint64_t)own : 0;
         add_loop_stats(&s.loop, &w);
-        s.accepted += accepted[i];
     }
-    free(accepted);
     if (size > sizeof s) {
         memset((char *)out + sizeof s, 0, size - sizeof s);
         size = sizeof s;
