@@ -286,6 +286,81 @@ START_TEST(test_recycling_cross_thread)
 }
 END_TEST
 
+/* One batch holding, in this order, nodes of another thread, of the
+ * consumer's own thread, and signal-reserve nodes, again and again: the
+ * consumer hands runs of the other thread's nodes back through the queue's
+ * own links, so a node of another kind between two of them must end the
+ * run. Otherwise the own and reserve nodes would land in the other
+ * thread's cache: nodes handed out twice, lost callbacks, growing caches. */
+struct lockstep {
+    iol__cbqueue *q;
+    _Atomic unsigned turn; /* odd: the producer pushes one node */
+    unsigned rounds;
+    size_t chunks_end;
+};
+
+static void *lockstep_producer(void *p)
+{
+    struct lockstep *l = p;
+    for (unsigned i = 0; i < l->rounds; i++) {
+        /* acquire/release: our push and the consumer's pushes alternate,
+         * so the batch interleaves owners in a known order. */
+        while (atomic_load_explicit(&l->turn, memory_order_acquire) != 2 * i + 1)
+            sched_yield();
+        HOT_ASSERT(iol__cbqueue_push(l->q, cb_a, TAG(1, 2 * i)) == 0);
+        HOT_ASSERT(iol__cbqueue_push(l->q, cb_a, TAG(1, 2 * i + 1)) == 0);
+        atomic_store_explicit(&l->turn, 2 * i + 2, memory_order_release);
+    }
+    l->chunks_end = iol__cbqueue_thread_chunks();
+    return NULL;
+}
+
+START_TEST(test_interleaved_owners_recycle)
+{
+    struct lockstep l = { .rounds = 300 };
+    HOT_ASSERT(iol__cbqueue_new(&l.q, 0) == 0);
+    atomic_init(&l.turn, 0);
+    size_t own_chunks = 0;
+    for (unsigned rep = 0; rep < 50; rep++) {
+        pthread_t th;
+        HOT_ASSERT(pthread_create(&th, NULL, lockstep_producer, &l) == 0);
+        for (unsigned i = 0; i < l.rounds; i++) {
+            /* Two own nodes, every third round a reserve node, then two of
+             * the producer's: runs of 2 broken by other kinds. */
+            HOT_ASSERT(iol__cbqueue_push(l.q, cb_b, TAG(0, 2 * i)) == 0);
+            if (i % 3 == 0)
+                HOT_ASSERT(iol__cbqueue_push_signal(l.q, cb_b, TAG(2, i)) == 0);
+            atomic_store_explicit(&l.turn, 2 * i + 1, memory_order_release);
+            while (atomic_load_explicit(&l.turn, memory_order_acquire) != 2 * i + 2)
+                sched_yield();
+        }
+        pthread_join(th, NULL);
+        atomic_store_explicit(&l.turn, 0, memory_order_relaxed);
+        uint64_t next[3] = { 0, 0, 0 };
+        iol__cbbatch b;
+        HOT_ASSERT(iol__cbqueue_take(l.q, &b));
+        iol_callback_fn fn;
+        void *arg;
+        while (iol__cbbatch_next(&b, &fn, &arg)) {
+            unsigned who = TAG_P(arg);
+            HOT_ASSERT(who < 3);
+            HOT_ASSERT(TAG_S(arg) == next[who]);
+            next[who] += who == 0 ? 2 : who == 1 ? 1 : 3;
+        }
+        ck_assert_uint_eq(next[0], 2 * l.rounds);
+        ck_assert_uint_eq(next[1], 2 * l.rounds);
+        ck_assert(!iol__cbqueue_take(l.q, &b));
+        ck_assert_uint_eq(iol__cbqueue_reserve_free(l.q), 256);
+        if (rep == 0)
+            own_chunks = iol__cbqueue_thread_chunks();
+        ck_assert_uint_eq(iol__cbqueue_thread_chunks(), own_chunks);
+        /* Each producer thread is new: it needs ceil(rounds / chunk). */
+        ck_assert_uint_le(l.chunks_end, (2 * l.rounds + iol__cbqueue_chunk_nodes() - 1) / iol__cbqueue_chunk_nodes());
+    }
+    iol__cbqueue_free(l.q);
+}
+END_TEST
+
 /* ---- signal reserve --------------------------------------------------- */
 
 START_TEST(test_signal_reserve_exhaustion)
@@ -550,6 +625,7 @@ int main(void)
 
     tc = iol_test_tcase("recycle", 60);
     tcase_add_test(tc, test_recycling_cross_thread);
+    tcase_add_test(tc, test_interleaved_owners_recycle);
     suite_add_tcase(s, tc);
 
     tc = iol_test_tcase("exit", 60);
