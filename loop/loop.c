@@ -486,8 +486,12 @@ static int iterate(iol_loop *loop, int cap_ms)
     bool watched = iol__loop_watched(loop);
     run_callbacks(loop, watched);
     run_due_timeouts(loop, watched);
-    /* seq_cst: pairs with stop()'s store (see iol_loop_stop). */
-    if (atomic_exchange(&loop->stop_requested, false))
+    /* seq_cst: pairs with stop()'s store (see iol_loop_stop). Load
+     * first, exchange only a set flag: the flag shares its cache line with
+     * `closed` and the waker's state, which every post reads, and an
+     * exchange per iteration would dirty that line under the producers. A
+     * stop() after our load is seen by the poll's recheck, as before. */
+    if (atomic_load(&loop->stop_requested) && atomic_exchange(&loop->stop_requested, false))
         return 1;
     if (loop->prepare_hooks.live)
         iol__loop_run_hooks(loop, &loop->prepare_hooks);
