@@ -309,6 +309,34 @@ START_TEST(close_releases_queued)
 }
 END_TEST
 
+/* The loop closed with buffers still queued (the peer never reads), and
+ * again with the stream's own close still pending: every release runs
+ * exactly once, in order, by the time iol_loop_close returns, since the
+ * caller may free its memory right after. */
+START_TEST(loop_close_releases_queued)
+{
+    for (int closed_first = 0; closed_first < 2; closed_first++) {
+        story st;
+        new_story(&st);
+        tag t0 = {&st, 0}, t1 = {&st, 1}, t2 = {&st, 2};
+        ck_assert_int_eq(iol_stream_write_ref(st.s, big, sizeof(big), on_release, &t0), 0);
+        ck_assert_int_eq(iol_stream_write_ref(st.s, big, 10, on_release, &t1), 0);
+        ck_assert_int_eq(iol_stream_sendfile(st.s, st.peer, 0, 10, on_release, &t2), 0);
+        if (closed_first)
+            ck_assert_int_eq(iol_stream_close(st.s), 0);
+        ck_assert_int_eq(st.nreleased, 0);
+        ck_assert_int_ge(iol_loop_close(st.loop, false), 0);
+        ck_assert_int_eq(st.nreleased, 3);
+        for (int i = 0; i < 3; i++) {
+            ck_assert_int_eq(st.released[i], 1);
+            ck_assert_int_eq(st.order[i], i);
+        }
+        ck_assert_int_eq(st.closes, 1);
+        close(st.peer);
+    }
+}
+END_TEST
+
 START_TEST(bad_args)
 {
     story st;
@@ -345,6 +373,7 @@ int main(void)
         {"sendfile_region", sendfile_region},
         {"sendfile_past_eof_closes", sendfile_past_eof_closes},
         {"close_releases_queued", close_releases_queued},
+        {"loop_close_releases_queued", loop_close_releases_queued},
         {"bad_args", bad_args},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
