@@ -78,8 +78,15 @@ int iol_loop_new(iol_loop **out, const iol_loop_config *cfg)
     loop->poller_ops = ops;
     if ((err = ops->create(&loop->poller)) < 0)
         goto fail;
-    if ((err = ops->add(loop->poller, iol__waker_fd(&loop->waker), IOL_READ)) < 0)
+    /* Edge-triggered where the backend can (epoll): the waker then reads
+     * its eventfd only now and then, not after every wakeup. */
+    if (ops->add_edge) {
+        if ((err = ops->add_edge(loop->poller, iol__waker_fd(&loop->waker))) < 0)
+            goto fail;
+        iol__waker_set_edge(&loop->waker);
+    } else if ((err = ops->add(loop->poller, iol__waker_fd(&loop->waker), IOL_READ)) < 0) {
         goto fail;
+    }
     iol__timer_heap_init(&loop->timers);
     loop->time_func = cfg->time_func;
     loop->time_ud = cfg->time_ud;

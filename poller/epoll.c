@@ -1,4 +1,5 @@
-/* poller/ — the epoll backend (level-triggered). */
+/* poller/ — the epoll backend (level-triggered; edge-triggered only for
+ * the loop's waker, see add_edge in poller.h). */
 #include "poller/poller.h"
 
 #include <errno.h>
@@ -86,6 +87,25 @@ static int epoll_add(iol__poller *p, int fd, unsigned events)
     if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
         return -errno;
     p->watched[fd] = (uint8_t)(REGISTERED | (events & (IOL_READ | IOL_WRITE)));
+    return 0;
+}
+
+/* The waker's eventfd: EPOLLET, so a write raises one event whether or
+ * not the counter was read since (eventfd_write wakes its waiters on
+ * every write). */
+static int epoll_add_edge(iol__poller *p, int fd)
+{
+    if (fd < 0)
+        return -EBADF;
+    if (is_added(p, fd))
+        return -EEXIST;
+    int err = reserve_fd(p, fd);
+    if (err)
+        return err;
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLET, .data.fd = fd };
+    if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        return -errno;
+    p->watched[fd] = (uint8_t)(REGISTERED | IOL_READ);
     return 0;
 }
 
@@ -184,6 +204,7 @@ const iol__poller_ops iol__poller_epoll = {
     .name = "epoll",
     .create = epoll_create_poller,
     .add = epoll_add,
+    .add_edge = epoll_add_edge,
     .modify = epoll_modify,
     .remove = epoll_remove,
     .forget = epoll_forget,

@@ -36,6 +36,13 @@ typedef struct iol__poller_ops {
     int (*modify)(iol__poller *p, int fd, unsigned events);
     /* -ENOENT if fd was not added. Works on an fd already closed. */
     int (*remove)(iol__poller *p, int fd);
+    /* Optional (NULL: the backend is level-triggered only). Adds fd for
+     * READ, edge-triggered: wait() reports IOL_READ once after each time
+     * the file signals readiness (every write to an eventfd), however much
+     * is left unread. For the loop's waker alone, which then need not read
+     * its eventfd after every wakeup (sync/waker.c): a system call saved
+     * per sleep. Same errors as add. */
+    int (*add_edge)(iol__poller *p, int fd);
     /* Optional (NULL: remove). fd is about to be closed: drop it from the
      * backend's own books without telling the kernel, where closing the
      * file unregisters it anyway (epoll). Saves a system call per closed

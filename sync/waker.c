@@ -56,6 +56,18 @@
  * once; that finish_sleep drains it. The eventfd never stays readable for
  * nothing, so the loop never spins on it.
  *
+ * EDGE-TRIGGERED (iol__waker_set_edge, on epoll). The read above costs a
+ * system call per wakeup, and a level-triggered poll needs it: an unread
+ * counter keeps the fd readable and every later poll would return at
+ * once. Polled with EPOLLET, the fd raises one event per write instead
+ * (eventfd_write wakes its waiters on every write, whatever the counter
+ * holds), so a counter left unread makes no poll return: the next write
+ * still wakes the next sleep, and a late write costs one early return, as
+ * above. We read only once IOL__WAKER_DRAIN_AT writes are owed, to keep
+ * the counter far from its limit (2^64 - 2, where writes would fail with
+ * EAGAIN). The lost-wakeup argument does not change: it never relied on
+ * the read, only on the write happening after the sleep was announced.
+ *
  * wake() is async-signal-safe: lock-free atomics and write(2), and it
  * preserves errno.
  */
@@ -79,6 +91,7 @@ int iol__waker_init(iol__waker *w)
     atomic_init(&w->state, 0);
     atomic_init(&w->writes, 0);
     w->owed = 0;
+    w->edge = false;
     return 0;
 }
 
@@ -87,6 +100,11 @@ void iol__waker_destroy(iol__waker *w)
     if (w->fd >= 0)
         close(w->fd);
     w->fd = -1;
+}
+
+void iol__waker_set_edge(iol__waker *w)
+{
+    w->edge = true;
 }
 
 void iol__waker_prepare_sleep(iol__waker *w)
@@ -106,7 +124,7 @@ void iol__waker_finish_sleep(iol__waker *w)
     unsigned old = atomic_exchange_explicit(&w->state, 0, memory_order_acquire);
     if (old & WOKEN)
         w->owed++;
-    if (w->owed == 0)
+    if (w->owed == 0 || (w->edge && w->owed < IOL__WAKER_DRAIN_AT))
         return;
     uint64_t v;
     ssize_t r;

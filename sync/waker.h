@@ -13,6 +13,7 @@ typedef struct iol__waker {
     _Atomic unsigned state;   /* see waker.c */
     _Atomic uint64_t writes;  /* eventfd writes made, for benchmarks */
     uint64_t owed;            /* consumer-private: writes won but not yet drained */
+    bool edge;                /* the fd is polled edge-triggered: drain rarely */
 } iol__waker;
 
 /* 0 or -errno of eventfd. */
@@ -21,6 +22,12 @@ int iol__waker_init(iol__waker *w);
 void iol__waker_destroy(iol__waker *w);
 static inline int iol__waker_fd(const iol__waker *w) { return w->fd; }
 
+/* The consumer polls the eventfd edge-triggered (a write raises one event
+ * whatever the counter holds): finish_sleep then reads it only once
+ * IOL__WAKER_DRAIN_AT writes are owed, not after every wakeup. Call
+ * before the first sleep. */
+#define IOL__WAKER_DRAIN_AT 4096u
+void iol__waker_set_edge(iol__waker *w);
 /* Consumer, before polling: announces the sleep with a full fence. The
  * caller MUST re-check its queue and stop flag after this and poll with
  * timeout 0 if there is work. */

@@ -7,9 +7,12 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "ioloop.h"
+#include "loop/loop_impl.h"
 #include "sync/cbqueue.h"
 #include "sync/waker.h"
 #include "testutil.h"
@@ -100,6 +103,77 @@ START_TEST(test_late_write_is_drained)
     ck_assert(!readable(&w)); /* ...and it is drained there */
     ck_assert_uint_eq(w.owed, 0);
     iol__waker_destroy(&w);
+}
+END_TEST
+
+/* The eventfd's counter, as the kernel shows it in fdinfo. */
+static uint64_t eventfd_count(int fd)
+{
+    char path[64], line[128];
+    snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
+    FILE *f = fopen(path, "r");
+    HOT_ASSERT(f != NULL);
+    unsigned long long v = ~0ull;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "eventfd-count: %llx", &v) == 1)
+            break;
+    fclose(f);
+    HOT_ASSERT(v != ~0ull);
+    return v;
+}
+
+static _Atomic unsigned edge_ran;
+static void edge_count(void *arg) { (void)arg; atomic_fetch_add(&edge_ran, 1); }
+static void *edge_run(void *loop)
+{
+    HOT_ASSERT(iol_loop_start(loop) == 0);
+    return NULL;
+}
+
+/* On epoll the waker's eventfd is polled edge-triggered: a wakeup costs
+ * no read (the counter keeps what was written), the loop still sleeps
+ * with an unread counter (no poll returns for it), every post still wakes
+ * it, and the counter is drained once IOL__WAKER_DRAIN_AT writes are owed. */
+START_TEST(test_edge_triggered_on_epoll)
+{
+    /* spin_us -1: every post below meets a sleeping loop. */
+    iol_loop_config cfg = { .poller = "epoll", .spin_us = -1, .make_current = IOL_CURRENT_NEVER };
+    iol_loop *loop;
+    ck_assert_int_eq(iol_loop_new(&loop, &cfg), 0);
+    ck_assert(loop->waker.edge);
+    int fd = iol__waker_fd(&loop->waker);
+    atomic_store(&edge_ran, 0);
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, edge_run, loop), 0);
+    unsigned rounds = IOL__WAKER_DRAIN_AT + 100;
+    uint64_t early = 0;
+    for (unsigned i = 0; i < rounds; i++) {
+        /* Post only to a sleeping loop, so each post makes one write. */
+        while (atomic_load(&loop->waker.state) != 1u)
+            sched_yield();
+        ck_assert_int_eq(iol_loop_add_callback(loop, edge_count, NULL), 0);
+        while (atomic_load(&edge_ran) != i + 1)
+            sched_yield();
+        if (i == 9)
+            early = eventfd_count(fd);
+    }
+    /* Ten writes, not read (a level-triggered waker would have read each). */
+    ck_assert_uint_ge(early, 5);
+    /* Asleep with the counter unread: it makes no poll return. */
+    while (atomic_load(&loop->waker.state) != 1u)
+        sched_yield();
+    ck_assert_uint_gt(eventfd_count(fd), 0);
+    iol_loop_stats a, b;
+    ck_assert_int_eq(iol_loop_get_stats(loop, &a, sizeof a), 0);
+    usleep(50000);
+    ck_assert_int_eq(iol_loop_get_stats(loop, &b, sizeof b), 0);
+    ck_assert_uint_le(b.iterations - a.iterations, 1);
+    /* Drained on the way: the counter never reached the drain mark twice. */
+    ck_assert_uint_ge(iol__waker_writes(&loop->waker), rounds - 10);
+    ck_assert_uint_lt(eventfd_count(fd), IOL__WAKER_DRAIN_AT);
+    ck_assert_int_eq(iol_loop_stop(loop), 0);
+    pthread_join(th, NULL);
+    ck_assert_int_eq(iol_loop_close(loop, false), 0);
 }
 END_TEST
 
@@ -277,6 +351,10 @@ int main(void)
     tcase_add_test(tc, test_one_write_per_sleep);
     tcase_add_test(tc, test_late_write_is_drained);
     tcase_add_test(tc, test_wake_from_signal_handler);
+    suite_add_tcase(s, tc);
+
+    tc = iol_test_tcase("loop", 120);
+    tcase_add_test(tc, test_edge_triggered_on_epoll);
     suite_add_tcase(s, tc);
 
     tc = iol_test_tcase("hunter", 120);
