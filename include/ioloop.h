@@ -74,8 +74,8 @@ typedef void (*iol_handler_fn)(int fd, unsigned events, void *arg);
 enum { IOL_CURRENT_IF_NONE = 0, IOL_CURRENT_ALWAYS, IOL_CURRENT_NEVER };
 
 typedef struct iol_loop_config {
-    union {
-        struct {
+    __extension__ union {
+        __extension__ struct { /* anonymous: C11; __extension__ quiets C++ -Wpedantic */
             /* "epoll", "poll", "select", "zmq" (with libzmq), "uring" (with
              * liburing); NULL: $IOL_POLLER, else best (epoll) */
             const char *poller;
@@ -572,8 +572,8 @@ int iol_loop_run_sync(iol_loop *loop, int (*fn)(iol_loop *loop, iol_future *done
 
 typedef struct iol_runtime iol_runtime;
 typedef struct iol_runtime_config {
-    union {
-        struct {
+    __extension__ union {
+        __extension__ struct { /* anonymous: C11; __extension__ quiets C++ -Wpedantic */
             unsigned workers;              /* 0: number of online CPUs */
             bool pin_threads;              /* pin worker i to CPU i % ncpu */
             const char *poller;            /* as iol_loop_config.poller */
@@ -651,8 +651,8 @@ int iol_runtime_worker_index(void);
 enum { IOL_SHARD_REUSEPORT = 0, IOL_SHARD_HANDOFF = 1 };
 typedef void (*iol_accept_fn)(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg);
 typedef struct iol_listen_config {
-    union {
-        struct {
+    __extension__ union {
+        __extension__ struct { /* anonymous: C11; __extension__ quiets C++ -Wpedantic */
             const char *host;         /* NULL: all addresses */
             uint16_t port;            /* 0: one ephemeral port shared by all workers */
             int backlog;              /* 0: SOMAXCONN */
@@ -785,8 +785,8 @@ int iol_stream_connect(iol_stream **out, iol_loop *loop, const char *host, uint1
                        iol_connect_fn cb, void *arg);
 
 typedef struct iol_connect_options {
-    union {
-        struct {
+    __extension__ union {
+        __extension__ struct { /* anonymous: C11; __extension__ quiets C++ -Wpedantic */
             size_t max_buffer_size; /* the stream's read limit; 0: 100 MiB */
             /* Seconds for the whole connect, name lookup and every address
              * together; past it cb gets -ETIMEDOUT. <= 0: no deadline. */
@@ -957,8 +957,8 @@ typedef struct iol_tls_ctx iol_tls_ctx;
 
 /* Fixed size, like the other config structs; zero is each default. */
 typedef struct iol_tls_config {
-    union {
-        struct {
+    __extension__ union {
+        __extension__ struct { /* anonymous: C11; __extension__ quiets C++ -Wpedantic */
             bool server; /* accepts handshakes; false: a client context */
             /* server: the default certificate chain (PEM, leaf first) and
              * its private key (PEM). */
