@@ -1,9 +1,16 @@
-/* loop/ — a fixed thread pool (Tornado's run_in_executor) and the loop's
+/* loop/ — a thread pool (Tornado's run_in_executor) and the loop's
  * default executor.
  *
  * One mutex + condvar guards a FIFO of work items; workers sleep on the
  * condvar. Shutdown drains the queue before the workers exit, so free
- * finishes queued work. Results travel through iol_future, which is itself
+ * finishes queued work.
+ * Threads start on demand, up to the pool's size: a submission starts one
+ * when the queue would hold more items than there are workers not busy
+ * with one (a worker signalled but not yet awake is not busy, and its
+ * item still queued, so a burst of N submissions starts N threads, never
+ * more). So a pool never used costs no thread: every loop has a default
+ * executor sized to the CPUs, and a runtime of N workers that each look
+ * up a name once holds N threads, not N times the CPUs. Results travel through iol_future, which is itself
  * thread-safe; the loop only sees them through add_future. */
 #include <errno.h>
 #include <pthread.h>
@@ -32,7 +39,10 @@ struct iol_executor {
     bool shutdown;                /* under lock: no new work, exit when drained */
     bool detached;                /* under lock: freed from a worker; the last one out frees */
     unsigned live;                /* under lock: workers not yet out of their loop */
-    unsigned nthreads;            /* started */
+    unsigned queued;              /* under lock: items in head..tail */
+    unsigned busy;                /* under lock: workers running an item */
+    unsigned max;                 /* the pool's size */
+    unsigned nthreads;            /* under lock: started (threads[0..nthreads)) */
     pthread_t threads[];
 };
 
@@ -43,10 +53,16 @@ static void executor_destroy(iol_executor *ex)
     free(ex);
 }
 
-static void executor_run_work(executor_work *w)
+/* Runs w outside the lock. The worker counts as free again before the
+ * future resolves: whoever waits for it (a loop) may submit the next item
+ * at once, and that item must find this worker, not start another. */
+static void executor_run_work(iol_executor *ex, executor_work *w)
 {
     void *result = NULL;
     int rc = w->fn(w->arg, &result);
+    pthread_mutex_lock(&ex->lock);
+    ex->busy--;
+    pthread_mutex_unlock(&ex->lock);
     if (rc < 0)
         iol_future_set_error(w->future, rc);
     else
@@ -65,11 +81,13 @@ static void *executor_worker(void *arg)
         executor_work *w = ex->head;
         if (!w)
             break; /* shutdown and drained */
+        ex->queued--;
+        ex->busy++;
         ex->head = w->next;
         if (!ex->head)
             ex->tail = NULL;
         pthread_mutex_unlock(&ex->lock);
-        executor_run_work(w);
+        executor_run_work(ex, w);
         pthread_mutex_lock(&ex->lock);
     }
     ex->live--;
@@ -87,9 +105,13 @@ static void executor_shutdown_locked(iol_executor *ex)
     pthread_cond_broadcast(&ex->cond);
 }
 
+/* After shutdown, when no thread starts any more. */
 static void executor_join_all(iol_executor *ex)
 {
-    for (unsigned i = 0; i < ex->nthreads; i++)
+    pthread_mutex_lock(&ex->lock);
+    unsigned n = ex->nthreads;
+    pthread_mutex_unlock(&ex->lock);
+    for (unsigned i = 0; i < n; i++)
         pthread_join(ex->threads[i], NULL);
 }
 
@@ -115,35 +137,26 @@ int iol_executor_new(iol_executor **out, unsigned threads)
         free(ex);
         return -err;
     }
+    ex->max = threads;
+    *out = ex;
+    return 0;
+}
 
-    /* Workers start with every signal blocked, so process-directed
-     * signals go to the application's threads, never into a pool thread
-     * that is running someone else's blocking work. */
+/* Under lock: one more worker. Workers start with every signal blocked,
+ * so process-directed signals go to the application's threads, never into
+ * a pool thread that is running someone else's blocking work. 0 or the
+ * -errno of pthread_create. */
+static int executor_start_thread_locked(iol_executor *ex)
+{
     sigset_t all, saved;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &saved);
-    for (unsigned i = 0; i < threads; i++) {
-        pthread_mutex_lock(&ex->lock);
-        ex->live++;
-        pthread_mutex_unlock(&ex->lock);
-        if ((err = pthread_create(&ex->threads[i], NULL, executor_worker, ex))) {
-            pthread_mutex_lock(&ex->lock);
-            ex->live--;
-            pthread_mutex_unlock(&ex->lock);
-            break;
-        }
-        ex->nthreads++;
-    }
+    int err = pthread_create(&ex->threads[ex->nthreads], NULL, executor_worker, ex);
     pthread_sigmask(SIG_SETMASK, &saved, NULL);
-    if (err) {
-        pthread_mutex_lock(&ex->lock);
-        executor_shutdown_locked(ex);
-        pthread_mutex_unlock(&ex->lock);
-        executor_join_all(ex);
-        executor_destroy(ex);
+    if (err)
         return -err;
-    }
-    *out = ex;
+    ex->nthreads++;
+    ex->live++;
     return 0;
 }
 
@@ -247,11 +260,24 @@ int iol_loop_run_in_executor(iol_loop *loop, iol_executor *ex, int (*fn)(void *a
         iol_future_unref(f);
         return -ESHUTDOWN;
     }
+    if (ex->queued >= ex->nthreads - ex->busy && ex->nthreads < ex->max) {
+        /* More items than free workers once this one is in: start one. If
+         * none can start and none runs, nothing would ever take it. */
+        err = executor_start_thread_locked(ex);
+        if (err < 0 && ex->nthreads == 0) {
+            pthread_mutex_unlock(&ex->lock);
+            iol_future_unref(w->future);
+            free(w);
+            iol_future_unref(f);
+            return err;
+        }
+    }
     if (ex->tail)
         ex->tail->next = w;
     else
         ex->head = w;
     ex->tail = w;
+    ex->queued++;
     pthread_cond_signal(&ex->cond);
     pthread_mutex_unlock(&ex->lock);
     *out = f;

@@ -31,6 +31,17 @@ static int thread_count(void)
     return n;
 }
 
+static void *no_op_thread(void *arg) { return arg; }
+
+/* Sanitizer runtimes start a helper thread at the first pthread_create:
+ * let that happen before counting threads. */
+static void warm_up_threads(void)
+{
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, no_op_thread, NULL), 0);
+    pthread_join(t, NULL);
+}
+
 static void stop_loop(void *arg)
 {
     iol_loop_stop(arg);
@@ -350,11 +361,7 @@ static void pair_done(iol_future *f, void *arg)
 START_TEST(test_run_in_executor_default)
 {
     iol_loop *loop = new_loop();
-    /* Warm-up: sanitizer runtimes start a helper thread at the first
-     * pthread_create; let that happen before counting. */
-    iol_executor *warm;
-    ck_assert_int_eq(iol_executor_new(&warm, 1), 0);
-    iol_executor_free(warm);
+    warm_up_threads();
     int before = thread_count();
     iol_future *ok, *bad;
     ck_assert_int_eq(iol_loop_run_in_executor(loop, NULL, work_ok, (void *)7, &ok), 0);
@@ -386,13 +393,13 @@ START_TEST(test_set_default_executor)
     iol_loop *loop = new_loop();
     iol_executor *ex;
     ck_assert_int_eq(iol_executor_new(&ex, 1), 0);
-    int before = thread_count();
     ck_assert_int_eq(iol_loop_set_default_executor(loop, ex), 0);
     iol_future *a, *b;
     ck_assert_int_eq(iol_loop_run_in_executor(loop, ex, work_ok, NULL, &a), 0);
     pair_wait p = {.loop = loop, .left = 1};
     iol_loop_add_future(loop, a, pair_done, &p);
     iol_loop_start(loop);
+    int before = thread_count(); /* with the user's pool's one thread */
     pthread_t explicit_thread = atomic_load(&worker_seen);
     ck_assert_int_eq(iol_loop_run_in_executor(loop, NULL, work_ok, NULL, &b), 0);
     ck_assert_int_eq(thread_count(), before); /* no default pool was made */
@@ -405,6 +412,76 @@ START_TEST(test_set_default_executor)
     iol_future_unref(b);
     ck_assert_int_eq(iol_loop_close(loop, false), 0);
     iol_executor_free(ex); /* not owned by the loop */
+}
+END_TEST
+
+/* Threads start on demand: none at creation, one per item that finds no
+ * idle worker, never more than the pool's size, and an idle one is
+ * reused rather than a new one started. */
+static pthread_mutex_t gate_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cond = PTHREAD_COND_INITIALIZER;
+static bool gate_open;
+static _Atomic int gate_waiting;
+
+static int gated(void *arg, void **result)
+{
+    (void)arg;
+    (void)result;
+    pthread_mutex_lock(&gate_lock);
+    atomic_fetch_add(&gate_waiting, 1);
+    while (!gate_open)
+        pthread_cond_wait(&gate_cond, &gate_lock);
+    pthread_mutex_unlock(&gate_lock);
+    return 0;
+}
+
+static void wait_future(iol_loop *loop, iol_future *f)
+{
+    pair_wait p = {.loop = loop, .left = 1};
+    ck_assert_int_eq(iol_loop_add_future(loop, f, pair_done, &p), 0);
+    iol_loop_start(loop);
+    ck_assert(iol_future_done(f));
+    iol_future_unref(f);
+}
+
+START_TEST(test_executor_threads_on_demand)
+{
+    iol_loop *loop = new_loop();
+    warm_up_threads();
+    int base = thread_count();
+    iol_executor *ex;
+    ck_assert_int_eq(iol_executor_new(&ex, 3), 0);
+    ck_assert_int_eq(thread_count(), base);
+    /* The loop's own default pool, too, costs nothing until used. */
+    iol_future *f;
+    for (int i = 0; i < 5; i++) { /* one at a time: the idle one is reused */
+        ck_assert_int_eq(iol_loop_run_in_executor(loop, ex, work_ok, NULL, &f), 0);
+        wait_future(loop, f);
+    }
+    ck_assert_int_eq(thread_count(), base + 1);
+
+    /* Five blocking items at once: two more threads, then the size caps. */
+    gate_open = false;
+    atomic_store(&gate_waiting, 0);
+    iol_future *fs[5];
+    for (int i = 0; i < 5; i++)
+        ck_assert_int_eq(iol_loop_run_in_executor(loop, ex, gated, NULL, &fs[i]), 0);
+    while (atomic_load(&gate_waiting) < 3)
+        sleep_ms(1);
+    ck_assert_int_eq(thread_count(), base + 3);
+    pthread_mutex_lock(&gate_lock);
+    gate_open = true;
+    pthread_cond_broadcast(&gate_cond);
+    pthread_mutex_unlock(&gate_lock);
+    for (int i = 0; i < 5; i++)
+        wait_future(loop, fs[i]);
+    ck_assert_int_eq(atomic_load(&gate_waiting), 5);
+    ck_assert_int_eq(iol_loop_close(loop, false), 0);
+    iol_executor_free(ex);
+    /* A joined thread may linger in /proc for a moment after its exit. */
+    for (int i = 0; i < 200 && thread_count() > base; i++)
+        sleep_ms(10);
+    ck_assert_int_eq(thread_count(), base);
 }
 END_TEST
 
@@ -776,6 +853,7 @@ int main(void)
     tc = iol_test_tcase("executor", 30);
     tcase_add_test(tc, test_run_in_executor_default);
     tcase_add_test(tc, test_set_default_executor);
+    tcase_add_test(tc, test_executor_threads_on_demand);
     tcase_add_test(tc, test_replace_owned_default_executor);
     tcase_add_test(tc, test_executor_free_finishes_queue);
     tcase_add_test(tc, test_executor_bad_args);
