@@ -540,8 +540,11 @@ int iol_future_result(const iol_future *f, void **result);
 int iol_loop_add_future(iol_loop *loop, iol_future *f, void (*fn)(iol_future *f, void *arg), void *arg);
 
 typedef struct iol_executor iol_executor;
-/* A fixed pool of threads (0: number of online CPUs).
- * -EINVAL: out NULL or threads > 1024. -ENOMEM, -EAGAIN (pthread_create). */
+/* A pool of up to `threads` threads (0: number of online CPUs), started
+ * on demand: run_in_executor starts one when no started thread is free to
+ * take the item, so a pool that is never used costs no thread (every
+ * loop's default pool included). Any thread.
+ * -EINVAL: out NULL or threads > 1024. -ENOMEM. */
 int iol_executor_new(iol_executor **out, unsigned threads);
 /* Finishes queued work, joins the threads, frees (NULL ignored).
  * Not from one of its own threads. */
@@ -553,7 +556,8 @@ int iol_loop_set_default_executor(iol_loop *loop, iol_executor *ex);
  * use and owned by the loop). *out gets a future (caller's reference) that
  * resolves with result, or with fn's return if negative.
  * -EINVAL: NULL loop/fn/out. -EPERM. -ESHUTDOWN (loop closed, or ex being
- * freed). -ENOMEM. */
+ * freed). -ENOMEM. -EAGAIN: the pool has no thread yet and none could be
+ * started (pthread_create). */
 int iol_loop_run_in_executor(iol_loop *loop, iol_executor *ex, int (*fn)(void *arg, void **result), void *arg,
                              iol_future **out);
 /* Makes loop current, runs fn(loop, done, arg) as a callback, runs the loop
