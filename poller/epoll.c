@@ -72,7 +72,9 @@ static uint32_t to_epoll(unsigned events)
     return ((events & IOL_READ) ? EPOLLIN : 0) | ((events & IOL_WRITE) ? EPOLLOUT : 0);
 }
 
-static int epoll_add(iol__poller *p, int fd, unsigned events)
+/* Adds fd with these epoll events; `events` (IOL_READ|IOL_WRITE) is what
+ * wait() reports for it. */
+static int add_fd(iol__poller *p, int fd, uint32_t epoll_events, unsigned events)
 {
     if (fd < 0)
         return -EBADF;
@@ -81,7 +83,7 @@ static int epoll_add(iol__poller *p, int fd, unsigned events)
     int err = reserve_fd(p, fd);
     if (err)
         return err;
-    struct epoll_event ev = { .events = to_epoll(events), .data.fd = fd };
+    struct epoll_event ev = { .events = epoll_events, .data.fd = fd };
     /* EEXIST here means a closed fd's file is still alive through a dup;
      * EPERM means epoll cannot watch this kind of file (regular files). */
     if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
@@ -90,23 +92,17 @@ static int epoll_add(iol__poller *p, int fd, unsigned events)
     return 0;
 }
 
+static int epoll_add(iol__poller *p, int fd, unsigned events)
+{
+    return add_fd(p, fd, to_epoll(events), events);
+}
+
 /* The waker's eventfd: EPOLLET, so a write raises one event whether or
  * not the counter was read since (eventfd_write wakes its waiters on
  * every write). */
 static int epoll_add_edge(iol__poller *p, int fd)
 {
-    if (fd < 0)
-        return -EBADF;
-    if (is_added(p, fd))
-        return -EEXIST;
-    int err = reserve_fd(p, fd);
-    if (err)
-        return err;
-    struct epoll_event ev = { .events = EPOLLIN | EPOLLET, .data.fd = fd };
-    if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
-        return -errno;
-    p->watched[fd] = (uint8_t)(REGISTERED | IOL_READ);
-    return 0;
+    return add_fd(p, fd, EPOLLIN | EPOLLET, IOL_READ);
 }
 
 static int epoll_modify(iol__poller *p, int fd, unsigned events)
