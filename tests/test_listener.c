@@ -699,8 +699,10 @@ static void run_not_stalled(bool hold)
         }
     ck_assert_msg(nwaiting <= 3, "%d of %d connections not handed to worker 1 within 250 ms", nwaiting, N);
     ck_assert(still_blocked);
-    if (!iol_test_under_valgrind())
-        ck_assert_msg(lat[served / 2] < 0.010, "median handoff latency %.1f ms", lat[served / 2] * 1e3);
+    /* A sanity bound, not a speed figure (that is iol-bench's): worker 0
+     * stays blocked for the whole run, so a handoff that waited for it
+     * would not come back within the poll's 250 ms at all. */
+    ck_assert_msg(lat[served / 2] < 0.100, "median handoff latency %.1f ms", lat[served / 2] * 1e3);
     fprintf(stderr, "handoff while worker 0 is blocked%s: %d of %d to worker 1, median %.2f ms, worst %.2f ms\n",
             hold ? " (held)" : "", served, N, lat[served / 2] * 1e3, worst * 1e3);
     iol_runtime_free(sv.rt);

@@ -429,26 +429,36 @@ START_TEST(test_stop_from_on_start)
 }
 END_TEST
 
+typedef struct slow_gate {
+    _Atomic int started, released, done;
+} slow_gate;
+
 static void slow_cb(void *arg)
 {
-    _Atomic int *done = arg;
-    usleep(200 * 1000);
-    atomic_store(done, 1);
+    slow_gate *g = arg;
+    atomic_store(&g->started, 1);
+    while (!atomic_load(&g->released))
+        usleep(1000);
+    atomic_store(&g->done, 1);
 }
 
 START_TEST(test_stop_does_not_wait)
 {
-    /* A busy worker: stop returns at once, join waits for the callback. */
+    /* A busy worker: stop returns at once (were it to wait, the callback
+     * would never be released and the tcase would time out), join waits
+     * for the callback. No timing involved. */
     iol_runtime *rt = NULL;
-    _Atomic int done = 0;
+    slow_gate g = {0};
     ck_assert_int_eq(iol_runtime_new(&rt, &(iol_runtime_config){.workers = 1}), 0);
     ck_assert_int_eq(iol_runtime_start(rt), 0);
-    ck_assert_int_eq(iol_runtime_post(rt, 0, slow_cb, (void *)&done), 0);
-    usleep(20 * 1000);
+    ck_assert_int_eq(iol_runtime_post(rt, 0, slow_cb, &g), 0);
+    while (!atomic_load(&g.started))
+        usleep(1000);
     ck_assert_int_eq(iol_runtime_stop(rt), 0);
-    ck_assert_int_eq(atomic_load(&done), 0);
+    ck_assert_int_eq(atomic_load(&g.done), 0);
+    atomic_store(&g.released, 1);
     ck_assert_int_eq(iol_runtime_join(rt), 0);
-    ck_assert_int_eq(atomic_load(&done), 1);
+    ck_assert_int_eq(atomic_load(&g.done), 1);
     iol_runtime_free(rt);
 }
 END_TEST
