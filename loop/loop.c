@@ -413,7 +413,7 @@ static int poll_timeout_ms(iol_loop *loop)
 
 /* cap_ms >= 0 (run_once): the poll waits at most that long, and never
  * spins first (an embedding program owns the CPU between iterations). */
-static int loop_poll(iol_loop *loop, int cap_ms)
+static int loop_poll(iol_loop *loop, int cap_ms, uint64_t asleep)
 {
     /* Lost-wakeup argument (details in sync/waker.c): we announce the
      * sleep with a full fence BEFORE looking at the queue and the stop
@@ -425,9 +425,10 @@ static int loop_poll(iol_loop *loop, int cap_ms)
      * runs in full. */
     bool zmq_ready = iol__loop_zmq_recheck(loop); /* ZMQ_FD is edge-triggered: loop/zmq_handlers.c */
     bool after_batch = loop->ran_batch && cap_ms < 0;
-    if (after_batch && iol__spin_before_sleep(&loop->spin, loop->queue)) {
+    if (after_batch && iol__spin_before_sleep(&loop->spin, loop->queue, (int64_t)asleep)) {
         /* Skip the sleep protocol entirely: poll without blocking. */
         int n = loop->poller_ops->wait(loop->poller, loop->events, MAX_EVENTS, 0);
+        loop->awake_ns = iol__clock_ns();
         loop->nevents = n > 0 ? n : 0;
         return n < 0 ? n : 0;
     }
@@ -437,9 +438,10 @@ static int loop_poll(iol_loop *loop, int cap_ms)
     if (cap_ms >= 0 && timeout > cap_ms)
         timeout = cap_ms;
     int n = loop->poller_ops->wait(loop->poller, loop->events, MAX_EVENTS, timeout);
+    loop->awake_ns = iol__clock_ns();
     iol__waker_finish_sleep(&loop->waker);
     if (after_batch)
-        iol__spin_after_sleep(&loop->spin, !iol__cbqueue_empty(loop->queue));
+        iol__spin_after_sleep(&loop->spin, !iol__cbqueue_empty(loop->queue), (int64_t)loop->awake_ns);
     if (n < 0) {
         iol__log(IOL_LOG_ERROR, "poll failed: %s", strerror(-n));
         return n;
@@ -487,7 +489,7 @@ void iol__loop_release(iol_loop *loop)
  * ended it before the poll, 0, or the poll's -errno.
  * Busy and waiting time: two clock reads per iteration, around the poll
  * (vDSO, tens of ns each; an iteration that polls costs a syscall
- * anyway). loop->awake_ns is when the last poll returned. */
+ * anyway); the pre-sleep spin judges its waits by the same two reads. loop->awake_ns is when the last poll returned. */
 static int iterate(iol_loop *loop, int cap_ms)
 {
     bool watched = iol__loop_watched(loop);
@@ -508,8 +510,7 @@ static int iterate(iol_loop *loop, int cap_ms)
     iol__stats_max(&loop->stats.longest_iteration_ns, asleep - loop->awake_ns);
     /* relaxed: a statistic, read alone (current_poll_ns). */
     atomic_store_explicit(&loop->stats.polling_since, asleep, memory_order_relaxed);
-    int err = loop_poll(loop, cap_ms);
-    loop->awake_ns = iol__clock_ns();
+    int err = loop_poll(loop, cap_ms, asleep); /* sets loop->awake_ns */
     atomic_store_explicit(&loop->stats.polling_since, 0, memory_order_relaxed);
     iol__stats_add(&loop->stats.wait_ns, loop->awake_ns - asleep);
     iol__stats_add(&loop->stats.iterations, 1);

@@ -137,12 +137,11 @@ static int64_t spin_for_work(iol__cbqueue *q, int64_t start, int64_t window_ns)
     }
 }
 
-bool iol__spin_before_sleep(iol__spin *s, iol__cbqueue *q)
+bool iol__spin_before_sleep(iol__spin *s, iol__cbqueue *q, int64_t start)
 {
     s->learn_after_sleep = false;
     if (s->window_ns == 0)
         return false;
-    int64_t start = now_ns();
     bool probe = false;
     if (s->adaptive) {
         /* PROBES above: without credit, spin only at the first wait after
@@ -171,11 +170,11 @@ bool iol__spin_before_sleep(iol__spin *s, iol__cbqueue *q)
     return waited >= 0;
 }
 
-void iol__spin_after_sleep(iol__spin *s, bool arrived)
+void iol__spin_after_sleep(iol__spin *s, bool arrived, int64_t now)
 {
     if (!s->learn_after_sleep)
         return;
     s->learn_after_sleep = false;
-    int64_t waited = now_ns() - s->wait_start_ns;
+    int64_t waited = now - s->wait_start_ns;
     learn(s, !arrived ? -1 : waited > 0 ? waited : 0);
 }

@@ -21,6 +21,13 @@ static void nop(void *arg) { (void)arg; }
 
 /* ------------------------------------------------------- the policy alone */
 
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 START_TEST(test_init_validates)
 {
     iol__spin s;
@@ -47,8 +54,8 @@ START_TEST(test_never_spins)
     ck_assert_int_eq(iol__cbqueue_push(q, nop, NULL), 0);
     /* Not even work already queued turns a disabled spin into a look. */
     for (int i = 0; i < 200; i++) {
-        ck_assert(!iol__spin_before_sleep(&s, q));
-        iol__spin_after_sleep(&s, true);
+        ck_assert(!iol__spin_before_sleep(&s, q, mono_ns()));
+        iol__spin_after_sleep(&s, true, mono_ns());
     }
     ck_assert_uint_eq(s.spins, 0);
     iol__cbqueue_free(q);
@@ -62,12 +69,12 @@ START_TEST(test_fixed_always_spins)
     iol__spin s;
     ck_assert_int_eq(iol__spin_init(&s, 1), 0);
     for (int i = 0; i < 200; i++) {
-        ck_assert(!iol__spin_before_sleep(&s, q)); /* nothing arrives: a miss */
-        iol__spin_after_sleep(&s, false);
+        ck_assert(!iol__spin_before_sleep(&s, q, mono_ns())); /* nothing arrives: a miss */
+        iol__spin_after_sleep(&s, false, mono_ns());
     }
     ck_assert_uint_eq(s.spins, 200);
     ck_assert_int_eq(iol__cbqueue_push(q, nop, NULL), 0);
-    ck_assert(iol__spin_before_sleep(&s, q));
+    ck_assert(iol__spin_before_sleep(&s, q, mono_ns()));
     ck_assert_uint_eq(s.spin_hits, 1);
     iol__cbqueue_free(q);
 }
@@ -81,7 +88,7 @@ START_TEST(test_adaptive_stops_after_misses_and_probes)
     ck_assert_int_eq(iol__spin_init(&s, 0), 0);
     /* A new loop spins (a flood or a ping-pong gets it from the start). */
     ck_assert_int_eq(iol__cbqueue_push(q, nop, NULL), 0);
-    ck_assert(iol__spin_before_sleep(&s, q));
+    ck_assert(iol__spin_before_sleep(&s, q, mono_ns()));
     ck_assert_uint_eq(s.spins, 1);
     iol__cbbatch b;
     iol_callback_fn fn;
@@ -92,17 +99,17 @@ START_TEST(test_adaptive_stops_after_misses_and_probes)
 
     /* Posts that never come within the window: spinning stops... */
     for (int i = 0; i < 100; i++) {
-        ck_assert(!iol__spin_before_sleep(&s, q));
-        iol__spin_after_sleep(&s, false);
+        ck_assert(!iol__spin_before_sleep(&s, q, mono_ns()));
+        iol__spin_after_sleep(&s, false, mono_ns());
     }
     uint64_t spun = s.spins;
     ck_assert_uint_lt(spun, 100);
     /* ...except for rare probes (at most one per 64 waits and per
      * millisecond tick: the waits here take 20 µs or more). */
     for (int i = 0; i < 640; i++) {
-        ck_assert(!iol__spin_before_sleep(&s, q));
+        ck_assert(!iol__spin_before_sleep(&s, q, mono_ns()));
         usleep(20);
-        iol__spin_after_sleep(&s, false);
+        iol__spin_after_sleep(&s, false, mono_ns());
     }
     ck_assert_uint_ge(s.spins - spun, 1);
     ck_assert_uint_le(s.spins - spun, 640 / 32);
@@ -114,12 +121,12 @@ START_TEST(test_adaptive_stops_after_misses_and_probes)
     uint64_t before;
     do {
         before = s.spins;
-        ck_assert(!iol__spin_before_sleep(&s, q));
+        ck_assert(!iol__spin_before_sleep(&s, q, mono_ns()));
         s.wait_start_ns += 1000000000;
-        iol__spin_after_sleep(&s, true);
+        iol__spin_after_sleep(&s, true, mono_ns());
     } while (s.spins != before); /* that was a probe: judged already */
     spun = s.spins;
-    ck_assert(!iol__spin_before_sleep(&s, q));
+    ck_assert(!iol__spin_before_sleep(&s, q, mono_ns()));
     ck_assert_uint_eq(s.spins, spun + 1);
     iol__cbqueue_free(q);
 }
