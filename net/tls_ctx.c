@@ -203,6 +203,9 @@ static SSL_CTX *ssl_ctx_base(iol_tls_ctx *ctx)
      * buffer may move between a WANT_WRITE and the retry (it is
      * compacted). Released buffers: an idle TLS stream stays small. */
     SSL_CTX_set_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+    /* One recv per burst of records rather than two per record (header,
+     * then body); tls_stream.c drains what it leaves inside OpenSSL. */
+    SSL_CTX_set_read_ahead(c, 1);
     if (ctx->server) {
         if (ctx->alpn)
             SSL_CTX_set_alpn_select_cb(c, alpn_select, ctx);
