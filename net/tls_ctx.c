@@ -209,8 +209,12 @@ static SSL_CTX *ssl_ctx_base(iol_tls_ctx *ctx)
     if (ctx->server) {
         if (ctx->alpn)
             SSL_CTX_set_alpn_select_cb(c, alpn_select, ctx);
-        SSL_CTX_set_tlsext_servername_callback(c, sni_select);
-        SSL_CTX_set_tlsext_servername_arg(c, ctx);
+        /* One certificate: nothing to choose, so no name check per
+         * handshake. */
+        if (ctx->n_extra_wanted) {
+            SSL_CTX_set_tlsext_servername_callback(c, sni_select);
+            SSL_CTX_set_tlsext_servername_arg(c, ctx);
+        }
         static const unsigned char sid_ctx[] = "ioloop";
         SSL_CTX_set_session_id_context(c, sid_ctx, sizeof(sid_ctx) - 1);
         if (!ctx->resumption) {
@@ -333,6 +337,7 @@ int iol_tls_ctx_new(iol_tls_ctx **out, const iol_tls_config *cfg)
     ctx->verify = !cfg->server && !cfg->insecure_no_verify;
     ctx->resumption = !cfg->no_resumption;
     ctx->handshake_timeout = cfg->handshake_timeout == 0 ? 10.0 : cfg->handshake_timeout;
+    ctx->n_extra_wanted = cfg->server ? cfg->n_extra : 0;
     ERR_clear_error();
     int r = ctx_build(ctx, cfg);
     ERR_clear_error();
