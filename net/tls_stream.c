@@ -19,6 +19,16 @@ enum { TLS_RECORD_MAX = 16u << 10 }; /* plaintext of one record */
 
 static size_t tls_drain(iol_stream *s);
 
+/* SSL_get_error reads the thread's error queue, so it must be empty before
+ * each SSL call. It almost always is: ERR_peek_error looks at the queue's
+ * ends, where ERR_clear_error wipes all sixteen slots (1.5 % of a
+ * keep-alive HTTPS server's CPU with two calls per request). */
+static inline void tls_clear_errors(void)
+{
+    if (ERR_peek_error() != 0)
+        ERR_clear_error();
+}
+
 
 /* ------------------------------------------------------------------ Errors */
 
@@ -176,7 +186,7 @@ static int tls_read_record(iol_stream *s, size_t limit, int *n)
     size_t room = iol__buffer_tail_room(&s->rbuf);
     if (room > INT_MAX)
         room = INT_MAX;
-    ERR_clear_error();
+    tls_clear_errors();
     *n = SSL_read(s->tls->ssl, iol__buffer_data(&s->rbuf) + s->rbuf.len, (int)room);
     if (*n > 0)
         s->rbuf.len += (size_t)*n;
@@ -236,7 +246,7 @@ ssize_t iol__tls_send(iol_stream *s, const void *data, size_t len)
         return t->phase == TLS_DEAD ? -EPIPE : -EAGAIN; /* queued until the handshake is done */
     if (len > INT_MAX)
         len = INT_MAX; /* partial writes: the rest goes next round */
-    ERR_clear_error();
+    tls_clear_errors();
     int n = SSL_write(t->ssl, data, (int)len);
     if (n > 0) {
         t->write_wants_read = false;
