@@ -73,7 +73,7 @@ enum {
 extern const char *const http_error_names[HTTP_ERR_KINDS];
 
 typedef struct http_load_config {
-    const char *url;       /* http://host[:port]/path, IPv4 or a host name */
+    const char *url;       /* http[s]://host[:port]/path, IPv4 or a host name */
     unsigned connections;
     unsigned workers;      /* worker loops; capped at connections */
     double duration;       /* seconds of measuring */
@@ -81,6 +81,10 @@ typedef struct http_load_config {
     bool churn;            /* one request per connection */
     bool quiet;            /* no progress line */
     const char *label;     /* for the progress line; NULL: "http" */
+    /* https:// URLs: client TLS through our own TLS streams. */
+    bool tls_insecure;      /* no certificate or host name verification */
+    const char *tls_ca;     /* CA file (PEM); NULL: the system's trust store */
+    bool tls_no_resumption; /* every connection a full handshake */
 } http_load_config;
 
 typedef struct http_load_result {
@@ -100,8 +104,10 @@ typedef struct http_load_result {
 /* One measuring run. 0, or -EINVAL (bad config or URL), -EHOSTUNREACH (name
  * does not resolve), -ENOMEM, runtime errors. */
 int http_load_run(const http_load_config *cfg, http_load_result *out);
-/* Splits http://host[:port]/path. 0 or -EINVAL. */
-int http_parse_url(const char *url, char *host, size_t host_size, uint16_t *port, char *path, size_t path_size);
+/* Splits http://host[:port]/path or https://...; *tls says which (the
+ * default port is 80 or 443). 0 or -EINVAL. */
+int http_parse_url(const char *url, char *host, size_t host_size, uint16_t *port, char *path, size_t path_size,
+                   bool *tls);
 
 /* Output shared by http and compare http (bench/http.c). */
 #include <stdio.h>

@@ -15,6 +15,11 @@
  * the main thread fixes the deadline before the workers begin and each
  * worker's timer closes its connections at that deadline, so only replies
  * completed inside the window count.
+ *
+ * https:// URLs go through our own TLS streams (iol_tls_connect) instead
+ * of raw handlers: the point is to load a server with the library's TLS
+ * client, and OpenSSL needs a stream around it anyway. The parser and the
+ * accounting are the same; only how bytes come and go differs.
  */
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -58,6 +63,7 @@ struct worker;
 struct conn {
     struct worker *w;
     int fd;
+    iol_stream *s;          /* TLS only: the connection's stream (fd is then -1) */
     enum conn_state state;
     unsigned events;        /* what the handler is registered for */
     size_t sent;
@@ -75,6 +81,11 @@ struct conn {
 struct load {
     http_load_config cfg;
     struct sockaddr_in addr;
+    char ip[INET_ADDRSTRLEN]; /* addr, for iol_tls_connect */
+    char host[256];           /* the URL's host: SNI and the name verified */
+    uint16_t port;
+    iol_tls_ctx *tls;         /* https:// only */
+    atomic_bool tls_failure_told; /* the first handshake failure is printed, once */
     char *request;
     size_t request_len;
     double deadline;           /* loop time (CLOCK_MONOTONIC seconds) */
@@ -110,18 +121,29 @@ static uint64_t now_ns(void)
 
 static void conn_open(struct conn *c);
 static void on_conn_io(int fd, unsigned events, void *arg);
+static void tls_conn_open(struct conn *c);
+static void tls_send(struct conn *c);
+static void tls_read_more(struct conn *c);
 
 static void conn_close(struct conn *c, bool reset)
 {
+    /* An abortive close leaves no TIME_WAIT behind on our side, which
+     * churn would otherwise fill the ephemeral port range with. */
+    struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+    if (c->s) {
+        if (reset)
+            setsockopt(iol_stream_fd(c->s), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        /* Its pending read fails later with c->s no longer it: ignored. */
+        (void)iol_stream_close(c->s); /* -EALREADY when it closed itself */
+        c->s = NULL;
+        c->state = C_IDLE;
+        return;
+    }
     if (c->fd < 0)
         return;
     iol_loop_remove_handler(c->w->loop, c->fd);
-    if (reset) {
-        /* An abortive close leaves no TIME_WAIT behind on our side, which
-         * churn would otherwise fill the ephemeral port range with. */
-        struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+    if (reset)
         setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    }
     close(c->fd);
     c->fd = -1;
     c->state = C_IDLE;
@@ -158,6 +180,8 @@ static int error_kind(int err)
         return HTTP_ERR_RESET;
     case ETIMEDOUT:
         return HTTP_ERR_TIMEOUT;
+    /* TLS: EKEYREJECTED (verification), EPROTO (not TLS, no common
+     * cipher...) are "other", with the first one printed. */
     default:
         return HTTP_ERR_OTHER;
     }
@@ -165,6 +189,11 @@ static int error_kind(int err)
 
 static void conn_set_events(struct conn *c, unsigned events)
 {
+    if (c->s) {
+        if (events & IOL_READ)
+            tls_read_more(c);
+        return;
+    }
     if (c->events == events)
         return;
     iol_loop_update_handler(c->w->loop, c->fd, events);
@@ -174,6 +203,10 @@ static void conn_set_events(struct conn *c, unsigned events)
 static void conn_send(struct conn *c)
 {
     const struct load *ld = c->w->ld;
+    if (c->s) {
+        tls_send(c);
+        return;
+    }
     while (c->sent < ld->request_len) {
         ssize_t n = send(c->fd, ld->request + c->sent, ld->request_len - c->sent, MSG_NOSIGNAL);
         if (n < 0) {
@@ -209,6 +242,10 @@ static void conn_open(struct conn *c)
     struct worker *w = c->w;
     if (w->stopping)
         return;
+    if (w->ld->tls) {
+        tls_conn_open(c);
+        return;
+    }
     uint64_t start = now_ns();
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -403,26 +440,49 @@ static void reply_complete(struct conn *c, bool eof)
     conn_open(c);
 }
 
+/* n new bytes sit at the end of buf: true once the reply ended (or the
+ * connection failed) and the connection moved on. */
+static bool conn_take(struct conn *c, size_t n)
+{
+    if (c->state == C_DRAINING) { /* bytes after the reply: ignore */
+        c->len = 0;
+        return false;
+    }
+    c->len += n;
+    enum parse_result r = parse(c);
+    if (r == PARSE_DONE) {
+        reply_complete(c, false);
+        return true;
+    }
+    if (r == PARSE_ERROR) {
+        conn_fail(c, HTTP_ERR_OTHER);
+        return true;
+    }
+    return false;
+}
+
+/* The server closed: the end of a drain, of a reply without a length, or
+ * a reset in the middle of one. */
+static void conn_eof(struct conn *c)
+{
+    if (c->state == C_DRAINING) {
+        conn_close(c, false);
+        conn_open(c);
+    } else if (c->ps == P_UNTIL_CLOSE) {
+        reply_complete(c, true);
+    } else {
+        conn_fail(c, HTTP_ERR_RESET);
+    }
+}
+
 static void conn_read(struct conn *c)
 {
     for (;;) {
         size_t space = sizeof c->buf - c->len;
         ssize_t n = recv(c->fd, c->buf + c->len, space, 0);
         if (n > 0) {
-            if (c->state == C_DRAINING) { /* bytes after the reply: ignore */
-                c->len = 0;
-                continue;
-            }
-            c->len += (size_t)n;
-            enum parse_result r = parse(c);
-            if (r == PARSE_DONE) {
-                reply_complete(c, false);
+            if (conn_take(c, (size_t)n))
                 return;
-            }
-            if (r == PARSE_ERROR) {
-                conn_fail(c, HTTP_ERR_OTHER);
-                return;
-            }
             /* A short read emptied the socket: wait for the next event
              * rather than pay a recv that says EAGAIN. The parser left
              * room (bodies are consumed, full headers are an error). */
@@ -431,14 +491,7 @@ static void conn_read(struct conn *c)
             continue;
         }
         if (n == 0) {
-            if (c->state == C_DRAINING) {
-                conn_close(c, false);
-                conn_open(c);
-            } else if (c->ps == P_UNTIL_CLOSE) {
-                reply_complete(c, true);
-            } else {
-                conn_fail(c, HTTP_ERR_RESET);
-            }
+            conn_eof(c);
             return;
         }
         if (errno == EINTR)
@@ -478,6 +531,90 @@ static void on_conn_io(int fd, unsigned events, void *arg)
     case C_IDLE:
         break;
     }
+}
+
+/* ---------------------------------------------------------------- TLS */
+
+static void tls_tell_failure(struct conn *c, int err)
+{
+    struct load *ld = c->w->ld;
+    if (ld->cfg.quiet || atomic_exchange_explicit(&ld->tls_failure_told, true, memory_order_relaxed))
+        return;
+    fprintf(stderr, "iol-bench http: TLS handshake with %s failed: %s%s\n", ld->host, strerror(-err),
+            err == -EKEYREJECTED ? " (certificate not trusted or not for this name: --ca FILE or --insecure)" : "");
+}
+
+static void tls_on_read(iol_stream *s, const char *data, size_t len, int status, void *arg)
+{
+    struct conn *c = arg;
+    if (s != c->s) /* a closed connection's read, failing late */
+        return;
+    if (len > 0) {
+        memcpy(c->buf + c->len, data, len); /* at most the room asked for */
+        if (conn_take(c, len))
+            return;
+    }
+    if (status < 0) {
+        conn_eof(c); /* closed: close_notify, FIN or reset alike */
+        return;
+    }
+    tls_read_more(c);
+}
+
+static void tls_read_more(struct conn *c)
+{
+    int r = iol_stream_read_bytes(c->s, sizeof c->buf - c->len, true, tls_on_read, c);
+    if (r < 0 && r != -EBUSY) /* EBUSY: the read is already waiting */
+        conn_fail(c, error_kind(-r));
+}
+
+static void tls_send(struct conn *c)
+{
+    const struct load *ld = c->w->ld;
+    int r = iol_stream_write(c->s, ld->request, ld->request_len, NULL, NULL);
+    if (r < 0) {
+        conn_fail(c, error_kind(-r));
+        return;
+    }
+    c->state = C_READING;
+    tls_read_more(c);
+}
+
+static void tls_on_connected(iol_stream *s, int status, void *arg)
+{
+    struct conn *c = arg;
+    if (s != c->s)
+        return;
+    if (status < 0) {
+        c->s = NULL; /* the stream closes itself after this callback */
+        c->state = C_IDLE;
+        if (status != -ECONNREFUSED && status != -ETIMEDOUT)
+            tls_tell_failure(c, status);
+        conn_fail(c, error_kind(-status));
+        return;
+    }
+    request_start(c, c->w->ld->cfg.churn ? c->start_ns : now_ns());
+}
+
+static void tls_conn_open(struct conn *c)
+{
+    struct worker *w = c->w;
+    struct load *ld = w->ld;
+    c->start_ns = now_ns();
+    c->len = 0;
+    c->s = NULL;
+    c->state = C_CONNECTING;
+    int r = iol_tls_connect(&c->s, w->loop, ld->ip, ld->port, NULL, ld->tls, ld->host, tls_on_connected, c);
+    if (r < 0) {
+        c->s = NULL;
+        c->state = C_IDLE;
+        w->errors[HTTP_ERR_OTHER]++;
+        iol_loop_call_later(w->loop, RETRY_DELAY_S, on_retry, c, &c->retry);
+        return;
+    }
+    /* TCP_NODELAY, as the plain connections (the request is one write). */
+    int one = 1;
+    setsockopt(iol_stream_fd(c->s), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
 static void worker_close_all(struct worker *w)
@@ -555,11 +692,19 @@ static void worker_on_stop(iol_loop *loop, unsigned index, void *arg)
         worker_close_all(&ld->workers[index]);
 }
 
-int http_parse_url(const char *url, char *host, size_t host_size, uint16_t *port, char *path, size_t path_size)
+int http_parse_url(const char *url, char *host, size_t host_size, uint16_t *port, char *path, size_t path_size,
+                   bool *tls)
 {
-    if (strncmp(url, "http://", 7) != 0)
+    const char *h;
+    if (strncmp(url, "http://", 7) == 0) {
+        h = url + 7;
+        *tls = false;
+    } else if (strncmp(url, "https://", 8) == 0) {
+        h = url + 8;
+        *tls = true;
+    } else {
         return -EINVAL;
-    const char *h = url + 7;
+    }
     const char *slash = strchr(h, '/');
     const char *hend = slash ? slash : h + strlen(h);
     const char *colon = memchr(h, ':', (size_t)(hend - h));
@@ -568,7 +713,7 @@ int http_parse_url(const char *url, char *host, size_t host_size, uint16_t *port
         return -EINVAL;
     memcpy(host, h, (size_t)(name_end - h));
     host[name_end - h] = '\0';
-    *port = 80;
+    *port = *tls ? 443 : 80;
     if (colon) {
         char *e;
         long p = strtol(colon + 1, &e, 10);
@@ -584,9 +729,10 @@ int http_parse_url(const char *url, char *host, size_t host_size, uint16_t *port
 
 static int load_prepare(struct load *ld, const http_load_config *cfg)
 {
-    char host[256], path[2048];
+    char *host = ld->host, path[2048];
     uint16_t port;
-    if (http_parse_url(cfg->url, host, sizeof host, &port, path, sizeof path) < 0)
+    bool tls;
+    if (http_parse_url(cfg->url, host, sizeof ld->host, &port, path, sizeof path, &tls) < 0)
         return -EINVAL;
     struct addrinfo hints = { .ai_family = AF_INET, .ai_socktype = SOCK_STREAM }, *res;
     char port_text[8];
@@ -595,6 +741,16 @@ static int load_prepare(struct load *ld, const http_load_config *cfg)
         return -EHOSTUNREACH;
     memcpy(&ld->addr, res->ai_addr, sizeof ld->addr);
     freeaddrinfo(res);
+    /* Connections go to the address found once, not to a lookup each. */
+    inet_ntop(AF_INET, &ld->addr.sin_addr, ld->ip, sizeof ld->ip);
+    ld->port = port;
+    if (tls) {
+        iol_tls_config tc = { .insecure_no_verify = cfg->tls_insecure, .ca_file = cfg->tls_ca,
+                              .no_resumption = cfg->tls_no_resumption };
+        int r = iol_tls_ctx_new(&ld->tls, &tc);
+        if (r < 0)
+            return r;
+    }
 
     size_t cap = strlen(path) + strlen(host) + 128;
     ld->request = malloc(cap);
@@ -739,6 +895,7 @@ out_conns:
 out:
     free(ld->workers);
     free(ld->request);
+    iol_tls_ctx_unref(ld->tls); /* the streams went with the runtime */
     free(ld);
     return rc;
 }
@@ -964,11 +1121,18 @@ void http_report_add(bench_report *r, const char *impl, const char *label, const
 static void http_usage(FILE *f)
 {
     fputs("usage: iol-bench http [--connections C] [--workers N] [--duration S] [--churn]\n"
-          "                      [--timeout S] [--repeat R] [--json] [--plot F.svg] URL\n"
-          "  URL is http://host[:port]/path (IPv4 or a host name).\n"
+          "                      [--timeout S] [--repeat R] [--json] [--plot F.svg]\n"
+          "                      [--insecure | --ca FILE] [--tls-no-resumption] URL\n"
+          "  URL is http://host[:port]/path or https://... (IPv4 or a host name).\n"
           "  Keep-alive: one request in flight per connection, requests/s.\n"
           "  --churn: one request per connection (Connection: close), connections/s;\n"
-          "           latency then includes the connect.\n",
+          "           latency then includes the connect (and the TLS handshake).\n"
+          "  https:// loads through ioloop's own TLS client streams, verifying the\n"
+          "  server's certificate against the system's trust store and the URL's host:\n"
+          "  --insecure (-k): verify nothing (self-signed test certificates).\n"
+          "  --ca FILE: trust the CA certificates in FILE (PEM) instead.\n"
+          "  --tls-no-resumption: never resume a session, so with --churn every\n"
+          "           connection is a full handshake (the default resumes).\n",
           f);
     bench_usage_common(f);
 }
@@ -1002,7 +1166,13 @@ int bench_http(int argc, char **argv, const bench_opts *o)
             cfg.timeout = atof(argv[++i]);
             if (!(cfg.timeout > 0))
                 goto bad;
-        } else if (!strncmp(a, "http://", 7) && !cfg.url) {
+        } else if (!strcmp(a, "--insecure") || !strcmp(a, "-k")) {
+            cfg.tls_insecure = true;
+        } else if (!strcmp(a, "--ca") && i + 1 < argc) {
+            cfg.tls_ca = argv[++i];
+        } else if (!strcmp(a, "--tls-no-resumption")) {
+            cfg.tls_no_resumption = true;
+        } else if ((!strncmp(a, "http://", 7) || !strncmp(a, "https://", 8)) && !cfg.url) {
             cfg.url = a;
         } else {
             fprintf(stderr, "iol-bench http: unexpected argument '%s'\n", a);
@@ -1015,9 +1185,18 @@ int bench_http(int argc, char **argv, const bench_opts *o)
     }
     char host[256], path[2048];
     uint16_t port;
-    if (http_parse_url(cfg.url, host, sizeof host, &port, path, sizeof path) < 0) {
-        fprintf(stderr, "iol-bench http: bad URL '%s' (want http://host[:port]/path)\n", cfg.url);
+    bool tls;
+    if (http_parse_url(cfg.url, host, sizeof host, &port, path, sizeof path, &tls) < 0) {
+        fprintf(stderr, "iol-bench http: bad URL '%s' (want http[s]://host[:port]/path)\n", cfg.url);
         return 2;
+    }
+    if (!tls && (cfg.tls_insecure || cfg.tls_ca || cfg.tls_no_resumption)) {
+        fputs("iol-bench http: --insecure, --ca and --tls-no-resumption need an https:// URL\n", stderr);
+        goto bad;
+    }
+    if (cfg.tls_insecure && cfg.tls_ca) {
+        fputs("iol-bench http: --insecure verifies nothing, --ca verifies with FILE: pick one\n", stderr);
+        goto bad;
     }
     unsigned repeat = o->repeat > 0 ? (unsigned)o->repeat : 1;
     if (repeat > BENCH_MAX_REPEAT)
@@ -1029,8 +1208,9 @@ int bench_http(int argc, char **argv, const bench_opts *o)
     for (unsigned i = 0; i < repeat; i++) {
         rc = http_load_run(&cfg, &runs[i]);
         if (rc < 0) {
-            fprintf(stderr, "iol-bench http: %s: %s\n", cfg.url,
-                    rc == -EHOSTUNREACH ? "host does not resolve" : strerror(-rc));
+            fprintf(stderr, "iol-bench http: %s: %s%s%s\n", cfg.url,
+                    rc == -EHOSTUNREACH ? "host does not resolve" : strerror(-rc), cfg.tls_ca ? " (--ca " : "",
+                    cfg.tls_ca ? "FILE?)" : "");
             free(runs);
             return 1;
         }
@@ -1048,9 +1228,10 @@ int bench_http(int argc, char **argv, const bench_opts *o)
         json_escape(url, sizeof url, cfg.url);
         snprintf(params, sizeof params,
                  "{\"url\":\"%s\",\"connections\":%u,\"workers\":%u,\"duration\":%g,\"churn\":%s,\"repeat\":%u,"
-                 "\"timeout\":%g}",
+                 "\"timeout\":%g,\"tls\":%s,\"tls_verify\":%s,\"tls_resumption\":%s}",
                  url, cfg.connections, cfg.workers, cfg.duration, cfg.churn ? "true" : "false", repeat,
-                 cfg.timeout > 0 ? cfg.timeout : 2.0);
+                 cfg.timeout > 0 ? cfg.timeout : 2.0, tls ? "true" : "false",
+                 tls && !cfg.tls_insecure ? "true" : "false", tls && !cfg.tls_no_resumption ? "true" : "false");
         http_json_line(stdout, "ioloop", "iol-bench", params, runs, repeat, cfg.churn, NULL);
     }
     if (o->plot) {

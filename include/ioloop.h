@@ -934,8 +934,9 @@ iol_loop *iol_stream_loop(const iol_stream *s);
  * ordinary iol_stream: read_until/read_bytes/read_until_close, write,
  * watermarks, pause/resume and close work unchanged and carry plaintext.
  * Reads and writes made during the handshake wait for its end. Two
- * differences: the read buffer may pass max_buffer_size by less than one
- * TLS record (16 KiB: a record is decrypted whole), and a write's `done`
+ * differences: the read buffer may pass max_buffer_size by less than two
+ * TLS records (32 KiB: a record is decrypted whole, and the records that
+ * one recv brought in come along), and a write's `done`
  * runs once its bytes were encrypted and handed to the kernel. Use a TLS
  * stream's fd for nothing but options (bytes on it would corrupt the
  * record stream).

@@ -203,11 +203,18 @@ static SSL_CTX *ssl_ctx_base(iol_tls_ctx *ctx)
      * buffer may move between a WANT_WRITE and the retry (it is
      * compacted). Released buffers: an idle TLS stream stays small. */
     SSL_CTX_set_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+    /* One recv per burst of records rather than two per record (header,
+     * then body); tls_stream.c drains what it leaves inside OpenSSL. */
+    SSL_CTX_set_read_ahead(c, 1);
     if (ctx->server) {
         if (ctx->alpn)
             SSL_CTX_set_alpn_select_cb(c, alpn_select, ctx);
-        SSL_CTX_set_tlsext_servername_callback(c, sni_select);
-        SSL_CTX_set_tlsext_servername_arg(c, ctx);
+        /* One certificate: nothing to choose, so no name check per
+         * handshake. */
+        if (ctx->n_extra_wanted) {
+            SSL_CTX_set_tlsext_servername_callback(c, sni_select);
+            SSL_CTX_set_tlsext_servername_arg(c, ctx);
+        }
         static const unsigned char sid_ctx[] = "ioloop";
         SSL_CTX_set_session_id_context(c, sid_ctx, sizeof(sid_ctx) - 1);
         if (!ctx->resumption) {
@@ -330,6 +337,7 @@ int iol_tls_ctx_new(iol_tls_ctx **out, const iol_tls_config *cfg)
     ctx->verify = !cfg->server && !cfg->insecure_no_verify;
     ctx->resumption = !cfg->no_resumption;
     ctx->handshake_timeout = cfg->handshake_timeout == 0 ? 10.0 : cfg->handshake_timeout;
+    ctx->n_extra_wanted = cfg->server ? cfg->n_extra : 0;
     ERR_clear_error();
     int r = ctx_build(ctx, cfg);
     ERR_clear_error();

@@ -36,6 +36,7 @@ struct iol_tls_ctx {
     SSL_CTX **extra;    /* server: by SNI */
     X509 **extra_leaf;  /* the leaf of extra[i], matched against the SNI name */
     unsigned n_extra;
+    unsigned n_extra_wanted; /* server: cfg->n_extra (n_extra counts those loaded) */
     unsigned char *alpn; /* wire format: length-prefixed names */
     unsigned alpn_len;
     /* client: the last session per server name, so a reconnect resumes;

@@ -52,7 +52,9 @@ static char tmpdir[PATH_MAX];
 static int run_bench(const char *args, const char *out_path)
 {
     char cmd[4 * PATH_MAX];
-    snprintf(cmd, sizeof cmd, "TMPDIR='%s' '%s' %s >'%s' 2>'%s.err'", tmpdir, bench_path, args, out_path, out_path);
+    int n = snprintf(cmd, sizeof cmd, "TMPDIR='%s' '%s' %s >'%s' 2>'%s.err'", tmpdir, bench_path, args, out_path,
+                     out_path);
+    ck_assert(n > 0 && (size_t)n < sizeof cmd); /* -O3 proves no bound on args: check it */
     int st = system(cmd);
     if (st == -1 || !WIFEXITED(st))
         return -1;
@@ -412,7 +414,9 @@ END_TEST
 
 /* --------------------------------------------- agreement with wrk */
 
-static pid_t start_server(const char *exe, unsigned port, char *url, size_t url_size)
+/* http-hello on port; with cert and key it serves HTTPS. */
+static pid_t start_server_tls(const char *exe, unsigned port, const char *cert, const char *key, char *url,
+                              size_t url_size)
 {
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
@@ -424,10 +428,14 @@ static pid_t start_server(const char *exe, unsigned port, char *url, size_t url_
             dup2(devnull, STDOUT_FILENO);
             dup2(devnull, STDERR_FILENO);
         }
-        execl(exe, exe, "--host", "127.0.0.1", "--port", p, "--workers", "1", (char *)NULL);
+        if (cert)
+            execl(exe, exe, "--host", "127.0.0.1", "--port", p, "--workers", "1", "--tls-cert", cert, "--tls-key", key,
+                  (char *)NULL);
+        else
+            execl(exe, exe, "--host", "127.0.0.1", "--port", p, "--workers", "1", (char *)NULL);
         _exit(127);
     }
-    snprintf(url, url_size, "http://127.0.0.1:%u/", port);
+    snprintf(url, url_size, "%s://127.0.0.1:%u/", cert ? "https" : "http", port);
     /* Wait until it accepts. */
     for (int i = 0; i < 500; i++) {
         int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -444,6 +452,11 @@ static pid_t start_server(const char *exe, unsigned port, char *url, size_t url_
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     return -1;
+}
+
+static pid_t start_server(const char *exe, unsigned port, char *url, size_t url_size)
+{
+    return start_server_tls(exe, port, NULL, NULL, url, url_size);
 }
 
 static unsigned pick_port(void)
@@ -548,6 +561,100 @@ START_TEST(agrees_with_wrk)
 }
 END_TEST
 
+#ifdef IOL_HAVE_TLS
+/* ------------------------------------------------------- https:// */
+
+/* results of the first JSON line of out.json satisfy the Python
+ * expression cond (r: results, p: params). */
+static void check_results(const char *cond)
+{
+    char out[PATH_MAX + 16], cmd[PATH_MAX + 1024];
+    snprintf(out, sizeof out, "%s/out.json", tmpdir);
+    snprintf(cmd, sizeof cmd,
+             "python3 -c 'import json,sys; o=json.loads(open(sys.argv[1]).readline()); r=o[\"results\"]; "
+             "p=o[\"params\"]; assert %s, (r, p)' '%s'",
+             cond, out);
+    ck_assert_msg(system(cmd) == 0, "results fail %s", cond);
+}
+
+/* iol-bench http loads https:// through our TLS client streams, against
+ * http-hello serving HTTPS with a certificate made now (removed with
+ * tmpdir): verified with --ca (by IP and by name), not verified with
+ * --insecure, full handshakes on churn with --tls-no-resumption; an
+ * untrusted certificate is an error kind, not a crash or a hang. */
+START_TEST(https_through_our_tls_client)
+{
+    REQUIRE_BENCH();
+    char hello[PATH_MAX + 32], cmd[PATH_MAX + 512], cert[PATH_MAX + 16], key[PATH_MAX + 16];
+    snprintf(hello, sizeof hello, "%s/examples/http-hello", build_dir);
+    if (!have_program("openssl") || access(hello, X_OK) != 0) {
+        fprintf(stderr, "skip: openssl or %s missing\n", hello);
+        return;
+    }
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout key.pem "
+             "-out cert.pem -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -days 2 2>/dev/null",
+             tmpdir);
+    ck_assert_int_eq(system(cmd), 0);
+    snprintf(cert, sizeof cert, "%s/cert.pem", tmpdir);
+    snprintf(key, sizeof key, "%s/key.pem", tmpdir);
+    char url[64], args[PATH_MAX + 256];
+    unsigned port = pick_port();
+    pid_t server = start_server_tls(hello, port, cert, key, url, sizeof url);
+    ck_assert_msg(server > 0, "http-hello --tls-cert did not start");
+
+    snprintf(args, sizeof args, "http --connections 4 --workers 2 --duration 1 --repeat 1 --json --ca '%s' %s", cert,
+             url);
+    ck_assert_int_eq(smoke(args), 1);
+    check_results("r[\"requests\"] > 0 and sum(r[\"errors\"].values()) == 0 and p[\"tls\"] and p[\"tls_verify\"]");
+
+    snprintf(args, sizeof args,
+             "http --connections 4 --workers 1 --duration 1 --repeat 1 --churn --tls-no-resumption --json --ca '%s' "
+             "https://localhost:%u/",
+             cert, port);
+    ck_assert_int_eq(smoke(args), 1);
+    check_results("r[\"connections_per_sec\"] > 0 and sum(r[\"errors\"].values()) == 0 and "
+                  "not p[\"tls_resumption\"]");
+
+    snprintf(args, sizeof args, "http --connections 2 --workers 1 --duration 1 --repeat 1 --churn --insecure --json %s",
+             url);
+    ck_assert_int_eq(smoke(args), 1);
+    check_results("r[\"connections_per_sec\"] > 0 and sum(r[\"errors\"].values()) == 0 and not p[\"tls_verify\"]");
+
+    /* The system's trust store does not know our certificate. */
+    snprintf(args, sizeof args, "http --connections 2 --workers 1 --duration 1 --repeat 1 --json %s", url);
+    ck_assert_int_eq(smoke(args), 1);
+    check_results("r[\"requests\"] == 0 and r[\"errors\"][\"other\"] > 0");
+
+    char out[PATH_MAX + 16];
+    snprintf(out, sizeof out, "%s/bad.json", tmpdir);
+    snprintf(args, sizeof args, "http --duration 1 --insecure http://127.0.0.1:%u/", port); /* not https */
+    ck_assert_int_eq(run_bench(args, out), 2);
+    snprintf(args, sizeof args, "http --duration 1 --insecure --ca '%s' %s", cert, url); /* both */
+    ck_assert_int_eq(run_bench(args, out), 2);
+    snprintf(args, sizeof args, "http --duration 1 --repeat 1 --ca '%s/missing.pem' %s", tmpdir, url);
+    ck_assert_int_eq(run_bench(args, out), 1);
+    kill(server, SIGTERM);
+    waitpid(server, NULL, 0);
+}
+END_TEST
+
+/* compare http --tls loads the servers with our TLS client (no --wrk). */
+START_TEST(compare_https_smoke)
+{
+    REQUIRE_BENCH();
+    if (!have_program("openssl")) {
+        fprintf(stderr, "skip: openssl missing\n");
+        return;
+    }
+    int n = smoke("compare http --tls --churn --workers 1 --connections 4 --duration 1 --repeat 1 --json");
+    ck_assert_int_ge(n, 1);
+    check_results("o[\"impl\"] == \"ioloop\" and r[\"connections_per_sec\"] > 0 and p[\"load_generator\"] == \"iol-bench\"");
+    ck_assert_int_eq(leftover_servers(), 0);
+}
+END_TEST
+#endif
+
 static Suite *bench_suite(void)
 {
     Suite *s = suite_create("bench");
@@ -571,6 +678,10 @@ static Suite *bench_suite(void)
     tcase_add_test(tc, plot_writes_svg);
     tcase_add_test(tc, compare_http_smoke);
     tcase_add_test(tc, agrees_with_wrk);
+#ifdef IOL_HAVE_TLS
+    tcase_add_test(tc, https_through_our_tls_client);
+    tcase_add_test(tc, compare_https_smoke);
+#endif
     suite_add_tcase(s, tc);
     return s;
 }

@@ -488,6 +488,76 @@ START_TEST(plain_http_to_tls_port)
 }
 END_TEST
 
+/* Read-ahead: one recv takes every record the kernel holds. Two echoed
+ * records reach the client before it reads at all; its first read takes
+ * the first, and the second, which OpenSSL pulled in with it, must still
+ * answer a read made later, when the socket has nothing more to say. */
+typedef struct late_reader {
+    iol_loop *loop;
+    iol_stream *s;
+    char got[8];
+    size_t len;
+    int reads;
+} late_reader;
+
+static void late_on_read(iol_stream *s, const char *data, size_t len, int status, void *arg);
+
+static void late_read(void *arg)
+{
+    late_reader *r = arg;
+    ck_assert_int_eq(iol_stream_read_bytes(r->s, 2, false, late_on_read, r), 0);
+}
+
+static void late_on_read(iol_stream *s, const char *data, size_t len, int status, void *arg)
+{
+    late_reader *r = arg;
+    (void)s;
+    ck_assert_int_eq(status, 0);
+    ck_assert_uint_eq(len, 2);
+    memcpy(r->got + r->len, data, len);
+    r->len += len;
+    if (++r->reads == 2) {
+        iol_loop_stop(r->loop);
+        return;
+    }
+    /* Not from inside the callback: the stream's read loop ends first. */
+    ck_assert_int_eq(iol_loop_call_later(r->loop, 0.02, late_read, r, NULL), 0);
+}
+
+static void late_on_handshake(iol_stream *s, int status, void *arg)
+{
+    late_reader *r = arg;
+    ck_assert_int_eq(status, 0);
+    ck_assert_int_eq(iol_stream_write(s, "a\nb\n", 4, NULL, NULL), 0); /* echoed as two records */
+    ck_assert_int_eq(iol_loop_call_later(r->loop, 0.2, late_read, r, NULL), 0);
+}
+
+static void late_too_late(void *arg)
+{
+    (void)arg;
+    ck_abort_msg("the second record never reached the read (stuck in OpenSSL's read-ahead)");
+}
+
+START_TEST(records_read_ahead_reach_later_reads)
+{
+    iol_loop *loop = new_loop();
+    server sv;
+    server_start(&sv, loop, MODE_ECHO, 0);
+    iol_tls_ctx *cctx = client_ctx("ca.pem", NULL);
+    late_reader r = {.loop = loop};
+    ck_assert_int_eq(iol_tls_connect(&r.s, loop, "127.0.0.1", sv.port, NULL, cctx, "a.test", late_on_handshake, &r), 0);
+    iol_timeout t;
+    ck_assert_int_eq(iol_loop_call_later(loop, iol_test_under_valgrind() ? 30 : 3, late_too_late, NULL, &t), 0);
+    run_loop(loop);
+    iol_loop_remove_timeout(loop, t);
+    ck_assert_int_eq(r.reads, 2);
+    ck_assert(memcmp(r.got, "a\nb\n", 4) == 0);
+    iol_stream_close(r.s);
+    iol_tls_ctx_unref(cctx);
+    finish(loop, &sv);
+}
+END_TEST
+
 /* After the handshake the client's socket gets half a record and a FIN
  * behind the TLS stream's back: the server sees a truncated record. */
 static void trunc_on_handshake(iol_stream *s, int status, void *arg)
@@ -956,6 +1026,7 @@ int main(void)
         {"garbage_client_hello", garbage_client_hello},
         {"plain_http_to_tls_port", plain_http_to_tls_port},
         {"truncated_record", truncated_record},
+        {"records_read_ahead_reach_later_reads", records_read_ahead_reach_later_reads},
         {"handshake_deadline", handshake_deadline},
         {"close_notify_both_ways", close_notify_both_ways},
         {"starttls", starttls},
