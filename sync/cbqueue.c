@@ -637,46 +637,36 @@ static void batch_flush_returns(iol__cbbatch *b)
 
 /* Consumer: recycles a node whose fn/arg were read. Runs of nodes from one
  * producer (the common shape of a batch) go back to their owner with one
- * CAS instead of one per node.
- * A run is kept in queue order, through the queue's own links: a run's
- * nodes are adjacent in the batch, and the link between two of them was
- * stored by the owner itself when it pushed the second (node_alloc takes
- * from the pusher's own cache). So the consumer writes no node of a run
- * but its last (in chain_return): the lines it only read stay shared, and
- * the owner reuses them without fetching them back from our cache. Any
- * other node released in between breaks the adjacency: the run goes back
- * first. */
+ * CAS instead of one per node. */
 static inline void node_release(iol__cbbatch *b, struct iol__cbnode *n)
 {
     struct iol__nodecache *c = n->cache;
-    if (c && !is_overflow(c) && c != tls_cache) {
+    if (!c) {
+        reserve_push(b->q, n);
+        b->from_signal++;
+    } else if (is_overflow(c)) {
+        struct iol__ovchunk *ov = overflow_chunk(c);
+        if (b->ov != ov) {
+            if (b->ov_count)
+                overflow_release(b->ov, b->ov_count);
+            b->ov = ov;
+            b->ov_count = 0;
+        }
+        b->ov_count++;
+    } else if (c == tls_cache) {
+        /* relaxed: our own private list; no other thread reads it. */
+        atomic_store_explicit(&n->next, c->local, memory_order_relaxed);
+        c->local = n;
+        b->from_self++;
+    } else {
         if (b->ret_count && (b->ret_head->cache != c || b->ret_count >= RETURN_RUN_MAX))
             batch_flush_returns(b);
+        /* relaxed: the run is private until chain_return publishes it. */
+        atomic_store_explicit(&n->next, b->ret_head, memory_order_relaxed);
         if (!b->ret_count)
-            b->ret_head = n;
-        b->ret_tail = n;
+            b->ret_tail = n;
+        b->ret_head = n;
         b->ret_count++;
-    } else {
-        if (b->ret_count)
-            batch_flush_returns(b);
-        if (!c) {
-            reserve_push(b->q, n);
-            b->from_signal++;
-        } else if (is_overflow(c)) {
-            struct iol__ovchunk *ov = overflow_chunk(c);
-            if (b->ov != ov) {
-                if (b->ov_count)
-                    overflow_release(b->ov, b->ov_count);
-                b->ov = ov;
-                b->ov_count = 0;
-            }
-            b->ov_count++;
-        } else {
-            /* relaxed: our own private list; no other thread reads it. */
-            atomic_store_explicit(&n->next, c->local, memory_order_relaxed);
-            c->local = n;
-            b->from_self++;
-        }
     }
     if (!b->first)
         batch_flush_returns(b); /* drained: hand the last run back now */
