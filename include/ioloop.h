@@ -889,6 +889,17 @@ size_t iol_stream_write_buffer_size(const iol_stream *s);
 /* Write limit (Tornado's max_write_buffer_size) on the bytes not yet
  * written, zero-copy ones included; 0: unlimited (default). */
 int iol_stream_set_max_write_buffer(iol_stream *s, size_t max);
+/* Deferred writes, for a server that answers requests: with on, a write
+ * does not try the kernel inside iol_stream_write; the stream's writes of
+ * one loop iteration go out together, after its callbacks, through the
+ * loop's completion path (a loop on the uring poller: one send operation
+ * handed over in the io_uring_enter that waits, no system call of its
+ * own). Until then iol_stream_write_buffer_size counts them, and a write
+ * error closes the stream from the loop (the write itself returns 0).
+ * Without a completion path (other pollers, TLS streams, io_uring
+ * without buffer rings) the setting has no effect: writes go at once.
+ * Off by default. Loop thread. -EINVAL: NULL s. -EPIPE: closed. */
+int iol_stream_set_deferred_writes(iol_stream *s, bool on);
 /* Write watermarks for a producer: fn(s, true, arg) once the write buffer
  * holds more than high bytes, then fn(s, false, arg) once it drained to
  * low or less, and so on, alternating. fn runs on the loop thread, never

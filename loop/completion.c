@@ -50,7 +50,7 @@ static int submit(iol_loop *loop, iol__completion *c, unsigned kind, iol__poller
     return 0;
 }
 
-int iol__loop_recv(iol_loop *loop, iol__completion *c, unsigned kind, int fd, bool multishot)
+int iol__loop_recv(iol_loop *loop, iol__completion *c, unsigned kind, int fd, size_t max, bool multishot)
 {
     int err = iol__loop_check(loop);
     if (err)
@@ -63,7 +63,9 @@ int iol__loop_recv(iol_loop *loop, iol__completion *c, unsigned kind, int fd, bo
             return err;
         loop->ring_ready = true;
     }
-    return submit(loop, c, kind, (iol__poller_op){ .code = IOL__OP_RECV, .fd = fd, .multishot = multishot });
+    if (max >= RING_BUFFER_SIZE || multishot)
+        max = 0;
+    return submit(loop, c, kind, (iol__poller_op){ .code = IOL__OP_RECV, .fd = fd, .len = max, .multishot = multishot });
 }
 
 int iol__loop_send(iol_loop *loop, iol__completion *c, unsigned kind, int fd, const void *buf, size_t len)

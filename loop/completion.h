@@ -69,9 +69,10 @@ enum { /* iol__loop_completion_features bits (poller.h IOL__OPS_*) */
 
 /* >= 0: the loop has a completion path, with these bits; -ENOTSUP none. */
 int iol__loop_completion_features(iol_loop *loop);
-/* recv from the shared buffer ring; multishot: -ENOTSUP if the kernel
- * lacks it (then submit single-shot recvs). */
-int iol__loop_recv(iol_loop *loop, iol__completion *c, unsigned kind, int fd, bool multishot);
+/* recv from the shared buffer ring, at most max bytes (0 or more than a
+ * buffer: a buffer's worth); multishot (max ignored): -ENOTSUP if the
+ * kernel lacks it (then submit single-shot recvs). */
+int iol__loop_recv(iol_loop *loop, iol__completion *c, unsigned kind, int fd, size_t max, bool multishot);
 /* send len bytes of buf (kept alive by the caller until the result). */
 int iol__loop_send(iol_loop *loop, iol__completion *c, unsigned kind, int fd, const void *buf, size_t len);
 /* accept: results are new fds (nonblocking, close-on-exec). */

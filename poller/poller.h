@@ -59,7 +59,8 @@ enum {
     IOL__DONE_BUFFER = 2u, /* done.bid names a ring buffer holding the data */
 };
 typedef enum iol__op_code {
-    IOL__OP_RECV,   /* fd, buf/len (buf NULL: the buffer ring), multishot */
+    IOL__OP_RECV,   /* fd, buf/len (buf NULL: the buffer ring, at most len
+                       bytes, 0: a buffer), multishot (then len 0) */
     IOL__OP_SEND,   /* fd, buf/len; MSG_NOSIGNAL */
     IOL__OP_ACCEPT, /* fd, multishot; res: the new fd (nonblocking, cloexec) */
     IOL__OP_CLOSE,  /* fd */

@@ -430,7 +430,7 @@ static int uring_op_submit(iol__poller *p, const iol__poller_op *op)
         if (multishot) {
             io_uring_prep_recv_multishot(sqe, op->fd, NULL, 0, 0);
         } else {
-            io_uring_prep_recv(sqe, op->fd, op->buf, op->buf ? op->len : 0, 0);
+            io_uring_prep_recv(sqe, op->fd, op->buf, op->len, 0);
         }
         if (!op->buf) {
             sqe->flags |= IOSQE_BUFFER_SELECT;

@@ -99,7 +99,7 @@ START_TEST(test_other_backends)
         owner *o = new_owner(loop);
         ck_assert_int_eq(iol__loop_completion_features(loop), -ENOTSUP);
         ck_assert_int_eq(iol__loop_send(loop, &o->c, 0, 0, "x", 1), -ENOTSUP);
-        ck_assert_int_eq(iol__loop_recv(loop, &o->c, 0, 0, false), -ENOTSUP);
+        ck_assert_int_eq(iol__loop_recv(loop, &o->c, 0, 0, 0, false), -ENOTSUP);
         ck_assert_int_eq(iol__loop_accept(loop, &o->c, 0, 0, false), -ENOTSUP);
         ck_assert_int_eq(iol__loop_close_op(loop, &o->c, 0, 0), -ENOTSUP);
         ck_assert_uint_eq(o->c.inflight, 0);
@@ -140,10 +140,10 @@ START_TEST(test_send_recv)
     make_pair(sv);
     owner *rx = new_owner(loop), *tx = new_owner(loop);
     if (_i == 2)
-        ck_assert_int_eq(iol__loop_recv(loop, &rx->c, 0, sv[0], true), -ENOTSUP);
+        ck_assert_int_eq(iol__loop_recv(loop, &rx->c, 0, sv[0], 0, true), -ENOTSUP);
     if (multishot && !(features & IOL__COMPLETION_MULTISHOT_RECV))
         multishot = false;
-    ck_assert_int_eq(iol__loop_recv(loop, &rx->c, 0, sv[0], multishot), 0);
+    ck_assert_int_eq(iol__loop_recv(loop, &rx->c, 0, sv[0], 0, multishot), 0);
     ck_assert_int_eq(iol__loop_send(loop, &tx->c, 1, sv[1], "hello", 5), 0);
     ck_assert_uint_eq(rx->c.inflight, 1);
     run_until(loop, &tx->ended, 1);
@@ -238,8 +238,8 @@ START_TEST(test_cancel_one_kind)
     make_pair(sv);
     make_pair(sw);
     owner *o = new_owner(loop);
-    ck_assert_int_eq(iol__loop_recv(loop, &o->c, 0, sv[0], false), 0);
-    ck_assert_int_eq(iol__loop_recv(loop, &o->c, 1, sw[0], false), 0);
+    ck_assert_int_eq(iol__loop_recv(loop, &o->c, 0, sv[0], 0, false), 0);
+    ck_assert_int_eq(iol__loop_recv(loop, &o->c, 1, sw[0], 0, false), 0);
     ck_assert_int_eq(iol_loop_run_once(loop, 0), 0);
     ck_assert_int_eq(iol__loop_cancel(loop, &o->c, 0), 0);
     run_until(loop, &o->ended, 1);
@@ -289,7 +289,7 @@ START_TEST(test_loop_close_in_flight)
     owner *a = new_owner(loop), *b = new_owner(loop), *c = new_owner(loop);
     a->dying = b->dying = c->dying = true;
     a->id = 0, b->id = 1, c->id = 2;
-    ck_assert_int_eq(iol__loop_recv(loop, &a->c, 0, sv[0], false), 0);
+    ck_assert_int_eq(iol__loop_recv(loop, &a->c, 0, sv[0], 0, false), 0);
     ck_assert_int_eq(iol__loop_accept(loop, &b->c, 2, lfd, true), 0);
     ck_assert_int_eq(iol__loop_send(loop, &c->c, 1, full[0], big, sizeof big), 0);
     owners_freed = 0;
@@ -363,7 +363,7 @@ START_TEST(test_ring_exhausted)
     /* Hold every buffer: recycle none until all have answered. */
     int nobufs = 0, ok = 0;
     for (int i = 0; i < N; i++)
-        ck_assert_int_eq(iol__loop_recv(loop, &os[i]->c, 0, pairs[i][0], false), 0);
+        ck_assert_int_eq(iol__loop_recv(loop, &os[i]->c, 0, pairs[i][0], 0, false), 0);
     double end = iol_test_now() + 10;
     while (nobufs + ok < N && iol_test_now() < end) {
         iol_loop_run_once(loop, 0.1);
@@ -385,7 +385,7 @@ START_TEST(test_ring_exhausted)
         if (os[i]->last_res != -ENOBUFS)
             continue;
         os[i]->ended = 0;
-        ck_assert_int_eq(iol__loop_recv(loop, &os[i]->c, 0, pairs[i][0], false), 0);
+        ck_assert_int_eq(iol__loop_recv(loop, &os[i]->c, 0, pairs[i][0], 0, false), 0);
         run_until(loop, &os[i]->ended, 1);
         ck_assert_int_eq(os[i]->last_res, 1);
         ck_assert_int_eq(os[i]->data[0], (char)i);
