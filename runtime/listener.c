@@ -515,7 +515,7 @@ fail_errno:
  * then only the kernel's own rule applies (same user, SO_REUSEPORT). */
 static int probe_port(const bind_addr *a)
 {
-    int fd;
+    int fd = -1; /* set when r == 0; -O3 cannot see that through open_socket */
     int r = open_socket(a, false, 0, false, &fd);
     if (r < 0)
         return r;
