@@ -32,6 +32,7 @@ struct tconn {
     bool draining;
     bool plain;     /* no TLS: ends lingering, as http_hello.c's plain path */
     bool lingering; /* FIN sent, discarding input until the client closes */
+    bool read_all;  /* the last read left nothing unread (it did not fill READ_CHUNK) */
 };
 
 static __thread tconn head; /* list sentinel, linked at the first accept */
@@ -65,7 +66,11 @@ static void read_more(void *arg)
     if (iol_stream_closed(c->s))
         return;
     if (c->lingering || c->hc.closing || (c->draining && !c->hc.in_headers)) {
-        if (c->plain)
+        /* A clean end with nothing unread (the request was all the read
+         * got): close now, which sends FIN, as the plain path does. */
+        if (c->plain && !c->lingering && c->hc.clean_end && c->hc.unparsed == 0 && c->read_all)
+            iol_stream_close(c->s);
+        else if (c->plain)
             linger(c);
         else
             iol_stream_close(c->s); /* close_notify after the last response */
@@ -112,6 +117,7 @@ static void on_read(iol_stream *s, const char *data, size_t len, int status, voi
         return;
     }
     out_len = 0;
+    c->read_all = len < READ_CHUNK;
     http_dates_refresh(worker_dates, time(NULL));
     unsigned long answered = c->hc.requests;
     http_conn_feed(&c->hc, data, len, clock_now);

@@ -96,6 +96,12 @@ void iol__loop_buffer_recycle(iol_loop *loop, unsigned bid)
         loop->poller_ops->buffer_recycle(loop->poller, bid);
 }
 
+void iol__loop_count_fd(iol_loop *loop, int delta)
+{
+    /* relaxed: a statistic for load balancing, as in handlers.c. */
+    atomic_fetch_add_explicit(&loop->handler_count, delta, memory_order_relaxed);
+}
+
 void iol__loop_complete(iol_loop *loop, const iol__poller_event *ev)
 {
     iol__completion *c = (iol__completion *)(uintptr_t)(ev->done.tag & ~(uint64_t)7);

@@ -84,5 +84,9 @@ int iol__loop_close_op(iol_loop *loop, iol__completion *c, unsigned kind, int fd
 int iol__loop_cancel(iol_loop *loop, iol__completion *c, unsigned kind);
 /* Gives a recv's buffer back to the ring. */
 void iol__loop_buffer_recycle(iol_loop *loop, unsigned bid);
+/* An fd watched by ring operations instead of a handler (a stream's
+ * socket) still counts in iol_loop_handler_count: the runtime balances
+ * load and waits out its drain by that count. delta: +1 or -1. */
+void iol__loop_count_fd(iol_loop *loop, int delta);
 
 #endif

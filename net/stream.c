@@ -83,11 +83,12 @@ void iol__stream_drop_fd(iol_stream *s)
         return;
     if (s->registered)
         (void)iol_loop_remove_handler(s->loop, s->fd); /* nothing to undo if the loop is gone */
-    iol__stream_uring_drop(s);
-    close(s->fd);
+    if (!iol__stream_uring_drop(s))
+        close(s->fd);
     s->fd = -1;
     s->registered = false;
     s->watched = 0;
+    iol__stream_uring_count(s);
 }
 
 /* Marks the stream closed; the deferred callback finishes the job. Never
@@ -137,6 +138,11 @@ int iol__stream_update_events(iol_stream *s)
 {
     if (s->closed || s->fd < 0)
         return 0;
+    /* Inside a result's callbacks the state passes through "no read
+     * pending" (idle: watch the fd) on its way to the next read: decide
+     * once, when they returned (stream_uring.c), not a handler per request. */
+    if (s->in_completion)
+        return 0;
     unsigned want = iol__stream_uring_update(s, stream_wanted_events(s));
     int r = 0;
     if (s->closed)
@@ -158,6 +164,7 @@ int iol__stream_update_events(iol_stream *s)
     }
     if (r == 0)
         s->watched = want;
+    iol__stream_uring_count(s);
     return r;
 }
 

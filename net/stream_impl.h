@@ -152,6 +152,8 @@ struct iol_stream {
     bool send_inflight;   /* one send at a time, of sendbuf */
     bool uring_nobufs;    /* the ring ran dry: this read goes through the handler */
     bool defer_writes;    /* iol_stream_set_deferred_writes */
+    bool in_completion;   /* a result of ours is being handled: update_events waits for its end */
+    bool counted;         /* counted in the loop's handler count without a handler */
     iol__buffer sendbuf;  /* the bytes of the send in flight (wbuf takes new ones) */
     iol__completion op;   /* each operation in flight holds a reference */
 };
@@ -222,8 +224,12 @@ void iol__stream_uring_init(iol_stream *s);
 /* Submits or cancels the recv and the send that `want` asks for; returns
  * the events left for the fd handler. */
 unsigned iol__stream_uring_update(iol_stream *s, unsigned want);
-/* The fd is going: cancels what is in flight. */
-void iol__stream_uring_drop(iol_stream *s);
+/* The fd is going: cancels what is in flight; true when it also queued
+ * the close on the ring (the caller then must not close fd). */
+bool iol__stream_uring_drop(iol_stream *s);
+/* Keeps the loop's handler count right for an open stream without a
+ * handler (iol__loop_count_fd). */
+void iol__stream_uring_count(iol_stream *s);
 /* An operation is in flight (start_tls must wait). */
 static inline bool iol__stream_uring_busy(const iol_stream *s)
 {

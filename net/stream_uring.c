@@ -27,8 +27,9 @@
  * freed at its last result, never before (loop/completion.h). The fd is
  * closed by close(2) at once, as on the handler path (a ring close would
  * wait for the next iteration, and the peer must see the end when the
- * call returns); a recv still in flight keeps the socket open until its
- * cancel reaches the kernel, at the next wait, as an armed poll does.
+ * call returns), except with deferred writes, where the close is a ring
+ * operation as well; a recv still in flight keeps the socket open until
+ * its cancel reaches the kernel, at the next wait, as an armed poll does.
  */
 #include "net/stream_impl.h"
 
@@ -38,7 +39,7 @@
 #include <string.h>
 #include <unistd.h>
 
-enum { OP_RECV, OP_SEND };
+enum { OP_RECV, OP_SEND, OP_CLOSE };
 
 static void uring_done(iol__completion *c, const iol__completion_result *r);
 
@@ -94,7 +95,11 @@ unsigned iol__stream_uring_update(iol_stream *s, unsigned want)
 {
     if (!s->uring)
         return want;
-    bool want_recv = (want & IOL_READ) && s->read_kind != READ_NONE && !s->uring_nobufs;
+    /* The idle watch for the peer closing (close callback, no read) is a
+     * recv too on a stream with deferred writes (a server's): no handler
+     * per request; on others the fd handler, so start_tls finds nothing
+     * in flight. */
+    bool want_recv = (want & IOL_READ) && (s->read_kind != READ_NONE || s->defer_writes) && !s->uring_nobufs;
     if (want_recv && !s->recv_inflight) {
         submit_recv(s);
     } else if (!want_recv && s->recv_inflight && !s->recv_cancelling) {
@@ -110,14 +115,29 @@ unsigned iol__stream_uring_update(iol_stream *s, unsigned want)
     return want;
 }
 
-void iol__stream_uring_drop(iol_stream *s)
+void iol__stream_uring_count(iol_stream *s)
+{
+    bool count = s->uring && s->fd >= 0 && !s->closed && !s->registered;
+    if (count != s->counted) {
+        iol__loop_count_fd(s->loop, count ? 1 : -1);
+        s->counted = count;
+    }
+}
+
+bool iol__stream_uring_drop(iol_stream *s)
 {
     if (!s->uring)
-        return;
+        return false;
     if (s->recv_inflight && !s->recv_cancelling && iol__loop_cancel(s->loop, &s->op, OP_RECV) == 0)
         s->recv_cancelling = true;
     if (s->send_inflight)
         (void)iol__loop_cancel(s->loop, &s->op, OP_SEND); /* the rest is dropped, as close drops wbuf */
+    /* A server's stream (deferred writes) closes through the ring too:
+     * the fd goes at the next wait, with no system call of its own. */
+    if (!s->defer_writes || iol__loop_close_op(s->loop, &s->op, OP_CLOSE, s->fd) < 0)
+        return false;
+    s->refs++;
+    return true;
 }
 
 static void on_recv(iol_stream *s, const iol__completion_result *r)
@@ -171,10 +191,12 @@ static void uring_done(iol__completion *c, const iol__completion_result *r)
 {
     iol_stream *s = (iol_stream *)((char *)c - offsetof(iol_stream, op));
     /* The operation's reference is this frame's now. */
+    s->in_completion = true;
     if (r->kind == OP_RECV)
         on_recv(s, r);
     else if (r->kind == OP_SEND)
         on_send(s, r);
+    s->in_completion = false;
     if (!s->closed) {
         int err = iol__stream_update_events(s);
         if (err < 0)
