@@ -171,9 +171,11 @@ static void on_send(iol_stream *s, const iol__completion_result *r)
         iol__buffer_free(&s->sendbuf);
         return;
     }
+    if (r->res == -ECANCELED)
+        return; /* not by us (the submitting thread exited): update_events sends sendbuf again */
     if (r->res < 0) {
         iol__buffer_free(&s->sendbuf);
-        iol__stream_close_internal(s, r->res == -ECANCELED ? -EPIPE : r->res);
+        iol__stream_close_internal(s, r->res);
         return;
     }
     iol__buffer_consume(&s->sendbuf, (size_t)r->res);

@@ -96,11 +96,19 @@ static int uring_create_poller(iol__poller **out)
     iol__poller *p = calloc(1, sizeof *p);
     if (!p)
         return -ENOMEM;
+    /* COOP_TASKRUN: completions are finished when we enter the kernel
+     * anyway (we wait in io_uring_enter) instead of interrupting the
+     * thread; TASKRUN_FLAG tells a wait that does not block to enter to
+     * run them (reap). Both 5.19. */
     struct io_uring_params params = {
-        .flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL,
+        .flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
         .cq_entries = CQ_ENTRIES,
     };
     int err = io_uring_queue_init_params(SQ_ENTRIES, &p->ring, &params);
+    if (err == -EINVAL) {
+        params = (struct io_uring_params){ .flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL, .cq_entries = CQ_ENTRIES };
+        err = io_uring_queue_init_params(SQ_ENTRIES, &p->ring, &params);
+    }
     if (err == -EINVAL) { /* kernels before 5.18 lack SUBMIT_ALL */
         params = (struct io_uring_params){ .flags = IORING_SETUP_CQSIZE, .cq_entries = CQ_ENTRIES };
         err = io_uring_queue_init_params(SQ_ENTRIES, &p->ring, &params);
@@ -318,9 +326,11 @@ static int reap(iol__poller *p, iol__poller_event *out, int max)
     while (count < max) {
         struct io_uring_cqe *cqe;
         if (io_uring_peek_cqe(&p->ring, &cqe) < 0 || !cqe) {
-            /* peek flushes an overflow only when it can find nothing; make
-             * sure once per wait. */
-            if (flushed || !io_uring_cq_has_overflow(&p->ring))
+            /* peek flushes an overflow only when it can find nothing, and
+             * runs no task work (COOP_TASKRUN): enter once per wait when
+             * the kernel says either waits. */
+            unsigned kflags = IO_URING_READ_ONCE(*p->ring.sq.kflags);
+            if (flushed || !(kflags & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN)))
                 break;
             io_uring_get_events(&p->ring);
             flushed = true;

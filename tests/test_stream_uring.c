@@ -5,6 +5,7 @@
  * flight (the stream outlives them, ASan/valgrind see no use after free
  * and no leak). On other pollers: deferred writes change nothing. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -350,6 +351,79 @@ out:
 }
 END_TEST
 
+static void *run_once_thread(void *arg)
+{
+    ck_assert_int_ge(iol_loop_run_once(arg, 0), 0);
+    return NULL;
+}
+
+/* The recv and the send were submitted by a thread that exited: the
+ * kernel cancels them (-ECANCELED, not asked for by the stream), and the
+ * stream submits them again from the thread that runs the loop now: the
+ * read is answered and every byte of the write arrives. */
+START_TEST(test_submitter_exits)
+{
+    iol_loop *loop = new_loop("uring");
+    if (!has_path(loop))
+        goto out;
+    int rx[2], tx[2];
+    make_pair(rx);
+    make_pair(tx);
+    story st = { .loop = loop };
+    iol_stream *r, *w;
+    ck_assert_int_eq(iol_stream_new(&r, loop, rx[0], 0), 0);
+    ck_assert_int_eq(iol_stream_new(&w, loop, tx[0], 0), 0);
+    ck_assert_int_eq(iol_stream_read_bytes(r, 4, false, on_read, &st), 0);
+    ck_assert_int_eq(iol_stream_set_deferred_writes(w, true), 0);
+    size_t n = 2u << 20;
+    char *big = malloc(n), *got = malloc(n);
+    for (size_t i = 0; i < n; i++)
+        big[i] = (char)(i % 251);
+    /* A full socket: the send waits in the kernel when the thread exits. */
+    size_t pre = 0;
+    static char fill[65536];
+    for (;;) {
+        ssize_t k = send(tx[0], fill, sizeof fill, MSG_DONTWAIT);
+        if (k <= 0)
+            break;
+        pre += (size_t)k;
+    }
+    ck_assert_int_eq(iol_stream_write(w, big, n, on_done, &st), 0);
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, run_once_thread, loop), 0);
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    ck_assert_int_eq(write(rx[1], "ping", 4), 4);
+    ck_assert(w->send_inflight);
+    while (pre > 0) { /* the prefill, read out */
+        ssize_t k = recv(tx[1], fill, pre < sizeof fill ? pre : sizeof fill, 0);
+        ck_assert_int_gt(k, 0);
+        pre -= (size_t)k;
+    }
+    size_t have = 0;
+    double end = iol_test_now() + 20;
+    while ((have < n || st.reads < 1) && iol_test_now() < end) {
+        ck_assert_int_ge(iol_loop_run_once(loop, 0.001), 0);
+        ssize_t k = recv(tx[1], got + have, n - have, MSG_DONTWAIT);
+        if (k > 0)
+            have += (size_t)k;
+    }
+    ck_assert_int_eq(st.reads, 1);
+    ck_assert_int_eq(st.status, 0);
+    ck_assert(memcmp(st.data, "ping", 4) == 0);
+    ck_assert_uint_eq(have, n);
+    ck_assert(memcmp(got, big, n) == 0);
+    run_until(loop, &st.dones, 1);
+    free(big);
+    free(got);
+    iol_stream_close(r);
+    iol_stream_close(w);
+    close(rx[1]);
+    close(tx[1]);
+out:
+    ck_assert_int_ge(iol_loop_close(loop, false), 0);
+}
+END_TEST
+
 #endif
 
 static Suite *stream_uring_suite(void)
@@ -364,6 +438,7 @@ static Suite *stream_uring_suite(void)
     tcase_add_test(tc, test_loop_close_in_flight);
     tcase_add_test(tc, test_pause_cancels_recv);
     tcase_add_test(tc, test_ring_runs_dry);
+    tcase_add_test(tc, test_submitter_exits);
 #endif
     suite_add_tcase(s, tc);
     return s;
