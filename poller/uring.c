@@ -78,7 +78,14 @@ struct iol__poller {
     struct io_uring_buf_ring *br; /* the provided buffers, group 0; NULL: none */
     char *buffers;
     unsigned buf_count, buf_size;
+    unsigned buf_provided; /* buffers given to the ring so far (grows on -ENOBUFS) */
 };
+
+/* Buffers given to the ring at first, and added each time a recv finds
+ * it dry: the ring recycles in FIFO order, so every buffer it holds gets
+ * touched (made resident) in turn; holding only what the peak of
+ * simultaneous arrivals needs keeps an idle server's memory small. */
+#define BUF_STEP 32u
 
 static uint64_t tag(int fd, uint32_t gen)
 {
@@ -304,6 +311,8 @@ static unsigned from_poll(int res, unsigned want)
     return got & (want | IOL_ERROR);
 }
 
+static void provide_buffers(iol__poller *p);
+
 static iol__poller_event completion(iol__poller *p, uint64_t data, int res, unsigned cflags)
 {
     iol__poller_event ev = { .fd = IOL__POLLER_COMPLETION, .done = { .tag = data & ~(uint64_t)1, .res = res } };
@@ -315,6 +324,8 @@ static iol__poller_event completion(iol__poller *p, uint64_t data, int res, unsi
         ev.done.flags |= IOL__DONE_BUFFER;
         ev.done.bid = cflags >> IORING_CQE_BUFFER_SHIFT;
     }
+    if (res == -ENOBUFS && p->br && p->buf_provided < p->buf_count)
+        provide_buffers(p);
     return ev;
 }
 
@@ -474,6 +485,19 @@ static int uring_op_submit(iol__poller *p, const iol__poller_op *op)
     return 0;
 }
 
+/* Gives the ring BUF_STEP more of its buffers, while it has any left. */
+static void provide_buffers(iol__poller *p)
+{
+    unsigned n = p->buf_count - p->buf_provided < BUF_STEP ? p->buf_count - p->buf_provided : BUF_STEP;
+    for (unsigned i = 0; i < n; i++) {
+        unsigned bid = p->buf_provided + i;
+        io_uring_buf_ring_add(p->br, p->buffers + (size_t)bid * p->buf_size, p->buf_size, (unsigned short)bid,
+                              io_uring_buf_ring_mask(p->buf_count), (int)i);
+    }
+    io_uring_buf_ring_advance(p->br, (int)n);
+    p->buf_provided += n;
+}
+
 static int uring_op_buffers(iol__poller *p, unsigned count, unsigned size)
 {
     if (!(p->features & IOL__OPS_BUFFER_RING))
@@ -505,10 +529,7 @@ static int uring_op_buffers(iol__poller *p, unsigned count, unsigned size)
     p->buf_count = count;
     p->buf_size = size;
     io_uring_buf_ring_init(p->br);
-    for (unsigned i = 0; i < count; i++)
-        io_uring_buf_ring_add(p->br, buffers + (size_t)i * size, size, (unsigned short)i,
-                              io_uring_buf_ring_mask(count), (int)i);
-    io_uring_buf_ring_advance(p->br, (int)count);
+    provide_buffers(p);
     return 0;
 }
 
