@@ -46,7 +46,8 @@ __attribute__((unused)) static void on_read(iol_stream *s, const char *data, siz
     st->status = status;
     if (len > sizeof st->data)
         len = sizeof st->data;
-    memcpy(st->data, data, len);
+    if (len > 0) /* data is NULL with 0 bytes */
+        memcpy(st->data, data, len);
     st->len = len;
     if (st->stop_on_read)
         iol_loop_stop(st->loop);
