@@ -7,8 +7,12 @@
  * accepted connections, busy % of its loop, wakeups/s.
  *
  * With a certificate and key it serves HTTPS (ALPN http/1.1) through TLS
- * streams (http_tls.c), with the same request path and limits; without
- * them the plain fast path below is all there is.
+ * streams (http_tls.c), with the same request path and limits. A worker
+ * whose loop runs on the uring poller serves plain HTTP through the same
+ * stream path (plain streams, deferred writes): there a request's recv
+ * and its response's send are io_uring operations, with no poll re-arm
+ * and no system call of their own, which the fd-handler path below
+ * cannot have. Otherwise the plain fast path below is all there is.
  *
  * Keep-alive per HTTP/1.1 (and HTTP/1.0 "Connection: keep-alive"),
  * pipelining (answered in order), parsing with http-parser. GET and HEAD
@@ -70,6 +74,7 @@ typedef struct worker_state {
     char out[OUT_BUF];
     size_t out_len;
     conn *out_conn; /* whose responses out holds */
+    bool streams;   /* plain connections on streams (a uring loop) */
 } worker_state;
 
 static __thread worker_state *ws;
@@ -293,8 +298,8 @@ static void on_accept(iol_loop *loop, int fd, const struct sockaddr *peer, sockl
     (void)peerlen;
     (void)arg;
     iol_tls_ctx *tls = example_server_tls();
-    if (tls) {
-        http_tls_accept(loop, fd, tls, &ws->dates, ws->now);
+    if (tls || ws->streams) {
+        http_tls_accept(loop, fd, tls, &ws->dates, ws->now, my_requests);
         return;
     }
     conn *c = malloc(sizeof(*c));
@@ -352,6 +357,10 @@ static void worker_start(iol_loop *loop, unsigned index, void *arg)
         exit(1);
     }
     ws->head.next = ws->head.prev = &ws->head;
+    /* IOL_HTTP_STREAMS=0 keeps a uring worker on the fd handlers (for
+     * comparing the two). */
+    const char *streams = getenv("IOL_HTTP_STREAMS");
+    ws->streams = strcmp(iol_loop_poller(loop), "uring") == 0 && !(streams && strcmp(streams, "0") == 0);
     ws->now = coarse_now();
     http_dates_init(&ws->dates);
     if (iol_periodic_new(&ws->sweep, loop, 1000, sweep, NULL) < 0 || iol_periodic_start(ws->sweep) < 0) {

@@ -1,20 +1,28 @@
-/* http-hello's HTTPS path: a TLS stream per connection, http_conn for
- * the requests. One read of up to READ_CHUNK plaintext is parsed in
- * place; its responses are gathered and written with one
- * iol_stream_write (one TLS record when they fit), and the next read
- * starts once they reached the kernel (at once when the write went
- * through), so a client that does not read cannot make us buffer
- * without bound. Limits as the plain path: 431 past
- * 8 KiB of headers, 400 on garbage, idle and header deadlines. */
+/* http-hello's stream path: a TLS stream per connection (HTTPS), or a
+ * plain one on a uring loop (ctx NULL), http_conn for the requests. One
+ * read of up to READ_CHUNK plaintext is parsed in place; its responses
+ * are gathered and written with one iol_stream_write (one TLS record when
+ * they fit), and the next read starts at once while at most
+ * PIPELINE_LIMIT bytes wait to be sent, else once they reached the
+ * kernel, so a client that does not read cannot make us buffer without
+ * bound. Plain streams defer their writes (iol_stream_set_deferred_writes):
+ * on uring the request's recv and its response's send are operations
+ * of the ring, with no system call of their own. Limits as the plain
+ * path: 431 past 8 KiB of headers, 400 on garbage, idle and header
+ * deadlines. */
 #include "http_tls.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #define READ_CHUNK 16384
 #define OUT_BUF 16384
+#define PIPELINE_LIMIT 65536
+#define LINGER_TIMEOUT 2 /* seconds to discard input after our FIN */
 
 typedef struct tconn tconn;
 struct tconn {
@@ -22,6 +30,9 @@ struct tconn {
     iol_stream *s;
     http_conn hc;
     bool draining;
+    bool plain;     /* no TLS: ends lingering, as http_hello.c's plain path */
+    bool lingering; /* FIN sent, discarding input until the client closes */
+    bool read_all;  /* the last read left nothing unread (it did not fill READ_CHUNK) */
 };
 
 static __thread tconn head; /* list sentinel, linked at the first accept */
@@ -30,16 +41,39 @@ static __thread size_t out_len;
 static __thread long clock_now;
 static __thread bool stopping;
 static __thread http_dates *worker_dates;
+static __thread _Atomic uint64_t *served;
 
 static void on_read(iol_stream *s, const char *data, size_t len, int status, void *arg);
+
+/* A plain connection's end: FIN now, then discard input until the
+ * client closes (or the sweep), so input we did not read cannot make the
+ * kernel reset the connection (a TLS one sends close_notify instead). */
+static void linger(tconn *c)
+{
+    if (!c->lingering) {
+        c->lingering = true;
+        c->hc.deadline = clock_now + LINGER_TIMEOUT;
+        shutdown(iol_stream_fd(c->s), SHUT_WR);
+    }
+    int r = iol_stream_read_bytes(c->s, READ_CHUNK, true, on_read, c);
+    if (r < 0 && r != -EBUSY) /* -EBUSY: the pending read discards */
+        iol_stream_close(c->s);
+}
 
 static void read_more(void *arg)
 {
     tconn *c = arg;
     if (iol_stream_closed(c->s))
         return;
-    if (c->hc.closing || (c->draining && !c->hc.in_headers)) {
-        iol_stream_close(c->s); /* close_notify after the last response */
+    if (c->lingering || c->hc.closing || (c->draining && !c->hc.in_headers)) {
+        /* A clean end with nothing unread (the request was all the read
+         * got): close now, which sends FIN, as the plain path does. */
+        if (c->plain && !c->lingering && c->hc.clean_end && c->hc.unparsed == 0 && c->read_all)
+            iol_stream_close(c->s);
+        else if (c->plain)
+            linger(c);
+        else
+            iol_stream_close(c->s); /* close_notify after the last response */
         return;
     }
     if (iol_stream_read_bytes(c->s, READ_CHUNK, true, on_read, c) < 0)
@@ -78,19 +112,30 @@ static void on_read(iol_stream *s, const char *data, size_t len, int status, voi
             iol_stream_close(s);
         return;
     }
+    if (c->lingering) {
+        read_more(c); /* discarding */
+        return;
+    }
     out_len = 0;
+    c->read_all = len < READ_CHUNK;
     http_dates_refresh(worker_dates, time(NULL));
+    unsigned long answered = c->hc.requests;
     http_conn_feed(&c->hc, data, len, clock_now);
+    if (served) /* relaxed: this worker is the only writer; a statistic */
+        atomic_store_explicit(served, atomic_load_explicit(served, memory_order_relaxed) + (c->hc.requests - answered),
+                              memory_order_relaxed);
     if (out_len == 0) {
         read_more(c); /* a request still arriving */
         return;
     }
-    /* Written through at once (the usual case): read on now, without a
-     * `done` hop through the loop; otherwise once the rest is out. */
+    /* Written through at once (the usual case) or a little waiting
+     * (deferred): read on now, without a `done` hop through the loop;
+     * otherwise once the rest is out. */
     if (flush(c, NULL) < 0) {
         if (!iol_stream_closed(s))
             iol_stream_close(s);
-    } else if (iol_stream_write_buffer_size(s) == 0) {
+    } else if (iol_stream_write_buffer_size(s) == 0 ||
+               (iol_stream_write_buffer_size(s) <= PIPELINE_LIMIT && !c->hc.closing && !c->draining)) {
         read_more(c);
     } else if (iol_stream_write(s, NULL, 0, read_more, c) < 0 && !iol_stream_closed(s)) {
         iol_stream_close(s);
@@ -106,17 +151,23 @@ static void on_close(iol_stream *s, void *arg)
     free(c);
 }
 
-void http_tls_accept(iol_loop *loop, int fd, iol_tls_ctx *ctx, http_dates *dates, long now)
+void http_tls_accept(iol_loop *loop, int fd, iol_tls_ctx *ctx, http_dates *dates, long now,
+                     _Atomic uint64_t *requests)
 {
+    served = requests;
     clock_now = now;
     worker_dates = dates;
     if (!head.next)
         head.next = head.prev = &head;
     tconn *c = calloc(1, sizeof(*c));
-    if (!c || iol_tls_stream_new(&c->s, loop, fd, ctx, 0) < 0) {
+    if (!c || (ctx ? iol_tls_stream_new(&c->s, loop, fd, ctx, 0) : iol_stream_new(&c->s, loop, fd, 0)) < 0) {
         free(c);
         close(fd);
         return;
+    }
+    if (!ctx) {
+        c->plain = true;
+        iol_stream_set_deferred_writes(c->s, true);
     }
     http_conn_init(&c->hc, dates, emit, c, now);
     c->draining = stopping;
@@ -147,7 +198,11 @@ void http_tls_drain(void)
         c->draining = true;
         /* Idle (a read pending, nothing half-received, nothing unsent):
          * close now; otherwise read_more closes after the response. */
-        if (!iol_stream_closed(c->s) && !c->hc.in_headers && iol_stream_write_buffer_size(c->s) == 0)
+        if (iol_stream_closed(c->s) || c->hc.in_headers || iol_stream_write_buffer_size(c->s) > 0)
+            continue;
+        if (c->plain)
+            linger(c);
+        else
             iol_stream_close(c->s);
     }
 }

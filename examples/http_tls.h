@@ -5,11 +5,19 @@
 #ifndef HTTP_TLS_H
 #define HTTP_TLS_H
 
+#include <stdatomic.h>
+#include <stdint.h>
+
 #include "http_conn.h"
 #include "ioloop.h"
 
-/* Serves fd over TLS (takes it); dates: the worker's, refreshed here too. */
-void http_tls_accept(iol_loop *loop, int fd, iol_tls_ctx *ctx, http_dates *dates, long now);
+/* Serves fd over TLS (takes it), or plain with ctx NULL (on a uring loop:
+ * streams then take the completion path); dates: the worker's, refreshed
+ * here too. */
+/* requests (may be NULL): the worker's --stats counter, written by this
+ * worker only (relaxed load and store). */
+void http_tls_accept(iol_loop *loop, int fd, iol_tls_ctx *ctx, http_dates *dates, long now,
+                     _Atomic uint64_t *requests);
 /* Closes connections past their idle/header deadline (hc.deadline < now). */
 void http_tls_sweep(long now);
 /* Graceful stop: idle connections close now (close_notify), busy ones

@@ -137,8 +137,10 @@ iol_loop *iol_loop_ref(iol_loop *loop);
 /* Drops a reference; the last one frees the loop (NULL is ignored).
  * A loop freed without close is closed first (without all_fds). Any thread. */
 void iol_loop_unref(iol_loop *loop);
-/* Number of fds and zmq sockets with a handler on loop (a load figure for balancing; may
- * be stale by the time it is read). Any thread. -EINVAL: NULL. */
+/* Number of fds and zmq sockets with a handler on loop, streams whose
+ * socket io_uring operations watch instead counted too (a load figure for
+ * balancing, and what a runtime's drain waits out; may be stale by the
+ * time it is read). Any thread. -EINVAL: NULL. */
 int iol_loop_handler_count(const iol_loop *loop);
 /* Name of the backend in use: "epoll", "poll", "select", "zmq" or "uring"; NULL for NULL. */
 const char *iol_loop_poller(const iol_loop *loop);
@@ -893,6 +895,20 @@ size_t iol_stream_write_buffer_size(const iol_stream *s);
 /* Write limit (Tornado's max_write_buffer_size) on the bytes not yet
  * written, zero-copy ones included; 0: unlimited (default). */
 int iol_stream_set_max_write_buffer(iol_stream *s, size_t max);
+/* Deferred writes, for a server that answers requests: with on, a write
+ * does not try the kernel inside iol_stream_write; the stream's writes of
+ * one loop iteration go out together, after its callbacks, through the
+ * loop's completion path (a loop on the uring poller: one send operation
+ * handed over in the io_uring_enter that waits, no system call of its
+ * own). Until then iol_stream_write_buffer_size counts them, and a write
+ * error closes the stream from the loop (the write itself returns 0).
+ * Without a completion path (other pollers, TLS streams, io_uring
+ * without buffer rings) the setting has no effect: writes go at once.
+ * With it, the watch for the peer closing is a recv in flight too, so
+ * iol_stream_start_tls says -EBUSY on such a stream, and the stream's
+ * close is a ring operation: its fd is closed at the loop's next wait.
+ * Off by default. Loop thread. -EINVAL: NULL s. -EPIPE: closed. */
+int iol_stream_set_deferred_writes(iol_stream *s, bool on);
 /* Write watermarks for a producer: fn(s, true, arg) once the write buffer
  * holds more than high bytes, then fn(s, false, arg) once it drained to
  * low or less, and so on, alternating. fn runs on the loop thread, never
@@ -1045,7 +1061,8 @@ int iol_tls_connect(iol_stream **out, iol_loop *loop, const char *host, uint16_t
  * NULL). Loop thread.
  * -EINVAL: NULL s/ctx, see server_name. -EPIPE: closed. -EALREADY:
  * already TLS. -EBUSY: a read is pending or bytes are buffered either
- * way (the switch must fall between two protocol messages). -ENOTSOCK:
+ * way (the switch must fall between two protocol messages), or a ring
+ * operation is in flight (iol_stream_set_deferred_writes). -ENOTSOCK:
  * not a socket. -EINPROGRESS: still connecting. -ENOMEM. A failure to
  * update the fd handler closes the stream and is returned. */
 int iol_stream_start_tls(iol_stream *s, iol_tls_ctx *ctx, const char *server_name, iol_connect_fn cb,

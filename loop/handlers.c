@@ -145,6 +145,10 @@ void iol__loop_dispatch_events(iol_loop *loop)
             iol__zmq_dispatch_socket(loop, ev.socket, ev.events);
             continue;
         }
+        if (ev.fd == IOL__POLLER_COMPLETION) {
+            iol__loop_complete(loop, &loop->events[loop->event_pos]);
+            continue;
+        }
         if (ev.fd < 0 || ev.fd == waker_fd || !has_handler(loop, ev.fd)) {
             if (ev.fd >= 0 && loop->signals)
                 iol__loop_signal_fd_event(loop, ev.fd);

@@ -11,7 +11,7 @@
 #include "loop/future.h"
 #include "loop/log.h"
 
-#define MAX_EVENTS 1024
+#define MAX_EVENTS IOL__MAX_EVENTS
 #define MAX_POLL_SECONDS 3600.0 /* Tornado's _POLL_TIMEOUT */
 
 /* ---------------------------------------------------------------- time */
@@ -129,6 +129,7 @@ static int loop_shutdown(iol_loop *loop, bool all_fds)
      * own fds), so all_fds below never closes an fd number a stream
      * still holds. */
     iol__loop_run_close_hooks(loop);
+    iol__loop_completions_drain(loop);
     /* seq_cst: a producer that reads closed == false after this store
      * pushes a node that iol__cbqueue_free reclaims at the last unref;
      * one that reads true returns -ESHUTDOWN. Either way no crash. */

@@ -117,6 +117,9 @@ struct iol_loop {
     iol__hook_list prepare_hooks, check_hooks; /* loop/hooks.c */
     iol__signals *signals;       /* loop/signals.c; NULL until the first signal handler */
     uint64_t awake_ns;           /* clock_ns when the last poll returned (statistics) */
+    uint64_t ops_inflight;       /* completion operations not ended (loop/completion.c) */
+    bool draining;               /* closing: no new completion operations */
+    bool ring_ready;             /* the recv buffer ring is set up */
     bool outer_sleep;            /* an embedding program waits on the backend fd: the
                                     waker has a sleep announced (iol_loop_run_once) */
 
@@ -191,6 +194,14 @@ static inline bool iol__loop_zmq_recheck(iol_loop *loop)
 {
     return loop->zmq && iol__zmq_recheck(loop);
 }
+
+/* The most events one poll returns (the size of loop->events). */
+#define IOL__MAX_EVENTS 1024
+/* Routes a completion to its owner (loop/completion.c). */
+void iol__loop_complete(iol_loop *loop, const iol__poller_event *ev);
+/* At close, after the hooks: cancels the operations still in flight and
+ * delivers their last results (bounded wait). */
+void iol__loop_completions_drain(iol_loop *loop);
 
 /* Runs a hook list (loop/hooks.c); the loop calls it only when l->live. */
 void iol__loop_run_hooks(iol_loop *loop, iol__hook_list *l);

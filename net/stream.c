@@ -25,6 +25,7 @@ void iol__stream_free(iol_stream *s)
         iol__tls_free(s);
     iol__buffer_free(&s->rbuf);
     iol__buffer_free(&s->wbuf);
+    iol__buffer_free(&s->sendbuf);
     free(s->dones);
     free(s->segs);
     if (s->delim != s->delim_inline)
@@ -82,10 +83,12 @@ void iol__stream_drop_fd(iol_stream *s)
         return;
     if (s->registered)
         (void)iol_loop_remove_handler(s->loop, s->fd); /* nothing to undo if the loop is gone */
-    close(s->fd);
+    if (!iol__stream_uring_drop(s))
+        close(s->fd);
     s->fd = -1;
     s->registered = false;
     s->watched = 0;
+    iol__stream_uring_count(s);
 }
 
 /* Marks the stream closed; the deferred callback finishes the job. Never
@@ -135,8 +138,15 @@ int iol__stream_update_events(iol_stream *s)
 {
     if (s->closed || s->fd < 0)
         return 0;
-    unsigned want = stream_wanted_events(s);
+    /* Inside a result's callbacks the state passes through "no read
+     * pending" (idle: watch the fd) on its way to the next read: decide
+     * once, when they returned (stream_uring.c), not a handler per request. */
+    if (s->in_completion)
+        return 0;
+    unsigned want = iol__stream_uring_update(s, stream_wanted_events(s));
     int r = 0;
+    if (s->closed)
+        return 0; /* a failed submission closed it */
     if (want == 0) {
         if (s->registered) {
             r = iol_loop_remove_handler(s->loop, s->fd);
@@ -154,6 +164,7 @@ int iol__stream_update_events(iol_stream *s)
     }
     if (r == 0)
         s->watched = want;
+    iol__stream_uring_count(s);
     return r;
 }
 
@@ -249,7 +260,7 @@ static void stream_loop_closing(iol__close_hook *hook)
         s->resolving = NULL;
         s->refs--;
     }
-    if (s->refs > 0) {
+    if (s->refs > s->op.inflight) {
         /* A frame of the stream is on the stack: impossible while the loop
          * is stopped; leak rather than free under it. */
         return;
@@ -257,7 +268,10 @@ static void stream_loop_closing(iol__close_hook *hook)
     s->loop_closing = true;
     iol__stream_close_internal(s, -ESHUTDOWN); /* no-op if closed already */
     stream_finish_close(s);
-    iol__stream_free(s);
+    /* Operations in flight (cancelled by the close) hold references: the
+     * loop delivers their results before it closes, and the last frees. */
+    if (s->refs == 0)
+        iol__stream_free(s);
 }
 
 void iol__stream_on_events(int fd, unsigned events, void *arg)
@@ -344,6 +358,7 @@ int iol_stream_new(iol_stream **out, iol_loop *loop, int fd, size_t max_buffer_s
     int type;
     socklen_t len = sizeof(type);
     s->is_socket = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0;
+    iol__stream_uring_init(s);
     s->fd = fd;
     s->registered = true;
     s->watched = IOL_READ;

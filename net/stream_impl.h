@@ -25,6 +25,7 @@
 #include <sys/types.h>
 
 #include "loop/close_hook.h"
+#include "loop/completion.h"
 #include "net/buffer.h"
 #include "net/resolve.h"
 #include "net/tls.h"
@@ -142,6 +143,19 @@ struct iol_stream {
     iol__address *source; /* bound before connecting; out of line: an idle stream stays small */
 
     iol__tls *tls; /* TLS state (net/tls.h); NULL: plain */
+
+    /* The completion path (stream_uring.c): reads and writes through the
+     * loop's ring instead of the fd handler, on a loop that has one. */
+    bool uring;           /* this stream uses it (a plain socket on such a loop) */
+    bool recv_inflight;   /* one recv at a time: the bytes arrive in order */
+    bool recv_cancelling;
+    bool send_inflight;   /* one send at a time, of sendbuf */
+    bool uring_nobufs;    /* the ring ran dry: this read goes through the handler */
+    bool defer_writes;    /* iol_stream_set_deferred_writes */
+    bool in_completion;   /* a result of ours is being handled: update_events waits for its end */
+    bool counted;         /* counted in the loop's handler count without a handler */
+    iol__buffer sendbuf;  /* the bytes of the send in flight (wbuf takes new ones) */
+    iol__completion op;   /* each operation in flight holds a reference */
 };
 
 static inline void iol__stream_hold(iol_stream *s)
@@ -203,6 +217,24 @@ void iol__stream_segs_note_copy(iol_stream *s, size_t n);
 void iol__stream_segs_flush(iol_stream *s);
 /* Runs the release of every segment left (the stream closed). */
 void iol__stream_segs_drop(iol_stream *s);
+
+/* stream_uring.c */
+/* At creation: whether s takes the completion path. */
+void iol__stream_uring_init(iol_stream *s);
+/* Submits or cancels the recv and the send that `want` asks for; returns
+ * the events left for the fd handler. */
+unsigned iol__stream_uring_update(iol_stream *s, unsigned want);
+/* The fd is going: cancels what is in flight; true when it also queued
+ * the close on the ring (the caller then must not close fd). */
+bool iol__stream_uring_drop(iol_stream *s);
+/* Keeps the loop's handler count right for an open stream without a
+ * handler (iol__loop_count_fd). */
+void iol__stream_uring_count(iol_stream *s);
+/* An operation is in flight (start_tls must wait). */
+static inline bool iol__stream_uring_busy(const iol_stream *s)
+{
+    return s->op.inflight > 0;
+}
 
 /* stream_connect.c */
 void iol__stream_connect_done(iol_stream *s, int status);

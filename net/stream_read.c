@@ -133,6 +133,7 @@ bool iol__stream_try_complete_read(iol_stream *s)
 void iol__stream_handle_read(iol_stream *s)
 {
     int rounds = 0;
+    s->uring_nobufs = false; /* after this, the ring again (stream_uring.c) */
     while (!s->closed && !s->read_paused) { /* a read callback may pause */
         if (s->read_kind != READ_NONE && iol__stream_try_complete_read(s))
             continue; /* the callback may have started another read */

@@ -65,6 +65,8 @@ int iol__stream_dones_reserve(iol_stream *s)
 
 void iol__stream_handle_write(iol_stream *s)
 {
+    if (s->send_inflight)
+        return; /* its result comes first: the bytes stay in order */
     if (iol__stream_has_segments(s))
         iol__stream_segs_flush(s);
     for (int rounds = 0; !iol__stream_has_segments(s) && s->wbuf.len > 0 && rounds < STREAM_IO_ROUNDS; rounds++) {
@@ -138,7 +140,7 @@ int iol_stream_write(iol_stream *s, const void *data, size_t len, iol_callback_f
 
     iol__stream_hold(s);
     size_t sent = 0;
-    if (iol__stream_pending(s) == 0 && !s->connecting && len > 0) {
+    if (iol__stream_pending(s) == 0 && !s->connecting && len > 0 && !(s->uring && s->defer_writes)) {
         ssize_t n = stream_send(s, data, len);
         if (n >= 0) {
             sent = (size_t)n;
@@ -186,6 +188,16 @@ int iol_stream_set_max_write_buffer(iol_stream *s, size_t max)
     return 0;
 }
 
+
+int iol_stream_set_deferred_writes(iol_stream *s, bool on)
+{
+    if (!s)
+        return -EINVAL;
+    if (s->closed)
+        return -EPIPE;
+    s->defer_writes = on;
+    return 0;
+}
 
 int iol_stream_set_write_watermarks(iol_stream *s, size_t high, size_t low, iol_watermark_fn fn, void *arg)
 {

@@ -372,8 +372,9 @@ int iol_stream_start_tls(iol_stream *s, iol_tls_ctx *ctx, const char *server_nam
         return -EINVAL;
     if (!s->is_socket)
         return -ENOTSOCK;
-    if (s->read_kind != READ_NONE || s->rbuf.len > 0 || s->wbuf.len > 0)
+    if (s->read_kind != READ_NONE || s->rbuf.len > 0 || s->wbuf.len > 0 || iol__stream_uring_busy(s))
         return -EBUSY;
+    s->uring = false; /* TLS reads and writes through its BIO on the fd */
     s->tls = tls_state_new(ctx, server_name, cb, arg);
     if (!s->tls)
         return -ENOMEM;

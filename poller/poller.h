@@ -6,13 +6,24 @@
 #define IOL_POLLER_H
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 typedef struct iol__poller iol__poller; /* backend-private state */
 
 typedef struct iol__poller_event {
-    int fd;          /* IOL__POLLER_SOCKET: a zmq socket's event, see below */
+    int fd;          /* IOL__POLLER_SOCKET: a zmq socket's event, see below;
+                        IOL__POLLER_COMPLETION: an operation's result */
     unsigned events; /* IOL_READ | IOL_WRITE | IOL_ERROR bits */
-    void *socket;    /* read only when fd == IOL__POLLER_SOCKET */
+    union {
+        void *socket;    /* read only when fd == IOL__POLLER_SOCKET */
+        struct {         /* read only when fd == IOL__POLLER_COMPLETION */
+            uint64_t tag;    /* as submitted */
+            int res;         /* the system call's result or -errno */
+            unsigned flags;  /* IOL__DONE_* */
+            unsigned bid;    /* with IOL__DONE_BUFFER: the buffer's id */
+        } done;
+    };
 } iol__poller_event;
 
 /* ZeroMQ sockets are not fds: a socket's readiness is ZMQ_EVENTS, which
@@ -24,6 +35,53 @@ typedef struct iol__poller_event {
  * ops leave them NULL and never report such an event; nothing else in the
  * interface changes for them. */
 #define IOL__POLLER_SOCKET (-2)
+
+/* COMPLETIONS. io_uring can do the work itself (recv, send, accept,
+ * close) instead of saying when it may be done; a readiness interface
+ * cannot express that, and poll-per-request costs a re-arm and a system
+ * call for every request. So the uring backend takes operations through
+ * the optional ops below and reports each result as an event with fd ==
+ * IOL__POLLER_COMPLETION and `done` filled. Other backends leave the ops
+ * NULL and never report such an event; the loop then says -ENOTSUP and
+ * its users stay on the handler path. The poller knows no owners: a tag
+ * is an opaque number the loop gives and gets back (bit 0 is the
+ * poller's: it must be 0).
+ *
+ * An operation is submitted at the next wait (or at once when the SQ is
+ * full: never dropped). One CQE per operation, except a multishot one,
+ * which reports IOL__DONE_MORE on every CQE but its last. recv with buf
+ * NULL takes a buffer from the provided-buffer ring (op_buffers), so a
+ * connection waiting for data holds none: its CQE says IOL__DONE_BUFFER
+ * and bid, and the buffer is the caller's until buffer_recycle. */
+#define IOL__POLLER_COMPLETION (-3)
+enum {
+    IOL__DONE_MORE = 1u,   /* a multishot operation stays armed */
+    IOL__DONE_BUFFER = 2u, /* done.bid names a ring buffer holding the data */
+};
+typedef enum iol__op_code {
+    IOL__OP_RECV,   /* fd, buf/len (buf NULL: the buffer ring, at most len
+                       bytes, 0: a buffer), multishot (then len 0) */
+    IOL__OP_SEND,   /* fd, buf/len; MSG_NOSIGNAL */
+    IOL__OP_ACCEPT, /* fd, multishot; res: the new fd (nonblocking, cloexec) */
+    IOL__OP_CLOSE,  /* fd */
+    IOL__OP_CANCEL, /* every operation with tag (IORING_OP_ASYNC_CANCEL);
+                       its own result is not reported */
+    IOL__OP_CANCEL_ALL, /* every operation in flight (the loop closes) */
+} iol__op_code;
+typedef struct iol__poller_op {
+    iol__op_code code;
+    int fd;
+    void *buf;
+    size_t len;
+    uint64_t tag;
+    bool multishot;
+} iol__poller_op;
+enum { /* op_features bits: what the running kernel can do */
+    IOL__OPS_MULTISHOT_ACCEPT = 1u,
+    IOL__OPS_MULTISHOT_RECV = 2u,
+    IOL__OPS_BUFFER_RING = 4u,
+    IOL__OPS_COMPLETIONS = 8u, /* any at all (IOL_URING_OPS=0 turns them off) */
+};
 
 typedef struct iol__poller_ops {
     const char *name;
@@ -67,6 +125,18 @@ typedef struct iol__poller_ops {
      * readable whenever wait() would report an event, for a program that
      * drives the loop from its own event loop: epoll's own fd. */
     int (*backend_fd)(const iol__poller *p);
+    /* Optional, all or none (NULL: no completion path; see COMPLETIONS).
+     * op_features: IOL__OPS_* bits. op_submit: 0, -EINVAL bad op,
+     * -ENOTSUP an op the kernel lacks (a multishot one, or a recv from a
+     * buffer ring not set up), -EBUSY the kernel takes no SQE (the caller
+     * tries again later). op_buffers: sets up the buffer ring, count
+     * buffers (a power of 2) of size bytes; 0, -EEXIST, -ENOMEM, -ENOTSUP.
+     * buffer: the memory of bid. buffer_recycle: gives bid back. */
+    unsigned (*op_features)(iol__poller *p);
+    int (*op_submit)(iol__poller *p, const iol__poller_op *op);
+    int (*op_buffers)(iol__poller *p, unsigned count, unsigned size);
+    void *(*buffer)(iol__poller *p, unsigned bid);
+    void (*buffer_recycle)(iol__poller *p, unsigned bid);
 } iol__poller_ops;
 
 extern const iol__poller_ops iol__poller_epoll;

@@ -16,7 +16,7 @@
  * CQ overflowed (IORING_FEAT_NODROP keeps the extra CQEs in the kernel;
  * reaping flushes them with io_uring_get_events).
  *
- * STALE COMPLETIONS. user_data is (generation << 32 | fd). Every new
+ * STALE COMPLETIONS. A poll's user_data is (generation << 32 | fd << 1). Every new
  * registration and every cancel bumps fd's generation, so a CQE of a poll
  * removed, modified or armed on a closed file whose number was reused is
  * recognised and dropped, never reported to the new registration. A CQE
@@ -27,7 +27,17 @@
  * until the POLL_REMOVE queued by remove reaches the kernel, at the next
  * wait or at close. Requests belong to the thread that submitted them: if
  * it exits, the kernel cancels them (-ECANCELED with a live generation)
- * and we re-arm from the thread that waits now. */
+ * and we re-arm from the thread that waits now.
+ *
+ * COMPLETIONS (poller.h). An operation's user_data is its tag | 1, so bit
+ * 0 tells its CQEs from the polls'. Each CQE without IORING_CQE_F_MORE
+ * ends an operation; ops_inflight counts those not ended, so close can
+ * cancel them all and wait for the last CQE before it frees the buffer
+ * ring the kernel may still write to. The kernel's abilities come from
+ * the opcode probe: IORING_OP_SOCKET arrived with multishot accept,
+ * buffer rings and IORING_ASYNC_CANCEL_ALL (5.19), IORING_OP_SEND_ZC
+ * with multishot recv (6.0). IOL_URING_OPS (a number, a mask of
+ * IOL__OPS_* bits) takes abilities away, for testing the fallbacks. */
 #include "poller/poller.h"
 
 #include <errno.h>
@@ -35,9 +45,23 @@
 #include <poll.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "ioloop.h"
+
+/* Memcheck cannot see the kernel write a recv's data into a ring buffer:
+ * we tell it (no cost outside valgrind; nothing without its header). */
+#if defined(__has_include)
+#if __has_include(<valgrind/memcheck.h>)
+#include <valgrind/memcheck.h>
+#endif
+#endif
+#ifndef VALGRIND_MAKE_MEM_DEFINED
+#define VALGRIND_MAKE_MEM_DEFINED(addr, len) ((void)(addr), (void)(len))
+#endif
 
 #define SQ_ENTRIES 256
 #define CQ_ENTRIES 1024 /* CQEs come only from ready fds; beyond this NODROP */
@@ -60,11 +84,23 @@ struct iol__poller {
     int slots_cap;
     int *arm;      /* fds to (re-)arm at the next wait, each once (QUEUED) */
     int arm_len, arm_cap;
+    unsigned features;      /* IOL__OPS_* */
+    uint64_t ops_inflight;  /* operations submitted whose last CQE is not reaped */
+    struct io_uring_buf_ring *br; /* the provided buffers, group 0; NULL: none */
+    char *buffers;
+    unsigned buf_count, buf_size;
+    unsigned buf_provided; /* buffers given to the ring so far (grows on -ENOBUFS) */
 };
+
+/* Buffers given to the ring at first, and added each time a recv finds
+ * it dry: the ring recycles in FIFO order, so every buffer it holds gets
+ * touched (made resident) in turn; holding only what the peak of
+ * simultaneous arrivals needs keeps an idle server's memory small. */
+#define BUF_STEP 32u
 
 static uint64_t tag(int fd, uint32_t gen)
 {
-    return (uint64_t)gen << 32 | (uint32_t)fd;
+    return (uint64_t)gen << 32 | (uint32_t)fd << 1;
 }
 
 static void next_gen(slot *s)
@@ -78,11 +114,19 @@ static int uring_create_poller(iol__poller **out)
     iol__poller *p = calloc(1, sizeof *p);
     if (!p)
         return -ENOMEM;
+    /* COOP_TASKRUN: completions are finished when we enter the kernel
+     * anyway (we wait in io_uring_enter) instead of interrupting the
+     * thread; TASKRUN_FLAG tells a wait that does not block to enter to
+     * run them (reap). Both 5.19. */
     struct io_uring_params params = {
-        .flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL,
+        .flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
         .cq_entries = CQ_ENTRIES,
     };
     int err = io_uring_queue_init_params(SQ_ENTRIES, &p->ring, &params);
+    if (err == -EINVAL) {
+        params = (struct io_uring_params){ .flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL, .cq_entries = CQ_ENTRIES };
+        err = io_uring_queue_init_params(SQ_ENTRIES, &p->ring, &params);
+    }
     if (err == -EINVAL) { /* kernels before 5.18 lack SUBMIT_ALL */
         params = (struct io_uring_params){ .flags = IORING_SETUP_CQSIZE, .cq_entries = CQ_ENTRIES };
         err = io_uring_queue_init_params(SQ_ENTRIES, &p->ring, &params);
@@ -98,6 +142,18 @@ static int uring_create_poller(iol__poller **out)
         free(p);
         return -ENOSYS;
     }
+    struct io_uring_probe *probe = io_uring_get_probe_ring(&p->ring);
+    if (probe) {
+        if (io_uring_opcode_supported(probe, IORING_OP_SOCKET))
+            p->features |= IOL__OPS_MULTISHOT_ACCEPT | IOL__OPS_BUFFER_RING;
+        if (io_uring_opcode_supported(probe, IORING_OP_SEND_ZC))
+            p->features |= IOL__OPS_MULTISHOT_RECV;
+        io_uring_free_probe(probe);
+    }
+    p->features |= IOL__OPS_COMPLETIONS;
+    const char *mask = getenv("IOL_URING_OPS");
+    if (mask)
+        p->features &= (unsigned)strtoul(mask, NULL, 0);
     *out = p;
     return 0;
 }
@@ -266,6 +322,26 @@ static unsigned from_poll(int res, unsigned want)
     return got & (want | IOL_ERROR);
 }
 
+static void provide_buffers(iol__poller *p);
+
+static iol__poller_event completion(iol__poller *p, uint64_t data, int res, unsigned cflags)
+{
+    iol__poller_event ev = { .fd = IOL__POLLER_COMPLETION, .done = { .tag = data & ~(uint64_t)1, .res = res } };
+    if (cflags & IORING_CQE_F_MORE)
+        ev.done.flags |= IOL__DONE_MORE;
+    else
+        p->ops_inflight--;
+    if (cflags & IORING_CQE_F_BUFFER) {
+        ev.done.flags |= IOL__DONE_BUFFER;
+        ev.done.bid = cflags >> IORING_CQE_BUFFER_SHIFT;
+        if (res > 0 && ev.done.bid < p->buf_count)
+            VALGRIND_MAKE_MEM_DEFINED(p->buffers + (size_t)ev.done.bid * p->buf_size, (size_t)res);
+    }
+    if (res == -ENOBUFS && p->br && p->buf_provided < p->buf_count)
+        provide_buffers(p);
+    return ev;
+}
+
 /* Turns up to max CQEs into events. */
 static int reap(iol__poller *p, iol__poller_event *out, int max)
 {
@@ -274,9 +350,11 @@ static int reap(iol__poller *p, iol__poller_event *out, int max)
     while (count < max) {
         struct io_uring_cqe *cqe;
         if (io_uring_peek_cqe(&p->ring, &cqe) < 0 || !cqe) {
-            /* peek flushes an overflow only when it can find nothing; make
-             * sure once per wait. */
-            if (flushed || !io_uring_cq_has_overflow(&p->ring))
+            /* peek flushes an overflow only when it can find nothing, and
+             * runs no task work (COOP_TASKRUN): enter once per wait when
+             * the kernel says either waits. */
+            unsigned kflags = IO_URING_READ_ONCE(*p->ring.sq.kflags);
+            if (flushed || !(kflags & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN)))
                 break;
             io_uring_get_events(&p->ring);
             flushed = true;
@@ -284,8 +362,13 @@ static int reap(iol__poller *p, iol__poller_event *out, int max)
         }
         uint64_t data = io_uring_cqe_get_data64(cqe);
         int res = cqe->res;
+        unsigned cflags = cqe->flags;
         io_uring_cqe_seen(&p->ring, cqe);
-        int fd = (int)(uint32_t)data;
+        if (data & 1) {
+            out[count++] = completion(p, data, res, cflags);
+            continue;
+        }
+        int fd = (int)((uint32_t)data >> 1);
         uint32_t gen = (uint32_t)(data >> 32);
         if (gen == 0 || fd < 0 || fd >= p->slots_cap)
             continue;
@@ -337,10 +420,176 @@ static int uring_wait_events(iol__poller *p, iol__poller_event *out, int max, in
     return reap(p, out, max);
 }
 
+static unsigned uring_op_features(iol__poller *p)
+{
+    return p->features;
+}
+
+static int uring_op_submit(iol__poller *p, const iol__poller_op *op)
+{
+    if (!(p->features & IOL__OPS_COMPLETIONS))
+        return -ENOTSUP;
+    if (op->tag & 1)
+        return -EINVAL;
+    bool multishot = op->multishot;
+    switch (op->code) {
+    case IOL__OP_RECV:
+        if (!op->buf && !p->br)
+            return -ENOTSUP;
+        if (multishot && (op->buf || !(p->features & IOL__OPS_MULTISHOT_RECV)))
+            return -ENOTSUP;
+        break;
+    case IOL__OP_ACCEPT:
+        if (multishot && !(p->features & IOL__OPS_MULTISHOT_ACCEPT))
+            return -ENOTSUP;
+        break;
+    case IOL__OP_SEND:
+    case IOL__OP_CLOSE:
+    case IOL__OP_CANCEL:
+    case IOL__OP_CANCEL_ALL:
+        if (multishot)
+            return -EINVAL;
+        break;
+    default:
+        return -EINVAL;
+    }
+    if (op->code != IOL__OP_CANCEL && op->code != IOL__OP_CANCEL_ALL && op->fd < 0)
+        return -EBADF;
+    struct io_uring_sqe *sqe = get_sqe(p);
+    if (!sqe)
+        return -EBUSY;
+    uint64_t data = op->tag | 1;
+    switch (op->code) {
+    case IOL__OP_RECV:
+        if (multishot) {
+            io_uring_prep_recv_multishot(sqe, op->fd, NULL, 0, 0);
+        } else {
+            io_uring_prep_recv(sqe, op->fd, op->buf, op->len, 0);
+        }
+        if (!op->buf) {
+            sqe->flags |= IOSQE_BUFFER_SELECT;
+            sqe->buf_group = 0;
+        }
+        break;
+    case IOL__OP_SEND:
+        io_uring_prep_send(sqe, op->fd, op->buf, op->len, MSG_NOSIGNAL);
+        break;
+    case IOL__OP_ACCEPT:
+        if (multishot)
+            io_uring_prep_multishot_accept(sqe, op->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        else
+            io_uring_prep_accept(sqe, op->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        break;
+    case IOL__OP_CLOSE:
+        io_uring_prep_close(sqe, op->fd);
+        break;
+    case IOL__OP_CANCEL:
+        /* Without CANCEL_ALL (before 5.19) one match goes per cancel. */
+        io_uring_prep_cancel64(sqe, data, (p->features & IOL__OPS_BUFFER_RING) ? IORING_ASYNC_CANCEL_ALL : 0);
+        io_uring_sqe_set_data64(sqe, 0);
+        return 0;
+    case IOL__OP_CANCEL_ALL:
+        io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data64(sqe, 0);
+        return 0;
+    }
+    io_uring_sqe_set_data64(sqe, data);
+    p->ops_inflight++;
+    return 0;
+}
+
+/* Gives the ring BUF_STEP more of its buffers, while it has any left. */
+static void provide_buffers(iol__poller *p)
+{
+    unsigned n = p->buf_count - p->buf_provided < BUF_STEP ? p->buf_count - p->buf_provided : BUF_STEP;
+    for (unsigned i = 0; i < n; i++) {
+        unsigned bid = p->buf_provided + i;
+        io_uring_buf_ring_add(p->br, p->buffers + (size_t)bid * p->buf_size, p->buf_size, (unsigned short)bid,
+                              io_uring_buf_ring_mask(p->buf_count), (int)i);
+    }
+    io_uring_buf_ring_advance(p->br, (int)n);
+    p->buf_provided += n;
+}
+
+static int uring_op_buffers(iol__poller *p, unsigned count, unsigned size)
+{
+    if (!(p->features & IOL__OPS_BUFFER_RING))
+        return -ENOTSUP;
+    if (p->br)
+        return -EEXIST;
+    if (count == 0 || count > 32768 || (count & (count - 1)) || size == 0)
+        return -EINVAL;
+    long page = sysconf(_SC_PAGESIZE);
+    void *ring = NULL;
+    if (posix_memalign(&ring, page > 0 ? (size_t)page : 4096, count * sizeof(struct io_uring_buf)) != 0)
+        return -ENOMEM;
+    /* malloc maps a block this large on its own: pages untouched by the
+     * kernel cost no memory, so a quiet loop pays little for it. */
+    char *buffers = malloc((size_t)count * size);
+    if (!buffers) {
+        free(ring);
+        return -ENOMEM;
+    }
+    struct io_uring_buf_reg reg = { .ring_addr = (uintptr_t)ring, .ring_entries = count, .bgid = 0 };
+    int err = io_uring_register_buf_ring(&p->ring, &reg, 0);
+    if (err < 0) {
+        free(buffers);
+        free(ring);
+        return err == -EINVAL ? -ENOTSUP : err;
+    }
+    p->br = ring;
+    p->buffers = buffers;
+    p->buf_count = count;
+    p->buf_size = size;
+    io_uring_buf_ring_init(p->br);
+    provide_buffers(p);
+    return 0;
+}
+
+static void *uring_buffer(iol__poller *p, unsigned bid)
+{
+    return bid < p->buf_count ? p->buffers + (size_t)bid * p->buf_size : NULL;
+}
+
+static void uring_buffer_recycle(iol__poller *p, unsigned bid)
+{
+    if (bid >= p->buf_count)
+        return;
+    io_uring_buf_ring_add(p->br, uring_buffer(p, bid), p->buf_size, (unsigned short)bid,
+                          io_uring_buf_ring_mask(p->buf_count), 0);
+    io_uring_buf_ring_advance(p->br, 1);
+}
+
+/* Cancels every operation still in flight and reaps until the last has
+ * ended, so the kernel writes into no buffer after close frees it. The
+ * loop normally drained them already; this covers a poller closed with
+ * operations in flight. Bounded: an operation that will not end is left
+ * to the ring's teardown (and its buffers leak rather than be reused). */
+static bool drain_ops(iol__poller *p)
+{
+    if (p->ops_inflight == 0)
+        return true;
+    uring_op_submit(p, &(iol__poller_op){ .code = IOL__OP_CANCEL_ALL, .fd = -1 });
+    for (int tries = 0; tries < 50 && p->ops_inflight > 0; tries++) {
+        struct io_uring_cqe *cqe;
+        struct __kernel_timespec ts = { .tv_nsec = 100 * 1000000 };
+        io_uring_submit_and_wait_timeout(&p->ring, &cqe, 1, &ts, NULL);
+        while (io_uring_peek_cqe(&p->ring, &cqe) == 0 && cqe) {
+            if ((cqe->user_data & 1) && !(cqe->flags & IORING_CQE_F_MORE))
+                p->ops_inflight--;
+            io_uring_cqe_seen(&p->ring, cqe);
+        }
+        if (io_uring_cq_has_overflow(&p->ring))
+            io_uring_get_events(&p->ring);
+    }
+    return p->ops_inflight == 0;
+}
+
 static void uring_close_poller(iol__poller *p)
 {
     if (!p)
         return;
+    bool drained = drain_ops(p);
     /* Cancel every poll still in flight (fds closed without remove too)
      * and hand the POLL_REMOVEs over: their files are released now, not
      * whenever the ring's asynchronous teardown gets to them. */
@@ -349,6 +598,10 @@ static void uring_close_poller(iol__poller *p)
             disarm(p, fd);
     io_uring_submit(&p->ring);
     io_uring_queue_exit(&p->ring);
+    if (drained) {
+        free(p->buffers);
+        free(p->br);
+    }
     free(p->slots);
     free(p->arm);
     free(p);
@@ -363,4 +616,9 @@ const iol__poller_ops iol__poller_uring = {
     .wait = uring_wait_events,
     .close = uring_close_poller,
     .add_checks_fd = false, /* a POLL_ADD on a closed fd fails only when submitted */
+    .op_features = uring_op_features,
+    .op_submit = uring_op_submit,
+    .op_buffers = uring_op_buffers,
+    .buffer = uring_buffer,
+    .buffer_recycle = uring_buffer_recycle,
 };

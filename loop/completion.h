@@ -1,0 +1,92 @@
+/* loop/ — the completion path: operations the backend performs itself
+ * (io_uring's recv, send, accept, close), their results routed to their
+ * owner's callback.
+ *
+ * WHY AN INTERNAL CALL. net/ and runtime/ use only the public loop API,
+ * so that a stream works on any loop. This header is the one documented
+ * exception: on a loop whose poller can do the work (uring), a request
+ * costs no poll re-arm and no read/write system call, which the public
+ * handler API cannot express. Every call here returns -ENOTSUP on the
+ * other backends (and whenever the completion path is turned off), and
+ * the caller then uses the public handler path: every stream and listener
+ * still works on every loop, and the public API is unchanged.
+ *
+ * OWNERS. An iol__completion is embedded in its owner (a stream, a
+ * listener), at an address aligned to 8 (the kind rides in the low bits
+ * of the tag). Each operation has a kind (0..3) chosen by the owner, so
+ * it can tell its results apart and cancel one kind. `inflight` counts
+ * the owner's operations not yet ended; the loop lowers it before it
+ * calls fn with an operation's last result. An owner that wants to go
+ * away cancels its operations and frees itself only when inflight is 0,
+ * from fn: the kernel may still complete an operation after the cancel
+ * (with its real result, or -ECANCELED), and that result is delivered to
+ * the owner, never to freed memory.
+ *
+ * BUFFERS. recv takes its buffer from a ring the loop shares among its
+ * owners (set up at the first recv), so a connection waiting for data
+ * holds no buffer. A result with buf != NULL owns the buffer until
+ * iol__loop_buffer_recycle; every such result must be recycled, also on
+ * close. -ENOBUFS from a recv: the ring was empty; resubmit once buffers
+ * were recycled (or read through the handler path).
+ *
+ * LOOP CLOSE. After the close hooks ran (owners cancel and close there),
+ * the loop cancels whatever is still in flight and waits for the last
+ * results (bounded), delivering them to their owners, which free
+ * themselves; submissions then fail with -ESHUTDOWN.
+ *
+ * Loop-thread calls, as for handlers; 0 or -errno: -ENOTSUP no completion
+ * path (or that kind of operation) on this loop, -ESHUTDOWN loop closing,
+ * -EPERM another thread runs the loop, -EBUSY the kernel takes no more
+ * submissions now (its CQ is overflowing: try later or fall back),
+ * -ENOMEM, -EBADF fd < 0. */
+#ifndef IOL_COMPLETION_H
+#define IOL_COMPLETION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "ioloop.h"
+
+typedef struct iol__completion_result {
+    unsigned kind;  /* as submitted */
+    int res;        /* the system call's result or -errno */
+    bool more;      /* a multishot operation stays armed; false: it ended */
+    void *buf;      /* recv: the data (res bytes), else NULL */
+    unsigned bid;   /* with buf: give it back with iol__loop_buffer_recycle */
+} iol__completion_result;
+
+typedef struct iol__completion iol__completion;
+struct iol__completion {
+    void (*fn)(iol__completion *c, const iol__completion_result *r);
+    unsigned inflight;
+};
+
+enum { /* iol__loop_completion_features bits (poller.h IOL__OPS_*) */
+    IOL__COMPLETION_MULTISHOT_ACCEPT = 1u,
+    IOL__COMPLETION_MULTISHOT_RECV = 2u,
+    IOL__COMPLETION_BUFFER_RING = 4u,
+};
+
+/* >= 0: the loop has a completion path, with these bits; -ENOTSUP none. */
+int iol__loop_completion_features(iol_loop *loop);
+/* recv from the shared buffer ring, at most max bytes (0 or more than a
+ * buffer: a buffer's worth); multishot (max ignored): -ENOTSUP if the
+ * kernel lacks it (then submit single-shot recvs). */
+int iol__loop_recv(iol_loop *loop, iol__completion *c, unsigned kind, int fd, size_t max, bool multishot);
+/* send len bytes of buf (kept alive by the caller until the result). */
+int iol__loop_send(iol_loop *loop, iol__completion *c, unsigned kind, int fd, const void *buf, size_t len);
+/* accept: results are new fds (nonblocking, close-on-exec). */
+int iol__loop_accept(iol_loop *loop, iol__completion *c, unsigned kind, int fd, bool multishot);
+/* close fd in the kernel (no handler may be registered for it). */
+int iol__loop_close_op(iol_loop *loop, iol__completion *c, unsigned kind, int fd);
+/* Cancels c's operations of kind (their results still come, -ECANCELED
+ * or real). Harmless when none is in flight. */
+int iol__loop_cancel(iol_loop *loop, iol__completion *c, unsigned kind);
+/* Gives a recv's buffer back to the ring. */
+void iol__loop_buffer_recycle(iol_loop *loop, unsigned bid);
+/* An fd watched by ring operations instead of a handler (a stream's
+ * socket) still counts in iol_loop_handler_count: the runtime balances
+ * load and waits out its drain by that count. delta: +1 or -1. */
+void iol__loop_count_fd(iol_loop *loop, int delta);
+
+#endif
