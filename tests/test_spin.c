@@ -104,7 +104,7 @@ START_TEST(test_adaptive_stops_after_misses_and_probes)
     }
     uint64_t spun = s.spins;
     ck_assert_uint_lt(spun, 100);
-    /* ...except for rare probes (at most one per 64 waits and per
+    /* ...except for rare probes (at most one per 256 waits and per
      * millisecond tick: the waits here take 20 µs or more). */
     for (int i = 0; i < 640; i++) {
         ck_assert(!iol__spin_before_sleep(&s, q, mono_ns()));
@@ -232,7 +232,7 @@ static uint64_t spins_for_slow_posts(double spin_us, int posts)
 START_TEST(test_slow_posts_stop_the_spin)
 {
     int posts = (int)iol_test_scaled(200, 100);
-    /* Adaptive: a handful of misses, then probes only (1 in 64). */
+    /* Adaptive: a handful of misses, then probes only (1 in 256). */
     ck_assert_uint_le(spins_for_slow_posts(0, posts), 16 + (uint64_t)posts / 32 + 2);
     /* Fixed: the old behaviour, a spin after every batch. */
     ck_assert_uint_ge(spins_for_slow_posts(5, posts), (uint64_t)posts / 2);
