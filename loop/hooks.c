@@ -71,15 +71,8 @@ void iol__loop_run_hooks(iol_loop *loop, iol__hook_list *l)
     l->running = true;
     for (unsigned i = 0; i < n; i++) {
         iol__hook h = l->hooks[i]; /* re-read: an add may have moved the array */
-        if (!h.fn)
-            continue;
-        if (!watched) {
-            h.fn(h.arg);
-            continue;
-        }
-        uint64_t began = iol__loop_call_begin(loop, (const void *)h.fn);
-        h.fn(h.arg);
-        iol__loop_call_end(loop, began);
+        if (h.fn)
+            iol__loop_call(loop, watched, h.fn, h.arg);
     }
     l->running = false;
     if (l->live != l->len)

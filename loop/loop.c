@@ -355,13 +355,7 @@ static void run_callbacks(iol_loop *loop, bool watched)
     uint64_t ran = 0;
     while (iol__cbbatch_next(&batch, &fn, &arg)) {
         ran++;
-        if (!watched) {
-            fn(arg);
-            continue;
-        }
-        uint64_t began = iol__loop_call_begin(loop, (const void *)fn);
-        fn(arg);
-        iol__loop_call_end(loop, began);
+        iol__loop_call(loop, watched, fn, arg);
     }
     iol__stats_add(&loop->stats.callbacks_self, batch.from_self);
     iol__stats_add(&loop->stats.callbacks_signal, batch.from_signal);
@@ -383,13 +377,7 @@ static void run_due_timeouts(iol_loop *loop, bool watched)
     uint64_t fired = 0;
     while (iol__timer_heap_pop_due(&loop->timers, now, &fn, &arg)) {
         fired++;
-        if (!watched) {
-            fn(arg);
-            continue;
-        }
-        uint64_t began = iol__loop_call_begin(loop, (const void *)fn);
-        fn(arg);
-        iol__loop_call_end(loop, began);
+        iol__loop_call(loop, watched, fn, arg);
     }
     iol__stats_add(&loop->stats.timeouts, fired);
 }

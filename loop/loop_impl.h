@@ -240,4 +240,17 @@ static inline void iol__loop_call_end(iol_loop *loop, uint64_t began)
     iol__watchdog_call_end(loop->watchdog);
 }
 
+/* Runs one callback of the iol_callback_fn kind (posted callbacks,
+ * timeouts, hooks) inside the begin/end pair when `watched`. */
+static inline void iol__loop_call(iol_loop *loop, bool watched, iol_callback_fn fn, void *arg)
+{
+    if (!watched) {
+        fn(arg);
+        return;
+    }
+    uint64_t began = iol__loop_call_begin(loop, (const void *)fn);
+    fn(arg);
+    iol__loop_call_end(loop, began);
+}
+
 #endif
