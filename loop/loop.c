@@ -478,7 +478,14 @@ void iol__loop_release(iol_loop *loop)
  * ended it before the poll, 0, or the poll's -errno.
  * Busy and waiting time: two clock reads per iteration, around the poll
  * (vDSO, tens of ns each; an iteration that polls costs a syscall
- * anyway); the pre-sleep spin judges its waits by the same two reads. loop->awake_ns is when the last poll returned. */
+ * anyway); the pre-sleep spin judges its waits by the same two reads.
+ * loop->awake_ns is when the last poll returned. */
+static void add_busy(iol_loop *loop, uint64_t now)
+{
+    iol__stats_add(&loop->stats.busy_ns, now - loop->awake_ns);
+    iol__stats_max(&loop->stats.longest_iteration_ns, now - loop->awake_ns);
+}
+
 static int iterate(iol_loop *loop, int cap_ms)
 {
     bool watched = iol__loop_watched(loop);
@@ -495,8 +502,7 @@ static int iterate(iol_loop *loop, int cap_ms)
         iol__loop_run_hooks(loop, &loop->prepare_hooks);
     iol__watchdog_iteration_end(loop->watchdog);
     uint64_t asleep = iol__clock_ns();
-    iol__stats_add(&loop->stats.busy_ns, asleep - loop->awake_ns);
-    iol__stats_max(&loop->stats.longest_iteration_ns, asleep - loop->awake_ns);
+    add_busy(loop, asleep);
     /* relaxed: a statistic, read alone (current_poll_ns). */
     atomic_store_explicit(&loop->stats.polling_since, asleep, memory_order_relaxed);
     int err = loop_poll(loop, cap_ms, asleep); /* sets loop->awake_ns */
@@ -534,9 +540,7 @@ static iol_loop *iterations_enter(iol_loop *loop)
 
 static void iterations_exit(iol_loop *loop, iol_loop *previous)
 {
-    uint64_t done = iol__clock_ns();
-    iol__stats_add(&loop->stats.busy_ns, done - loop->awake_ns);
-    iol__stats_max(&loop->stats.longest_iteration_ns, done - loop->awake_ns);
+    add_busy(loop, iol__clock_ns());
     iol__watchdog_iteration_end(loop->watchdog);
     iol__watchdog_thread_exit(loop->watchdog);
     iol_loop_make_current(previous);
@@ -576,9 +580,8 @@ int iol_loop_run_once(iol_loop *loop, double timeout)
     int err = iol__loop_claim(loop);
     if (err)
         return err;
-    int cap_ms = timeout < 0 ? -1 : timeout * 1000.0 >= (double)INT32_MAX ? INT32_MAX : (int)ceil(timeout * 1000.0);
-    if (cap_ms < 0)
-        cap_ms = INT32_MAX; /* as long as the loop would, without the spin */
+    /* timeout < 0: as long as the loop would wait, without the spin. */
+    int cap_ms = timeout < 0 || timeout * 1000.0 >= (double)INT32_MAX ? INT32_MAX : (int)ceil(timeout * 1000.0);
     iol_loop *previous = iterations_enter(loop);
     int r = iterate(loop, cap_ms);
     iterations_exit(loop, previous);
