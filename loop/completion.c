@@ -19,23 +19,27 @@ static bool path_on(iol_loop *loop)
            (loop->poller_ops->op_features(loop->poller) & IOL__OPS_COMPLETIONS);
 }
 
-int iol__loop_completion_features(iol_loop *loop)
+/* The checks every call makes first: NULL, closed, wrong thread, no path. */
+static int check_path(iol_loop *loop)
 {
     int err = iol__loop_check(loop);
     if (err)
         return err;
-    if (!path_on(loop))
-        return -ENOTSUP;
+    return path_on(loop) ? 0 : -ENOTSUP;
+}
+
+int iol__loop_completion_features(iol_loop *loop)
+{
+    int err = check_path(loop);
+    if (err)
+        return err;
     return (int)loop->poller_ops->op_features(loop->poller);
 }
 
-static int submit(iol_loop *loop, iol__completion *c, unsigned kind, iol__poller_op op)
+/* After check_path. */
+static int submit_checked(iol_loop *loop, iol__completion *c, unsigned kind, iol__poller_op op)
 {
-    int err = iol__loop_check(loop);
-    if (err)
-        return err;
-    if (!path_on(loop))
-        return -ENOTSUP;
+    int err;
     if (loop->draining && op.code != IOL__OP_CANCEL) /* a cancel still goes */
         return -ESHUTDOWN;
     if (!c || kind > 3 || ((uintptr_t)c & 7))
@@ -50,13 +54,17 @@ static int submit(iol_loop *loop, iol__completion *c, unsigned kind, iol__poller
     return 0;
 }
 
+static int submit(iol_loop *loop, iol__completion *c, unsigned kind, iol__poller_op op)
+{
+    int err = check_path(loop);
+    return err ? err : submit_checked(loop, c, kind, op);
+}
+
 int iol__loop_recv(iol_loop *loop, iol__completion *c, unsigned kind, int fd, size_t max, bool multishot)
 {
-    int err = iol__loop_check(loop);
+    int err = check_path(loop);
     if (err)
         return err;
-    if (!path_on(loop))
-        return -ENOTSUP;
     if (!loop->ring_ready) {
         err = loop->poller_ops->op_buffers(loop->poller, RING_BUFFERS, RING_BUFFER_SIZE);
         if (err < 0 && err != -EEXIST)
@@ -65,7 +73,8 @@ int iol__loop_recv(iol_loop *loop, iol__completion *c, unsigned kind, int fd, si
     }
     if (max >= RING_BUFFER_SIZE || multishot)
         max = 0;
-    return submit(loop, c, kind, (iol__poller_op){ .code = IOL__OP_RECV, .fd = fd, .len = max, .multishot = multishot });
+    return submit_checked(loop, c, kind,
+                          (iol__poller_op){ .code = IOL__OP_RECV, .fd = fd, .len = max, .multishot = multishot });
 }
 
 int iol__loop_send(iol_loop *loop, iol__completion *c, unsigned kind, int fd, const void *buf, size_t len)
