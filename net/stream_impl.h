@@ -207,6 +207,9 @@ int iol__stream_dones_reserve(iol_stream *s);
 int iol__stream_queued(iol_stream *s);
 /* Tells wm_fn of a watermark crossing it has not heard of yet. */
 void iol__stream_fire_watermark(iol_stream *s);
+/* After bytes reached the kernel (a write round or a ring send): the low
+ * watermark, the done callbacks, the watermark callback. */
+void iol__stream_wrote(iol_stream *s);
 
 /* stream_zerocopy.c */
 /* Room for n more segments (so a write never fails half-done). -ENOMEM. */

@@ -182,11 +182,7 @@ static void on_send(iol_stream *s, const iol__completion_result *r)
     s->bytes_written += (uint64_t)r->res;
     if (s->sendbuf.len == 0)
         iol__buffer_free(&s->sendbuf);
-    if (s->wm_above && iol__stream_pending(s) <= s->wm_low)
-        s->wm_above = false;
-    iol__stream_fire_dones(s);
-    if (!s->closed)
-        iol__stream_fire_watermark(s);
+    iol__stream_wrote(s);
 }
 
 static void uring_done(iol__completion *c, const iol__completion_result *r)

@@ -83,6 +83,11 @@ void iol__stream_handle_write(iol_stream *s)
     if (s->closed)
         return;
     iol__buffer_trim(&s->wbuf);
+    iol__stream_wrote(s);
+}
+
+void iol__stream_wrote(iol_stream *s)
+{
     if (s->wm_above && iol__stream_pending(s) <= s->wm_low)
         s->wm_above = false;
     iol__stream_fire_dones(s);
