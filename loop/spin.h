@@ -12,6 +12,9 @@
 /* iol_loop_config.spin_us above this is -EINVAL: a spin that long costs
  * more than any sleep it could save. */
 #define IOL__SPIN_MAX_US 1000.0
+/* A spin that finds another thread's callbacks queued when the batch ends
+ * takes them this long after the batch ended (GATHERING in spin.c). */
+#define IOL__SPIN_GATHER_NS 1000
 
 typedef struct iol__spin {
     int64_t window_ns;      /* spin length; 0: never spin */
@@ -25,6 +28,7 @@ typedef struct iol__spin {
      * loop stopped). */
     uint64_t spins;         /* spins started */
     uint64_t spin_hits;     /* spins that saw work arrive */
+    uint64_t gathers;       /* spins that waited for another thread's stream */
 } iol__spin;
 
 /* 0, or -EINVAL for spin_us NaN or > IOL__SPIN_MAX_US (see

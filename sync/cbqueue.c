@@ -117,6 +117,8 @@ struct iol__chunk {
 };
 
 _Static_assert(sizeof(struct iol__cbnode) == 32, "two nodes per cache line");
+/* iol__cbqueue_peek (cbqueue_impl.h) reads head.next at the queue's address. */
+_Static_assert(offsetof(struct iol__cbnode, next) == 0, "next first");
 /* The reserve stack word must be lock-free to be async-signal-safe. */
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free");
 _Static_assert(ATOMIC_POINTER_LOCK_FREE == 2, "pointer atomics must be lock-free");
@@ -206,7 +208,7 @@ struct iol__nodecache {
 };
 
 struct iol__cbqueue {
-    /* Consumer side: the stub head node (only .next is used). */
+    /* Consumer side (first: iol__cbqueue_peek reads head.next here): the stub head node (only .next is used). */
     alignas(CACHE_LINE) struct iol__cbnode head;
     /* Producer side: every push exchanges this. */
     alignas(CACHE_LINE) _Atomic(struct iol__cbnode *) tail;
@@ -476,6 +478,7 @@ int iol__cbqueue_new(iol__cbqueue **out, unsigned signal_reserve)
 {
     if (signal_reserve == 0)
         signal_reserve = DEFAULT_SIGNAL_RESERVE;
+    _Static_assert(offsetof(struct iol__cbqueue, head) == 0, "peek reads head.next at q");
     iol__cbqueue *q = alloc_lines(sizeof *q);
     if (!q)
         return -ENOMEM;
@@ -549,6 +552,20 @@ bool iol__cbqueue_empty(iol__cbqueue *q)
      * load after the waker's seq_cst fence it is the consumer half of the
      * Dekker pair (see waker.c). */
     return atomic_load_explicit(&q->tail, memory_order_seq_cst) == &q->head;
+}
+
+enum iol__cbqueue_origin iol__cbqueue_peek_origin(iol__cbqueue *q)
+{
+    /* acquire: pairs with the producer's release store of head.next, so
+     * the node's `cache` is visible. Only the consumer unlinks nodes, so
+     * the node stays queued while we read it. */
+    struct iol__cbnode *first = atomic_load_explicit(&q->head.next, memory_order_acquire);
+    if (!first)
+        return IOL__CBQ_EMPTY;
+    /* A signal-reserve node (NULL) counts as ours; an overflow node
+     * (tagged chunk) cannot name its thread, and only floods use them. */
+    struct iol__nodecache *c = first->cache;
+    return c == NULL || c == tls_cache ? IOL__CBQ_OWN : IOL__CBQ_OTHER;
 }
 
 bool iol__cbqueue_take(iol__cbqueue *q, iol__cbbatch *b)

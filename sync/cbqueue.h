@@ -28,6 +28,18 @@ int iol__cbqueue_push_signal(iol__cbqueue *q, iol_callback_fn fn, void *arg);
 /* Consumer only: true if nothing is queued (a racing push may be missed;
  * the waker protocol covers that). */
 bool iol__cbqueue_empty(iol__cbqueue *q);
+/* Consumer only: true if a take would find work. Cheaper than !empty()
+ * for a spinning consumer: it reads only the consumer's line, never the
+ * tail that every push exchanges, so watching an empty queue does not
+ * pull that line away from the producers. It misses a push still inside
+ * its two-instruction window, and it is no half of the waker's Dekker
+ * pair: a spin may use it, the sleep decision must use empty(). */
+static inline bool iol__cbqueue_peek(iol__cbqueue *q);
+/* Consumer only: whether a take would find work, and whether the oldest
+ * callback queued was pushed by another thread (a producer streaming
+ * posts) or by the calling thread itself (or a signal handler). */
+enum iol__cbqueue_origin { IOL__CBQ_EMPTY, IOL__CBQ_OWN, IOL__CBQ_OTHER };
+enum iol__cbqueue_origin iol__cbqueue_peek_origin(iol__cbqueue *q);
 
 /* Consumer only. Takes every callback queued so far into a batch that the
  * consumer then drains with next(); pushes made meanwhile stay in the

@@ -70,6 +70,50 @@ START_TEST(test_batch_semantics)
 }
 END_TEST
 
+/* peek and peek_origin see what a take would find, and name where the
+ * oldest callback came from: the loop's spin gathers only behind another
+ * thread's posts (loop/spin.c). */
+static void *push_one_thread(void *q)
+{
+    ck_assert_int_eq(iol__cbqueue_push(q, cb_b, NULL), 0);
+    return NULL;
+}
+
+START_TEST(test_peek_origin)
+{
+    iol__cbqueue *q;
+    ck_assert_int_eq(iol__cbqueue_new(&q, 0), 0);
+    iol__cbbatch b = IOL__CBBATCH_INIT;
+    ck_assert(!iol__cbqueue_peek(q));
+    ck_assert_int_eq(iol__cbqueue_peek_origin(q), IOL__CBQ_EMPTY);
+
+    ck_assert_int_eq(iol__cbqueue_push(q, cb_a, NULL), 0);
+    ck_assert(iol__cbqueue_peek(q));
+    ck_assert_int_eq(iol__cbqueue_peek_origin(q), IOL__CBQ_OWN);
+    ck_assert(iol__cbqueue_take(q, &b));
+    ck_assert_uint_eq(drain_batch(&b), 1);
+    ck_assert(!iol__cbqueue_peek(q));
+    ck_assert_int_eq(iol__cbqueue_peek_origin(q), IOL__CBQ_EMPTY);
+
+    /* Another thread's post, then ours: the oldest decides. */
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, push_one_thread, q), 0);
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    ck_assert_int_eq(iol__cbqueue_push(q, cb_a, NULL), 0);
+    ck_assert_int_eq(iol__cbqueue_peek_origin(q), IOL__CBQ_OTHER);
+    ck_assert(iol__cbqueue_take(q, &b));
+    ck_assert_uint_eq(drain_batch(&b), 2);
+
+    /* A signal-reserve post counts as the consumer's own. */
+    ck_assert_int_eq(iol__cbqueue_push_signal(q, cb_a, NULL), 0);
+    ck_assert_int_eq(iol__cbqueue_peek_origin(q), IOL__CBQ_OWN);
+    ck_assert(iol__cbqueue_take(q, &b));
+    ck_assert_uint_eq(drain_batch(&b), 1);
+    ck_assert_int_eq(iol__cbqueue_peek_origin(q), IOL__CBQ_EMPTY);
+    iol__cbqueue_free(q);
+}
+END_TEST
+
 /* ---- exactly once, per-producer FIFO ---------------------------------- */
 
 #define NPROD 4
@@ -612,6 +656,7 @@ int main(void)
     Suite *s = suite_create("cbqueue");
     TCase *tc = iol_test_tcase("basic", 10);
     tcase_add_test(tc, test_batch_semantics);
+    tcase_add_test(tc, test_peek_origin);
     tcase_add_test(tc, test_drop_counts);
     tcase_add_test(tc, test_signal_reserve_exhaustion);
     tcase_add_test(tc, test_recycling_same_thread);

@@ -80,6 +80,57 @@ START_TEST(test_fixed_always_spins)
 }
 END_TEST
 
+/* GATHERING (loop/spin.c): another thread's callback queued when the batch
+ * ends is taken only IOL__SPIN_GATHER_NS after the batch ended; the loop's
+ * own is taken at once. */
+static void *push_from_thread(void *q)
+{
+    ck_assert_int_eq(iol__cbqueue_push(q, nop, NULL), 0);
+    return NULL;
+}
+
+static void drain(iol__cbqueue *q)
+{
+    iol__cbbatch b;
+    iol_callback_fn fn;
+    void *arg;
+    ck_assert(iol__cbqueue_take(q, &b));
+    while (iol__cbbatch_next(&b, &fn, &arg))
+        ;
+}
+
+START_TEST(test_gathers_only_behind_other_threads)
+{
+    iol__cbqueue *q;
+    ck_assert_int_eq(iol__cbqueue_new(&q, 0), 0);
+    iol__spin s;
+    ck_assert_int_eq(iol__spin_init(&s, 0), 0);
+
+    ck_assert_int_eq(iol__cbqueue_push(q, nop, NULL), 0);
+    ck_assert(iol__spin_before_sleep(&s, q, mono_ns()));
+    ck_assert_uint_eq(s.gathers, 0);
+    drain(q);
+
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, push_from_thread, q), 0);
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    int64_t batch_end = mono_ns();
+    ck_assert(iol__spin_before_sleep(&s, q, batch_end));
+    ck_assert_uint_eq(s.gathers, 1);
+    /* A lower bound only: the wait happened. */
+    ck_assert_int_ge(mono_ns() - batch_end, IOL__SPIN_GATHER_NS);
+    drain(q);
+
+    /* Never without a spin: spin_us < 0 does not gather either. */
+    ck_assert_int_eq(iol__spin_init(&s, -1), 0);
+    ck_assert_int_eq(pthread_create(&t, NULL, push_from_thread, q), 0);
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    ck_assert(!iol__spin_before_sleep(&s, q, mono_ns()));
+    ck_assert_uint_eq(s.gathers, 0);
+    iol__cbqueue_free(q);
+}
+END_TEST
+
 START_TEST(test_adaptive_stops_after_misses_and_probes)
 {
     iol__cbqueue *q;
@@ -381,6 +432,7 @@ int main(void)
     tcase_add_test(tc, test_init_validates);
     tcase_add_test(tc, test_never_spins);
     tcase_add_test(tc, test_fixed_always_spins);
+    tcase_add_test(tc, test_gathers_only_behind_other_threads);
     tcase_add_test(tc, test_adaptive_stops_after_misses_and_probes);
     suite_add_tcase(s, tc);
 
