@@ -141,12 +141,7 @@ START_TEST(test_adaptive_stops_after_misses_and_probes)
     ck_assert_int_eq(iol__cbqueue_push(q, nop, NULL), 0);
     ck_assert(iol__spin_before_sleep(&s, q, mono_ns()));
     ck_assert_uint_eq(s.spins, 1);
-    iol__cbbatch b;
-    iol_callback_fn fn;
-    void *arg;
-    ck_assert(iol__cbqueue_take(q, &b));
-    while (iol__cbbatch_next(&b, &fn, &arg))
-        ;
+    drain(q);
 
     /* Posts that never come within the window: spinning stops... */
     for (int i = 0; i < 100; i++) {
