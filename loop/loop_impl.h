@@ -112,6 +112,7 @@ struct iol_loop {
     iol__spin spin;              /* the pre-sleep spin policy (loop/spin.c) */
     uint64_t sleeps;             /* sleeps announced to the waker (a statistic
                                     for tests: wakeups <= sleeps) */
+    int last_poll_timeout_ms;    /* the last sleep's timeout, -1: none (tests) */
     struct iol__zmq_handlers *zmq;       /* loop/zmq_handlers.c; NULL until the first zmq handler */
     bool time_calls;             /* iol_loop_set_call_timing */
     iol__hook_list prepare_hooks, check_hooks; /* loop/hooks.c */

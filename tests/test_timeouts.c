@@ -6,8 +6,10 @@
 #include <sys/types.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "ioloop.h"
+#include "loop/loop_impl.h"
 #include "loop/timer_heap.h"
 #include "testutil.h"
 
@@ -23,6 +25,46 @@ static void stop_cb(void *arg) { iol_loop_stop(arg); }
 static int fired[64];
 static int nfired;
 static void record(void *arg) { fired[nfired++] = (int)(intptr_t)arg; }
+
+/* With no timeout pending the loop sleeps with no timeout at all (-1: the
+ * kernel arms no timer per sleep), with one pending until it (at most
+ * 3600 s), and run_once's cap bounds both. */
+static void on_readable(int fd, unsigned events, void *arg)
+{
+    iol_loop *loop = arg;
+    (void)fd;
+    (void)events;
+    /* Woken by the fd, not a deadline: the poll had no timeout. */
+    ck_assert_int_eq(loop->last_poll_timeout_ms, -1);
+    iol_loop_stop(loop);
+}
+
+START_TEST(test_poll_timeout_without_deadlines)
+{
+    iol_loop *loop = new_loop();
+    int p[2];
+    ck_assert_int_eq(pipe(p), 0);
+    ck_assert_int_eq(write(p[1], "x", 1), 1);
+    ck_assert_int_eq(iol_loop_add_handler(loop, p[0], IOL_READ, on_readable, loop), 0);
+    ck_assert_int_eq(iol_loop_start(loop), 0);
+    ck_assert_int_eq(iol_loop_remove_handler(loop, p[0]), 0);
+    close(p[0]);
+    close(p[1]);
+
+    /* run_once caps the endless wait. */
+    ck_assert_int_eq(iol_loop_run_once(loop, 0.02), 0);
+    ck_assert_int_eq(loop->last_poll_timeout_ms, 20);
+
+    /* A deadline 10 s away: the poll waits until it, no longer. */
+    ck_assert_int_eq(iol_loop_call_later(loop, 10.0, record, NULL, NULL), 0);
+    ck_assert_int_eq(iol_loop_run_once(loop, 0), 0);
+    ck_assert_int_eq(loop->last_poll_timeout_ms, 0);
+    ck_assert_int_eq(iol_loop_run_once(loop, 0.03), 0);
+    ck_assert_int_eq(loop->last_poll_timeout_ms, 30);
+    ck_assert_int_eq(iol_loop_call_later(loop, 0, stop_cb, loop, NULL), 0);
+    iol_loop_close(loop, false);
+}
+END_TEST
 
 START_TEST(test_deadline_order_and_ties)
 {
@@ -470,6 +512,7 @@ int main(void)
     Suite *s = suite_create("timeouts");
     TCase *tc = iol_test_tcase("core", 30);
     tcase_add_test(tc, test_deadline_order_and_ties);
+    tcase_add_test(tc, test_poll_timeout_without_deadlines);
     tcase_add_test(tc, test_many_equal_deadlines_fifo);
     tcase_add_test(tc, test_sleeps_until_deadline);
     tcase_add_test(tc, test_remove_inside_callback);
