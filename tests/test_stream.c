@@ -818,18 +818,22 @@ END_TEST
 
 /* recv() calls on one fd, counted: the library is linked into this test
  * statically, so its recv calls land here (then in libc's, or in a
- * sanitizer's interceptor). */
+ * sanitizer's interceptor). The fd is set and read on the test's thread
+ * only; the pointer is resolved before main, before any thread. */
 static int recv_count_fd = -1;
 static int recv_count;
+static ssize_t (*real_recv)(int, void *, size_t, int);
+
+__attribute__((constructor)) static void resolve_recv(void)
+{
+    real_recv = (ssize_t (*)(int, void *, size_t, int))dlsym(RTLD_NEXT, "recv");
+}
 
 ssize_t recv(int fd, void *buf, size_t len, int flags)
 {
-    static ssize_t (*real)(int, void *, size_t, int);
-    if (!real)
-        real = (ssize_t (*)(int, void *, size_t, int))dlsym(RTLD_NEXT, "recv");
     if (fd == recv_count_fd)
         recv_count++;
-    return real(fd, buf, len, flags);
+    return real_recv(fd, buf, len, flags);
 }
 
 typedef struct {
