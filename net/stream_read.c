@@ -12,11 +12,13 @@
 /* ---------------------------------------------------------------- Syscall */
 
 /* One read into the read buffer, at most `limit` bytes (> 0).
- * >0 bytes read, 0 at EOF, -EAGAIN, or -errno. */
-static ssize_t stream_recv(iol_stream *s, size_t limit)
+ * >0 bytes read, 0 at EOF, -EAGAIN, or -errno. *drained: a read of > 0
+ * bytes found the socket emptied (it returned less than it had room
+ * for), so another now would only say EAGAIN. */
+static ssize_t stream_recv(iol_stream *s, size_t limit, bool *drained)
 {
     if (s->tls)
-        return iol__tls_recv(s, limit);
+        return iol__tls_recv(s, limit, drained);
     int r = iol__buffer_reserve(&s->rbuf, limit < STREAM_READ_CHUNK ? limit : STREAM_READ_CHUNK);
     if (r < 0)
         return r;
@@ -31,6 +33,7 @@ static ssize_t stream_recv(iol_stream *s, size_t limit)
     if (n < 0)
         return (errno == EAGAIN || errno == EWOULDBLOCK) ? -EAGAIN : -errno;
     s->rbuf.len += (size_t)n;
+    *drained = (size_t)n < room;
     return n;
 }
 
@@ -133,6 +136,7 @@ bool iol__stream_try_complete_read(iol_stream *s)
 void iol__stream_handle_read(iol_stream *s)
 {
     int rounds = 0;
+    bool drained = false;
     s->uring_nobufs = false; /* after this, the ring again (stream_uring.c) */
     while (!s->closed && !s->read_paused) { /* a read callback may pause */
         if (s->read_kind != READ_NONE && iol__stream_try_complete_read(s))
@@ -144,9 +148,12 @@ void iol__stream_handle_read(iol_stream *s)
             limit = s->max_buffer_size < STREAM_READ_CHUNK ? s->max_buffer_size : STREAM_READ_CHUNK;
         else
             break;
-        if (rounds++ == STREAM_IO_ROUNDS)
+        /* The last read emptied the socket: what comes next is reported
+         * by the poller (level-triggered), which spares the EAGAIN read
+         * a request-response exchange would otherwise pay each time. */
+        if (drained || rounds++ == STREAM_IO_ROUNDS)
             break; /* level-triggered: the rest is reported again */
-        ssize_t n = stream_recv(s, limit);
+        ssize_t n = stream_recv(s, limit, &drained);
         if (n == -EAGAIN)
             break;
         if (n == 0) {

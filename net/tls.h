@@ -15,8 +15,9 @@ typedef struct iol__tls iol__tls;
 
 #ifdef IOL_HAVE_TLS
 /* One SSL_read into the stream's read buffer: as stream_recv (>0, 0 at
- * the peer's close_notify, -EAGAIN, -errno); -EAGAIN while handshaking. */
-ssize_t iol__tls_recv(iol_stream *s, size_t limit);
+ * the peer's close_notify, -EAGAIN, -errno, and *drained when > 0);
+ * -EAGAIN while handshaking. */
+ssize_t iol__tls_recv(iol_stream *s, size_t limit, bool *drained);
 /* One SSL_write: as stream_send; -EAGAIN while handshaking. */
 ssize_t iol__tls_send(iol_stream *s, const void *data, size_t len);
 /* The events the stream should watch, given what the plain stream wants. */
@@ -30,7 +31,13 @@ void iol__tls_on_close(iol_stream *s, int err);
 void iol__tls_finish_close(iol_stream *s);
 void iol__tls_free(iol_stream *s);
 #else
-static inline ssize_t iol__tls_recv(iol_stream *s, size_t limit) { (void)s; (void)limit; return -1; }
+static inline ssize_t iol__tls_recv(iol_stream *s, size_t limit, bool *drained)
+{
+    (void)s;
+    (void)limit;
+    (void)drained;
+    return -1;
+}
 static inline ssize_t iol__tls_send(iol_stream *s, const void *d, size_t l) { (void)s; (void)d; (void)l; return -1; }
 static inline unsigned iol__tls_events(const iol_stream *s, unsigned want) { (void)s; return want; }
 static inline bool iol__tls_on_events(iol_stream *s, unsigned *events) { (void)s; (void)events; return false; }

@@ -45,6 +45,8 @@ static int bio_read(BIO *b, char *data, int len)
         n = recv(bio_fd(b), data, (size_t)len, 0);
     } while (n < 0 && errno == EINTR);
     BIO_clear_retry_flags(b);
+    iol__tls *t = BIO_get_data(b);
+    t->bio_drained = n < len;
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             BIO_set_retry_read(b);
@@ -53,7 +55,7 @@ static int bio_read(BIO *b, char *data, int len)
         return -1;
     }
     if (n == 0)
-        ((iol__tls *)BIO_get_data(b))->peer_fin = true;
+        t->peer_fin = true;
     return (int)n;
 }
 

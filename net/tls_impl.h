@@ -57,6 +57,7 @@ struct iol__tls {
     bool read_wants_write; /* SSL_read said WANT_WRITE */
     bool write_wants_read; /* SSL_write said WANT_READ */
     bool peer_fin;    /* the BIO saw the peer's FIN */
+    bool bio_drained; /* the BIO's last recv emptied the socket (short, or EAGAIN) */
     int sys_errno;    /* the BIO's last socket error */
     char *server_name; /* client: SNI and verified name (or IP) */
     iol_connect_fn hs_cb;

@@ -211,7 +211,7 @@ static size_t tls_drain(iol_stream *s)
     return got;
 }
 
-ssize_t iol__tls_recv(iol_stream *s, size_t limit)
+ssize_t iol__tls_recv(iol_stream *s, size_t limit, bool *drained)
 {
     iol__tls *t = s->tls;
     if (t->phase != TLS_OPEN)
@@ -222,7 +222,12 @@ ssize_t iol__tls_recv(iol_stream *s, size_t limit)
         return r;
     if (n > 0) {
         t->read_wants_write = false;
-        return n + (ssize_t)tls_drain(s);
+        ssize_t got = n + (ssize_t)tls_drain(s);
+        /* The socket was empty at the last recv and OpenSSL holds no
+         * byte of it (a partial record keeps it pending): nothing to
+         * read until the poller says so. */
+        *drained = t->bio_drained && !SSL_has_pending(t->ssl);
+        return got;
     }
     int e = SSL_get_error(t->ssl, n);
     switch (e) {

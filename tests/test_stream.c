@@ -6,6 +6,7 @@
 #include "testutil.h"
 
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -815,6 +816,86 @@ START_TEST(echo_ping_pong)
 }
 END_TEST
 
+/* recv() calls on one fd, counted: the library is linked into this test
+ * statically, so its recv calls land here (then in libc's, or in a
+ * sanitizer's interceptor). The fd is set and read on the test's thread
+ * only; the pointer is resolved before main, before any thread. */
+static int recv_count_fd = -1;
+static int recv_count;
+static ssize_t (*real_recv)(int, void *, size_t, int);
+
+__attribute__((constructor)) static void resolve_recv(void)
+{
+    real_recv = (ssize_t (*)(int, void *, size_t, int))dlsym(RTLD_NEXT, "recv");
+}
+
+ssize_t recv(int fd, void *buf, size_t len, int flags)
+{
+    if (fd == recv_count_fd)
+        recv_count++;
+    return real_recv(fd, buf, len, flags);
+}
+
+typedef struct {
+    iol_loop *loop;
+    int peer;
+    int lines;
+} short_reads;
+
+static void short_reads_send(void *arg)
+{
+    short_reads *t = arg;
+    ck_assert_int_eq(write(t->peer, "line\n", 5), 5);
+}
+
+static void on_short_reads_close(iol_stream *s, void *arg)
+{
+    (void)s;
+    iol_loop_stop(((short_reads *)arg)->loop);
+}
+
+static void on_short_read_line(iol_stream *s, const char *data, size_t len, int status, void *arg)
+{
+    short_reads *t = arg;
+    ck_assert_int_eq(status, 0);
+    ck_assert_uint_eq(len, 5);
+    ck_assert(memcmp(data, "line\n", 5) == 0);
+    if (++t->lines == 3) {
+        iol_stream_close(s); /* its close callback stops the loop */
+        return;
+    }
+    /* As a server after a request: the next read at once, the next line
+     * from the peer only once the loop polled again. */
+    ck_assert_int_eq(iol_stream_read_until(s, "\n", on_short_read_line, t), 0);
+    ck_assert_int_eq(iol_loop_add_callback(t->loop, short_reads_send, t), 0);
+}
+
+/* A read that took less than it had room for emptied the socket: the
+ * next one waits for the poller rather than asking the kernel at once for
+ * an EAGAIN (one recv per line here, not two). */
+START_TEST(short_read_waits_for_poller)
+{
+    int fds[2];
+    make_pair(fds);
+    iol_loop *loop = NULL;
+    ck_assert_int_eq(iol_loop_new(&loop, &(iol_loop_config){.poller = "epoll"}), 0);
+    short_reads t = {.loop = loop, .peer = fds[1]};
+    iol_stream *s;
+    ck_assert_int_eq(iol_stream_new(&s, loop, fds[0], 0), 0);
+    ck_assert_int_eq(iol_stream_set_close_callback(s, on_short_reads_close, &t), 0);
+    recv_count = 0;
+    recv_count_fd = fds[0];
+    ck_assert_int_eq(iol_stream_read_until(s, "\n", on_short_read_line, &t), 0);
+    short_reads_send(&t);
+    run_loop(loop);
+    recv_count_fd = -1;
+    ck_assert_int_eq(t.lines, 3);
+    ck_assert_int_eq(recv_count, 3);
+    close(fds[1]);
+    free_loop(loop);
+}
+END_TEST
+
 START_TEST(write_to_vanished_peer)
 {
     int fds[2];
@@ -1259,6 +1340,7 @@ static Suite *stream_suite(void)
         {"eof_fails_read_bytes", eof_fails_read_bytes},
         {"idle_stream_notices_peer_close", idle_stream_notices_peer_close},
         {"echo_ping_pong", echo_ping_pong},
+        {"short_read_waits_for_poller", short_read_waits_for_poller},
         {"write_to_vanished_peer", write_to_vanished_peer},
         {"close_inside_read_callback", close_inside_read_callback},
         {"close_fails_pending_read_then_close_callback", close_fails_pending_read_then_close_callback},

@@ -10,6 +10,7 @@
 #include "testutil.h"
 
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -79,7 +80,31 @@ typedef struct server {
     int last_error;   /* of the last stream closed */
     int stop_after;   /* stop the loop after this many closes; 0: never */
     int file_fd;      /* MODE_ZEROCOPY: holds "file\n" */
+    int lines;        /* MODE_ECHO: lines echoed */
+    bool count_eagain; /* MODE_ECHO: from the second line on, count its stream's EAGAIN recvs */
 } server;
+
+/* recv() calls that found nothing (EAGAIN) on one fd, counted: the
+ * library is linked into this test statically, so its BIO's recv calls
+ * land here (then in libc's, or in a sanitizer's interceptor). The fd is
+ * set and read on the test's thread only; the pointer is resolved before
+ * main, before any thread. */
+static int eagain_fd = -1;
+static int eagain_count;
+static ssize_t (*real_recv)(int, void *, size_t, int);
+
+__attribute__((constructor)) static void resolve_recv(void)
+{
+    real_recv = (ssize_t (*)(int, void *, size_t, int))dlsym(RTLD_NEXT, "recv");
+}
+
+ssize_t recv(int fd, void *buf, size_t len, int flags)
+{
+    ssize_t n = real_recv(fd, buf, len, flags);
+    if (n < 0 && errno == EAGAIN && fd == eagain_fd)
+        eagain_count++;
+    return n;
+}
 
 static void srv_on_line(iol_stream *s, const char *data, size_t len, int status, void *arg);
 
@@ -135,6 +160,12 @@ static void srv_on_line(iol_stream *s, const char *data, size_t len, int status,
     if (sv->mode == MODE_ONE_LINE) {
         ck_assert_int_eq(iol_stream_write(s, data, len, srv_close_after_write, s), 0);
         return;
+    }
+    if (sv->count_eagain && ++sv->lines == 2) {
+        /* The first line may have come with the handshake's last flight,
+         * read by the handshake; from here on each arrives on its own. */
+        eagain_fd = iol_stream_fd(s);
+        eagain_count = 0;
     }
     ck_assert_int_eq(iol_stream_write(s, data, len, NULL, NULL), 0);
     ck_assert_int_eq(iol_stream_read_until(s, "\n", srv_on_line, sv), 0);
@@ -671,6 +702,62 @@ START_TEST(starttls)
 }
 END_TEST
 
+/* A client that sends a line, waits for its echo, and so on. */
+typedef struct lines_client {
+    iol_loop *loop;
+    int replies;
+} lines_client;
+
+static void lc_on_reply(iol_stream *s, const char *data, size_t len, int status, void *arg)
+{
+    lines_client *c = arg;
+    ck_assert_int_eq(status, 0);
+    ck_assert_uint_eq(len, 5);
+    ck_assert(memcmp(data, "line\n", 5) == 0);
+    if (++c->replies == 4) {
+        iol_stream_close(s);
+        iol_loop_stop(c->loop);
+        return;
+    }
+    ck_assert_int_eq(iol_stream_write(s, "line\n", 5, NULL, NULL), 0);
+    ck_assert_int_eq(iol_stream_read_until(s, "\n", lc_on_reply, c), 0);
+}
+
+static void lc_on_handshake(iol_stream *s, int status, void *arg)
+{
+    ck_assert_int_eq(status, 0);
+    ck_assert_int_eq(iol_stream_write(s, "line\n", 5, NULL, NULL), 0);
+    ck_assert_int_eq(iol_stream_read_until(s, "\n", lc_on_reply, arg), 0);
+}
+
+/* A record read whole with room to spare emptied the socket: the server's
+ * next read waits for the poller instead of asking the kernel at once
+ * (each echoed line cost an SSL_read that ended in a recv saying EAGAIN). */
+START_TEST(short_read_waits_for_poller)
+{
+    iol_loop *loop = NULL;
+    ck_assert_int_eq(iol_loop_new(&loop, &(iol_loop_config){.poller = "epoll"}), 0);
+    iol_set_log_handler(capture_log, NULL);
+    log_text[0] = '\0';
+    server sv;
+    server_start(&sv, loop, MODE_ECHO, 0);
+    sv.count_eagain = true;
+    iol_tls_ctx *cctx = client_ctx("ca.pem", NULL);
+    lines_client c = {.loop = loop};
+    iol_stream *s;
+    ck_assert_int_eq(iol_tls_connect(&s, loop, "127.0.0.1", sv.port, NULL, cctx, "a.test", lc_on_handshake, &c), 0);
+    run_loop(loop);
+    int eagains = eagain_count;
+    eagain_fd = -1;
+    ck_assert_int_eq(c.replies, 4);
+    ck_assert_int_eq(sv.lines, 4);
+    ck_assert_int_eq(eagains, 0);
+    wait_server_closes(&sv, 1);
+    iol_tls_ctx_unref(cctx);
+    finish(loop, &sv);
+}
+END_TEST
+
 START_TEST(bad_arguments)
 {
     iol_tls_ctx *ctx = NULL;
@@ -1031,6 +1118,7 @@ int main(void)
         {"close_notify_both_ways", close_notify_both_ways},
         {"starttls", starttls},
         {"bad_arguments", bad_arguments},
+        {"short_read_waits_for_poller", short_read_waits_for_poller},
         {"big_echo", big_echo},
         {"shared_by_workers", shared_by_workers},
         {"loop_closes_mid_handshake", loop_closes_mid_handshake},
