@@ -139,6 +139,9 @@ void iol__loop_dispatch_events(iol_loop *loop)
     int waker_fd = iol__waker_fd(&loop->waker);
     bool watched = iol__loop_watched(loop);
     loop->dispatching = true;
+    /* Everything but the waker (and the signalfd) is I/O the spin must not
+     * delay (GATHERING in loop/spin.c). */
+    loop->io_events = loop->nevents;
     for (loop->event_pos = 0; loop->event_pos < loop->nevents; loop->event_pos++) {
         iol__poller_event ev = loop->events[loop->event_pos];
         if (ev.fd == IOL__POLLER_SOCKET) {
@@ -150,6 +153,7 @@ void iol__loop_dispatch_events(iol_loop *loop)
             continue;
         }
         if (ev.fd < 0 || ev.fd == waker_fd || !has_handler(loop, ev.fd)) {
+            loop->io_events--;
             if (ev.fd >= 0 && loop->signals)
                 iol__loop_signal_fd_event(loop, ev.fd);
             continue;

@@ -418,7 +418,7 @@ static int loop_poll(iol_loop *loop, int cap_ms, uint64_t asleep)
      * runs in full. */
     bool zmq_ready = iol__loop_zmq_recheck(loop); /* ZMQ_FD is edge-triggered: loop/zmq_handlers.c */
     bool after_batch = loop->ran_batch && cap_ms < 0;
-    if (after_batch && iol__spin_before_sleep(&loop->spin, loop->queue, (int64_t)asleep)) {
+    if (after_batch && iol__spin_before_sleep(&loop->spin, loop->queue, (int64_t)asleep, loop->io_events == 0)) {
         /* Skip the sleep protocol entirely: poll without blocking. */
         int n = loop->poller_ops->wait(loop->poller, loop->events, MAX_EVENTS, 0);
         loop->awake_ns = iol__clock_ns();

@@ -95,6 +95,8 @@ struct iol_loop {
     int handlers_cap;
     iol__poller_event *events;   /* the current poll's results */
     int nevents, event_pos;
+    int io_events;               /* the last dispatch's events for handlers,
+                                    completions and zmq sockets (not the waker) */
     bool dispatching;
     bool ran_batch;              /* the last iteration ran queued callbacks */
 

@@ -72,7 +72,9 @@
  * and 2000 ns measured lower; ping-pong unchanged (its answers arrive
  * during the spin, not before it). The price is up to IOL__SPIN_GATHER_NS of
  * latency, and only there: never for the loop's own posts (the oldest
- * node is ours: a callback chain runs at once), never without spin
+ * node is ours: a callback chain runs at once), never in an iteration
+ * that dispatched I/O (a server's ready sockets are not kept waiting, nor
+ * is a microsecond spun per iteration beside them), never without spin
  * credit, never in run_once, never with spin_us < 0.
  *
  * INVARIANTS KEPT. The spin only follows a non-empty batch (loop_poll), so
@@ -152,13 +154,14 @@ static void gather(iol__spin *s, int64_t batch_end)
 /* Bounded by time, not by iterations: a PAUSE takes 10 to 140 cycles
  * depending on the CPU. Returns how long it took the work to come (0 if
  * it was there at once), or -1 if it did not come within the window. */
-static int64_t spin_for_work(iol__spin *s, iol__cbqueue *q, int64_t start, int64_t window_ns)
+static int64_t spin_for_work(iol__spin *s, iol__cbqueue *q, int64_t start, int64_t window_ns, bool may_gather)
 {
     /* peek, not empty(): watching must not pull the tail's line away
      * from the producers (sync/cbqueue.h). */
     switch (iol__cbqueue_peek_origin(q)) {
     case IOL__CBQ_OTHER:
-        gather(s, start);
+        if (may_gather)
+            gather(s, start);
         return 0;
     case IOL__CBQ_OWN:
         return 0;
@@ -177,7 +180,7 @@ static int64_t spin_for_work(iol__spin *s, iol__cbqueue *q, int64_t start, int64
     }
 }
 
-bool iol__spin_before_sleep(iol__spin *s, iol__cbqueue *q, int64_t start)
+bool iol__spin_before_sleep(iol__spin *s, iol__cbqueue *q, int64_t start, bool io_idle)
 {
     s->learn_after_sleep = false;
     if (s->window_ns == 0)
@@ -201,7 +204,7 @@ bool iol__spin_before_sleep(iol__spin *s, iol__cbqueue *q, int64_t start)
         }
     }
     s->spins++;
-    int64_t waited = spin_for_work(s, q, start, probe ? PROBE_WINDOW_NS : s->window_ns);
+    int64_t waited = spin_for_work(s, q, start, probe ? PROBE_WINDOW_NS : s->window_ns, io_idle);
     s->spin_hits += waited >= 0;
     if (probe && waited > s->window_ns)
         s->credit = 1; /* a late answer: worth one spin, to see if it was a peer */

@@ -38,8 +38,10 @@ int iol__spin_init(iol__spin *s, double spin_us);
 /* The loop just ran a batch of posted callbacks and has nothing else to
  * do: spins on q if the policy says so. true: work arrived, poll without
  * sleeping; false: sleep (and call iol__spin_after_sleep on waking).
- * now: CLOCK_MONOTONIC in ns, read by the caller anyway (its statistics). */
-bool iol__spin_before_sleep(iol__spin *s, iol__cbqueue *q, int64_t now);
+ * now: CLOCK_MONOTONIC in ns, read by the caller anyway (its statistics).
+ * io_idle: the iteration dispatched no I/O event, so gathering another
+ * thread's stream delays nothing else (GATHERING in spin.c). */
+bool iol__spin_before_sleep(iol__spin *s, iol__cbqueue *q, int64_t now, bool io_idle);
 
 /* The sleep that followed iol__spin_before_sleep's false ended; arrived:
  * the queue holds work now; now: the clock on waking, as above. Learns

@@ -54,7 +54,7 @@ START_TEST(test_never_spins)
     ck_assert_int_eq(iol__cbqueue_push(q, nop, NULL), 0);
     /* Not even work already queued turns a disabled spin into a look. */
     for (int i = 0; i < 200; i++) {
-        ck_assert(!iol__spin_before_sleep(&s, q, mono_ns()));
+        ck_assert(!iol__spin_before_sleep(&s, q, mono_ns(), true));
         iol__spin_after_sleep(&s, true, mono_ns());
     }
     ck_assert_uint_eq(s.spins, 0);
@@ -69,12 +69,12 @@ START_TEST(test_fixed_always_spins)
     iol__spin s;
     ck_assert_int_eq(iol__spin_init(&s, 1), 0);
     for (int i = 0; i < 200; i++) {
-        ck_assert(!iol__spin_before_sleep(&s, q, mono_ns())); /* nothing arrives: a miss */
+        ck_assert(!iol__spin_before_sleep(&s, q, mono_ns(), true)); /* nothing arrives: a miss */
         iol__spin_after_sleep(&s, false, mono_ns());
     }
     ck_assert_uint_eq(s.spins, 200);
     ck_assert_int_eq(iol__cbqueue_push(q, nop, NULL), 0);
-    ck_assert(iol__spin_before_sleep(&s, q, mono_ns()));
+    ck_assert(iol__spin_before_sleep(&s, q, mono_ns(), true));
     ck_assert_uint_eq(s.spin_hits, 1);
     iol__cbqueue_free(q);
 }
@@ -107,7 +107,7 @@ START_TEST(test_gathers_only_behind_other_threads)
     ck_assert_int_eq(iol__spin_init(&s, 0), 0);
 
     ck_assert_int_eq(iol__cbqueue_push(q, nop, NULL), 0);
-    ck_assert(iol__spin_before_sleep(&s, q, mono_ns()));
+    ck_assert(iol__spin_before_sleep(&s, q, mono_ns(), true));
     ck_assert_uint_eq(s.gathers, 0);
     drain(q);
 
@@ -115,17 +115,24 @@ START_TEST(test_gathers_only_behind_other_threads)
     ck_assert_int_eq(pthread_create(&t, NULL, push_from_thread, q), 0);
     ck_assert_int_eq(pthread_join(t, NULL), 0);
     int64_t batch_end = mono_ns();
-    ck_assert(iol__spin_before_sleep(&s, q, batch_end));
+    ck_assert(iol__spin_before_sleep(&s, q, batch_end, true));
     ck_assert_uint_eq(s.gathers, 1);
     /* A lower bound only: the wait happened. */
     ck_assert_int_ge(mono_ns() - batch_end, IOL__SPIN_GATHER_NS);
+    drain(q);
+
+    /* Not in an iteration that dispatched I/O. */
+    ck_assert_int_eq(pthread_create(&t, NULL, push_from_thread, q), 0);
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    ck_assert(iol__spin_before_sleep(&s, q, mono_ns(), false));
+    ck_assert_uint_eq(s.gathers, 1);
     drain(q);
 
     /* Never without a spin: spin_us < 0 does not gather either. */
     ck_assert_int_eq(iol__spin_init(&s, -1), 0);
     ck_assert_int_eq(pthread_create(&t, NULL, push_from_thread, q), 0);
     ck_assert_int_eq(pthread_join(t, NULL), 0);
-    ck_assert(!iol__spin_before_sleep(&s, q, mono_ns()));
+    ck_assert(!iol__spin_before_sleep(&s, q, mono_ns(), true));
     ck_assert_uint_eq(s.gathers, 0);
     iol__cbqueue_free(q);
 }
@@ -139,13 +146,13 @@ START_TEST(test_adaptive_stops_after_misses_and_probes)
     ck_assert_int_eq(iol__spin_init(&s, 0), 0);
     /* A new loop spins (a flood or a ping-pong gets it from the start). */
     ck_assert_int_eq(iol__cbqueue_push(q, nop, NULL), 0);
-    ck_assert(iol__spin_before_sleep(&s, q, mono_ns()));
+    ck_assert(iol__spin_before_sleep(&s, q, mono_ns(), true));
     ck_assert_uint_eq(s.spins, 1);
     drain(q);
 
     /* Posts that never come within the window: spinning stops... */
     for (int i = 0; i < 100; i++) {
-        ck_assert(!iol__spin_before_sleep(&s, q, mono_ns()));
+        ck_assert(!iol__spin_before_sleep(&s, q, mono_ns(), true));
         iol__spin_after_sleep(&s, false, mono_ns());
     }
     uint64_t spun = s.spins;
@@ -153,7 +160,7 @@ START_TEST(test_adaptive_stops_after_misses_and_probes)
     /* ...except for rare probes (at most one per 256 waits and per
      * millisecond tick: the waits here take 20 µs or more). */
     for (int i = 0; i < 640; i++) {
-        ck_assert(!iol__spin_before_sleep(&s, q, mono_ns()));
+        ck_assert(!iol__spin_before_sleep(&s, q, mono_ns(), true));
         usleep(20);
         iol__spin_after_sleep(&s, false, mono_ns());
     }
@@ -167,12 +174,12 @@ START_TEST(test_adaptive_stops_after_misses_and_probes)
     uint64_t before;
     do {
         before = s.spins;
-        ck_assert(!iol__spin_before_sleep(&s, q, mono_ns()));
+        ck_assert(!iol__spin_before_sleep(&s, q, mono_ns(), true));
         s.wait_start_ns += 1000000000;
         iol__spin_after_sleep(&s, true, mono_ns());
     } while (s.spins != before); /* that was a probe: judged already */
     spun = s.spins;
-    ck_assert(!iol__spin_before_sleep(&s, q, mono_ns()));
+    ck_assert(!iol__spin_before_sleep(&s, q, mono_ns(), true));
     ck_assert_uint_eq(s.spins, spun + 1);
     iol__cbqueue_free(q);
 }
