@@ -89,10 +89,10 @@ typedef struct iol_loop_config {
              * long (at most 1000). A spin trades the loop's CPU for latency: it
              * saves a sleep and a wakeup when the next post comes within it, and
              * is wasted on top of both when the post comes later. A spinning loop
-             * that finds another thread's posts already queued when its batch
-             * ends takes them 1 µs after that end, so a producer streaming posts
-             * fills batches instead of fighting the loop for cache lines; the
-             * loop's own posts are taken at once. */
+             * with no I/O to handle that finds another thread's posts already
+             * queued when its batch ends takes them 1 µs after that end, so a
+             * producer streaming posts fills batches instead of fighting the loop
+             * for cache lines; the loop's own posts are taken at once. */
             double spin_us;
             /* > 0: at most this many callbacks queued and not yet run;
              * past it iol_loop_add_callback from any thread but the one
