@@ -144,6 +144,7 @@ struct iol_stream {
     bool uring : 1;           /* this stream uses it (a plain socket on such a loop) */
     bool recv_inflight : 1;   /* one recv at a time: the bytes arrive in order */
     bool recv_cancelling : 1;
+    bool recv_drained : 1;    /* the last recv left nothing in the socket: the next one waits first */
     bool send_inflight : 1;   /* one send at a time, of sendbuf */
     bool uring_nobufs : 1;    /* the ring ran dry: this read goes through the handler */
     bool defer_writes : 1;    /* iol_stream_set_deferred_writes */
