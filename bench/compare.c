@@ -716,6 +716,8 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
             continue;
         if (k < npollers ? !setup_ours(s, workers, pollers[k]) : !others[k - npollers](s, workers))
             continue;
+        if (!bench_selected(o, s->impl, s->label))
+            continue; /* --impl: e.g. only ioloop's rows, for an A/B of two builds */
         g_nservers = n + 1; /* visible to the exit paths before it runs */
         if (server_start(s) < 0)
             continue;

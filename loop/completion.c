@@ -60,8 +60,9 @@ static int submit(iol_loop *loop, iol__completion *c, unsigned kind, iol__poller
     return err ? err : submit_checked(loop, c, kind, op);
 }
 
-int iol__loop_recv(iol_loop *loop, iol__completion *c, unsigned kind, int fd, size_t max, bool multishot)
+int iol__loop_recv(iol_loop *loop, iol__completion *c, unsigned kind, int fd, size_t max, unsigned flags)
 {
+    bool multishot = flags & IOL__RECV_MULTISHOT;
     int err = check_path(loop);
     if (err)
         return err;
@@ -74,7 +75,8 @@ int iol__loop_recv(iol_loop *loop, iol__completion *c, unsigned kind, int fd, si
     if (max >= RING_BUFFER_SIZE || multishot)
         max = 0;
     return submit_checked(loop, c, kind,
-                          (iol__poller_op){ .code = IOL__OP_RECV, .fd = fd, .len = max, .multishot = multishot });
+                          (iol__poller_op){ .code = IOL__OP_RECV, .fd = fd, .len = max, .multishot = multishot,
+                                            .poll_first = flags & IOL__RECV_POLL_FIRST });
 }
 
 int iol__loop_send(iol_loop *loop, iol__completion *c, unsigned kind, int fd, const void *buf, size_t len)
@@ -118,6 +120,7 @@ void iol__loop_complete(iol_loop *loop, const iol__poller_event *ev)
         .kind = (unsigned)(ev->done.tag >> 1) & 3,
         .res = ev->done.res,
         .more = ev->done.flags & IOL__DONE_MORE,
+        .nonempty = ev->done.flags & IOL__DONE_NONEMPTY,
     };
     if (ev->done.flags & IOL__DONE_BUFFER) {
         r.buf = loop->poller_ops->buffer(loop->poller, ev->done.bid);

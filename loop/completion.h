@@ -51,6 +51,7 @@ typedef struct iol__completion_result {
     unsigned kind;  /* as submitted */
     int res;        /* the system call's result or -errno */
     bool more;      /* a multishot operation stays armed; false: it ended */
+    bool nonempty;  /* recv: more data was waiting after it (false also where the kernel cannot tell) */
     void *buf;      /* recv: the data (res bytes), else NULL */
     unsigned bid;   /* with buf: give it back with iol__loop_buffer_recycle */
 } iol__completion_result;
@@ -69,10 +70,13 @@ enum { /* iol__loop_completion_features bits (poller.h IOL__OPS_*) */
 
 /* >= 0: the loop has a completion path, with these bits; -ENOTSUP none. */
 int iol__loop_completion_features(iol_loop *loop);
+enum { /* iol__loop_recv flags */
+    IOL__RECV_MULTISHOT = 1u,  /* max ignored; -ENOTSUP if the kernel lacks it (then single-shot) */
+    IOL__RECV_POLL_FIRST = 2u, /* a hint: the last recv drained the socket, wait for data before trying */
+};
 /* recv from the shared buffer ring, at most max bytes (0 or more than a
- * buffer: a buffer's worth); multishot (max ignored): -ENOTSUP if the
- * kernel lacks it (then submit single-shot recvs). */
-int iol__loop_recv(iol_loop *loop, iol__completion *c, unsigned kind, int fd, size_t max, bool multishot);
+ * buffer: a buffer's worth); flags IOL__RECV_*. */
+int iol__loop_recv(iol_loop *loop, iol__completion *c, unsigned kind, int fd, size_t max, unsigned flags);
 /* send len bytes of buf (kept alive by the caller until the result). */
 int iol__loop_send(iol_loop *loop, iol__completion *c, unsigned kind, int fd, const void *buf, size_t len);
 /* accept: results are new fds (nonblocking, close-on-exec). */

@@ -26,16 +26,33 @@ void iol__stream_free(iol_stream *s)
     iol__buffer_free(&s->rbuf);
     iol__buffer_free(&s->wbuf);
     iol__buffer_free(&s->sendbuf);
-    free(s->dones);
-    free(s->segs);
-    if (s->delim != s->delim_inline)
-        free(s->delim);
-    free(s->addrs);
-    free(s->source);
-    if (s->connect_timer)
-        (void)iol_loop_remove_timeout(s->loop, s->connect_timer); /* nothing to undo once the loop is gone */
+    stream_ext *x = s->ext;
+    if (x) {
+        free(x->dones);
+        free(x->segs);
+        if (x->delim != x->delim_inline)
+            free(x->delim);
+        free(x->addrs);
+        free(x->source);
+        if (x->connect_timer)
+            (void)iol_loop_remove_timeout(s->loop, x->connect_timer); /* nothing to undo once the loop is gone */
+        free(x);
+    }
     iol_loop_unref(s->loop);
     free(s);
+}
+
+stream_ext *iol__stream_ext(iol_stream *s)
+{
+    if (s->ext)
+        return s->ext;
+    stream_ext *x = calloc(1, sizeof(*x));
+    if (!x)
+        return NULL;
+    x->delim = x->delim_inline;
+    x->delim_cap = sizeof(x->delim_inline);
+    s->ext = x;
+    return x;
 }
 
 
@@ -217,7 +234,7 @@ static void stream_deferred(void *arg)
     s->in_deferred = true;
     s->deferred_again = false;
     if (s->connect_report && !s->closed)
-        iol__stream_connect_done(s, s->connect_status);
+        iol__stream_connect_done(s, s->ext->connect_status);
     iol__stream_fire_dones(s);
     if (!s->closed)
         iol__stream_fire_watermark(s);
@@ -253,11 +270,11 @@ static void stream_loop_closing(iol__close_hook *hook)
         s->deferred_queued = false; /* dropped with the queue */
         s->refs--;
     }
-    if (s->resolving) {
+    if (s->ext && s->ext->resolving) {
         /* The lookup's callback will not run on a closed loop (the
          * executor's answer finds it closed): drop its reference too. */
-        iol__resolve_job_release(s->resolving);
-        s->resolving = NULL;
+        iol__resolve_job_release(s->ext->resolving);
+        s->ext->resolving = NULL;
         s->refs--;
     }
     if (s->refs > s->op.inflight) {
@@ -325,8 +342,6 @@ int iol__stream_alloc(iol_stream **out, iol_loop *loop, size_t max_buffer_size)
     s->loop = iol_loop_ref(loop);
     s->fd = -1;
     s->max_buffer_size = max_buffer_size ? max_buffer_size : STREAM_DEFAULT_MAX_BUFFER;
-    s->delim = s->delim_inline;
-    s->delim_cap = sizeof(s->delim_inline);
     *out = s;
     return 0;
 }

@@ -21,14 +21,14 @@ void iol__stream_connect_done(iol_stream *s, int status)
 {
     s->connecting = false;
     s->connect_report = false;
-    if (s->connect_timer) {
-        (void)iol_loop_remove_timeout(s->loop, s->connect_timer);
-        s->connect_timer = 0;
+    if (s->ext->connect_timer) {
+        (void)iol_loop_remove_timeout(s->loop, s->ext->connect_timer);
+        s->ext->connect_timer = 0;
     }
-    iol_connect_fn cb = s->connect_cb;
-    s->connect_cb = NULL;
+    iol_connect_fn cb = s->ext->connect_cb;
+    s->ext->connect_cb = NULL;
     if (cb)
-        cb(s, status, s->connect_arg);
+        cb(s, status, s->ext->connect_arg);
     if (status < 0)
         iol__stream_close_internal(s, status);
 }
@@ -37,12 +37,12 @@ void iol__stream_connect_done(iol_stream *s, int status)
  * for. -errno: this address cannot be tried. */
 static int stream_socket_for(const iol_stream *s, const iol__address *a)
 {
-    if (s->source && s->source->addr.ss_family != a->addr.ss_family)
+    if (s->ext->source && s->ext->source->addr.ss_family != a->addr.ss_family)
         return -EAFNOSUPPORT; /* an IPv4 source cannot reach an IPv6 peer */
     int fd = socket(a->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
-    if (s->source && bind(fd, (const struct sockaddr *)&s->source->addr, s->source->len) < 0) {
+    if (s->ext->source && bind(fd, (const struct sockaddr *)&s->ext->source->addr, s->ext->source->len) < 0) {
         int err = -errno;
         close(fd);
         return err;
@@ -54,8 +54,8 @@ static int stream_socket_for(const iol_stream *s, const iol__address *a)
  * (connect_report set); < 0: every remaining address failed (last error). */
 static int stream_connect_next(iol_stream *s, int last_err)
 {
-    while (s->next_addr < s->naddrs) {
-        const iol__address *a = &s->addrs[s->next_addr++];
+    while (s->ext->next_addr < s->ext->naddrs) {
+        const iol__address *a = &s->ext->addrs[s->ext->next_addr++];
         iol__stream_drop_fd(s);
         int fd = stream_socket_for(s, a);
         if (fd < 0) {
@@ -78,7 +78,7 @@ static int stream_connect_next(iol_stream *s, int last_err)
         s->is_socket = true;
         if (connect(fd, (const struct sockaddr *)&a->addr, a->len) == 0) {
             s->connect_report = true;
-            s->connect_status = 0;
+            s->ext->connect_status = 0;
             return 0;
         }
         if (errno == EINPROGRESS || errno == EINTR) /* EINTR: it goes on asynchronously */
@@ -104,7 +104,7 @@ void iol__stream_handle_connect(iol_stream *s)
     if (r < 0)
         iol__stream_connect_done(s, r);
     else if (s->connect_report)
-        iol__stream_connect_done(s, s->connect_status);
+        iol__stream_connect_done(s, s->ext->connect_status);
 }
 
 /* Starts on the first address. Failures (socket, connect, immediate
@@ -115,7 +115,7 @@ static int stream_connect_first(iol_stream *s)
     int r = stream_connect_next(s, -EHOSTUNREACH);
     if (r < 0) {
         s->connect_report = true;
-        s->connect_status = r;
+        s->ext->connect_status = r;
     }
     if (!s->connect_report)
         return 0;
@@ -129,16 +129,16 @@ static void stream_on_resolved(iol_future *f, void *arg)
 {
     (void)f;
     iol_stream *s = arg; /* the lookup's reference is now this frame's */
-    iol__resolve_job *job = s->resolving;
-    s->resolving = NULL;
+    iol__resolve_job *job = s->ext->resolving;
+    s->ext->resolving = NULL;
     if (!s->closed && s->connecting) {
-        int r = iol__resolve_take(job, &s->addrs, &s->naddrs);
+        int r = iol__resolve_take(job, &s->ext->addrs, &s->ext->naddrs);
         if (r == 0)
             r = stream_connect_next(s, -EHOSTUNREACH);
         if (r < 0)
             iol__stream_connect_done(s, r);
         else if (s->connect_report)
-            iol__stream_connect_done(s, s->connect_status);
+            iol__stream_connect_done(s, s->ext->connect_status);
         if (!s->closed) {
             r = iol__stream_update_events(s);
             if (r < 0)
@@ -152,7 +152,7 @@ static void stream_on_resolved(iol_future *f, void *arg)
 static void stream_on_connect_deadline(void *arg)
 {
     iol_stream *s = arg;
-    s->connect_timer = 0;
+    s->ext->connect_timer = 0;
     if (s->closed || !s->connecting)
         return;
     iol__stream_hold(s);
@@ -190,12 +190,17 @@ static int stream_connect_setup(iol_stream **out, iol_loop *loop, const iol_conn
         free(source);
         return r;
     }
+    if (!iol__stream_ext(s)) {
+        free(source);
+        iol__stream_free(s);
+        return -ENOMEM;
+    }
     s->connecting = true;
-    s->connect_cb = cb;
-    s->connect_arg = arg;
-    s->source = source; /* the first address of the parsed literal */
+    s->ext->connect_cb = cb;
+    s->ext->connect_arg = arg;
+    s->ext->source = source; /* the first address of the parsed literal */
     if (o && o->timeout > 0) {
-        r = iol_loop_call_later(loop, o->timeout, stream_on_connect_deadline, s, &s->connect_timer);
+        r = iol_loop_call_later(loop, o->timeout, stream_on_connect_deadline, s, &s->ext->connect_timer);
         if (r < 0) {
             iol__stream_free(s);
             return r;
@@ -210,7 +215,7 @@ static int stream_connect_abort(iol_stream *s, int r)
 {
     if (s->deferred_queued) {
         /* The queued callback owns s now; closing it there is all we can do. */
-        s->connect_cb = NULL;
+        s->ext->connect_cb = NULL;
         iol__stream_close_internal(s, r);
         return r;
     }
@@ -242,13 +247,13 @@ int iol_stream_connect_ex(iol_stream **out, iol_loop *loop, const char *host, ui
         return r;
     }
     if (numeric == 0) {
-        s->addrs = addrs;
-        s->naddrs = naddrs;
+        s->ext->addrs = addrs;
+        s->ext->naddrs = naddrs;
         r = stream_connect_first(s);
     } else {
         /* A name: the loop thread never calls getaddrinfo. The lookup's
          * callback holds a reference until it ran. */
-        r = iol__resolve_start(loop, host, port, stream_on_resolved, s, &s->resolving);
+        r = iol__resolve_start(loop, host, port, stream_on_resolved, s, &s->ext->resolving);
         if (r == 0)
             iol__stream_hold(s);
     }
@@ -279,8 +284,8 @@ int iol_stream_connect_unix(iol_stream **out, iol_loop *loop, const char *path, 
         free(addrs);
         return r;
     }
-    s->addrs = addrs;
-    s->naddrs = naddrs;
+    s->ext->addrs = addrs;
+    s->ext->naddrs = naddrs;
     r = stream_connect_first(s);
     if (r < 0)
         return stream_connect_abort(s, r);

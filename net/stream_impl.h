@@ -63,30 +63,13 @@ typedef struct stream_write_done {
     void *arg;
 } stream_write_done;
 
-struct iol_stream {
-    iol_loop *loop; /* referenced for the stream's lifetime */
-    iol__close_hook close_hook; /* the loop's close releases the stream */
-    int fd;         /* -1 once closed (or between connect attempts) */
-    bool is_socket; /* send(MSG_NOSIGNAL) rather than write() */
-
-    bool registered;  /* fd has our handler on the loop */
-    unsigned watched; /* events the handler currently watches */
-    bool parked;      /* peer hung up while nothing was asked: no idle watching */
-
-    bool closed;
-    bool eof;      /* closed because the peer finished sending */
-    bool finished; /* close completed: read failed, close callback run */
-    bool deferred_queued;
-    bool in_deferred; /* the deferred callback is running and re-checks at its end */
-    bool deferred_again;
-    bool loop_closing; /* released by the loop's close: queue nothing more */
-    int error;     /* -errno that closed the stream, 0 if none */
-    unsigned refs; /* frames on the stack + the queued deferred callback */
-
-    size_t max_buffer_size;
-    size_t max_write_buffer; /* 0: unlimited */
-    bool read_paused; /* iol_stream_pause_reading: no recv, no read callback */
-
+/* The parts few streams use (watermarks, a write limit, read_until's
+ * delimiter, write dones, zero-copy segments, connecting), out of line:
+ * a stream that uses none of them (a server's keep-alive connection)
+ * never allocates this, and its struct stays small, which is what an
+ * idle connection costs. Allocated at the first use, freed with the
+ * stream (iol__stream_ext). */
+typedef struct stream_ext {
     /* write watermarks: wm_above flips when wbuf passes wm_high (up) or
      * drains to wm_low (down); wm_told is what wm_fn last heard, so a rise
      * and fall between two loop turns tells nothing */
@@ -96,15 +79,9 @@ struct iol_stream {
     size_t wm_low;
     bool wm_above;
     bool wm_told;
-    iol__buffer rbuf;
-    iol__buffer wbuf;
+    size_t max_write_buffer; /* 0: unlimited */
 
-    /* the pending read */
-    stream_read_kind read_kind;
-    iol_read_fn read_cb;
-    void *read_arg;
-    size_t read_n;
-    bool read_partial;
+    /* read_until's delimiter */
     size_t read_max; /* read_until: fail past this many bytes; 0: no limit */
     char *delim; /* delim_inline or heap */
     size_t delim_len;
@@ -117,8 +94,6 @@ struct iol_stream {
     size_t done_head;
     size_t done_count;
     size_t done_cap;
-    uint64_t bytes_queued;  /* every byte ever accepted by iol_stream_write */
-    uint64_t bytes_written; /* every byte ever handed to the kernel */
 
     /* zero-copy segments, FIFO: live entries are [seg_head, seg_count) */
     stream_seg *segs;
@@ -126,12 +101,7 @@ struct iol_stream {
     size_t seg_count;
     size_t seg_cap;
 
-    iol_close_fn close_cb;
-    void *close_arg;
-
     /* connect */
-    bool connecting;
-    bool connect_report; /* the result is known and waits for the deferred callback */
     int connect_status;
     iol_connect_fn connect_cb;
     void *connect_arg;
@@ -140,22 +110,64 @@ struct iol_stream {
     size_t next_addr;
     iol__resolve_job *resolving; /* a name lookup whose callback holds a reference */
     iol_timeout connect_timer;   /* the connect deadline, 0 if none */
-    iol__address *source; /* bound before connecting; out of line: an idle stream stays small */
+    iol__address *source; /* bound before connecting */
+} stream_ext;
 
-    iol__tls *tls; /* TLS state (net/tls.h); NULL: plain */
+/* Hot and always-present state only (see stream_ext); the flags are bits
+ * so that an idle keep-alive stream is a few cache lines. Loop thread
+ * only, so the bit-fields' read-modify-writes race with nothing. */
+struct iol_stream {
+    iol_loop *loop; /* referenced for the stream's lifetime */
+    iol__close_hook close_hook; /* the loop's close releases the stream */
+    int fd;         /* -1 once closed (or between connect attempts) */
+    unsigned watched; /* events the handler currently watches */
+    int error;     /* -errno that closed the stream, 0 if none */
+    unsigned refs; /* frames on the stack + the queued deferred callback */
+
+    bool is_socket : 1; /* send(MSG_NOSIGNAL) rather than write() */
+    bool registered : 1;  /* fd has our handler on the loop */
+    bool parked : 1;      /* peer hung up while nothing was asked: no idle watching */
+    bool closed : 1;
+    bool eof : 1;      /* closed because the peer finished sending */
+    bool finished : 1; /* close completed: read failed, close callback run */
+    bool deferred_queued : 1;
+    bool in_deferred : 1; /* the deferred callback is running and re-checks at its end */
+    bool deferred_again : 1;
+    bool loop_closing : 1; /* released by the loop's close: queue nothing more */
+    bool read_paused : 1; /* iol_stream_pause_reading: no recv, no read callback */
+    bool read_partial : 1;
+    bool connecting : 1;
+    bool connect_report : 1; /* the result is known and waits for the deferred callback */
 
     /* The completion path (stream_uring.c): reads and writes through the
      * loop's ring instead of the fd handler, on a loop that has one. */
-    bool uring;           /* this stream uses it (a plain socket on such a loop) */
-    bool recv_inflight;   /* one recv at a time: the bytes arrive in order */
-    bool recv_cancelling;
-    bool send_inflight;   /* one send at a time, of sendbuf */
-    bool uring_nobufs;    /* the ring ran dry: this read goes through the handler */
-    bool defer_writes;    /* iol_stream_set_deferred_writes */
-    bool in_completion;   /* a result of ours is being handled: update_events waits for its end */
-    bool counted;         /* counted in the loop's handler count without a handler */
-    iol__buffer sendbuf;  /* the bytes of the send in flight (wbuf takes new ones) */
-    iol__completion op;   /* each operation in flight holds a reference */
+    bool uring : 1;           /* this stream uses it (a plain socket on such a loop) */
+    bool recv_inflight : 1;   /* one recv at a time: the bytes arrive in order */
+    bool recv_cancelling : 1;
+    bool recv_drained : 1;    /* the last recv left nothing in the socket: the next one waits first */
+    bool send_inflight : 1;   /* one send at a time, of sendbuf */
+    bool uring_nobufs : 1;    /* the ring ran dry: this read goes through the handler */
+    bool defer_writes : 1;    /* iol_stream_set_deferred_writes */
+    bool in_completion : 1;   /* a result of ours is being handled: update_events waits for its end */
+    bool counted : 1;         /* counted in the loop's handler count without a handler */
+
+    stream_read_kind read_kind; /* the pending read */
+    size_t max_buffer_size;
+    iol__buffer rbuf;
+    iol__buffer wbuf;
+    iol_read_fn read_cb;
+    void *read_arg;
+    size_t read_n;
+    uint64_t bytes_queued;  /* every byte ever accepted by iol_stream_write */
+    uint64_t bytes_written; /* every byte ever handed to the kernel */
+
+    iol_close_fn close_cb;
+    void *close_arg;
+
+    stream_ext *ext; /* NULL until a rare part is used */
+    iol__tls *tls; /* TLS state (net/tls.h); NULL: plain */
+    iol__buffer sendbuf;  /* uring: the bytes of the send in flight (wbuf takes new ones) */
+    iol__completion op;   /* uring: each operation in flight holds a reference */
 };
 
 static inline void iol__stream_hold(iol_stream *s)
@@ -172,12 +184,14 @@ static inline size_t iol__stream_pending(const iol_stream *s)
 
 static inline bool iol__stream_has_segments(const iol_stream *s)
 {
-    return s->seg_head < s->seg_count;
+    return s->ext && s->ext->seg_head < s->ext->seg_count;
 }
 
 /* stream.c */
 int iol__stream_alloc(iol_stream **out, iol_loop *loop, size_t max_buffer_size);
 void iol__stream_free(iol_stream *s);
+/* s->ext, allocated at the first call; NULL: no memory. */
+stream_ext *iol__stream_ext(iol_stream *s);
 /* Drops a reference; frees a closed stream when it was the last. */
 void iol__stream_release(iol_stream *s);
 /* Queues the one deferred callback. -ESHUTDOWN, -ENOMEM. */

@@ -50,18 +50,18 @@ static size_t stream_read_ready(iol_stream *s)
             return s->read_n;
         return s->read_partial ? len : 0;
     case READ_UNTIL: {
-        size_t dlen = s->delim_len;
+        size_t dlen = s->ext->delim_len;
         if (len < dlen)
             return 0;
         const char *data = iol__buffer_data(&s->rbuf);
-        size_t from = s->scan_pos;
-        const char *hit = dlen == 1 ? memchr(data + from, s->delim[0], len - from)
-                                    : memmem(data + from, len - from, s->delim, dlen);
+        size_t from = s->ext->scan_pos;
+        const char *hit = dlen == 1 ? memchr(data + from, s->ext->delim[0], len - from)
+                                    : memmem(data + from, len - from, s->ext->delim, dlen);
         if (hit)
             return (size_t)(hit - data) + dlen;
         /* Next time search only the new bytes, plus the dlen - 1 before
          * them where a split delimiter may start. */
-        s->scan_pos = len - (dlen - 1);
+        s->ext->scan_pos = len - (dlen - 1);
         return 0;
     }
     case READ_UNTIL_CLOSE:
@@ -93,9 +93,9 @@ void iol__stream_deliver(iol_stream *s, size_t n, int status)
  * found later would end past them too). */
 static bool stream_read_over_max(const iol_stream *s, size_t ready)
 {
-    if (s->read_kind != READ_UNTIL || s->read_max == 0)
+    if (s->read_kind != READ_UNTIL || s->ext->read_max == 0)
         return false;
-    return ready > s->read_max || (ready == 0 && s->rbuf.len >= s->read_max);
+    return ready > s->ext->read_max || (ready == 0 && s->rbuf.len >= s->ext->read_max);
 }
 
 /* Whether the buffer is past what the pending read may hold: -ENOBUFS.
@@ -214,19 +214,22 @@ int iol_stream_read_until_max(iol_stream *s, const char *delim, size_t max_bytes
     int r = stream_check_read(s);
     if (r < 0)
         return r;
-    if (dlen > s->delim_cap) {
+    stream_ext *x = iol__stream_ext(s);
+    if (!x)
+        return -ENOMEM;
+    if (dlen > x->delim_cap) {
         char *copy = malloc(dlen);
         if (!copy)
             return -ENOMEM;
-        if (s->delim != s->delim_inline)
-            free(s->delim);
-        s->delim = copy;
-        s->delim_cap = dlen;
+        if (x->delim != x->delim_inline)
+            free(x->delim);
+        x->delim = copy;
+        x->delim_cap = dlen;
     }
-    memcpy(s->delim, delim, dlen);
-    s->delim_len = dlen;
-    s->scan_pos = 0;
-    s->read_max = max_bytes;
+    memcpy(x->delim, delim, dlen);
+    x->delim_len = dlen;
+    x->scan_pos = 0;
+    x->read_max = max_bytes;
     s->read_kind = READ_UNTIL;
     s->read_cb = cb;
     s->read_arg = arg;

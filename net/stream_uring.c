@@ -12,7 +12,10 @@
  * at most the read's room (max_buffer_size) is asked for: the same bytes
  * in the same order as the handler path. An idle stream's watch for the
  * peer closing, a dry ring (-ENOBUFS) and zero-copy segments use the fd
- * handler as before.
+ * handler as before. A recv after one that drained the socket (the
+ * kernel says whether data was left) waits for data before it tries
+ * (IOL__RECV_POLL_FIRST): a request/response peer sends nothing more
+ * before our answer, and the attempt would only fail and arm a poll.
  *
  * Writes try the kernel at once, as on the handler path (Tornado's
  * semantics: a write to a vanished peer fails in the call); what the
@@ -55,7 +58,7 @@ static void submit_recv(iol_stream *s)
     /* As the handler path: never past max_buffer_size (read_until_close
      * reads one byte more at the limit, to tell EOF from too much). */
     size_t limit = s->rbuf.len < s->max_buffer_size ? s->max_buffer_size - s->rbuf.len : 1;
-    int r = iol__loop_recv(s->loop, &s->op, OP_RECV, s->fd, limit, false);
+    int r = iol__loop_recv(s->loop, &s->op, OP_RECV, s->fd, limit, s->recv_drained ? IOL__RECV_POLL_FIRST : 0);
     if (r == 0) {
         s->recv_inflight = true;
         s->refs++;
@@ -143,6 +146,9 @@ bool iol__stream_uring_drop(iol_stream *s)
 static void on_recv(iol_stream *s, const iol__completion_result *r)
 {
     s->recv_inflight = s->recv_cancelling = false;
+    /* A request/response peer sends nothing more until it has our answer:
+     * the next recv would only fail and arm a poll. */
+    s->recv_drained = r->res > 0 && !r->nonempty;
     if (r->buf) {
         int err = s->closed ? 0 : iol__buffer_append(&s->rbuf, r->buf, (size_t)r->res);
         iol__loop_buffer_recycle(s->loop, r->bid);

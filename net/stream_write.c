@@ -29,15 +29,16 @@ static ssize_t stream_send(iol_stream *s, const void *data, size_t len)
 /* Runs the dones whose bytes reached the kernel, in write order. */
 void iol__stream_fire_dones(iol_stream *s)
 {
-    while (s->done_head < s->done_count && s->dones[s->done_head].end <= s->bytes_written) {
-        stream_write_done d = s->dones[s->done_head++];
-        if (s->done_head == s->done_count) {
+    stream_ext *x = s->ext; /* never freed before the stream */
+    while (x && x->done_head < x->done_count && x->dones[x->done_head].end <= s->bytes_written) {
+        stream_write_done d = x->dones[x->done_head++];
+        if (x->done_head == x->done_count) {
             /* Empty: an idle stream keeps no array (d.fn may write again
              * and make a new one; the loop then reads that). */
-            free(s->dones);
-            s->dones = NULL;
-            s->done_cap = 0;
-            s->done_head = s->done_count = 0;
+            free(x->dones);
+            x->dones = NULL;
+            x->done_cap = 0;
+            x->done_head = x->done_count = 0;
         }
         d.fn(d.arg);
     }
@@ -46,20 +47,23 @@ void iol__stream_fire_dones(iol_stream *s)
 /* Room for one more done entry (so a write never fails half-done). */
 int iol__stream_dones_reserve(iol_stream *s)
 {
-    if (s->done_count < s->done_cap)
+    stream_ext *x = iol__stream_ext(s);
+    if (!x)
+        return -ENOMEM;
+    if (x->done_count < x->done_cap)
         return 0;
-    if (s->done_head > 0) {
-        memmove(s->dones, s->dones + s->done_head, (s->done_count - s->done_head) * sizeof(*s->dones));
-        s->done_count -= s->done_head;
-        s->done_head = 0;
+    if (x->done_head > 0) {
+        memmove(x->dones, x->dones + x->done_head, (x->done_count - x->done_head) * sizeof(*x->dones));
+        x->done_count -= x->done_head;
+        x->done_head = 0;
         return 0;
     }
-    size_t cap = s->done_cap ? s->done_cap * 2 : 8;
-    stream_write_done *dones = realloc(s->dones, cap * sizeof(*dones));
+    size_t cap = x->done_cap ? x->done_cap * 2 : 8;
+    stream_write_done *dones = realloc(x->dones, cap * sizeof(*dones));
     if (!dones)
         return -ENOMEM;
-    s->dones = dones;
-    s->done_cap = cap;
+    x->dones = dones;
+    x->done_cap = cap;
     return 0;
 }
 
@@ -88,8 +92,8 @@ void iol__stream_handle_write(iol_stream *s)
 
 void iol__stream_wrote(iol_stream *s)
 {
-    if (s->wm_above && iol__stream_pending(s) <= s->wm_low)
-        s->wm_above = false;
+    if (s->ext && s->ext->wm_above && iol__stream_pending(s) <= s->ext->wm_low)
+        s->ext->wm_above = false;
     iol__stream_fire_dones(s);
     if (!s->closed)
         iol__stream_fire_watermark(s);
@@ -97,18 +101,18 @@ void iol__stream_wrote(iol_stream *s)
 
 void iol__stream_fire_watermark(iol_stream *s)
 {
-    if (!s->wm_fn || s->wm_told == s->wm_above)
+    if (!s->ext || !s->ext->wm_fn || s->ext->wm_told == s->ext->wm_above)
         return;
-    s->wm_told = s->wm_above;
-    s->wm_fn(s, s->wm_told, s->wm_arg);
+    s->ext->wm_told = s->ext->wm_above;
+    s->ext->wm_fn(s, s->ext->wm_told, s->ext->wm_arg);
 }
 
 /* The buffer grew: past the high mark, tell the producer from the loop
  * (never inside iol_stream_write, like every other callback). */
 static void stream_check_high_watermark(iol_stream *s)
 {
-    if (s->wm_fn && !s->wm_above && iol__stream_pending(s) > s->wm_high) {
-        s->wm_above = true;
+    if (s->ext && s->ext->wm_fn && !s->ext->wm_above && iol__stream_pending(s) > s->ext->wm_high) {
+        s->ext->wm_above = true;
         /* A failure to queue leaves it for the next write event. */
         (void)iol__stream_schedule(s);
     }
@@ -135,7 +139,7 @@ int iol_stream_write(iol_stream *s, const void *data, size_t len, iol_callback_f
         return -EPIPE;
     /* Tornado checks the whole write against the limit, even one that
      * could go straight to the kernel: the limit is predictable. */
-    if (s->max_write_buffer && (len > s->max_write_buffer || iol__stream_pending(s) > s->max_write_buffer - len))
+    if (s->ext && s->ext->max_write_buffer && (len > s->ext->max_write_buffer || iol__stream_pending(s) > s->ext->max_write_buffer - len))
         return -ENOBUFS;
     int r = done ? iol__stream_dones_reserve(s) : 0;
     if (r == 0 && iol__stream_has_segments(s))
@@ -167,7 +171,7 @@ int iol_stream_write(iol_stream *s, const void *data, size_t len, iol_callback_f
     s->bytes_queued += len;
     s->bytes_written += sent;
     if (done) {
-        s->dones[s->done_count++] = (stream_write_done){.end = s->bytes_queued, .fn = done, .arg = arg};
+        s->ext->dones[s->ext->done_count++] = (stream_write_done){.end = s->bytes_queued, .fn = done, .arg = arg};
         /* Even when written at once, done runs later from the loop, never
          * inside this call; a failure to queue leaves it for the next
          * write event or the close. */
@@ -189,7 +193,11 @@ int iol_stream_set_max_write_buffer(iol_stream *s, size_t max)
 {
     if (!s)
         return -EINVAL;
-    s->max_write_buffer = max;
+    if (max == 0 && !s->ext)
+        return 0;
+    if (!iol__stream_ext(s))
+        return -ENOMEM;
+    s->ext->max_write_buffer = max;
     return 0;
 }
 
@@ -210,14 +218,18 @@ int iol_stream_set_write_watermarks(iol_stream *s, size_t high, size_t low, iol_
         return -EINVAL;
     if (s->closed)
         return -EPIPE;
-    s->wm_fn = fn;
-    s->wm_arg = arg;
-    s->wm_high = fn ? high : 0;
-    s->wm_low = fn ? low : 0;
+    if (!fn && !s->ext)
+        return 0;
+    if (!iol__stream_ext(s))
+        return -ENOMEM;
+    s->ext->wm_fn = fn;
+    s->ext->wm_arg = arg;
+    s->ext->wm_high = fn ? high : 0;
+    s->ext->wm_low = fn ? low : 0;
     /* The new producer starts from "below" and hears of a buffer that is
      * already past the new high mark from the loop. */
-    s->wm_above = false;
-    s->wm_told = false;
+    s->ext->wm_above = false;
+    s->ext->wm_told = false;
     stream_check_high_watermark(s);
     return 0;
 }

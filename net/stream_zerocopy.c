@@ -29,43 +29,46 @@ enum {
 
 int iol__stream_segs_reserve(iol_stream *s, size_t n)
 {
-    if (s->seg_count + n <= s->seg_cap)
+    if (!iol__stream_ext(s))
+        return -ENOMEM;
+    if (s->ext->seg_count + n <= s->ext->seg_cap)
         return 0;
-    if (s->seg_head > 0) {
-        memmove(s->segs, s->segs + s->seg_head, (s->seg_count - s->seg_head) * sizeof(*s->segs));
-        s->seg_count -= s->seg_head;
-        s->seg_head = 0;
-        if (s->seg_count + n <= s->seg_cap)
+    if (s->ext->seg_head > 0) {
+        stream_ext *x = s->ext;
+        memmove(x->segs, x->segs + x->seg_head, (x->seg_count - x->seg_head) * sizeof(*x->segs));
+        s->ext->seg_count -= s->ext->seg_head;
+        s->ext->seg_head = 0;
+        if (s->ext->seg_count + n <= s->ext->seg_cap)
             return 0;
     }
-    size_t cap = s->seg_cap ? s->seg_cap * 2 : 8;
-    while (cap < s->seg_count + n)
+    size_t cap = s->ext->seg_cap ? s->ext->seg_cap * 2 : 8;
+    while (cap < s->ext->seg_count + n)
         cap *= 2;
-    stream_seg *segs = realloc(s->segs, cap * sizeof(*segs));
+    stream_seg *segs = realloc(s->ext->segs, cap * sizeof(*segs));
     if (!segs)
         return -ENOMEM;
-    s->segs = segs;
-    s->seg_cap = cap;
+    s->ext->segs = segs;
+    s->ext->seg_cap = cap;
     return 0;
 }
 
 void iol__stream_segs_note_copy(iol_stream *s, size_t n)
 {
-    stream_seg *last = &s->segs[s->seg_count - 1];
+    stream_seg *last = &s->ext->segs[s->ext->seg_count - 1];
     if (last->kind == SEG_COPY)
         last->len += n;
     else
-        s->segs[s->seg_count++] = (stream_seg){.kind = SEG_COPY, .len = n};
+        s->ext->segs[s->ext->seg_count++] = (stream_seg){.kind = SEG_COPY, .len = n};
 }
 
 /* An idle stream keeps no segment array. */
 static void segs_trim(iol_stream *s)
 {
-    if (iol__stream_has_segments(s))
+    if (!s->ext || iol__stream_has_segments(s))
         return;
-    free(s->segs);
-    s->segs = NULL;
-    s->seg_head = s->seg_count = s->seg_cap = 0;
+    free(s->ext->segs);
+    s->ext->segs = NULL;
+    s->ext->seg_head = s->ext->seg_count = s->ext->seg_cap = 0;
 }
 
 /* Pops the head segment, running its release. The release may write to
@@ -73,7 +76,7 @@ static void segs_trim(iol_stream *s)
  * used after it. */
 static void segs_pop(iol_stream *s)
 {
-    stream_seg seg = s->segs[s->seg_head++];
+    stream_seg seg = s->ext->segs[s->ext->seg_head++];
     if (!iol__stream_has_segments(s))
         segs_trim(s);
     if (seg.release)
@@ -85,8 +88,8 @@ static int segs_gather(iol_stream *s, struct iovec *iov)
 {
     int n = 0;
     size_t copy_off = 0; /* COPY segments take wbuf's bytes in turn */
-    for (size_t i = s->seg_head; i < s->seg_count && n < STREAM_IOV_MAX; i++) {
-        const stream_seg *seg = &s->segs[i];
+    for (size_t i = s->ext->seg_head; i < s->ext->seg_count && n < STREAM_IOV_MAX; i++) {
+        const stream_seg *seg = &s->ext->segs[i];
         if (seg->kind == SEG_FILE)
             break;
         if (seg->kind == SEG_COPY) {
@@ -180,7 +183,7 @@ static void segs_consume(iol_stream *s, size_t n)
 {
     s->bytes_written += n;
     while (iol__stream_has_segments(s)) {
-        stream_seg *seg = &s->segs[s->seg_head];
+        stream_seg *seg = &s->ext->segs[s->ext->seg_head];
         size_t k = n < seg->len ? n : seg->len;
         if (seg->kind == SEG_COPY)
             iol__buffer_consume(&s->wbuf, k);
@@ -199,7 +202,7 @@ static void segs_consume(iol_stream *s, size_t n)
 void iol__stream_segs_flush(iol_stream *s)
 {
     for (int rounds = 0; iol__stream_has_segments(s) && rounds < STREAM_IO_ROUNDS; rounds++) {
-        stream_seg *head = &s->segs[s->seg_head];
+        stream_seg *head = &s->ext->segs[s->ext->seg_head];
         ssize_t n;
         if (head->kind == SEG_FILE) {
             n = segs_sendfile(s, head);
@@ -231,8 +234,8 @@ static int stream_queue_segment(iol_stream *s, stream_seg seg)
 {
     if (s->closed)
         return -EPIPE;
-    if (s->max_write_buffer && (seg.len > s->max_write_buffer ||
-                                iol__stream_pending(s) > s->max_write_buffer - seg.len))
+    if (s->ext && s->ext->max_write_buffer && (seg.len > s->ext->max_write_buffer ||
+                                iol__stream_pending(s) > s->ext->max_write_buffer - seg.len))
         return -ENOBUFS;
     /* The bytes copied before (wbuf) become a COPY segment ahead of it. */
     bool wrap = !iol__stream_has_segments(s) && s->wbuf.len > 0;
@@ -240,8 +243,8 @@ static int stream_queue_segment(iol_stream *s, stream_seg seg)
     if (r < 0)
         return r;
     if (wrap)
-        s->segs[s->seg_count++] = (stream_seg){.kind = SEG_COPY, .len = s->wbuf.len};
-    s->segs[s->seg_count++] = seg;
+        s->ext->segs[s->ext->seg_count++] = (stream_seg){.kind = SEG_COPY, .len = s->wbuf.len};
+    s->ext->segs[s->ext->seg_count++] = seg;
     s->bytes_queued += seg.len;
     /* Queued: even if watching for WRITE fails now and closes the
      * stream, the release runs (from the close), so the call says 0. */

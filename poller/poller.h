@@ -57,10 +57,12 @@ typedef struct iol__poller_event {
 enum {
     IOL__DONE_MORE = 1u,   /* a multishot operation stays armed */
     IOL__DONE_BUFFER = 2u, /* done.bid names a ring buffer holding the data */
+    IOL__DONE_NONEMPTY = 4u, /* recv: the socket had more data (where the kernel tells) */
 };
 typedef enum iol__op_code {
     IOL__OP_RECV,   /* fd, buf/len (buf NULL: the buffer ring, at most len
-                       bytes, 0: a buffer), multishot (then len 0) */
+                       bytes, 0: a buffer), multishot (then len 0),
+                       poll_first (a hint: wait for data before trying) */
     IOL__OP_SEND,   /* fd, buf/len; MSG_NOSIGNAL */
     IOL__OP_ACCEPT, /* fd, multishot; res: the new fd (nonblocking, cloexec) */
     IOL__OP_CLOSE,  /* fd */
@@ -75,6 +77,7 @@ typedef struct iol__poller_op {
     size_t len;
     uint64_t tag;
     bool multishot;
+    bool poll_first;
 } iol__poller_op;
 enum { /* op_features bits: what the running kernel can do */
     IOL__OPS_MULTISHOT_ACCEPT = 1u,

@@ -331,6 +331,8 @@ static iol__poller_event completion(iol__poller *p, uint64_t data, int res, unsi
         ev.done.flags |= IOL__DONE_MORE;
     else
         p->ops_inflight--;
+    if (cflags & IORING_CQE_F_SOCK_NONEMPTY)
+        ev.done.flags |= IOL__DONE_NONEMPTY;
     if (cflags & IORING_CQE_F_BUFFER) {
         ev.done.flags |= IOL__DONE_BUFFER;
         ev.done.bid = cflags >> IORING_CQE_BUFFER_SHIFT;
@@ -466,6 +468,10 @@ static int uring_op_submit(iol__poller *p, const iol__poller_op *op)
         } else {
             io_uring_prep_recv(sqe, op->fd, op->buf, op->len, 0);
         }
+        /* The socket was drained just before: trying at once would fail
+         * and arm a poll anyway (5.19, as the OP_SOCKET probe). */
+        if (op->poll_first && (p->features & IOL__OPS_MULTISHOT_ACCEPT))
+            sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
         if (!op->buf) {
             sqe->flags |= IOSQE_BUFFER_SELECT;
             sqe->buf_group = 0;

@@ -35,6 +35,7 @@ typedef struct owner {
     iol_loop *loop;
     int results, ended, cancelled;
     int last_res;
+    bool nonempty; /* the last result's */
     char data[4096];
     size_t got;
     int fds[8];
@@ -51,6 +52,7 @@ static void on_done(iol__completion *c, const iol__completion_result *r)
     owner *o = (owner *)c;
     o->results++;
     o->last_res = r->res;
+    o->nonempty = r->nonempty;
     if (!r->more)
         o->ended++;
     if (r->res == -ECANCELED)
@@ -191,6 +193,44 @@ static int connect_tcp(const struct sockaddr_in *addr)
     ck_assert_int_eq(connect(fd, (const struct sockaddr *)addr, sizeof *addr), 0);
     return fd;
 }
+
+/* A recv says whether it left data in the socket (TCP tells from 6.0
+ * on); IOL__RECV_POLL_FIRST is only a hint: such a recv still gets data
+ * that is there already, and data that comes later. */
+START_TEST(test_recv_nonempty_poll_first)
+{
+    iol_loop *loop = new_loop("uring");
+    struct sockaddr_in addr;
+    int lfd = listen_tcp(&addr);
+    int client = connect_tcp(&addr);
+    int server = accept(lfd, NULL, NULL);
+    ck_assert_int_ge(server, 0);
+    owner *o = new_owner(loop);
+    static const char msg[100] = "0123456789";
+    ck_assert_int_eq(write(client, msg, sizeof msg), (ssize_t)sizeof msg);
+    bool tells = iol__loop_completion_features(loop) & IOL__COMPLETION_MULTISHOT_RECV; /* 6.0 */
+    ck_assert_int_eq(iol__loop_recv(loop, &o->c, 0, server, 10, 0), 0);
+    run_until(loop, &o->ended, 1);
+    ck_assert_int_eq(o->last_res, 10);
+    if (tells)
+        ck_assert(o->nonempty);
+    ck_assert_int_eq(iol__loop_recv(loop, &o->c, 0, server, 0, IOL__RECV_POLL_FIRST), 0);
+    run_until(loop, &o->ended, 2);
+    ck_assert_int_eq(o->last_res, 90);
+    ck_assert(!o->nonempty);
+    ck_assert_int_eq(iol__loop_recv(loop, &o->c, 0, server, 0, IOL__RECV_POLL_FIRST), 0);
+    ck_assert_int_ge(iol_loop_run_once(loop, 0.05), 0);
+    ck_assert_int_eq(o->ended, 2); /* nothing there yet */
+    ck_assert_int_eq(write(client, "late", 4), 4);
+    run_until(loop, &o->ended, 3);
+    ck_assert_int_eq(o->last_res, 4);
+    ck_assert_uint_eq(o->got, 104);
+    ck_assert(memcmp(o->data + 100, "late", 4) == 0);
+    ck_assert_int_ge(iol_loop_close(loop, false), 0);
+    free(o);
+    close(client), close(server), close(lfd);
+}
+END_TEST
 
 /* Multishot accept takes three connections and stays armed; a cancel
  * ends it with -ECANCELED, after which the owner is freed in its own
@@ -414,6 +454,7 @@ static Suite *completion_suite(void)
     tcase_add_loop_test(tc, test_accept_then_cancel, 0, 2);
     tcase_add_test(tc, test_cancel_one_kind);
     tcase_add_test(tc, test_close_op);
+    tcase_add_test(tc, test_recv_nonempty_poll_first);
     tcase_add_test(tc, test_loop_close_in_flight);
     tcase_add_test(tc, test_sq_full_cq_overflow);
     tcase_add_test(tc, test_ring_exhausted);
