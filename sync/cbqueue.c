@@ -117,8 +117,6 @@ struct iol__chunk {
 };
 
 _Static_assert(sizeof(struct iol__cbnode) == 32, "two nodes per cache line");
-/* iol__cbqueue_peek (cbqueue_impl.h) reads head.next at the queue's address. */
-_Static_assert(offsetof(struct iol__cbnode, next) == 0, "next first");
 /* The reserve stack word must be lock-free to be async-signal-safe. */
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free");
 _Static_assert(ATOMIC_POINTER_LOCK_FREE == 2, "pointer atomics must be lock-free");
@@ -208,7 +206,7 @@ struct iol__nodecache {
 };
 
 struct iol__cbqueue {
-    /* Consumer side (first: iol__cbqueue_peek reads head.next here): the stub head node (only .next is used). */
+    /* Consumer side: the stub head node (only .next is used). */
     alignas(CACHE_LINE) struct iol__cbnode head;
     /* Producer side: every push exchanges this. */
     alignas(CACHE_LINE) _Atomic(struct iol__cbnode *) tail;
@@ -478,7 +476,6 @@ int iol__cbqueue_new(iol__cbqueue **out, unsigned signal_reserve)
 {
     if (signal_reserve == 0)
         signal_reserve = DEFAULT_SIGNAL_RESERVE;
-    _Static_assert(offsetof(struct iol__cbqueue, head) == 0, "peek reads head.next at q");
     iol__cbqueue *q = alloc_lines(sizeof *q);
     if (!q)
         return -ENOMEM;
@@ -552,6 +549,13 @@ bool iol__cbqueue_empty(iol__cbqueue *q)
      * load after the waker's seq_cst fence it is the consumer half of the
      * Dekker pair (see waker.c). */
     return atomic_load_explicit(&q->tail, memory_order_seq_cst) == &q->head;
+}
+
+bool iol__cbqueue_peek(iol__cbqueue *q)
+{
+    /* relaxed: a hint; whoever acts on it takes the queue, and take's
+     * acquire exchange of the same link is what orders the nodes. */
+    return atomic_load_explicit(&q->head.next, memory_order_relaxed) != NULL;
 }
 
 enum iol__cbqueue_origin iol__cbqueue_peek_origin(iol__cbqueue *q)

@@ -34,7 +34,7 @@ bool iol__cbqueue_empty(iol__cbqueue *q);
  * pull that line away from the producers. It misses a push still inside
  * its two-instruction window, and it is no half of the waker's Dekker
  * pair: a spin may use it, the sleep decision must use empty(). */
-static inline bool iol__cbqueue_peek(iol__cbqueue *q);
+bool iol__cbqueue_peek(iol__cbqueue *q);
 /* Consumer only: whether a take would find work, and whether the oldest
  * callback queued was pushed by another thread (a producer streaming
  * posts) or by the calling thread itself (or a signal handler). */

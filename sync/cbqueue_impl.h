@@ -4,8 +4,6 @@
 #ifndef IOL_CBQUEUE_IMPL_H
 #define IOL_CBQUEUE_IMPL_H
 
-#include <stdatomic.h>
-#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -37,16 +35,6 @@ struct iol__cbbatch {
     unsigned from_signal, from_self;
 };
 #define IOL__CBBATCH_INIT { NULL, NULL, NULL, NULL, NULL, 0, NULL, 0, 0, 0 }
-
-/* The consumer's end of the queue, so the loop can peek without a call:
- * the first member of struct iol__cbqueue is the stub node, whose first
- * member is its next link (sync/cbqueue.c asserts both). */
-static inline bool iol__cbqueue_peek(iol__cbqueue *q)
-{
-    /* relaxed: a hint; whoever acts on it takes the queue, and take's
-     * acquire exchange of the same link is what orders the nodes. */
-    return atomic_load_explicit((_Atomic(void *) *)(void *)q, memory_order_relaxed) != NULL;
-}
 
 /* Test and benchmark hooks. */
 
