@@ -89,6 +89,14 @@ static void *push_from_thread(void *q)
     return NULL;
 }
 
+/* One post from another thread, queued when this returns. */
+static void push_from_other_thread(iol__cbqueue *q)
+{
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, push_from_thread, q), 0);
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+}
+
 static void drain(iol__cbqueue *q)
 {
     iol__cbbatch b;
@@ -111,9 +119,7 @@ START_TEST(test_gathers_only_behind_other_threads)
     ck_assert_uint_eq(s.gathers, 0);
     drain(q);
 
-    pthread_t t;
-    ck_assert_int_eq(pthread_create(&t, NULL, push_from_thread, q), 0);
-    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    push_from_other_thread(q);
     int64_t batch_end = mono_ns();
     ck_assert(iol__spin_before_sleep(&s, q, batch_end, true));
     ck_assert_uint_eq(s.gathers, 1);
@@ -122,16 +128,14 @@ START_TEST(test_gathers_only_behind_other_threads)
     drain(q);
 
     /* Not in an iteration that dispatched I/O. */
-    ck_assert_int_eq(pthread_create(&t, NULL, push_from_thread, q), 0);
-    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    push_from_other_thread(q);
     ck_assert(iol__spin_before_sleep(&s, q, mono_ns(), false));
     ck_assert_uint_eq(s.gathers, 1);
     drain(q);
 
     /* Never without a spin: spin_us < 0 does not gather either. */
     ck_assert_int_eq(iol__spin_init(&s, -1), 0);
-    ck_assert_int_eq(pthread_create(&t, NULL, push_from_thread, q), 0);
-    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    push_from_other_thread(q);
     ck_assert(!iol__spin_before_sleep(&s, q, mono_ns(), true));
     ck_assert_uint_eq(s.gathers, 0);
     iol__cbqueue_free(q);
