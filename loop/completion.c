@@ -89,6 +89,15 @@ int iol__loop_accept(iol_loop *loop, iol__completion *c, unsigned kind, int fd, 
     return submit(loop, c, kind, (iol__poller_op){ .code = IOL__OP_ACCEPT, .fd = fd, .multishot = multishot });
 }
 
+int iol__loop_accept_peer(iol_loop *loop, iol__completion *c, unsigned kind, int fd, struct sockaddr *peer,
+                          socklen_t *peerlen)
+{
+    if (!peer || !peerlen)
+        return -EINVAL;
+    return submit(loop, c, kind,
+                  (iol__poller_op){ .code = IOL__OP_ACCEPT, .fd = fd, .buf = peer, .addrlen = peerlen });
+}
+
 int iol__loop_close_op(iol_loop *loop, iol__completion *c, unsigned kind, int fd)
 {
     return submit(loop, c, kind, (iol__poller_op){ .code = IOL__OP_CLOSE, .fd = fd });

@@ -44,6 +44,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/socket.h>
 
 #include "ioloop.h"
 
@@ -81,6 +82,12 @@ int iol__loop_recv(iol_loop *loop, iol__completion *c, unsigned kind, int fd, si
 int iol__loop_send(iol_loop *loop, iol__completion *c, unsigned kind, int fd, const void *buf, size_t len);
 /* accept: results are new fds (nonblocking, close-on-exec). */
 int iol__loop_accept(iol_loop *loop, iol__completion *c, unsigned kind, int fd, bool multishot);
+/* A single-shot accept that also gives the peer's address: *peerlen is
+ * the size of peer when submitted, and both (kept alive by the caller
+ * until the result) hold the peer's address with a result >= 0.
+ * -EINVAL: peer or peerlen NULL. */
+int iol__loop_accept_peer(iol_loop *loop, iol__completion *c, unsigned kind, int fd, struct sockaddr *peer,
+                          socklen_t *peerlen);
 /* close fd in the kernel (no handler may be registered for it). */
 int iol__loop_close_op(iol_loop *loop, iol__completion *c, unsigned kind, int fd);
 /* Cancels c's operations of kind (their results still come, -ECANCELED

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 typedef struct iol__poller iol__poller; /* backend-private state */
 
@@ -64,7 +65,8 @@ typedef enum iol__op_code {
                        bytes, 0: a buffer), multishot (then len 0),
                        poll_first (a hint: wait for data before trying) */
     IOL__OP_SEND,   /* fd, buf/len; MSG_NOSIGNAL */
-    IOL__OP_ACCEPT, /* fd, multishot; res: the new fd (nonblocking, cloexec) */
+    IOL__OP_ACCEPT, /* fd, multishot; res: the new fd (nonblocking, cloexec);
+                       single-shot: buf/addrlen (may be NULL) get the peer */
     IOL__OP_CLOSE,  /* fd */
     IOL__OP_CANCEL, /* every operation with tag (IORING_OP_ASYNC_CANCEL);
                        its own result is not reported */
@@ -75,6 +77,7 @@ typedef struct iol__poller_op {
     int fd;
     void *buf;
     size_t len;
+    socklen_t *addrlen; /* ACCEPT: in buf's size, out the peer's length */
     uint64_t tag;
     bool multishot;
     bool poll_first;

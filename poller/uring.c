@@ -444,6 +444,8 @@ static int uring_op_submit(iol__poller *p, const iol__poller_op *op)
     case IOL__OP_ACCEPT:
         if (multishot && !(p->features & IOL__OPS_MULTISHOT_ACCEPT))
             return -ENOTSUP;
+        if (multishot && (op->buf || op->addrlen)) /* its CQEs would share one address */
+            return -EINVAL;
         break;
     case IOL__OP_SEND:
     case IOL__OP_CLOSE:
@@ -484,7 +486,7 @@ static int uring_op_submit(iol__poller *p, const iol__poller_op *op)
         if (multishot)
             io_uring_prep_multishot_accept(sqe, op->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         else
-            io_uring_prep_accept(sqe, op->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            io_uring_prep_accept(sqe, op->fd, op->buf, op->addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         break;
     case IOL__OP_CLOSE:
         io_uring_prep_close(sqe, op->fd);

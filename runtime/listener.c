@@ -25,6 +25,22 @@
  * episode; the episode ends with the next successful accept. Level-
  * triggered polling never spins because the handler is gone while paused.
  *
+ * RING ACCEPTS. On a loop with a completion path (the uring poller), a
+ * socket without admission limits is watched by RING_ACCEPTS single-shot
+ * accept operations instead of a handler, each with its own buffer for
+ * the peer's address and re-armed as it completes: a connection then
+ * costs no accept4 and no readiness event, only a completion. Single-shot
+ * rather than multishot because on_accept gets the peer's address, which
+ * a multishot accept cannot give (its completions share one buffer), and
+ * a getpeername per connection would cost the system call saved. The
+ * kernel wakes one waiting accept per connection (an exclusive wait),
+ * and several in flight take a burst without one loop turn each. With
+ * max_connections or max_accept_rate the handler path stays: there each
+ * accept is decided before it happens, and a ring accept has happened by
+ * the time we hear of it. Stopping cancels the operations and waits for
+ * their results (lsock_settle): a connection one of them took is handed
+ * on like any other, never reset.
+ *
  * Every lsock field is touched only by its worker's thread once the
  * runtime runs (before start: by the one thread calling listen, under
  * rt->mu, which start also takes).
@@ -45,6 +61,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loop/completion.h"
 #include "loop/log.h"
 #include "loop/post.h"
 #include "runtime/admission.h"
@@ -58,12 +75,33 @@
 #define BACKOFF_MIN 0.025
 #define BACKOFF_MAX 0.05
 
+/* Ring accepts armed per socket: a few cover a burst between two loop
+ * turns; each holds a peer address (about 150 bytes). */
+#define RING_ACCEPTS 4
+
+struct iol__lsock;
+/* One ring accept: the completion first (its address is the op's tag,
+ * aligned to 8), then where the kernel writes the peer. */
+typedef struct accept_slot {
+    iol__completion op;
+    struct iol__lsock *s;
+    socklen_t peerlen;
+    struct sockaddr_storage peer;
+} accept_slot;
+
 typedef struct iol__lsock {
     struct iol__listener *l;
     unsigned worker; /* the worker whose loop watches it */
     int fd;          /* -1 once closed */
     int reserve_fd;  /* /dev/null, given up on EMFILE; -1 if not held */
     bool registered; /* a handler is on the worker's loop */
+    bool ring_on;    /* watched by ring accepts (re-armed as they end) */
+    bool discard;    /* the runtime is freed unstarted: close what they take */
+    bool shed_owed;  /* out of fds: shed once the ring accepts have ended */
+    accept_slot *ring; /* RING_ACCEPTS slots once the ring path was taken */
+    /* Connections taken by ring accepts; relaxed: a statistic for tests
+     * and benchmarks, written by the socket's thread. */
+    _Atomic uint64_t ring_accepted;
     bool episode;    /* inside an out-of-fds episode (warned once) */
     double backoff;
     iol_timeout resume_timer; /* 0: none */
@@ -255,7 +293,149 @@ static iol_loop *lsock_loop(const iol__lsock *s)
     return on_acceptor(s) ? rt->acceptor_loop : rt->workers[s->worker].loop;
 }
 
+/* ---------------------------------------------------------- ring accepts */
+
+static void lsock_pause(iol__lsock *s, int err);
+static int handler_watch(iol__lsock *s);
+static void lsock_shed(iol__lsock *s);
+
+static bool ring_inflight(const iol__lsock *s)
+{
+    for (unsigned i = 0; s->ring && i < RING_ACCEPTS; i++)
+        if (s->ring[i].op.inflight)
+            return true;
+    return false;
+}
+
+static int ring_arm(iol__lsock *s, accept_slot *slot)
+{
+    slot->peerlen = sizeof(slot->peer);
+    return iol__loop_accept_peer(lsock_loop(s), &slot->op, 0, s->fd, (struct sockaddr *)&slot->peer,
+                                 &slot->peerlen);
+}
+
+static void ring_result(iol__lsock *s, accept_slot *slot, int res);
+
+/* A ring accept's result: a connection is handed on as accept4's would
+ * be, then the slot is re-armed while the socket is watched. */
+static void ring_done(iol__completion *c, const iol__completion_result *r)
+{
+    accept_slot *slot = (accept_slot *)c;
+    iol__lsock *s = slot->s;
+    ring_result(s, slot, r->res);
+    if (s->shed_owed && !s->ring_on && !ring_inflight(s)) {
+        s->shed_owed = false;
+        if (s->fd >= 0)
+            lsock_shed(s);
+    }
+}
+
+static void ring_result(iol__lsock *s, accept_slot *slot, int res)
+{
+    if (res >= 0) {
+        /* relaxed: see ring_accepted. */
+        atomic_fetch_add_explicit(&s->ring_accepted, 1, memory_order_relaxed);
+        if (s->fd < 0 || s->discard) {
+            close(res); /* a runtime freed without running: as its close of the socket would */
+            return;
+        }
+        if (s->episode) {
+            s->episode = false;
+            s->backoff = 0;
+            iol__log(IOL_LOG_INFO, "listener %d (port %u): accepting again", s->l->id, (unsigned)s->l->port);
+        }
+        iol__admission_took(&s->adm);
+        dispatch(s, res, (const struct sockaddr *)&slot->peer, slot->peerlen);
+    } else {
+        switch (-res) {
+        case ECANCELED: /* unwatched */
+        case EINTR:
+        case ECONNABORTED:
+        case EPROTO:
+        case EPERM:
+        case EAGAIN:
+            break;
+        default: /* out of fds or memory: as on the handler path */
+            if (s->ring_on)
+                lsock_pause(s, -res);
+            return;
+        }
+    }
+    if (s->ring_on && s->fd >= 0 && slot->op.inflight == 0 && ring_arm(s, slot) < 0 && !ring_inflight(s)) {
+        /* The ring takes no more (its CQ overflowing): the handler path
+         * takes over until the next unwatch. */
+        s->ring_on = false;
+        if (handler_watch(s) < 0)
+            lsock_pause(s, ENOMEM); /* retried by the resume timer */
+    }
+}
+
+/* Watches s by ring accepts. 0, or -errno and nothing armed (the caller
+ * takes the handler path): -ENOTSUP no completion path, or limits set. */
+static int ring_watch(iol__lsock *s)
+{
+    if (s->adm.max_conns != 0 || s->adm.rate != 0)
+        return -ENOTSUP;
+    int err = iol__loop_completion_features(lsock_loop(s));
+    if (err < 0)
+        return err;
+    if (!s->ring) {
+        s->ring = calloc(RING_ACCEPTS, sizeof(*s->ring));
+        if (!s->ring)
+            return -ENOMEM;
+        for (unsigned i = 0; i < RING_ACCEPTS; i++) {
+            s->ring[i].op.fn = ring_done;
+            s->ring[i].s = s;
+        }
+    }
+    unsigned armed = 0;
+    for (unsigned i = 0; i < RING_ACCEPTS; i++) {
+        /* One still ending after an unwatch is re-armed by its result. */
+        if (s->ring[i].op.inflight || (err = ring_arm(s, &s->ring[i])) == 0)
+            armed++;
+        else
+            break;
+    }
+    if (armed == 0)
+        return err;
+    s->ring_on = true;
+    return 0;
+}
+
+static void ring_unwatch(iol__lsock *s)
+{
+    if (!s->ring_on)
+        return;
+    s->ring_on = false;
+    for (unsigned i = 0; i < RING_ACCEPTS; i++)
+        (void)iol__loop_cancel(lsock_loop(s), &s->ring[i].op, 0);
+}
+
+/* Ends the ring accepts and waits for their last results, so that no
+ * result comes after the socket closes and a connection one of them took
+ * is handed on (or, with discard, closed) first. Owner thread, the loop
+ * not running: turns of it (run_once) deliver the results, and what else
+ * is due runs in them, as in the drain that follows. A cancelled accept
+ * ends within a turn; the bound is for a kernel that does not. */
+#define SETTLE_TURNS 100
+static void ring_settle(iol__lsock *s)
+{
+    s->shed_owed = false; /* stopping: hand on, never shed */
+    ring_unwatch(s);
+    iol_loop *loop = lsock_loop(s);
+    for (int turn = 0; turn < SETTLE_TURNS && ring_inflight(s); turn++)
+        if (iol_loop_run_once(loop, 0.01) < 0)
+            break;
+}
+
 static int lsock_watch(iol__lsock *s)
+{
+    if (ring_watch(s) == 0)
+        return 0;
+    return handler_watch(s);
+}
+
+static int handler_watch(iol__lsock *s)
 {
     int r = iol_loop_add_handler(lsock_loop(s), s->fd, IOL_READ, lsock_ready, s);
     if (r < 0)
@@ -269,6 +449,7 @@ static int lsock_watch(iol__lsock *s)
 
 static void lsock_unwatch(iol__lsock *s)
 {
+    ring_unwatch(s);
     if (!s->registered)
         return;
     iol_loop_remove_handler(lsock_loop(s), s->fd);
@@ -282,6 +463,7 @@ static void lsock_resume(void *arg)
     iol__lsock *s = arg;
     s->resume_timer = 0;
     atomic_store_explicit(&s->held, false, memory_order_relaxed); /* relaxed: see holds_conns */
+    s->shed_owed = false; /* not done by now: accepting again is what it was for */
     if (s->fd < 0)
         return;
     if (s->reserve_fd < 0)
@@ -319,9 +501,16 @@ static void lsock_pause(iol__lsock *s, int err)
         iol__log(IOL_LOG_WARNING, "listener %d (port %u): accept: %s; shedding connections and pausing accepts",
                  s->l->id, (unsigned)s->l->port, strerror(err));
     }
-    if (err == EMFILE || err == ENFILE)
-        lsock_shed(s);
     lsock_unwatch(s);
+    if (err == EMFILE || err == ENFILE) {
+        /* Ring accepts still armed would take the reserve's slot the
+         * moment it is closed (their accept runs as task work when any
+         * system call returns): shed once their cancels have ended. */
+        if (ring_inflight(s))
+            s->shed_owed = true;
+        else
+            lsock_shed(s);
+    }
     if (s->backoff < BACKOFF_MIN)
         s->backoff = BACKOFF_MIN;
     int r = iol_loop_call_later(lsock_loop(s), s->backoff, lsock_resume, s, &s->resume_timer);
@@ -460,7 +649,7 @@ static void lsock_close(iol__lsock *s)
 static void lsock_register_cb(void *arg)
 {
     iol__lsock *s = arg;
-    if (s->fd < 0 || s->registered)
+    if (s->fd < 0 || s->registered || s->ring_on)
         return; /* closed by the final accepts already */
     int r = lsock_watch(s);
     if (r < 0)
@@ -613,6 +802,8 @@ static void listener_free(iol__listener *l)
     if (!l)
         return;
     free(l->path);
+    for (unsigned i = 0; l->socks && i < l->nsocks; i++)
+        free(l->socks[i].ring);
     free(l->socks);
     free(l->counts);
     free(l);
@@ -784,6 +975,10 @@ int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg)
 fail_locked:
     pthread_mutex_unlock(&rt->mu);
     for (unsigned i = 0; i < nsocks; i++) {
+        if (ring_inflight(&l->socks[i])) { /* armed on a loop not yet running */
+            l->socks[i].discard = true;
+            ring_settle(&l->socks[i]);
+        }
         close(l->socks[i].fd);
         if (l->socks[i].reserve_fd >= 0)
             close(l->socks[i].reserve_fd);
@@ -850,6 +1045,17 @@ int iol__listener_overload(iol_runtime *rt, int id, unsigned worker, iol_listene
         out->accepted += atomic_load_explicit(&l->counts[worker].v, memory_order_relaxed);
     pthread_mutex_unlock(&rt->mu);
     return 0;
+}
+
+long long iol__listener_ring_accepts(iol_runtime *rt, int id)
+{
+    pthread_mutex_lock(&rt->mu);
+    iol__listener *l = find(rt, id);
+    long long n = l ? 0 : -ENOENT;
+    for (unsigned i = 0; l && i < l->nsocks; i++)
+        n += (long long)atomic_load_explicit(&l->socks[i].ring_accepted, memory_order_relaxed); /* see ring_accepted */
+    pthread_mutex_unlock(&rt->mu);
+    return n;
 }
 
 int iol_runtime_listener_stats(iol_runtime *rt, int id, iol_listener_stats *out, size_t size)
@@ -958,6 +1164,7 @@ void iol__listeners_final_accept(iol_runtime *rt, unsigned index)
             iol__lsock *s = &l->socks[i];
             if (s->worker != index || s->fd < 0)
                 continue;
+            ring_settle(s); /* what the ring took is handed on first */
             lsock_unwatch(s);
             if (!l->path)
                 refuse_new_handshakes(s->fd);
@@ -972,8 +1179,16 @@ void iol__listeners_free(iol_runtime *rt)
 {
     for (unsigned k = 0; k < rt->nlisteners; k++) {
         iol__listener *l = rt->listeners[k];
-        for (unsigned i = 0; i < l->nsocks; i++)
-            lsock_close(&l->socks[i]);
+        for (unsigned i = 0; i < l->nsocks; i++) {
+            iol__lsock *s = &l->socks[i];
+            /* Ring accepts armed on a loop that never ran (or whose close
+             * is still to come) end here, before their slots go. */
+            if (ring_inflight(s) && iol__loop_completion_features(lsock_loop(s)) != -ESHUTDOWN) {
+                s->discard = true;
+                ring_settle(s);
+            }
+            lsock_close(s);
+        }
         listener_remove_path(l);
         listener_free(l);
     }

@@ -106,6 +106,9 @@ int iol__runtime_post(struct iol_runtime *rt, unsigned index, iol_callback_fn fn
 /* listener.c: adds listener id's overload figures (one worker's socket,
  * or all with IOL_RUNTIME_ALL) to *out. -ENOENT. Any thread. */
 int iol__listener_overload(struct iol_runtime *rt, int id, unsigned worker, iol_listener_stats *out);
+/* Connections listener id's sockets took through ring accepts (listener.c
+ * RING ACCEPTS), for tests and benchmarks; -ENOENT unknown id. */
+long long iol__listener_ring_accepts(struct iol_runtime *rt, int id);
 
 /* listener.c: on worker `index` at shutdown, after it stopped taking new
  * work: accepts what the kernel queued on the listening sockets this

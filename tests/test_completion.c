@@ -270,6 +270,35 @@ START_TEST(test_accept_then_cancel)
 }
 END_TEST
 
+/* A single-shot accept with the peer's address: the one getpeername
+ * gives, its length too; NULL buffers are refused. */
+START_TEST(test_accept_peer)
+{
+    iol_loop *loop = new_loop("uring");
+    struct sockaddr_in addr;
+    int lfd = listen_tcp(&addr);
+    owner *o = new_owner(loop);
+    struct sockaddr_storage peer;
+    socklen_t peerlen = sizeof(peer);
+    ck_assert_int_eq(iol__loop_accept_peer(loop, &o->c, 2, lfd, NULL, &peerlen), -EINVAL);
+    ck_assert_int_eq(iol__loop_accept_peer(loop, &o->c, 2, lfd, (struct sockaddr *)&peer, NULL), -EINVAL);
+    memset(&peer, 0xab, sizeof(peer));
+    ck_assert_int_eq(iol__loop_accept_peer(loop, &o->c, 2, lfd, (struct sockaddr *)&peer, &peerlen), 0);
+    int client = connect_tcp(&addr);
+    run_until(loop, &o->nfds, 1);
+    struct sockaddr_in local;
+    socklen_t locallen = sizeof(local);
+    ck_assert_int_eq(getsockname(client, (struct sockaddr *)&local, &locallen), 0);
+    ck_assert_uint_eq(peerlen, sizeof(struct sockaddr_in));
+    ck_assert(memcmp(&peer, &local, sizeof(local)) == 0);
+    ck_assert_uint_eq(o->c.inflight, 0);
+    close(o->fds[0]);
+    free(o);
+    close(client), close(lfd);
+    ck_assert_int_eq(iol_loop_close(loop, false), 0);
+}
+END_TEST
+
 /* A cancel of one kind leaves the owner's other kinds alone. */
 START_TEST(test_cancel_one_kind)
 {
@@ -452,6 +481,7 @@ static Suite *completion_suite(void)
     tcase_add_test(tc, test_switched_off);
     tcase_add_loop_test(tc, test_send_recv, 0, 3);
     tcase_add_loop_test(tc, test_accept_then_cancel, 0, 2);
+    tcase_add_test(tc, test_accept_peer);
     tcase_add_test(tc, test_cancel_one_kind);
     tcase_add_test(tc, test_close_op);
     tcase_add_test(tc, test_recv_nonempty_poll_first);

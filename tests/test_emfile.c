@@ -71,9 +71,36 @@ static int client_result(int fd, double timeout)
     return n < 0 ? -errno : (int)n;
 }
 
+/* Lowers RLIMIT_NOFILE to margin above the highest open fd. */
+static struct rlimit limit_fds(int margin)
+{
+    int highest = 0;
+    for (int fd = 0; fd < 4096; fd++)
+        if (fcntl(fd, F_GETFD) >= 0)
+            highest = fd;
+    struct rlimit rl;
+    ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    rl.rlim_cur = (rlim_t)highest + (rlim_t)margin;
+    ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+    return rl;
+}
+
 START_TEST(test_emfile_no_spin_and_resume)
 {
     iol_set_log_handler(count_log, NULL);
+    /* Client sockets made now; they connect once the process is out. */
+    enum { CLIENTS = 8, LATE = 4 };
+    int clients[CLIENTS], late[LATE];
+    for (int i = 0; i < CLIENTS; i++)
+        ck_assert_int_ge(clients[i] = client_socket(), 0);
+    for (int i = 0; i < LATE; i++)
+        ck_assert_int_ge(late[i] = client_socket(), 0);
+    /* The limit is lowered before the runtime exists, as a server sets
+     * it at startup: an io_uring accept takes RLIMIT_NOFILE when it is
+     * submitted, so ring accepts armed before a later setrlimit could
+     * still take fds past the new limit. The runtime's own fds fit in the
+     * margin; the rest is filled below. */
+    struct rlimit rl = limit_fds(64);
     iol_runtime *rt = NULL;
     ck_assert_int_eq(iol_runtime_new(&rt, &(iol_runtime_config){.workers = 1}), 0);
     ck_assert_int_eq(iol_runtime_start(rt), 0);
@@ -93,23 +120,7 @@ START_TEST(test_emfile_no_spin_and_resume)
     ck_assert_int_eq(client_result(first, 5), 0);
     close(first);
 
-    /* Client sockets made now; they connect once the process is out. */
-    enum { CLIENTS = 8, LATE = 4 };
-    int clients[CLIENTS], late[LATE];
-    for (int i = 0; i < CLIENTS; i++)
-        ck_assert_int_ge(clients[i] = client_socket(), 0);
-    for (int i = 0; i < LATE; i++)
-        ck_assert_int_ge(late[i] = client_socket(), 0);
-
-    /* Lower the limit a little above what is open, then fill the rest. */
-    int highest = 0;
-    for (int fd = 0; fd < 4096; fd++)
-        if (fcntl(fd, F_GETFD) >= 0)
-            highest = fd;
-    struct rlimit rl;
-    ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
-    rl.rlim_cur = (rlim_t)highest + 64;
-    ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+    /* Fill the rest of the fds. */
     int *hogs = calloc(rl.rlim_cur, sizeof(int)), nhogs = 0;
     for (;;) {
         int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -179,14 +190,7 @@ START_TEST(test_emfile_handoff)
     int clients[CLIENTS], late = client_socket();
     for (int i = 0; i < CLIENTS; i++)
         ck_assert_int_ge(clients[i] = client_socket(), 0);
-    int highest = 0;
-    for (int fd = 0; fd < 4096; fd++)
-        if (fcntl(fd, F_GETFD) >= 0)
-            highest = fd;
-    struct rlimit rl;
-    ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
-    rl.rlim_cur = (rlim_t)highest + 32;
-    ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+    struct rlimit rl = limit_fds(32);
     int *hogs = calloc(rl.rlim_cur, sizeof(int)), nhogs = 0;
     int fd;
     while ((fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0)
