@@ -38,7 +38,7 @@
  * max_connections or max_accept_rate the handler path stays: there each
  * accept is decided before it happens, and a ring accept has happened by
  * the time we hear of it. Stopping cancels the operations and waits for
- * their results (lsock_settle): a connection one of them took is handed
+ * their results (ring_settle): a connection one of them took is handed
  * on like any other, never reset.
  *
  * Every lsock field is touched only by its worker's thread once the
