@@ -9,7 +9,13 @@
  * on uring the request's recv and its response's send are operations
  * of the ring, with no system call of their own. Limits as the plain
  * path: 431 past 8 KiB of headers, 400 on garbage, idle and header
- * deadlines. */
+ * deadlines.
+ *
+ * Between requests (nothing half-received, nothing unparsed, not
+ * closing) a connection holds no parser: its http_conn is allocated at a
+ * request's first bytes and freed once the responses of a read leave it
+ * idle again, as nginx frees its request. An idle keep-alive connection
+ * is then its stream and a 40-byte tconn. */
 #include "http_tls.h"
 
 #include <errno.h>
@@ -28,8 +34,8 @@ typedef struct tconn tconn;
 struct tconn {
     tconn *prev, *next; /* the worker's list */
     iol_stream *s;
-    http_conn hc;
-    bool draining;
+    http_conn *hc;  /* the request in progress; NULL between requests */
+    int deadline;   /* idle, header or linger deadline on the worker's clock (hc's, kept here) */
     bool plain;     /* no TLS: ends lingering, as http_hello.c's plain path */
     bool lingering; /* FIN sent, discarding input until the client closes */
     bool read_all;  /* the last read left nothing unread (it did not fill READ_CHUNK) */
@@ -39,7 +45,8 @@ static __thread tconn head; /* list sentinel, linked at the first accept */
 static __thread char out[OUT_BUF];
 static __thread size_t out_len;
 static __thread long clock_now;
-static __thread bool stopping;
+static __thread bool stopping; /* draining: every connection closes after its response */
+static __thread unsigned parsers; /* http_conns alive on this thread */
 static __thread http_dates *worker_dates;
 static __thread _Atomic uint64_t *served;
 
@@ -52,7 +59,7 @@ static void linger(tconn *c)
 {
     if (!c->lingering) {
         c->lingering = true;
-        c->hc.deadline = clock_now + LINGER_TIMEOUT;
+        c->deadline = (int)(clock_now + LINGER_TIMEOUT);
         shutdown(iol_stream_fd(c->s), SHUT_WR);
     }
     int r = iol_stream_read_bytes(c->s, READ_CHUNK, true, on_read, c);
@@ -65,10 +72,11 @@ static void read_more(void *arg)
     tconn *c = arg;
     if (iol_stream_closed(c->s))
         return;
-    if (c->lingering || c->hc.closing || (c->draining && !c->hc.in_headers)) {
+    http_conn *hc = c->hc;
+    if (c->lingering || (hc && hc->closing) || (stopping && !(hc && hc->in_headers))) {
         /* A clean end with nothing unread (the request was all the read
          * got): close now, which sends FIN, as the plain path does. */
-        if (c->plain && !c->lingering && c->hc.clean_end && c->hc.unparsed == 0 && c->read_all)
+        if (c->plain && !c->lingering && hc && hc->clean_end && hc->unparsed == 0 && c->read_all)
             iol_stream_close(c->s);
         else if (c->plain)
             linger(c);
@@ -93,7 +101,7 @@ static void emit(void *arg, const char *data, size_t len)
     tconn *c = arg;
     while (len > 0) {
         if (out_len == OUT_BUF && flush(c, NULL) < 0) {
-            c->hc.closing = true;
+            c->hc->closing = true; /* emit runs inside http_conn_feed */
             return;
         }
         size_t n = len < OUT_BUF - out_len ? len : OUT_BUF - out_len;
@@ -119,11 +127,30 @@ static void on_read(iol_stream *s, const char *data, size_t len, int status, voi
     out_len = 0;
     c->read_all = len < READ_CHUNK;
     http_dates_refresh(worker_dates, time(NULL));
-    unsigned long answered = c->hc.requests;
-    http_conn_feed(&c->hc, data, len, clock_now);
+    if (!c->hc) { /* a request's first bytes */
+        c->hc = malloc(sizeof(*c->hc));
+        if (!c->hc) {
+            iol_stream_close(s);
+            return;
+        }
+        parsers++;
+        http_conn_init(c->hc, worker_dates, emit, c, clock_now);
+    }
+    http_conn *hc = c->hc;
+    unsigned long answered = hc->requests;
+    http_conn_feed(hc, data, len, clock_now);
     if (served) /* relaxed: this worker is the only writer; a statistic */
-        atomic_store_explicit(served, atomic_load_explicit(served, memory_order_relaxed) + (c->hc.requests - answered),
+        atomic_store_explicit(served, atomic_load_explicit(served, memory_order_relaxed) + (hc->requests - answered),
                               memory_order_relaxed);
+    c->deadline = (int)hc->deadline;
+    if (!hc->in_message && !hc->closing && hc->unparsed == 0) {
+        /* Between requests: the next one starts a fresh parser, which is
+         * all this one's state would be (http-parser is back at a request
+         * line after a complete message). */
+        free(hc);
+        c->hc = NULL;
+        parsers--;
+    }
     if (out_len == 0) {
         read_more(c); /* a request still arriving */
         return;
@@ -135,7 +162,7 @@ static void on_read(iol_stream *s, const char *data, size_t len, int status, voi
         if (!iol_stream_closed(s))
             iol_stream_close(s);
     } else if (iol_stream_write_buffer_size(s) == 0 ||
-               (iol_stream_write_buffer_size(s) <= PIPELINE_LIMIT && !c->hc.closing && !c->draining)) {
+               (iol_stream_write_buffer_size(s) <= PIPELINE_LIMIT && !(c->hc && c->hc->closing) && !stopping)) {
         read_more(c);
     } else if (iol_stream_write(s, NULL, 0, read_more, c) < 0 && !iol_stream_closed(s)) {
         iol_stream_close(s);
@@ -148,6 +175,10 @@ static void on_close(iol_stream *s, void *arg)
     tconn *c = arg;
     c->prev->next = c->next;
     c->next->prev = c->prev;
+    if (c->hc) {
+        free(c->hc);
+        parsers--;
+    }
     free(c);
 }
 
@@ -169,8 +200,7 @@ void http_tls_accept(iol_loop *loop, int fd, iol_tls_ctx *ctx, http_dates *dates
         c->plain = true;
         iol_stream_set_deferred_writes(c->s, true);
     }
-    http_conn_init(&c->hc, dates, emit, c, now);
-    c->draining = stopping;
+    c->deadline = (int)(now + HTTP_IDLE_TIMEOUT);
     c->next = head.next;
     c->prev = &head;
     head.next->prev = c;
@@ -185,7 +215,7 @@ void http_tls_sweep(long now)
     if (!head.next)
         return;
     for (tconn *c = head.next; c != &head; c = c->next)
-        if (c->hc.deadline < now && !iol_stream_closed(c->s))
+        if (c->deadline < now && !iol_stream_closed(c->s))
             iol_stream_close(c->s); /* c goes in its close callback, from the loop */
 }
 
@@ -195,10 +225,9 @@ void http_tls_drain(void)
     if (!head.next)
         return;
     for (tconn *c = head.next; c != &head; c = c->next) {
-        c->draining = true;
         /* Idle (a read pending, nothing half-received, nothing unsent):
          * close now; otherwise read_more closes after the response. */
-        if (iol_stream_closed(c->s) || c->hc.in_headers || iol_stream_write_buffer_size(c->s) > 0)
+        if (iol_stream_closed(c->s) || (c->hc && c->hc->in_headers) || iol_stream_write_buffer_size(c->s) > 0)
             continue;
         if (c->plain)
             linger(c);
@@ -214,4 +243,9 @@ void http_tls_stop(void)
     for (tconn *c = head.next; c != &head; c = c->next)
         if (!iol_stream_closed(c->s))
             iol_stream_close(c->s);
+}
+
+unsigned http_tls_parsers(void)
+{
+    return parsers;
 }
