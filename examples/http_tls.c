@@ -14,11 +14,13 @@
  * Between requests (nothing half-received, nothing unparsed, not
  * closing) a connection holds no parser: its http_conn is allocated at a
  * request's first bytes and freed once the responses of a read leave it
- * idle again, as nginx frees its request. An idle keep-alive connection
- * is then its stream and a 40-byte tconn. */
+ * idle again, as nginx frees its request. The rest of a connection's
+ * state is a 24-byte slot in the worker's slabs (no malloc header, no
+ * list links): an idle keep-alive connection is its stream and a slot. */
 #include "http_tls.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -32,16 +34,118 @@
 
 typedef struct tconn tconn;
 struct tconn {
-    tconn *prev, *next; /* the worker's list */
-    iol_stream *s;
-    http_conn *hc;  /* the request in progress; NULL between requests */
-    int deadline;   /* idle, header or linger deadline on the worker's clock (hc's, kept here) */
-    bool plain;     /* no TLS: ends lingering, as http_hello.c's plain path */
-    bool lingering; /* FIN sent, discarding input until the client closes */
-    bool read_all;  /* the last read left nothing unread (it did not fill READ_CHUNK) */
+    iol_stream *s; /* NULL: a free slot */
+    union {
+        http_conn *hc;   /* the request in progress; NULL between requests */
+        tconn *next_free; /* a free slot: the next one */
+    };
+    int deadline;        /* idle, header or linger deadline on the worker's clock (hc's, kept here) */
+    bool plain : 1;      /* no TLS: ends lingering, as http_hello.c's plain path */
+    bool lingering : 1;  /* FIN sent, discarding input until the client closes */
+    bool read_all : 1;   /* the last read left nothing unread (it did not fill READ_CHUNK) */
 };
 
-static __thread tconn head; /* list sentinel, linked at the first accept */
+/* A worker's connections are slots in 8 KiB slabs (aligned, so a slot
+ * finds its slab): each slab keeps its free slots, a slab with one is on
+ * the `avail` list, and an empty slab is freed at once, so memory follows
+ * the connections down as well as up (a slab kept would pin the heap
+ * above it). The sweep, drain and stop walk every slab. */
+#define SLAB_BYTES 8192
+typedef struct slab slab;
+struct slab {
+    slab *prev, *next;             /* the worker's slabs */
+    slab *avail_prev, *avail_next; /* those with a free slot */
+    tconn *free;                   /* through next_free */
+    unsigned used;
+    tconn slots[];
+};
+#define SLAB_SLOTS ((SLAB_BYTES - sizeof(slab)) / sizeof(tconn))
+
+static __thread slab *slabs, *avail;
+
+#define EACH_CONN(c)                                                                                                   \
+    for (slab *b_ = slabs; b_; b_ = b_->next)                                                                          \
+        for (tconn *c = b_->slots; c < b_->slots + SLAB_SLOTS; c++)                                                    \
+            if (c->s)
+
+static slab *slab_of(tconn *c)
+{
+    return (slab *)((uintptr_t)c & ~(uintptr_t)(SLAB_BYTES - 1));
+}
+
+static void avail_add(slab *b)
+{
+    b->avail_prev = NULL;
+    b->avail_next = avail;
+    if (avail)
+        avail->avail_prev = b;
+    avail = b;
+}
+
+static void avail_remove(slab *b)
+{
+    if (b->avail_prev)
+        b->avail_prev->avail_next = b->avail_next;
+    else
+        avail = b->avail_next;
+    if (b->avail_next)
+        b->avail_next->avail_prev = b->avail_prev;
+}
+
+static void slab_free(slab *b)
+{
+    if (b->free)
+        avail_remove(b);
+    if (b->prev)
+        b->prev->next = b->next;
+    else
+        slabs = b->next;
+    if (b->next)
+        b->next->prev = b->prev;
+    free(b);
+}
+
+static tconn *slot_get(void)
+{
+    if (!avail) {
+        slab *b = aligned_alloc(SLAB_BYTES, SLAB_BYTES);
+        if (!b)
+            return NULL;
+        b->free = NULL;
+        b->used = 0;
+        for (size_t i = SLAB_SLOTS; i-- > 0;) {
+            b->slots[i] = (tconn){ .next_free = b->free };
+            b->free = &b->slots[i];
+        }
+        b->prev = NULL;
+        b->next = slabs;
+        if (slabs)
+            slabs->prev = b;
+        slabs = b;
+        avail_add(b);
+    }
+    slab *b = avail;
+    tconn *c = b->free;
+    b->free = c->next_free;
+    if (!b->free)
+        avail_remove(b);
+    b->used++;
+    *c = (tconn){ 0 };
+    return c;
+}
+
+static void slot_put(tconn *c)
+{
+    slab *b = slab_of(c);
+    *c = (tconn){ .next_free = b->free };
+    if (!b->free)
+        avail_add(b);
+    b->free = c;
+    b->used--;
+    if (b->used == 0)
+        slab_free(b);
+}
+
 static __thread char out[OUT_BUF];
 static __thread size_t out_len;
 static __thread long clock_now;
@@ -173,13 +277,11 @@ static void on_close(iol_stream *s, void *arg)
 {
     (void)s;
     tconn *c = arg;
-    c->prev->next = c->next;
-    c->next->prev = c->prev;
     if (c->hc) {
         free(c->hc);
         parsers--;
     }
-    free(c);
+    slot_put(c);
 }
 
 void http_tls_accept(iol_loop *loop, int fd, iol_tls_ctx *ctx, http_dates *dates, long now,
@@ -188,23 +290,20 @@ void http_tls_accept(iol_loop *loop, int fd, iol_tls_ctx *ctx, http_dates *dates
     served = requests;
     clock_now = now;
     worker_dates = dates;
-    if (!head.next)
-        head.next = head.prev = &head;
-    tconn *c = calloc(1, sizeof(*c));
-    if (!c || (ctx ? iol_tls_stream_new(&c->s, loop, fd, ctx, 0) : iol_stream_new(&c->s, loop, fd, 0)) < 0) {
-        free(c);
+    tconn *c = slot_get();
+    iol_stream *s = NULL;
+    if (!c || (ctx ? iol_tls_stream_new(&s, loop, fd, ctx, 0) : iol_stream_new(&s, loop, fd, 0)) < 0) {
+        if (c)
+            slot_put(c);
         close(fd);
         return;
     }
+    c->s = s;
     if (!ctx) {
         c->plain = true;
         iol_stream_set_deferred_writes(c->s, true);
     }
     c->deadline = (int)(now + HTTP_IDLE_TIMEOUT);
-    c->next = head.next;
-    c->prev = &head;
-    head.next->prev = c;
-    head.next = c;
     iol_stream_set_close_callback(c->s, on_close, c);
     read_more(c);
 }
@@ -212,9 +311,7 @@ void http_tls_accept(iol_loop *loop, int fd, iol_tls_ctx *ctx, http_dates *dates
 void http_tls_sweep(long now)
 {
     clock_now = now;
-    if (!head.next)
-        return;
-    for (tconn *c = head.next; c != &head; c = c->next)
+    EACH_CONN(c)
         if (c->deadline < now && !iol_stream_closed(c->s))
             iol_stream_close(c->s); /* c goes in its close callback, from the loop */
 }
@@ -222,9 +319,7 @@ void http_tls_sweep(long now)
 void http_tls_drain(void)
 {
     stopping = true;
-    if (!head.next)
-        return;
-    for (tconn *c = head.next; c != &head; c = c->next) {
+    EACH_CONN(c) {
         /* Idle (a read pending, nothing half-received, nothing unsent):
          * close now; otherwise read_more closes after the response. */
         if (iol_stream_closed(c->s) || (c->hc && c->hc->in_headers) || iol_stream_write_buffer_size(c->s) > 0)
@@ -238,11 +333,9 @@ void http_tls_drain(void)
 
 void http_tls_stop(void)
 {
-    if (!head.next)
-        return;
-    for (tconn *c = head.next; c != &head; c = c->next)
+    EACH_CONN(c)
         if (!iol_stream_closed(c->s))
-            iol_stream_close(c->s);
+            iol_stream_close(c->s); /* the slot goes in its close callback, from the loop */
 }
 
 unsigned http_tls_parsers(void)

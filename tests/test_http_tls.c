@@ -1,7 +1,8 @@
-/* http-hello's stream path (examples/http_tls.c) on a socket pair: a
+/* http-hello's stream path (examples/http_tls.c) on socket pairs: a
  * connection between requests holds no parser; one with a request in
- * progress (headers or body half-received) does. On epoll (the fd
- * handler path) and on uring (the completion path, where there is one). */
+ * progress (headers or body half-received) does; the idle sweep reaches
+ * every connection. On epoll (the fd handler path) and on uring (the
+ * completion path, where there is one). */
 #include <check.h>
 #include <errno.h>
 #include <string.h>
@@ -115,6 +116,63 @@ static void parsers_between_requests(const char *poller)
     ck_assert_int_ge(iol_loop_close(loop, false), 0);
 }
 
+/* The sweep reaches every connection of the worker (their state spans
+ * more than one slab) and closes those past their idle deadline; the
+ * slots are taken again by the next connections. */
+static void sweep_many(const char *poller)
+{
+    enum { N = 400 }; /* more than one slab (339 slots) */
+    iol_loop *loop = new_loop(poller);
+    if (!loop)
+        return;
+    http_conn_global_init();
+    http_dates dates;
+    http_dates_init(&dates);
+    http_dates_refresh(&dates, time(NULL));
+    static int peers[N];
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < N; i++) {
+            int sv[2];
+            ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+            peers[i] = sv[1];
+            http_tls_accept(loop, sv[0], NULL, &dates, 1000, NULL);
+        }
+        peer p = { .loop = loop };
+        settle(&p);
+        http_tls_sweep(1000 + HTTP_IDLE_TIMEOUT - 1); /* none due yet */
+        settle(&p);
+        char c;
+        for (int i = 0; i < N; i++)
+            ck_assert_int_eq(recv(peers[i], &c, 1, MSG_DONTWAIT), -1);
+        http_tls_sweep(1000 + HTTP_IDLE_TIMEOUT + 1);
+        int ended = 0;
+        for (double end = iol_test_now() + 10; ended < N && iol_test_now() < end;) {
+            ck_assert_int_ge(iol_loop_run_once(loop, 0.01), 0);
+            for (int i = 0; i < N; i++)
+                if (peers[i] >= 0 && recv(peers[i], &c, 1, MSG_DONTWAIT) == 0) {
+                    close(peers[i]);
+                    peers[i] = -1;
+                    ended++;
+                }
+        }
+        ck_assert_int_eq(ended, N);
+    }
+    http_tls_stop();
+    ck_assert_int_ge(iol_loop_close(loop, false), 0);
+}
+
+START_TEST(sweep_epoll)
+{
+    sweep_many("epoll");
+}
+END_TEST
+
+START_TEST(sweep_uring)
+{
+    sweep_many("uring");
+}
+END_TEST
+
 START_TEST(parsers_epoll)
 {
     parsers_between_requests("epoll");
@@ -134,6 +192,8 @@ int main(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, parsers_epoll);
     tcase_add_test(tc, parsers_uring);
+    tcase_add_test(tc, sweep_epoll);
+    tcase_add_test(tc, sweep_uring);
     suite_add_tcase(s, tc);
     return iol_test_run(s);
 }
