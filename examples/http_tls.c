@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -45,12 +46,14 @@ struct tconn {
     bool read_all : 1;   /* the last read left nothing unread (it did not fill READ_CHUNK) */
 };
 
-/* A worker's connections are slots in 8 KiB slabs (aligned, so a slot
- * finds its slab): each slab keeps its free slots, a slab with one is on
- * the `avail` list, and an empty slab is freed at once, so memory follows
- * the connections down as well as up (a slab kept would pin the heap
- * above it). The sweep, drain and stop walk every slab. */
-#define SLAB_BYTES 8192
+/* A worker's connections are slots in slabs of a page (mmap'd, so a slot
+ * finds its slab by masking its address, and a slab given back leaves no
+ * hole in the heap): each slab keeps its free slots, a slab with one is
+ * on the `avail` list, and an empty slab is unmapped unless it is the
+ * worker's last (so one connection coming and going maps nothing), so
+ * memory follows the connections down as well as up. The sweep, drain
+ * and stop walk every slab. */
+#define SLAB_BYTES 4096 /* a page: mmap aligns it */
 typedef struct slab slab;
 struct slab {
     slab *prev, *next;             /* the worker's slabs */
@@ -62,6 +65,7 @@ struct slab {
 #define SLAB_SLOTS ((SLAB_BYTES - sizeof(slab)) / sizeof(tconn))
 
 static __thread slab *slabs, *avail;
+static __thread bool stopped; /* http_tls_stop ran: the last slab goes too */
 
 #define EACH_CONN(c)                                                                                                   \
     for (slab *b_ = slabs; b_; b_ = b_->next)                                                                          \
@@ -102,14 +106,14 @@ static void slab_free(slab *b)
         slabs = b->next;
     if (b->next)
         b->next->prev = b->prev;
-    free(b);
+    munmap(b, SLAB_BYTES);
 }
 
 static tconn *slot_get(void)
 {
     if (!avail) {
-        slab *b = aligned_alloc(SLAB_BYTES, SLAB_BYTES);
-        if (!b)
+        slab *b = mmap(NULL, SLAB_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (b == MAP_FAILED)
             return NULL;
         b->free = NULL;
         b->used = 0;
@@ -142,7 +146,7 @@ static void slot_put(tconn *c)
         avail_add(b);
     b->free = c;
     b->used--;
-    if (b->used == 0)
+    if (b->used == 0 && (b->prev || b->next || stopped))
         slab_free(b);
 }
 
@@ -290,6 +294,7 @@ void http_tls_accept(iol_loop *loop, int fd, iol_tls_ctx *ctx, http_dates *dates
     served = requests;
     clock_now = now;
     worker_dates = dates;
+    stopped = false;
     tconn *c = slot_get();
     iol_stream *s = NULL;
     if (!c || (ctx ? iol_tls_stream_new(&s, loop, fd, ctx, 0) : iol_stream_new(&s, loop, fd, 0)) < 0) {
@@ -336,6 +341,9 @@ void http_tls_stop(void)
     EACH_CONN(c)
         if (!iol_stream_closed(c->s))
             iol_stream_close(c->s); /* the slot goes in its close callback, from the loop */
+    stopped = true;
+    if (slabs && !slabs->next && slabs->used == 0)
+        slab_free(slabs);
 }
 
 unsigned http_tls_parsers(void)

@@ -121,7 +121,7 @@ static void parsers_between_requests(const char *poller)
  * slots are taken again by the next connections. */
 static void sweep_many(const char *poller)
 {
-    enum { N = 400 }; /* more than one slab (339 slots) */
+    enum { N = 400 }; /* more than two slabs (168 slots each) */
     iol_loop *loop = new_loop(poller);
     if (!loop)
         return;
