@@ -7,6 +7,8 @@
 
 #include "net/bufpool.h"
 
+_Static_assert(offsetof(iol__buffer_block, data) == IOL__BUFPOOL_HEAD, "a block's head is the pool's");
+
 static void buffer_slide_to_front(iol__buffer_block *k)
 {
     if (k->start == 0)
@@ -16,7 +18,7 @@ static void buffer_slide_to_front(iol__buffer_block *k)
     k->start = 0;
 }
 
-/* Moves the live bytes into a new block of `size` bytes (from the pool). */
+/* Moves the live bytes into a new block of `size` bytes' room (from the pool). */
 static int buffer_move_to(iol__buffer *b, size_t size)
 {
     iol__buffer_block *k = iol__bufpool_get(size);
@@ -47,12 +49,12 @@ int iol__buffer_reserve(iol__buffer *b, size_t need)
     iol__buffer_block *k = b->blk;
     /* Sliding is cheap only when the dead space outweighs the live bytes:
      * each live byte then moves at most once per room/2 bytes consumed. */
-    if (k && k->start >= IOL__BUFFER_ROOM(k->size) / 2 && want <= IOL__BUFFER_ROOM(k->size)) {
+    if (k && k->start >= k->size / 2 && want <= k->size) {
         buffer_slide_to_front(k);
         return 0;
     }
     size_t size = k ? k->size * 2 : IOL__BUFFER_MIN;
-    while (IOL__BUFFER_ROOM(size) < want)
+    while (size < want)
         size *= 2;
     return buffer_move_to(b, size);
 }
@@ -91,7 +93,7 @@ void iol__buffer_trim(iol__buffer *b)
     if (k->size <= IOL__BUFFER_SMALL || k->len > k->size / 4)
         return;
     size_t size = IOL__BUFFER_SMALL;
-    while (IOL__BUFFER_ROOM(size) < k->len * 2)
+    while (size < k->len * 2)
         size *= 2;
     if (size < k->size)
         (void)buffer_move_to(b, size); /* a failed shrink just keeps the larger block */

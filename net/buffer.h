@@ -8,11 +8,10 @@
  * thread's pool (net/bufpool.h) and go back to it when the buffer empties,
  * so an idle stream holds none and the steady state does no malloc.
  *
- * The offsets live in the block's header, not in the stream: an empty
+ * The offsets live in the block's head (the pool's IOL__BUFPOOL_HEAD
+ * bytes in front of a power-of-two room), not in the stream: an empty
  * buffer is one NULL pointer, 8 bytes of an idle stream instead of 32
- * (a stream has three). The header takes IOL__BUFFER_HEADER bytes of the
- * pooled power-of-two block, so callers that want a whole pooled block's
- * worth of room ask for IOL__BUFFER_ROOM(size).
+ * (a stream has three).
  */
 #ifndef IOL_NET_BUFFER_H
 #define IOL_NET_BUFFER_H
@@ -25,15 +24,11 @@ enum {
 };
 
 typedef struct iol__buffer_block {
-    size_t size;  /* of the whole block, header included (a power of two) */
+    size_t size;  /* room for data (a power of two) */
     size_t start; /* offset of the first live byte in data */
     size_t len;   /* live bytes */
     char data[];
 } iol__buffer_block;
-
-#define IOL__BUFFER_HEADER offsetof(iol__buffer_block, data)
-/* The data room of a block of `size` bytes. */
-#define IOL__BUFFER_ROOM(size) ((size) - IOL__BUFFER_HEADER)
 
 typedef struct iol__buffer {
     iol__buffer_block *blk; /* NULL while empty */
@@ -58,7 +53,7 @@ static inline char *iol__buffer_tail(const iol__buffer *b)
 
 static inline size_t iol__buffer_tail_room(const iol__buffer *b)
 {
-    return b->blk ? IOL__BUFFER_ROOM(b->blk->size) - b->blk->start - b->blk->len : 0;
+    return b->blk ? b->blk->size - b->blk->start - b->blk->len : 0;
 }
 
 /* n bytes were written at the tail (within the reserved room). */

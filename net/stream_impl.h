@@ -32,8 +32,7 @@
 
 enum {
     STREAM_DEFAULT_MAX_BUFFER = 100u << 20, /* Tornado's default max_buffer_size */
-    /* least tail room offered to one read(): a pooled 64 KiB block's worth */
-    STREAM_READ_CHUNK = IOL__BUFFER_ROOM(64u << 10),
+    STREAM_READ_CHUNK = 64u << 10,          /* least tail room offered to one read() */
     STREAM_IO_ROUNDS = 16,                  /* syscalls per event before other fds get a turn */
     STREAM_DELIM_INLINE = 32,               /* delimiters up to this length need no malloc */
 };
