@@ -75,7 +75,7 @@ static void respond_error(http_conn *c, const char *status, size_t status_len)
 static int on_message_begin(http_parser *p)
 {
     http_conn *c = p->data;
-    c->in_headers = true;
+    c->in_headers = c->in_message = true;
     c->deadline = c->now + HTTP_HEADER_TIMEOUT;
     return 0;
 }
@@ -93,6 +93,7 @@ static int on_message_complete(http_parser *p)
     bool keep_alive = http_should_keep_alive(p) && !p->upgrade;
     bool http10 = p->http_major == 1 && p->http_minor == 0;
     c->requests++;
+    c->in_message = false;
     if (p->method == HTTP_GET && keep_alive && !http10 && c->dates->ok_len)
         c->emit(c->ud, c->dates->ok, c->dates->ok_len); /* the fast path: one memcpy */
     else if (p->method == HTTP_GET || p->method == HTTP_HEAD)
@@ -127,7 +128,8 @@ void http_conn_init(http_conn *c, const http_dates *dates, http_emit_fn emit, vo
     c->dates = dates;
     c->emit = emit;
     c->ud = ud;
-    c->closing = c->in_headers = c->clean_end = false;
+    c->closing = c->in_headers = c->in_message = c->clean_end = false;
+    c->requests = 0;
     c->unparsed = 0;
     c->now = now;
     c->deadline = now + HTTP_IDLE_TIMEOUT;

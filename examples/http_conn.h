@@ -40,6 +40,7 @@ typedef struct http_conn {
     bool clean_end;  /* closing after a complete request without keep-alive (not an error) */
     size_t unparsed; /* bytes of the last feed left unparsed (after a final response) */
     bool in_headers; /* a request began and its headers are not complete */
+    bool in_message; /* a request began and is not complete (its body may be arriving) */
     long now;        /* the caller's coarse clock (seconds), for deadline */
     long deadline;   /* idle or header deadline on that clock */
     unsigned long requests; /* requests answered (statistics) */

@@ -18,12 +18,15 @@
  * worker only (relaxed load and store). */
 void http_tls_accept(iol_loop *loop, int fd, iol_tls_ctx *ctx, http_dates *dates, long now,
                      _Atomic uint64_t *requests);
-/* Closes connections past their idle/header deadline (hc.deadline < now). */
+/* Closes connections past their idle/header deadline. */
 void http_tls_sweep(long now);
 /* Graceful stop: idle connections close now (close_notify), busy ones
  * once their responses are out. */
 void http_tls_drain(void);
 /* Closes what is left. */
 void http_tls_stop(void);
+/* This thread's connections that hold a parser (a request in progress):
+ * one between requests holds none. For tests. */
+unsigned http_tls_parsers(void);
 
 #endif

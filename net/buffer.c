@@ -7,27 +7,34 @@
 
 #include "net/bufpool.h"
 
-static void buffer_slide_to_front(iol__buffer *b)
+_Static_assert(offsetof(iol__buffer_block, data) == IOL__BUFPOOL_HEAD, "a block's head is the pool's");
+
+static void buffer_slide_to_front(iol__buffer_block *k)
 {
-    if (b->start == 0)
+    if (k->start == 0)
         return;
-    if (b->len > 0)
-        memmove(b->base, b->base + b->start, b->len);
-    b->start = 0;
+    if (k->len > 0)
+        memmove(k->data, k->data + k->start, k->len);
+    k->start = 0;
 }
 
-/* Moves the live bytes into a new block of cap bytes (from the pool). */
-static int buffer_move_to(iol__buffer *b, size_t cap)
+/* Moves the live bytes into a new block of `size` bytes' room (from the pool). */
+static int buffer_move_to(iol__buffer *b, size_t size)
 {
-    char *base = iol__bufpool_get(cap);
-    if (!base)
+    iol__buffer_block *k = iol__bufpool_get(size);
+    if (!k)
         return -ENOMEM;
-    if (b->len > 0)
-        memcpy(base, b->base + b->start, b->len);
-    iol__bufpool_put(b->base, b->cap);
-    b->base = base;
-    b->start = 0;
-    b->cap = cap;
+    k->size = size;
+    k->start = 0;
+    k->len = 0;
+    iol__buffer_block *old = b->blk;
+    if (old) {
+        if (old->len > 0)
+            memcpy(k->data, old->data + old->start, old->len);
+        k->len = old->len;
+        iol__bufpool_put(old, old->size);
+    }
+    b->blk = k;
     return 0;
 }
 
@@ -35,19 +42,21 @@ int iol__buffer_reserve(iol__buffer *b, size_t need)
 {
     if (iol__buffer_tail_room(b) >= need)
         return 0;
-    if (need > SIZE_MAX / 4 - b->len)
+    size_t len = iol__buffer_len(b);
+    if (need > SIZE_MAX / 4 - len)
         return -ENOMEM;
-    size_t want = b->len + need;
+    size_t want = len + need;
+    iol__buffer_block *k = b->blk;
     /* Sliding is cheap only when the dead space outweighs the live bytes:
-     * each live byte then moves at most once per cap/2 bytes consumed. */
-    if (b->start >= b->cap / 2 && want <= b->cap) {
-        buffer_slide_to_front(b);
+     * each live byte then moves at most once per room/2 bytes consumed. */
+    if (k && k->start >= k->size / 2 && want <= k->size) {
+        buffer_slide_to_front(k);
         return 0;
     }
-    size_t cap = b->cap ? b->cap * 2 : IOL__BUFFER_MIN;
-    while (cap < want)
-        cap *= 2;
-    return buffer_move_to(b, cap);
+    size_t size = k ? k->size * 2 : IOL__BUFFER_MIN;
+    while (size < want)
+        size *= 2;
+    return buffer_move_to(b, size);
 }
 
 int iol__buffer_append(iol__buffer *b, const void *data, size_t len)
@@ -57,16 +66,16 @@ int iol__buffer_append(iol__buffer *b, const void *data, size_t len)
     int r = iol__buffer_reserve(b, len);
     if (r < 0)
         return r;
-    memcpy(b->base + b->start + b->len, data, len);
-    b->len += len;
+    memcpy(iol__buffer_tail(b), data, len);
+    b->blk->len += len;
     return 0;
 }
 
-
 void iol__buffer_free(iol__buffer *b)
 {
-    iol__bufpool_put(b->base, b->cap);
-    *b = (iol__buffer){0};
+    if (b->blk)
+        iol__bufpool_put(b->blk, b->blk->size);
+    b->blk = NULL;
 }
 
 /* A buffer exists only while bytes are in it: an empty one goes back to
@@ -74,18 +83,18 @@ void iol__buffer_free(iol__buffer *b)
  * bytes, not below IOL__BUFFER_SMALL. */
 void iol__buffer_trim(iol__buffer *b)
 {
-    if (!b->base)
+    iol__buffer_block *k = b->blk;
+    if (!k)
         return;
-    if (b->len == 0) {
+    if (k->len == 0) {
         iol__buffer_free(b);
         return;
     }
-    if (b->cap <= IOL__BUFFER_SMALL || b->len > b->cap / 4)
+    if (k->size <= IOL__BUFFER_SMALL || k->len > k->size / 4)
         return;
-    size_t cap = IOL__BUFFER_SMALL;
-    while (cap < b->len * 2)
-        cap *= 2;
-    if (cap < b->cap)
-        (void)buffer_move_to(b, cap); /* a failed shrink just keeps the larger block */
+    size_t size = IOL__BUFFER_SMALL;
+    while (size < k->len * 2)
+        size *= 2;
+    if (size < k->size)
+        (void)buffer_move_to(b, size); /* a failed shrink just keeps the larger block */
 }
-

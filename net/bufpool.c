@@ -77,10 +77,10 @@ void *iol__bufpool_get(size_t cap)
     if (pl && pl->head[c]) {
         free_block *b = pl->head[c];
         pl->head[c] = b->next;
-        pl->bytes -= cap;
+        pl->bytes -= IOL__BUFPOOL_HEAD + cap;
         return b;
     }
-    return malloc(cap);
+    return malloc(IOL__BUFPOOL_HEAD + cap);
 }
 
 void iol__bufpool_put(void *block, size_t cap)
@@ -89,14 +89,14 @@ void iol__bufpool_put(void *block, size_t cap)
         return;
     int c = class_of(cap);
     pool *pl = c >= 0 ? pool_get() : NULL;
-    if (!pl || pl->bytes + cap > IOL__BUFPOOL_MAX_BYTES) {
+    if (!pl || pl->bytes + IOL__BUFPOOL_HEAD + cap > IOL__BUFPOOL_MAX_BYTES) {
         free(block);
         return;
     }
     free_block *b = block;
     b->next = pl->head[c];
     pl->head[c] = b;
-    pl->bytes += cap;
+    pl->bytes += IOL__BUFPOOL_HEAD + cap;
 }
 
 size_t iol__bufpool_thread_bytes(void)

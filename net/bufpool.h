@@ -17,9 +17,14 @@
 #define IOL__BUFPOOL_MAX (64u << 10)
 #define IOL__BUFPOOL_MAX_BYTES (1u << 20) /* pooled per thread, all sizes together */
 
-/* A block of exactly cap bytes (cap a power of two), or NULL. */
+/* Every block has IOL__BUFPOOL_HEAD bytes in front of its cap (a buffer's
+ * offsets live there), so the room behind them is a whole power of two. */
+#define IOL__BUFPOOL_HEAD 24
+
+/* A block of exactly IOL__BUFPOOL_HEAD + cap bytes (cap a power of two),
+ * or NULL. */
 void *iol__bufpool_get(size_t cap);
-/* Gives back a block from get (or from malloc with a power-of-two cap). */
+/* Gives back a block from get. */
 void iol__bufpool_put(void *block, size_t cap);
 
 /* For tests: bytes this thread's pool holds for reuse. */

@@ -120,9 +120,8 @@ void iol__stream_close_internal(iol_stream *s, int err)
         iol__tls_on_close(s, err);
     iol__stream_drop_fd(s);
     /* Unwritten data is dropped, as Tornado's close does. */
-    s->wbuf.len = 0;
-    s->wbuf.start = 0;
-    s->bytes_queued = s->bytes_written; /* zero-copy segments are released by finish_close */
+    iol__buffer_clear(&s->wbuf);
+    s->pending = 0; /* zero-copy segments are released by finish_close */
     /* On failure stream_release finishes once the stack unwinds. */
     (void)iol__stream_schedule(s);
 }
@@ -138,7 +137,7 @@ static unsigned stream_wanted_events(const iol_stream *s)
         ; /* the kernel's buffer fills and the peer's window closes: that is the point */
     else if (s->read_kind != READ_NONE)
         events |= IOL_READ;
-    else if (s->close_cb && s->rbuf.len == 0 && !s->parked)
+    else if (s->close_cb && iol__buffer_len(&s->rbuf) == 0 && !s->parked)
         events |= IOL_READ; /* idle: notice the peer closing (Tornado's error listener) */
     if (iol__stream_pending(s) > 0)
         events |= IOL_WRITE;
@@ -215,7 +214,7 @@ static void stream_finish_close(iol_stream *s)
         int status = s->error ? s->error : -EPIPE;
         size_t n = 0;
         if (s->read_kind == READ_UNTIL_CLOSE) {
-            n = s->rbuf.len;
+            n = iol__buffer_len(&s->rbuf);
             if (s->eof)
                 status = 0;
         }
@@ -341,7 +340,18 @@ int iol__stream_alloc(iol_stream **out, iol_loop *loop, size_t max_buffer_size)
     }
     s->loop = iol_loop_ref(loop);
     s->fd = -1;
-    s->max_buffer_size = max_buffer_size ? max_buffer_size : STREAM_DEFAULT_MAX_BUFFER;
+    if (!max_buffer_size)
+        max_buffer_size = STREAM_DEFAULT_MAX_BUFFER;
+    if (max_buffer_size <= UINT32_MAX) {
+        s->max_buffer = (uint32_t)max_buffer_size;
+    } else {
+        stream_ext *x = iol__stream_ext(s);
+        if (!x) {
+            iol__stream_free(s);
+            return -ENOMEM;
+        }
+        x->max_buffer_size = max_buffer_size;
+    }
     *out = s;
     return 0;
 }

@@ -56,7 +56,7 @@ typedef struct stream_seg {
     void *arg;
 } stream_seg;
 
-/* A write's `done`, due once bytes_written reaches `end`. */
+/* A write's `done`, due once ext->written reaches `end`. */
 typedef struct stream_write_done {
     uint64_t end;
     iol_callback_fn fn;
@@ -80,6 +80,10 @@ typedef struct stream_ext {
     bool wm_above;
     bool wm_told;
     size_t max_write_buffer; /* 0: unlimited */
+    /* bytes handed to the kernel since ext was made: the clock of the
+     * write dones (the stream itself keeps only what is pending) */
+    uint64_t written;
+    size_t max_buffer_size; /* when it does not fit the stream's 32 bits */
 
     /* read_until's delimiter */
     size_t read_max; /* read_until: fail past this many bytes; 0: no limit */
@@ -150,23 +154,24 @@ struct iol_stream {
     bool defer_writes : 1;    /* iol_stream_set_deferred_writes */
     bool in_completion : 1;   /* a result of ours is being handled: update_events waits for its end */
     bool counted : 1;         /* counted in the loop's handler count without a handler */
+    stream_read_kind read_kind : 2; /* the pending read */
 
-    stream_read_kind read_kind; /* the pending read */
-    size_t max_buffer_size;
+    uint32_t max_buffer; /* max_buffer_size; 0: in ext (4 GiB or more) */
     iol__buffer rbuf;
     iol__buffer wbuf;
+    iol__buffer sendbuf;  /* uring: the bytes of the send in flight (wbuf takes new ones) */
     iol_read_fn read_cb;
     void *read_arg;
     size_t read_n;
-    uint64_t bytes_queued;  /* every byte ever accepted by iol_stream_write */
-    uint64_t bytes_written; /* every byte ever handed to the kernel */
+    /* Bytes accepted by iol_stream_write (copied or zero-copy) and not yet
+     * handed to the kernel: what the write limit and the watermarks count. */
+    size_t pending;
 
     iol_close_fn close_cb;
     void *close_arg;
 
     stream_ext *ext; /* NULL until a rare part is used */
     iol__tls *tls; /* TLS state (net/tls.h); NULL: plain */
-    iol__buffer sendbuf;  /* uring: the bytes of the send in flight (wbuf takes new ones) */
     iol__completion op;   /* uring: each operation in flight holds a reference */
 };
 
@@ -175,11 +180,22 @@ static inline void iol__stream_hold(iol_stream *s)
     s->refs++;
 }
 
-/* Bytes accepted for writing and not yet handed to the kernel (copied or
- * zero-copy): what the write limit and the watermarks count. */
 static inline size_t iol__stream_pending(const iol_stream *s)
 {
-    return (size_t)(s->bytes_queued - s->bytes_written);
+    return s->pending;
+}
+
+/* n pending bytes reached the kernel. */
+static inline void iol__stream_wrote_bytes(iol_stream *s, size_t n)
+{
+    s->pending -= n;
+    if (s->ext)
+        s->ext->written += n;
+}
+
+static inline size_t iol__stream_max_buffer(const iol_stream *s)
+{
+    return s->max_buffer ? s->max_buffer : s->ext->max_buffer_size;
 }
 
 static inline bool iol__stream_has_segments(const iol_stream *s)

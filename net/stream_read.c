@@ -25,14 +25,14 @@ static ssize_t stream_recv(iol_stream *s, size_t limit, bool *drained)
     size_t room = iol__buffer_tail_room(&s->rbuf);
     if (room > limit)
         room = limit;
-    char *tail = iol__buffer_data(&s->rbuf) + s->rbuf.len;
+    char *tail = iol__buffer_tail(&s->rbuf);
     ssize_t n;
     do {
         n = s->is_socket ? recv(s->fd, tail, room, 0) : read(s->fd, tail, room);
     } while (n < 0 && errno == EINTR);
     if (n < 0)
         return (errno == EAGAIN || errno == EWOULDBLOCK) ? -EAGAIN : -errno;
-    s->rbuf.len += (size_t)n;
+    iol__buffer_commit(&s->rbuf, (size_t)n);
     *drained = (size_t)n < room;
     return n;
 }
@@ -43,7 +43,7 @@ static ssize_t stream_recv(iol_stream *s, size_t limit, bool *drained)
 /* How many buffered bytes complete the pending read; 0: not yet. */
 static size_t stream_read_ready(iol_stream *s)
 {
-    size_t len = s->rbuf.len;
+    size_t len = iol__buffer_len(&s->rbuf);
     switch (s->read_kind) {
     case READ_BYTES:
         if (len >= s->read_n)
@@ -95,7 +95,7 @@ static bool stream_read_over_max(const iol_stream *s, size_t ready)
 {
     if (s->read_kind != READ_UNTIL || s->ext->read_max == 0)
         return false;
-    return ready > s->ext->read_max || (ready == 0 && s->rbuf.len >= s->ext->read_max);
+    return ready > s->ext->read_max || (ready == 0 && iol__buffer_len(&s->rbuf) >= s->ext->read_max);
 }
 
 /* Whether the buffer is past what the pending read may hold: -ENOBUFS.
@@ -107,8 +107,8 @@ static bool stream_read_over_max(const iol_stream *s, size_t ready)
 static bool stream_buffer_over(const iol_stream *s)
 {
     if (s->read_kind == READ_UNTIL_CLOSE)
-        return s->rbuf.len > s->max_buffer_size;
-    return s->rbuf.len >= s->max_buffer_size;
+        return iol__buffer_len(&s->rbuf) > iol__stream_max_buffer(s);
+    return iol__buffer_len(&s->rbuf) >= iol__stream_max_buffer(s);
 }
 
 /* Completes the pending read from the buffer if it can; a buffer that is
@@ -143,9 +143,9 @@ void iol__stream_handle_read(iol_stream *s)
             continue; /* the callback may have started another read */
         size_t limit;
         if (s->read_kind != READ_NONE) /* > 0: a buffer past its limit closed above */
-            limit = s->rbuf.len < s->max_buffer_size ? s->max_buffer_size - s->rbuf.len : 1;
-        else if (s->close_cb && s->rbuf.len == 0 && !s->parked)
-            limit = s->max_buffer_size < STREAM_READ_CHUNK ? s->max_buffer_size : STREAM_READ_CHUNK;
+            limit = iol__buffer_len(&s->rbuf) < iol__stream_max_buffer(s) ? iol__stream_max_buffer(s) - iol__buffer_len(&s->rbuf) : 1;
+        else if (s->close_cb && iol__buffer_len(&s->rbuf) == 0 && !s->parked)
+            limit = iol__stream_max_buffer(s) < STREAM_READ_CHUNK ? iol__stream_max_buffer(s) : STREAM_READ_CHUNK;
         else
             break;
         /* The last read emptied the socket: what comes next is reported

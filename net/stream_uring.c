@@ -57,7 +57,7 @@ static void submit_recv(iol_stream *s)
 {
     /* As the handler path: never past max_buffer_size (read_until_close
      * reads one byte more at the limit, to tell EOF from too much). */
-    size_t limit = s->rbuf.len < s->max_buffer_size ? s->max_buffer_size - s->rbuf.len : 1;
+    size_t limit = iol__buffer_len(&s->rbuf) < iol__stream_max_buffer(s) ? iol__stream_max_buffer(s) - iol__buffer_len(&s->rbuf) : 1;
     int r = iol__loop_recv(s->loop, &s->op, OP_RECV, s->fd, limit, s->recv_drained ? IOL__RECV_POLL_FIRST : 0);
     if (r == 0) {
         s->recv_inflight = true;
@@ -70,14 +70,14 @@ static void submit_recv(iol_stream *s)
 /* sendbuf (or, when empty, the write buffer handed over) goes out. */
 static void submit_send(iol_stream *s)
 {
-    if (s->sendbuf.len == 0) {
+    if (iol__buffer_len(&s->sendbuf) == 0) {
         iol__buffer_free(&s->sendbuf);
         s->sendbuf = s->wbuf;
         s->wbuf = (iol__buffer){ 0 };
     }
-    if (s->sendbuf.len == 0)
+    if (iol__buffer_len(&s->sendbuf) == 0)
         return;
-    int r = iol__loop_send(s->loop, &s->op, OP_SEND, s->fd, iol__buffer_data(&s->sendbuf), s->sendbuf.len);
+    int r = iol__loop_send(s->loop, &s->op, OP_SEND, s->fd, iol__buffer_data(&s->sendbuf), iol__buffer_len(&s->sendbuf));
     if (r == 0) {
         s->send_inflight = true;
         s->refs++;
@@ -85,7 +85,7 @@ static void submit_send(iol_stream *s)
     }
     /* Not taken: the bytes go back in front of the newer ones, for the
      * handler path. */
-    if (s->wbuf.len > 0 && (r = iol__buffer_append(&s->sendbuf, iol__buffer_data(&s->wbuf), s->wbuf.len)) < 0) {
+    if (iol__buffer_len(&s->wbuf) > 0 && (r = iol__buffer_append(&s->sendbuf, iol__buffer_data(&s->wbuf), iol__buffer_len(&s->wbuf))) < 0) {
         iol__stream_close_internal(s, r);
         return;
     }
@@ -113,7 +113,7 @@ unsigned iol__stream_uring_update(iol_stream *s, unsigned want)
         want &= ~IOL_READ;
     if ((want & IOL_WRITE) && !s->send_inflight && !iol__stream_has_segments(s))
         submit_send(s);
-    if (s->send_inflight || (!iol__stream_has_segments(s) && s->wbuf.len == 0))
+    if (s->send_inflight || (!iol__stream_has_segments(s) && iol__buffer_len(&s->wbuf) == 0))
         want &= ~IOL_WRITE;
     return want;
 }
@@ -185,8 +185,8 @@ static void on_send(iol_stream *s, const iol__completion_result *r)
         return;
     }
     iol__buffer_consume(&s->sendbuf, (size_t)r->res);
-    s->bytes_written += (uint64_t)r->res;
-    if (s->sendbuf.len == 0)
+    iol__stream_wrote_bytes(s, (size_t)r->res);
+    if (iol__buffer_len(&s->sendbuf) == 0)
         iol__buffer_free(&s->sendbuf);
     iol__stream_wrote(s);
 }

@@ -30,7 +30,7 @@ static ssize_t stream_send(iol_stream *s, const void *data, size_t len)
 void iol__stream_fire_dones(iol_stream *s)
 {
     stream_ext *x = s->ext; /* never freed before the stream */
-    while (x && x->done_head < x->done_count && x->dones[x->done_head].end <= s->bytes_written) {
+    while (x && x->done_head < x->done_count && x->dones[x->done_head].end <= x->written) {
         stream_write_done d = x->dones[x->done_head++];
         if (x->done_head == x->done_count) {
             /* Empty: an idle stream keeps no array (d.fn may write again
@@ -73,8 +73,8 @@ void iol__stream_handle_write(iol_stream *s)
         return; /* its result comes first: the bytes stay in order */
     if (iol__stream_has_segments(s))
         iol__stream_segs_flush(s);
-    for (int rounds = 0; !iol__stream_has_segments(s) && s->wbuf.len > 0 && rounds < STREAM_IO_ROUNDS; rounds++) {
-        ssize_t n = stream_send(s, iol__buffer_data(&s->wbuf), s->wbuf.len);
+    for (int rounds = 0; !iol__stream_has_segments(s) && iol__buffer_len(&s->wbuf) > 0 && rounds < STREAM_IO_ROUNDS; rounds++) {
+        ssize_t n = stream_send(s, iol__buffer_data(&s->wbuf), iol__buffer_len(&s->wbuf));
         if (n == -EAGAIN)
             break;
         if (n < 0) {
@@ -82,7 +82,7 @@ void iol__stream_handle_write(iol_stream *s)
             break;
         }
         iol__buffer_consume(&s->wbuf, (size_t)n);
-        s->bytes_written += (uint64_t)n;
+        iol__stream_wrote_bytes(s, (size_t)n);
     }
     if (s->closed)
         return;
@@ -168,14 +168,16 @@ int iol_stream_write(iol_stream *s, const void *data, size_t len, iol_callback_f
     }
     if (iol__stream_has_segments(s) && sent < len)
         iol__stream_segs_note_copy(s, len - sent);
-    s->bytes_queued += len;
-    s->bytes_written += sent;
+    s->pending += len - sent;
+    if (s->ext)
+        s->ext->written += sent;
     if (done) {
-        s->ext->dones[s->ext->done_count++] = (stream_write_done){.end = s->bytes_queued, .fn = done, .arg = arg};
+        s->ext->dones[s->ext->done_count++] =
+            (stream_write_done){.end = s->ext->written + s->pending, .fn = done, .arg = arg};
         /* Even when written at once, done runs later from the loop, never
          * inside this call; a failure to queue leaves it for the next
          * write event or the close. */
-        if (s->bytes_written >= s->bytes_queued)
+        if (s->pending == 0)
             (void)iol__stream_schedule(s);
     }
     r = iol__stream_queued(s);

@@ -181,7 +181,7 @@ static ssize_t segs_sendfile(iol_stream *s, stream_seg *seg)
  * finished segment is popped. */
 static void segs_consume(iol_stream *s, size_t n)
 {
-    s->bytes_written += n;
+    iol__stream_wrote_bytes(s, n);
     while (iol__stream_has_segments(s)) {
         stream_seg *seg = &s->ext->segs[s->ext->seg_head];
         size_t k = n < seg->len ? n : seg->len;
@@ -238,14 +238,14 @@ static int stream_queue_segment(iol_stream *s, stream_seg seg)
                                 iol__stream_pending(s) > s->ext->max_write_buffer - seg.len))
         return -ENOBUFS;
     /* The bytes copied before (wbuf) become a COPY segment ahead of it. */
-    bool wrap = !iol__stream_has_segments(s) && s->wbuf.len > 0;
+    bool wrap = !iol__stream_has_segments(s) && iol__buffer_len(&s->wbuf) > 0;
     int r = iol__stream_segs_reserve(s, wrap ? 2 : 1);
     if (r < 0)
         return r;
     if (wrap)
-        s->ext->segs[s->ext->seg_count++] = (stream_seg){.kind = SEG_COPY, .len = s->wbuf.len};
+        s->ext->segs[s->ext->seg_count++] = (stream_seg){.kind = SEG_COPY, .len = iol__buffer_len(&s->wbuf)};
     s->ext->segs[s->ext->seg_count++] = seg;
-    s->bytes_queued += seg.len;
+    s->pending += seg.len;
     /* Queued: even if watching for WRITE fails now and closes the
      * stream, the release runs (from the close), so the call says 0. */
     iol__stream_hold(s);

@@ -117,7 +117,7 @@ static void tls_opened(iol_stream *s)
         (void)tls_drain(s);
     if (cb)
         cb(s, 0, t->hs_arg);
-    if (!s->closed && s->wbuf.len > 0)
+    if (!s->closed && iol__buffer_len(&s->wbuf) > 0)
         iol__stream_handle_write(s);
     if (!s->closed)
         iol__stream_handle_read(s);
@@ -187,9 +187,9 @@ static int tls_read_record(iol_stream *s, size_t limit, int *n)
     if (room > INT_MAX)
         room = INT_MAX;
     tls_clear_errors();
-    *n = SSL_read(s->tls->ssl, iol__buffer_data(&s->rbuf) + s->rbuf.len, (int)room);
+    *n = SSL_read(s->tls->ssl, iol__buffer_tail(&s->rbuf), (int)room);
     if (*n > 0)
-        s->rbuf.len += (size_t)*n;
+        iol__buffer_commit(&s->rbuf, (size_t)*n);
     return 0;
 }
 
@@ -377,7 +377,7 @@ int iol_stream_start_tls(iol_stream *s, iol_tls_ctx *ctx, const char *server_nam
         return -EINVAL;
     if (!s->is_socket)
         return -ENOTSOCK;
-    if (s->read_kind != READ_NONE || s->rbuf.len > 0 || s->wbuf.len > 0 || iol__stream_uring_busy(s))
+    if (s->read_kind != READ_NONE || iol__buffer_len(&s->rbuf) > 0 || iol__buffer_len(&s->wbuf) > 0 || iol__stream_uring_busy(s))
         return -EBUSY;
     s->uring = false; /* TLS reads and writes through its BIO on the fd */
     s->tls = tls_state_new(ctx, server_name, cb, arg);
