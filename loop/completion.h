@@ -99,5 +99,15 @@ void iol__loop_buffer_recycle(iol_loop *loop, unsigned bid);
  * socket) still counts in iol_loop_handler_count: the runtime balances
  * load and waits out its drain by that count. delta: +1 or -1. */
 void iol__loop_count_fd(iol_loop *loop, int delta);
+/* An owner that watches fd by ring operations alone claims it, so that
+ * iol_loop_add_handler and another claim say -EEXIST for it as for an fd
+ * with a handler, without a handler: no poll armed and removed again, and
+ * no slot in the loop's and the poller's fd-indexed tables (32 bytes a
+ * slot, the tables sized to the highest fd); a bit instead. 0, -EEXIST
+ * (a handler or a claim already), -EBADF, -ENOMEM, and the loop-thread
+ * checks. unclaim: before the owner registers a handler or lets go of
+ * the fd (harmless when not claimed). */
+int iol__loop_fd_claim(iol_loop *loop, int fd);
+void iol__loop_fd_unclaim(iol_loop *loop, int fd);
 
 #endif

@@ -4,7 +4,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
+
+#include "loop/completion.h"
 
 #define KNOWN_EVENTS (IOL_READ | IOL_WRITE | IOL_ERROR)
 
@@ -20,6 +23,43 @@ static int check_fd_open(int fd)
 static inline bool has_handler(const iol_loop *loop, int fd)
 {
     return fd < loop->handlers_cap && loop->handlers[fd].fn;
+}
+
+static inline bool is_claimed(const iol_loop *loop, int fd)
+{
+    return fd < loop->claimed_cap && (loop->claimed[fd / 64] >> (fd % 64) & 1);
+}
+
+int iol__loop_fd_claim(iol_loop *loop, int fd)
+{
+    int err = iol__loop_check(loop);
+    if (err)
+        return err;
+    if (fd < 0)
+        return -EBADF;
+    if (fd == iol__waker_fd(&loop->waker) || fd == iol__loop_signal_fd(loop) || has_handler(loop, fd) ||
+        is_claimed(loop, fd))
+        return -EEXIST;
+    if (fd >= loop->claimed_cap) {
+        int cap = loop->claimed_cap ? loop->claimed_cap : 1024;
+        while (cap <= fd)
+            cap = cap > INT32_MAX / 2 ? INT32_MAX : cap * 2;
+        uint64_t *bits = realloc(loop->claimed, ((size_t)cap + 63) / 64 * sizeof *bits);
+        if (!bits)
+            return -ENOMEM;
+        memset(bits + (loop->claimed_cap + 63) / 64, 0,
+               (((size_t)cap + 63) / 64 - ((size_t)loop->claimed_cap + 63) / 64) * sizeof *bits);
+        loop->claimed = bits;
+        loop->claimed_cap = cap;
+    }
+    loop->claimed[fd / 64] |= (uint64_t)1 << (fd % 64);
+    return 0;
+}
+
+void iol__loop_fd_unclaim(iol_loop *loop, int fd)
+{
+    if (loop && fd >= 0 && fd < loop->claimed_cap)
+        loop->claimed[fd / 64] &= ~((uint64_t)1 << (fd % 64));
 }
 
 static int reserve_table(iol_loop *loop, int fd)
@@ -54,7 +94,8 @@ int iol_loop_add_handler(iol_loop *loop, int fd, unsigned events, iol_handler_fn
      * open (a bogus 10^9 would allocate gigabytes). */
     if ((!loop->poller_ops->add_checks_fd || fd >= loop->handlers_cap) && (err = check_fd_open(fd)) < 0)
         return err;
-    if (fd == iol__waker_fd(&loop->waker) || fd == iol__loop_signal_fd(loop) || has_handler(loop, fd))
+    if (fd == iol__waker_fd(&loop->waker) || fd == iol__loop_signal_fd(loop) || has_handler(loop, fd) ||
+        is_claimed(loop, fd))
         return -EEXIST;
     if ((err = reserve_table(loop, fd)) < 0)
         return err;
@@ -187,6 +228,9 @@ void iol__loop_handlers_release(iol_loop *loop, bool close_fds)
             close(fd);
     }
     free(loop->handlers);
+    free(loop->claimed);
+    loop->claimed = NULL;
+    loop->claimed_cap = 0;
     loop->handlers = NULL;
     loop->handlers_cap = 0;
     atomic_store_explicit(&loop->handler_count, 0, memory_order_relaxed);

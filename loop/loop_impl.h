@@ -93,6 +93,9 @@ struct iol_loop {
     iol__poller *poller;
     iol__handler *handlers;      /* indexed by fd */
     int handlers_cap;
+    uint64_t *claimed;           /* bit per fd: watched by ring operations
+                                    alone (iol__loop_fd_claim) */
+    int claimed_cap;             /* fds the bitmap covers */
     iol__poller_event *events;   /* the current poll's results */
     int nevents, event_pos;
     int io_events;               /* the last dispatch's events for handlers,

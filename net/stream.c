@@ -100,6 +100,9 @@ void iol__stream_drop_fd(iol_stream *s)
         return;
     if (s->registered)
         (void)iol_loop_remove_handler(s->loop, s->fd); /* nothing to undo if the loop is gone */
+    if (s->claimed)
+        iol__loop_fd_unclaim(s->loop, s->fd);
+    s->claimed = false;
     if (!iol__stream_uring_drop(s))
         close(s->fd);
     s->fd = -1;
@@ -171,10 +174,17 @@ int iol__stream_update_events(iol_stream *s)
             if (r == 0)
                 s->registered = false;
         }
+        /* The ring watches it alone again: keep the fd ours (a claim
+         * cannot fail here but for memory; then it simply stays free). */
+        if (!s->registered && s->uring && !s->claimed)
+            s->claimed = iol__loop_fd_claim(s->loop, s->fd) == 0;
     } else if (!s->registered) {
+        if (s->claimed)
+            iol__loop_fd_unclaim(s->loop, s->fd);
         r = iol_loop_add_handler(s->loop, s->fd, want, iol__stream_on_events, s);
         if (r == 0)
             s->registered = true;
+        s->claimed = r < 0 && s->claimed && iol__loop_fd_claim(s->loop, s->fd) == 0;
     } else if (want != s->watched) {
         r = iol_loop_update_handler(s->loop, s->fd, want);
     }
@@ -370,23 +380,36 @@ int iol_stream_new(iol_stream **out, iol_loop *loop, int fd, size_t max_buffer_s
     int r = iol__stream_alloc(&s, loop, max_buffer_size);
     if (r < 0)
         return r;
-    /* Registered now so -EEXIST surfaces here. READ is a placeholder: the
-     * first request or event narrows it, sparing a syscall meanwhile. */
-    r = iol_loop_add_handler(loop, fd, IOL_READ, iol__stream_on_events, s);
-    if (r < 0)
-        goto fail;
-    if (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
-        r = -errno;
-        (void)iol_loop_remove_handler(loop, fd);
-        goto fail;
-    }
     int type;
     socklen_t len = sizeof(type);
     s->is_socket = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0;
     iol__stream_uring_init(s);
+    /* Registered now so -EEXIST surfaces here. READ is a placeholder: the
+     * first request or event narrows it, sparing a syscall meanwhile. A
+     * stream on the completion path has the ring watch its fd: it only
+     * claims the fd (the same -EEXIST), and a handler comes when one is
+     * needed (update_events). That spares a poll armed and removed per
+     * connection and the fd tables' slots (32 bytes each). */
+    if (s->uring) {
+        r = iol__loop_fd_claim(loop, fd);
+        s->claimed = r == 0;
+    } else {
+        r = iol_loop_add_handler(loop, fd, IOL_READ, iol__stream_on_events, s);
+        s->registered = r == 0;
+    }
+    if (r < 0)
+        goto fail;
+    if (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+        r = -errno;
+        if (s->registered)
+            (void)iol_loop_remove_handler(loop, fd);
+        if (s->claimed)
+            iol__loop_fd_unclaim(loop, fd);
+        goto fail;
+    }
     s->fd = fd;
-    s->registered = true;
-    s->watched = IOL_READ;
+    s->watched = s->registered ? IOL_READ : 0;
+    iol__stream_uring_count(s); /* in the loop's handler count without a handler */
     *out = s;
     return 0;
 fail:

@@ -154,6 +154,7 @@ struct iol_stream {
     bool defer_writes : 1;    /* iol_stream_set_deferred_writes */
     bool in_completion : 1;   /* a result of ours is being handled: update_events waits for its end */
     bool counted : 1;         /* counted in the loop's handler count without a handler */
+    bool claimed : 1;         /* fd claimed on the loop instead of a handler (iol__loop_fd_claim) */
     stream_read_kind read_kind : 2; /* the pending read */
 
     uint32_t max_buffer; /* max_buffer_size; 0: in ext (4 GiB or more) */

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "ioloop.h"
+#include "loop/loop_impl.h"
 #include "net/stream_impl.h"
 #include "testutil.h"
 
@@ -187,6 +188,80 @@ static bool has_path(iol_loop *loop)
 START_TEST(test_idle_footprint_uring)
 {
     idle_footprint("uring");
+}
+END_TEST
+
+static void no_events(int fd, unsigned events, void *arg)
+{
+    (void)fd, (void)events, (void)arg;
+}
+
+/* A stream on the completion path claims its fd instead of registering a
+ * handler: another handler or stream on that fd still gets -EEXIST, but
+ * the loop's fd tables do not grow to it (32 bytes a slot, up to the
+ * highest fd: what an idle connection paid for the handler the ring path
+ * removed again); it counts as a handler; its close gives the fd back. */
+START_TEST(test_claims_instead_of_handler)
+{
+    iol_loop *loop = new_loop("uring");
+    if (!has_path(loop))
+        goto out;
+    enum { HIGH = 3000 };
+    int sv[2];
+    make_pair(sv);
+    ck_assert_int_eq(dup2(sv[0], HIGH), HIGH);
+    close(sv[0]);
+    iol_stream *s, *t;
+    ck_assert_int_eq(iol_stream_new(&s, loop, HIGH, 0), 0);
+    ck_assert(s->claimed && !s->registered);
+    ck_assert_int_lt(loop->handlers_cap, HIGH);
+    ck_assert_int_eq(iol_loop_handler_count(loop), 1);
+    ck_assert_int_eq(iol_loop_add_handler(loop, HIGH, IOL_READ, no_events, NULL), -EEXIST);
+    ck_assert_int_eq(iol_stream_new(&t, loop, HIGH, 0), -EEXIST);
+    /* The ring serves it as before (a server's stream: deferred writes,
+     * so the idle watch for the peer closing is a recv too). */
+    story st = { .loop = loop };
+    ck_assert_int_eq(iol_stream_set_deferred_writes(s, true), 0);
+    ck_assert_int_eq(iol_stream_set_close_callback(s, on_close, &st), 0);
+    ck_assert_int_eq(iol_stream_read_bytes(s, 64, true, on_read, &st), 0);
+    ck_assert_int_eq(write(sv[1], "ping", 4), 4);
+    run_until(loop, &st.reads, 1);
+    ck_assert_uint_eq(st.len, 4);
+    ck_assert_int_lt(loop->handlers_cap, HIGH);
+    ck_assert_int_eq(iol_stream_close(s), 0);
+    run_until(loop, &st.closes, 1);
+    ck_assert_int_eq(iol_loop_handler_count(loop), 0);
+    /* Given back: a new fd with that number takes a handler. */
+    int p[2];
+    make_pair(p);
+    ck_assert_int_eq(dup2(p[0], HIGH), HIGH);
+    ck_assert_int_eq(iol_loop_add_handler(loop, HIGH, IOL_READ, no_events, NULL), 0);
+    ck_assert_int_eq(iol_loop_remove_handler(loop, HIGH), 0);
+    close(HIGH), close(p[0]), close(p[1]), close(sv[1]);
+out:
+    ck_assert_int_ge(iol_loop_close(loop, false), 0);
+}
+END_TEST
+
+/* The claim itself: one owner per fd, handler or claim. */
+START_TEST(test_claim_calls)
+{
+    iol_loop *loop = new_loop("uring");
+    int sv[2];
+    make_pair(sv);
+    ck_assert_int_eq(iol__loop_fd_claim(loop, -1), -EBADF);
+    ck_assert_int_eq(iol__loop_fd_claim(loop, sv[0]), 0);
+    ck_assert_int_eq(iol__loop_fd_claim(loop, sv[0]), -EEXIST);
+    ck_assert_int_eq(iol_loop_add_handler(loop, sv[0], IOL_READ, no_events, NULL), -EEXIST);
+    iol__loop_fd_unclaim(loop, sv[0]);
+    iol__loop_fd_unclaim(loop, sv[0]); /* harmless */
+    ck_assert_int_eq(iol_loop_add_handler(loop, sv[0], IOL_READ, no_events, NULL), 0);
+    ck_assert_int_eq(iol__loop_fd_claim(loop, sv[0]), -EEXIST);
+    ck_assert_int_eq(iol_loop_remove_handler(loop, sv[0]), 0);
+    ck_assert_int_eq(iol__loop_fd_claim(loop, 100000), 0); /* the bitmap grows (no fd check: the owner has it) */
+    iol__loop_fd_unclaim(loop, 100000);
+    close(sv[0]), close(sv[1]);
+    ck_assert_int_ge(iol_loop_close(loop, false), 0);
 }
 END_TEST
 
@@ -525,6 +600,8 @@ static Suite *stream_uring_suite(void)
     tcase_add_test(tc, test_huge_max_buffer);
 #ifdef IOL_HAVE_URING
     tcase_add_test(tc, test_idle_footprint_uring);
+    tcase_add_test(tc, test_claims_instead_of_handler);
+    tcase_add_test(tc, test_claim_calls);
     tcase_add_test(tc, test_read_and_deferred_write);
     tcase_add_test(tc, test_short_sends_in_order);
     tcase_add_test(tc, test_close_with_recv_in_flight);
