@@ -328,7 +328,12 @@ int iol_loop_update_zmq_handler(iol_loop *loop, void *socket, unsigned events);
 int iol_loop_remove_zmq_handler(iol_loop *loop, void *socket);
 
 /* Queues fn(arg) to run on the loop's thread in the next iteration.
- * Lock-free; wakes a sleeping loop with at most one eventfd write per sleep.
+ * Lock-free; wakes a sleeping loop with at most one eventfd write per sleep
+ * (or, posted from a callback or handler of a "uring" loop to another
+ * "uring" loop, one io_uring message; if the posting loop has
+ * spin_us < 0 it sends the message when its current iteration ends, so
+ * the other loop wakes only after the posting callback returned: a
+ * callback must not block waiting for the other loop's answer).
  * Callbacks from one producer run in order. Any thread. Queue nodes come
  * from a per-thread cache that keeps at most 32768 nodes (1 MiB) per
  * posting thread for reuse; beyond that (a burst, a flood) they come from
@@ -454,7 +459,8 @@ typedef struct iol_loop_stats {
     uint64_t callbacks_remote;     /* ... that other threads posted (an own-thread flood
                                       past the node cache counts here too) */
     uint64_t callbacks_signal;     /* ... posted with add_callback_from_signal */
-    uint64_t wakeups;              /* eventfd writes made to wake the loop */
+    uint64_t wakeups;              /* wakeups sent to the loop: eventfd writes, and
+                                      io_uring messages from other uring loops */
     uint64_t timeouts;             /* timeouts fired */
     uint64_t handlers;             /* fds and zmq sockets with a handler now */
     uint64_t busy_ns;              /* time running work between polls */

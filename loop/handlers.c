@@ -180,7 +180,8 @@ void iol__loop_dispatch_events(iol_loop *loop)
     int waker_fd = iol__waker_fd(&loop->waker);
     bool watched = iol__loop_watched(loop);
     loop->dispatching = true;
-    /* Everything but the waker (and the signalfd) is I/O the spin must not
+    /* Everything but the waker (its eventfd or a ring message, and the
+     * signalfd) is I/O the spin must not
      * delay (GATHERING in loop/spin.c). */
     loop->io_events = loop->nevents;
     for (loop->event_pos = 0; loop->event_pos < loop->nevents; loop->event_pos++) {
@@ -193,6 +194,8 @@ void iol__loop_dispatch_events(iol_loop *loop)
             iol__loop_complete(loop, &loop->events[loop->event_pos]);
             continue;
         }
+        if (ev.fd == IOL__POLLER_MSG_FAILED)
+            iol__loop_msg_failed(loop);
         if (ev.fd < 0 || ev.fd == waker_fd || !has_handler(loop, ev.fd)) {
             loop->io_events--;
             if (ev.fd >= 0 && loop->signals)

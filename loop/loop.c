@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "loop/future.h"
 #include "loop/log.h"
@@ -66,6 +67,7 @@ int iol_loop_new(iol_loop **out, const iol_loop_config *cfg)
     iol_loop *loop = memset(mem, 0, sizeof(iol_loop));
     loop->queue_limit = cfg->queue_limit;
     loop->waker.fd = -1;
+    loop->msg_fd = -1;
     loop->events = malloc(MAX_EVENTS * sizeof *loop->events);
     if (!loop->events)
         goto fail;
@@ -91,6 +93,7 @@ int iol_loop_new(iol_loop **out, const iol_loop_config *cfg)
     loop->time_func = cfg->time_func;
     loop->time_ud = cfg->time_ud;
     loop->spin = spin;
+    iol__loop_msg_init(loop); /* uring loops wake each other by ring message */
     loop->owner_ref = true;
     atomic_init(&loop->refs, 1);
 
@@ -142,6 +145,7 @@ static int loop_shutdown(iol_loop *loop, bool all_fds)
     iol__loop_handlers_release(loop, all_fds);
     loop->poller_ops->close(loop->poller);
     loop->poller = NULL;
+    iol__loop_msg_abandon(loop);
     return dropped > INT32_MAX ? INT32_MAX : (int)dropped;
 }
 
@@ -192,6 +196,10 @@ void iol_loop_unref(iol_loop *loop)
     drop_callbacks(loop);
     iol__cbqueue_free(loop->queue);
     iol__waker_destroy(&loop->waker);
+    /* Only now: a sender holding no reference may still have a message
+     * naming it in flight only while it holds one (loop/wake.c). */
+    if (loop->msg_fd >= 0)
+        close(loop->msg_fd);
     iol__watchdog_free(loop->watchdog);
     free(loop->events);
     free(loop);
@@ -253,8 +261,9 @@ static int add_callback(iol_loop *loop, iol_callback_fn fn, void *arg, bool boun
         return err;
     }
     /* The push's tail exchange is seq_cst, which orders it before the
-     * waker's read of the sleep state: no extra fence (sync/waker.c). */
-    iol__waker_wake_after_push(&loop->waker);
+     * waker's read of the sleep state: no extra fence (sync/waker.c).
+     * Delivered by ring message or eventfd (loop/wake.c). */
+    iol__loop_wake_after_push(loop);
     return 0;
 }
 
@@ -422,6 +431,8 @@ static int loop_poll(iol_loop *loop, int cap_ms, uint64_t asleep)
         /* Skip the sleep protocol entirely: poll without blocking. */
         int n = loop->poller_ops->wait(loop->poller, loop->events, MAX_EVENTS, 0);
         loop->awake_ns = iol__clock_ns();
+        if (loop->msg_queued)
+            iol__loop_msg_after_wait(loop, n);
         loop->nevents = n > 0 ? n : 0;
         return n < 0 ? n : 0;
     }
@@ -434,6 +445,8 @@ static int loop_poll(iol_loop *loop, int cap_ms, uint64_t asleep)
     int n = loop->poller_ops->wait(loop->poller, loop->events, MAX_EVENTS, timeout);
     loop->awake_ns = iol__clock_ns();
     iol__waker_finish_sleep(&loop->waker);
+    if (loop->msg_queued)
+        iol__loop_msg_after_wait(loop, n);
     if (after_batch)
         iol__spin_after_sleep(&loop->spin, !iol__cbqueue_empty(loop->queue), (int64_t)loop->awake_ns);
     if (n < 0) {
@@ -518,6 +531,8 @@ static int iterate(iol_loop *loop, int cap_ms)
     if (err < 0)
         return err;
     iol__loop_dispatch_events(loop);
+    if (loop->msg_sent)
+        iol__loop_msg_release(loop);
     if (loop->check_hooks.live)
         iol__loop_run_hooks(loop, &loop->check_hooks);
     return 0;
@@ -532,6 +547,12 @@ static iol_loop *iterations_enter(iol_loop *loop)
 {
     iol_loop *previous = iol_loop_current();
     iol_loop_make_current(loop);
+    /* A nested run (run_sync from a callback) must not hold the outer
+     * loop's messages for its whole length: submit them now. */
+    iol_loop *outer = iol__loop_set_iterating(loop);
+    if (outer && outer != loop)
+        iol__loop_msg_flush(outer);
+    loop->outer_iterating = outer;
     iol__loop_signals_thread_enter(loop);
     iol__watchdog_thread_enter(loop->watchdog);
     iol__watchdog_iteration_begin(loop->watchdog);
@@ -548,6 +569,8 @@ static void iterations_exit(iol_loop *loop, iol_loop *previous)
     add_busy(loop, iol__clock_ns());
     iol__watchdog_iteration_end(loop->watchdog);
     iol__watchdog_thread_exit(loop->watchdog);
+    iol__loop_msg_flush(loop); /* nobody submits them while the loop does not run */
+    iol__loop_set_iterating(loop->outer_iterating);
     iol_loop_make_current(previous);
 }
 

@@ -18,6 +18,9 @@
 #include "sync/cbqueue.h"
 #include "sync/waker.h"
 
+/* Ring messages a loop keeps in flight at most; beyond, the eventfd. */
+#define IOL__MSG_PENDING 32
+
 struct iol_executor;
 struct iol__close_hook;
 struct iol__zmq_handlers;
@@ -129,6 +132,20 @@ struct iol_loop {
     bool outer_sleep;            /* an embedding program waits on the backend fd: the
                                     waker has a sleep announced (iol_loop_run_once) */
 
+    /* Ring messages (loop/wake.c). msg_fd: where other uring loops send
+     * this loop's wakeups (a dup of its ring, closed when the memory goes);
+     * -1: they write the eventfd. msg_send: this loop may send them. The
+     * loops woken by a message still queued, or submitted with its failure
+     * CQE perhaps not yet reaped, each held by a reference:
+     * msg_pending[0, msg_sent) went to the kernel in a wait whose CQEs
+     * were all reaped; [msg_sent, msg_queued) may not have. */
+    int msg_fd;
+    bool msg_send;
+    bool msg_now;                /* IOL_MSGRING=now: submit each message at once */
+    unsigned msg_queued, msg_sent;
+    struct iol_loop *outer_iterating; /* iterating before this run (nested runs) */
+    struct iol_loop *msg_pending[IOL__MSG_PENDING];
+
     /* The callbacks posted and not yet run (loop.c, add_callback), counted
      * when queue_limit is set; on a line of its own, since every producer
      * writes it. */
@@ -200,6 +217,36 @@ static inline bool iol__loop_zmq_recheck(iol_loop *loop)
 {
     return loop->zmq && iol__zmq_recheck(loop);
 }
+
+/* Cross-loop wakeups (loop/wake.c). wake_after_push: wakes loop after a
+ * post (its seq_cst push), through a ring message when this thread is
+ * running a uring loop and loop is one too, else through loop's eventfd.
+ * The rest is the sender's bookkeeping, on its own thread: msg_init at
+ * creation; msg_after_wait after each poll (n: its result); msg_failed for
+ * an IOL__POLLER_MSG_FAILED event; msg_release after dispatching that
+ * poll's events; msg_flush when the thread stops iterating the loop (the
+ * run ends, a nested run starts); msg_abandon at shutdown, after the
+ * poller closed; set_iterating: the loop this thread iterates now
+ * (iol__iterating; loop.c, around iterations). */
+extern _Thread_local iol_loop *iol__iterating __attribute__((tls_model("initial-exec")));
+void iol__loop_wake_by_message(iol_loop *self, iol_loop *loop);
+static inline void iol__loop_wake_after_push(iol_loop *loop)
+{
+    /* Inline: a thread that runs no loop pays a thread-local load. */
+    iol_loop *self = iol__iterating;
+    if (self && self != loop && self->msg_send && loop->msg_fd >= 0) {
+        iol__loop_wake_by_message(self, loop);
+        return;
+    }
+    iol__waker_wake_after_push(&loop->waker);
+}
+void iol__loop_msg_init(iol_loop *loop);
+void iol__loop_msg_after_wait(iol_loop *loop, int n);
+void iol__loop_msg_failed(iol_loop *loop);
+void iol__loop_msg_release(iol_loop *loop);
+void iol__loop_msg_flush(iol_loop *loop);
+void iol__loop_msg_abandon(iol_loop *loop);
+iol_loop *iol__loop_set_iterating(iol_loop *loop); /* returns the previous one */
 
 /* The most events one poll returns (the size of loop->events). */
 #define IOL__MAX_EVENTS 1024

@@ -18,7 +18,7 @@ int iol_loop_get_stats(const iol_loop *loop, iol_loop_stats *out, size_t size)
         .callbacks_self = LOAD(c->callbacks_self),
         .callbacks_remote = LOAD(c->callbacks_remote),
         .callbacks_signal = LOAD(c->callbacks_signal),
-        .wakeups = iol__waker_writes(&loop->waker),
+        .wakeups = iol__waker_writes(&loop->waker) + iol__waker_messages(&loop->waker),
         .timeouts = LOAD(c->timeouts),
         /* relaxed: a statistic (as iol_loop_handler_count). */
         .handlers = (uint64_t)atomic_load_explicit(&loop->handler_count, memory_order_relaxed),

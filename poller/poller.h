@@ -55,6 +55,16 @@ typedef struct iol__poller_event {
  * connection waiting for data holds none: its CQE says IOL__DONE_BUFFER
  * and bid, and the buffer is the caller's until buffer_recycle. */
 #define IOL__POLLER_COMPLETION (-3)
+
+/* RING MESSAGES. One uring loop wakes another by posting a CQE straight
+ * to the other's ring (IORING_OP_MSG_RING) instead of writing its eventfd
+ * (loop/loop.c, sync/waker.c). msg_fd gives the fd others send to; the
+ * target's wait reports each message as an event with fd ==
+ * IOL__POLLER_WAKE (nothing else in it). A sender's message that the
+ * kernel refused comes back to the sender as IOL__POLLER_MSG_FAILED (a
+ * success posts nothing to the sender). */
+#define IOL__POLLER_WAKE (-4)
+#define IOL__POLLER_MSG_FAILED (-5)
 enum {
     IOL__DONE_MORE = 1u,   /* a multishot operation stays armed */
     IOL__DONE_BUFFER = 2u, /* done.bid names a ring buffer holding the data */
@@ -87,6 +97,7 @@ enum { /* op_features bits: what the running kernel can do */
     IOL__OPS_MULTISHOT_RECV = 2u,
     IOL__OPS_BUFFER_RING = 4u,
     IOL__OPS_COMPLETIONS = 8u, /* any at all (IOL_URING_OPS=0 turns them off) */
+    IOL__OPS_MSG_RING = 16u,   /* msg_fd/msg_send work (IORING_OP_MSG_RING, 5.18) */
 };
 
 typedef struct iol__poller_ops {
@@ -143,6 +154,21 @@ typedef struct iol__poller_ops {
     int (*op_buffers)(iol__poller *p, unsigned count, unsigned size);
     void *(*buffer)(iol__poller *p, unsigned bid);
     void (*buffer_recycle)(iol__poller *p, unsigned bid);
+    /* Optional, all or none (NULL: no ring messages; see RING MESSAGES;
+     * they work only with IOL__OPS_MSG_RING in op_features, which needs
+     * no op_submit). msg_fd: a new fd (close-on-exec) naming p's ring, for
+     * other pollers of this backend to send to; the caller closes it;
+     * -ENOTSUP, or -errno of dup. It keeps the kernel's ring alive after
+     * close(p), so a message sent to it never lands elsewhere.
+     * msg_send: queues one message to the ring behind fd (another
+     * poller's msg_fd, kept open until the message was submitted), handed
+     * to the kernel at the next wait or submit; 0, -ENOTSUP, -EBUSY (the
+     * kernel takes no SQE). submit: hands every queued SQE over now,
+     * without waiting or reaping; returns how many are still queued (0:
+     * everything queued so far reached the kernel). */
+    int (*msg_fd)(iol__poller *p);
+    int (*msg_send)(iol__poller *p, int fd);
+    unsigned (*submit)(iol__poller *p);
 } iol__poller_ops;
 
 extern const iol__poller_ops iol__poller_epoll;

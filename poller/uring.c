@@ -37,10 +37,22 @@
  * the opcode probe: IORING_OP_SOCKET arrived with multishot accept,
  * buffer rings and IORING_ASYNC_CANCEL_ALL (5.19), IORING_OP_SEND_ZC
  * with multishot recv (6.0). IOL_URING_OPS (a number, a mask of
- * IOL__OPS_* bits) takes abilities away, for testing the fallbacks. */
+ * IOL__OPS_* bits) takes abilities away, for testing the fallbacks.
+ *
+ * RING MESSAGES (poller.h). A message's CQE on the target carries
+ * MSG_DATA; the sender's SQE carries MSG_SENT and IOSQE_CQE_SKIP_SUCCESS,
+ * so only a failure posts a CQE back to the sender. Both are poll tags of
+ * generation 0 (never a live poll's) with an fd no slot has. The kernel
+ * issues a data message inline, in the io_uring_enter that submits it
+ * (no io-wq for a target without IOPOLL or DEFER_TASKRUN, which we never
+ * set): it resolves the target fd then, and a failure's CQE is posted
+ * before that enter returns. With the target fd a dup that its loop keeps
+ * until freed (msg_fd), a message fails only with -EOVERFLOW: the target's
+ * CQ is full and the kernel cannot allocate an overflow entry. */
 #include "poller/poller.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <liburing.h>
 #include <poll.h>
 #include <stdint.h>
@@ -98,6 +110,9 @@ struct iol__poller {
  * simultaneous arrivals needs keeps an idle server's memory small. */
 #define BUF_STEP 32u
 
+#define MSG_DATA ((uint64_t)0x7fffffffu << 1) /* generation 0, fd INT32_MAX */
+#define MSG_SENT ((uint64_t)0x7ffffffeu << 1)
+
 static uint64_t tag(int fd, uint32_t gen)
 {
     return (uint64_t)gen << 32 | (uint32_t)fd << 1;
@@ -148,6 +163,9 @@ static int uring_create_poller(iol__poller **out)
             p->features |= IOL__OPS_MULTISHOT_ACCEPT | IOL__OPS_BUFFER_RING;
         if (io_uring_opcode_supported(probe, IORING_OP_SEND_ZC))
             p->features |= IOL__OPS_MULTISHOT_RECV;
+        /* MSG_RING (5.18) postdates CQE_SKIP_SUCCESS (5.17). */
+        if (io_uring_opcode_supported(probe, IORING_OP_MSG_RING))
+            p->features |= IOL__OPS_MSG_RING;
         io_uring_free_probe(probe);
     }
     p->features |= IOL__OPS_COMPLETIONS;
@@ -370,6 +388,14 @@ static int reap(iol__poller *p, iol__poller_event *out, int max)
             out[count++] = completion(p, data, res, cflags);
             continue;
         }
+        if (data == MSG_DATA) {
+            out[count++] = (iol__poller_event){ .fd = IOL__POLLER_WAKE };
+            continue;
+        }
+        if (data == MSG_SENT) {
+            out[count++] = (iol__poller_event){ .fd = IOL__POLLER_MSG_FAILED };
+            continue;
+        }
         int fd = (int)((uint32_t)data >> 1);
         uint32_t gen = (uint32_t)(data >> 32);
         if (gen == 0 || fd < 0 || fd >= p->slots_cap)
@@ -506,6 +532,35 @@ static int uring_op_submit(iol__poller *p, const iol__poller_op *op)
     return 0;
 }
 
+static int uring_msg_fd(iol__poller *p)
+{
+    if (!(p->features & IOL__OPS_MSG_RING))
+        return -ENOTSUP;
+    int fd = fcntl(p->ring.ring_fd, F_DUPFD_CLOEXEC, 0);
+    return fd < 0 ? -errno : fd;
+}
+
+static int uring_msg_send(iol__poller *p, int fd)
+{
+    if (!(p->features & IOL__OPS_MSG_RING))
+        return -ENOTSUP;
+    struct io_uring_sqe *sqe = get_sqe(p);
+    if (!sqe)
+        return -EBUSY;
+    io_uring_prep_msg_ring(sqe, fd, 0, MSG_DATA, 0);
+    io_uring_sqe_set_data64(sqe, MSG_SENT);
+    io_uring_sqe_set_flags(sqe, IOSQE_CQE_SKIP_SUCCESS);
+    return 0;
+}
+
+static unsigned uring_submit(iol__poller *p)
+{
+    if (io_uring_sq_ready(&p->ring) == 0)
+        return 0;
+    io_uring_submit(&p->ring);
+    return io_uring_sq_ready(&p->ring);
+}
+
 /* Gives the ring BUF_STEP more of its buffers, while it has any left. */
 static void provide_buffers(iol__poller *p)
 {
@@ -629,4 +684,7 @@ const iol__poller_ops iol__poller_uring = {
     .op_buffers = uring_op_buffers,
     .buffer = uring_buffer,
     .buffer_recycle = uring_buffer_recycle,
+    .msg_fd = uring_msg_fd,
+    .msg_send = uring_msg_send,
+    .submit = uring_submit,
 };

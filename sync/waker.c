@@ -68,6 +68,19 @@
  * EAGAIN). The lost-wakeup argument does not change: it never relied on
  * the read, only on the write happening after the sleep was announced.
  *
+ * ANOTHER DELIVERY (claim_after_push with by_message). The loop may
+ * deliver a won wakeup itself, as an io_uring message to the consumer's
+ * ring (loop/loop.c). The claim is the same CAS, to SLEEPING|WOKEN|MESSAGE,
+ * so both arguments above hold unchanged whatever the delivery: the
+ * delivery only has to happen after the claim and make the consumer's
+ * poll return (a CQE posted to its ring does, as an eventfd write does).
+ * MESSAGE keeps the eventfd books right: finish_sleep owes a read only for
+ * WOKEN without MESSAGE. A claimer whose message may not arrive writes
+ * the eventfd instead (deliver_stray) and counts that write in `stray`
+ * before writing, so the consumer adds it to `owed` and drains it; a
+ * consumer that misses the count (it increments after our exchange) finds
+ * the fd readable at its next poll and takes the count then.
+ *
  * wake() is async-signal-safe: lock-free atomics and write(2), and it
  * preserves errno.
  */
@@ -78,9 +91,10 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-enum { SLEEPING = 1u, WOKEN = 2u };
+enum { SLEEPING = 1u, WOKEN = 2u, MESSAGE = 4u };
 
-static void wake_elected(iol__waker *w, unsigned s);
+static bool claim(iol__waker *w, unsigned s, bool by_message);
+static void write_one(iol__waker *w);
 
 int iol__waker_init(iol__waker *w)
 {
@@ -90,6 +104,8 @@ int iol__waker_init(iol__waker *w)
     w->fd = fd;
     atomic_init(&w->state, 0);
     atomic_init(&w->writes, 0);
+    atomic_init(&w->messages, 0);
+    atomic_init(&w->stray, 0);
     w->owed = 0;
     w->edge = false;
     return 0;
@@ -122,8 +138,14 @@ void iol__waker_finish_sleep(iol__waker *w)
      * read accounting below. No release is needed: the producers publish
      * work through the queue, not through this word. */
     unsigned old = atomic_exchange_explicit(&w->state, 0, memory_order_acquire);
-    if (old & WOKEN)
+    if ((old & (WOKEN | MESSAGE)) == WOKEN)
         w->owed++;
+    /* relaxed load: a hint (nearly always 0, and then no locked
+     * instruction). acquire exchange: pairs with deliver_stray's release
+     * increment, made before its write. A count we miss is taken at the
+     * next finish_sleep, after the fd it left readable ends that poll. */
+    if (atomic_load_explicit(&w->stray, memory_order_relaxed))
+        w->owed += atomic_exchange_explicit(&w->stray, 0, memory_order_acquire);
     if (w->owed == 0 || (w->edge && w->owed < IOL__WAKER_DRAIN_AT))
         return;
     uint64_t v;
@@ -147,17 +169,39 @@ void iol__waker_wake(iol__waker *w)
     unsigned s = atomic_load_explicit(&w->state, memory_order_relaxed);
     if (s != SLEEPING)
         return; /* awake (it will recheck) or somebody already writes */
-    wake_elected(w, s);
+    if (claim(w, s, false))
+        write_one(w);
 }
 
-/* Producer that saw SLEEPING: the CAS winner writes the eventfd. */
-static void wake_elected(iol__waker *w, unsigned s)
+/* Producer that saw SLEEPING: true for the CAS winner, who must deliver. */
+static bool claim(iol__waker *w, unsigned s, bool by_message)
 {
-    /* relaxed: the CAS only elects the single writer; the work itself was
-     * published by the caller and ordered before the state load. */
-    if (!atomic_compare_exchange_strong_explicit(&w->state, &s, SLEEPING | WOKEN,
+    /* relaxed: the CAS only elects the single deliverer; the work itself
+     * was published by the caller and ordered before the state load. */
+    if (!atomic_compare_exchange_strong_explicit(&w->state, &s, SLEEPING | WOKEN | (by_message ? MESSAGE : 0u),
                                                  memory_order_relaxed, memory_order_relaxed))
-        return;
+        return false;
+    if (by_message) /* relaxed: a statistic, one winner per sleep */
+        atomic_fetch_add_explicit(&w->messages, 1, memory_order_relaxed);
+    return true;
+}
+
+void iol__waker_deliver(iol__waker *w)
+{
+    write_one(w);
+}
+
+void iol__waker_deliver_stray(iol__waker *w)
+{
+    /* release: orders the count before the write below, for the consumer
+     * that sees the fd readable and then exchanges the count (acquire). */
+    atomic_fetch_add_explicit(&w->stray, 1, memory_order_release);
+    write_one(w);
+}
+
+/* The eventfd write of a claim's winner. */
+static void write_one(iol__waker *w)
+{
     int saved = errno;
     uint64_t one = 1;
     ssize_t r;
@@ -186,11 +230,25 @@ void iol__waker_wake_after_push(iol__waker *w)
     unsigned s = atomic_load_explicit(&w->state, memory_order_seq_cst);
     if (s != SLEEPING)
         return;
-    wake_elected(w, s);
+    if (claim(w, s, false))
+        write_one(w);
+}
+
+bool iol__waker_claim_after_push(iol__waker *w, bool by_message)
+{
+    /* seq_cst: as wake_after_push (the top of the file). */
+    unsigned s = atomic_load_explicit(&w->state, memory_order_seq_cst);
+    return s == SLEEPING && claim(w, s, by_message);
 }
 
 uint64_t iol__waker_writes(const iol__waker *w)
 {
     /* relaxed: a statistic (see wake). */
     return atomic_load_explicit(&w->writes, memory_order_relaxed);
+}
+
+uint64_t iol__waker_messages(const iol__waker *w)
+{
+    /* relaxed: a statistic (see claim). */
+    return atomic_load_explicit(&w->messages, memory_order_relaxed);
 }

@@ -12,6 +12,8 @@ typedef struct iol__waker {
     int fd;                   /* eventfd, EFD_NONBLOCK|EFD_CLOEXEC */
     _Atomic unsigned state;   /* see waker.c */
     _Atomic uint64_t writes;  /* eventfd writes made, for benchmarks */
+    _Atomic uint64_t messages; /* wakes claimed for another delivery (statistics) */
+    _Atomic uint64_t stray;   /* eventfd writes made for a claim by_message */
     uint64_t owed;            /* consumer-private: writes won but not yet drained */
     bool edge;                /* the fd is polled edge-triggered: drain rarely */
 } iol__waker;
@@ -44,7 +46,22 @@ void iol__waker_wake(iol__waker *w);
  * iol__cbqueue_push and iol__cbqueue_push_signal (their tail exchange is
  * seq_cst). Saves an mfence per post on x86. Async-signal-safe. */
 void iol__waker_wake_after_push(iol__waker *w);
+/* The two halves of wake_after_push, for a producer that can deliver the
+ * wakeup another way than the eventfd (an io_uring message, the loop's
+ * choice: sync/ knows only that it is not the eventfd). claim: the state
+ * transition alone; true when this call won this sleep's one wakeup, which
+ * the caller MUST then deliver. by_message: the caller delivers it itself
+ * (the consumer's eventfd books do not count it); false: deliver with
+ * iol__waker_deliver. Same preconditions as wake_after_push. */
+bool iol__waker_claim_after_push(iol__waker *w, bool by_message);
+/* The eventfd write owed for a claim made with by_message false. */
+void iol__waker_deliver(iol__waker *w);
+/* The eventfd write for a claim made with by_message true whose own
+ * delivery failed (or might have): counted so the consumer drains it. */
+void iol__waker_deliver_stray(iol__waker *w);
 /* eventfd writes so far. */
 uint64_t iol__waker_writes(const iol__waker *w);
+/* Wakes claimed by_message so far. */
+uint64_t iol__waker_messages(const iol__waker *w);
 
 #endif
