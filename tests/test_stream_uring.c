@@ -243,6 +243,39 @@ out:
 }
 END_TEST
 
+/* A stream that needs the handler path (here: the idle watch for the
+ * peer closing, without deferred writes) trades its claim for a handler,
+ * and back once the ring watches alone; the fd stays ours throughout. */
+START_TEST(test_claim_traded_for_handler)
+{
+    iol_loop *loop = new_loop("uring");
+    if (!has_path(loop))
+        goto out;
+    int sv[2];
+    make_pair(sv);
+    iol_stream *s;
+    story st = { .loop = loop };
+    ck_assert_int_eq(iol_stream_new(&s, loop, sv[0], 0), 0);
+    ck_assert(s->claimed && !s->registered);
+    ck_assert_int_eq(iol_stream_set_close_callback(s, on_close, &st), 0);
+    ck_assert(s->registered && !s->claimed);
+    ck_assert_int_eq(iol_loop_add_handler(loop, sv[0], IOL_READ, no_events, NULL), -EEXIST);
+    /* A pending read goes through the ring: the handler goes, the claim comes back. */
+    ck_assert_int_eq(iol_stream_read_bytes(s, 64, true, on_read, &st), 0);
+    ck_assert(!s->registered && s->claimed);
+    ck_assert_int_eq(iol_loop_add_handler(loop, sv[0], IOL_READ, no_events, NULL), -EEXIST);
+    ck_assert_int_eq(iol_loop_handler_count(loop), 1);
+    ck_assert_int_eq(write(sv[1], "pong", 4), 4);
+    run_until(loop, &st.reads, 1);
+    ck_assert_uint_eq(st.len, 4);
+    close(sv[1]);
+    run_until(loop, &st.closes, 1);
+    ck_assert_int_eq(iol_loop_handler_count(loop), 0);
+out:
+    ck_assert_int_ge(iol_loop_close(loop, false), 0);
+}
+END_TEST
+
 /* The claim itself: one owner per fd, handler or claim. */
 START_TEST(test_claim_calls)
 {
@@ -602,6 +635,7 @@ static Suite *stream_uring_suite(void)
     tcase_add_test(tc, test_idle_footprint_uring);
     tcase_add_test(tc, test_claims_instead_of_handler);
     tcase_add_test(tc, test_claim_calls);
+    tcase_add_test(tc, test_claim_traded_for_handler);
     tcase_add_test(tc, test_read_and_deferred_write);
     tcase_add_test(tc, test_short_sends_in_order);
     tcase_add_test(tc, test_close_with_recv_in_flight);
