@@ -325,12 +325,17 @@ START_TEST(test_close_target_while_posting)
         closer c = { .target = iol_loop_ref(target) };
         ck_assert_int_eq(iol_loop_add_callback(poster, post_cb, &c), 0);
         pthread_t tp, tt;
+        /* Ours for the stop below: the closing thread drops the loop's
+         * own reference and the poster its own, and the loop may be freed
+         * while stop() still counts its eventfd write (TSan saw it). */
+        iol_loop *held = iol_loop_ref(target);
         ck_assert_int_eq(pthread_create(&tt, NULL, close_target_thread, target), 0);
         ck_assert_int_eq(pthread_create(&tp, NULL, run_thread, poster), 0);
         usleep(20000 + 5000 * round);
         ck_assert_int_eq(iol_loop_stop(target), 0);
         pthread_join(tt, NULL);
         pthread_join(tp, NULL);
+        iol_loop_unref(held);
         ck_assert(c.got_shutdown);
         ran_total += atomic_load(&c.ran);
         iol_loop_close(poster, false);
