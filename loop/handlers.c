@@ -30,6 +30,24 @@ static inline bool is_claimed(const iol_loop *loop, int fd)
     return fd < loop->claimed_cap && (loop->claimed[fd / 64] >> (fd % 64) & 1);
 }
 
+/* Whether fd already has an owner on this loop: the loop's own fds, a
+ * handler, or a claim. */
+static bool fd_taken(const iol_loop *loop, int fd)
+{
+    return fd == iol__waker_fd(&loop->waker) || fd == iol__loop_signal_fd(loop) || has_handler(loop, fd) ||
+           is_claimed(loop, fd);
+}
+
+/* A table's new capacity to cover fd: doubled from cap (first when 0). */
+static int grown_cap(int cap, int first, int fd)
+{
+    if (cap == 0)
+        cap = first;
+    while (cap <= fd)
+        cap = cap > INT32_MAX / 2 ? INT32_MAX : cap * 2;
+    return cap;
+}
+
 int iol__loop_fd_claim(iol_loop *loop, int fd)
 {
     int err = iol__loop_check(loop);
@@ -37,18 +55,15 @@ int iol__loop_fd_claim(iol_loop *loop, int fd)
         return err;
     if (fd < 0)
         return -EBADF;
-    if (fd == iol__waker_fd(&loop->waker) || fd == iol__loop_signal_fd(loop) || has_handler(loop, fd) ||
-        is_claimed(loop, fd))
+    if (fd_taken(loop, fd))
         return -EEXIST;
     if (fd >= loop->claimed_cap) {
-        int cap = loop->claimed_cap ? loop->claimed_cap : 1024;
-        while (cap <= fd)
-            cap = cap > INT32_MAX / 2 ? INT32_MAX : cap * 2;
-        uint64_t *bits = realloc(loop->claimed, ((size_t)cap + 63) / 64 * sizeof *bits);
+        int cap = grown_cap(loop->claimed_cap, 1024, fd);
+        size_t old_words = ((size_t)loop->claimed_cap + 63) / 64, words = ((size_t)cap + 63) / 64;
+        uint64_t *bits = realloc(loop->claimed, words * sizeof *bits);
         if (!bits)
             return -ENOMEM;
-        memset(bits + (loop->claimed_cap + 63) / 64, 0,
-               (((size_t)cap + 63) / 64 - ((size_t)loop->claimed_cap + 63) / 64) * sizeof *bits);
+        memset(bits + old_words, 0, (words - old_words) * sizeof *bits);
         loop->claimed = bits;
         loop->claimed_cap = cap;
     }
@@ -66,9 +81,7 @@ static int reserve_table(iol_loop *loop, int fd)
 {
     if (fd < loop->handlers_cap)
         return 0;
-    int cap = loop->handlers_cap ? loop->handlers_cap : 64;
-    while (cap <= fd)
-        cap = cap > INT32_MAX / 2 ? INT32_MAX : cap * 2;
+    int cap = grown_cap(loop->handlers_cap, 64, fd);
     iol__handler *table = realloc(loop->handlers, (size_t)cap * sizeof *table);
     if (!table)
         return -ENOMEM;
@@ -94,8 +107,7 @@ int iol_loop_add_handler(iol_loop *loop, int fd, unsigned events, iol_handler_fn
      * open (a bogus 10^9 would allocate gigabytes). */
     if ((!loop->poller_ops->add_checks_fd || fd >= loop->handlers_cap) && (err = check_fd_open(fd)) < 0)
         return err;
-    if (fd == iol__waker_fd(&loop->waker) || fd == iol__loop_signal_fd(loop) || has_handler(loop, fd) ||
-        is_claimed(loop, fd))
+    if (fd_taken(loop, fd))
         return -EEXIST;
     if ((err = reserve_table(loop, fd)) < 0)
         return err;
