@@ -94,15 +94,28 @@ int iol__stream_schedule(iol_stream *s)
     return 0;
 }
 
+/* A stream on the completion path holds its fd by a claim while it has
+ * no handler (iol__loop_fd_claim): these keep s->claimed in step. A
+ * claim fails only for memory, and the fd then simply stays unclaimed. */
+static void stream_claim(iol_stream *s, int fd)
+{
+    s->claimed = iol__loop_fd_claim(s->loop, fd) == 0;
+}
+
+static void stream_unclaim(iol_stream *s, int fd)
+{
+    if (s->claimed)
+        iol__loop_fd_unclaim(s->loop, fd);
+    s->claimed = false;
+}
+
 void iol__stream_drop_fd(iol_stream *s)
 {
     if (s->fd < 0)
         return;
     if (s->registered)
         (void)iol_loop_remove_handler(s->loop, s->fd); /* nothing to undo if the loop is gone */
-    if (s->claimed)
-        iol__loop_fd_unclaim(s->loop, s->fd);
-    s->claimed = false;
+    stream_unclaim(s, s->fd);
     if (!iol__stream_uring_drop(s))
         close(s->fd);
     s->fd = -1;
@@ -174,17 +187,16 @@ int iol__stream_update_events(iol_stream *s)
             if (r == 0)
                 s->registered = false;
         }
-        /* The ring watches it alone again: keep the fd ours (a claim
-         * cannot fail here but for memory; then it simply stays free). */
         if (!s->registered && s->uring && !s->claimed)
-            s->claimed = iol__loop_fd_claim(s->loop, s->fd) == 0;
+            stream_claim(s, s->fd); /* the ring watches it alone again */
     } else if (!s->registered) {
-        if (s->claimed)
-            iol__loop_fd_unclaim(s->loop, s->fd);
+        bool was_claimed = s->claimed;
+        stream_unclaim(s, s->fd);
         r = iol_loop_add_handler(s->loop, s->fd, want, iol__stream_on_events, s);
         if (r == 0)
             s->registered = true;
-        s->claimed = r < 0 && s->claimed && iol__loop_fd_claim(s->loop, s->fd) == 0;
+        else if (was_claimed)
+            stream_claim(s, s->fd); /* the fd stays ours */
     } else if (want != s->watched) {
         r = iol_loop_update_handler(s->loop, s->fd, want);
     }
@@ -392,7 +404,7 @@ int iol_stream_new(iol_stream **out, iol_loop *loop, int fd, size_t max_buffer_s
      * connection and the fd tables' slots (32 bytes each). */
     if (s->uring) {
         r = iol__loop_fd_claim(loop, fd);
-        s->claimed = r == 0;
+        s->claimed = r == 0; /* not stream_claim: a failure here is the caller's answer */
     } else {
         r = iol_loop_add_handler(loop, fd, IOL_READ, iol__stream_on_events, s);
         s->registered = r == 0;
@@ -403,8 +415,7 @@ int iol_stream_new(iol_stream **out, iol_loop *loop, int fd, size_t max_buffer_s
         r = -errno;
         if (s->registered)
             (void)iol_loop_remove_handler(loop, fd);
-        if (s->claimed)
-            iol__loop_fd_unclaim(loop, fd);
+        stream_unclaim(s, fd);
         goto fail;
     }
     s->fd = fd;
