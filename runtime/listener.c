@@ -280,6 +280,27 @@ static void dispatch(iol__lsock *s, int fd, const struct sockaddr *peer, socklen
     }
 }
 
+/* accept's errors after which the next accept may well succeed: a
+ * connection gone before we took it, a signal, a firewall rule's refusal
+ * (EPERM: the next connection may pass). */
+static bool accept_retryable(int err)
+{
+    return err == EINTR || err == ECONNABORTED || err == EPROTO || err == EPERM;
+}
+
+/* A connection accepted, by accept4 or by the ring: an out-of-fds
+ * episode is over, and it is handed on. */
+static void lsock_took(iol__lsock *s, int fd, const struct sockaddr *peer, socklen_t peerlen)
+{
+    if (s->episode) {
+        s->episode = false;
+        s->backoff = 0;
+        iol__log(IOL_LOG_INFO, "listener %d (port %u): accepting again", s->l->id, (unsigned)s->l->port);
+    }
+    iol__admission_took(&s->adm);
+    dispatch(s, fd, peer, peerlen);
+}
+
 /* ------------------------------------------------------------ watching */
 
 static bool on_acceptor(const iol__lsock *s)
@@ -314,7 +335,29 @@ static int ring_arm(iol__lsock *s, accept_slot *slot)
                                  &slot->peerlen);
 }
 
-static void ring_result(iol__lsock *s, accept_slot *slot, int res);
+static void ring_result(iol__lsock *s, accept_slot *slot, int res)
+{
+    if (res >= 0) {
+        /* relaxed: see ring_accepted. */
+        atomic_fetch_add_explicit(&s->ring_accepted, 1, memory_order_relaxed);
+        if (s->fd < 0 || s->discard) {
+            close(res); /* a runtime freed without running: as its close of the socket would */
+            return;
+        }
+        lsock_took(s, res, (const struct sockaddr *)&slot->peer, slot->peerlen);
+    } else if (res != -ECANCELED /* unwatched */ && res != -EAGAIN && !accept_retryable(-res)) {
+        if (s->ring_on) /* out of fds or memory: as on the handler path */
+            lsock_pause(s, -res);
+        return;
+    }
+    if (s->ring_on && s->fd >= 0 && slot->op.inflight == 0 && ring_arm(s, slot) < 0 && !ring_inflight(s)) {
+        /* The ring takes no more (its CQ overflowing): the handler path
+         * takes over until the next unwatch. */
+        s->ring_on = false;
+        if (handler_watch(s) < 0)
+            lsock_pause(s, ENOMEM); /* retried by the resume timer */
+    }
+}
 
 /* A ring accept's result: a connection is handed on as accept4's would
  * be, then the slot is re-armed while the socket is watched. */
@@ -327,46 +370,6 @@ static void ring_done(iol__completion *c, const iol__completion_result *r)
         s->shed_owed = false;
         if (s->fd >= 0)
             lsock_shed(s);
-    }
-}
-
-static void ring_result(iol__lsock *s, accept_slot *slot, int res)
-{
-    if (res >= 0) {
-        /* relaxed: see ring_accepted. */
-        atomic_fetch_add_explicit(&s->ring_accepted, 1, memory_order_relaxed);
-        if (s->fd < 0 || s->discard) {
-            close(res); /* a runtime freed without running: as its close of the socket would */
-            return;
-        }
-        if (s->episode) {
-            s->episode = false;
-            s->backoff = 0;
-            iol__log(IOL_LOG_INFO, "listener %d (port %u): accepting again", s->l->id, (unsigned)s->l->port);
-        }
-        iol__admission_took(&s->adm);
-        dispatch(s, res, (const struct sockaddr *)&slot->peer, slot->peerlen);
-    } else {
-        switch (-res) {
-        case ECANCELED: /* unwatched */
-        case EINTR:
-        case ECONNABORTED:
-        case EPROTO:
-        case EPERM:
-        case EAGAIN:
-            break;
-        default: /* out of fds or memory: as on the handler path */
-            if (s->ring_on)
-                lsock_pause(s, -res);
-            return;
-        }
-    }
-    if (s->ring_on && s->fd >= 0 && slot->op.inflight == 0 && ring_arm(s, slot) < 0 && !ring_inflight(s)) {
-        /* The ring takes no more (its CQ overflowing): the handler path
-         * takes over until the next unwatch. */
-        s->ring_on = false;
-        if (handler_watch(s) < 0)
-            lsock_pause(s, ENOMEM); /* retried by the resume timer */
     }
 }
 
@@ -426,6 +429,18 @@ static void ring_settle(iol__lsock *s)
     for (int turn = 0; turn < SETTLE_TURNS && ring_inflight(s); turn++)
         if (iol_loop_run_once(loop, 0.01) < 0)
             break;
+}
+
+/* Ends ring accepts still armed on a loop that will not run them to the
+ * end (a listen that failed before start, a runtime freed unstarted),
+ * closing what they took, before their slots are freed. A closed loop
+ * has delivered every result already. */
+static void ring_discard(iol__lsock *s)
+{
+    if (!ring_inflight(s) || iol__loop_completion_features(lsock_loop(s)) == -ESHUTDOWN)
+        return;
+    s->discard = true;
+    ring_settle(s);
 }
 
 static int lsock_watch(iol__lsock *s)
@@ -584,26 +599,14 @@ static bool lsock_accept(iol__lsock *s, int limit, bool admit)
         int c = accept4(s->fd, (struct sockaddr *)&peer, &peerlen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (c < 0) {
             int err = errno;
-            switch (err) {
-            case EINTR:
-            case ECONNABORTED:
-            case EPROTO:
-            case EPERM: /* refused by a firewall rule: the next one may pass */
+            if (accept_retryable(err))
                 continue;
-            case EAGAIN:
+            if (err == EAGAIN)
                 return true;
-            default:
-                lsock_pause(s, err);
-                return false;
-            }
+            lsock_pause(s, err);
+            return false;
         }
-        if (s->episode) {
-            s->episode = false;
-            s->backoff = 0;
-            iol__log(IOL_LOG_INFO, "listener %d (port %u): accepting again", s->l->id, (unsigned)s->l->port);
-        }
-        iol__admission_took(&s->adm);
-        dispatch(s, c, (const struct sockaddr *)&peer, peerlen);
+        lsock_took(s, c, (const struct sockaddr *)&peer, peerlen);
     }
     return true;
 }
@@ -975,10 +978,7 @@ int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg)
 fail_locked:
     pthread_mutex_unlock(&rt->mu);
     for (unsigned i = 0; i < nsocks; i++) {
-        if (ring_inflight(&l->socks[i])) { /* armed on a loop not yet running */
-            l->socks[i].discard = true;
-            ring_settle(&l->socks[i]);
-        }
+        ring_discard(&l->socks[i]); /* armed on a loop not yet running */
         close(l->socks[i].fd);
         if (l->socks[i].reserve_fd >= 0)
             close(l->socks[i].reserve_fd);
@@ -1181,12 +1181,7 @@ void iol__listeners_free(iol_runtime *rt)
         iol__listener *l = rt->listeners[k];
         for (unsigned i = 0; i < l->nsocks; i++) {
             iol__lsock *s = &l->socks[i];
-            /* Ring accepts armed on a loop that never ran (or whose close
-             * is still to come) end here, before their slots go. */
-            if (ring_inflight(s) && iol__loop_completion_features(lsock_loop(s)) != -ESHUTDOWN) {
-                s->discard = true;
-                ring_settle(s);
-            }
+            ring_discard(s);
             lsock_close(s);
         }
         listener_remove_path(l);
