@@ -224,21 +224,17 @@ static void write_one(iol__waker *w)
     atomic_fetch_add_explicit(&w->writes, 1, memory_order_relaxed);
 }
 
-void iol__waker_wake_after_push(iol__waker *w)
+bool iol__waker_claim_after_push(iol__waker *w, bool by_message)
 {
     /* seq_cst: see "wake_after_push" at the top of the file. */
     unsigned s = atomic_load_explicit(&w->state, memory_order_seq_cst);
-    if (s != SLEEPING)
-        return;
-    if (claim(w, s, false))
-        write_one(w);
+    return s == SLEEPING && claim(w, s, by_message);
 }
 
-bool iol__waker_claim_after_push(iol__waker *w, bool by_message)
+void iol__waker_wake_after_push(iol__waker *w)
 {
-    /* seq_cst: as wake_after_push (the top of the file). */
-    unsigned s = atomic_load_explicit(&w->state, memory_order_seq_cst);
-    return s == SLEEPING && claim(w, s, by_message);
+    if (iol__waker_claim_after_push(w, false))
+        write_one(w);
 }
 
 uint64_t iol__waker_writes(const iol__waker *w)
