@@ -34,9 +34,9 @@ extern "C" {
 #endif
 
 #define IOL_VERSION_MAJOR 0
-#define IOL_VERSION_MINOR 1
+#define IOL_VERSION_MINOR 2
 #define IOL_VERSION_PATCH 0
-#define IOL_VERSION_STRING "0.1.0"
+#define IOL_VERSION_STRING "0.2.0"
 #define IOL_VERSION_HEX ((IOL_VERSION_MAJOR << 16) | (IOL_VERSION_MINOR << 8) | IOL_VERSION_PATCH)
 
 /* The version of the library the program runs with (which may be newer
@@ -46,6 +46,56 @@ extern "C" {
  * anything incompatible bumps the soname (README, "ABI"). */
 unsigned iol_version(void);
 const char *iol_version_string(void);
+
+/* ---------------------------------------------------------- Status codes
+ * Besides -errno values, the library returns (and hands to callbacks) a
+ * few codes of its own, all below -4000 so that they never collide with
+ * an errno (Linux's are below 4096 and in practice below 200). Each says
+ * something no errno says precisely: */
+#define IOL_EOF                (-4095) /* the peer closed the connection cleanly (TCP FIN, or
+                                          TLS close_notify then FIN) before a read was
+                                          satisfied; not an error of the connection */
+#define IOL_ENONAME            (-4094) /* the host name does not exist or has no address
+                                          (getaddrinfo's EAI_NONAME, EAI_NODATA, EAI_FAIL,
+                                          EAI_ADDRFAMILY) */
+/* TLS certificate verification: our side rejected the peer's certificate
+ * for the reason named, or (IOL_ETLS_PEER_REJECTED) the peer rejected
+ * ours. */
+#define IOL_ETLS_VERIFY        (-4080) /* verification failed for another reason */
+#define IOL_ETLS_HOSTNAME      (-4079) /* the certificate is not for the name asked for */
+#define IOL_ETLS_UNTRUSTED     (-4078) /* the chain leads to no trusted CA */
+#define IOL_ETLS_SELF_SIGNED   (-4077) /* a self-signed certificate that is not trusted */
+#define IOL_ETLS_EXPIRED       (-4076) /* a certificate of the chain has expired */
+#define IOL_ETLS_NOT_YET_VALID (-4075) /* a certificate of the chain is not valid yet */
+#define IOL_ETLS_NO_PEER_CERT  (-4074) /* the peer sent no certificate, and one is required */
+#define IOL_ETLS_PEER_REJECTED (-4073) /* the peer rejected our certificate (a TLS alert) */
+
+/* A human message for any status the library returns: its own codes
+ * above ("connection closed by peer", "host name not found",
+ * "certificate verify failed: hostname mismatch", ...), "success" for 0
+ * and other non-negative values, strerror's text for -errno, and
+ * "unknown error" for anything else. Never NULL; the string is static
+ * (do not free it). Any thread. */
+const char *iol_strerror(int err);
+
+/* Binary compatibility of the status codes. Before 0.2 a clean EOF
+ * reached a read as -EPIPE, a name that does not resolve as
+ * -EHOSTUNREACH and every certificate failure as -EKEYREJECTED. A program
+ * built against an older header still gets exactly those: the codes a
+ * loop uses are chosen when the loop is created, by the header its
+ * creator was compiled with. This header binds the constructors below
+ * (iol_loop_new, iol_loop_instance, iol_runtime_new) to new entry points
+ * (iol_loop_new_v2 ...) whose loops, and a runtime's worker loops, use
+ * the new codes on every stream; the old entry points, which a program
+ * built against 0.1 calls, keep the old codes (the process instance has
+ * the codes of whichever entry point created it). Define IOL_LEGACY_STATUS
+ * before including this header to keep the 0.1 codes in a new build. */
+#define IOL_STR_(x) #x
+#if defined(__GNUC__) && !defined(IOL_LEGACY_STATUS)
+#define IOL_STATUS_V2_(name) __asm__(IOL_STR_(name##_v2))
+#else
+#define IOL_STATUS_V2_(name)
+#endif
 
 /* Config structs (iol_loop_config, iol_runtime_config,
  * iol_listen_config, iol_connect_options) have a fixed size across releases: their fields sit
@@ -118,7 +168,7 @@ typedef struct iol_loop_config {
  * no io_uring; -ENOMEM: locked-memory limit); -ENOSYS also for a kernel
  * without IORING_FEAT_NODROP (< 5.5). A build without liburing knows no
  * "uring" (-EINVAL). */
-int iol_loop_new(iol_loop **out, const iol_loop_config *cfg);
+int iol_loop_new(iol_loop **out, const iol_loop_config *cfg) IOL_STATUS_V2_(iol_loop_new);
 
 /* Shuts the loop down. First every stream still on the loop is closed
  * and freed, on this thread before close returns: its fd is closed by the
@@ -156,7 +206,7 @@ int iol_loop_make_current(iol_loop *loop);
 void iol_loop_clear_current(void);
 /* The process-wide loop, created on first call (NULL on allocation
  * failure). Any thread. */
-iol_loop *iol_loop_instance(void);
+iol_loop *iol_loop_instance(void) IOL_STATUS_V2_(iol_loop_instance);
 bool iol_loop_initialized(void);
 /* Installs loop as the process instance (takes a reference).
  * -EINVAL: NULL. -EEXIST: an instance exists. -ESHUTDOWN: closed. */
@@ -623,7 +673,7 @@ typedef struct iol_runtime_config {
 /* N workers, one loop each (created here, started by start).
  * -EINVAL: out NULL, unknown poller, workers > 4096, a NaN threshold or
  * drain_timeout, spin_us NaN or > 1000. -ENOMEM. */
-int iol_runtime_new(iol_runtime **out, const iol_runtime_config *cfg);
+int iol_runtime_new(iol_runtime **out, const iol_runtime_config *cfg) IOL_STATUS_V2_(iol_runtime_new);
 /* Starts the worker threads; returns once every loop runs (after every
  * on_start). -EINVAL: NULL. -EALREADY: started. -ESHUTDOWN: stopped. */
 int iol_runtime_start(iol_runtime *rt);

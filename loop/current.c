@@ -1,5 +1,6 @@
 /* loop/ — the thread-local current loop and the process instance. */
 #include "loop/loop_impl.h"
+#include "loop/status.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -34,7 +35,9 @@ void iol_loop_clear_current(void)
     current_loop = NULL;
 }
 
-iol_loop *iol_loop_instance(void)
+/* The instance, created with the status codes of the entry point that
+ * asked first (loop/status.h). */
+static iol_loop *instance_get(bool legacy_status)
 {
     pthread_mutex_lock(&instance_lock);
     if (!instance_loop) {
@@ -44,12 +47,23 @@ iol_loop *iol_loop_instance(void)
             /* The instance's reference is the creator's: nobody else has
              * one to drop. */
             loop->owner_ref = false;
+            iol__loop_set_legacy_status(loop, legacy_status);
             instance_loop = loop;
         }
     }
     iol_loop *loop = instance_loop;
     pthread_mutex_unlock(&instance_lock);
     return loop;
+}
+
+iol_loop *iol_loop_instance(void)
+{
+    return instance_get(false);
+}
+
+iol_loop *iol__loop_instance_0_1(void)
+{
+    return instance_get(true);
 }
 
 bool iol_loop_initialized(void)

@@ -111,6 +111,7 @@ struct iol_loop {
     void *time_ud;
     iol__watchdog *watchdog;
     bool owner_ref;              /* the creator's reference not yet dropped */
+    bool legacy_status;          /* 0.1 status codes (loop/status.c); set at creation */
 
     struct iol_executor *default_executor;
     bool default_executor_owned;

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "loop/log.h"
+#include "loop/status.h"
 #include "loop/post.h"
 #include "runtime/runtime_impl.h"
 
@@ -67,7 +68,7 @@ static unsigned online_cpus(void)
     return n > 0 ? (unsigned)n : 1;
 }
 
-int iol_runtime_new(iol_runtime **out, const iol_runtime_config *cfg)
+static int runtime_new(iol_runtime **out, const iol_runtime_config *cfg, bool legacy_status)
 {
     static const iol_runtime_config defaults;
     if (!out)
@@ -115,6 +116,7 @@ int iol_runtime_new(iol_runtime **out, const iol_runtime_config *cfg)
         w->index = made;
         if ((err = iol_loop_new(&w->loop, &lcfg)) < 0)
             goto fail_loops;
+        iol__loop_set_legacy_status(w->loop, legacy_status);
         /* The runtime's own reference: iol_runtime_loop stays valid until
          * free even after the worker closed its loop. */
         iol_loop_ref(w->loop);
@@ -139,6 +141,16 @@ fail_workers:
 fail_rt:
     free(rt);
     return err;
+}
+
+int iol_runtime_new(iol_runtime **out, const iol_runtime_config *cfg)
+{
+    return runtime_new(out, cfg, false);
+}
+
+int iol__runtime_new_0_1(iol_runtime **out, const iol_runtime_config *cfg)
+{
+    return runtime_new(out, cfg, true);
 }
 
 unsigned iol_runtime_size(const iol_runtime *rt)
