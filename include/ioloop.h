@@ -7,10 +7,18 @@
  *  - Bad arguments never crash: -EINVAL (NULL fn, negative delay, unknown
  *    name, bad event bits), -EBADF (fd < 0 or not open), -EEXIST, -ENOENT,
  *    -ENOMEM.
- *  - Thread rules: calls marked "any thread" are safe from any thread.
- *    Every other loop call must be made by the thread running the loop, or
- *    by one thread while the loop is not running; while the loop runs, such
- *    a call from another thread returns -EPERM.
+ *  - Thread rules: calls marked "Any thread." are safe from any thread.
+ *    Every other call on a loop or on an object bound to one (a stream or
+ *    TLS stream, an fd or zmq handler, a timeout, a periodic, a signal
+ *    handler, a hook) is marked "Loop thread.": it must be made by the
+ *    thread running the loop, or by one thread while the loop is not
+ *    running. While the loop runs, such a call from another thread returns
+ *    -EPERM before it reads or changes anything: nothing is written,
+ *    queued, closed or unregistered, and the object works on as before.
+ *    Loop-thread calls that cannot say -EPERM (they return bool, size_t or
+ *    nothing) give the fixed answer their comment names instead. The
+ *    check holds while the object exists; an object its loop has freed (a
+ *    closed stream after its close callback) must not be used at all.
  *  - Time is double seconds on the loop's clock (CLOCK_MONOTONIC unless a
  *    time_func is given).
  */
@@ -156,7 +164,8 @@ typedef struct iol_loop_config {
     };
 } iol_loop_config;
 
-/* Creates a loop. cfg NULL: defaults (poller by $IOL_POLLER else epoll,
+/* Creates a loop (any thread may create one; it is bound to none until
+ * it runs). cfg NULL: defaults (poller by $IOL_POLLER else epoll,
  * IF_NONE: becomes current if this thread has none). An explicit
  * cfg->poller wins over $IOL_POLLER.
  * -EINVAL: out NULL, unknown poller name or make_current value, spin_us
@@ -183,7 +192,8 @@ int iol_loop_new(iol_loop **out, const iol_loop_config *cfg) IOL_STATUS_V2_(iol_
  * with the last reference. The waker's eventfd stays open until then, so
  * a producer holding a ref that keeps posting gets -ESHUTDOWN, never a
  * crash. Thread: the loop's owner, loop stopped.
- * -EINVAL: loop NULL. -EBUSY: the loop is running. -ESHUTDOWN: closed already. */
+ * -EINVAL: loop NULL. -EPERM: another thread runs the loop. -EBUSY: the
+ * loop is running (on this thread). -ESHUTDOWN: closed already. */
 int iol_loop_close(iol_loop *loop, bool all_fds);
 
 /* Takes a reference; returns loop (NULL for NULL). Any thread. */
@@ -196,29 +206,34 @@ void iol_loop_unref(iol_loop *loop);
  * balancing, and what a runtime's drain waits out; may be stale by the
  * time it is read). Any thread. -EINVAL: NULL. */
 int iol_loop_handler_count(const iol_loop *loop);
-/* Name of the backend in use: "epoll", "poll", "select", "zmq" or "uring"; NULL for NULL. */
+/* Name of the backend in use: "epoll", "poll", "select", "zmq" or "uring";
+ * NULL for NULL. Any thread (fixed at creation). */
 const char *iol_loop_poller(const iol_loop *loop);
 
-/* This thread's current loop, or NULL. No reference is taken. */
+/* This thread's current loop, or NULL. No reference is taken. Any thread
+ * (each thread has its own current loop). */
 iol_loop *iol_loop_current(void);
-/* Makes loop this thread's current one (NULL clears). -ESHUTDOWN: closed. */
+/* Makes loop this thread's current one (NULL clears). Any thread: it
+ * changes only the calling thread's current. -ESHUTDOWN: closed. */
 int iol_loop_make_current(iol_loop *loop);
 void iol_loop_clear_current(void);
 /* The process-wide loop, created on first call (NULL on allocation
  * failure). Any thread. */
 iol_loop *iol_loop_instance(void) IOL_STATUS_V2_(iol_loop_instance);
-bool iol_loop_initialized(void);
-/* Installs loop as the process instance (takes a reference).
+bool iol_loop_initialized(void); /* Any thread. */
+/* Installs loop as the process instance (takes a reference). Any thread.
  * -EINVAL: NULL. -EEXIST: an instance exists. -ESHUTDOWN: closed. */
 int iol_loop_install(iol_loop *loop);
-/* Forgets the instance (drops the instance's reference, does not close). */
+/* Forgets the instance (drops the instance's reference, does not close).
+ * Any thread. */
 void iol_loop_clear_instance(void);
 
 /* Runs the loop until stop. Makes it current for this thread and restores
  * the previous current on return. Holds a reference for as long as it
  * runs, so other threads may drop theirs meanwhile (clear the instance,
  * stop then unref): the loop is then freed by this thread when the run
- * ends. Returns 0 after stop.
+ * ends. Returns 0 after stop. Thread: any one thread at a time; the one
+ * that starts it is the loop thread until start returns.
  * -EINVAL: NULL. -EBUSY: already running (also re-entrant).
  * -ESHUTDOWN: closed. */
 int iol_loop_start(iol_loop *loop);
@@ -285,10 +300,11 @@ int iol_loop_backend_timeout(iol_loop *loop, double *seconds);
 
 /* Watches fd for events (IOL_READ|IOL_WRITE; IOL_ERROR always implied).
  * fn(fd, events, arg) runs on the loop thread while the condition holds.
+ * Loop thread.
  * -EINVAL: NULL loop/fn, events 0 or with unknown bits (IOL_ERROR alone is
  * valid and means "errors only", e.g. while a stream is paused).
- * -EBADF: fd < 0 or not open. -EEXIST: fd has a handler. -EPERM: wrong
- * thread. -ESHUTDOWN. select backend: fd >= FD_SETSIZE is -EINVAL.
+ * -EBADF: fd < 0 or not open. -EEXIST: fd has a handler. -EPERM: another
+ * thread runs the loop. -ESHUTDOWN. select backend: fd >= FD_SETSIZE is -EINVAL.
  * epoll backend: -EPERM for fds epoll cannot watch (regular files).
  * Backends differ where the OS does: select cannot tell errors apart (an
  * fd in error or hung up shows readable/writable, and an errors-only
@@ -300,11 +316,11 @@ int iol_loop_backend_timeout(iol_loop *loop, double *seconds);
  * removed and the loop's next wait hands the cancel over, or the loop
  * closes. */
 int iol_loop_add_handler(iol_loop *loop, int fd, unsigned events, iol_handler_fn fn, void *arg);
-/* Changes the watched events. -EBADF: fd < 0. -ENOENT: not registered.
+/* Changes the watched events. Loop thread. -EBADF: fd < 0. -ENOENT: not registered.
  * -EINVAL, -EPERM, -ESHUTDOWN as above. */
 int iol_loop_update_handler(iol_loop *loop, int fd, unsigned events);
 /* Stops watching fd (does not close it). Events of fd already polled in
- * this iteration are dropped. -EBADF: fd < 0. -ENOENT: not registered
+ * this iteration are dropped. Loop thread. -EBADF: fd < 0. -ENOENT: not registered
  * (harmless). -EINVAL, -EPERM, -ESHUTDOWN. */
 int iol_loop_remove_handler(iol_loop *loop, int fd);
 
@@ -315,7 +331,7 @@ int iol_loop_remove_handler(iol_loop *loop, int fd);
  * CLOEXEC): otherwise use remove_handler, then close. With uring the
  * cancel of fd's poll rides on the loop's next wait (no system call of
  * its own); the file is released then. Events of fd already
- * polled in this iteration are dropped. Thread rules as remove_handler.
+ * polled in this iteration are dropped. Loop thread, as remove_handler.
  * -EINVAL: loop NULL. -EBADF: fd < 0 or not open. -EPERM, -ESHUTDOWN (fd
  * then stays open). */
 int iol_loop_close_fd(iol_loop *loop, int fd);
@@ -393,7 +409,8 @@ int iol_loop_remove_zmq_handler(iol_loop *loop, void *socket);
  * has a queue_limit, that many callbacks wait, and the caller is not the
  * thread running the loop. */
 int iol_loop_add_callback(iol_loop *loop, iol_callback_fn fn, void *arg);
-/* Same as add_callback (Tornado's spawn_callback: not tied to a context). */
+/* Same as add_callback (Tornado's spawn_callback: not tied to a context).
+ * Any thread. */
 int iol_loop_spawn_callback(iol_loop *loop, iol_callback_fn fn, void *arg);
 /* Async-signal-safe add_callback: no malloc, no lock; uses the loop's
  * preallocated reserve (iol_loop_config.signal_reserve, default 256); an
@@ -426,7 +443,7 @@ int iol_loop_add_callback_from_signal(iol_loop *loop, iol_callback_fn fn, void *
  * the previous disposition comes back, deliveries still pending are
  * discarded, and the signal is unblocked again in the calling thread if
  * add (or start) blocked it there.
- * Thread: the loop's owner (or any while it is stopped).
+ * Loop thread (the loop's owner, or any one thread while it is stopped).
  * -EINVAL: NULL loop/fn; signo not a signal, SIGKILL, SIGSTOP, or a fault
  * signal (SIGSEGV, SIGBUS, SIGFPE, SIGILL). -EBUSY: another loop handles
  * signo. -EPERM: another thread runs the loop. -ESHUTDOWN: closed.
@@ -442,13 +459,16 @@ int iol_loop_remove_signal(iol_loop *loop, int signo, iol_signal_fn fn, void *ar
 
 /* Runs fn(arg) at loop time `when`. out (may be NULL) gets a handle for
  * remove_timeout. Equal deadlines run in the order they were added.
- * -EINVAL: NULL loop/fn, when NaN. -EPERM. -ESHUTDOWN. -ENOMEM. */
+ * Loop thread (call_later and add_timeout too).
+ * -EINVAL: NULL loop/fn, when NaN. -EPERM: another thread runs the loop.
+ * -ESHUTDOWN. -ENOMEM. */
 int iol_loop_call_at(iol_loop *loop, double when, iol_callback_fn fn, void *arg, iol_timeout *out);
 /* Runs fn(arg) delay seconds from now. -EINVAL also for delay < 0 or NaN. */
 int iol_loop_call_later(iol_loop *loop, double delay, iol_callback_fn fn, void *arg, iol_timeout *out);
 /* Tornado's add_timeout with an absolute deadline: same as call_at. */
 int iol_loop_add_timeout(iol_loop *loop, double deadline, iol_callback_fn fn, void *arg, iol_timeout *out);
 /* Cancels a pending timeout; may be called from inside any callback.
+ * Loop thread (from another, -EPERM and the timeout stays armed).
  * -ENOENT: fired, removed or unknown handle (never touches freed memory).
  * -EINVAL: NULL loop. -EPERM. -ESHUTDOWN. */
 int iol_loop_remove_timeout(iol_loop *loop, iol_timeout t);
@@ -468,7 +488,7 @@ double iol_loop_time(const iol_loop *loop);
  * process's SIGALRM handler for the life of the process; a loop thread must
  * not block SIGALRM. A callback blocked in a syscall may see EINTR when the
  * timer fires. seconds <= 0 disables.
- * Thread: the loop's owner. -EINVAL: NULL loop, NaN. -EPERM. -ESHUTDOWN.
+ * Loop thread. -EINVAL: NULL loop, NaN. -EPERM. -ESHUTDOWN.
  * -errno of timer_create. */
 int iol_loop_set_blocking_signal_threshold(iol_loop *loop, double seconds, void (*action)(int signo));
 /* Logs at IOL_LOG_WARNING, with a backtrace of where the loop thread was
@@ -489,7 +509,7 @@ int iol_loop_set_blocking_log_threshold(iol_loop *loop, double seconds);
  * that adds a callback (or stops the loop) makes that poll not sleep.
  * Without hooks an iteration pays one predictable branch per kind. The
  * same (fn, arg) may be added twice; remove takes away one (the earliest).
- * Loop thread (or any while it is stopped). Hooks are dropped at close.
+ * Loop thread (or any one while it is stopped). Hooks are dropped at close.
  * -EINVAL: NULL loop/fn. -EPERM: another thread runs the loop.
  * -ESHUTDOWN: closed. add: -ENOMEM. remove: -ENOENT: no such hook. */
 int iol_loop_add_prepare(iol_loop *loop, iol_callback_fn fn, void *arg);
@@ -557,18 +577,23 @@ void iol_set_log_handler(void (*fn)(int level, const char *msg, void *ud), void 
 
 typedef struct iol_periodic iol_periodic;
 /* A callback run every period_ms on loop (Tornado's PeriodicCallback).
+ * Any thread: the periodic does nothing until started; every other call
+ * on it is the loop's.
  * -EINVAL: NULL out/loop/fn, period_ms <= 0 or not finite. -ENOMEM. */
 int iol_periodic_new(iol_periodic **out, iol_loop *loop, double period_ms, iol_callback_fn fn, void *arg);
-/* Randomizes each period by +-jitter/2 of it. -EINVAL: NULL, jitter
- * outside [0, 1]. */
+/* Randomizes each period by +-jitter/2 of it. Loop thread. -EINVAL:
+ * NULL, jitter outside [0, 1]. -EPERM: another thread runs the loop. */
 int iol_periodic_set_jitter(iol_periodic *pc, double jitter);
 /* First run one period after now. Loop thread. -EINVAL: NULL.
- * -EALREADY: running. Errors of call_at (-EPERM, -ESHUTDOWN, -ENOMEM). */
+ * -EPERM: another thread runs the loop. -EALREADY: running. Errors of
+ * call_at (-ESHUTDOWN, -ENOMEM). */
 int iol_periodic_start(iol_periodic *pc);
 /* Stops future runs; safe inside its own callback. Loop thread.
  * -EINVAL: NULL. -EPERM: another thread while the loop runs (whether a
  * run is pending or the callback is running right then). */
 int iol_periodic_stop(iol_periodic *pc);
+/* Whether started and not stopped. Loop thread: false from another
+ * thread while the loop runs (and for NULL). */
 bool iol_periodic_is_running(const iol_periodic *pc);
 /* Stops it, then frees it (NULL ignored). Inside its own callback the
  * free is deferred until the callback returns. Loop thread: from another
@@ -583,7 +608,8 @@ double iol_periodic_next_deadline(double deadline, double now, double period_s, 
 /* --------------------------------------------------------------- Futures */
 
 typedef struct iol_future iol_future;
-/* A thread-safe, refcounted future (one reference for the caller). */
+/* A thread-safe, refcounted future (one reference for the caller). Any
+ * thread. */
 int iol_future_new(iol_future **out);
 iol_future *iol_future_ref(iol_future *f);   /* any thread; NULL for NULL */
 void iol_future_unref(iol_future *f);        /* any thread; NULL ignored */
@@ -612,11 +638,13 @@ int iol_executor_new(iol_executor **out, unsigned threads);
  * Not from one of its own threads. */
 void iol_executor_free(iol_executor *ex);
 /* Uses ex (not owned; free it after closing the loop) for
- * run_in_executor(NULL). -EINVAL: NULL loop or ex. -EPERM. -ESHUTDOWN. */
+ * run_in_executor(NULL). Loop thread. -EINVAL: NULL loop or ex. -EPERM:
+ * another thread runs the loop. -ESHUTDOWN. */
 int iol_loop_set_default_executor(iol_loop *loop, iol_executor *ex);
 /* Runs fn(arg, &result) on ex (NULL: the loop's default, created on first
  * use and owned by the loop). *out gets a future (caller's reference) that
- * resolves with result, or with fn's return if negative.
+ * resolves with result, or with fn's return if negative. Loop thread
+ * (from another, -EPERM and nothing is queued).
  * -EINVAL: NULL loop/fn/out. -EPERM. -ESHUTDOWN (loop closed, or ex being
  * freed). -ENOMEM. -EAGAIN: the pool has no thread yet and none could be
  * started (pthread_create). */
@@ -670,7 +698,10 @@ typedef struct iol_runtime_config {
     };
 } iol_runtime_config;
 
-/* N workers, one loop each (created here, started by start).
+/* Runtime calls are not bound to a loop: each is any-thread unless its
+ * comment says otherwise (join and free: not from a worker). */
+
+/* N workers, one loop each (created here, started by start). Any thread.
  * -EINVAL: out NULL, unknown poller, workers > 4096, a NaN threshold or
  * drain_timeout, spin_us NaN or > 1000. -ENOMEM. */
 int iol_runtime_new(iol_runtime **out, const iol_runtime_config *cfg) IOL_STATUS_V2_(iol_runtime_new);
@@ -702,8 +733,10 @@ int iol_runtime_join(iol_runtime *rt);
  * raw fds still registered on it are closed too (gently, see stop).
  * Posts accepted before a start that never happened are dropped. */
 void iol_runtime_free(iol_runtime *rt);
-unsigned iol_runtime_size(const iol_runtime *rt);          /* 0 for NULL */
-iol_loop *iol_runtime_loop(iol_runtime *rt, unsigned index); /* NULL out of range */
+unsigned iol_runtime_size(const iol_runtime *rt);          /* 0 for NULL. Any thread. */
+/* Worker index's loop (NULL out of range). Any thread; the loop's own
+ * calls are the loop thread's (post to it to use them). */
+iol_loop *iol_runtime_loop(iol_runtime *rt, unsigned index);
 /* Runs fn(arg) on worker index. Any thread. -EINVAL: NULL rt/fn, index
  * >= size. -ESHUTDOWN: stopped. -ENOMEM. -EAGAIN: queue_limit callbacks
  * wait on that worker (and the caller is not that worker). */
@@ -711,7 +744,7 @@ int iol_runtime_post(iol_runtime *rt, unsigned index, iol_callback_fn fn, void *
 /* Runs fn(arg) once on every worker. Any thread. Errors as post, but
  * never -EAGAIN: a broadcast is not refused for a full queue. */
 int iol_runtime_broadcast(iol_runtime *rt, iol_callback_fn fn, void *arg);
-/* This thread's worker index, -1 outside workers. */
+/* This thread's worker index, -1 outside workers. Any thread. */
 int iol_runtime_worker_index(void);
 
 enum { IOL_SHARD_REUSEPORT = 0, IOL_SHARD_HANDOFF = 1 };
@@ -842,11 +875,12 @@ typedef void (*iol_watermark_fn)(iol_stream *s, bool above, void *arg);
 /* Wraps a connected non-blocking socket (made non-blocking if it is not)
  * on loop; the stream owns fd. max_buffer_size bounds the read buffer
  * (0: 100 MiB). Loop thread. -EINVAL: NULL out/loop. -EBADF: bad fd.
- * -EEXIST: fd has a handler. -ESHUTDOWN: loop closed. -EPERM: another
+ * -EEXIST: fd has a handler (or a stream). -ESHUTDOWN: loop closed. -EPERM: another
  * thread runs the loop. -ENOMEM. */
 int iol_stream_new(iol_stream **out, iol_loop *loop, int fd, size_t max_buffer_size);
 /* Non-blocking connect to host:port: iol_stream_connect_ex with only
- * max_buffer_size set (no deadline, no source address). */
+ * max_buffer_size set (no deadline, no source address). Loop thread
+ * (-EPERM as iol_stream_connect_ex). */
 int iol_stream_connect(iol_stream **out, iol_loop *loop, const char *host, uint16_t port, size_t max_buffer_size,
                        iol_connect_fn cb, void *arg);
 
@@ -893,6 +927,14 @@ int iol_stream_connect_ex(iol_stream **out, iol_loop *loop, const char *host, ui
  * -ESHUTDOWN, -EPERM, -ENOMEM as iol_stream_connect_ex. */
 int iol_stream_connect_unix(iol_stream **out, iol_loop *loop, const char *path, const iol_connect_options *opts,
                             iol_connect_fn cb, void *arg);
+/* Thread rule of every stream call below: Loop thread (the thread running
+ * the stream's loop, or any one thread while it is not running). From
+ * another thread while the loop runs a call returns -EPERM before it
+ * reads or changes anything of the stream: no byte is queued, no callback
+ * stored, the stream is not paused, closed or unregistered, and it goes
+ * on working on its loop. The getters that cannot say -EPERM answer as
+ * their comment says. Only iol_stream_loop is any-thread. */
+
 /* Reads until delim (data includes it). -ENOBUFS (and close) when the
  * buffer would exceed max_buffer_size without finding it. */
 int iol_stream_read_until(iol_stream *s, const char *delim, iol_read_fn cb, void *arg);
@@ -913,8 +955,9 @@ int iol_stream_read_until_close(iol_stream *s, iol_read_fn cb, void *arg);
  * answered after resume, from the buffer first. A peer's close is noticed
  * only once resumed (or by a pending write). Pausing a paused stream, or
  * resuming a running one, does nothing. Loop thread. -EINVAL: NULL.
+ * -EPERM: another thread runs the loop (the stream stays as it was).
  * -EPIPE: closed. A failure to update the fd handler closes the stream
- * and is returned (-ENOMEM, -ESHUTDOWN, -EPERM). */
+ * and is returned (-ENOMEM, -ESHUTDOWN). */
 int iol_stream_pause_reading(iol_stream *s);
 int iol_stream_resume_reading(iol_stream *s);
 /* Read calls: cb runs on the loop thread, never inside the call itself;
@@ -922,12 +965,16 @@ int iol_stream_resume_reading(iol_stream *s);
  * read or write buffer only while bytes are in it (buffers come from a
  * per-thread pool of at most 1 MiB), so an idle stream costs about 0.5 KiB.
  * status 0 or -errno (-ECONNRESET/-EPIPE closed, -ENOBUFS too big).
- * Errors of the call: -EINVAL: NULL s/cb/delim, empty delim, n 0.
- * -EBUSY: a read is pending. -EPIPE: stream closed. */
+ * Loop thread. Errors of the call: -EINVAL: NULL s/cb/delim, empty
+ * delim, n 0. -EPERM: another thread runs the loop. -EBUSY: a read is
+ * pending. -EPIPE: stream closed. */
 
 /* Queues data (copied) and writes it as the socket allows; done(arg) runs
- * once its bytes were handed to the kernel (done may be NULL).
- * -EINVAL: NULL s, data NULL with len > 0. -EPIPE: closed.
+ * once its bytes were handed to the kernel (done may be NULL). Loop
+ * thread: from another (a worker relaying to another worker's client),
+ * -EPERM and nothing is queued; post to the stream's loop instead
+ * (iol_runtime_post, iol_loop_add_callback).
+ * -EINVAL: NULL s, data NULL with len > 0. -EPERM. -EPIPE: closed.
  * -ENOBUFS: the write buffer would exceed the write limit. -ENOMEM. */
 int iol_stream_write(iol_stream *s, const void *data, size_t len, iol_callback_fn done, void *arg);
 /* Zero-copy: queues len bytes of the caller's memory, written in order
@@ -936,8 +983,8 @@ int iol_stream_write(iol_stream *s, const void *data, size_t len, iol_callback_f
  * release(arg) runs: exactly once, on the loop thread, never inside this
  * call, once the last byte reached the kernel or when the stream closed
  * first (iol_stream_error then says why; release may be NULL). Loop
- * thread. -EINVAL: NULL s or data, len 0. -EPIPE: closed (release will
- * not run). -ENOBUFS: past the write limit. -ENOMEM. */
+ * thread. -EINVAL: NULL s or data, len 0. -EPERM: another thread runs
+ * the loop (release will not run). -EPIPE: closed (release will not run). -ENOBUFS: past the write limit. -ENOMEM. */
 int iol_stream_write_ref(iol_stream *s, const void *data, size_t len, iol_callback_fn release, void *arg);
 /* Zero-copy: queues len bytes of file fd from offset, sent in order with
  * the other writes with sendfile(2) (the kernel copies page cache to the
@@ -946,14 +993,16 @@ int iol_stream_write_ref(iol_stream *s, const void *data, size_t len, iol_callba
  * that ends before the region does closes the stream with -EIO; a
  * sendfile error closes it with that error. Loop thread. -EINVAL: NULL
  * s, offset < 0, len 0, offset + len past the largest file offset.
- * -EBADF: fd < 0. -EPIPE, -ENOBUFS, -ENOMEM as
+ * -EBADF: fd < 0. -EPERM, -EPIPE, -ENOBUFS, -ENOMEM as
  * iol_stream_write_ref. */
 int iol_stream_sendfile(iol_stream *s, int fd, off_t offset, size_t len, iol_callback_fn release, void *arg);
 /* Bytes accepted by the write calls and not yet handed to the kernel
- * (copied and zero-copy alike); 0 for NULL. */
+ * (copied and zero-copy alike); 0 for NULL. Loop thread: 0 from another
+ * thread while the loop runs (the count is the loop's, read unlocked). */
 size_t iol_stream_write_buffer_size(const iol_stream *s);
 /* Write limit (Tornado's max_write_buffer_size) on the bytes not yet
- * written, zero-copy ones included; 0: unlimited (default). */
+ * written, zero-copy ones included; 0: unlimited (default). Loop thread.
+ * -EINVAL: NULL s. -EPERM: another thread runs the loop. -ENOMEM. */
 int iol_stream_set_max_write_buffer(iol_stream *s, size_t max);
 /* Deferred writes, for a server that answers requests: with on, a write
  * does not try the kernel inside iol_stream_write; the stream's writes of
@@ -967,7 +1016,8 @@ int iol_stream_set_max_write_buffer(iol_stream *s, size_t max);
  * With it, the watch for the peer closing is a recv in flight too, so
  * iol_stream_start_tls says -EBUSY on such a stream, and the stream's
  * close is a ring operation: its fd is closed at the loop's next wait.
- * Off by default. Loop thread. -EINVAL: NULL s. -EPIPE: closed. */
+ * Off by default. Loop thread. -EINVAL: NULL s. -EPERM: another thread
+ * runs the loop. -EPIPE: closed. */
 int iol_stream_set_deferred_writes(iol_stream *s, bool on);
 /* Write watermarks for a producer: fn(s, true, arg) once the write buffer
  * holds more than high bytes, then fn(s, false, arg) once it drained to
@@ -977,13 +1027,16 @@ int iol_stream_set_deferred_writes(iol_stream *s, bool on);
  * rise and fall between two turns of the loop tells nothing. The calls
  * stop at close. fn NULL removes the watermarks. Memory then stays near
  * high plus one write (the buffer's capacity at most doubles that).
- * Loop thread. -EINVAL: NULL s, fn with high 0 or low > high. -EPIPE:
- * closed. */
+ * Loop thread. -EINVAL: NULL s, fn with high 0 or low > high. -EPERM:
+ * another thread runs the loop. -EPIPE: closed. -ENOMEM. */
 int iol_stream_set_write_watermarks(iol_stream *s, size_t high, size_t low, iol_watermark_fn fn, void *arg);
-/* fn(s, arg) runs on the loop once the stream closed (by either side). */
+/* fn(s, arg) runs on the loop once the stream closed (by either side).
+ * fn NULL removes it. Loop thread. -EINVAL: NULL s. -EPERM: another
+ * thread runs the loop. -EPIPE: the close has completed. */
 int iol_stream_set_close_callback(iol_stream *s, iol_close_fn fn, void *arg);
 /* Closes the fd and fails a pending read with -EPIPE; unwritten data is
- * dropped (as Tornado). -EINVAL: NULL. -EALREADY: closed.
+ * dropped (as Tornado). Loop thread. -EINVAL: NULL. -EPERM: another
+ * thread runs the loop (the stream stays open). -EALREADY: closed.
  * Lifetime: a stream frees itself once it is closed (by either side) and
  * none of its callbacks is running or queued; the close finishes in a loop
  * callback, or, if the loop is closed first, inside iol_loop_close (which
@@ -992,11 +1045,18 @@ int iol_stream_set_close_callback(iol_stream *s, iol_close_fn fn, void *arg);
  * not be used. Set a close callback to learn of a peer's close while idle
  * and of the loop's close. */
 int iol_stream_close(iol_stream *s);
+/* Whether the stream is closed; true for NULL. Loop thread: true from
+ * another thread while the loop runs (nothing may be done with it from
+ * there). */
 bool iol_stream_closed(const iol_stream *s);
-/* The socket fd, -EBADF once closed, -EINVAL for NULL. */
+/* The socket fd, -EBADF once closed, -EINVAL for NULL. Loop thread:
+ * -EPERM from another thread while the loop runs. */
 int iol_stream_fd(const iol_stream *s);
-/* The error that closed the stream (-errno), 0 if none. */
+/* The error that closed the stream (-errno), 0 if none. -EINVAL for
+ * NULL. Loop thread: -EPERM from another thread while the loop runs. */
 int iol_stream_error(const iol_stream *s);
+/* The stream's loop (NULL for NULL). Any thread: fixed at creation, so a
+ * thread holding a stream of another loop can post to that loop. */
 iol_loop *iol_stream_loop(const iol_stream *s);
 
 /* ------------------------------------------------------------------- TLS
@@ -1095,7 +1155,8 @@ void iol_tls_ctx_unref(iol_tls_ctx *ctx);
 /* Server side: wraps an accepted socket as a TLS stream (as
  * iol_stream_new) and starts the handshake (as iol_stream_start_tls with
  * no callback): reads and writes may be issued at once. Loop thread.
- * -EINVAL: NULL out/loop/ctx, ctx not a server context. Otherwise the
+ * -EINVAL: NULL out/loop/ctx, ctx not a server context. -EPERM: another
+ * thread runs the loop (checked first, after loop NULL). Otherwise the
  * errors of iol_stream_new and iol_stream_start_tls; on failure fd is
  * left open (not owned). */
 int iol_tls_stream_new(iol_stream **out, iol_loop *loop, int fd, iol_tls_ctx *ctx, size_t max_buffer_size);
@@ -1109,7 +1170,8 @@ int iol_tls_stream_new(iol_stream **out, iol_loop *loop, int fd, iol_tls_ctx *ct
  * failure the stream is closed after cb. opts->timeout covers the
  * connect only; the context's handshake_timeout the handshake. Loop
  * thread. -EINVAL: NULL ctx, a server context, and the errors of
- * iol_stream_connect_ex. -ENOMEM. -ENOTSUP. */
+ * iol_stream_connect_ex. -EPERM: another thread runs the loop. -ENOMEM.
+ * -ENOTSUP. */
 int iol_tls_connect(iol_stream **out, iol_loop *loop, const char *host, uint16_t port,
                     const iol_connect_options *opts, iol_tls_ctx *ctx, const char *server_name,
                     iol_connect_fn cb, void *arg);
@@ -1119,7 +1181,8 @@ int iol_tls_connect(iol_stream **out, iol_loop *loop, const char *host, uint16_t
  * verified (copied); NULL: no SNI, and with verification on, -EINVAL.
  * Ignored by a server. cb(s, status, arg) as for iol_tls_connect (may be
  * NULL). Loop thread.
- * -EINVAL: NULL s/ctx, see server_name. -EPIPE: closed. -EALREADY:
+ * -EINVAL: NULL s/ctx, see server_name. -EPERM: another thread runs the
+ * loop. -EPIPE: closed. -EALREADY:
  * already TLS. -EBUSY: a read is pending or bytes are buffered either
  * way (the switch must fall between two protocol messages), or a ring
  * operation is in flight (iol_stream_set_deferred_writes). -ENOTSOCK:
@@ -1128,14 +1191,17 @@ int iol_tls_connect(iol_stream **out, iol_loop *loop, const char *host, uint16_t
 int iol_stream_start_tls(iol_stream *s, iol_tls_ctx *ctx, const char *server_name, iol_connect_fn cb,
                          void *arg);
 
-/* Whether s is a TLS stream (handshake done or not); false for NULL. */
+/* Whether s is a TLS stream (handshake done or not); false for NULL.
+ * Loop thread: false from another thread while the loop runs. */
 bool iol_stream_is_tls(const iol_stream *s);
 /* Copies the ALPN protocol chosen by the handshake into buf (NUL-ended)
  * and returns its length; 0 if none was chosen. Loop thread.
- * -EINVAL: NULL s, buf NULL with size > 0. -ENOTCONN: not TLS or the
+ * -EINVAL: NULL s, buf NULL with size > 0. -EPERM: another thread runs
+ * the loop. -ENOTCONN: not TLS or the
  * handshake has not finished. -ENOSPC: size too small. */
 int iol_stream_tls_alpn(const iol_stream *s, char *buf, size_t size);
-/* Whether the finished handshake resumed a session; false otherwise. */
+/* Whether the finished handshake resumed a session; false otherwise.
+ * Loop thread: false from another thread while the loop runs. */
 bool iol_stream_tls_resumed(const iol_stream *s);
 
 #if defined(__GNUC__)

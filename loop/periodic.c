@@ -140,6 +140,9 @@ int iol_periodic_set_jitter(iol_periodic *pc, double jitter)
 {
     if (!pc)
         return -EINVAL;
+    int err = iol__loop_check_owner(pc->loop); /* the loop's runs read jitter */
+    if (err)
+        return err;
     if (!(jitter >= 0 && jitter <= 1)) /* NaN fails too */
         return -EINVAL;
     pc->jitter = jitter;
@@ -150,13 +153,18 @@ int iol_periodic_start(iol_periodic *pc)
 {
     if (!pc)
         return -EINVAL;
+    /* Before running and deadline are read or written: the loop's runs
+     * use them. */
+    int err = iol__loop_check_owner(pc->loop);
+    if (err)
+        return err;
     if (pc->running)
         return -EALREADY;
 
     /* As Tornado: the schedule starts now, the first run one period later. */
     double saved = pc->deadline;
     pc->deadline = iol_loop_time(pc->loop);
-    int err = periodic_schedule_next(pc);
+    err = periodic_schedule_next(pc);
     if (err < 0) {
         pc->deadline = saved;
         return err;
@@ -186,7 +194,8 @@ int iol_periodic_stop(iol_periodic *pc)
 
 bool iol_periodic_is_running(const iol_periodic *pc)
 {
-    return pc && pc->running;
+    /* Loop-thread state: false from another thread, without reading it. */
+    return pc && !iol__loop_check_owner(pc->loop) && pc->running;
 }
 
 void iol_periodic_free(iol_periodic *pc)

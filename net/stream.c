@@ -382,6 +382,9 @@ int iol_stream_new(iol_stream **out, iol_loop *loop, int fd, size_t max_buffer_s
 {
     if (!out || !loop)
         return -EINVAL;
+    int r = iol__loop_owner_check(loop);
+    if (r)
+        return r;
     if (fd < 0)
         return -EBADF;
     int flags = fcntl(fd, F_GETFL);
@@ -389,7 +392,7 @@ int iol_stream_new(iol_stream **out, iol_loop *loop, int fd, size_t max_buffer_s
         return -EBADF;
 
     iol_stream *s;
-    int r = iol__stream_alloc(&s, loop, max_buffer_size);
+    r = iol__stream_alloc(&s, loop, max_buffer_size);
     if (r < 0)
         return r;
     int type;
@@ -433,6 +436,9 @@ int iol_stream_set_close_callback(iol_stream *s, iol_close_fn fn, void *arg)
 {
     if (!s)
         return -EINVAL;
+    int thread_err = iol__stream_check_thread(s);
+    if (thread_err)
+        return thread_err;
     if (s->finished)
         return -EPIPE;
     s->close_cb = fn;
@@ -445,6 +451,9 @@ int iol_stream_close(iol_stream *s)
 {
     if (!s)
         return -EINVAL;
+    int thread_err = iol__stream_check_thread(s);
+    if (thread_err)
+        return thread_err;
     if (s->closed)
         return -EALREADY;
     iol__stream_hold(s);
@@ -453,21 +462,32 @@ int iol_stream_close(iol_stream *s)
     return 0;
 }
 
+/* The getters read loop-thread state (bit-fields the loop writes), so
+ * from another thread they answer without reading it: closed says true
+ * (nothing may be done with the stream from there), fd and error -EPERM. */
 bool iol_stream_closed(const iol_stream *s)
 {
-    return !s || s->closed;
+    return !s || iol__stream_check_thread(s) || s->closed;
 }
 
 int iol_stream_fd(const iol_stream *s)
 {
     if (!s)
         return -EINVAL;
+    int thread_err = iol__stream_check_thread(s);
+    if (thread_err)
+        return thread_err;
     return s->closed || s->fd < 0 ? -EBADF : s->fd;
 }
 
 int iol_stream_error(const iol_stream *s)
 {
-    return s ? s->error : -EINVAL;
+    if (!s)
+        return -EINVAL;
+    int thread_err = iol__stream_check_thread(s);
+    if (thread_err)
+        return thread_err;
+    return s->error;
 }
 
 iol_loop *iol_stream_loop(const iol_stream *s)

@@ -229,7 +229,12 @@ static int stream_connect_abort(iol_stream *s, int r)
 int iol_stream_connect_ex(iol_stream **out, iol_loop *loop, const char *host, uint16_t port,
                           const iol_connect_options *opts, iol_connect_fn cb, void *arg)
 {
-    if (!out || !loop || !host || !cb || host[0] == '\0')
+    if (!loop)
+        return -EINVAL;
+    int thread_err = iol__loop_owner_check(loop);
+    if (thread_err)
+        return thread_err;
+    if (!out || !host || !cb || host[0] == '\0')
         return -EINVAL;
     int r = stream_check_options(opts);
     if (r < 0)
@@ -266,7 +271,12 @@ int iol_stream_connect_ex(iol_stream **out, iol_loop *loop, const char *host, ui
 int iol_stream_connect_unix(iol_stream **out, iol_loop *loop, const char *path, const iol_connect_options *opts,
                             iol_connect_fn cb, void *arg)
 {
-    if (!out || !loop || !path || !cb)
+    if (!loop)
+        return -EINVAL;
+    int thread_err = iol__loop_owner_check(loop);
+    if (thread_err)
+        return thread_err;
+    if (!out || !path || !cb)
         return -EINVAL;
     int r = stream_check_options(opts);
     if (r < 0)

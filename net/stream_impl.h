@@ -26,6 +26,7 @@
 
 #include "loop/close_hook.h"
 #include "loop/completion.h"
+#include "loop/owner.h"
 #include "net/buffer.h"
 #include "net/resolve.h"
 #include "net/tls.h"
@@ -175,6 +176,15 @@ struct iol_stream {
     iol__tls *tls; /* TLS state (net/tls.h); NULL: plain */
     iol__completion op;   /* uring: each operation in flight holds a reference */
 };
+
+/* The thread rule of every loop-bound stream call (loop/owner.h): first
+ * thing after the NULL check, before the stream is read or changed. 0, or
+ * -EPERM when another thread runs the stream's loop. s->loop is set at
+ * creation and never changes, so reading it from any thread is safe. */
+static inline int iol__stream_check_thread(const iol_stream *s)
+{
+    return iol__loop_owner_check(s->loop);
+}
 
 static inline void iol__stream_hold(iol_stream *s)
 {

@@ -206,7 +206,12 @@ static int stream_check_read(const iol_stream *s)
 
 int iol_stream_read_until_max(iol_stream *s, const char *delim, size_t max_bytes, iol_read_fn cb, void *arg)
 {
-    if (!s || !delim || !cb || delim[0] == '\0')
+    if (!s)
+        return -EINVAL;
+    int thread_err = iol__stream_check_thread(s);
+    if (thread_err)
+        return thread_err;
+    if (!delim || !cb || delim[0] == '\0')
         return -EINVAL;
     size_t dlen = strlen(delim);
     if (max_bytes > 0 && max_bytes < dlen)
@@ -243,7 +248,12 @@ int iol_stream_read_until(iol_stream *s, const char *delim, iol_read_fn cb, void
 
 int iol_stream_read_bytes(iol_stream *s, size_t n, bool partial, iol_read_fn cb, void *arg)
 {
-    if (!s || !cb || n == 0)
+    if (!s)
+        return -EINVAL;
+    int thread_err = iol__stream_check_thread(s);
+    if (thread_err)
+        return thread_err;
+    if (!cb || n == 0)
         return -EINVAL;
     int r = stream_check_read(s);
     if (r < 0)
@@ -258,7 +268,12 @@ int iol_stream_read_bytes(iol_stream *s, size_t n, bool partial, iol_read_fn cb,
 
 int iol_stream_read_until_close(iol_stream *s, iol_read_fn cb, void *arg)
 {
-    if (!s || !cb)
+    if (!s)
+        return -EINVAL;
+    int thread_err = iol__stream_check_thread(s);
+    if (thread_err)
+        return thread_err;
+    if (!cb)
         return -EINVAL;
     int r = stream_check_read(s);
     if (r < 0)
@@ -274,6 +289,9 @@ int iol_stream_pause_reading(iol_stream *s)
 {
     if (!s)
         return -EINVAL;
+    int thread_err = iol__stream_check_thread(s);
+    if (thread_err)
+        return thread_err;
     if (s->closed)
         return -EPIPE;
     if (s->read_paused)
@@ -289,6 +307,9 @@ int iol_stream_resume_reading(iol_stream *s)
 {
     if (!s)
         return -EINVAL;
+    int thread_err = iol__stream_check_thread(s);
+    if (thread_err)
+        return thread_err;
     if (s->closed)
         return -EPIPE;
     if (!s->read_paused)

@@ -133,7 +133,12 @@ int iol__stream_queued(iol_stream *s)
 
 int iol_stream_write(iol_stream *s, const void *data, size_t len, iol_callback_fn done, void *arg)
 {
-    if (!s || (!data && len > 0))
+    if (!s)
+        return -EINVAL;
+    int thread_err = iol__stream_check_thread(s);
+    if (thread_err)
+        return thread_err;
+    if (!data && len > 0)
         return -EINVAL;
     if (s->closed)
         return -EPIPE;
@@ -188,13 +193,17 @@ out:
 
 size_t iol_stream_write_buffer_size(const iol_stream *s)
 {
-    return s ? iol__stream_pending(s) : 0;
+    /* Loop-thread state: 0 from another thread, without reading it. */
+    return s && !iol__stream_check_thread(s) ? iol__stream_pending(s) : 0;
 }
 
 int iol_stream_set_max_write_buffer(iol_stream *s, size_t max)
 {
     if (!s)
         return -EINVAL;
+    int thread_err = iol__stream_check_thread(s);
+    if (thread_err)
+        return thread_err;
     if (max == 0 && !s->ext)
         return 0;
     if (!iol__stream_ext(s))
@@ -208,6 +217,9 @@ int iol_stream_set_deferred_writes(iol_stream *s, bool on)
 {
     if (!s)
         return -EINVAL;
+    int thread_err = iol__stream_check_thread(s);
+    if (thread_err)
+        return thread_err;
     if (s->closed)
         return -EPIPE;
     s->defer_writes = on;
@@ -216,7 +228,12 @@ int iol_stream_set_deferred_writes(iol_stream *s, bool on)
 
 int iol_stream_set_write_watermarks(iol_stream *s, size_t high, size_t low, iol_watermark_fn fn, void *arg)
 {
-    if (!s || (fn && (high == 0 || low > high)))
+    if (!s)
+        return -EINVAL;
+    int thread_err = iol__stream_check_thread(s);
+    if (thread_err)
+        return thread_err;
+    if (fn && (high == 0 || low > high))
         return -EINVAL;
     if (s->closed)
         return -EPIPE;

@@ -258,7 +258,12 @@ static int stream_queue_segment(iol_stream *s, stream_seg seg)
 
 int iol_stream_write_ref(iol_stream *s, const void *data, size_t len, iol_callback_fn release, void *arg)
 {
-    if (!s || !data || len == 0)
+    if (!s)
+        return -EINVAL;
+    int thread_err = iol__stream_check_thread(s);
+    if (thread_err)
+        return thread_err;
+    if (!data || len == 0)
         return -EINVAL;
     return stream_queue_segment(s, (stream_seg){.kind = SEG_REF, .len = len, .data = data, .release = release,
                                                 .arg = arg});
@@ -269,7 +274,12 @@ int iol_stream_sendfile(iol_stream *s, int fd, off_t offset, size_t len, iol_cal
     /* off_t is 64-bit (_FILE_OFFSET_BITS=64 or LP64): the region must end
      * where an off_t can point. */
     const uint64_t off_max = INT64_MAX;
-    if (!s || offset < 0 || len == 0 || (uint64_t)len > off_max - (uint64_t)offset)
+    if (!s)
+        return -EINVAL;
+    int thread_err = iol__stream_check_thread(s);
+    if (thread_err)
+        return thread_err;
+    if (offset < 0 || len == 0 || (uint64_t)len > off_max - (uint64_t)offset)
         return -EINVAL;
     if (fd < 0)
         return -EBADF;

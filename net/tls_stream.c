@@ -365,7 +365,12 @@ static iol__tls *tls_state_new(iol_tls_ctx *ctx, const char *server_name, iol_co
 
 int iol_stream_start_tls(iol_stream *s, iol_tls_ctx *ctx, const char *server_name, iol_connect_fn cb, void *arg)
 {
-    if (!s || !ctx)
+    if (!s)
+        return -EINVAL;
+    int thread_err = iol__stream_check_thread(s);
+    if (thread_err)
+        return thread_err;
+    if (!ctx)
         return -EINVAL;
     if (s->closed)
         return -EPIPE;
@@ -399,7 +404,12 @@ int iol_stream_start_tls(iol_stream *s, iol_tls_ctx *ctx, const char *server_nam
 
 int iol_tls_stream_new(iol_stream **out, iol_loop *loop, int fd, iol_tls_ctx *ctx, size_t max_buffer_size)
 {
-    if (!out || !loop || !ctx || !ctx->server)
+    if (!loop)
+        return -EINVAL;
+    int thread_err = iol__loop_owner_check(loop);
+    if (thread_err)
+        return thread_err;
+    if (!out || !ctx || !ctx->server)
         return -EINVAL;
     iol_stream *s;
     int r = iol_stream_new(&s, loop, fd, max_buffer_size);
@@ -444,7 +454,12 @@ int iol_tls_connect(iol_stream **out, iol_loop *loop, const char *host, uint16_t
                     const iol_connect_options *opts, iol_tls_ctx *ctx, const char *server_name, iol_connect_fn cb,
                     void *arg)
 {
-    if (!out || !loop || !host || !cb || !ctx || ctx->server)
+    if (!loop)
+        return -EINVAL;
+    int thread_err = iol__loop_owner_check(loop);
+    if (thread_err)
+        return thread_err;
+    if (!out || !host || !cb || !ctx || ctx->server)
         return -EINVAL;
     iol__tls *t = tls_state_new(ctx, server_name ? server_name : host, cb, arg);
     if (!t)
@@ -461,14 +476,20 @@ int iol_tls_connect(iol_stream **out, iol_loop *loop, const char *host, uint16_t
     return 0;
 }
 
+/* Loop-thread state: false from another thread, without reading it. */
 bool iol_stream_is_tls(const iol_stream *s)
 {
-    return s && s->tls;
+    return s && !iol__stream_check_thread(s) && s->tls;
 }
 
 int iol_stream_tls_alpn(const iol_stream *s, char *buf, size_t size)
 {
-    if (!s || (!buf && size > 0))
+    if (!s)
+        return -EINVAL;
+    int thread_err = iol__stream_check_thread(s);
+    if (thread_err)
+        return thread_err;
+    if (!buf && size > 0)
         return -EINVAL;
     if (!s->tls || s->tls->phase != TLS_OPEN)
         return -ENOTCONN;
@@ -485,5 +506,6 @@ int iol_stream_tls_alpn(const iol_stream *s, char *buf, size_t size)
 
 bool iol_stream_tls_resumed(const iol_stream *s)
 {
-    return s && s->tls && s->tls->phase == TLS_OPEN && SSL_session_reused(s->tls->ssl);
+    return s && !iol__stream_check_thread(s) && s->tls && s->tls->phase == TLS_OPEN &&
+           SSL_session_reused(s->tls->ssl);
 }

@@ -428,10 +428,12 @@ END_TEST
 static void nop_cb(void *arg) { (void)arg; }
 static int foreign_stop_rc;
 static bool foreign_still_running;
+static bool foreign_saw_running;
 static void *stop_from_foreign(void *arg)
 {
     foreign_stop_rc = iol_periodic_stop(arg);
-    foreign_still_running = iol_periodic_is_running(arg);
+    /* is_running is loop-thread state: false from here, whatever it is. */
+    foreign_saw_running = iol_periodic_is_running(arg);
     return NULL;
 }
 static void run_foreign(void *arg)
@@ -440,6 +442,7 @@ static void run_foreign(void *arg)
     pthread_t t;
     pthread_create(&t, NULL, stop_from_foreign, pc);
     pthread_join(t, NULL);
+    foreign_still_running = iol_periodic_is_running(pc);
     iol_loop_stop(iol_loop_current());
 }
 
@@ -454,6 +457,7 @@ START_TEST(test_stop_from_other_thread)
     iol_loop_start(loop);
     ck_assert_int_eq(foreign_stop_rc, -EPERM);
     ck_assert(foreign_still_running);
+    ck_assert(!foreign_saw_running);
     ck_assert_int_eq(iol_periodic_stop(pc), 0);
     ck_assert(!iol_periodic_is_running(pc));
     iol_periodic_free(pc);
