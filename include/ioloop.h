@@ -870,9 +870,10 @@ typedef struct iol_connect_options {
  * blocks on DNS), and every address found is tried in turn until one
  * connects. cb(s, status, arg) runs on the loop thread, never inside this
  * call, once connected (0) or failed; on failure the stream is closed
- * after cb. Failures reach cb as: -ETIMEDOUT (deadline), -EHOSTUNREACH
+ * after cb. Failures reach cb as: -ETIMEDOUT (deadline), IOL_ENONAME
  * (the name does not exist or has no address: EAI_NONAME, EAI_NODATA,
- * EAI_FAIL, EAI_ADDRFAMILY), -EAGAIN (EAI_AGAIN: temporary DNS failure),
+ * EAI_FAIL, EAI_ADDRFAMILY; -EHOSTUNREACH for a 0.1 program, see "Binary
+ * compatibility of the status codes"), -EAGAIN (EAI_AGAIN: temporary DNS failure),
  * -ENOMEM (EAI_MEMORY), the last address's connect error (-ECONNREFUSED,
  * -ENETUNREACH...), -EAFNOSUPPORT (no address of the source's family),
  * -EADDRINUSE / -EADDRNOTAVAIL (source bind), -ESHUTDOWN (loop closed
@@ -905,7 +906,7 @@ int iol_stream_read_until(iol_stream *s, const char *delim, iol_read_fn cb, void
 int iol_stream_read_until_max(iol_stream *s, const char *delim, size_t max_bytes, iol_read_fn cb, void *arg);
 /* Reads exactly n bytes, or with partial as soon as 1..n bytes exist. */
 int iol_stream_read_bytes(iol_stream *s, size_t n, bool partial, iol_read_fn cb, void *arg);
-/* Reads everything until the peer closes; status 0 then. */
+/* Reads everything until the peer closes; status 0 then (never IOL_EOF). */
 int iol_stream_read_until_close(iol_stream *s, iol_read_fn cb, void *arg);
 /* Backpressure on the reading side: while paused the stream takes nothing
  * from the socket (the kernel's buffer fills and TCP's window closes on
@@ -921,7 +922,16 @@ int iol_stream_resume_reading(iol_stream *s);
  * data is valid until cb returns (copy what you keep). A stream holds a
  * read or write buffer only while bytes are in it (buffers come from a
  * per-thread pool of at most 1 MiB), so an idle stream costs about 0.5 KiB.
- * status 0 or -errno (-ECONNRESET/-EPIPE closed, -ENOBUFS too big).
+ * status: 0, or why the read cannot be answered, the stream then closed:
+ *   IOL_EOF       the peer closed cleanly (FIN; TLS: close_notify) before
+ *                 the read was satisfied; bytes short of it are dropped.
+ *                 Not an error of the connection (a 0.1 program gets
+ *                 -EPIPE, see "Binary compatibility of the status codes")
+ *   -EPIPE        closed by our side (iol_stream_close) while pending
+ *   -ECONNRESET   reset by the peer (or another socket -errno)
+ *   -ENOBUFS      past max_buffer_size; -EMSGSIZE past max_bytes
+ *   -ESHUTDOWN    the loop closed; TLS streams: see "TLS".
+ * iol_strerror(status) names each.
  * Errors of the call: -EINVAL: NULL s/cb/delim, empty delim, n 0.
  * -EBUSY: a read is pending. -EPIPE: stream closed. */
 
@@ -995,7 +1005,10 @@ int iol_stream_close(iol_stream *s);
 bool iol_stream_closed(const iol_stream *s);
 /* The socket fd, -EBADF once closed, -EINVAL for NULL. */
 int iol_stream_fd(const iol_stream *s);
-/* The error that closed the stream (-errno), 0 if none. */
+/* The error that closed the stream (-errno or a library code such as
+ * IOL_ENONAME), 0 if none: 0 after a clean close by either side (the
+ * peer's FIN, which a pending read saw as IOL_EOF, or iol_stream_close),
+ * and while the stream is open. Loop thread. -EINVAL: NULL. */
 int iol_stream_error(const iol_stream *s);
 iol_loop *iol_stream_loop(const iol_stream *s);
 
@@ -1031,7 +1044,7 @@ iol_loop *iol_stream_loop(const iol_stream *s);
  *   -ETIMEDOUT     the handshake did not finish within the deadline
  *   -ENOMEM, or the socket's -errno (-EPIPE...).
  * A peer's close_notify ends the stream like a TCP close does (status 0
- * for read_until_close); our close sends close_notify (a clean close
+ * for read_until_close, IOL_EOF for a read it leaves unanswered); our close sends close_notify (a clean close
  * answers the peer's too) and does not wait for the answer. */
 
 typedef struct iol_tls_ctx iol_tls_ctx;

@@ -7,6 +7,8 @@
  */
 #include "net/stream_impl.h"
 
+#include "loop/status.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
@@ -233,7 +235,8 @@ static void stream_finish_close(iol_stream *s)
     if (s->tls)
         iol__tls_finish_close(s);
     if (s->read_kind != READ_NONE) {
-        int status = s->error ? s->error : -EPIPE;
+        /* A clean close by the peer is IOL_EOF, our own close -EPIPE. */
+        int status = s->error ? s->error : s->eof ? IOL_EOF : -EPIPE;
         size_t n = 0;
         if (s->read_kind == READ_UNTIL_CLOSE) {
             n = iol__buffer_len(&s->rbuf);
@@ -467,7 +470,7 @@ int iol_stream_fd(const iol_stream *s)
 
 int iol_stream_error(const iol_stream *s)
 {
-    return s ? s->error : -EINVAL;
+    return s ? iol__loop_status(s->loop, s->error) : -EINVAL;
 }
 
 iol_loop *iol_stream_loop(const iol_stream *s)
