@@ -993,7 +993,8 @@ int iol_stream_set_write_watermarks(iol_stream *s, size_t high, size_t low, iol_
 /* fn(s, arg) runs on the loop once the stream closed (by either side). */
 int iol_stream_set_close_callback(iol_stream *s, iol_close_fn fn, void *arg);
 /* Closes the fd and fails a pending read with -EPIPE; unwritten data is
- * dropped (as Tornado). -EINVAL: NULL. -EALREADY: closed.
+ * dropped (as Tornado; iol_stream_shutdown below sends it first).
+ * -EINVAL: NULL. -EALREADY: closed.
  * Lifetime: a stream frees itself once it is closed (by either side) and
  * none of its callbacks is running or queued; the close finishes in a loop
  * callback, or, if the loop is closed first, inside iol_loop_close (which
@@ -1002,6 +1003,30 @@ int iol_stream_set_close_callback(iol_stream *s, iol_close_fn fn, void *arg);
  * not be used. Set a close callback to learn of a peer's close while idle
  * and of the loop's close. */
 int iol_stream_close(iol_stream *s);
+
+/* Graceful close (libuv's uv_shutdown): ends our side of the connection
+ * once every write accepted before it has been handed to the kernel —
+ * copied, zero-copy and sendfile ones, deferred (ring) ones — with a FIN
+ * (TLS: close_notify, then the FIN). Unlike iol_stream_close, nothing
+ * queued is dropped and the stream stays open for reading: reads go on
+ * until the peer's EOF, which closes the stream as ever (IOL_EOF for a
+ * pending read, status 0 for read_until_close, the close callback). A
+ * shutdown asked while connecting or during the TLS handshake waits for
+ * its end. cb(s, status, arg) runs once, on the loop thread, never
+ * inside this call: 0 once the FIN went out, or, if the stream closed
+ * before that, why: -ECANCELED (iol_stream_close), -ESHUTDOWN (the loop
+ * closed), IOL_EOF (the peer closed first: the stream closes then, and
+ * what was still queued is dropped), the -errno of a failed write or of
+ * shutdown(2) (which closes the stream). cb may be NULL. Afterwards
+ * every write call returns -EPIPE. The stream is not freed by a
+ * shutdown: it closes at the peer's EOF, or call iol_stream_close (a
+ * server that does not wait for slow peers: after a deadline).
+ * Loop thread. -EINVAL: NULL s. -EPERM: another thread runs the loop
+ * (nothing changes). -EPIPE: closed. -EALREADY: shut down already.
+ * -ENOTSOCK: the fd is not a socket (a pipe has no half-close). -ENOMEM.
+ * A failure to watch the fd closes the stream (cb then hears it). */
+int iol_stream_shutdown(iol_stream *s, void (*cb)(iol_stream *s, int status, void *arg), void *arg);
+
 bool iol_stream_closed(const iol_stream *s);
 /* The socket fd, -EBADF once closed, -EINVAL for NULL. */
 int iol_stream_fd(const iol_stream *s);

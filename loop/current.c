@@ -1,5 +1,6 @@
 /* loop/ — the thread-local current loop and the process instance. */
 #include "loop/loop_impl.h"
+#include "loop/owner.h"
 #include "loop/status.h"
 
 #include <errno.h>
@@ -15,6 +16,11 @@ static iol_loop *instance_loop;
 const void *iol__thread_id(void)
 {
     return &thread_marker;
+}
+
+int iol__loop_owner_check(const iol_loop *loop)
+{
+    return iol__loop_check_owner(loop);
 }
 
 iol_loop *iol_loop_current(void)
