@@ -904,9 +904,10 @@ typedef struct iol_connect_options {
  * blocks on DNS), and every address found is tried in turn until one
  * connects. cb(s, status, arg) runs on the loop thread, never inside this
  * call, once connected (0) or failed; on failure the stream is closed
- * after cb. Failures reach cb as: -ETIMEDOUT (deadline), -EHOSTUNREACH
+ * after cb. Failures reach cb as: -ETIMEDOUT (deadline), IOL_ENONAME
  * (the name does not exist or has no address: EAI_NONAME, EAI_NODATA,
- * EAI_FAIL, EAI_ADDRFAMILY), -EAGAIN (EAI_AGAIN: temporary DNS failure),
+ * EAI_FAIL, EAI_ADDRFAMILY; -EHOSTUNREACH for a 0.1 program, see "Binary
+ * compatibility of the status codes"), -EAGAIN (EAI_AGAIN: temporary DNS failure),
  * -ENOMEM (EAI_MEMORY), the last address's connect error (-ECONNREFUSED,
  * -ENETUNREACH...), -EAFNOSUPPORT (no address of the source's family),
  * -EADDRINUSE / -EADDRNOTAVAIL (source bind), -ESHUTDOWN (loop closed
@@ -947,7 +948,7 @@ int iol_stream_read_until(iol_stream *s, const char *delim, iol_read_fn cb, void
 int iol_stream_read_until_max(iol_stream *s, const char *delim, size_t max_bytes, iol_read_fn cb, void *arg);
 /* Reads exactly n bytes, or with partial as soon as 1..n bytes exist. */
 int iol_stream_read_bytes(iol_stream *s, size_t n, bool partial, iol_read_fn cb, void *arg);
-/* Reads everything until the peer closes; status 0 then. */
+/* Reads everything until the peer closes; status 0 then (never IOL_EOF). */
 int iol_stream_read_until_close(iol_stream *s, iol_read_fn cb, void *arg);
 /* Backpressure on the reading side: while paused the stream takes nothing
  * from the socket (the kernel's buffer fills and TCP's window closes on
@@ -964,7 +965,16 @@ int iol_stream_resume_reading(iol_stream *s);
  * data is valid until cb returns (copy what you keep). A stream holds a
  * read or write buffer only while bytes are in it (buffers come from a
  * per-thread pool of at most 1 MiB), so an idle stream costs about 0.5 KiB.
- * status 0 or -errno (-ECONNRESET/-EPIPE closed, -ENOBUFS too big).
+ * status: 0, or why the read cannot be answered, the stream then closed:
+ *   IOL_EOF       the peer closed cleanly (FIN; TLS: close_notify) before
+ *                 the read was satisfied; bytes short of it are dropped.
+ *                 Not an error of the connection (a 0.1 program gets
+ *                 -EPIPE, see "Binary compatibility of the status codes")
+ *   -EPIPE        closed by our side (iol_stream_close) while pending
+ *   -ECONNRESET   reset by the peer (or another socket -errno)
+ *   -ENOBUFS      past max_buffer_size; -EMSGSIZE past max_bytes
+ *   -ESHUTDOWN    the loop closed; TLS streams: see "TLS".
+ * iol_strerror(status) names each.
  * Loop thread. Errors of the call: -EINVAL: NULL s/cb/delim, empty
  * delim, n 0. -EPERM: another thread runs the loop. -EBUSY: a read is
  * pending. -EPIPE: stream closed. */
@@ -1035,8 +1045,9 @@ int iol_stream_set_write_watermarks(iol_stream *s, size_t high, size_t low, iol_
  * thread runs the loop. -EPIPE: the close has completed. */
 int iol_stream_set_close_callback(iol_stream *s, iol_close_fn fn, void *arg);
 /* Closes the fd and fails a pending read with -EPIPE; unwritten data is
- * dropped (as Tornado). Loop thread. -EINVAL: NULL. -EPERM: another
- * thread runs the loop (the stream stays open). -EALREADY: closed.
+ * dropped (as Tornado; iol_stream_shutdown below sends it first). Loop
+ * thread. -EINVAL: NULL. -EPERM: another thread runs the loop (the
+ * stream stays open). -EALREADY: closed.
  * Lifetime: a stream frees itself once it is closed (by either side) and
  * none of its callbacks is running or queued; the close finishes in a loop
  * callback, or, if the loop is closed first, inside iol_loop_close (which
@@ -1045,6 +1056,29 @@ int iol_stream_set_close_callback(iol_stream *s, iol_close_fn fn, void *arg);
  * not be used. Set a close callback to learn of a peer's close while idle
  * and of the loop's close. */
 int iol_stream_close(iol_stream *s);
+/* Graceful close (libuv's uv_shutdown): ends our side of the connection
+ * once every write accepted before it has been handed to the kernel —
+ * copied, zero-copy and sendfile ones, deferred (ring) ones — with a FIN
+ * (TLS: close_notify, then the FIN). Unlike iol_stream_close, nothing
+ * queued is dropped and the stream stays open for reading: reads go on
+ * until the peer's EOF, which closes the stream as ever (IOL_EOF for a
+ * pending read, status 0 for read_until_close, the close callback). A
+ * shutdown asked while connecting or during the TLS handshake waits for
+ * its end. cb(s, status, arg) runs once, on the loop thread, never
+ * inside this call: 0 once the FIN went out, or, if the stream closed
+ * before that, why: -ECANCELED (iol_stream_close), -ESHUTDOWN (the loop
+ * closed), IOL_EOF (the peer closed first: the stream closes then, and
+ * what was still queued is dropped), the -errno of a failed write or of
+ * shutdown(2) (which closes the stream). cb may be NULL. Afterwards
+ * every write call returns -EPIPE. The stream is not freed by a
+ * shutdown: it closes at the peer's EOF, or call iol_stream_close (a
+ * server that does not wait for slow peers: after a deadline).
+ * Loop thread. -EINVAL: NULL s. -EPERM: another thread runs the loop
+ * (nothing changes). -EPIPE: closed. -EALREADY: shut down already.
+ * -ENOTSOCK: the fd is not a socket (a pipe has no half-close). -ENOMEM.
+ * A failure to watch the fd closes the stream (cb then hears it). */
+int iol_stream_shutdown(iol_stream *s, void (*cb)(iol_stream *s, int status, void *arg), void *arg);
+
 /* Whether the stream is closed; true for NULL. Loop thread: true from
  * another thread while the loop runs (nothing may be done with it from
  * there). */
@@ -1052,8 +1086,11 @@ bool iol_stream_closed(const iol_stream *s);
 /* The socket fd, -EBADF once closed, -EINVAL for NULL. Loop thread:
  * -EPERM from another thread while the loop runs. */
 int iol_stream_fd(const iol_stream *s);
-/* The error that closed the stream (-errno), 0 if none. -EINVAL for
- * NULL. Loop thread: -EPERM from another thread while the loop runs. */
+/* The error that closed the stream (-errno or a library code such as
+ * IOL_ENONAME), 0 if none: 0 after a clean close by either side (the
+ * peer's FIN, which a pending read saw as IOL_EOF, or iol_stream_close),
+ * and while the stream is open. -EINVAL: NULL. Loop thread: -EPERM from
+ * another thread while the loop runs. */
 int iol_stream_error(const iol_stream *s);
 /* The stream's loop (NULL for NULL). Any thread: fixed at creation, so a
  * thread holding a stream of another loop can post to that loop. */
@@ -1091,7 +1128,7 @@ iol_loop *iol_stream_loop(const iol_stream *s);
  *   -ETIMEDOUT     the handshake did not finish within the deadline
  *   -ENOMEM, or the socket's -errno (-EPIPE...).
  * A peer's close_notify ends the stream like a TCP close does (status 0
- * for read_until_close); our close sends close_notify (a clean close
+ * for read_until_close, IOL_EOF for a read it leaves unanswered); our close sends close_notify (a clean close
  * answers the peer's too) and does not wait for the answer. */
 
 typedef struct iol_tls_ctx iol_tls_ctx;

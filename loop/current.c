@@ -1,5 +1,6 @@
 /* loop/ — the thread-local current loop and the process instance. */
 #include "loop/loop_impl.h"
+#include "loop/owner.h"
 #include "loop/status.h"
 #include "loop/owner.h"
 

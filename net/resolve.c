@@ -36,7 +36,7 @@ static void job_unref(iol__resolve_job *job)
 }
 
 /* getaddrinfo's errors as -errno: a name that does not exist (or has no
- * address of a usable family) is -EHOSTUNREACH, a DNS failure that may
+ * address of a usable family) is IOL_ENONAME, a DNS failure that may
  * pass (EAI_AGAIN) -EAGAIN. */
 static int resolve_gai_error(int gai, int saved_errno)
 {
@@ -55,7 +55,7 @@ static int resolve_gai_error(int gai, int saved_errno)
 #ifdef EAI_ADDRFAMILY
     case EAI_ADDRFAMILY:
 #endif
-        return -EHOSTUNREACH;
+        return IOL_ENONAME;
     default:
         return -EINVAL;
     }
@@ -90,7 +90,7 @@ static int lookup(const char *host, uint16_t port, int flags, iol__address **out
     freeaddrinfo(res);
     if (i == 0) {
         free(addrs);
-        return -EHOSTUNREACH;
+        return IOL_ENONAME;
     }
     *out = addrs;
     *count = i;

@@ -7,6 +7,8 @@
  */
 #include "net/stream_impl.h"
 
+#include "loop/status.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
@@ -155,8 +157,8 @@ static unsigned stream_wanted_events(const iol_stream *s)
         events |= IOL_READ;
     else if (s->close_cb && iol__buffer_len(&s->rbuf) == 0 && !s->parked)
         events |= IOL_READ; /* idle: notice the peer closing (Tornado's error listener) */
-    if (iol__stream_pending(s) > 0)
-        events |= IOL_WRITE;
+    if (iol__stream_pending(s) > 0 || (s->wr_shut && !s->fin_sent))
+        events |= IOL_WRITE; /* the FIN waits for room too (TLS: close_notify) */
     if (s->tls)
         events = iol__tls_events(s, events);
     return events;
@@ -228,12 +230,14 @@ static void stream_finish_close(iol_stream *s)
     s->finished = true;
     iol__stream_fire_dones(s);
     iol__stream_segs_drop(s);
+    iol__stream_shutdown_report(s);
     if (s->connecting)
         iol__stream_connect_done(s, s->error ? s->error : -EPIPE);
     if (s->tls)
         iol__tls_finish_close(s);
     if (s->read_kind != READ_NONE) {
-        int status = s->error ? s->error : -EPIPE;
+        /* A clean close by the peer is IOL_EOF, our own close -EPIPE. */
+        int status = s->error ? s->error : s->eof ? IOL_EOF : -EPIPE;
         size_t n = 0;
         if (s->read_kind == READ_UNTIL_CLOSE) {
             n = iol__buffer_len(&s->rbuf);
@@ -257,6 +261,10 @@ static void stream_deferred(void *arg)
     if (s->connect_report && !s->closed)
         iol__stream_connect_done(s, s->ext->connect_status);
     iol__stream_fire_dones(s);
+    if (!s->closed) {
+        iol__stream_shutdown_step(s);
+        iol__stream_shutdown_report(s);
+    }
     if (!s->closed)
         iol__stream_fire_watermark(s);
     if (!s->closed && s->read_kind != READ_NONE && !s->read_paused)
@@ -339,6 +347,7 @@ void iol__stream_on_events(int fd, unsigned events, void *arg)
                 s->parked = true; /* hung up, nothing asked of it: wait for a request */
         }
     }
+    iol__stream_shutdown_step(s); /* a connect or handshake may have ended */
     if (!s->closed) {
         int r = iol__stream_update_events(s);
         if (r < 0)
@@ -487,7 +496,7 @@ int iol_stream_error(const iol_stream *s)
     int thread_err = iol__stream_check_thread(s);
     if (thread_err)
         return thread_err;
-    return s->error;
+    return iol__loop_status(s->loop, s->error);
 }
 
 iol_loop *iol_stream_loop(const iol_stream *s)

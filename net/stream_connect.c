@@ -7,6 +7,8 @@
  */
 #include "net/stream_impl.h"
 
+#include "loop/status.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -28,7 +30,7 @@ void iol__stream_connect_done(iol_stream *s, int status)
     iol_connect_fn cb = s->ext->connect_cb;
     s->ext->connect_cb = NULL;
     if (cb)
-        cb(s, status, s->ext->connect_arg);
+        cb(s, iol__loop_status(s->loop, status), s->ext->connect_arg);
     if (status < 0)
         iol__stream_close_internal(s, status);
 }
@@ -60,9 +62,9 @@ static int stream_connect_next(iol_stream *s, int last_err)
         int fd = stream_socket_for(s, a);
         if (fd < 0) {
             /* A family the source cannot reach says -EAFNOSUPPORT only if
-             * no address was really tried (callers pass -EHOSTUNREACH
+             * no address was really tried (callers pass IOL_ENONAME
              * then): a real connect error is the better answer. */
-            if (fd != -EAFNOSUPPORT || last_err == -EHOSTUNREACH || last_err == -EAFNOSUPPORT)
+            if (fd != -EAFNOSUPPORT || last_err == IOL_ENONAME || last_err == -EAFNOSUPPORT)
                 last_err = fd;
             continue;
         }
@@ -112,7 +114,7 @@ void iol__stream_handle_connect(iol_stream *s)
  * has one place to handle them. <0 only if that could not be queued. */
 static int stream_connect_first(iol_stream *s)
 {
-    int r = stream_connect_next(s, -EHOSTUNREACH);
+    int r = stream_connect_next(s, IOL_ENONAME);
     if (r < 0) {
         s->connect_report = true;
         s->ext->connect_status = r;
@@ -134,7 +136,7 @@ static void stream_on_resolved(iol_future *f, void *arg)
     if (!s->closed && s->connecting) {
         int r = iol__resolve_take(job, &s->ext->addrs, &s->ext->naddrs);
         if (r == 0)
-            r = stream_connect_next(s, -EHOSTUNREACH);
+            r = stream_connect_next(s, IOL_ENONAME);
         if (r < 0)
             iol__stream_connect_done(s, r);
         else if (s->connect_report)

@@ -116,6 +116,10 @@ typedef struct stream_ext {
     iol__resolve_job *resolving; /* a name lookup whose callback holds a reference */
     iol_timeout connect_timer;   /* the connect deadline, 0 if none */
     iol__address *source; /* bound before connecting */
+
+    /* iol_stream_shutdown: cb runs once, from the loop */
+    void (*shutdown_cb)(iol_stream *s, int status, void *arg);
+    void *shutdown_arg;
 } stream_ext;
 
 /* Hot and always-present state only (see stream_ext); the flags are bits
@@ -156,6 +160,8 @@ struct iol_stream {
     bool in_completion : 1;   /* a result of ours is being handled: update_events waits for its end */
     bool counted : 1;         /* counted in the loop's handler count without a handler */
     bool claimed : 1;         /* fd claimed on the loop instead of a handler (iol__loop_fd_claim) */
+    bool wr_shut : 1;         /* iol_stream_shutdown was called: no more writes */
+    bool fin_sent : 1;        /* ... and the FIN (TLS: close_notify first) went out */
     stream_read_kind read_kind : 2; /* the pending read */
 
     uint32_t max_buffer; /* max_buffer_size; 0: in ext (4 GiB or more) */
@@ -279,6 +285,15 @@ static inline bool iol__stream_uring_busy(const iol_stream *s)
 {
     return s->op.inflight > 0;
 }
+
+/* stream_shutdown.c */
+/* Once shutdown was asked and nothing is pending: close_notify (TLS), the
+ * FIN, and the callback queued. Call after anything that may have
+ * drained the writes or ended a connect or handshake; cheap otherwise. */
+void iol__stream_shutdown_step(iol_stream *s);
+/* Runs the shutdown callback, once: 0 after the FIN went out, else (the
+ * stream closed first) the close's status. Not before either. */
+void iol__stream_shutdown_report(iol_stream *s);
 
 /* stream_connect.c */
 void iol__stream_connect_done(iol_stream *s, int status);

@@ -4,6 +4,8 @@
  */
 #include "net/stream_impl.h"
 
+#include "loop/status.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,7 +86,7 @@ void iol__stream_deliver(iol_stream *s, size_t n, int status)
     s->read_cb = NULL;
     s->read_arg = NULL;
     iol__buffer_consume(&s->rbuf, n);
-    cb(s, data, n, status, arg);
+    cb(s, data, n, iol__loop_status(s->loop, status), arg);
     iol__buffer_trim(&s->rbuf);
 }
 

@@ -84,8 +84,18 @@ static void submit_send(iol_stream *s)
         return;
     }
     /* Not taken: the bytes go back in front of the newer ones, for the
-     * handler path. */
-    if (iol__buffer_len(&s->wbuf) > 0 && (r = iol__buffer_append(&s->sendbuf, iol__buffer_data(&s->wbuf), iol__buffer_len(&s->wbuf))) < 0) {
+     * handler path; behind queued segments' backs, as a COPY segment of
+     * their own at the head. */
+    r = 0;
+    if (iol__stream_has_segments(s) && (r = iol__stream_segs_reserve(s, 1)) == 0) {
+        stream_ext *x = s->ext;
+        memmove(x->segs + x->seg_head + 1, x->segs + x->seg_head, (x->seg_count - x->seg_head) * sizeof(*x->segs));
+        x->segs[x->seg_head] = (stream_seg){.kind = SEG_COPY, .len = iol__buffer_len(&s->sendbuf)};
+        x->seg_count++;
+    }
+    if (r == 0 && iol__buffer_len(&s->wbuf) > 0)
+        r = iol__buffer_append(&s->sendbuf, iol__buffer_data(&s->wbuf), iol__buffer_len(&s->wbuf));
+    if (r < 0) {
         iol__stream_close_internal(s, r);
         return;
     }
@@ -111,7 +121,10 @@ unsigned iol__stream_uring_update(iol_stream *s, unsigned want)
     }
     if (s->recv_inflight)
         want &= ~IOL_READ;
-    if ((want & IOL_WRITE) && !s->send_inflight && !iol__stream_has_segments(s))
+    /* A short send's rest goes before anything newer, segments included
+     * (the handler path writes those, but only after it). */
+    bool rest = iol__buffer_len(&s->sendbuf) > 0;
+    if ((want & IOL_WRITE) && !s->send_inflight && (rest || !iol__stream_has_segments(s)))
         submit_send(s);
     if (s->send_inflight || (!iol__stream_has_segments(s) && iol__buffer_len(&s->wbuf) == 0))
         want &= ~IOL_WRITE;

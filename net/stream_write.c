@@ -69,8 +69,8 @@ int iol__stream_dones_reserve(iol_stream *s)
 
 void iol__stream_handle_write(iol_stream *s)
 {
-    if (s->send_inflight)
-        return; /* its result comes first: the bytes stay in order */
+    if (s->send_inflight || iol__buffer_len(&s->sendbuf) > 0)
+        return; /* it (or a short send's rest) comes first: the bytes stay in order */
     if (iol__stream_has_segments(s))
         iol__stream_segs_flush(s);
     for (int rounds = 0; !iol__stream_has_segments(s) && iol__buffer_len(&s->wbuf) > 0 && rounds < STREAM_IO_ROUNDS; rounds++) {
@@ -97,6 +97,7 @@ void iol__stream_wrote(iol_stream *s)
     iol__stream_fire_dones(s);
     if (!s->closed)
         iol__stream_fire_watermark(s);
+    iol__stream_shutdown_step(s);
 }
 
 void iol__stream_fire_watermark(iol_stream *s)
@@ -151,6 +152,8 @@ int iol_stream_write(iol_stream *s, const void *data, size_t len, iol_callback_f
         r = iol__stream_segs_reserve(s, 1);
     if (r < 0)
         return r;
+    if (s->wr_shut)
+        return -EPIPE; /* iol_stream_shutdown closed the write side */
 
     iol__stream_hold(s);
     size_t sent = 0;

@@ -232,7 +232,7 @@ void iol__stream_segs_drop(iol_stream *s)
 /* Queues one REF or FILE segment behind what is pending. */
 static int stream_queue_segment(iol_stream *s, stream_seg seg)
 {
-    if (s->closed)
+    if (s->closed || s->wr_shut)
         return -EPIPE;
     if (s->ext && s->ext->max_write_buffer && (seg.len > s->ext->max_write_buffer ||
                                 iol__stream_pending(s) > s->ext->max_write_buffer - seg.len))

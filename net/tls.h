@@ -27,6 +27,9 @@ unsigned iol__tls_events(const iol_stream *s, unsigned want);
 bool iol__tls_on_events(iol_stream *s, unsigned *events);
 /* The stream is closing (before its fd goes): close_notify if clean. */
 void iol__tls_on_close(iol_stream *s, int err);
+/* iol_stream_shutdown, once every write is out: sends close_notify. 0:
+ * sent; -EAGAIN: not yet (handshaking, or no room: WRITE); -errno. */
+int iol__tls_shutdown(iol_stream *s);
 /* The close completes: a pending handshake callback hears the error. */
 void iol__tls_finish_close(iol_stream *s);
 void iol__tls_free(iol_stream *s);
@@ -42,6 +45,7 @@ static inline ssize_t iol__tls_send(iol_stream *s, const void *d, size_t l) { (v
 static inline unsigned iol__tls_events(const iol_stream *s, unsigned want) { (void)s; return want; }
 static inline bool iol__tls_on_events(iol_stream *s, unsigned *events) { (void)s; (void)events; return false; }
 static inline void iol__tls_on_close(iol_stream *s, int err) { (void)s; (void)err; }
+static inline int iol__tls_shutdown(iol_stream *s) { (void)s; return 0; }
 static inline void iol__tls_finish_close(iol_stream *s) { (void)s; }
 static inline void iol__tls_free(iol_stream *s) { (void)s; }
 #endif

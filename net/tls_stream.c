@@ -317,6 +317,21 @@ void iol__tls_on_close(iol_stream *s, int err)
     t->phase = TLS_DEAD;
 }
 
+int iol__tls_shutdown(iol_stream *s)
+{
+    iol__tls *t = s->tls;
+    if (t->phase != TLS_OPEN)
+        return t->phase == TLS_DEAD ? -EPIPE : -EAGAIN;
+    tls_clear_errors();
+    int r = SSL_shutdown(t->ssl); /* 0: sent (the peer's still to come); 1: both */
+    if (r >= 0)
+        return 0;
+    int e = SSL_get_error(t->ssl, r);
+    if (e == SSL_ERROR_WANT_WRITE)
+        return -EAGAIN; /* the alert waits in OpenSSL for the next call */
+    return tls_error(s, e, "shutdown");
+}
+
 void iol__tls_finish_close(iol_stream *s)
 {
     iol__tls *t = s->tls;

@@ -686,7 +686,7 @@ START_TEST(peer_reset_fails_pending_read)
     close(fds[0]);
     run_loop(st.loop);
     ck_assert_int_eq(st.reads, 1);
-    ck_assert_msg(st.statuses[0] == -ECONNRESET || st.statuses[0] == -EPIPE, "status %d", st.statuses[0]);
+    ck_assert_msg(st.statuses[0] == -ECONNRESET || st.statuses[0] == IOL_EOF, "status %d", st.statuses[0]);
     ck_assert_int_eq(st.closes, 1);
     if (st.statuses[0] == -ECONNRESET)
         ck_assert_int_eq(st.statuses[7], -ECONNRESET);
@@ -705,7 +705,7 @@ START_TEST(eof_fails_read_until)
     ck_assert_int_eq(iol_stream_read_until(st.s, "\n", on_failed_read, &st), 0);
     run_loop(st.loop);
     ck_assert_int_eq(st.reads, 1);
-    ck_assert_int_eq(st.statuses[0], -EPIPE);
+    ck_assert_int_eq(st.statuses[0], IOL_EOF);
     ck_assert_int_eq(st.closes, 1);
     ck_assert_int_eq(st.close_after_reads, 1);
     free_loop(st.loop);
@@ -723,7 +723,7 @@ START_TEST(eof_fails_read_bytes)
     ck_assert_int_eq(iol_stream_read_bytes(st.s, 6, false, on_failed_read, &st), 0);
     run_loop(st.loop);
     ck_assert_int_eq(st.reads, 1);
-    ck_assert_int_eq(st.statuses[0], -EPIPE);
+    ck_assert_int_eq(st.statuses[0], IOL_EOF);
     ck_assert_int_eq(st.closes, 1);
     free_loop(st.loop);
 }

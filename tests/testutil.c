@@ -1,6 +1,13 @@
 #include "testutil.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <time.h>
@@ -79,4 +86,117 @@ uint64_t iol_test_wakeups(const iol_loop *loop)
     iol_loop_stats st;
     ck_assert_int_eq(iol_loop_get_stats(loop, &st, sizeof st), 0);
     return st.wakeups;
+}
+
+/* ------------------------------------------------------- Stream fixture */
+
+iol_loop *iol_test_loop_new(void)
+{
+    iol_loop *loop = NULL;
+    ck_assert_int_eq(iol_loop_new(&loop, NULL), 0);
+    return loop;
+}
+
+static void fixture_timed_out(void *arg)
+{
+    iol_loop_stop(arg);
+    ck_abort_msg("loop did not stop in time");
+}
+
+void iol_test_loop_run(iol_loop *loop, double limit)
+{
+    iol_timeout t = 0;
+    ck_assert_int_eq(iol_loop_call_later(loop, iol_test_under_valgrind() ? limit * 10 : limit, fixture_timed_out,
+                                         loop, &t), 0);
+    ck_assert_int_eq(iol_loop_start(loop), 0);
+    iol_loop_remove_timeout(loop, t);
+}
+
+void iol_test_socket_pair(int fds[2], bool tcp)
+{
+    if (!tcp) {
+        ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+        return;
+    }
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(lfd, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sin);
+    ck_assert_int_eq(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    ck_assert_int_eq(listen(lfd, 1), 0);
+    ck_assert_int_eq(getsockname(lfd, (struct sockaddr *)&sin, &len), 0);
+    fds[0] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(fds[0], 0);
+    ck_assert_int_eq(connect(fds[0], (struct sockaddr *)&sin, sizeof(sin)), 0);
+    fds[1] = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    ck_assert_int_ge(fds[1], 0);
+    close(lfd);
+}
+
+iol_stream *iol_test_stream_pair(iol_loop *loop, bool tcp, int *peer)
+{
+    int fds[2];
+    iol_test_socket_pair(fds, tcp);
+    iol_stream *s = NULL;
+    ck_assert_int_eq(iol_stream_new(&s, loop, fds[0], 0), 0);
+    *peer = fds[1];
+    return s;
+}
+
+void iol_test_write_all(int fd, const void *data, size_t len)
+{
+    const char *p = data;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        ck_assert_int_gt(n, 0);
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+static char fixture_tls_dir[64];
+
+static void fixture_tls_cleanup(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", fixture_tls_dir);
+    (void)!system(cmd);
+}
+
+bool iol_test_tls_ctxs(iol_tls_ctx **server, iol_tls_ctx **client)
+{
+    if (!fixture_tls_dir[0]) {
+        snprintf(fixture_tls_dir, sizeof(fixture_tls_dir), "/tmp/iol-fixture-XXXXXX");
+        if (!mkdtemp(fixture_tls_dir))
+            return false;
+        atexit(fixture_tls_cleanup);
+        char cmd[512];
+        snprintf(cmd, sizeof(cmd),
+                 "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout %s/key.pem "
+                 "-out %s/cert.pem -subj /CN=localhost -addext subjectAltName=DNS:localhost -days 1 2>/dev/null",
+                 fixture_tls_dir, fixture_tls_dir);
+        if (system(cmd) != 0)
+            return false;
+    }
+    char cert[96], key[96];
+    snprintf(cert, sizeof(cert), "%s/cert.pem", fixture_tls_dir);
+    snprintf(key, sizeof(key), "%s/key.pem", fixture_tls_dir);
+    iol_tls_config scfg = {.server = true, .cert_file = cert, .key_file = key};
+    int r = iol_tls_ctx_new(server, &scfg);
+    if (r == -ENOTSUP)
+        return false;
+    ck_assert_int_eq(r, 0);
+    iol_tls_config ccfg = {.insecure_no_verify = true};
+    ck_assert_int_eq(iol_tls_ctx_new(client, &ccfg), 0);
+    return true;
+}
+
+void iol_test_tls_pair(iol_loop *loop, iol_tls_ctx *server, iol_tls_ctx *client, iol_stream **srv, iol_stream **cli,
+                       iol_connect_fn cb, void *arg)
+{
+    int fds[2];
+    iol_test_socket_pair(fds, false);
+    ck_assert_int_eq(iol_tls_stream_new(srv, loop, fds[0], server, 0), 0);
+    ck_assert_int_eq(iol_stream_new(cli, loop, fds[1], 0), 0);
+    ck_assert_int_eq(iol_stream_start_tls(*cli, client, NULL, cb, arg), 0);
 }

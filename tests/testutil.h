@@ -3,6 +3,7 @@
 #define IOL_TESTUTIL_H
 
 #include <check.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,5 +39,34 @@ uint64_t iol_test_wakeups(const iol_loop *loop);
  * time in 16: shakes up interleavings in lost-wakeup hunters. *rng is a
  * nonzero xorshift32 state. */
 void iol_test_tiny_delay(uint32_t *rng);
+
+/* ------------------------------------------------ Stream fixture
+ * A loop, a connected pair, a stream on one end, TLS contexts: the setup
+ * the stream suites share (libuv's task.h). Each helper fails the test
+ * (ck_assert) rather than returning an error. */
+
+/* A loop on $IOL_POLLER (so `meson test --setup uring` covers it). */
+iol_loop *iol_test_loop_new(void);
+/* Runs loop until a callback stops it; fails the test after `limit`
+ * seconds (x10 under valgrind). */
+void iol_test_loop_run(iol_loop *loop, double limit);
+/* A connected pair: AF_UNIX socketpair (tcp false) or TCP over loopback
+ * (tcp true: fds[0] the client, fds[1] the accepted side). CLOEXEC,
+ * blocking. */
+void iol_test_socket_pair(int fds[2], bool tcp);
+/* A stream on fds[0] of a new pair; *peer gets the other end. */
+iol_stream *iol_test_stream_pair(iol_loop *loop, bool tcp, int *peer);
+/* Writes all of data to a blocking fd. */
+void iol_test_write_all(int fd, const void *data, size_t len);
+/* TLS: a self-signed certificate for "localhost" made once per process
+ * in a temporary directory with the openssl CLI, a server context on it
+ * and a client context that does not verify. false: built without TLS
+ * (or no openssl CLI): the caller skips. The files go at process exit. */
+bool iol_test_tls_ctxs(iol_tls_ctx **server, iol_tls_ctx **client);
+/* Two TLS streams over a new socketpair on loop: *srv (iol_tls_stream_new)
+ * and *cli (iol_stream_start_tls as a client, with cb, arg: may be NULL),
+ * handshake under way. */
+void iol_test_tls_pair(iol_loop *loop, iol_tls_ctx *server, iol_tls_ctx *client, iol_stream **srv, iol_stream **cli,
+                       iol_connect_fn cb, void *arg);
 
 #endif

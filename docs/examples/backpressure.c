@@ -71,7 +71,7 @@ static void on_body(iol_stream *s, const char *data, size_t len, int status, voi
 {
     (void)data;
     demo *d = arg;
-    if (status < 0) {               /* -EPIPE: the producer closed, all read */
+    if (status < 0) {               /* IOL_EOF: the producer closed, all read */
         iol_loop_stop(d->loop);
         return;
     }

@@ -17,8 +17,9 @@
 static void on_line(iol_stream *s, const char *data, size_t len, int status, void *arg)
 {
     if (status < 0) {
-        /* -ECONNRESET / -EPIPE: the peer is gone. The stream closes itself
-         * and frees itself once its callbacks are done. */
+        /* IOL_EOF: the peer closed cleanly; -ECONNRESET...: it is gone
+         * (iol_strerror(status) says which). The stream closes itself and
+         * frees itself once its callbacks are done. */
         return;
     }
     /* data includes the "\n"; write copies it. */

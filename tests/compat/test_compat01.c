@@ -1,10 +1,12 @@
 /* A program built against the 0.1 header (tests/compat/0.1/ioloop.h, a
  * copy of the header as 0.1 shipped it) keeps the 0.1 behaviour
  * (include/ioloop.h, "Binary compatibility of the status codes"): its
- * loops hand a clean EOF to a read as -EPIPE. Plain C, exit status 0 on
+ * loops hand a clean EOF to a read as -EPIPE, and a name that does not
+ * resolve to a connect as -EHOSTUNREACH (iol_stream_error too). Plain C, exit status 0 on
  * success: it cannot use the Check fixture, which is built against the
  * current header. */
 #include <errno.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -17,6 +19,20 @@ static void on_read(iol_stream *s, const char *data, size_t len, int status, voi
 {
     (void)s, (void)data, (void)len;
     got_status = status;
+    iol_loop_stop(arg);
+}
+
+static int dial_status = 1, dial_error = 1;
+
+static void on_dial(iol_stream *s, int status, void *arg)
+{
+    (void)s, (void)arg;
+    dial_status = status;
+}
+
+static void on_dial_close(iol_stream *s, void *arg)
+{
+    dial_error = iol_stream_error(s);
     iol_loop_stop(arg);
 }
 
@@ -43,6 +59,22 @@ int main(void)
     close(sv[1]); /* a clean EOF before the delimiter */
     iol_loop_start(loop);
     fails += check("a clean EOF reaches a 0.1 program as -EPIPE", got_status == -EPIPE);
+
+    /* .invalid never resolves (RFC 6761). Without a DNS server that
+     * answers, the lookup is EAI_AGAIN (-EAGAIN) instead: asked first. */
+    struct addrinfo *res = NULL;
+    int gai = getaddrinfo("no-such-host.invalid", "80", NULL, &res);
+    fails += check("no-such-host.invalid does not resolve", gai != 0);
+    fails += check("iol_stream_connect", iol_stream_connect(&s, loop, "no-such-host.invalid", 80, 0, on_dial, loop) == 0);
+    fails += check("set_close_callback", iol_stream_set_close_callback(s, on_dial_close, loop) == 0);
+    iol_loop_start(loop);
+    if (gai == EAI_AGAIN) {
+        fprintf(stderr, "compat 0.1: no DNS here (EAI_AGAIN): -EAGAIN checked instead\n");
+        fails += check("a failed lookup is -EAGAIN", dial_status == -EAGAIN);
+    } else {
+        fails += check("a name that does not resolve reaches a 0.1 program as -EHOSTUNREACH",
+                       dial_status == -EHOSTUNREACH && dial_error == -EHOSTUNREACH);
+    }
     iol_loop_close(loop, true);
     iol_loop_unref(loop);
     return fails;
