@@ -29,6 +29,9 @@ bool iol__tls_on_events(iol_stream *s, unsigned *events);
 void iol__tls_on_close(iol_stream *s, int err);
 /* The close completes: a pending handshake callback hears the error. */
 void iol__tls_finish_close(iol_stream *s);
+/* The loop winds down (a runtime's drain is over, its FIN comes next):
+ * close_notify now, once, if the handshake finished. */
+void iol__tls_wind_down(iol_stream *s);
 void iol__tls_free(iol_stream *s);
 #else
 static inline ssize_t iol__tls_recv(iol_stream *s, size_t limit, bool *drained)
@@ -43,6 +46,7 @@ static inline unsigned iol__tls_events(const iol_stream *s, unsigned want) { (vo
 static inline bool iol__tls_on_events(iol_stream *s, unsigned *events) { (void)s; (void)events; return false; }
 static inline void iol__tls_on_close(iol_stream *s, int err) { (void)s; (void)err; }
 static inline void iol__tls_finish_close(iol_stream *s) { (void)s; }
+static inline void iol__tls_wind_down(iol_stream *s) { (void)s; }
 static inline void iol__tls_free(iol_stream *s) { (void)s; }
 #endif
 
