@@ -1115,11 +1115,27 @@ iol_loop *iol_stream_loop(const iol_stream *s);
  * record stream).
  *
  * Errors that close a TLS stream (iol_stream_error, the pending read,
- * the handshake callback), each with one log line at IOL_LOG_INFO (the
- * peer's fault, so the default handler does not print it) carrying
- * OpenSSL's reason:
- *   -EKEYREJECTED  certificate verification failed (wrong CA, wrong host
- *                  name, expired), on our side or reported by the peer
+ * the handshake callback), each with one log line carrying OpenSSL's
+ * reason: at IOL_LOG_WARNING (printed by the default handler) when our
+ * client rejects the server's certificate, at IOL_LOG_INFO (the peer's
+ * fault, not printed by default) for everything else:
+ *   IOL_ETLS_*     the certificate check failed (see "Status codes";
+ *                  iol_stream_tls_verify_result gives OpenSSL's words):
+ *                  our check of the peer's certificate, each reason its
+ *                  own code (IOL_ETLS_HOSTNAME, _UNTRUSTED, _SELF_SIGNED,
+ *                  _EXPIRED, _NOT_YET_VALID, else _VERIFY); a server that
+ *                  requires a client certificate and got none:
+ *                  IOL_ETLS_NO_PEER_CERT; the peer's alert rejecting our
+ *                  certificate (bad_certificate, unknown_ca,
+ *                  certificate_expired, certificate_required...):
+ *                  IOL_ETLS_PEER_REJECTED. Under TLS 1.3 a client's
+ *                  handshake is over before the server checks the
+ *                  client certificate, so a client the server rejects
+ *                  (or that sent none to a server that requires one)
+ *                  sees its handshake callback succeed, then its first
+ *                  read (or iol_stream_error) fail with
+ *                  IOL_ETLS_PEER_REJECTED. A loop of a 0.1 program hears
+ *                  -EKEYREJECTED for each.
  *   -EPROTO        not TLS or a protocol violation: garbage instead of a
  *                  ClientHello, plain HTTP to a TLS port, no shared
  *                  cipher or version, a bad record, a fatal alert
@@ -1128,10 +1144,18 @@ iol_loop *iol_stream_loop(const iol_stream *s);
  *   -ETIMEDOUT     the handshake did not finish within the deadline
  *   -ENOMEM, or the socket's -errno (-EPIPE...).
  * A peer's close_notify ends the stream like a TCP close does (status 0
- * for read_until_close, IOL_EOF for a read it leaves unanswered); our close sends close_notify (a clean close
- * answers the peer's too) and does not wait for the answer. */
+ * for read_until_close, IOL_EOF for a read it leaves unanswered); our
+ * close sends close_notify (a clean close answers the peer's too) and
+ * does not wait for the answer. So do iol_loop_close and a runtime's
+ * drain (before it shuts a socket for writing): a TLS stream left open
+ * then ends with close_notify before its FIN, a clean end for its peer,
+ * never a truncation. */
 
 typedef struct iol_tls_ctx iol_tls_ctx;
+
+/* iol_tls_config.client_cert and the versions (the protocol's own numbers). */
+enum { IOL_TLS_CLIENT_CERT_NONE = 0, IOL_TLS_CLIENT_CERT_REQUEST = 1, IOL_TLS_CLIENT_CERT_REQUIRE = 2 };
+enum { IOL_TLS_1_2 = 0x0303, IOL_TLS_1_3 = 0x0304 };
 
 /* Fixed size, like the other config structs; zero is each default. */
 typedef struct iol_tls_config {
@@ -1139,7 +1163,8 @@ typedef struct iol_tls_config {
         __extension__ struct { /* anonymous: C11; __extension__ quiets C++ -Wpedantic */
             bool server; /* accepts handshakes; false: a client context */
             /* server: the default certificate chain (PEM, leaf first) and
-             * its private key (PEM). */
+             * its private key (PEM). client: the certificate and key it
+             * presents when a server asks (mutual TLS); NULL: none. */
             const char *cert_file;
             const char *key_file;
             /* server: more chain/key pairs (n_extra of each); a client whose
@@ -1150,7 +1175,9 @@ typedef struct iol_tls_config {
             const char *const *extra_key_files;
             unsigned n_extra;
             /* client: CA certificates (PEM) that the server's chain must
-             * lead to; NULL: the system's default trust store. */
+             * lead to; NULL: the system's default trust store. A server
+             * that asks for client certificates (client_cert below)
+             * verifies them against it likewise. */
             const char *ca_file;
             /* client: no certificate or host name verification at all
              * (tests, pinned peers); the default verifies both. */
@@ -1167,19 +1194,62 @@ typedef struct iol_tls_config {
              * client: the last session per server name is offered again)
              * is on unless this is set. */
             bool no_resumption;
+            /* Third release (zero: the second release's behaviour).
+             * Certificates and keys as PEM in memory instead of files: the
+             * chain (leaf first), its private key, the CA certificates. Each
+             * with its length in bytes (0: up to the NUL). Copied by
+             * iol_tls_ctx_new (not kept). A buffer and the file of the same
+             * role (cert_pem and cert_file...) may not both be set. */
+            const char *cert_pem;
+            size_t cert_pem_len;
+            const char *key_pem;
+            size_t key_pem_len;
+            const char *ca_pem;
+            size_t ca_pem_len;
+            /* Mutual TLS. A client context with a certificate and key
+             * (cert_file/key_file or cert_pem/key_pem) presents them when
+             * the server asks. A server asks with client_cert:
+             * IOL_TLS_CLIENT_CERT_NONE (0) asks for none;
+             * IOL_TLS_CLIENT_CERT_REQUEST asks, and verifies one if sent
+             * (a client without one goes on); IOL_TLS_CLIENT_CERT_REQUIRE
+             * fails the handshake of a client without one
+             * (IOL_ETLS_NO_PEER_CERT). The client's chain must lead to
+             * the server's ca_file/ca_pem (NULL: the system's trust
+             * store); no host name is checked. */
+            int client_cert;
+            /* Protocol versions: IOL_TLS_1_2 or IOL_TLS_1_3; 0: 1.2 at
+             * least, the newest at most. A peer without a version in the
+             * range fails the handshake with -EPROTO ("unsupported
+             * protocol", or an alert). */
+            int min_version;
+            int max_version;
+            /* OpenSSL cipher strings: `ciphers` for TLS 1.2
+             * ("ECDHE+AESGCM"), `ciphersuites` for TLS 1.3
+             * ("TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256");
+             * NULL: OpenSSL's defaults. A peer with none in common fails the
+             * handshake with -EPROTO. */
+            const char *ciphers;
+            const char *ciphersuites;
         };
         unsigned char iol_reserved_[256]; /* fixes the size */
     };
 } iol_tls_config;
 
-/* Creates a context: loads and checks the certificates and keys (server)
- * or the trust store (client). Any thread.
- * -EINVAL: out/cfg NULL, a server without cert_file/key_file, n_extra
- * without both arrays or with a NULL entry, a bad ALPN list (an empty
- * or > 255-byte name), handshake_timeout NaN.
+/* Creates a context: loads and checks the certificates and keys (a
+ * server's, a client's own for mutual TLS) and the trust store (a
+ * client's; a server's that asks for client certificates). Any thread.
+ * -EINVAL: out/cfg NULL, a server without a certificate and key (file or
+ * PEM), a certificate without its key or the reverse, a file and a PEM
+ * buffer for the same role, a PEM length > INT_MAX, n_extra without both
+ * arrays or with a NULL entry, a bad ALPN list (an empty or > 255-byte
+ * name), handshake_timeout NaN, client_cert not one of the three or set
+ * on a client context, a version not 0 or IOL_TLS_1_2/IOL_TLS_1_3, a
+ * min_version above max_version, a cipher string OpenSSL takes nothing
+ * from ("" or no known cipher).
  * -ENOENT: a file does not exist. -EACCES: cannot be read.
- * -EBADMSG: a file is not a valid PEM certificate/key, or a key does not
- * match its certificate (logged with OpenSSL's reason at IOL_LOG_ERROR).
+ * -EBADMSG: a file or buffer is not a valid PEM certificate/key (ca_pem:
+ * holds no certificate), or a key does not match its certificate (logged
+ * with OpenSSL's reason at IOL_LOG_ERROR).
  * -ENOMEM. -ENOTSUP: built without TLS. */
 int iol_tls_ctx_new(iol_tls_ctx **out, const iol_tls_config *cfg);
 /* Takes a reference; returns ctx (NULL for NULL). Any thread. */
@@ -1240,6 +1310,47 @@ int iol_stream_tls_alpn(const iol_stream *s, char *buf, size_t size);
 /* Whether the finished handshake resumed a session; false otherwise.
  * Loop thread: false from another thread while the loop runs. */
 bool iol_stream_tls_resumed(const iol_stream *s);
+
+/* What the handshake settled (third release). Loop thread: from another
+ * thread -EPERM, and nothing is read. Every call: -EINVAL for NULL s or a
+ * NULL buffer with size > 0; -ENOTCONN when s is not TLS or its handshake
+ * has not got that far. The copying calls write a NUL-ended string and
+ * return its length; -ENOSPC when it does not fit in size bytes (buf is
+ * left untouched). A build without TLS returns -ENOTSUP.
+ *
+ * The certificate check: 0 when it passed, or was not made (a client with
+ * insecure_no_verify, a server that asks for no client certificate or
+ * only requests one and got none); else the IOL_ETLS_* status it failed
+ * with, the one the handshake callback and iol_stream_error also hear:
+ * our own verdict on the peer's certificate, IOL_ETLS_NO_PEER_CERT, or
+ * IOL_ETLS_PEER_REJECTED when the peer's alert rejected ours. text (size
+ * > 0): OpenSSL's words for it ("ok", "certificate has expired",
+ * "hostname mismatch", "tlsv13 alert certificate required"), NUL-ended,
+ * cut to fit (never -ENOSPC, so the status always comes back). Ready
+ * once the check is over: in the handshake callback (either way), the
+ * close callback, until the stream is freed. -ENOTCONN: the handshake is
+ * still before the check, or failed before it (a timeout, a protocol
+ * error). */
+int iol_stream_tls_verify_result(const iol_stream *s, char *text, size_t size);
+/* The peer's certificate (its leaf), ready as the verification result: a
+ * client can read the server certificate it rejected. -ENOENT: the peer
+ * sent none (a client without one; a server never does). Its subject in
+ * one line after RFC 2253 ("CN=client-1,O=Example"): */
+int iol_stream_tls_peer_subject(const iol_stream *s, char *buf, size_t size);
+/* Its subjectAltNames, comma-separated, each after its type
+ * ("DNS:a.test,DNS:localhost,IP:127.0.0.1"; also "email:" and "URI:",
+ * other types left out); "" (0) when it has none. */
+int iol_stream_tls_peer_sans(const iol_stream *s, char *buf, size_t size);
+/* The whole certificate, PEM ("-----BEGIN CERTIFICATE-----\n..."). */
+int iol_stream_tls_peer_cert_pem(const iol_stream *s, char *buf, size_t size);
+/* The protocol version the handshake settled on: IOL_TLS_1_2 or
+ * IOL_TLS_1_3. -ENOTCONN until the handshake finished (it stays readable
+ * after a close). */
+int iol_stream_tls_version(const iol_stream *s);
+/* The cipher the handshake settled on, by OpenSSL's name
+ * ("TLS_AES_256_GCM_SHA384", "ECDHE-ECDSA-AES128-GCM-SHA256").
+ * -ENOTCONN as iol_stream_tls_version. */
+int iol_stream_tls_cipher(const iol_stream *s, char *buf, size_t size);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

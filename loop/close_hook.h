@@ -24,6 +24,8 @@
 typedef struct iol__close_hook iol__close_hook;
 struct iol__close_hook {
     void (*fn)(iol__close_hook *hook); /* recover the owner with containerof */
+    /* Optional (NULL: nothing to do): see iol__loop_wind_down. */
+    void (*wind_down)(iol__close_hook *hook);
     iol__close_hook *prev, *next;      /* the loop's list; NULL when unlinked */
     bool linked;
 };
@@ -33,5 +35,13 @@ struct iol__close_hook {
 int iol__loop_add_close_hook(iol_loop *loop, iol__close_hook *hook);
 /* Unlinks hook if linked (harmless otherwise). Loop thread. */
 void iol__loop_remove_close_hook(iol_loop *loop, iol__close_hook *hook);
+/* Runs wind_down of every linked hook that has one; the hooks stay
+ * linked. A runtime's drain calls it when it gives up waiting, before it
+ * shuts the sockets still registered for writing (FIN): a layer ends its
+ * protocol there first (TLS: close_notify), so that the peer sees a clean
+ * end rather than a truncation. wind_down must not close or free
+ * anything (the loop closes later, with its close hooks). Loop thread,
+ * loop stopped. */
+void iol__loop_wind_down(iol_loop *loop);
 
 #endif

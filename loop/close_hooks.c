@@ -41,3 +41,10 @@ void iol__loop_run_close_hooks(iol_loop *loop)
         hook->fn(hook);
     }
 }
+
+void iol__loop_wind_down(iol_loop *loop)
+{
+    for (iol__close_hook *hook = loop->close_hooks; hook; hook = hook->next)
+        if (hook->wind_down)
+            hook->wind_down(hook);
+}

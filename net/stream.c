@@ -356,6 +356,15 @@ void iol__stream_on_events(int fd, unsigned events, void *arg)
     iol__stream_release(s);
 }
 
+/* A runtime's drain is over and shuts the socket for writing next: a TLS
+ * stream sends close_notify first (loop/close_hook.h). */
+static void stream_loop_winding_down(iol__close_hook *hook)
+{
+    iol_stream *s = (iol_stream *)((char *)hook - offsetof(iol_stream, close_hook));
+    if (s->tls && !s->closed)
+        iol__tls_wind_down(s);
+}
+
 /* ------------------------------------------------------------- Public API */
 
 int iol__stream_alloc(iol_stream **out, iol_loop *loop, size_t max_buffer_size)
@@ -364,6 +373,7 @@ int iol__stream_alloc(iol_stream **out, iol_loop *loop, size_t max_buffer_size)
     if (!s)
         return -ENOMEM;
     s->close_hook.fn = stream_loop_closing;
+    s->close_hook.wind_down = stream_loop_winding_down;
     int r = iol__loop_add_close_hook(loop, &s->close_hook);
     if (r < 0) {
         free(s);

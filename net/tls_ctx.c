@@ -10,6 +10,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -191,13 +192,32 @@ static int load_failed(const char *what, const char *path)
     return -EBADMSG;
 }
 
-/* One SSL_CTX with the settings every context shares. */
-static SSL_CTX *ssl_ctx_base(iol_tls_ctx *ctx)
+/* Versions and ciphers: -EINVAL when OpenSSL accepts none of them. */
+static int set_protocol(SSL_CTX *c, const iol_tls_config *cfg)
 {
+    if (!SSL_CTX_set_min_proto_version(c, cfg->min_version ? cfg->min_version : TLS1_2_VERSION) ||
+        !SSL_CTX_set_max_proto_version(c, cfg->max_version))
+        return -EINVAL;
+    if (cfg->ciphers && SSL_CTX_set_cipher_list(c, cfg->ciphers) != 1)
+        return -EINVAL;
+    if (cfg->ciphersuites && SSL_CTX_set_ciphersuites(c, cfg->ciphersuites) != 1)
+        return -EINVAL;
+    return 0;
+}
+
+/* One SSL_CTX with the settings every context shares; NULL: out of
+ * memory or (*err) a setting OpenSSL refuses. */
+static SSL_CTX *ssl_ctx_base(iol_tls_ctx *ctx, const iol_tls_config *cfg, int *err)
+{
+    *err = -ENOMEM;
     SSL_CTX *c = SSL_CTX_new(ctx->server ? TLS_server_method() : TLS_client_method());
     if (!c)
         return NULL;
-    SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION);
+    *err = set_protocol(c, cfg);
+    if (*err < 0) {
+        SSL_CTX_free(c);
+        return NULL;
+    }
     /* Partial writes: SSL_write reports each record written, as send()
      * reports bytes, so the write buffer drains record by record; the
      * buffer may move between a WANT_WRITE and the retry (it is
@@ -225,6 +245,7 @@ static SSL_CTX *ssl_ctx_base(iol_tls_ctx *ctx)
     } else {
         if (ctx->alpn && SSL_CTX_set_alpn_protos(c, ctx->alpn, ctx->alpn_len) != 0) {
             SSL_CTX_free(c);
+            *err = -ENOMEM;
             return NULL;
         }
         if (ctx->resumption) {
@@ -253,6 +274,123 @@ static int load_pair(SSL_CTX *c, const char *cert, const char *key)
     return 0;
 }
 
+/* ------------------------------------------------------- PEM from memory */
+
+static BIO *pem_bio(const char *pem, size_t len)
+{
+    return BIO_new_mem_buf(pem, (int)(len ? len : strlen(pem)));
+}
+
+/* The end of the PEM data: nothing but "no start line" on the queue. */
+static bool pem_at_end(void)
+{
+    unsigned long e = ERR_peek_last_error();
+    if (ERR_GET_LIB(e) != ERR_LIB_PEM || ERR_GET_REASON(e) != PEM_R_NO_START_LINE)
+        return false;
+    ERR_clear_error();
+    return true;
+}
+
+/* A chain (leaf first) and its key from PEM buffers. */
+static int load_pair_pem(SSL_CTX *c, const iol_tls_config *cfg)
+{
+    BIO *b = pem_bio(cfg->cert_pem, cfg->cert_pem_len);
+    if (!b)
+        return -ENOMEM;
+    int r = 0;
+    X509 *leaf = PEM_read_bio_X509_AUX(b, NULL, NULL, NULL);
+    if (!leaf || SSL_CTX_use_certificate(c, leaf) != 1) {
+        r = load_failed("certificate", "from cert_pem");
+        goto out;
+    }
+    SSL_CTX_clear_chain_certs(c);
+    X509 *ca;
+    while ((ca = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+        if (SSL_CTX_add0_chain_cert(c, ca) != 1) { /* takes ca on success */
+            X509_free(ca);
+            r = load_failed("chain certificate", "from cert_pem");
+            goto out;
+        }
+    }
+    if (!pem_at_end()) {
+        r = load_failed("chain certificate", "from cert_pem");
+        goto out;
+    }
+    BIO_free(b);
+    b = pem_bio(cfg->key_pem, cfg->key_pem_len);
+    if (!b) {
+        r = -ENOMEM;
+        goto out;
+    }
+    EVP_PKEY *key = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
+    if (!key || SSL_CTX_use_PrivateKey(c, key) != 1)
+        r = load_failed("key", "from key_pem");
+    else if (SSL_CTX_check_private_key(c) != 1)
+        r = load_failed("key (does it match the certificate?)", "from key_pem");
+    EVP_PKEY_free(key);
+out:
+    X509_free(leaf);
+    BIO_free(b);
+    return r;
+}
+
+/* The CA certificates of ca_pem into c's trust store: at least one. */
+static int load_ca_pem(SSL_CTX *c, const iol_tls_config *cfg)
+{
+    BIO *b = pem_bio(cfg->ca_pem, cfg->ca_pem_len);
+    if (!b)
+        return -ENOMEM;
+    X509_STORE *store = SSL_CTX_get_cert_store(c);
+    int n = 0;
+    X509 *x;
+    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+        int ok = X509_STORE_add_cert(store, x); /* takes its own reference */
+        X509_free(x);
+        if (ok != 1)
+            break;
+        n++;
+    }
+    BIO_free(b);
+    if (n == 0 || !pem_at_end())
+        return load_failed("CA certificates", "from ca_pem");
+    return 0;
+}
+
+/* The certificate and key of c: from files or buffers; none on a client
+ * that gave none. */
+static int load_own(SSL_CTX *c, const iol_tls_config *cfg)
+{
+    if (cfg->cert_pem)
+        return load_pair_pem(c, cfg);
+    if (cfg->cert_file)
+        return load_pair(c, cfg->cert_file, cfg->key_file);
+    return 0;
+}
+
+/* The peer's certificate is verified against ca_file/ca_pem, else the
+ * system's trust store: a client's always (unless insecure_no_verify), a
+ * server's client certificates when it asks for them. */
+static int load_trust(iol_tls_ctx *ctx, SSL_CTX *c, const iol_tls_config *cfg)
+{
+    int mode = SSL_VERIFY_PEER;
+    if (ctx->server && ctx->client_cert == IOL_TLS_CLIENT_CERT_REQUIRE)
+        mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+    SSL_CTX_set_verify(c, mode, NULL);
+    if (cfg->ca_pem)
+        return load_ca_pem(c, cfg);
+    if (cfg->ca_file) {
+        int r = check_file(cfg->ca_file);
+        if (r < 0)
+            return r;
+        if (SSL_CTX_load_verify_locations(c, cfg->ca_file, NULL) != 1)
+            return load_failed("CA file", cfg->ca_file);
+        return 0;
+    }
+    if (SSL_CTX_set_default_verify_paths(c) != 1)
+        return load_failed("the default trust store", "");
+    return 0;
+}
+
 static void ctx_free(iol_tls_ctx *ctx)
 {
     for (unsigned i = 0; i < ctx->n_extra; i++)
@@ -277,57 +415,80 @@ static int ctx_build(iol_tls_ctx *ctx, const iol_tls_config *cfg)
         if (r < 0)
             return r;
     }
-    ctx->ssl_ctx = ssl_ctx_base(ctx);
+    int r;
+    ctx->ssl_ctx = ssl_ctx_base(ctx, cfg, &r);
     if (!ctx->ssl_ctx)
-        return -ENOMEM;
-    if (ctx->server) {
-        int r = load_pair(ctx->ssl_ctx, cfg->cert_file, cfg->key_file);
+        return r;
+    r = load_own(ctx->ssl_ctx, cfg);
+    if (r == 0 && (ctx->verify || ctx->client_cert))
+        r = load_trust(ctx, ctx->ssl_ctx, cfg);
+    if (r < 0 || !ctx->server)
+        return r;
+    if (cfg->n_extra) {
+        ctx->extra = calloc(cfg->n_extra, sizeof(*ctx->extra));
+        ctx->extra_leaf = calloc(cfg->n_extra, sizeof(*ctx->extra_leaf));
+        if (!ctx->extra || !ctx->extra_leaf)
+            return -ENOMEM;
+    }
+    for (unsigned i = 0; i < cfg->n_extra; i++) {
+        ctx->extra[i] = ssl_ctx_base(ctx, cfg, &r);
+        if (!ctx->extra[i])
+            return r;
+        ctx->n_extra = i + 1;
+        r = load_pair(ctx->extra[i], cfg->extra_cert_files[i], cfg->extra_key_files[i]);
+        if (r == 0 && ctx->client_cert) /* SNI switches to it: the same client checks */
+            r = load_trust(ctx, ctx->extra[i], cfg);
         if (r < 0)
             return r;
-        if (cfg->n_extra) {
-            ctx->extra = calloc(cfg->n_extra, sizeof(*ctx->extra));
-            ctx->extra_leaf = calloc(cfg->n_extra, sizeof(*ctx->extra_leaf));
-            if (!ctx->extra || !ctx->extra_leaf)
-                return -ENOMEM;
-        }
-        for (unsigned i = 0; i < cfg->n_extra; i++) {
-            ctx->extra[i] = ssl_ctx_base(ctx);
-            if (!ctx->extra[i])
-                return -ENOMEM;
-            ctx->n_extra = i + 1;
-            r = load_pair(ctx->extra[i], cfg->extra_cert_files[i], cfg->extra_key_files[i]);
-            if (r < 0)
-                return r;
-            ctx->extra_leaf[i] = SSL_CTX_get0_certificate(ctx->extra[i]);
-        }
-    } else if (ctx->verify) {
-        SSL_CTX_set_verify(ctx->ssl_ctx, SSL_VERIFY_PEER, NULL);
-        if (cfg->ca_file) {
-            int r = check_file(cfg->ca_file);
-            if (r < 0)
-                return r;
-            if (SSL_CTX_load_verify_locations(ctx->ssl_ctx, cfg->ca_file, NULL) != 1)
-                return load_failed("CA file", cfg->ca_file);
-        } else if (SSL_CTX_set_default_verify_paths(ctx->ssl_ctx) != 1) {
-            return load_failed("the default trust store", "");
-        }
+        ctx->extra_leaf[i] = SSL_CTX_get0_certificate(ctx->extra[i]);
     }
     return 0;
 }
 
-int iol_tls_ctx_new(iol_tls_ctx **out, const iol_tls_config *cfg)
+static bool version_ok(int v)
 {
-    if (!out || !cfg || isnan(cfg->handshake_timeout))
-        return -EINVAL;
-    if (cfg->server && (!cfg->cert_file || !cfg->key_file))
-        return -EINVAL;
+    return v == 0 || v == IOL_TLS_1_2 || v == IOL_TLS_1_3;
+}
+
+static bool pem_len_ok(const char *pem, size_t len)
+{
+    return !pem || len <= INT_MAX;
+}
+
+/* The argument checks of iol_tls_ctx_new (see the header). */
+static bool config_ok(const iol_tls_config *cfg)
+{
+    if (isnan(cfg->handshake_timeout))
+        return false;
+    if ((cfg->cert_file && cfg->cert_pem) || (cfg->key_file && cfg->key_pem) || (cfg->ca_file && cfg->ca_pem))
+        return false;
+    if (!pem_len_ok(cfg->cert_pem, cfg->cert_pem_len) || !pem_len_ok(cfg->key_pem, cfg->key_pem_len) ||
+        !pem_len_ok(cfg->ca_pem, cfg->ca_pem_len))
+        return false;
+    bool has_cert = cfg->cert_file || cfg->cert_pem;
+    bool has_key = cfg->key_file || cfg->key_pem;
+    if (has_cert != has_key || (cfg->server && !has_cert))
+        return false;
+    if (!version_ok(cfg->min_version) || !version_ok(cfg->max_version) ||
+        (cfg->min_version && cfg->max_version && cfg->min_version > cfg->max_version))
+        return false;
+    if (cfg->client_cert < IOL_TLS_CLIENT_CERT_NONE || cfg->client_cert > IOL_TLS_CLIENT_CERT_REQUIRE ||
+        (cfg->client_cert && !cfg->server))
+        return false;
     if (cfg->server && cfg->n_extra) {
         if (!cfg->extra_cert_files || !cfg->extra_key_files)
-            return -EINVAL;
+            return false;
         for (unsigned i = 0; i < cfg->n_extra; i++)
             if (!cfg->extra_cert_files[i] || !cfg->extra_key_files[i])
-                return -EINVAL;
+                return false;
     }
+    return true;
+}
+
+int iol_tls_ctx_new(iol_tls_ctx **out, const iol_tls_config *cfg)
+{
+    if (!out || !cfg || !config_ok(cfg))
+        return -EINVAL;
     iol_tls_ctx *ctx = calloc(1, sizeof(*ctx));
     if (!ctx)
         return -ENOMEM;
@@ -335,6 +496,7 @@ int iol_tls_ctx_new(iol_tls_ctx **out, const iol_tls_config *cfg)
     pthread_mutex_init(&ctx->sessions_lock, NULL);
     ctx->server = cfg->server;
     ctx->verify = !cfg->server && !cfg->insecure_no_verify;
+    ctx->client_cert = cfg->server ? cfg->client_cert : IOL_TLS_CLIENT_CERT_NONE;
     ctx->resumption = !cfg->no_resumption;
     ctx->handshake_timeout = cfg->handshake_timeout == 0 ? 10.0 : cfg->handshake_timeout;
     ctx->n_extra_wanted = cfg->server ? cfg->n_extra : 0;

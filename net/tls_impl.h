@@ -8,6 +8,7 @@
 #include "ioloop.h"
 #include "net/tls.h"
 
+#include <errno.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -31,6 +32,7 @@ struct iol_tls_ctx {
     bool server;
     bool verify;
     bool resumption;
+    int client_cert;          /* server: IOL_TLS_CLIENT_CERT_* */
     double handshake_timeout; /* < 0: none */
     SSL_CTX *ssl_ctx;   /* the default certificate (server) or the client's */
     SSL_CTX **extra;    /* server: by SNI */
@@ -60,6 +62,10 @@ struct iol__tls {
     bool bio_drained; /* the BIO's last recv emptied the socket (short, or EAGAIN) */
     int sys_errno;    /* the BIO's last socket error */
     char *server_name; /* client: SNI and verified name (or IP) */
+    bool opened;      /* the handshake finished (stays set after a close) */
+    bool verified;    /* the certificate check is over: verify_status says how */
+    int verify_status; /* 0 or IOL_ETLS_* (the library's code, before iol__loop_status) */
+    int verify_reason; /* PEER_REJECTED, NO_PEER_CERT: OpenSSL's SSL_R_* reason */
     iol_connect_fn hs_cb;
     void *hs_arg;
     iol_timeout hs_timer;
@@ -70,5 +76,16 @@ BIO *iol__tls_bio_new(iol__tls *t);
 SSL *iol__tls_ctx_new_ssl(iol_tls_ctx *ctx, const char *server_name);
 /* Error queue → "reason; reason" into buf; clears the queue. */
 void iol__tls_reason(char *buf, size_t size);
+/* The verification status (0 or IOL_ETLS_*) an X509_V_* result stands for. */
+int iol__tls_x509_status(long x509_result);
+
+/* The thread rule of the TLS calls on a stream: -EPERM when another
+ * thread runs the stream's loop. Public API only: the thread running a
+ * loop has it current, so a running loop that is not this thread's
+ * current one runs elsewhere. */
+static inline int iol__tls_check_thread(iol_loop *loop)
+{
+    return iol_loop_running(loop) && iol_loop_current() != loop ? -EPERM : 0;
+}
 
 #endif /* IOL_NET_TLS_IMPL_H */

@@ -61,3 +61,39 @@ bool iol_stream_tls_resumed(const iol_stream *s)
     (void)s;
     return false;
 }
+
+int iol_stream_tls_verify_result(const iol_stream *s, char *text, size_t size)
+{
+    (void)s, (void)text, (void)size;
+    return -ENOTSUP;
+}
+
+int iol_stream_tls_peer_subject(const iol_stream *s, char *buf, size_t size)
+{
+    (void)s, (void)buf, (void)size;
+    return -ENOTSUP;
+}
+
+int iol_stream_tls_peer_sans(const iol_stream *s, char *buf, size_t size)
+{
+    (void)s, (void)buf, (void)size;
+    return -ENOTSUP;
+}
+
+int iol_stream_tls_peer_cert_pem(const iol_stream *s, char *buf, size_t size)
+{
+    (void)s, (void)buf, (void)size;
+    return -ENOTSUP;
+}
+
+int iol_stream_tls_version(const iol_stream *s)
+{
+    (void)s;
+    return -ENOTSUP;
+}
+
+int iol_stream_tls_cipher(const iol_stream *s, char *buf, size_t size)
+{
+    (void)s, (void)buf, (void)size;
+    return -ENOTSUP;
+}

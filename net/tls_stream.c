@@ -9,6 +9,7 @@
 #include "net/tls_impl.h"
 
 #include "loop/log.h"
+#include "loop/status.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -32,51 +33,101 @@ static inline void tls_clear_errors(void)
 
 /* ------------------------------------------------------------------ Errors */
 
-static bool reason_is_cert(int reason)
+int iol__tls_x509_status(long x509_result)
 {
-    switch (reason) {
-    case SSL_R_CERTIFICATE_VERIFY_FAILED:
+    switch (x509_result) {
+    case X509_V_OK:
+        return 0;
+    case X509_V_ERR_HOSTNAME_MISMATCH:
+    case X509_V_ERR_IP_ADDRESS_MISMATCH:
+    case X509_V_ERR_EMAIL_MISMATCH:
+        return IOL_ETLS_HOSTNAME;
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+    case X509_V_ERR_CERT_UNTRUSTED:
+        return IOL_ETLS_UNTRUSTED;
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+        return IOL_ETLS_SELF_SIGNED;
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+        return IOL_ETLS_EXPIRED;
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+        return IOL_ETLS_NOT_YET_VALID;
+    default:
+        return IOL_ETLS_VERIFY;
+    }
+}
+
+/* The certificate status an OpenSSL error stands for: our own
+ * verification's verdict, the peer's missing certificate, or an alert by
+ * which the peer rejected ours; 0 for any other error. */
+static int tls_cert_status(const iol__tls *t, unsigned long e)
+{
+    if (ERR_GET_LIB(e) != ERR_LIB_SSL)
+        return 0;
+    switch (ERR_GET_REASON(e)) {
+    case SSL_R_CERTIFICATE_VERIFY_FAILED: {
+        int st = iol__tls_x509_status(SSL_get_verify_result(t->ssl));
+        return st ? st : IOL_ETLS_VERIFY;
+    }
+    case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE:
+        return IOL_ETLS_NO_PEER_CERT;
     case SSL_R_SSLV3_ALERT_BAD_CERTIFICATE:
     case SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE:
     case SSL_R_SSLV3_ALERT_CERTIFICATE_REVOKED:
     case SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED:
     case SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN:
     case SSL_R_TLSV1_ALERT_UNKNOWN_CA:
-        return true;
+    case SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED:
+        return IOL_ETLS_PEER_REJECTED;
     default:
-        return false;
+        return 0;
     }
 }
 
-/* A fatal SSL error: the -errno it closes the stream with, and one log
- * line with OpenSSL's reason. The SSL may not be used for I/O again. */
+/* A fatal SSL error: the status it closes the stream with (as the loop's
+ * application expects it: iol__loop_status), and one log line with
+ * OpenSSL's reason: IOL_LOG_WARNING when our client rejected the
+ * server's certificate (the user asked for that server: a reason to
+ * see), IOL_LOG_INFO for every fault of the peer. The SSL may not be used
+ * for I/O again. */
 static int tls_error(iol_stream *s, int ssl_err, const char *during)
 {
     iol__tls *t = s->tls;
     unsigned long e = ERR_peek_last_error();
+    int cert = tls_cert_status(t, e);
     int err;
     if (ssl_err == SSL_ERROR_SYSCALL && e == 0)
         err = t->sys_errno ? -t->sys_errno : -ECONNRESET; /* EOF in the middle of it all */
     else if (ERR_GET_REASON(e) == ERR_R_MALLOC_FAILURE)
         err = -ENOMEM;
-    else if (ERR_GET_LIB(e) == ERR_LIB_SSL && reason_is_cert(ERR_GET_REASON(e)))
-        err = -EKEYREJECTED;
+    else if (cert)
+        err = cert;
     else if (ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
         err = -ECONNRESET;
     else if (t->sys_errno)
         err = -t->sys_errno;
     else
         err = -EPROTO;
+    if (cert) {
+        t->verified = true;
+        t->verify_status = cert;
+        t->verify_reason = ERR_GET_REASON(e);
+    }
     char reason[320];
     iol__tls_reason(reason, sizeof(reason));
     if (e == 0 && t->peer_fin) /* with read-ahead OpenSSL 3.0 says nothing of it */
         snprintf(reason, sizeof(reason), "unexpected eof while reading (TCP closed without close_notify)");
+    bool server = SSL_is_server(t->ssl);
+    bool own_verdict = !server && cert && cert != IOL_ETLS_PEER_REJECTED;
     long verify = SSL_get_verify_result(t->ssl);
-    iol__log(IOL_LOG_INFO, "tls: %s failed on fd %d (%s, closing with -%d): %s%s%s", during, t->fd,
-             SSL_is_server(t->ssl) ? "server" : "client", -err, reason,
-             verify != X509_V_OK ? "; verify: " : "", verify != X509_V_OK ? X509_verify_cert_error_string(verify) : "");
+    iol__log(own_verdict ? IOL_LOG_WARNING : IOL_LOG_INFO, "tls: %s failed on fd %d (%s%s%s, closing with %s): %s%s%s",
+             during, t->fd, server ? "server" : "client", t->server_name ? " of " : "",
+             t->server_name ? t->server_name : "", iol_strerror(err), reason, verify != X509_V_OK ? "; verify: " : "",
+             verify != X509_V_OK ? X509_verify_cert_error_string(verify) : "");
     t->phase = TLS_DEAD;
-    return err;
+    return iol__loop_status(s->loop, err);
 }
 
 /* -------------------------------------------------------------- Handshake */
@@ -107,6 +158,8 @@ static void tls_opened(iol_stream *s)
 {
     iol__tls *t = s->tls;
     t->phase = TLS_OPEN;
+    t->opened = true;
+    t->verified = true; /* and passed (or was not asked for) */
     tls_stop_timer(s);
     iol_connect_fn cb = t->hs_cb;
     t->hs_cb = NULL;
@@ -244,6 +297,24 @@ ssize_t iol__tls_recv(iol_stream *s, size_t limit, bool *drained)
     }
 }
 
+/* A write failed on the socket (the peer reset it). If the peer said why
+ * first, a fatal alert (a server rejecting our certificate after a TLS
+ * 1.3 handshake) waits in the socket's receive queue, which a reset does
+ * not discard: true with that alert's error on OpenSSL's queue, the
+ * stream's reason then rather than the reset. */
+static bool tls_peer_alert_waits(iol__tls *t)
+{
+    int sys_errno = t->sys_errno;
+    ERR_clear_error();
+    char c;
+    int n = SSL_peek(t->ssl, &c, 1);
+    if (n <= 0 && SSL_get_error(t->ssl, n) == SSL_ERROR_SSL)
+        return true;
+    ERR_clear_error();
+    t->sys_errno = sys_errno;
+    return false;
+}
+
 ssize_t iol__tls_send(iol_stream *s, const void *data, size_t len)
 {
     iol__tls *t = s->tls;
@@ -266,6 +337,8 @@ ssize_t iol__tls_send(iol_stream *s, const void *data, size_t len)
         t->write_wants_read = true;
         return -EAGAIN;
     default:
+        if (e == SSL_ERROR_SYSCALL && tls_peer_alert_waits(t))
+            return tls_error(s, SSL_ERROR_SSL, "read");
         return tls_error(s, e, "write");
     }
 }
@@ -292,6 +365,12 @@ bool iol__tls_on_events(iol_stream *s, unsigned *events)
         return true;
     }
     if (t->phase == TLS_OPEN) {
+        /* A reset or an error: the peer's fatal alert, if one came
+         * before, says why (the stream's socket error would not). */
+        if ((*events & IOL_ERROR) && tls_peer_alert_waits(t)) {
+            iol__stream_close_internal(s, tls_error(s, SSL_ERROR_SSL, "read"));
+            return true;
+        }
         /* The socket is ready the way the other direction waited for. */
         if (t->read_wants_write && (*events & IOL_WRITE))
             *events |= IOL_READ;
@@ -301,20 +380,30 @@ bool iol__tls_on_events(iol_stream *s, unsigned *events)
     return false;
 }
 
-void iol__tls_on_close(iol_stream *s, int err)
+/* close_notify, once, without waiting for the peer's (answering it when
+ * that came first); a full socket loses it, as Tornado loses unwritten
+ * data. */
+static void tls_close_notify(iol_stream *s)
 {
     iol__tls *t = s->tls;
+    if (t->phase != TLS_OPEN || s->fd < 0 || (SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN))
+        return;
+    ERR_clear_error();
+    (void)SSL_shutdown(t->ssl);
+    ERR_clear_error();
+}
+
+void iol__tls_on_close(iol_stream *s, int err)
+{
     (void)err;
     tls_stop_timer(s);
-    if (t->phase == TLS_OPEN && s->fd >= 0) {
-        /* close_notify, once, without waiting for the peer's (answering
-         * it when that came first); a full socket loses it, as Tornado
-         * loses unwritten data. */
-        ERR_clear_error();
-        (void)SSL_shutdown(t->ssl);
-        ERR_clear_error();
-    }
-    t->phase = TLS_DEAD;
+    tls_close_notify(s);
+    s->tls->phase = TLS_DEAD;
+}
+
+void iol__tls_wind_down(iol_stream *s)
+{
+    tls_close_notify(s);
 }
 
 int iol__tls_shutdown(iol_stream *s)

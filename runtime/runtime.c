@@ -27,6 +27,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "loop/close_hook.h"
 #include "loop/log.h"
 #include "loop/status.h"
 #include "loop/post.h"
@@ -398,9 +399,11 @@ static void serve_drain(iol__rt_worker *w)
  * application in on_stop, or with the loop. Closing a socket with unread
  * input sends RST, so first send FIN and discard input until the peer
  * closes too, bounded in all by `seconds` (0: one pass, no wait). Not
- * sockets (ENOTSOCK) and listening sockets are left as they are. */
+ * sockets (ENOTSOCK) and listening sockets are left as they are. Before
+ * the FIN, the streams end their protocol (TLS: close_notify). */
 static void linger(iol__rt_worker *w, double seconds)
 {
+    iol__loop_wind_down(w->loop);
     int n = iol__loop_handler_fds(w->loop, NULL, 0);
     if (n <= 0)
         return;
