@@ -695,6 +695,21 @@ int iol_runtime_post(iol_runtime *rt, unsigned index, iol_callback_fn fn, void *
 /* Runs fn(arg) once on every worker. Any thread. Errors as post, but
  * never -EAGAIN: a broadcast is not refused for a full queue. */
 int iol_runtime_broadcast(iol_runtime *rt, iol_callback_fn fn, void *arg);
+/* Broadcast with completion: runs fn(arg) once on every worker, then
+ * done(done_arg) exactly once, on the worker that ran fn last, right after
+ * its fn (every worker's fn happens-before done): the place to free what
+ * arg points to. Broadcasts accepted before a stop run on every worker
+ * during the stop, as posts do, so done runs before join returns; those
+ * of a runtime freed without ever being started (its loops never ran)
+ * get done in iol_runtime_free, on the freeing thread, fn having run on
+ * no worker (or on fewer than all). done NULL: nothing runs after. Any
+ * thread. -EINVAL: NULL rt/fn. -ESHUTDOWN: stopped (neither fn nor done
+ * runs; arg stays the caller's). -ENOMEM: queued on no worker (neither
+ * runs), or (reported the same) on some workers only: fn runs on those
+ * and done still runs once after them. Never -EAGAIN. Per sender, order
+ * is kept: two broadcasts from one thread run in that order on every
+ * worker. */
+int iol_runtime_broadcast_ex(iol_runtime *rt, iol_callback_fn fn, void *arg, iol_callback_fn done, void *done_arg);
 /* This thread's worker index, -1 outside workers. */
 int iol_runtime_worker_index(void);
 
