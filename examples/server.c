@@ -16,6 +16,11 @@ iol_tls_ctx *example_server_tls(void)
     return the_tls;
 }
 
+iol_runtime *example_server_runtime(void)
+{
+    return the_runtime;
+}
+
 /* On the main loop: stop taking work, then let main join the workers. */
 static void stop_all(void *arg)
 {

@@ -32,5 +32,8 @@ int example_server_main(const example_server *srv, int argc, char **argv);
 /* The TLS context of --tls-cert/--tls-key, NULL without them: the same
  * one for every worker. Valid while the runtime runs. */
 iol_tls_ctx *example_server_tls(void);
+/* The runtime the server runs on (for posts and broadcasts between
+ * workers). Valid while the workers run. */
+iol_runtime *example_server_runtime(void);
 
 #endif

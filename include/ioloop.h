@@ -624,8 +624,33 @@ bool iol_future_done(const iol_future *f);   /* any thread */
 int iol_future_result(const iol_future *f, void **result);
 /* Runs fn(f, arg) on the loop's thread once f is done, in a later
  * iteration even if it is done already. Holds a ref on f until then.
+ * If the loop is closed first, fn never runs and the registration is
+ * dropped (see add_future_ex for an argument that must be freed then).
  * Any thread. -EINVAL: NULL loop/f/fn. -ESHUTDOWN. -ENOMEM. */
 int iol_loop_add_future(iol_loop *loop, iol_future *f, void (*fn)(iol_future *f, void *arg), void *arg);
+
+/* Cancelling and releasing (libuv's uv_cancel and after_work with
+ * UV_ECANCELED; asyncio's Future.cancel). */
+/* Resolves f with -ECANCELED if it is still pending: its add_future
+ * callbacks then run (on their loops) and see -ECANCELED from
+ * iol_future_result. A run_in_executor job whose future is cancelled
+ * before a pool thread took it never runs (fn is not called). A job that
+ * is already running is not interrupted and cannot be cancelled: -EBUSY,
+ * and its future resolves with fn's outcome as usual. Any thread.
+ * -EINVAL: NULL. -EALREADY: done already. -EBUSY: its job runs. */
+int iol_future_cancel(iol_future *f);
+/* As add_future, and if fn can no longer run because the loop is closed
+ * first (f still pending at the close, or its callback queued and not yet
+ * run), release(arg) runs instead, exactly once: so exactly one of fn and
+ * release runs for a call that returned 0 (when f resolves, or when the
+ * loop closes, whichever lets fn run or not first; the owner of f should
+ * still resolve or cancel it). release runs on the thread that closes the
+ * loop, or, when f resolves while the close is under way, on the thread
+ * resolving f or dropping the loop's last reference: it must not assume
+ * the loop's thread. release NULL: as add_future. On an error return
+ * neither runs: arg stays the caller's. Any thread. Errors as add_future. */
+int iol_loop_add_future_ex(iol_loop *loop, iol_future *f, void (*fn)(iol_future *f, void *arg), void *arg,
+                           void (*release)(void *arg));
 
 typedef struct iol_executor iol_executor;
 /* A pool of up to `threads` threads (0: number of online CPUs), started
@@ -634,9 +659,18 @@ typedef struct iol_executor iol_executor;
  * loop's default pool included). Any thread.
  * -EINVAL: out NULL or threads > 1024. -ENOMEM. */
 int iol_executor_new(iol_executor **out, unsigned threads);
-/* Finishes queued work, joins the threads, frees (NULL ignored).
- * Not from one of its own threads. */
+/* Stops taking jobs (run_in_executor: -ESHUTDOWN), runs every job still
+ * queued except those whose future was cancelled (iol_future_cancel:
+ * skipped), waits for the running ones and the threads, frees (NULL
+ * ignored). So it waits for every queued job that was not cancelled: use
+ * free_cancel to wait only for running ones. Not from one of its own
+ * threads (from there it cannot wait: it returns at once and the last
+ * thread out frees the pool). */
 void iol_executor_free(iol_executor *ex);
+/* As free, but every job still queued is cancelled first: its future
+ * resolves with -ECANCELED (on this thread, before the wait), fn never
+ * runs. Waits only for jobs already running, which are not interrupted. */
+void iol_executor_free_cancel(iol_executor *ex);
 /* Uses ex (not owned; free it after closing the loop) for
  * run_in_executor(NULL). Loop thread. -EINVAL: NULL loop or ex. -EPERM:
  * another thread runs the loop. -ESHUTDOWN. */
@@ -744,6 +778,21 @@ int iol_runtime_post(iol_runtime *rt, unsigned index, iol_callback_fn fn, void *
 /* Runs fn(arg) once on every worker. Any thread. Errors as post, but
  * never -EAGAIN: a broadcast is not refused for a full queue. */
 int iol_runtime_broadcast(iol_runtime *rt, iol_callback_fn fn, void *arg);
+/* Broadcast with completion: runs fn(arg) once on every worker, then
+ * done(done_arg) exactly once, on the worker that ran fn last, right after
+ * its fn (every worker's fn happens-before done): the place to free what
+ * arg points to. Broadcasts accepted before a stop run on every worker
+ * during the stop, as posts do, so done runs before join returns; those
+ * of a runtime freed without ever being started (its loops never ran)
+ * get done in iol_runtime_free, on the freeing thread, fn having run on
+ * no worker (or on fewer than all). done NULL: nothing runs after. Any
+ * thread. -EINVAL: NULL rt/fn. -ESHUTDOWN: stopped (neither fn nor done
+ * runs; arg stays the caller's). -ENOMEM: queued on no worker (neither
+ * runs), or (reported the same) on some workers only: fn runs on those
+ * and done still runs once after them. Never -EAGAIN. Per sender, order
+ * is kept: two broadcasts from one thread run in that order on every
+ * worker. */
+int iol_runtime_broadcast_ex(iol_runtime *rt, iol_callback_fn fn, void *arg, iol_callback_fn done, void *done_arg);
 /* This thread's worker index, -1 outside workers. Any thread. */
 int iol_runtime_worker_index(void);
 

@@ -3,7 +3,9 @@
  *
  * One mutex + condvar guards a FIFO of work items; workers sleep on the
  * condvar. Shutdown drains the queue before the workers exit, so free
- * finishes queued work.
+ * finishes queued work, except jobs whose future was cancelled before a
+ * worker took them (skipped: fn never runs) and, with free_cancel, every
+ * job still queued (cancelled there).
  * Threads start on demand, up to the pool's size: a submission starts one
  * when the queue would hold more items than there are workers not busy
  * with one (a worker signalled but not yet awake is not busy, and its
@@ -20,6 +22,7 @@
 #include <unistd.h>
 
 #include "ioloop.h"
+#include "loop/future.h"
 #include "loop/log.h"
 #include "loop/loop_impl.h"
 
@@ -59,11 +62,16 @@ static void executor_destroy(iol_executor *ex)
 static void executor_run_work(iol_executor *ex, executor_work *w)
 {
     void *result = NULL;
-    int rc = w->fn(w->arg, &result);
+    /* The future decides between this worker and iol_future_cancel: once
+     * running, cancel refuses; once cancelled, fn never runs. */
+    bool run = iol__future_start_running(w->future);
+    int rc = run ? w->fn(w->arg, &result) : 0;
     pthread_mutex_lock(&ex->lock);
     ex->busy--;
     pthread_mutex_unlock(&ex->lock);
-    if (rc < 0)
+    if (!run)
+        ; /* cancelled: resolved already */
+    else if (rc < 0)
         iol_future_set_error(w->future, rc);
     else
         iol_future_set_result(w->future, result);
@@ -169,12 +177,35 @@ static bool executor_is_own_thread(const iol_executor *ex)
     return false;
 }
 
-void iol_executor_free(iol_executor *ex)
+/* Cancels the jobs of list (taken off the queue): their futures resolve
+ * with -ECANCELED, fn never runs. Outside the pool's lock: resolving runs
+ * the futures' hooks (add_future queues on loops). */
+static void executor_cancel_queued(executor_work *list)
+{
+    while (list) {
+        executor_work *w = list;
+        list = w->next;
+        iol_future_cancel(w->future); /* -EALREADY if the caller resolved it: fine */
+        iol_future_unref(w->future);
+        free(w);
+    }
+}
+
+static void executor_free(iol_executor *ex, bool cancel)
 {
     if (!ex)
         return;
     pthread_mutex_lock(&ex->lock);
     executor_shutdown_locked(ex);
+    executor_work *cancelled = NULL;
+    if (cancel) {
+        cancelled = ex->head;
+        ex->head = ex->tail = NULL;
+        ex->queued = 0;
+    }
+    pthread_mutex_unlock(&ex->lock);
+    executor_cancel_queued(cancelled);
+    pthread_mutex_lock(&ex->lock);
     if (executor_is_own_thread(ex)) {
         /* Documented as not allowed, but a loop's last unref can land on
          * a pool thread. Joining ourselves would deadlock: detach instead
@@ -190,6 +221,16 @@ void iol_executor_free(iol_executor *ex)
     pthread_mutex_unlock(&ex->lock);
     executor_join_all(ex);
     executor_destroy(ex);
+}
+
+void iol_executor_free(iol_executor *ex)
+{
+    executor_free(ex, false);
+}
+
+void iol_executor_free_cancel(iol_executor *ex)
+{
+    executor_free(ex, true);
 }
 
 void iol__executor_free_owned(struct iol_executor *ex)

@@ -36,5 +36,15 @@ bool iol__future_remove_hook(iol_future *f, iol__future_hook *h);
 bool iol__callback_dropped(iol_callback_fn fn, void *arg);
 /* run_sync's part of the above (loop/run_sync.c). */
 bool iol__run_sync_callback_dropped(iol_callback_fn fn, void *arg);
+/* For the loop's close (after `closed` is set): every add_future
+ * registration whose future has not resolved gives up: its callback never
+ * runs, its release function (if any) runs now, on this thread; later
+ * registrations get -ESHUTDOWN. */
+void iol__loop_release_waiters(iol_loop *loop);
+
+/* For the executor, when a worker takes the job of f: moves f from
+ * pending to running, after which iol_future_cancel refuses (-EBUSY).
+ * false if f is done already (cancelled): the job must not run. */
+bool iol__future_start_running(iol_future *f);
 
 #endif

@@ -65,6 +65,7 @@ int iol_loop_new(iol_loop **out, const iol_loop_config *cfg)
     if (posix_memalign(&mem, _Alignof(iol_loop), sizeof(iol_loop)) != 0)
         return -ENOMEM;
     iol_loop *loop = memset(mem, 0, sizeof(iol_loop));
+    pthread_mutex_init(&loop->waiters_lock, NULL); /* default attributes: cannot fail on Linux */
     loop->queue_limit = cfg->queue_limit;
     loop->waker.fd = -1;
     loop->msg_fd = -1;
@@ -111,6 +112,7 @@ fail:
         iol__waker_destroy(&loop->waker);
     iol__cbqueue_free(loop->queue);
     free(loop->events);
+    pthread_mutex_destroy(&loop->waiters_lock);
     free(loop);
     return err;
 }
@@ -137,6 +139,7 @@ static int loop_shutdown(iol_loop *loop, bool all_fds)
      * pushes a node that iol__cbqueue_free reclaims at the last unref;
      * one that reads true returns -ESHUTDOWN. Either way no crash. */
     atomic_store(&loop->closed, true);
+    iol__loop_release_waiters(loop); /* not counted: they were never queued */
     size_t dropped = drop_callbacks(loop);
     dropped += iol__timer_heap_len(&loop->timers);
     iol__timer_heap_destroy(&loop->timers);
@@ -202,6 +205,7 @@ void iol_loop_unref(iol_loop *loop)
         close(loop->msg_fd);
     iol__watchdog_free(loop->watchdog);
     free(loop->events);
+    pthread_mutex_destroy(&loop->waiters_lock);
     free(loop);
 }
 

@@ -118,6 +118,13 @@ struct iol_loop {
 
     struct iol__close_hook *close_hooks; /* loop/close_hook.h */
 
+    /* add_future registrations whose future has not resolved yet
+     * (loop/future.c): any thread links them, the loop's close releases
+     * them. waiters_closed: set by that close; no link after it. */
+    pthread_mutex_t waiters_lock;
+    struct iol__future_waiter *waiters; /* under waiters_lock */
+    bool waiters_closed;                /* under waiters_lock */
+
     iol__spin spin;              /* the pre-sleep spin policy (loop/spin.c) */
     uint64_t sleeps;             /* sleeps announced to the waker (a statistic
                                     for tests: wakeups <= sleeps) */

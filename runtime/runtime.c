@@ -103,6 +103,7 @@ static int runtime_new(iol_runtime **out, const iol_runtime_config *cfg, bool le
         goto fail_workers;
     if ((err = -pthread_cond_init(&rt->cv, NULL)) < 0)
         goto fail_mutex;
+    pthread_mutex_init(&rt->broadcasts_mu, NULL); /* default attributes: cannot fail on Linux */
 
     iol_loop_config lcfg = {.poller = cfg->poller, .make_current = IOL_CURRENT_NEVER, .spin_us = cfg->spin_us,
                             .queue_limit = cfg->queue_limit};
@@ -135,6 +136,7 @@ fail_loops:
         iol_loop_unref(rt->workers[made].loop);
     }
     pthread_cond_destroy(&rt->cv);
+    pthread_mutex_destroy(&rt->broadcasts_mu);
 fail_mutex:
     pthread_mutex_destroy(&rt->mu);
 fail_workers:
@@ -237,10 +239,11 @@ int iol__runtime_post(iol_runtime *rt, unsigned index, iol_callback_fn fn, void 
     return runtime_post(rt, index, fn, arg, false);
 }
 
-int iol_runtime_broadcast(iol_runtime *rt, iol_callback_fn fn, void *arg)
+/* Posts fn(arg) to every worker, all or nothing with respect to stop.
+ * *missed: workers it could not be queued on (-ENOMEM, reported). */
+static int broadcast_all(iol_runtime *rt, iol_callback_fn fn, void *arg, unsigned *missed)
 {
-    if (!rt || !fn)
-        return -EINVAL;
+    *missed = 0;
     /* Enter every worker before checking the flag once more, so a
      * broadcast is all-or-nothing with respect to stop: post_enter on
      * worker 0 may pass while a later one sees the flag; then undo all. */
@@ -259,11 +262,105 @@ int iol_runtime_broadcast(iol_runtime *rt, iol_callback_fn fn, void *arg)
         /* Never refused for a full queue: a broadcast (a reload, a
          * shutdown of the application's own) must reach every worker. */
         int r = iol__loop_post(rt->workers[i].loop, fn, arg);
-        if (r < 0 && err == 0)
-            err = r; /* -ENOMEM: the others were queued; reported */
+        if (r < 0) {
+            (*missed)++;
+            if (err == 0)
+                err = r; /* -ENOMEM: the others were queued; reported */
+        }
         post_leave(&rt->workers[i]);
     }
     return err;
+}
+
+int iol_runtime_broadcast(iol_runtime *rt, iol_callback_fn fn, void *arg)
+{
+    if (!rt || !fn)
+        return -EINVAL;
+    unsigned missed;
+    return broadcast_all(rt, fn, arg, &missed);
+}
+
+/* One broadcast_ex: on rt->broadcasts until done ran. */
+typedef struct iol__rt_broadcast {
+    iol_callback_fn fn, done;
+    void *arg, *done_arg;
+    /* Workers that have yet to run fn. acq_rel decrements: each worker's
+     * fn happens-before the last decrement, so done sees them all. */
+    _Atomic unsigned remaining;
+    iol_runtime *rt;
+    struct iol__rt_broadcast *prev, *next; /* under rt->broadcasts_mu */
+} rt_broadcast;
+
+static void broadcast_finish(rt_broadcast *b)
+{
+    iol_runtime *rt = b->rt;
+    pthread_mutex_lock(&rt->broadcasts_mu);
+    if (b->prev)
+        b->prev->next = b->next;
+    else
+        rt->broadcasts = b->next;
+    if (b->next)
+        b->next->prev = b->prev;
+    pthread_mutex_unlock(&rt->broadcasts_mu);
+    if (b->done)
+        b->done(b->done_arg);
+    free(b);
+}
+
+static void broadcast_run(void *arg)
+{
+    rt_broadcast *b = arg;
+    b->fn(b->arg);
+    if (atomic_fetch_sub_explicit(&b->remaining, 1, memory_order_acq_rel) == 1)
+        broadcast_finish(b);
+}
+
+int iol_runtime_broadcast_ex(iol_runtime *rt, iol_callback_fn fn, void *arg, iol_callback_fn done, void *done_arg)
+{
+    if (!rt || !fn)
+        return -EINVAL;
+    rt_broadcast *b = calloc(1, sizeof(*b));
+    if (!b)
+        return -ENOMEM;
+    *b = (rt_broadcast){.fn = fn, .done = done, .arg = arg, .done_arg = done_arg, .rt = rt};
+    atomic_init(&b->remaining, rt->n);
+    pthread_mutex_lock(&rt->broadcasts_mu);
+    b->next = rt->broadcasts;
+    if (b->next)
+        b->next->prev = b;
+    rt->broadcasts = b;
+    pthread_mutex_unlock(&rt->broadcasts_mu);
+
+    unsigned missed;
+    int err = broadcast_all(rt, broadcast_run, b, &missed);
+    if (err == -ESHUTDOWN || missed == rt->n) {
+        b->done = NULL; /* refused, or queued nowhere: nothing runs */
+        broadcast_finish(b);
+        return err;
+    }
+    /* Workers it missed count as done. Those it reached cannot take the
+     * count below `missed` before this, so the last one is ours or theirs,
+     * never both. */
+    if (missed && atomic_fetch_sub_explicit(&b->remaining, missed, memory_order_acq_rel) == missed)
+        broadcast_finish(b);
+    return err;
+}
+
+/* At free, the loops closed: broadcasts some worker never ran (dropped
+ * with a loop that never started) end here, done exactly once. */
+static void broadcasts_release(iol_runtime *rt)
+{
+    pthread_mutex_lock(&rt->broadcasts_mu);
+    rt_broadcast *b = rt->broadcasts;
+    rt->broadcasts = NULL;
+    pthread_mutex_unlock(&rt->broadcasts_mu);
+    while (b) {
+        rt_broadcast *next = b->next;
+        if (b->done)
+            b->done(b->done_arg);
+        free(b);
+        b = next;
+    }
 }
 
 /* --------------------------------------------------------------- workers */
@@ -724,6 +821,8 @@ void iol_runtime_free(iol_runtime *rt)
     if (!rt->acceptor_closed)
         iol_loop_close(rt->acceptor_loop, true);
     iol_loop_unref(rt->acceptor_loop);
+    broadcasts_release(rt);
+    pthread_mutex_destroy(&rt->broadcasts_mu);
     pthread_cond_destroy(&rt->cv);
     pthread_mutex_destroy(&rt->mu);
     free(rt->workers);

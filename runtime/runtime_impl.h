@@ -90,6 +90,11 @@ struct iol_runtime {
     bool acceptor_wanted;  /* a HANDOFF listener exists */
     bool acceptor_started; /* its thread was created */
     bool acceptor_closed;  /* the thread closed its loop on exit */
+
+    /* broadcast_ex calls whose done has not run (runtime.c), so that free
+     * can end those a loop dropped. */
+    pthread_mutex_t broadcasts_mu;
+    struct iol__rt_broadcast *broadcasts; /* under broadcasts_mu */
 };
 
 /* The pseudo worker index of the acceptor in lsock->worker and in

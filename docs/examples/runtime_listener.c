@@ -4,8 +4,9 @@
  *   runtime_listener [reuseport|handoff]
  *
  * Two workers, one loop each. The listener spreads connections over them
- * (SO_REUSEPORT: the kernel picks; handoff: worker 0 accepts and hands each
- * fd to the worker with the fewest connections). on_accept runs on the
+ * (SO_REUSEPORT: the kernel picks; handoff: the runtime's acceptor, a
+ * thread of its own, accepts and hands each fd to the worker with the
+ * fewest connections, passing over a stalled one). on_accept runs on the
  * worker that owns the connection, owns the fd, greets and closes. main()
  * is the client: ten blocking connections, then stop, join, counts. */
 #include <arpa/inet.h>
