@@ -18,11 +18,11 @@ import sys
 import threading
 import weakref
 
-from asyncio import base_events, coroutines, events, selector_events, unix_events
+from asyncio import base_events, coroutines, events, futures, selector_events, trsock, unix_events
 from asyncio.log import logger
 
 from . import _ioloop
-from ._ioloop import Handle, TimerHandle
+from ._ioloop import Handle, SocketTransport, TimerHandle
 
 __all__ = ('Loop', 'new_event_loop', 'EventLoopPolicy', 'install', 'run', 'Handle', 'TimerHandle')
 __version__ = '0.1.0'
@@ -119,8 +119,34 @@ class Loop(_ioloop.CoreLoop, base_events.BaseEventLoop):
         self._ensure_fd_no_transport(fd)
         return self._remove_writer(fd)
 
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        """A C SocketTransport (ioloop/transport.c) for a connected TCP or
+        Unix stream socket, set up as asyncio's selector transport is."""
+        extra = dict(extra) if extra else {}
+        extra['socket'] = trsock.TransportSocket(sock)
+        try:
+            extra['sockname'] = sock.getsockname()
+        except OSError:
+            extra['sockname'] = None
+        if 'peername' not in extra:
+            try:
+                extra['peername'] = sock.getpeername()
+            except OSError:
+                extra['peername'] = None
+        transport = _ioloop.SocketTransport(self, sock, protocol, extra, server)
+        if server is not None:
+            server._attach()
+        self._transports[sock.fileno()] = transport
+        base_events._set_nodelay(sock)
+        self.call_soon(protocol.connection_made, transport)
+        # Reading starts once connection_made has run.
+        self.call_soon(transport._start_reading)
+        if waiter is not None:
+            self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        return transport
+
     locals().update(_borrow(
-        _selector, '_make_socket_transport', '_start_serving', '_accept_connection',
+        _selector, '_start_serving', '_accept_connection',
         '_accept_connection2', '_ensure_fd_no_transport', '_stop_serving',
         'sock_recv', '_sock_read_done', '_sock_recv', 'sock_recv_into', '_sock_recv_into',
         'sock_sendall', '_sock_sendall', 'sock_connect', '_sock_connect', '_sock_write_done',

@@ -53,6 +53,15 @@ int handle_run(HandleObject *h);
 /* From loop.c: a cancelled TimerHandle tells its loop. */
 void core_timer_cancelled(CoreObject *c, HandleObject *h);
 int core_is_debug(CoreObject *c);
+/* For transports (loop thread): watch fd, callback() on readiness; a new
+ * reference to the Handle, or NULL. Unwatch: 1 removed, 0 none, -1 error.
+ * core_soon: callback(*args) in the next iteration; 0 or -1. */
+PyObject *core_watch_fd(CoreObject *c, int fd, int write, PyObject *callback);
+int core_unwatch_fd(CoreObject *c, int fd, int write);
+int core_soon(CoreObject *c, PyObject *callback, PyObject *args);
+int core_is_closed(CoreObject *c);
+PyTypeObject *core_type(void);
+int ioloop_init_transport_type(PyObject *module);
 
 int ioloop_init_loop_type(PyObject *module);
 

@@ -441,6 +441,16 @@ static PyObject *core_call_soon(CoreObject *c, PyObject *const *args, Py_ssize_t
     return (PyObject *)h;
 }
 
+int core_soon(CoreObject *c, PyObject *callback, PyObject *args)
+{
+    if (check_closed(c) < 0)
+        return -1;
+    HandleObject *h = handle_new(c, callback, args, NULL, 0);
+    if (!h)
+        return -1;
+    return ready_push(c, h); /* the ready queue's reference */
+}
+
 static PyObject *schedule_at(CoreObject *c, double when, const char *name, PyObject *const *args, Py_ssize_t nargs,
                              PyObject *kwnames)
 {
@@ -673,6 +683,8 @@ static fd_record *record_of(CoreObject *c, int fd)
     return fd < c->nfds ? c->fds[fd] : NULL;
 }
 
+static PyObject *fd_add_impl(CoreObject *c, int fd, HandleObject *h, int write);
+
 static PyObject *fd_add(CoreObject *c, PyObject *const *args, Py_ssize_t nargs, int write)
 {
     if (nargs < 2) {
@@ -693,6 +705,26 @@ static PyObject *fd_add(CoreObject *c, PyObject *const *args, Py_ssize_t nargs, 
     Py_DECREF(cbargs);
     if (!h)
         return NULL;
+    return fd_add_impl(c, fd, h, write);
+}
+
+PyObject *core_watch_fd(CoreObject *c, int fd, int write, PyObject *callback)
+{
+    if (check_closed(c) < 0 || check_thread(c) < 0)
+        return NULL;
+    PyObject *noargs = PyTuple_New(0);
+    if (!noargs)
+        return NULL;
+    HandleObject *h = handle_new(c, callback, noargs, NULL, 0);
+    Py_DECREF(noargs);
+    if (!h)
+        return NULL;
+    return fd_add_impl(c, fd, h, write);
+}
+
+/* Steals h; returns it (a new reference) or NULL. */
+static PyObject *fd_add_impl(CoreObject *c, int fd, HandleObject *h, int write)
+{
     unsigned bit = write ? IOL_WRITE : IOL_READ;
     fd_record *r = record_of(c, fd);
     int err;
@@ -754,19 +786,17 @@ static PyObject *fd_add(CoreObject *c, PyObject *const *args, Py_ssize_t nargs, 
     return (PyObject *)h;
 }
 
-static PyObject *fd_remove(CoreObject *c, PyObject *arg, int write)
+/* 1 removed, 0 nothing to remove, -1 error. */
+int core_unwatch_fd(CoreObject *c, int fd, int write)
 {
     if (c->closed || !c->loop)
-        Py_RETURN_FALSE;
+        return 0;
     if (check_thread(c) < 0)
-        return NULL;
-    int fd = PyObject_AsFileDescriptor(arg);
-    if (fd < 0)
-        return NULL;
+        return -1;
     fd_record *r = record_of(c, fd);
     HandleObject **slot = r ? (write ? &r->writer : &r->reader) : NULL;
     if (!slot || !*slot)
-        Py_RETURN_FALSE;
+        return 0;
     unsigned bit = write ? IOL_WRITE : IOL_READ;
     unsigned events = r->events & ~bit;
     if (events == 0) {
@@ -774,8 +804,10 @@ static PyObject *fd_remove(CoreObject *c, PyObject *arg, int write)
         c->fds[fd] = NULL;
     } else {
         int err = iol_loop_update_handler(c->loop, fd, events);
-        if (err < 0 && err != -ENOENT && err != -EBADF)
-            return set_errno_error(err);
+        if (err < 0 && err != -ENOENT && err != -EBADF) {
+            set_errno_error(err);
+            return -1;
+        }
         r->events = events;
     }
     HandleObject *h = *slot;
@@ -785,9 +817,22 @@ static PyObject *fd_remove(CoreObject *c, PyObject *arg, int write)
     PyObject *x = PyObject_CallMethod((PyObject *)h, "cancel", NULL);
     Py_DECREF(h); /* the record's reference */
     if (!x)
-        return NULL;
+        return -1;
     Py_DECREF(x);
-    Py_RETURN_TRUE;
+    return 1;
+}
+
+static PyObject *fd_remove(CoreObject *c, PyObject *arg, int write)
+{
+    if (c->closed || !c->loop)
+        Py_RETURN_FALSE;
+    int fd = PyObject_AsFileDescriptor(arg);
+    if (fd < 0)
+        return NULL;
+    int r = core_unwatch_fd(c, fd, write);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r);
 }
 
 static PyObject *core_add_reader(CoreObject *c, PyObject *const *args, Py_ssize_t nargs)
@@ -994,4 +1039,14 @@ int ioloop_init_loop_type(PyObject *module)
     if (PyType_Ready(&Core_Type) < 0)
         return -1;
     return PyModule_AddObjectRef(module, "CoreLoop", (PyObject *)&Core_Type);
+}
+
+int core_is_closed(CoreObject *c)
+{
+    return c->closed || !c->loop;
+}
+
+PyTypeObject *core_type(void)
+{
+    return &Core_Type;
 }

@@ -33,7 +33,7 @@ PyMODINIT_FUNC PyInit__ioloop(void)
     if (PyModule_AddObjectRef(m, "Handle", (PyObject *)&Handle_Type) < 0 ||
         PyModule_AddObjectRef(m, "TimerHandle", (PyObject *)&TimerHandle_Type) < 0)
         goto fail;
-    if (ioloop_init_loop_type(m) < 0)
+    if (ioloop_init_loop_type(m) < 0 || ioloop_init_transport_type(m) < 0)
         goto fail;
     return m;
 fail:
