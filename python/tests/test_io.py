@@ -80,9 +80,10 @@ def test_bad_fds(loop):
     os.close(w)
     with pytest.raises(OSError):
         loop.add_reader(r, print)
-    with tempfile.TemporaryFile() as f:
-        with pytest.raises(PermissionError):  # as epoll says for regular files
-            loop.add_reader(f, print)
+    if loop._poller == 'epoll':
+        with tempfile.TemporaryFile() as f:
+            with pytest.raises(PermissionError):  # as epoll says for regular files
+                loop.add_reader(f, print)
 
 
 def test_error_event_reaches_the_reader(loop):

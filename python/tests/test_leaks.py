@@ -15,14 +15,22 @@ CYCLES = int(os.environ.get('IOLOOP_LEAK_CYCLES', '3000'))
 def one_cycle():
     lp = ioloop.new_event_loop()
 
+    accepted = lp.create_future()
+
+    class Server(asyncio.Protocol):
+        def connection_made(self, transport):
+            accepted.set_result(transport)
+
     async def main():
-        srv = await lp.create_server(asyncio.Protocol, '127.0.0.1', 0)
+        srv = await lp.create_server(Server, '127.0.0.1', 0)
         tr, _ = await lp.create_connection(asyncio.Protocol, *srv.sockets[0].getsockname())
+        (await accepted).close()
         lp.call_later(10, print)          # a timer left pending at close
         lp.call_soon_threadsafe(print)     # a post left pending at close
         tr.close()
         srv.close()
         await srv.wait_closed()
+        await asyncio.sleep(0)             # connection_lost runs
     lp.run_until_complete(main())
     lp.call_soon(print)
     lp.close()

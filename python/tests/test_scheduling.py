@@ -6,6 +6,7 @@ import concurrent.futures
 import contextvars
 import logging
 import socket
+import sys
 import threading
 import time
 
@@ -32,7 +33,7 @@ def test_policy_install_run():
 
         async def main():
             return type(asyncio.get_running_loop()), asyncio.get_running_loop().get_debug()
-        assert asyncio.run(main()) == (ioloop.Loop, False)
+        assert asyncio.run(main()) == (ioloop.Loop, sys.flags.dev_mode)
     finally:
         asyncio.set_event_loop_policy(old)
     assert ioloop.run(main(), debug=True) == (ioloop.Loop, True)

@@ -48,8 +48,7 @@ class Echo(asyncio.Protocol):
         self.transport.write(data)
 
     def eof_received(self):
-        self.transport.write_eof()
-        return True
+        self.transport.close()  # flushes what is queued, then closes
 
 
 async def read_until(proto, n):
@@ -138,7 +137,9 @@ def test_buffered_protocol(loop):
         w.write(b'0123456789' * 100)
         w.write_eof()
         got = await made[0].done
+        made[0].tr.close()
         w.close()
+        await w.wait_closed()
         srv.close()
         await srv.wait_closed()
         return got
@@ -275,7 +276,10 @@ def test_server_api_several_hosts_reuse_port(loop):
             r, w = await asyncio.open_connection(*s.getsockname())
             w.write(b'ping')
             assert await r.readexactly(4) == b'ping'
+            w.write_eof()
+            assert await r.read() == b''  # the server echoed our EOF and closed
             w.close()
+            await w.wait_closed()
         task = asyncio.ensure_future(srv.serve_forever())
         await asyncio.sleep(0.01)
         srv.close()
@@ -301,7 +305,10 @@ def test_unix(loop):
             r, w = await asyncio.open_unix_connection(path)
             w.write(b'stream')
             assert await r.readexactly(6) == b'stream'
+            w.write_eof()
+            assert await r.read() == b''
             w.close()
+            await w.wait_closed()
             srv.close()
             await srv.wait_closed()
         loop.run_until_complete(main())
