@@ -13,6 +13,7 @@ packages=(
   libssl-dev openssl curl                         # optional TLS streams; certs and clients in tests
   libuv1-dev libevent-dev libczmq-dev             # bench competitors
   wrk nginx-light h2o haproxy gnuplot-nox python3 procps  # load, competitors, plots, checks
+  python3-dev python3-pytest python3-tornado python3-uvloop  # the Python package, its tests, Tornado's suite, bench
 )
 for group in "$@"; do
   case $group in

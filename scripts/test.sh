@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Builds and runs the whole test suite in six flavours: the normal build,
+# Builds and runs the whole test suite in seven flavours: the normal build,
 # the normal build with every loop on the uring poller (IOL_POLLER=uring;
 # skipped without liburing), AddressSanitizer + UndefinedBehaviorSanitizer,
 # ThreadSanitizer, valgrind memcheck, and 30 s of each libFuzzer target
-# (clang, ASan + UBSan).
+# (clang, ASan + UBSan), and the Python package (pytest, then Tornado's
+# own suite on ioloop.Loop, with Debian's /usr/bin/python3).
 # Stress sizes shrink under the slow flavours through IOL_TEST_SCALE (set
 # by the meson test setups). Exits non-zero on any failure.
-# Usage: scripts/test.sh [normal|uring|asan|tsan|valgrind|fuzz ...]
+# Usage: scripts/test.sh [normal|uring|asan|tsan|valgrind|fuzz|python ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 flavours=("$@")
-[ ${#flavours[@]} -gt 0 ] || flavours=(normal uring asan tsan valgrind fuzz)
+[ ${#flavours[@]} -gt 0 ] || flavours=(normal uring asan tsan valgrind fuzz python)
 extra=()
 for f in "${flavours[@]}"; do
   [ "$f" != fuzz ] || extra=(fuzz) # clang only when fuzzing
@@ -88,6 +89,9 @@ for f in "${flavours[@]}"; do
       fi
       ninja -C build-fuzz tests/fuzz/fuzz_stream tests/fuzz/fuzz_http >/dev/null
       tests/fuzz/run.sh build-fuzz 30 ;;
+    python)
+      setup build
+      python/run_tests.sh build ;;
     *) echo "unknown flavour $f" >&2; exit 2 ;;
   esac
 done
