@@ -742,6 +742,73 @@ int iol_runtime_listener_port(iol_runtime *rt, int id);
  * -ENOENT: unknown id. Any thread. */
 int iol_runtime_listener_counts(iol_runtime *rt, int id, uint64_t *counts, unsigned n);
 
+/* Datagrams sharded across workers: one SO_REUSEPORT udp socket per
+ * worker on the same address, so every worker receives its share with no
+ * hand-over (see "Datagrams" below for the udp object itself).
+ *
+ * How the kernel spreads datagrams (IOL_UDP_SHARD_KERNEL): by a hash of
+ * each datagram's 4-tuple (source address and port, destination address
+ * and port) over the sockets of the group, so one peer's datagrams go to
+ * one worker as long as the group stays the same; a socket that joins or
+ * leaves the group (another process joining the port, a restart)
+ * reshuffles peers. IOL_UDP_SHARD_PEER keeps a peer on one worker whatever
+ * the kernel does, without BPF: each worker hashes the sender's address
+ * (FNV-1a of address and port) to its owning worker and passes datagrams
+ * that arrived elsewhere on (one copy and one iol_runtime_post each), so
+ * per-peer state (a QUIC connection, a game session) lives on one worker
+ * without locks. It costs the copy for the share of datagrams that
+ * landed on another worker (about (N-1)/N of them).
+ *
+ * The sockets are bound in the calling thread (so every one is in the
+ * group before the first datagram), then each worker wraps its own at
+ * once, or at start if the runtime has not started. on_recv(u, dgrams,
+ * n, status, arg) runs on the owning worker with that worker's socket u,
+ * which it may send with (every socket of the group sends from the same
+ * address). Forwarded datagrams come one per call; their peer and data
+ * are valid until the call returns, as always.
+ * At stop, each worker closes its socket before its drain (datagrams still
+ * in the kernel's buffer are dropped with it; UDP has no goodbye); a
+ * forwarded datagram that reaches a worker whose socket is closed is
+ * dropped and counted (iol_runtime_udp_counts). */
+enum { IOL_UDP_SHARD_KERNEL = 0, IOL_UDP_SHARD_PEER = 1 };
+struct iol_udp;          /* defined under "Datagrams" */
+struct iol_udp_config;
+struct iol_udp_datagram;
+typedef struct iol_udp_shard_config {
+    __extension__ union {
+        __extension__ struct { /* anonymous: C11; __extension__ quiets C++ -Wpedantic */
+            /* host, port, flags, batch... of every worker's socket (NULL:
+             * defaults); IOL_UDP_REUSEPORT is implied; no path. Read during
+             * the call only. */
+            const struct iol_udp_config *udp;
+            int mode;                  /* IOL_UDP_SHARD_* */
+            void (*on_recv)(struct iol_udp *u, const struct iol_udp_datagram *dgrams, unsigned n, int status,
+                            void *arg);
+            void *arg;
+        };
+        unsigned char iol_reserved_[128]; /* fixes the size (see above) */
+    };
+} iol_udp_shard_config;
+/* Binds one socket per worker and starts receiving on each; returns a
+ * shard id >= 0. Any thread, before or after start (the sockets are
+ * bound here, the workers wrap them in posted callbacks).
+ * -EINVAL: NULL rt/cfg/on_recv, unknown mode, cfg->udp with a path or
+ * bad fields (as iol_udp_new). -EADDRINUSE: the port is taken outside a
+ * REUSEPORT group of this user. -ESHUTDOWN: stopped. -ENOMEM, socket
+ * errors. */
+int iol_runtime_udp_bind(iol_runtime *rt, const iol_udp_shard_config *cfg);
+/* The bound port of shard id. Any thread. -EINVAL: NULL. -ENOENT: unknown id. */
+int iol_runtime_udp_port(iol_runtime *rt, int id);
+/* counts[i] = datagrams on_recv got on worker i (for i < n), forwarded
+ * ones included; returns the number of workers. dropped (may be NULL):
+ * forwarded datagrams that found their worker's socket closed. Any
+ * thread. -EINVAL: NULL rt, counts NULL with n > 0. -ENOENT: unknown id. */
+int iol_runtime_udp_counts(iol_runtime *rt, int id, uint64_t *counts, unsigned n, uint64_t *dropped);
+/* Worker index's socket of shard id, NULL until that worker wrapped it or
+ * after it closed. Call it on that worker (its loop thread) only, as for
+ * any use of the socket. NULL for bad arguments. */
+struct iol_udp *iol_runtime_udp_socket(iol_runtime *rt, int id, unsigned worker);
+
 /* Statistics of one worker, or of all of them (index IOL_RUNTIME_ALL). */
 #define IOL_RUNTIME_ALL (~0u)
 

@@ -454,6 +454,7 @@ static void worker_shutdown(iol__rt_worker *w)
      * happen-before every worker's drain sentinel, so no handed-off fd is
      * left behind in a queue. */
     iol__listeners_final_accept(rt, w->index);
+    iol__udp_shards_stop(rt, w->index);
     pthread_mutex_lock(&rt->mu);
     rt->accepted_final++;
     pthread_cond_broadcast(&rt->cv);
@@ -709,6 +710,7 @@ void iol_runtime_free(iol_runtime *rt)
     if (!rt->acceptor_closed)
         iol_loop_close(rt->acceptor_loop, true);
     iol_loop_unref(rt->acceptor_loop);
+    iol__udp_shards_free(rt);
     pthread_cond_destroy(&rt->cv);
     pthread_mutex_destroy(&rt->mu);
     free(rt->workers);

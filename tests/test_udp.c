@@ -756,6 +756,172 @@ START_TEST(thread_rule)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- Sharded */
+
+enum { SHARD_PEERS = 32, SHARD_PER_PEER = 5 };
+
+typedef struct shard_seen {
+    _Atomic int worker_of[SHARD_PEERS]; /* -1 unseen; the worker a peer's datagrams reached */
+    _Atomic int mixed;                  /* a peer seen on two workers */
+    _Atomic int total;
+    _Atomic int bad_thread;
+    _Atomic int echo_err;
+    uint16_t base_port[SHARD_PEERS];
+} shard_seen;
+
+static void shard_on_recv(iol_udp *u, const iol_udp_datagram *d, unsigned n, int status, void *arg)
+{
+    shard_seen *s = arg;
+    ck_assert_int_ge(status, 0);
+    int me = iol_runtime_worker_index();
+    if (me < 0 || iol_udp_loop(u) != iol_loop_current())
+        atomic_fetch_add(&s->bad_thread, 1);
+    for (unsigned i = 0; i < n; i++) {
+        int peer;
+        ck_assert_uint_eq(d[i].len, sizeof peer);
+        memcpy(&peer, d[i].data, sizeof peer);
+        ck_assert(peer >= 0 && peer < SHARD_PEERS);
+        int expect = -1;
+        if (!atomic_compare_exchange_strong(&s->worker_of[peer], &expect, me) && expect != me)
+            atomic_fetch_add(&s->mixed, 1);
+        if (iol_udp_send(u, d[i].data, d[i].len, d[i].peer, d[i].peerlen) < 0)
+            atomic_fetch_add(&s->echo_err, 1);
+        atomic_fetch_add(&s->total, 1);
+    }
+}
+
+/* FNV-1a of the peer's address and port, as the header documents. */
+static unsigned fnv_worker(const struct sockaddr_in *a, unsigned n)
+{
+    const unsigned char *p = (const unsigned char *)&a->sin_addr;
+    uint32_t h = 2166136261u;
+    for (int i = 0; i < 4; i++)
+        h = (h ^ p[i]) * 16777619u;
+    h = (h ^ (a->sin_port & 0xff)) * 16777619u;
+    h = (h ^ (a->sin_port >> 8)) * 16777619u;
+    return h % n;
+}
+
+static void sharded_case(int mode)
+{
+    enum { W = 3 };
+    iol_runtime *rt;
+    iol_runtime_config rcfg = { .workers = W, .drain_timeout = 1 };
+    ck_assert_int_eq(iol_runtime_new(&rt, &rcfg), 0);
+    shard_seen *s = calloc(1, sizeof *s);
+    for (int i = 0; i < SHARD_PEERS; i++)
+        s->worker_of[i] = -1;
+    iol_udp_config ucfg = { .host = "127.0.0.1", .rcvbuf = 1 << 20 };
+    iol_udp_shard_config cfg = { .udp = &ucfg, .mode = mode, .on_recv = shard_on_recv, .arg = s };
+    int id = iol_runtime_udp_bind(rt, &cfg); /* before start: wrapped at start */
+    ck_assert_int_ge(id, 0);
+    ck_assert_int_eq(iol_runtime_start(rt), 0);
+    int port = iol_runtime_udp_port(rt, id);
+    ck_assert_int_gt(port, 0);
+    struct sockaddr_storage to;
+    socklen_t tolen;
+    ck_assert_int_eq(iol_udp_address("127.0.0.1", (uint16_t)port, &to, &tolen), 0);
+    int fds[SHARD_PEERS];
+    struct sockaddr_storage me[SHARD_PEERS];
+    for (int p = 0; p < SHARD_PEERS; p++) {
+        socklen_t ml;
+        fds[p] = raw_socket(AF_INET, &me[p], &ml);
+    }
+    for (int k = 0; k < SHARD_PER_PEER; k++)
+        for (int p = 0; p < SHARD_PEERS; p++)
+            ck_assert_int_eq(sendto(fds[p], &p, sizeof p, 0, (struct sockaddr *)&to, tolen), (ssize_t)sizeof p);
+    double end = iol_test_now() + 10;
+    while (atomic_load(&s->total) < SHARD_PEERS * SHARD_PER_PEER && iol_test_now() < end)
+        usleep(2000);
+    ck_assert_int_eq(atomic_load(&s->total), SHARD_PEERS * SHARD_PER_PEER);
+    for (int p = 0; p < SHARD_PEERS; p++) { /* every echo came back */
+        for (int k = 0; k < SHARD_PER_PEER; k++) {
+            int v = -1;
+            ck_assert_int_eq(recv(fds[p], &v, sizeof v, 0), (ssize_t)sizeof v);
+            ck_assert_int_eq(v, p);
+        }
+    }
+    uint64_t counts[W], dropped = 99;
+    ck_assert_int_eq(iol_runtime_udp_counts(rt, id, counts, W, &dropped), W);
+    ck_assert_uint_eq(dropped, 0);
+    uint64_t sum = 0;
+    for (int i = 0; i < W; i++) {
+        ck_assert_uint_gt(counts[i], 0); /* every worker received its share */
+        sum += counts[i];
+    }
+    ck_assert_uint_eq(sum, SHARD_PEERS * SHARD_PER_PEER);
+    ck_assert_int_eq(atomic_load(&s->mixed), 0); /* a peer stays on one worker */
+    ck_assert_int_eq(atomic_load(&s->bad_thread), 0);
+    ck_assert_int_eq(atomic_load(&s->echo_err), 0);
+    if (mode == IOL_UDP_SHARD_PEER)
+        for (int p = 0; p < SHARD_PEERS; p++)
+            ck_assert_int_eq(atomic_load(&s->worker_of[p]), (int)fnv_worker((struct sockaddr_in *)&me[p], W));
+    ck_assert_int_eq(iol_runtime_udp_port(rt, id + 1), -ENOENT);
+    ck_assert_ptr_null(iol_runtime_udp_socket(rt, id, W));
+    double t0 = iol_test_now();
+    iol_runtime_free(rt); /* the sockets close before the drain: it does not wait them out */
+    ck_assert(iol_test_now() - t0 < 0.9);
+    for (int p = 0; p < SHARD_PEERS; p++)
+        close(fds[p]);
+    free(s);
+}
+
+START_TEST(sharded_kernel)
+{
+    sharded_case(IOL_UDP_SHARD_KERNEL);
+}
+END_TEST
+
+START_TEST(sharded_peer_affinity)
+{
+    sharded_case(IOL_UDP_SHARD_PEER);
+}
+END_TEST
+
+START_TEST(sharded_bad_arguments)
+{
+    iol_runtime *rt;
+    iol_runtime_config rcfg = { .workers = 2 };
+    ck_assert_int_eq(iol_runtime_new(&rt, &rcfg), 0);
+    iol_udp_shard_config cfg = { .on_recv = shard_on_recv };
+    ck_assert_int_eq(iol_runtime_udp_bind(NULL, &cfg), -EINVAL);
+    ck_assert_int_eq(iol_runtime_udp_bind(rt, NULL), -EINVAL);
+    iol_udp_shard_config c2 = { 0 };
+    ck_assert_int_eq(iol_runtime_udp_bind(rt, &c2), -EINVAL);
+    c2 = cfg;
+    c2.mode = 7;
+    ck_assert_int_eq(iol_runtime_udp_bind(rt, &c2), -EINVAL);
+    iol_udp_config u = { .path = "/tmp/x" };
+    c2 = cfg;
+    c2.udp = &u;
+    ck_assert_int_eq(iol_runtime_udp_bind(rt, &c2), -EINVAL);
+    u = (iol_udp_config){ .host = "nonsense" };
+    ck_assert_int_eq(iol_runtime_udp_bind(rt, &c2), -EINVAL);
+    ck_assert_int_eq(iol_runtime_udp_port(NULL, 0), -EINVAL);
+    ck_assert_int_eq(iol_runtime_udp_port(rt, 0), -ENOENT);
+    ck_assert_int_eq(iol_runtime_udp_counts(rt, 0, NULL, 0, NULL), -ENOENT);
+    ck_assert_int_eq(iol_runtime_udp_counts(rt, 0, NULL, 1, NULL), -EINVAL);
+    /* A port taken by a socket outside any REUSEPORT group. */
+    struct sockaddr_storage taken;
+    socklen_t tl;
+    int fd = raw_socket(AF_INET, &taken, &tl);
+    u = (iol_udp_config){ .host = "127.0.0.1", .port = port_of(&taken) };
+    ck_assert_int_eq(iol_runtime_udp_bind(rt, &c2), -EADDRINUSE);
+    close(fd);
+    /* Bound but never started: the sockets are closed at free. */
+    u = (iol_udp_config){ .host = "127.0.0.1" };
+    int before = iol_test_dir_entries("/proc/self/fd");
+    ck_assert_int_ge(iol_runtime_udp_bind(rt, &c2), 0);
+    ck_assert_int_eq(iol_test_dir_entries("/proc/self/fd"), before + 2);
+    iol_runtime_free(rt);
+    ck_assert_int_le(iol_test_dir_entries("/proc/self/fd"), before - 2); /* the loops' fds too */
+    iol_runtime_new(&rt, &rcfg);
+    iol_runtime_stop(rt);
+    ck_assert_int_eq(iol_runtime_udp_bind(rt, &cfg), -ESHUTDOWN);
+    iol_runtime_free(rt);
+}
+END_TEST
+
 /* ------------------------------------------------------------- Bad input */
 
 START_TEST(bad_arguments)
@@ -857,6 +1023,9 @@ int main(void)
         {"loop_close_releases_udp", loop_close_releases_udp},
         {"thread_rule", thread_rule},
         {"bad_arguments", bad_arguments},
+        {"sharded_kernel", sharded_kernel},
+        {"sharded_peer_affinity", sharded_peer_affinity},
+        {"sharded_bad_arguments", sharded_bad_arguments},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = iol_test_tcase(cases[i].name, 60);
