@@ -19,8 +19,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <libgen.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* ----------------------------------------------------------------- Helpers */
@@ -922,6 +927,74 @@ START_TEST(sharded_bad_arguments)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- Example */
+
+/* examples/udp-echo --port 0 --workers 2: every datagram of 16 peers comes
+ * back to its sender; SIGTERM ends it with status 0. */
+START_TEST(udp_echo_example)
+{
+    char self[PATH_MAX], path[PATH_MAX + 32];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    ck_assert_int_gt(n, 0);
+    self[n] = '\0';
+    snprintf(path, sizeof path, "%s/../examples/udp-echo", dirname(self));
+    int out[2];
+    ck_assert_int_eq(pipe2(out, O_CLOEXEC), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        dup2(out[1], STDOUT_FILENO);
+        execl(path, "udp-echo", "--port", "0", "--workers", "2", (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    char text[256] = { 0 };
+    size_t used = 0;
+    int port = 0;
+    double end = iol_test_now() + 10;
+    while (!port && iol_test_now() < end) {
+        struct pollfd p = { .fd = out[0], .events = POLLIN };
+        if (poll(&p, 1, 100) <= 0)
+            continue;
+        ssize_t k = read(out[0], text + used, sizeof text - 1 - used);
+        if (k <= 0)
+            break;
+        used += (size_t)k;
+        char *line = strstr(text, "listening on ");
+        char *colon = line ? strrchr(line, ':') : NULL;
+        if (colon && strchr(colon, '\n'))
+            port = atoi(colon + 1);
+    }
+    ck_assert_int_gt(port, 0);
+    struct sockaddr_storage to;
+    socklen_t tolen;
+    ck_assert_int_eq(iol_udp_address("127.0.0.1", (uint16_t)port, &to, &tolen), 0);
+    enum { PEERS = 16 };
+    int fds[PEERS];
+    for (int p = 0; p < PEERS; p++) {
+        fds[p] = raw_socket(AF_INET, NULL, NULL);
+        char msg[32];
+        int len = snprintf(msg, sizeof msg, "peer %d", p);
+        ck_assert_int_eq(sendto(fds[p], msg, (size_t)len, 0, (struct sockaddr *)&to, tolen), len);
+        ck_assert_int_eq(sendto(fds[p], "", 0, 0, (struct sockaddr *)&to, tolen), 0);
+    }
+    for (int p = 0; p < PEERS; p++) {
+        char msg[32], want[32];
+        int len = snprintf(want, sizeof want, "peer %d", p);
+        ck_assert_int_eq(recv(fds[p], msg, sizeof msg, 0), len);
+        ck_assert(memcmp(msg, want, (size_t)len) == 0);
+        ck_assert_int_eq(recv(fds[p], msg, sizeof msg, 0), 0);
+        close(fds[p]);
+    }
+    kill(pid, SIGTERM);
+    int status;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert(WIFEXITED(status));
+    ck_assert_int_eq(WEXITSTATUS(status), 0);
+    close(out[0]);
+}
+END_TEST
+
 /* ------------------------------------------------------------- Bad input */
 
 START_TEST(bad_arguments)
@@ -1026,6 +1099,7 @@ int main(void)
         {"sharded_kernel", sharded_kernel},
         {"sharded_peer_affinity", sharded_peer_affinity},
         {"sharded_bad_arguments", sharded_bad_arguments},
+        {"udp_echo_example", udp_echo_example},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = iol_test_tcase(cases[i].name, 60);
