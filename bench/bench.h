@@ -40,6 +40,7 @@ int bench_timers(int argc, char **argv, const bench_opts *o);
 int bench_http(int argc, char **argv, const bench_opts *o);
 int bench_compare(int argc, char **argv, const bench_opts *o); /* compare http */
 int bench_zmq(int argc, char **argv, const bench_opts *o);
+int bench_udp(int argc, char **argv, const bench_opts *o);
 
 /* Whether --impl lets an impl run (matches its label or its JSON name). */
 bool bench_selected(const bench_opts *o, const char *impl, const char *label);

@@ -21,6 +21,7 @@ static const struct {
     {"http", "HTTP load generator on our runtime"},
     {"compare", "compare handoff|pingpong|timers|http: all competitors in one run"},
     {"zmq", "PUSH->PULL messages/s and REQ/REP round trip: ioloop (zmq, ZMQ_FD), zloop, zmq_poll"},
+    {"udp", "datagram echo per server CPU-ms: ioloop, libuv uv_udp (recvmmsg), raw recvmmsg/sendmmsg; --gso bulk send"},
 };
 
 static bench_fn lookup(const char *name)
@@ -39,6 +40,8 @@ static bench_fn lookup(const char *name)
         return cmd_compare;
     if (strcmp(name, "zmq") == 0)
         return bench_zmq;
+    if (strcmp(name, "udp") == 0)
+        return bench_udp;
     return NULL;
 }
 

@@ -874,6 +874,73 @@ int iol_runtime_listener_port(iol_runtime *rt, int id);
  * -ENOENT: unknown id. Any thread. */
 int iol_runtime_listener_counts(iol_runtime *rt, int id, uint64_t *counts, unsigned n);
 
+/* Datagrams sharded across workers: one SO_REUSEPORT udp socket per
+ * worker on the same address, so every worker receives its share with no
+ * hand-over (see "Datagrams" below for the udp object itself).
+ *
+ * How the kernel spreads datagrams (IOL_UDP_SHARD_KERNEL): by a hash of
+ * each datagram's 4-tuple (source address and port, destination address
+ * and port) over the sockets of the group, so one peer's datagrams go to
+ * one worker as long as the group stays the same; a socket that joins or
+ * leaves the group (another process joining the port, a restart)
+ * reshuffles peers. IOL_UDP_SHARD_PEER keeps a peer on one worker whatever
+ * the kernel does, without BPF: each worker hashes the sender's address
+ * (FNV-1a of address and port) to its owning worker and passes datagrams
+ * that arrived elsewhere on (one copy and one iol_runtime_post each), so
+ * per-peer state (a QUIC connection, a game session) lives on one worker
+ * without locks. It costs the copy for the share of datagrams that
+ * landed on another worker (about (N-1)/N of them).
+ *
+ * The sockets are bound in the calling thread (so every one is in the
+ * group before the first datagram), then each worker wraps its own at
+ * once, or at start if the runtime has not started. on_recv(u, dgrams,
+ * n, status, arg) runs on the owning worker with that worker's socket u,
+ * which it may send with (every socket of the group sends from the same
+ * address). Forwarded datagrams come one per call; their peer and data
+ * are valid until the call returns, as always.
+ * At stop, each worker closes its socket before its drain (datagrams still
+ * in the kernel's buffer are dropped with it; UDP has no goodbye); a
+ * forwarded datagram that reaches a worker whose socket is closed is
+ * dropped and counted (iol_runtime_udp_counts). */
+enum { IOL_UDP_SHARD_KERNEL = 0, IOL_UDP_SHARD_PEER = 1 };
+struct iol_udp;          /* defined under "Datagrams" */
+struct iol_udp_config;
+struct iol_udp_datagram;
+typedef struct iol_udp_shard_config {
+    __extension__ union {
+        __extension__ struct { /* anonymous: C11; __extension__ quiets C++ -Wpedantic */
+            /* host, port, flags, batch... of every worker's socket (NULL:
+             * defaults); IOL_UDP_REUSEPORT is implied; no path. Read during
+             * the call only. */
+            const struct iol_udp_config *udp;
+            int mode;                  /* IOL_UDP_SHARD_* */
+            void (*on_recv)(struct iol_udp *u, const struct iol_udp_datagram *dgrams, unsigned n, int status,
+                            void *arg);
+            void *arg;
+        };
+        unsigned char iol_reserved_[128]; /* fixes the size (see above) */
+    };
+} iol_udp_shard_config;
+/* Binds one socket per worker and starts receiving on each; returns a
+ * shard id >= 0. Any thread, before or after start (the sockets are
+ * bound here, the workers wrap them in posted callbacks).
+ * -EINVAL: NULL rt/cfg/on_recv, unknown mode, cfg->udp with a path or
+ * bad fields (as iol_udp_new). -EADDRINUSE: the port is taken outside a
+ * REUSEPORT group of this user. -ESHUTDOWN: stopped. -ENOMEM, socket
+ * errors. */
+int iol_runtime_udp_bind(iol_runtime *rt, const iol_udp_shard_config *cfg);
+/* The bound port of shard id. Any thread. -EINVAL: NULL. -ENOENT: unknown id. */
+int iol_runtime_udp_port(iol_runtime *rt, int id);
+/* counts[i] = datagrams on_recv got on worker i (for i < n), forwarded
+ * ones included; returns the number of workers. dropped (may be NULL):
+ * forwarded datagrams that found their worker's socket closed. Any
+ * thread. -EINVAL: NULL rt, counts NULL with n > 0. -ENOENT: unknown id. */
+int iol_runtime_udp_counts(iol_runtime *rt, int id, uint64_t *counts, unsigned n, uint64_t *dropped);
+/* Worker index's socket of shard id, NULL until that worker wrapped it or
+ * after it closed. Call it on that worker (its loop thread) only, as for
+ * any use of the socket. NULL for bad arguments. */
+struct iol_udp *iol_runtime_udp_socket(iol_runtime *rt, int id, unsigned worker);
+
 /* Statistics of one worker, or of all of them (index IOL_RUNTIME_ALL). */
 #define IOL_RUNTIME_ALL (~0u)
 
@@ -1400,6 +1467,251 @@ int iol_stream_tls_version(const iol_stream *s);
  * ("TLS_AES_256_GCM_SHA384", "ECDHE-ECDSA-AES128-GCM-SHA256").
  * -ENOTCONN as iol_stream_tls_version. */
 int iol_stream_tls_cipher(const iol_stream *s, char *buf, size_t size);
+
+/* ------------------------------------------------------------- Datagrams
+ * UDP (and Unix datagram) sockets on a loop (libuv's uv_udp): receive in
+ * batches, send single datagrams and batches, with segmentation offload.
+ *
+ * Receiving: iol_udp_recv_start(u, cb, arg) calls cb(u, dgrams, n, 0, arg)
+ * on the loop thread with up to `batch` datagrams at a time (recvmmsg(2):
+ * one system call per batch). dgrams[] and the bytes it points to are
+ * memory the object owns and reuses: valid until cb returns (copy what you
+ * keep). A datagram longer than max_datagram is cut there and flagged
+ * IOL_UDP_TRUNCATED (never silently cut). A status < 0 comes with
+ * n 0: an error the socket reported (ICMP port unreachable on a connected
+ * socket: -ECONNREFUSED; others as recvmmsg gives them); receiving goes
+ * on. The callback may call any udp call, iol_udp_close(u) included.
+ *
+ * Sending: iol_udp_send / iol_udp_send_batch try the kernel at once
+ * (sendmmsg(2) for a batch). What the kernel does not take because the
+ * socket's buffer is full (EAGAIN) is copied into the object's send
+ * queue, sent in order once the socket is writable; while anything is
+ * queued, new sends queue behind it (order is kept). The queue holds at
+ * most send_queue_limit datagrams: past it a send fails with -ENOBUFS and
+ * nothing of that datagram is kept. An error the kernel gives a queued
+ * datagram later (the socket turned refused, say) drops that datagram,
+ * counts it in iol_udp_stats.send_errors and is reported to the receive
+ * callback if one runs, else by the next send call.
+ *
+ * Offload: iol_udp_send_gso sends one buffer as equal-size segments
+ * (UDP_SEGMENT, one system call and one trip through the stack for up to
+ * 64 datagrams); where the kernel lacks it, the same datagrams go out with
+ * one sendmmsg. IOL_UDP_GRO asks the kernel to coalesce arriving
+ * datagrams of one flow (UDP_GRO); the receive callback still sees one
+ * entry per datagram (pointing into the coalesced buffer). Both are
+ * probed at run time: iol_udp_offload() says what this kernel does.
+ *
+ * Connected sockets: after iol_udp_connect the kernel reports an ICMP
+ * port unreachable from the peer: -ECONNREFUSED to the receive callback
+ * (status) when receiving, otherwise from the next send call (once). An
+ * unconnected socket hears no ICMP errors (the kernel's rule).
+ *
+ * Floods: a sender faster than the loop fills the socket's receive buffer
+ * and the kernel drops the rest; the loop never blocks. The kernel's drop
+ * counter (SO_RXQ_OVFL) comes with the datagrams queued after a drop and
+ * is read again when the stats are: iol_udp_stats.kernel_drops.
+ *
+ * Addresses: a socket bound to an IPv6 address (host "::") receives IPv4
+ * peers as v4-mapped IPv6 addresses (::ffff:a.b.c.d) unless v6only is set;
+ * a send to an IPv4 address (sockaddr_in) on such a socket is mapped the
+ * same way. Unix datagram: peers that did not bind have an unnamed
+ * address (peerlen == sizeof(sa_family_t)) and cannot be answered.
+ *
+ * Threads: every call is loop-thread only (or any thread while the loop
+ * is not running) except iol_udp_offload and iol_udp_address: from
+ * another thread while the loop runs, -EPERM and nothing changes.
+ * Lifetime: iol_udp_close ends the object (from inside its own callback:
+ * once the callback returns). iol_loop_close releases every udp object
+ * still on the loop: its fd is closed, its queued datagrams dropped and
+ * counted, and its close callback runs (the only time it runs). */
+
+typedef struct iol_udp iol_udp;
+
+enum { /* iol_udp_config.flags */
+    IOL_UDP_GRO = 1u << 0,            /* receive with UDP_GRO where the kernel has it */
+    IOL_UDP_PKTINFO = 1u << 1,        /* IP_PKTINFO / IPV6_RECVPKTINFO: each datagram's local
+                                         address and interface (multi-homed servers) */
+    IOL_UDP_RECV_TIMESTAMP = 1u << 2, /* SO_TIMESTAMPNS: the kernel's receive time */
+    IOL_UDP_RECV_ECN = 1u << 3,       /* IP_RECVTOS / IPV6_RECVTCLASS: the ECN bits */
+    IOL_UDP_REUSEPORT = 1u << 4,      /* SO_REUSEPORT before bind (sharing a port) */
+};
+
+enum { /* iol_udp_datagram.flags */
+    IOL_UDP_TRUNCATED = 1u << 0, /* the datagram was longer than max_datagram: data holds its start */
+};
+
+#define IOL_UDP_MAX_BATCH 1024u     /* datagrams per receive call and per sendmmsg */
+#define IOL_UDP_MAX_PAYLOAD 65535u  /* largest datagram a send accepts (IPv4 allows 65507) */
+#define IOL_UDP_MAX_GSO_SEGMENTS 64u
+
+typedef struct iol_udp_config {
+    __extension__ union {
+        __extension__ struct { /* anonymous: C11; __extension__ quiets C++ -Wpedantic */
+            /* A numeric address to bind ("127.0.0.1", "::", "0.0.0.0");
+             * NULL: "0.0.0.0", or nothing bound with path set. */
+            const char *host;
+            uint16_t port;     /* 0: an ephemeral port (iol_udp_local_address) */
+            /* A Unix datagram socket bound at this path instead (host NULL,
+             * port 0); the file must not exist, and is removed at close. */
+            const char *path;
+            bool v6only;       /* IPv6: IPV6_V6ONLY (no IPv4 peers); default dual stack */
+            unsigned flags;    /* IOL_UDP_* above */
+            unsigned batch;    /* datagrams per receive call, 1..IOL_UDP_MAX_BATCH; 0: 32 */
+            /* bytes kept per received datagram; 0: 2048 (a datagram up to
+             * 2048 bytes arrives whole, a longer one IOL_UDP_TRUNCATED);
+             * at most IOL_UDP_MAX_PAYLOAD. With IOL_UDP_GRO in effect it is
+             * IOL_UDP_MAX_PAYLOAD (a coalesced batch is that big). The object
+             * holds batch * max_datagram bytes for receiving. */
+            size_t max_datagram;
+            /* datagrams the send queue holds; 0: 1024; past it -ENOBUFS */
+            size_t send_queue_limit;
+            int rcvbuf;        /* > 0: SO_RCVBUF; 0: the kernel's default */
+            int sndbuf;        /* > 0: SO_SNDBUF */
+        };
+        unsigned char iol_reserved_[256]; /* fixes the size (see "Config structs") */
+    };
+} iol_udp_config;
+
+/* One received datagram. */
+typedef struct iol_udp_datagram {
+    const char *data;
+    size_t len;                   /* bytes at data (at most max_datagram) */
+    const struct sockaddr *peer;  /* the sender */
+    socklen_t peerlen;
+    unsigned flags;               /* IOL_UDP_TRUNCATED */
+    /* IOL_UDP_PKTINFO: the address the datagram was sent to (port: ours)
+     * and the interface it came in on; local NULL and ifindex 0 otherwise */
+    const struct sockaddr *local;
+    socklen_t locallen;
+    int ifindex;
+    uint8_t ecn;                  /* IOL_UDP_RECV_ECN: the ECN bits (0..3) */
+    int64_t timestamp_ns;         /* IOL_UDP_RECV_TIMESTAMP: CLOCK_REALTIME ns; 0 otherwise */
+} iol_udp_datagram;
+
+/* One datagram to send (iol_udp_send_batch). to NULL: the connected peer.
+ * local / ifindex (optional, 0/NULL: the kernel chooses): the source
+ * address and interface to send from (IP_PKTINFO / IPV6_PKTINFO), e.g. a
+ * received datagram's local and ifindex, so the answer leaves from the
+ * address the question came to. */
+typedef struct iol_udp_msg {
+    const void *data;
+    size_t len;
+    const struct sockaddr *to;
+    socklen_t tolen;
+    const struct sockaddr *local;
+    int ifindex;
+} iol_udp_msg;
+
+typedef void (*iol_udp_recv_fn)(iol_udp *u, const iol_udp_datagram *dgrams, unsigned n, int status, void *arg);
+typedef void (*iol_udp_close_fn)(iol_udp *u, void *arg);
+
+/* What a udp object has done (grows at the end; size as iol_loop_get_stats). */
+typedef struct iol_udp_stats {
+    uint64_t received;       /* datagrams delivered to the receive callback */
+    uint64_t recv_calls;     /* receive system calls (recvmmsg) that returned datagrams */
+    uint64_t truncated;      /* datagrams delivered IOL_UDP_TRUNCATED */
+    uint64_t kernel_drops;   /* datagrams the kernel dropped on this socket, a full
+                                receive buffer above all (SO_RXQ_OVFL with each batch,
+                                SO_MEMINFO when the stats are read) */
+    uint64_t sent;           /* datagrams handed to the kernel (a GSO send counts its segments) */
+    uint64_t send_calls;     /* send system calls (sendmsg, sendmmsg) */
+    uint64_t queued;         /* datagrams that went through the send queue */
+    uint64_t send_errors;    /* queued datagrams the kernel refused later (dropped) */
+    uint64_t dropped_at_close; /* queued datagrams never sent because of a close */
+    size_t queue_len;        /* datagrams in the send queue now */
+    size_t queue_peak;       /* most datagrams ever queued at once */
+} iol_udp_stats;
+
+/* Bits of iol_udp_offload(). */
+enum { IOL_UDP_OFFLOAD_GSO = 1u, IOL_UDP_OFFLOAD_GRO = 2u };
+
+/* Creates a datagram socket on loop, bound as cfg says (cfg NULL: all
+ * defaults, 0.0.0.0 on an ephemeral port). Loop thread.
+ * -EINVAL: NULL out/loop; host not a numeric address; path with host or
+ * port; empty path; batch > IOL_UDP_MAX_BATCH; max_datagram >
+ * IOL_UDP_MAX_PAYLOAD; unknown flags; v6only with an IPv4 host.
+ * -ENAMETOOLONG: path longer than a sockaddr_un holds (107 bytes).
+ * -EADDRINUSE: the address is taken (a path: the file exists).
+ * -EADDRNOTAVAIL: host is not ours. -EPERM: another thread runs the loop.
+ * -ESHUTDOWN: loop closed. -ENOMEM, or the -errno of socket/bind. */
+int iol_udp_new(iol_udp **out, iol_loop *loop, const iol_udp_config *cfg);
+/* Wraps a datagram socket the caller made and bound (made non-blocking,
+ * close-on-exec is left alone); the object owns fd from success on. cfg
+ * as iol_udp_new, host, port, path and IOL_UDP_REUSEPORT ignored. Loop
+ * thread. -EINVAL as new; -EBADF: fd < 0 or not open; -ENOTSOCK: not a
+ * socket; -EPROTOTYPE: not SOCK_DGRAM. On failure fd stays the caller's. */
+int iol_udp_open(iol_udp **out, iol_loop *loop, int fd, const iol_udp_config *cfg);
+/* Connects to addr: sends without an address go there, only its
+ * datagrams are received, and ICMP errors are reported (see above).
+ * Loop thread. -EINVAL: NULL u/addr, len too small for its family.
+ * -EAFNOSUPPORT: a family the socket cannot reach. -EPERM. -EBADF:
+ * closed. The -errno of connect(2). */
+int iol_udp_connect(iol_udp *u, const struct sockaddr *addr, socklen_t len);
+/* Fills *out / *len with a numeric host and port (IPv4 or IPv6 literal;
+ * a scope "%eth0" is allowed for link-local). Any thread.
+ * -EINVAL: NULL arguments, host not a numeric address. */
+int iol_udp_address(const char *host, uint16_t port, struct sockaddr_storage *out, socklen_t *len);
+/* The socket's bound address (getsockname). Loop thread. -EINVAL: NULL.
+ * -ENOSPC: *len too small. -EBADF: closed. -EPERM. */
+int iol_udp_local_address(const iol_udp *u, struct sockaddr *addr, socklen_t *len);
+
+/* Starts delivering received datagrams to cb (see above); replaces a
+ * previous cb. Loop thread. -EINVAL: NULL u/cb. -EBADF: closed. -EPERM.
+ * -ENOMEM, or the -errno of iol_loop_add_handler. */
+int iol_udp_recv_start(iol_udp *u, iol_udp_recv_fn cb, void *arg);
+/* Stops delivering; datagrams wait in the kernel's buffer (and past it
+ * are dropped there). Harmless when not receiving. Loop thread.
+ * -EINVAL: NULL. -EBADF: closed. -EPERM. */
+int iol_udp_recv_stop(iol_udp *u);
+
+/* Sends one datagram of len bytes (0 allowed) to `to` (NULL: the
+ * connected peer). 0: sent or queued (see above). Loop thread.
+ * -EINVAL: NULL u, data NULL with len > 0, tolen too small.
+ * -EMSGSIZE: len > IOL_UDP_MAX_PAYLOAD, or the kernel says it is too big
+ * for the socket or the path. -ENOBUFS: the send queue is full.
+ * -EDESTADDRREQ: to NULL on a socket that is not connected.
+ * -EISCONN: to given on a connected socket (Linux takes it only if it
+ * equals the peer). -ECONNREFUSED: see "Connected sockets". -EBADF:
+ * closed. -EPERM. -ENOMEM, or another -errno of sendmsg(2). */
+int iol_udp_send(iol_udp *u, const void *data, size_t len, const struct sockaddr *to, socklen_t tolen);
+/* Sends n datagrams with as few sendmmsg calls as the kernel allows (at
+ * most IOL_UDP_MAX_BATCH each). Returns how many were accepted (sent or
+ * queued), in order; fewer than n means msgs[return] failed: send it
+ * again (alone) to learn why. A failure of msgs[0] returns its -errno as
+ * iol_udp_send does. Loop thread. -EINVAL also: msgs NULL with n > 0. */
+int iol_udp_send_batch(iol_udp *u, const iol_udp_msg *msgs, unsigned n);
+/* Sends len bytes as ceil(len / segment_size) datagrams of segment_size
+ * bytes (the last one shorter) to `to`, with UDP_SEGMENT where the kernel
+ * has it (one system call, segmentation late in the stack), else with one
+ * sendmmsg. Returns the number of datagrams, queued together when the
+ * socket is full. Loop thread. -EINVAL: NULL u/data, len 0, segment_size
+ * 0, more than IOL_UDP_MAX_GSO_SEGMENTS segments. -EMSGSIZE: len >
+ * IOL_UDP_MAX_PAYLOAD - 28 or segment_size bigger than the path allows.
+ * Other errors as iol_udp_send. Unix datagram sockets: -EOPNOTSUPP. */
+int iol_udp_send_gso(iol_udp *u, const void *data, size_t len, size_t segment_size, const struct sockaddr *to,
+                     socklen_t tolen);
+/* Datagrams in the send queue (0 for NULL). */
+size_t iol_udp_send_queue_size(const iol_udp *u);
+
+/* fn(u, arg) runs when iol_loop_close releases u (see Lifetime); NULL
+ * removes it. Loop thread. -EINVAL: NULL u. -EBADF: closed. -EPERM. */
+int iol_udp_set_close_callback(iol_udp *u, iol_udp_close_fn fn, void *arg);
+/* Closes the socket now: what the kernel takes at once of the send queue
+ * is sent, the rest dropped (counted). Returns how many queued datagrams
+ * were dropped. From inside u's receive callback the memory goes once
+ * the callback returns; otherwise at once: u must not be used afterwards.
+ * The close callback does not run. Loop thread. -EINVAL: NULL. -EPERM
+ * (nothing closed). */
+int iol_udp_close(iol_udp *u);
+/* The socket's fd (for options), -EBADF once closed, -EINVAL for NULL. */
+int iol_udp_fd(const iol_udp *u);
+iol_loop *iol_udp_loop(const iol_udp *u);
+/* Fills *out (size = sizeof *out, as iol_loop_get_stats). Loop thread.
+ * -EINVAL: NULL u/out, size 0. -EPERM. */
+int iol_udp_get_stats(const iol_udp *u, iol_udp_stats *out, size_t size);
+/* IOL_UDP_OFFLOAD_* bits this kernel supports (probed once per process
+ * on a throwaway socket). Any thread. */
+unsigned iol_udp_offload(void);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

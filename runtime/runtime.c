@@ -566,6 +566,7 @@ static void worker_shutdown(iol__rt_worker *w)
      * happen-before every worker's drain sentinel, so no handed-off fd is
      * left behind in a queue. */
     iol__listeners_final_accept(rt, w->index);
+    iol__udp_shards_stop(rt, w->index);
     pthread_mutex_lock(&rt->mu);
     rt->accepted_final++;
     pthread_cond_broadcast(&rt->cv);
@@ -823,6 +824,7 @@ void iol_runtime_free(iol_runtime *rt)
     iol_loop_unref(rt->acceptor_loop);
     broadcasts_release(rt);
     pthread_mutex_destroy(&rt->broadcasts_mu);
+    iol__udp_shards_free(rt);
     pthread_cond_destroy(&rt->cv);
     pthread_mutex_destroy(&rt->mu);
     free(rt->workers);

@@ -78,6 +78,8 @@ struct iol_runtime {
 
     struct iol__listener **listeners;
     unsigned nlisteners, listeners_cap;
+    struct iol__udp_shard **udp_shards; /* udp_shard.c */
+    unsigned nudp_shards, udp_shards_cap;
     bool listeners_closed; /* a worker began its final accepts: no new listen */
 
     /* The acceptor: a thread of its own that watches the HANDOFF
@@ -141,6 +143,13 @@ int iol__half_open_count(uint16_t port);
 /* loop/handler_fds.c: writes up to cap fds that have a handler on loop
  * into fds and returns how many have one. Owner thread, loop stopped. */
 int iol__loop_handler_fds(iol_loop *loop, int *fds, int cap);
+
+/* udp_shard.c: on worker `index` at shutdown: closes its sockets of every
+ * udp shard (before the drain, which would otherwise wait for them). */
+void iol__udp_shards_stop(struct iol_runtime *rt, unsigned index);
+/* udp_shard.c: closes sockets no worker took and frees the shards.
+ * Workers joined, loops closed. */
+void iol__udp_shards_free(struct iol_runtime *rt);
 
 /* runtime.c: the runtime the calling thread is a worker of, or NULL. */
 struct iol_runtime *iol__runtime_of_thread(void);

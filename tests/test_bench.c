@@ -283,6 +283,15 @@ START_TEST(timers_smoke)
 }
 END_TEST
 
+START_TEST(udp_smoke)
+{
+    REQUIRE_BENCH();
+    /* Echo: ioloop, libuv, floor; bulk: GSO and sendmmsg. */
+    ck_assert_int_eq(smoke("udp --duration 1 --repeat 1 --gso --json"), 5);
+    ck_assert_int_eq(smoke("udp --size 0 --batch 1 --duration 1 --repeat 1 --impl ioloop --json"), 1);
+}
+END_TEST
+
 START_TEST(compare_smoke)
 {
     REQUIRE_BENCH();
@@ -668,6 +677,7 @@ static Suite *bench_suite(void)
     tcase_add_test(tc, wakecost_smoke);
     tcase_add_test(tc, timers_smoke);
     tcase_add_test(tc, compare_smoke);
+    tcase_add_test(tc, udp_smoke);
     suite_add_tcase(s, tc);
 
     tc = iol_test_tcase("http", 300);
