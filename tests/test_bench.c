@@ -412,6 +412,70 @@ START_TEST(compare_http_smoke)
 }
 END_TEST
 
+/* The floor row, --pipeline and --cap (issue 26). The cap needs a
+ * writable cgroup hierarchy: where there is one the run succeeds, where
+ * there is none it fails with a message and leaves nothing running; a
+ * hierarchy that is not one ($IOL_BENCH_CGROUP_ROOT) always fails so. */
+static bool file_has(const char *path, const char *text)
+{
+    char cmd[PATH_MAX + 256];
+    snprintf(cmd, sizeof cmd, "grep -q -F -- '%s' '%s'", text, path);
+    return system(cmd) == 0;
+}
+
+START_TEST(compare_http_floor_pipeline_cap)
+{
+    REQUIRE_BENCH();
+    char out[PATH_MAX + 16], err[PATH_MAX + 32], args[PATH_MAX + 256];
+    snprintf(out, sizeof out, "%s/floor.json", tmpdir);
+    snprintf(err, sizeof err, "%s.err", out);
+
+    /* The floor row and ioloop's ratio to it, pipelined. */
+    smoke("compare http --impl ioloop,floor --workers 1 --connections 4 --pipeline 4 --duration 1 --repeat 1 --json");
+    snprintf(out, sizeof out, "%s/out.json", tmpdir);
+    ck_assert(file_has(out, "\"impl\":\"floor\""));
+    ck_assert(file_has(out, "\"pipeline\":4"));
+    ck_assert(file_has(out, "\"floor_ratio\":"));
+    ck_assert_int_eq(leftover_servers(), 0);
+
+    /* --cap where this machine allows it, or a clean failure. */
+    snprintf(out, sizeof out, "%s/cap.json", tmpdir);
+    snprintf(err, sizeof err, "%s.err", out);
+    int rc = run_bench("compare http --impl ioloop,floor --workers 1 --connections 4 --cap 0.5 --duration 1 "
+                       "--repeat 1 --json", out);
+    if (rc == 0) {
+        ck_assert(file_has(out, "\"cap\":0.5"));
+    } else {
+        ck_assert_int_eq(rc, 1);
+        ck_assert(file_has(err, "--cap: cannot"));
+    }
+    ck_assert_int_eq(leftover_servers(), 0);
+
+    /* A hierarchy that is not a cgroup one: a clean failure, always. */
+    snprintf(args, sizeof args,
+             "compare http --impl ioloop,floor --workers 1 --connections 4 --cap 0.5 --duration 1 --repeat 1");
+    char cmd[4 * PATH_MAX];
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s/fakecg/cpu' && touch '%s/fakecg/cpu/cpu.cfs_quota_us'", tmpdir, tmpdir);
+    ck_assert_int_eq(system(cmd), 0);
+    int n = snprintf(cmd, sizeof cmd, "IOL_BENCH_CGROUP_ROOT='%s/fakecg' TMPDIR='%s' '%s' %s >'%s' 2>'%s'", tmpdir,
+                     tmpdir, bench_path, args, out, err);
+    ck_assert(n > 0 && (size_t)n < sizeof cmd);
+    int st = system(cmd);
+    ck_assert(WIFEXITED(st));
+    ck_assert_int_eq(WEXITSTATUS(st), 1);
+    ck_assert(file_has(err, "--cap: cannot set the CPU quota"));
+    ck_assert_int_eq(leftover_servers(), 0);
+    snprintf(cmd, sizeof cmd, "ls '%s/fakecg/cpu' | grep -q iol-bench", tmpdir);
+    ck_assert_int_ne(system(cmd), 0); /* its cgroup directory was removed */
+
+    /* Bad combinations. */
+    ck_assert_int_eq(run_bench("compare http --churn --pipeline 4 --duration 1 --repeat 1", out), 2);
+    ck_assert_int_eq(run_bench("compare http --cap 0 --duration 1 --repeat 1", out), 2);
+    ck_assert_int_eq(run_bench("compare http --pipeline 65 --duration 1 --repeat 1", out), 2);
+    ck_assert_int_eq(run_bench("http --churn --pipeline 2 http://127.0.0.1:1/", out), 2);
+}
+END_TEST
+
 /* --------------------------------------------- agreement with wrk */
 
 /* http-hello on port; with cert and key it serves HTTPS. */
@@ -677,6 +741,7 @@ static Suite *bench_suite(void)
     tcase_add_test(tc, http_bad_arguments);
     tcase_add_test(tc, plot_writes_svg);
     tcase_add_test(tc, compare_http_smoke);
+    tcase_add_test(tc, compare_http_floor_pipeline_cap);
     tcase_add_test(tc, agrees_with_wrk);
 #ifdef IOL_HAVE_TLS
     tcase_add_test(tc, https_through_our_tls_client);
