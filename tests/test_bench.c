@@ -100,6 +100,8 @@ static int check_json_lines(const char *path)
     return st == 0 ? n : -1;
 }
 
+static bool file_has(const char *path, const char *text);
+
 static long file_size(const char *path)
 {
     struct stat st;
@@ -280,6 +282,33 @@ START_TEST(timers_smoke)
 {
     REQUIRE_BENCH();
     ck_assert_int_gt(smoke("timers --count 20000 --duration 1 --repeat 1 --json"), 0);
+    /* Both shapes (issue 26), named in the params. */
+    ck_assert_int_eq(smoke("timers --shape ascending --count 20000 --duration 1 --repeat 1 --json"), 3);
+    char out[PATH_MAX + 16];
+    snprintf(out, sizeof out, "%s/out.json", tmpdir);
+    ck_assert(file_has(out, "\"shape\":\"ascending\""));
+    ck_assert_int_eq(smoke("timers --shape random --count 20000 --duration 1 --repeat 1 --json"), 3);
+    ck_assert(file_has(out, "\"shape\":\"random\""));
+    ck_assert_int_eq(run_bench("timers --shape sideways --count 2000 --repeat 1", out), 2);
+}
+END_TEST
+
+/* iol-bench-shared: the same bench linked against libioloop.so. */
+START_TEST(shared_build_smoke)
+{
+    REQUIRE_BENCH();
+    char shared[sizeof bench_path + 16], cmd[4 * PATH_MAX];
+    snprintf(shared, sizeof shared, "%s-shared", bench_path);
+    ck_assert_msg(access(shared, X_OK) == 0, "%s not built", shared);
+    snprintf(cmd, sizeof cmd, "ldd '%s' | grep -q libioloop.so", shared);
+    ck_assert_int_eq(system(cmd), 0);
+    int n = snprintf(cmd, sizeof cmd, "'%s' timers --shape ascending --count 20000 --repeat 1 --json >'%s/shared.json' 2>/dev/null",
+                     shared, tmpdir);
+    ck_assert(n > 0 && (size_t)n < sizeof cmd);
+    ck_assert_int_eq(system(cmd), 0);
+    char out[PATH_MAX + 16];
+    snprintf(out, sizeof out, "%s/shared.json", tmpdir);
+    ck_assert_int_eq(check_json_lines(out), 3);
 }
 END_TEST
 
@@ -732,6 +761,7 @@ static Suite *bench_suite(void)
     tcase_add_test(tc, wakecost_smoke);
     tcase_add_test(tc, timers_smoke);
     tcase_add_test(tc, compare_smoke);
+    tcase_add_test(tc, shared_build_smoke);
     suite_add_tcase(s, tc);
 
     tc = iol_test_tcase("http", 300);
