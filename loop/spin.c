@@ -41,7 +41,9 @@
  *     libuv's 7.9); the lower quartile (3.3 µs there) errs towards
  *     sleeping.
  * The window is then W = max(C, 5/4 L), within IOL__SPIN_MIN_NS and
- * IOL__SPIN_ADAPTIVE_MAX_NS: long enough for a peer's answer to arrive
+ * IOL__SPIN_ADAPTIVE_MAX_NS (25 µs: 20 µs of fixed spin held the
+ * ping-pong on the issue's host; beyond that only an overloaded host's
+ * wakeups are slower, and there spinning loses anyway): long enough for a peer's answer to arrive
  * after a wakeup (so a ping-pong that slept once is caught by the side
  * still spinning), never shorter than the sleep it would save. Both start
  * at IOL__SPIN_INITIAL_NS (5 µs) until the first samples come.

@@ -21,7 +21,7 @@
  * bounds (BREAK-EVEN in spin.c). */
 #define IOL__SPIN_INITIAL_NS 5000
 #define IOL__SPIN_MIN_NS 500
-#define IOL__SPIN_ADAPTIVE_MAX_NS 50000
+#define IOL__SPIN_ADAPTIVE_MAX_NS 25000
 
 typedef struct iol__spin {
     int64_t window_ns;      /* spin length; 0: never spin */

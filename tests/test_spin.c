@@ -201,12 +201,12 @@ START_TEST(test_window_follows_measurements)
     int64_t w0 = s.window_ns;
     ck_assert_int_ge(w0, IOL__SPIN_INITIAL_NS);
 
-    /* A host whose wakeups take 30 µs: the window grows past them, so a
+    /* A host whose wakeups take 16 µs: the window grows past them, so a
      * peer's answer after its wakeup still lands in it. */
     for (int i = 0; i < 400; i++)
-        iol__spin_learn_wake(&s, 30000);
-    ck_assert_int_ge(s.window_ns, 30000);
-    ck_assert_int_le(s.window_ns, 30000 * 5 / 4 + 30000 / 8);
+        iol__spin_learn_wake(&s, 16000);
+    ck_assert_int_ge(s.window_ns, 16000);
+    ck_assert_int_le(s.window_ns, 16000 * 5 / 4 + 16000 / 8);
     ck_assert_uint_eq(s.wake_samples, 400);
 
     /* Fast wakeups again, and cheap sleeps: it shrinks back. */
