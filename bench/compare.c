@@ -48,6 +48,7 @@ struct server {
     int argc;
     uint16_t port;
     pid_t pid;              /* also the process group id; 0: not running */
+    char cgroup[PATH_MAX];  /* --cap: its cgroup's directory; "": none */
     http_load_result *runs;
     double *cpu_ms;         /* server CPU per run (NaN: not measured) */
     double *idle_kib;       /* --idle: RSS growth per idle connection, per round */
@@ -63,6 +64,8 @@ static char g_tmpdir[PATH_MAX];
  * --tls --churn: with session resumption off, so each connection is a
  * full handshake. */
 static bool g_tls, g_tls_full;
+/* --cap: the CPU quota of each server's cgroup, in CPUs (0: none). */
+static double g_cap;
 
 /* ------------------------------------------------------------ processes */
 
@@ -98,6 +101,8 @@ static uint64_t now_ns(void)
 {
     return bench_now_ns();
 }
+
+static void cgroup_remove(struct server *s);
 
 static void sleep_ms(unsigned ms)
 {
@@ -136,8 +141,10 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
 
 static void cleanup_at_exit(void)
 {
-    for (int i = 0; i < g_nservers; i++)
+    for (int i = 0; i < g_nservers; i++) {
         server_stop(&g_servers[i]);
+        cgroup_remove(&g_servers[i]);
+    }
     if (g_tmpdir[0]) {
         nftw(g_tmpdir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
         g_tmpdir[0] = '\0';
@@ -173,6 +180,100 @@ static bool accepts(uint16_t port)
     return ok;
 }
 
+/* ------------------------------------------------------------ --cap
+ *
+ * Each server runs in a cgroup of its own with a CPU quota, so that on a
+ * small machine the server, not the load generator beside it, is what
+ * req/s measures. cgroup v1's cpu controller (cpu.cfs_quota_us and
+ * cpu.cfs_period_us) where it is mounted, else v2's cpu.max (the cpu
+ * controller enabled in the parent's cgroup.subtree_control). The child
+ * joins its cgroup between fork and exec, so nginx's workers inherit it.
+ * $IOL_BENCH_CGROUP_ROOT names another hierarchy to use (tests). */
+
+#define CAP_PERIOD_US 100000
+
+static int write_text(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    size_t len = strlen(text);
+    ssize_t n = write(fd, text, len);
+    int err = errno;
+    close(fd);
+    errno = err;
+    return n == (ssize_t)len ? 0 : -1;
+}
+
+static int cgroup_join(const char *dir)
+{
+    char path[PATH_MAX + 32], pid[32];
+    snprintf(path, sizeof path, "%s/cgroup.procs", dir);
+    snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+    return write_text(path, pid);
+}
+
+static void cgroup_remove(struct server *s)
+{
+    if (!s->cgroup[0])
+        return;
+    /* A killed group's last processes may take a moment to leave. */
+    for (int i = 0; i < 50 && rmdir(s->cgroup) < 0 && errno == EBUSY; i++)
+        sleep_ms(20);
+    s->cgroup[0] = '\0';
+}
+
+/* Creates s's cgroup with the --cap quota. 0, or -1 with a message that
+ * says why (nothing is left behind then). */
+static int cgroup_create(struct server *s, int index)
+{
+    const char *root = getenv("IOL_BENCH_CGROUP_ROOT");
+    char v1[PATH_MAX / 2], v2[PATH_MAX / 2], probe[PATH_MAX + 32], quota[64];
+    snprintf(v1, sizeof v1, "%s/cpu", root ? root : "/sys/fs/cgroup");
+    snprintf(probe, sizeof probe, "%s/cpu.cfs_quota_us", v1);
+    bool is_v1 = access(probe, F_OK) == 0;
+    if (!is_v1) {
+        /* v2: the unified hierarchy at the root, or beside v1 (hybrid). */
+        snprintf(v2, sizeof v2, "%s", root ? root : "/sys/fs/cgroup");
+        snprintf(probe, sizeof probe, "%s/cgroup.controllers", v2);
+        if (access(probe, F_OK) != 0)
+            snprintf(v2, sizeof v2, "%s/unified", root ? root : "/sys/fs/cgroup");
+    }
+    const char *base = is_v1 ? v1 : v2;
+    snprintf(s->cgroup, sizeof s->cgroup, "%s/iol-bench-%d-%d", base, (int)getpid(), index);
+    if (mkdir(s->cgroup, 0755) < 0) {
+        fprintf(stderr, "compare http --cap: cannot create a cgroup under %s (%s): need cgroup v1's cpu controller "
+                "or v2's cpu.max, writable (root)\n", base, strerror(errno));
+        s->cgroup[0] = '\0';
+        return -1;
+    }
+    long q = lround(g_cap * CAP_PERIOD_US);
+    int rc;
+    if (is_v1) {
+        snprintf(probe, sizeof probe, "%s/cpu.cfs_period_us", s->cgroup);
+        snprintf(quota, sizeof quota, "%d", CAP_PERIOD_US);
+        rc = write_text(probe, quota);
+        snprintf(probe, sizeof probe, "%s/cpu.cfs_quota_us", s->cgroup);
+        snprintf(quota, sizeof quota, "%ld", q);
+        rc = rc < 0 ? rc : write_text(probe, quota);
+    } else {
+        /* The parent must hand the cpu controller down (ignored if it
+         * already does; fails where it cannot). */
+        snprintf(probe, sizeof probe, "%s/cgroup.subtree_control", base);
+        write_text(probe, "+cpu");
+        snprintf(probe, sizeof probe, "%s/cpu.max", s->cgroup);
+        snprintf(quota, sizeof quota, "%ld %d", q, CAP_PERIOD_US);
+        rc = write_text(probe, quota);
+    }
+    if (rc < 0) {
+        fprintf(stderr, "compare http --cap: cannot set the CPU quota in %s (%s): need cgroup v1's cpu controller or "
+                "v2's cpu.max, writable (root)\n", s->cgroup, strerror(errno));
+        cgroup_remove(s);
+        return -1;
+    }
+    return 0;
+}
+
 /* Starts the server in its own process group, output to a log in the temp
  * dir, and waits until its port accepts. 0, or -1 with a message. */
 static int server_start(struct server *s)
@@ -200,6 +301,10 @@ static int server_start(struct server *s)
         if (devnull >= 0)
             dup2(devnull, STDIN_FILENO);
         signal(SIGPIPE, SIG_DFL);
+        if (s->cgroup[0] && cgroup_join(s->cgroup) < 0) {
+            fprintf(stderr, "cannot join cgroup %s: %s\n", s->cgroup, strerror(errno));
+            _exit(126);
+        }
         if (s->poller[0])
             setenv("IOL_POLLER", s->poller, 1);
         execv(s->argv[0], s->argv);
@@ -295,6 +400,34 @@ static bool setup_ours(struct server *s, unsigned workers, const char *poller)
         if (g_tls_full)
             server_arg(s, "--tls-no-resumption");
     }
+    return true;
+}
+
+/* The floor row: bench/floor_http.c, built beside iol-bench. */
+static bool setup_floor(struct server *s, unsigned workers)
+{
+    char self[PATH_MAX], exe[PATH_MAX + 32];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n < 0)
+        return false;
+    self[n] = '\0';
+    snprintf(exe, sizeof exe, "%s/iol-floor-http", dirname(self));
+    if (!executable(exe)) {
+        fprintf(stderr, "compare http: %s not built: floor skipped\n", exe);
+        return false;
+    }
+    if (g_tls)
+        return false; /* the floor is plain TCP: no TLS row */
+    s->impl = "floor";
+    snprintf(s->label, sizeof s->label, "floor");
+    snprintf(s->note, sizeof s->note, "raw epoll: one read, one write per batch");
+    server_arg(s, "%s", exe);
+    server_arg(s, "--host");
+    server_arg(s, "127.0.0.1");
+    server_arg(s, "--port");
+    server_arg(s, "%u", s->port);
+    server_arg(s, "--workers");
+    server_arg(s, "%u", workers);
     return true;
 }
 
@@ -495,7 +628,7 @@ static void compare_usage(FILE *f)
 {
     fputs("usage: iol-bench compare http [--workers N] [--connections C] [--load-workers L]\n"
           "                            [--duration S] [--repeat R] [--wrk] [--churn | --idle N] [--tls]\n"
-          "                            [--poller P1,P2] [--json] [--plot F.svg]\n"
+          "                            [--poller P1,P2] [--cap CPU] [--pipeline N] [--json] [--plot F.svg]\n"
           "  Our http-hello, nginx and h2o (those installed), N workers each, on free\n"
           "  ports of 127.0.0.1, loaded in turn (interleaved repeats) by iol-bench's\n"
           "  load generator with L worker loops (default: N), or by wrk with --wrk.\n"
@@ -509,7 +642,13 @@ static void compare_usage(FILE *f)
           "  RSS growth of the server process tree per connection (KiB); every round\n"
           "  starts the servers afresh (a reused process reads low).\n"
           "  --poller epoll,uring: one http-hello per poller ($IOL_POLLER), rows\n"
-          "  ioloop-epoll, ioloop-uring; ours/theirs is always the first ioloop row's.\n",
+          "  ioloop-epoll, ioloop-uring; ours/theirs is always the first ioloop row's.\n"
+          "  The floor row is bench/floor_http.c (iol-floor-http): one epoll thread per\n"
+          "  worker, one read and one write per batch of requests; ioloop's requests\n"
+          "  per server CPU-ms over the floor's is printed (JSON floor_ratio).\n"
+          "  --cap CPU: each server in a cgroup with that CPU quota (v1 cpu or v2\n"
+          "  cpu.max; root), so the server is the bottleneck; fails if not writable.\n"
+          "  --pipeline N: N requests per write (keep-alive, our generator).\n",
           f);
     bench_usage_common(f);
 }
@@ -606,7 +745,7 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
      * each gets half of it. */
     unsigned half = ncpu > 1 ? (unsigned)ncpu / 2 : 1;
     unsigned workers = o->workers > 0 ? (unsigned)o->workers : half;
-    unsigned load_workers = 0, conns = 64, idle = 0;
+    unsigned load_workers = 0, conns = 64, idle = 0, pipeline = 1;
     bool use_wrk = false, churn = false;
     const char *pollers_arg = NULL;
     double duration = o->duration > 0 ? o->duration : 3;
@@ -634,6 +773,14 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
         } else if (!strcmp(argv[i], "--idle") && i + 1 < argc) {
             if (parse_count(argv[++i], &idle) < 0)
                 goto bad;
+        } else if (!strcmp(argv[i], "--pipeline") && i + 1 < argc) {
+            if (parse_count(argv[++i], &pipeline) < 0 || pipeline > HTTP_MAX_PIPELINE)
+                goto bad;
+        } else if (!strcmp(argv[i], "--cap") && i + 1 < argc) {
+            char *end;
+            g_cap = strtod(argv[++i], &end);
+            if (*end || !(g_cap >= 0.01) || g_cap > (double)(ncpu > 0 ? ncpu : 1))
+                goto bad;
         } else {
             fprintf(stderr, "iol-bench compare http: unexpected argument '%s'\n", argv[i]);
             goto bad;
@@ -641,6 +788,11 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
     }
     if (churn && idle) {
         fputs("iol-bench compare http: --churn and --idle are separate measurements\n", stderr);
+        goto bad;
+    }
+    if (pipeline > 1 && (churn || idle || use_wrk)) {
+        fputs("iol-bench compare http: --pipeline is for keep-alive load from our generator (not --churn, --idle, "
+              "--wrk)\n", stderr);
         goto bad;
     }
     if (!load_workers)
@@ -715,7 +867,7 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
              p = strtok_r(NULL, ",", &save))
             pollers[npollers++] = p;
     }
-    bool (*const others[])(struct server *, unsigned) = { setup_nginx, setup_h2o };
+    bool (*const others[])(struct server *, unsigned) = { setup_floor, setup_nginx, setup_h2o };
     int nothers = (int)(sizeof others / sizeof others[0]);
     int n = 0;
     for (int k = 0; k < npollers + nothers; k++) {
@@ -728,8 +880,14 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
         if (!bench_selected(o, s->impl, s->label))
             continue; /* --impl: e.g. only ioloop's rows, for an A/B of two builds */
         g_nservers = n + 1; /* visible to the exit paths before it runs */
-        if (server_start(s) < 0)
+        if (g_cap > 0 && cgroup_create(s, n) < 0) {
+            cleanup_at_exit();
+            return 1;
+        }
+        if (server_start(s) < 0) {
+            cgroup_remove(s);
             continue;
+        }
         s->runs = calloc(repeat, sizeof *s->runs);
         s->cpu_ms = calloc(repeat, sizeof *s->cpu_ms);
         s->idle_kib = calloc(repeat, sizeof *s->idle_kib);
@@ -772,6 +930,7 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
                  * names, and wrk verifies nothing either. */
                 http_load_config cfg = { .url = url, .connections = conns, .workers = load_workers,
                                          .duration = duration, .churn = churn, .label = s->label,
+                                         .pipeline = pipeline,
                                          .tls_insecure = g_tls, .tls_no_resumption = g_tls_full };
                 err = http_load_run(&cfg, res);
             }
@@ -797,6 +956,10 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
             "\ncompare http%s  %u server workers, %u connections, load: %s with %u workers, %.3g s x %u interleaved\n",
             g_tls ? (g_tls_full ? " --tls (full handshakes, no resumption)" : " --tls") : "", workers, conns,
             use_wrk ? "wrk" : "iol-bench", load_workers, duration, repeat);
+    if (g_cap > 0)
+        fprintf(table, "  each server capped at %.3g CPU (cgroup quota)\n", g_cap);
+    if (pipeline > 1)
+        fprintf(table, "  %u requests per write (pipelined)\n", pipeline);
     const char *unit = churn ? "conn/s" : "req/s";
     char unit_min[24];
     snprintf(unit_min, sizeof unit_min, "%s min", unit);
@@ -833,6 +996,19 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
         fprintf(table, "  %-14s %10.0f %10.0f %10.0f   %9s %9s %9s   %12s %10s   %9.1f %11s\n", s->label, rps_lo,
                 rps, rps_hi, p99[0], p99[1], p99[2], ratio, p99_ratio, per_cpu, cpu_ratio);
     }
+    /* The floor: ours per CPU over the raw server's, each ioloop row. */
+    double floor_per_cpu = NAN;
+    for (int k = 0; k < n; k++)
+        if (!strcmp(servers[k].impl, "floor"))
+            floor_per_cpu = per_cpu_ms(&servers[k]);
+    for (int k = 0; k < n && isfinite(floor_per_cpu); k++) {
+        if (strcmp(servers[k].impl, "ioloop") != 0)
+            continue;
+        double ratio = per_cpu_ms(&servers[k]) / floor_per_cpu;
+        double target = pipeline > 1 ? 0.9 : 0.95;
+        fprintf(table, "  %s per server CPU-ms over the floor's: %.2fx  (target >= %.2gx%s)  %s\n", servers[k].label,
+                ratio, target, churn ? ", set for keep-alive" : "", ratio >= target ? "met" : "not met");
+    }
     fprintf(table,
             "  (ours/theirs: %s of ioloop over this server's, > 1 is ioloop faster; p99 ratio: this server's\n"
             "   p99 over ioloop's, > 1 is ioloop lower; per CPU-ms: %s per ms of server CPU, median\n"
@@ -848,10 +1024,10 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
             snprintf(params, sizeof params,
                      "{\"mode\":\"compare\",\"server\":\"%s\",\"server_note\":\"%s\",\"workers\":%u,"
                      "\"connections\":%u,\"load_generator\":\"%s\",\"load_workers\":%u,\"duration\":%g,"
-                     "\"repeat\":%u,\"churn\":%s,\"tls\":%s}",
+                     "\"repeat\":%u,\"churn\":%s,\"tls\":%s,\"cap\":%g,\"pipeline\":%u}",
                      s->label, note, workers, conns,
                      use_wrk ? "wrk" : "iol-bench", load_workers, duration, repeat, churn ? "true" : "false",
-                     g_tls ? "true" : "false");
+                     g_tls ? "true" : "false", g_cap, pipeline);
             for (unsigned i = 0; i < s->nruns; i++)
                 v[i] = s->runs[i].requests_per_sec;
             http_stats(v, s->nruns, &lo, &med, &hi);
@@ -859,17 +1035,37 @@ static int compare_http(int argc, char **argv, const bench_opts *o)
             extra[0] = '\0';
             if (isfinite(ours_rps) && med > 0)
                 used += (size_t)snprintf(extra, sizeof extra, "\"ratio_ours_over_this\":%.4g,", ours_rps / med);
-            snprintf(extra + used, sizeof extra - used, "\"%s\":%.4g",
-                     churn ? "connections_per_cpu_ms" : "requests_per_cpu_ms", per_cpu_ms(s));
+            used += (size_t)snprintf(extra + used, sizeof extra - used, "\"%s\":%.4g",
+                                     churn ? "connections_per_cpu_ms" : "requests_per_cpu_ms", per_cpu_ms(s));
+            if (!strcmp(s->impl, "ioloop") && isfinite(floor_per_cpu) && used < sizeof extra)
+                snprintf(extra + used, sizeof extra - used, ",\"floor_ratio\":%.4g", per_cpu_ms(s) / floor_per_cpu);
             http_json_line(stdout, s->impl, s->label, params, s->runs, s->nruns, churn, extra);
         }
     }
     if (o->plot) {
+        /* Rate and rate per server CPU-ms side by side, then p99. */
+        static const bench_fig_spec figs[2][3] = {
+            { { "requests_per_sec", "requests/s", true, false },
+              { "requests_per_cpu_ms", "requests per server CPU-ms", true, false },
+              { "latency_p99_us", "p99 latency (us)", true, true } },
+            { { "connections_per_sec", "connections/s", true, false },
+              { "connections_per_cpu_ms", "connections per server CPU-ms", true, false },
+              { "latency_p99_us", "p99 latency (us)", true, true } },
+        };
         static bench_report report;
-        bench_report_init(&report, "http", http_plot_figs, HTTP_PLOT_FIGS);
-        snprintf(report.title, sizeof report.title, "compare http N=%u C=%u", workers, conns);
-        for (int k = 0; k < n; k++)
-            http_report_add(&report, servers[k].impl, servers[k].label, servers[k].runs, servers[k].nruns);
+        bench_report_init(&report, "http", figs[churn], 3);
+        snprintf(report.title, sizeof report.title, "compare http N=%u C=%u%s", workers, conns,
+                 g_cap > 0 ? " capped" : "");
+        for (int k = 0; k < n; k++) {
+            const struct server *s = &servers[k];
+            int row = bench_report_impl(&report, s->impl, s->label);
+            for (unsigned i = 0; i < s->nruns; i++) {
+                bench_report_add(&report, row, 0, s->runs[i].requests_per_sec);
+                bench_report_add(&report, row, 1,
+                                 s->cpu_ms[i] > 0 ? (double)s->runs[i].requests / s->cpu_ms[i] : NAN);
+                bench_report_add(&report, row, 2, http_latency_us(&s->runs[i], 2));
+            }
+        }
         bench_report *rs[] = { &report };
         if (bench_plot(o, rs, 1) < 0)
             rc = 1;

@@ -72,6 +72,8 @@ enum {
 };
 extern const char *const http_error_names[HTTP_ERR_KINDS];
 
+#define HTTP_MAX_PIPELINE 64 /* the replies of one write fit the reply buffer */
+
 typedef struct http_load_config {
     const char *url;       /* http[s]://host[:port]/path, IPv4 or a host name */
     unsigned connections;
@@ -85,6 +87,8 @@ typedef struct http_load_config {
     bool tls_insecure;      /* no certificate or host name verification */
     const char *tls_ca;     /* CA file (PEM); NULL: the system's trust store */
     bool tls_no_resumption; /* every connection a full handshake */
+    unsigned pipeline;      /* keep-alive: requests per write (all answered
+                               before the next write); 0 or 1: one */
 } http_load_config;
 
 typedef struct http_load_result {

@@ -68,6 +68,7 @@ struct conn {
     unsigned events;        /* what the handler is registered for */
     size_t sent;
     uint64_t start_ns;      /* of this request (churn: of the connect) */
+    unsigned outstanding;   /* replies still due for the last write (--pipeline) */
     iol_timeout retry;      /* pending reconnect after a refused connect */
     /* Reply parser. */
     enum parse_state ps;
@@ -230,6 +231,7 @@ static void request_start(struct conn *c, uint64_t start)
 {
     c->start_ns = start;
     c->sent = 0;
+    c->outstanding = c->w->ld->cfg.pipeline > 1 ? c->w->ld->cfg.pipeline : 1;
     c->ps = P_HEADERS;
     c->status = 0;
     c->server_closes = false;
@@ -450,6 +452,17 @@ static bool conn_take(struct conn *c, size_t n)
     }
     c->len += n;
     enum parse_result r = parse(c);
+    /* --pipeline: the replies of one write arrive back to back; each one
+     * counts (its latency from the write), the next write goes once the
+     * last one is in. */
+    while (r == PARSE_DONE && c->outstanding > 1 && !c->server_closes) {
+        c->outstanding--;
+        request_done(c);
+        c->ps = P_HEADERS;
+        c->status = 0;
+        c->remaining = 0;
+        r = parse(c);
+    }
     if (r == PARSE_DONE) {
         reply_complete(c, false);
         return true;
@@ -759,6 +772,17 @@ static int load_prepare(struct load *ld, const http_load_config *cfg)
     int n = snprintf(ld->request, cap, "GET %s HTTP/1.1\r\nHost: %s:%u\r\n%s\r\n", path, host, port,
                      cfg->churn ? "Connection: close\r\n" : "");
     ld->request_len = (size_t)n;
+    if (cfg->pipeline > 1 && !cfg->churn) {
+        /* --pipeline N: N copies, sent with one write. */
+        char *all = malloc(ld->request_len * cfg->pipeline);
+        if (!all)
+            return -ENOMEM;
+        for (unsigned i = 0; i < cfg->pipeline; i++)
+            memcpy(all + i * ld->request_len, ld->request, ld->request_len);
+        free(ld->request);
+        ld->request = all;
+        ld->request_len *= cfg->pipeline;
+    }
     return 0;
 }
 
@@ -1120,13 +1144,15 @@ void http_report_add(bench_report *r, const char *impl, const char *label, const
 
 static void http_usage(FILE *f)
 {
-    fputs("usage: iol-bench http [--connections C] [--workers N] [--duration S] [--churn]\n"
+    fputs("usage: iol-bench http [--connections C] [--workers N] [--duration S] [--churn | --pipeline N]\n"
           "                      [--timeout S] [--repeat R] [--json] [--plot F.svg]\n"
           "                      [--insecure | --ca FILE] [--tls-no-resumption] URL\n"
           "  URL is http://host[:port]/path or https://... (IPv4 or a host name).\n"
           "  Keep-alive: one request in flight per connection, requests/s.\n"
           "  --churn: one request per connection (Connection: close), connections/s;\n"
           "           latency then includes the connect (and the TLS handshake).\n"
+          "  --pipeline N: keep-alive, N requests per write (at most 64), the next\n"
+          "           write once all N replies are in; each reply counts.\n"
           "  https:// loads through ioloop's own TLS client streams, verifying the\n"
           "  server's certificate against the system's trust store and the URL's host:\n"
           "  --insecure (-k): verify nothing (self-signed test certificates).\n"
@@ -1162,6 +1188,9 @@ int bench_http(int argc, char **argv, const bench_opts *o)
                 goto bad;
         } else if (!strcmp(a, "--churn")) {
             cfg.churn = true;
+        } else if (!strcmp(a, "--pipeline") && i + 1 < argc) {
+            if (parse_uint(argv[++i], &cfg.pipeline) < 0 || cfg.pipeline > HTTP_MAX_PIPELINE)
+                goto bad;
         } else if (!strcmp(a, "--timeout") && i + 1 < argc) {
             cfg.timeout = atof(argv[++i]);
             if (!(cfg.timeout > 0))
@@ -1181,6 +1210,10 @@ int bench_http(int argc, char **argv, const bench_opts *o)
     }
     if (!cfg.url) {
         fputs("iol-bench http: a URL is required\n", stderr);
+        goto bad;
+    }
+    if (cfg.churn && cfg.pipeline > 1) {
+        fputs("iol-bench http: --pipeline is for keep-alive, not --churn\n", stderr);
         goto bad;
     }
     char host[256], path[2048];

@@ -286,11 +286,15 @@ static const bench_fig_spec figs[] = {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: iol-bench timers [--count N] [--repeat R] [--json] [--plot F.svg]\n"
+    fprintf(f, "usage: iol-bench timers [--count N] [--shape random|ascending] [--repeat R] [--json] [--plot F.svg]\n"
                "N timeouts (default %llu) on one thread: ns per insert (loop not running),\n"
                "per cancel (every other one, by handle; then the rest: 'cancel rest',\n"
                "which carries ioloop's deferred reclaim), per dispatch (all due, one pass),\n"
                "and heap bytes per timer. Impls, interleaved: ioloop, libuv, libevent.\n"
+               "--shape random (default): far deadlines 1..61 s in a fixed pseudo-random\n"
+               "order, near ones 0..4 ms likewise; ascending: libuv's million_timers,\n"
+               "timer i due at 1 + i * 500 / N ms (near: i * 5 / N ms).\n"
+               "iol-bench-shared is the same bench linked against libioloop.so.\n"
                "--duration is accepted and ignored (the work is fixed by --count).\n\n",
             DEFAULT_COUNT);
     bench_usage_common(f);
@@ -298,10 +302,18 @@ static void usage(FILE *f)
 
 int bench_timers(int argc, char **argv, const bench_opts *o)
 {
+    bool ascending = false;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
+        }
+        if (strcmp(argv[i], "--shape") == 0 && i + 1 < argc) {
+            const char *shape = argv[++i];
+            if (strcmp(shape, "ascending") == 0 || strcmp(shape, "random") == 0) {
+                ascending = shape[0] == 'a';
+                continue;
+            }
         }
         fprintf(stderr, "iol-bench timers: unknown argument '%s'\n\n", argv[i]);
         usage(stderr);
@@ -318,11 +330,16 @@ int bench_timers(int argc, char **argv, const bench_opts *o)
         x ^= x << 17;
         far_ms[i] = FAR_BASE_MS + (uint32_t)(x % FAR_SPREAD_MS);
         near_ms[i] = (uint32_t)((x >> 32) % NEAR_SPREAD_MS);
+        if (ascending) { /* libuv's million_timers: 1 + i * 500 / N ms */
+            far_ms[i] = 1 + (uint32_t)((uint64_t)i * 500 / n);
+            near_ms[i] = (uint32_t)((uint64_t)i * NEAR_SPREAD_MS / n);
+        }
     }
     bench_report r;
     bench_report_init(&r, "timers", figs, NFIGS);
-    snprintf(r.title, sizeof r.title, "timers  N=%zu", n);
-    snprintf(r.params_json, sizeof r.params_json, "{\"count\":%zu}", n);
+    const char *shape = ascending ? "ascending" : "random";
+    snprintf(r.title, sizeof r.title, "timers  N=%zu %s", n, shape);
+    snprintf(r.params_json, sizeof r.params_json, "{\"count\":%zu,\"shape\":\"%s\"}", n, shape);
     for (size_t i = 0; i < NIMPLS; i++)
         if (bench_selected(o, impls[i].impl, impls[i].label))
             bench_report_impl(&r, impls[i].impl, impls[i].label);

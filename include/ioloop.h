@@ -142,8 +142,10 @@ typedef struct iol_loop_config {
             void *time_ud;
             unsigned signal_reserve;       /* entries for add_callback_from_signal; 0: 256 */
             /* Spin before sleeping, after a batch of posted callbacks, in µs:
-             * 0: adaptive (spins 5 µs only while recent posts came within 5 µs of
-             * a batch, as in a flood or a ping-pong); < 0: never; > 0: always that
+             * 0: adaptive (the loop measures what a sleep and a wakeup cost on this
+             * host, and spins about that long only while recent posts came early
+             * enough to save it, as in a flood or a ping-pong; at most 25 µs; an
+             * idle loop never spins); < 0: never; > 0: always that
              * long (at most 1000). A spin trades the loop's CPU for latency: it
              * saves a sleep and a wakeup when the next post comes within it, and
              * is wasted on top of both when the post comes later. A spinning loop

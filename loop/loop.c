@@ -452,7 +452,7 @@ static int loop_poll(iol_loop *loop, int cap_ms, uint64_t asleep)
     if (loop->msg_queued)
         iol__loop_msg_after_wait(loop, n);
     if (after_batch)
-        iol__spin_after_sleep(&loop->spin, !iol__cbqueue_empty(loop->queue), (int64_t)loop->awake_ns);
+        iol__spin_after_sleep(&loop->spin, !iol__cbqueue_empty(loop->queue), timeout != 0, (int64_t)loop->awake_ns);
     if (n < 0) {
         iol__log(IOL_LOG_ERROR, "poll failed: %s", strerror(-n));
         return n;

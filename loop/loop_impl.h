@@ -246,7 +246,12 @@ static inline void iol__loop_wake_after_push(iol_loop *loop)
         iol__loop_wake_by_message(self, loop);
         return;
     }
-    iol__waker_wake_after_push(&loop->waker);
+    /* wake_after_push in its two halves, so the winner stamps the time
+     * for the spin policy (loop/spin.c, MEASURING) before delivering. */
+    if (iol__waker_claim_after_push(&loop->waker, false)) {
+        iol__spin_note_wake(&loop->spin);
+        iol__waker_deliver(&loop->waker);
+    }
 }
 void iol__loop_msg_init(iol_loop *loop);
 void iol__loop_msg_after_wait(iol_loop *loop, int n);

@@ -110,6 +110,7 @@ void iol__loop_wake_by_message(iol_loop *self, iol_loop *loop)
     bool room = self->msg_queued < IOL__MSG_PENDING;
     if (!iol__waker_claim_after_push(&loop->waker, room))
         return;
+    iol__spin_note_wake(&loop->spin); /* the winner stamps (loop/spin.c, MEASURING) */
     if (!room) {
         iol__waker_deliver(&loop->waker);
         return;

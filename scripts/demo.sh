@@ -5,9 +5,10 @@
 # iol-bench http in both shard modes (SO_REUSEPORT per worker, and one
 # acceptor handing fds to the least-loaded worker), with keep-alive req/s,
 # churn connections/s, p50/p99, the per-worker accepted counts, and the
-# cross-thread handoff figure; then the same http-hello beside nginx and h2o
-# (iol-bench compare http: keep-alive, churn and idle memory, 1 worker
-# each). Writes demo.svg. Leaves no process behind.
+# cross-thread handoff figure; then the same http-hello beside the raw
+# epoll floor (bench/floor_http.c), nginx and h2o (iol-bench compare http:
+# keep-alive, churn and idle memory, 1 worker each; req/s and requests
+# per server CPU-ms). Writes demo.svg. Leaves no process behind.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -89,7 +90,7 @@ done
 echo "  handoff: 1 producer -> 1 loop ..." >&2
 "$bench" handoff --producers 1 --duration 1 --repeat 1 --json >"$tmp/handoff.json" 2>"$tmp/handoff.err"
 
-echo "  compare with nginx and h2o (1 worker each): keep-alive, churn, idle memory ..." >&2
+echo "  compare with the floor, nginx and h2o (1 worker each): keep-alive, churn, idle memory ..." >&2
 "$bench" compare http --workers 1 --duration 2 --repeat 1 --json >"$tmp/cmp-ka.json" 2>"$tmp/cmp-ka.err" || true
 "$bench" compare http --workers 1 --duration 2 --repeat 1 --churn --json >"$tmp/cmp-churn.json" 2>"$tmp/cmp-churn.err" || true
 "$bench" compare http --workers 1 --idle 2000 --repeat 1 --json >"$tmp/cmp-idle.json" 2>"$tmp/cmp-idle.err" || true
@@ -151,7 +152,12 @@ with open(sys.argv[4], "w") as dat:
     for label, r in rows.items():
         g = lambda k: r.get(k, nan)
         print(f"{label:<18} {g('ka'):>17.0f} {g('ka_cpu'):>11.1f} {g('churn'):>13.0f} {g('churn_cpu'):>12.1f} {g('idle'):>14.2f}")
-        dat.write(f"\"{label}\" {g('ka')} {g('churn')} {g('idle')}\n")
+        dat.write(f"\"{label}\" {g('ka')} {g('churn')} {g('idle')} {g('ka_cpu')} {g('churn_cpu')}\n")
+# The floor (a raw epoll server) is what no server can beat per CPU.
+if "ioloop" in rows and "floor" in rows:
+    f = rows["floor"].get("ka_cpu", nan)
+    print(f"ioloop keep-alive requests per server CPU-ms over the floor's: {rows['ioloop'].get('ka_cpu', nan) / f:.2f}x"
+          if f == f and f > 0 else "ioloop over the floor: not measured")
 EOF
 
 # demo.svg: both shard modes side by side (throughput and latency), and
@@ -163,9 +169,9 @@ if command -v gnuplot >/dev/null; then
     done
   } >"$tmp/demo.dat"
   gnuplot <<EOF
-set terminal svg size 1600,440 dynamic font 'sans,11'
+set terminal svg size 1950,440 dynamic font 'sans,11'
 set output 'demo.svg'
-set multiplot layout 1,4 title "ioloop http-hello: $cpus workers (iol-bench http, $load_workers load workers); right: beside nginx and h2o, 1 worker each"
+set multiplot layout 1,5 title "ioloop http-hello: $cpus workers (iol-bench http, $load_workers load workers); right: beside the raw epoll floor, nginx and h2o, 1 worker each"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.6 border -1
@@ -176,9 +182,11 @@ set title 'throughput'
 plot '$tmp/demo.dat' using 2:xtic(1) title 'keep-alive req/s', '' using 3 title 'churn connections/s'
 set title 'keep-alive latency (us)'
 plot '$tmp/demo.dat' using 4:xtic(1) title 'p50', '' using 5 title 'p99'
-set title 'vs nginx, h2o: throughput'
+set title 'vs floor, nginx, h2o: throughput'
 plot '$tmp/compare.dat' using 2:xtic(1) title 'keep-alive req/s', '' using 3 title 'churn connections/s'
-set title 'vs nginx, h2o: KiB per idle connection (lower is better)'
+set title 'vs floor, nginx, h2o: per server CPU-ms'
+plot '$tmp/compare.dat' using 5:xtic(1) title 'keep-alive requests', '' using 6 title 'churn connections'
+set title 'vs floor, nginx, h2o: KiB per idle connection (lower is better)'
 plot '$tmp/compare.dat' using 4:xtic(1) title 'KiB per idle keep-alive connection'
 unset multiplot
 EOF

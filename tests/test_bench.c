@@ -100,6 +100,8 @@ static int check_json_lines(const char *path)
     return st == 0 ? n : -1;
 }
 
+static bool file_has(const char *path, const char *text);
+
 static long file_size(const char *path)
 {
     struct stat st;
@@ -280,6 +282,33 @@ START_TEST(timers_smoke)
 {
     REQUIRE_BENCH();
     ck_assert_int_gt(smoke("timers --count 20000 --duration 1 --repeat 1 --json"), 0);
+    /* Both shapes (issue 26), named in the params. */
+    ck_assert_int_eq(smoke("timers --shape ascending --count 20000 --duration 1 --repeat 1 --json"), 3);
+    char out[PATH_MAX + 16];
+    snprintf(out, sizeof out, "%s/out.json", tmpdir);
+    ck_assert(file_has(out, "\"shape\":\"ascending\""));
+    ck_assert_int_eq(smoke("timers --shape random --count 20000 --duration 1 --repeat 1 --json"), 3);
+    ck_assert(file_has(out, "\"shape\":\"random\""));
+    ck_assert_int_eq(run_bench("timers --shape sideways --count 2000 --repeat 1", out), 2);
+}
+END_TEST
+
+/* iol-bench-shared: the same bench linked against libioloop.so. */
+START_TEST(shared_build_smoke)
+{
+    REQUIRE_BENCH();
+    char shared[sizeof bench_path + 16], cmd[4 * PATH_MAX];
+    snprintf(shared, sizeof shared, "%s-shared", bench_path);
+    ck_assert_msg(access(shared, X_OK) == 0, "%s not built", shared);
+    snprintf(cmd, sizeof cmd, "ldd '%s' | grep -q libioloop.so", shared);
+    ck_assert_int_eq(system(cmd), 0);
+    int n = snprintf(cmd, sizeof cmd, "'%s' timers --shape ascending --count 20000 --repeat 1 --json >'%s/shared.json' 2>/dev/null",
+                     shared, tmpdir);
+    ck_assert(n > 0 && (size_t)n < sizeof cmd);
+    ck_assert_int_eq(system(cmd), 0);
+    char out[PATH_MAX + 16];
+    snprintf(out, sizeof out, "%s/shared.json", tmpdir);
+    ck_assert_int_eq(check_json_lines(out), 3);
 }
 END_TEST
 
@@ -418,6 +447,70 @@ START_TEST(compare_http_smoke)
     if (n > 0 && have_program("gnuplot"))
         ck_assert_int_gt(file_size(svg), 100);
     ck_assert_int_eq(leftover_servers(), 0);
+}
+END_TEST
+
+/* The floor row, --pipeline and --cap (issue 26). The cap needs a
+ * writable cgroup hierarchy: where there is one the run succeeds, where
+ * there is none it fails with a message and leaves nothing running; a
+ * hierarchy that is not one ($IOL_BENCH_CGROUP_ROOT) always fails so. */
+static bool file_has(const char *path, const char *text)
+{
+    char cmd[PATH_MAX + 256];
+    snprintf(cmd, sizeof cmd, "grep -q -F -- '%s' '%s'", text, path);
+    return system(cmd) == 0;
+}
+
+START_TEST(compare_http_floor_pipeline_cap)
+{
+    REQUIRE_BENCH();
+    char out[PATH_MAX + 16], err[PATH_MAX + 32], args[PATH_MAX + 256];
+    snprintf(out, sizeof out, "%s/floor.json", tmpdir);
+    snprintf(err, sizeof err, "%s.err", out);
+
+    /* The floor row and ioloop's ratio to it, pipelined. */
+    smoke("compare http --impl ioloop,floor --workers 1 --connections 4 --pipeline 4 --duration 1 --repeat 1 --json");
+    snprintf(out, sizeof out, "%s/out.json", tmpdir);
+    ck_assert(file_has(out, "\"impl\":\"floor\""));
+    ck_assert(file_has(out, "\"pipeline\":4"));
+    ck_assert(file_has(out, "\"floor_ratio\":"));
+    ck_assert_int_eq(leftover_servers(), 0);
+
+    /* --cap where this machine allows it, or a clean failure. */
+    snprintf(out, sizeof out, "%s/cap.json", tmpdir);
+    snprintf(err, sizeof err, "%s.err", out);
+    int rc = run_bench("compare http --impl ioloop,floor --workers 1 --connections 4 --cap 0.5 --duration 1 "
+                       "--repeat 1 --json", out);
+    if (rc == 0) {
+        ck_assert(file_has(out, "\"cap\":0.5"));
+    } else {
+        ck_assert_int_eq(rc, 1);
+        ck_assert(file_has(err, "--cap: cannot"));
+    }
+    ck_assert_int_eq(leftover_servers(), 0);
+
+    /* A hierarchy that is not a cgroup one: a clean failure, always. */
+    snprintf(args, sizeof args,
+             "compare http --impl ioloop,floor --workers 1 --connections 4 --cap 0.5 --duration 1 --repeat 1");
+    char cmd[4 * PATH_MAX];
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s/fakecg/cpu' && touch '%s/fakecg/cpu/cpu.cfs_quota_us'", tmpdir, tmpdir);
+    ck_assert_int_eq(system(cmd), 0);
+    int n = snprintf(cmd, sizeof cmd, "IOL_BENCH_CGROUP_ROOT='%s/fakecg' TMPDIR='%s' '%s' %s >'%s' 2>'%s'", tmpdir,
+                     tmpdir, bench_path, args, out, err);
+    ck_assert(n > 0 && (size_t)n < sizeof cmd);
+    int st = system(cmd);
+    ck_assert(WIFEXITED(st));
+    ck_assert_int_eq(WEXITSTATUS(st), 1);
+    ck_assert(file_has(err, "--cap: cannot set the CPU quota"));
+    ck_assert_int_eq(leftover_servers(), 0);
+    snprintf(cmd, sizeof cmd, "ls '%s/fakecg/cpu' | grep -q iol-bench", tmpdir);
+    ck_assert_int_ne(system(cmd), 0); /* its cgroup directory was removed */
+
+    /* Bad combinations. */
+    ck_assert_int_eq(run_bench("compare http --churn --pipeline 4 --duration 1 --repeat 1", out), 2);
+    ck_assert_int_eq(run_bench("compare http --cap 0 --duration 1 --repeat 1", out), 2);
+    ck_assert_int_eq(run_bench("compare http --pipeline 65 --duration 1 --repeat 1", out), 2);
+    ck_assert_int_eq(run_bench("http --churn --pipeline 2 http://127.0.0.1:1/", out), 2);
 }
 END_TEST
 
@@ -678,6 +771,7 @@ static Suite *bench_suite(void)
     tcase_add_test(tc, timers_smoke);
     tcase_add_test(tc, compare_smoke);
     tcase_add_test(tc, udp_smoke);
+    tcase_add_test(tc, shared_build_smoke);
     suite_add_tcase(s, tc);
 
     tc = iol_test_tcase("http", 300);
@@ -687,6 +781,7 @@ static Suite *bench_suite(void)
     tcase_add_test(tc, http_bad_arguments);
     tcase_add_test(tc, plot_writes_svg);
     tcase_add_test(tc, compare_http_smoke);
+    tcase_add_test(tc, compare_http_floor_pipeline_cap);
     tcase_add_test(tc, agrees_with_wrk);
 #ifdef IOL_HAVE_TLS
     tcase_add_test(tc, https_through_our_tls_client);

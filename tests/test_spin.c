@@ -55,7 +55,7 @@ START_TEST(test_never_spins)
     /* Not even work already queued turns a disabled spin into a look. */
     for (int i = 0; i < 200; i++) {
         ck_assert(!iol__spin_before_sleep(&s, q, mono_ns(), true));
-        iol__spin_after_sleep(&s, true, mono_ns());
+        iol__spin_after_sleep(&s, true, true, mono_ns());
     }
     ck_assert_uint_eq(s.spins, 0);
     iol__cbqueue_free(q);
@@ -70,7 +70,7 @@ START_TEST(test_fixed_always_spins)
     ck_assert_int_eq(iol__spin_init(&s, 1), 0);
     for (int i = 0; i < 200; i++) {
         ck_assert(!iol__spin_before_sleep(&s, q, mono_ns(), true)); /* nothing arrives: a miss */
-        iol__spin_after_sleep(&s, false, mono_ns());
+        iol__spin_after_sleep(&s, false, true, mono_ns());
     }
     ck_assert_uint_eq(s.spins, 200);
     ck_assert_int_eq(iol__cbqueue_push(q, nop, NULL), 0);
@@ -157,7 +157,7 @@ START_TEST(test_adaptive_stops_after_misses_and_probes)
     /* Posts that never come within the window: spinning stops... */
     for (int i = 0; i < 100; i++) {
         ck_assert(!iol__spin_before_sleep(&s, q, mono_ns(), true));
-        iol__spin_after_sleep(&s, false, mono_ns());
+        iol__spin_after_sleep(&s, false, true, mono_ns());
     }
     uint64_t spun = s.spins;
     ck_assert_uint_lt(spun, 100);
@@ -166,25 +166,230 @@ START_TEST(test_adaptive_stops_after_misses_and_probes)
     for (int i = 0; i < 640; i++) {
         ck_assert(!iol__spin_before_sleep(&s, q, mono_ns(), true));
         usleep(20);
-        iol__spin_after_sleep(&s, false, mono_ns());
+        iol__spin_after_sleep(&s, false, true, mono_ns());
     }
     ck_assert_uint_ge(s.spins - spun, 1);
     ck_assert_uint_le(s.spins - spun, 640 / 32);
 
-    /* A sleep that a spin would have saved (work there on waking, within
-     * the window) brings the spin back. The wait's start is moved ahead
-     * (waits are clamped at 0) so a slow run (valgrind) cannot turn the
-     * hit into a miss. */
-    uint64_t before;
-    do {
-        before = s.spins;
+    /* Sleeps that a spin would have saved (work there on waking, within
+     * the window) bring the spin back once they cover a miss. The wait's
+     * start is moved ahead (waits are clamped at 0) so a slow run
+     * (valgrind) cannot turn a hit into a miss. */
+    int sleeps = 0;
+    while (s.credit < s.window_ns) {
+        uint64_t before = s.spins;
         ck_assert(!iol__spin_before_sleep(&s, q, mono_ns(), true));
+        if (s.spins != before)
+            continue; /* that was a probe: judged already */
         s.wait_start_ns += 1000000000;
-        iol__spin_after_sleep(&s, true, mono_ns());
-    } while (s.spins != before); /* that was a probe: judged already */
+        iol__spin_after_sleep(&s, true, true, mono_ns());
+        ck_assert_int_lt(++sleeps, 10);
+    }
     spun = s.spins;
     ck_assert(!iol__spin_before_sleep(&s, q, mono_ns(), true));
     ck_assert_uint_eq(s.spins, spun + 1);
+    iol__cbqueue_free(q);
+}
+END_TEST
+
+/* BREAK-EVEN (loop/spin.c): the adaptive window follows the host's
+ * measured wakeup latency and sleep cost, fed here as synthetic samples. */
+START_TEST(test_window_follows_measurements)
+{
+    iol__spin s;
+    ck_assert_int_eq(iol__spin_init(&s, 0), 0);
+    int64_t w0 = s.window_ns;
+    ck_assert_int_ge(w0, IOL__SPIN_INITIAL_NS);
+
+    /* A host whose wakeups take 16 µs: the window grows past them, so a
+     * peer's answer after its wakeup still lands in it. */
+    for (int i = 0; i < 400; i++)
+        iol__spin_learn_wake(&s, 16000);
+    ck_assert_int_ge(s.window_ns, 16000);
+    ck_assert_int_le(s.window_ns, 16000 * 5 / 4 + 16000 / 8);
+    ck_assert_uint_eq(s.wake_samples, 400);
+
+    /* Fast wakeups again, and cheap sleeps: it shrinks back. */
+    for (int i = 0; i < 400; i++) {
+        iol__spin_learn_wake(&s, 2000);
+        iol__spin_learn_cost(&s, 1000);
+    }
+    ck_assert_int_le(s.window_ns, 2000 * 5 / 4 + 2000 / 4);
+    ck_assert_int_ge(s.window_ns, IOL__SPIN_MIN_NS);
+
+    /* Sleeps that cost more than their latency: never shorter than the
+     * sleep a spin saves. */
+    for (int i = 0; i < 400; i++)
+        iol__spin_learn_cost(&s, 20000);
+    ck_assert_int_ge(s.window_ns, 20000 - 20000 / 16);
+
+    /* Bounded: a host that takes 10 ms to wake does not spin 10 ms. */
+    for (int i = 0; i < 400; i++)
+        iol__spin_learn_wake(&s, 10000000);
+    ck_assert_int_eq(s.window_ns, IOL__SPIN_ADAPTIVE_MAX_NS);
+    /* Nor does a stray sample (a preempted producer) move it by its size. */
+    for (int i = 0; i < 400; i++)
+        iol__spin_learn_wake(&s, 4000);
+    int64_t settled = s.window_ns;
+    iol__spin_learn_wake(&s, 10000000);
+    ck_assert_int_le(s.window_ns, settled + settled / 8);
+
+    /* The banked credit never exceeds six windows, whatever it was. */
+    for (int i = 0; i < 100; i++)
+        iol__spin_learn(&s, 0);
+    ck_assert_int_le(s.credit, 6 * s.window_ns);
+
+    /* Fixed and disabled spins ignore measurements. */
+    ck_assert_int_eq(iol__spin_init(&s, 7), 0);
+    for (int i = 0; i < 100; i++)
+        iol__spin_learn_wake(&s, 40000);
+    ck_assert_int_eq(s.window_ns, 7000);
+    ck_assert_int_eq(iol__spin_init(&s, -1), 0);
+    iol__spin_learn_wake(&s, 40000);
+    iol__spin_learn_cost(&s, 40000);
+    ck_assert_int_eq(s.window_ns, 0);
+    ck_assert_uint_eq(s.wake_samples + s.cost_samples, 0);
+}
+END_TEST
+
+/* ESTIMATOR: a hit saves the sleep's cost less the spin. Hits later than
+ * the sleep would have cost (a producer every 10 µs where a sleep costs
+ * 3) stop the spin; early ones (a ping-pong) keep it; misses stop it. */
+START_TEST(test_credit_scores_by_cost)
+{
+    iol__spin s;
+    ck_assert_int_eq(iol__spin_init(&s, 0), 0);
+    for (int i = 0; i < 200; i++) {
+        iol__spin_learn_cost(&s, 3000);
+        iol__spin_learn_wake(&s, 10000);
+    }
+    ck_assert_int_ge(s.window_ns, 10000); /* a 10 µs gap is within the window */
+    ck_assert_int_gt(s.credit, 0);
+    int n = 0;
+    while (s.credit > 0 && n < 1000) {
+        iol__spin_learn(&s, 9000); /* a hit, but 6 µs of spin to save 3 */
+        n++;
+    }
+    ck_assert_int_eq(s.credit, 0);
+    ck_assert_int_lt(n, 100);
+    n = 0;
+
+    /* The loop then sleeps without spinning (same millisecond: no probe). */
+    iol__cbqueue *q;
+    ck_assert_int_eq(iol__cbqueue_new(&q, 0), 0);
+    int64_t t = mono_ns();
+    s.period = t / 1000000;
+    ck_assert(!iol__spin_before_sleep(&s, q, t, true));
+    ck_assert_uint_eq(s.spins, 0);
+    ck_assert(s.learn_after_sleep);
+
+    /* Early hits bring it back once they cover a miss (a spin bets W),
+     * and keep it. */
+    n = 0;
+    while (s.credit < s.window_ns && n < 1000) {
+        iol__spin_learn(&s, 300);
+        n++;
+    }
+    ck_assert_int_gt(n, 1); /* one early post does not fund a spin */
+    ck_assert_int_le(n, (int)(s.window_ns / (s.cost_ns - 300)) + 1);
+    s.period = t / 1000000;
+    ck_assert(iol__spin_before_sleep(&s, q, t, true) == false); /* it spun (and missed: empty queue) */
+    ck_assert_uint_eq(s.spins, 1);
+    for (int i = 0; i < 1000; i++)
+        iol__spin_learn(&s, 300);
+    ck_assert_int_eq(s.credit, 6 * s.window_ns);
+    /* Six misses in a row from full stop it; five do not. */
+    for (int i = 0; i < 5; i++)
+        iol__spin_learn(&s, -1);
+    ck_assert_int_ge(s.credit, s.window_ns);
+    iol__spin_learn(&s, -1);
+    ck_assert_int_lt(s.credit, s.window_ns);
+    iol__cbqueue_free(q);
+}
+END_TEST
+
+/* OVERLOAD: a spin that looks at the clock long after its window ended
+ * was preempted; one such spin stops spinning (here the batch "ended" a
+ * second before the spin began, as if the thread had been descheduled). */
+START_TEST(test_preempted_spin_stops_spinning)
+{
+    iol__cbqueue *q;
+    ck_assert_int_eq(iol__cbqueue_new(&q, 0), 0);
+    iol__spin s;
+    ck_assert_int_eq(iol__spin_init(&s, 0), 0);
+    ck_assert_int_eq(s.credit, 6 * s.window_ns); /* full */
+    ck_assert(!iol__spin_before_sleep(&s, q, mono_ns() - 1000000000, true));
+    ck_assert_uint_eq(s.spins, 1);
+    ck_assert_int_eq(s.credit, 0);
+    /* An ordinary miss only costs its window (unless this thread really
+     * was preempted for 50 µs in it: then try again). */
+    for (int tries = 0;; tries++) {
+        ck_assert_int_lt(tries, 100);
+        ck_assert_int_eq(iol__spin_init(&s, 0), 0);
+        int64_t t0 = mono_ns();
+        ck_assert(!iol__spin_before_sleep(&s, q, t0, true));
+        if (mono_ns() - t0 < s.window_ns + 40000) {
+            ck_assert_int_eq(s.credit, 5 * s.window_ns);
+            break;
+        }
+    }
+    iol__cbqueue_free(q);
+}
+END_TEST
+
+/* MEASURING: the wakeup's winner stamps the clock; the loop learns the
+ * latency from a real sleep with work queued, and ignores a stamp older
+ * than the wait (an earlier sleep's) or a wait that did not block. */
+START_TEST(test_learns_latency_from_stamp)
+{
+    iol__cbqueue *q;
+    ck_assert_int_eq(iol__cbqueue_new(&q, 0), 0);
+    iol__spin s;
+    ck_assert_int_eq(iol__spin_init(&s, 0), 0);
+    s.credit = 0; /* sleep at once (no probe: same millisecond) */
+    int64_t t = mono_ns();
+    s.period = t / 1000000;
+    ck_assert(!iol__spin_before_sleep(&s, q, t, true));
+    iol__spin_note_wake(&s);
+    int64_t stamp = atomic_load(&s.woken_at_ns);
+    ck_assert_int_ge(stamp, t);
+    /* Woken 40 µs after the stamp: that is the sample. */
+    iol__spin_after_sleep(&s, true, true, stamp + 40000);
+    ck_assert_uint_eq(s.wake_samples, 1);
+    ck_assert_int_gt(s.wake_ns, IOL__SPIN_INITIAL_NS);
+
+    /* The next wait starts after that stamp: it is stale, not learned. */
+    int64_t t2 = stamp + 50000;
+    s.credit = 0;
+    s.period = t2 / 1000000;
+    s.skipped = 0;
+    ck_assert(!iol__spin_before_sleep(&s, q, t2, true));
+    iol__spin_after_sleep(&s, true, true, t2 + 40000);
+    ck_assert_uint_eq(s.wake_samples, 1);
+
+    /* A poll that did not block (timeout 0), or found nothing: no sample. */
+    int64_t t3 = mono_ns();
+    s.credit = 0;
+    s.period = t3 / 1000000;
+    s.skipped = 0;
+    ck_assert(!iol__spin_before_sleep(&s, q, t3, true));
+    iol__spin_note_wake(&s);
+    iol__spin_after_sleep(&s, true, false, mono_ns() + 1000);
+    iol__spin_after_sleep(&s, false, true, mono_ns() + 1000);
+    ck_assert_uint_eq(s.wake_samples, 1);
+
+    /* The loop's CPU per sleep is sampled once every eight sleeps. */
+    for (int i = 0; i < 64; i++) {
+        int64_t ti = mono_ns();
+        s.credit = 0;
+        s.period = ti / 1000000;
+        s.skipped = 0;
+        ck_assert(!iol__spin_before_sleep(&s, q, ti, true));
+        iol__spin_after_sleep(&s, true, true, mono_ns());
+    }
+    ck_assert_uint_ge(s.cost_samples, 7);
+    ck_assert_uint_le(s.cost_samples, 9);
+    ck_assert_uint_eq(s.spins, 0);
     iol__cbqueue_free(q);
 }
 END_TEST
@@ -245,6 +450,7 @@ START_TEST(test_idle_loop_never_spins)
         sleep_ms(200);
         stop_loop(&t);
         ck_assert_uint_eq(t.loop->spin.spins, 0);
+        ck_assert_uint_eq(t.loop->spin.wake_samples + t.loop->spin.cost_samples, 0);
         /* Generous: an idle loop sleeps in epoll_wait; 20 ms of CPU in
          * 200 ms would mean it woke up (or spun) for nothing. */
         ck_assert_msg(t.cpu_s < 0.020, "idle loop used %.1f ms of CPU", t.cpu_s * 1e3);
@@ -266,7 +472,7 @@ static void count_cb(void *arg)
 }
 
 /* Posts every 2 ms (far beyond any spin window) and counts the spins. */
-static uint64_t spins_for_slow_posts(double spin_us, int posts)
+static uint64_t spins_for_slow_posts(double spin_us, int posts, uint64_t *wake_samples)
 {
     struct loop_thread t;
     struct slow_posts sp = { 0 };
@@ -280,6 +486,7 @@ static uint64_t spins_for_slow_posts(double spin_us, int posts)
     stop_loop(&t);
     ck_assert_int_eq(atomic_load(&sp.ran), posts);
     uint64_t spins = t.loop->spin.spins;
+    *wake_samples = t.loop->spin.wake_samples;
     /* At most one eventfd write per sleep. */
     ck_assert_uint_le(iol_test_wakeups(t.loop), t.loop->sleeps);
     ck_assert_int_eq(iol_loop_close(t.loop, false), 0);
@@ -289,12 +496,17 @@ static uint64_t spins_for_slow_posts(double spin_us, int posts)
 START_TEST(test_slow_posts_stop_the_spin)
 {
     int posts = (int)iol_test_scaled(200, 100);
-    /* Adaptive: a handful of misses, then probes only (1 in 256). */
-    ck_assert_uint_le(spins_for_slow_posts(0, posts), 16 + (uint64_t)posts / 32 + 2);
-    /* Fixed: the old behaviour, a spin after every batch. */
-    ck_assert_uint_ge(spins_for_slow_posts(5, posts), (uint64_t)posts / 2);
+    uint64_t samples;
+    /* Adaptive: a handful of misses, then probes only (1 in 256). Each
+     * sleep a post ended taught it the wakeup's latency (MEASURING). */
+    ck_assert_uint_le(spins_for_slow_posts(0, posts, &samples), 16 + (uint64_t)posts / 32 + 2);
+    ck_assert_uint_ge(samples, (uint64_t)posts / 2);
+    /* Fixed: the old behaviour, a spin after every batch; no measuring. */
+    ck_assert_uint_ge(spins_for_slow_posts(5, posts, &samples), (uint64_t)posts / 2);
+    ck_assert_uint_eq(samples, 0);
     /* Disabled: never. */
-    ck_assert_uint_eq(spins_for_slow_posts(-1, posts), 0);
+    ck_assert_uint_eq(spins_for_slow_posts(-1, posts, &samples), 0);
+    ck_assert_uint_eq(samples, 0);
 }
 END_TEST
 
@@ -440,6 +652,10 @@ int main(void)
     tcase_add_test(tc, test_fixed_always_spins);
     tcase_add_test(tc, test_gathers_only_behind_other_threads);
     tcase_add_test(tc, test_adaptive_stops_after_misses_and_probes);
+    tcase_add_test(tc, test_window_follows_measurements);
+    tcase_add_test(tc, test_credit_scores_by_cost);
+    tcase_add_test(tc, test_learns_latency_from_stamp);
+    tcase_add_test(tc, test_preempted_spin_stops_spinning);
     suite_add_tcase(s, tc);
 
     tc = iol_test_tcase("loop", 120);
