@@ -26,8 +26,10 @@ struct iol__close_hook {
     void (*fn)(iol__close_hook *hook); /* recover the owner with containerof */
     /* Optional (NULL: nothing to do): see iol__loop_wind_down. */
     void (*wind_down)(iol__close_hook *hook);
-    iol__close_hook *prev, *next;      /* the loop's list; NULL when unlinked */
-    bool linked;
+    /* the loop's list; both NULL when unlinked. Linked is derived (prev
+     * set, or the list's head) rather than a flag: the hook sits in every
+     * stream, and a flag would grow an idle stream by 8 bytes. */
+    iol__close_hook *prev, *next;
 };
 
 /* Links hook (fn set by the caller) on loop. Loop thread.

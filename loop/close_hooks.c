@@ -13,14 +13,13 @@ int iol__loop_add_close_hook(iol_loop *loop, iol__close_hook *hook)
     if (loop->close_hooks)
         loop->close_hooks->prev = hook;
     loop->close_hooks = hook;
-    hook->linked = true;
     return 0;
 }
 
 void iol__loop_remove_close_hook(iol_loop *loop, iol__close_hook *hook)
 {
-    if (!hook->linked)
-        return;
+    if (!hook->prev && loop->close_hooks != hook)
+        return; /* not linked */
     if (hook->prev)
         hook->prev->next = hook->next;
     else
@@ -28,7 +27,6 @@ void iol__loop_remove_close_hook(iol_loop *loop, iol__close_hook *hook)
     if (hook->next)
         hook->next->prev = hook->prev;
     hook->prev = hook->next = NULL;
-    hook->linked = false;
 }
 
 void iol__loop_run_close_hooks(iol_loop *loop)

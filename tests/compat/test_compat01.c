@@ -170,7 +170,6 @@ int main(void)
                        dial_status == -EHOSTUNREACH && dial_error == -EHOSTUNREACH);
     }
     iol_loop_close(loop, true);
-    iol_loop_unref(loop);
     fails += tls_case();
     return fails;
 }
