@@ -189,7 +189,10 @@ int iol_loop_new(iol_loop **out, const iol_loop_config *cfg) IOL_STATUS_V2_(iol_
  * the poller and, when all_fds, every fd that still has a handler; drops
  * pending callbacks (signal ones included) and active timeouts without
  * running them and returns how many it dropped (cancelled timeouts do
- * not count; what stream close callbacks added is dropped too). Clears it
+ * not count; what stream close callbacks added is dropped too). Every
+ * add_future registration whose callback has not run is dropped as well
+ * (counted when its future was done and the callback queued), running
+ * its release function if add_future_ex gave one. Clears it
  * from current/instance and drops the creator's reference; memory goes
  * with the last reference. The waker's eventfd stays open until then, so
  * a producer holding a ref that keeps posting gets -ESHUTDOWN, never a
@@ -678,7 +681,8 @@ void iol_executor_free_cancel(iol_executor *ex);
  * another thread runs the loop. -ESHUTDOWN. */
 int iol_loop_set_default_executor(iol_loop *loop, iol_executor *ex);
 /* Runs fn(arg, &result) on ex (NULL: the loop's default, created on first
- * use and owned by the loop). *out gets a future (caller's reference) that
+ * use and owned by the loop, and freed with the loop's last reference as
+ * by iol_executor_free). *out gets a future (caller's reference) that
  * resolves with result, or with fn's return if negative. Loop thread
  * (from another, -EPERM and nothing is queued).
  * -EINVAL: NULL loop/fn/out. -EPERM. -ESHUTDOWN (loop closed, or ex being

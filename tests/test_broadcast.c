@@ -215,6 +215,36 @@ START_TEST(test_queued_across_stop)
 }
 END_TEST
 
+/* iol_runtime_free (stop, join, free in one) with broadcasts queued
+ * behind held workers: each still runs everywhere and done runs once. */
+static void *open_gate_later(void *arg)
+{
+    (void)arg;
+    nanosleep(&(struct timespec){0, 50 * 1000000}, NULL);
+    atomic_store(&gate_open, true);
+    return NULL;
+}
+
+START_TEST(test_queued_across_free)
+{
+    atomic_store(&dones, 0);
+    atomic_store(&gate_open, false);
+    iol_runtime *rt = new_runtime();
+    ck_assert_int_eq(iol_runtime_start(rt), 0);
+    ck_assert_int_eq(iol_runtime_broadcast(rt, hold_worker, NULL), 0);
+    int n = (int)iol_test_scaled(500, 20);
+    for (int i = 0; i < n; i++) {
+        message *m = message_new(WORKERS, true);
+        ck_assert_int_eq(iol_runtime_broadcast_ex(rt, deliver, m, message_done, m), 0);
+    }
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, open_gate_later, NULL), 0);
+    iol_runtime_free(rt);
+    pthread_join(t, NULL);
+    ck_assert_int_eq(atomic_load(&dones), n);
+}
+END_TEST
+
 /* Freed without being started: fn ran nowhere, done runs once in free
  * (and the messages are not leaked). */
 START_TEST(test_free_without_start)
@@ -255,6 +285,7 @@ int main(void)
     tcase_add_test(tc, test_done_after_every_worker);
     tcase_add_test(tc, test_order_from_a_worker);
     tcase_add_test(tc, test_queued_across_stop);
+    tcase_add_test(tc, test_queued_across_free);
     tcase_add_test(tc, test_free_without_start);
     tcase_add_test(tc, test_bad_args);
     suite_add_tcase(s, tc);

@@ -2,6 +2,7 @@
  * iol_future_cancel, iol_loop_add_future_ex, iol_executor_free_cancel. */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -142,28 +143,56 @@ END_TEST
 /* Cancel racing with a pool thread taking the job, from another thread:
  * exactly one outcome each time. cancel 0 <=> fn never ran and the future
  * holds -ECANCELED; cancel -EBUSY/-EALREADY <=> fn ran and its result is
- * the future's. */
+ * the future's. One canceller thread for all rounds; the pool thread is
+ * held in a job of its own until the canceller took the round's future,
+ * then goes on to the round's job while the canceller pauses a random
+ * while and cancels: both outcomes come up (the counts are printed). */
 typedef struct racer {
-    iol_future *f;
-    atomic_int go; /* round number the canceller may start */
-    int rc;
+    iol_future *_Atomic f; /* this round's job; NULL between rounds */
+    atomic_int rc;         /* cancel's return, INT32_MIN until it ran */
+    atomic_bool quit;
     uint32_t rng;
 } racer;
 
-static atomic_int round_ran[2];
+static atomic_int round_ran;
 
 static int mark_round(void *arg, void **result)
 {
-    atomic_fetch_add(&round_ran[(intptr_t)arg & 1], 1);
+    atomic_fetch_add(&round_ran, 1);
     *result = arg;
+    return 0;
+}
+
+/* Holds the pool thread until the canceller has taken the round's
+ * future: the worker's start and the cancel then set off together,
+ * whatever the scheduler did before. */
+static atomic_bool cancel_taken;
+
+static int hold_job(void *arg, void **result)
+{
+    (void)arg;
+    for (unsigned spins = 0; !atomic_load(&cancel_taken); spins++)
+        if (spins > 100000) /* the canceller is not running: let it */
+            sched_yield();
+    *result = NULL;
     return 0;
 }
 
 static void *canceller(void *arg)
 {
     racer *r = arg;
-    iol_test_tiny_delay(&r->rng);
-    r->rc = iol_future_cancel(r->f);
+    while (!atomic_load(&r->quit)) {
+        iol_future *f = atomic_exchange(&r->f, NULL);
+        if (!f) {
+            sched_yield();
+            continue;
+        }
+        atomic_store(&cancel_taken, true);
+        r->rng ^= r->rng << 13, r->rng ^= r->rng >> 17, r->rng ^= r->rng << 5; /* xorshift32 */
+        for (volatile uint32_t n = r->rng % 16384; n > 0; n--)
+            ;
+        atomic_store(&r->rc, iol_future_cancel(f));
+    }
     return NULL;
 }
 
@@ -171,41 +200,49 @@ START_TEST(test_cancel_races_start)
 {
     iol_loop *loop = new_loop();
     iol_executor *ex;
-    ck_assert_int_eq(iol_executor_new(&ex, 2), 0);
+    ck_assert_int_eq(iol_executor_new(&ex, 1), 0);
     int rounds = (int)iol_test_scaled(2000, 100);
     int cancelled = 0, completed = 0;
+    racer r = {.rng = 2654435761u};
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, canceller, &r), 0);
     for (int i = 0; i < rounds; i++) {
-        atomic_store(&round_ran[i & 1], 0);
-        racer r = {.rng = (uint32_t)i * 2654435761u + 1};
-        ck_assert_int_eq(iol_loop_run_in_executor(loop, ex, mark_round, (void *)(intptr_t)i, &r.f), 0);
-        pthread_t t;
-        ck_assert_int_eq(pthread_create(&t, NULL, canceller, &r), 0);
-        pthread_join(t, NULL);
-        /* Wait for the outcome: a cancelled job is skipped by the worker,
-         * a started one resolves with fn's result. */
-        while (!iol_future_done(r.f))
-            sleep_ms(0);
+        atomic_store(&round_ran, 0);
+        atomic_store(&r.rc, INT32_MIN);
+        iol_future *busy, *f;
+        atomic_store(&cancel_taken, false);
+        ck_assert_int_eq(iol_loop_run_in_executor(loop, ex, hold_job, NULL, &busy), 0);
+        iol_future_unref(busy);
+        ck_assert_int_eq(iol_loop_run_in_executor(loop, ex, mark_round, (void *)(intptr_t)i, &f), 0);
+        atomic_store(&r.f, iol_future_ref(f)); /* the canceller's reference: it does not unref, we do */
+        while (atomic_load(&r.rc) == INT32_MIN || !iol_future_done(f))
+            sched_yield();
+        iol_future_unref(f); /* the canceller's */
+        int rc = atomic_load(&r.rc);
         void *v = NULL;
-        int res = iol_future_result(r.f, &v);
-        if (r.rc == 0) {
+        int res = iol_future_result(f, &v);
+        if (rc == 0) {
             ck_assert_int_eq(res, -ECANCELED);
             cancelled++;
         } else {
-            ck_assert_msg(r.rc == -EBUSY || r.rc == -EALREADY, "cancel returned %d", r.rc);
+            ck_assert_msg(rc == -EBUSY || rc == -EALREADY, "cancel returned %d", rc);
             ck_assert_int_eq(res, 0);
             ck_assert_ptr_eq(v, (void *)(intptr_t)i);
             completed++;
         }
-        iol_future_unref(r.f);
-        /* The job's fn runs only before its future resolves, so a
-         * cancelled one has not run by now and never will: checked at
-         * the next round's start through the free below. */
-        if (r.rc == 0) {
-            iol_executor_free(ex); /* skips it; joins the pool */
-            ck_assert_int_eq(atomic_load(&round_ran[i & 1]), 0);
-            ck_assert_int_eq(iol_executor_new(&ex, 2), 0);
-        }
+        /* One pool thread: a job queued now runs after this round's job
+         * was taken (run or skipped), so once it ran, round_ran tells
+         * whether this round's fn ran. */
+        iol_future *after;
+        ck_assert_int_eq(iol_loop_run_in_executor(loop, ex, mark_round, (void *)(intptr_t)-1, &after), 0);
+        while (!iol_future_done(after))
+            sched_yield();
+        iol_future_unref(after);
+        ck_assert_int_eq(atomic_load(&round_ran), rc == 0 ? 1 : 2);
+        iol_future_unref(f);
     }
+    atomic_store(&r.quit, true);
+    pthread_join(t, NULL);
     fprintf(stderr, "cancel race: %d cancelled, %d completed\n", cancelled, completed);
     ck_assert_int_eq(cancelled + completed, rounds);
     iol_executor_free(ex);
