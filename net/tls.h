@@ -32,6 +32,9 @@ void iol__tls_on_close(iol_stream *s, int err);
 int iol__tls_shutdown(iol_stream *s);
 /* The close completes: a pending handshake callback hears the error. */
 void iol__tls_finish_close(iol_stream *s);
+/* From the deferred callback: a wait_for_handshake made after the
+ * handshake finished hears it now. */
+void iol__tls_deferred(iol_stream *s);
 void iol__tls_free(iol_stream *s);
 #else
 static inline ssize_t iol__tls_recv(iol_stream *s, size_t limit, bool *drained)
@@ -47,6 +50,7 @@ static inline bool iol__tls_on_events(iol_stream *s, unsigned *events) { (void)s
 static inline void iol__tls_on_close(iol_stream *s, int err) { (void)s; (void)err; }
 static inline int iol__tls_shutdown(iol_stream *s) { (void)s; return 0; }
 static inline void iol__tls_finish_close(iol_stream *s) { (void)s; }
+static inline void iol__tls_deferred(iol_stream *s) { (void)s; }
 static inline void iol__tls_free(iol_stream *s) { (void)s; }
 #endif
 

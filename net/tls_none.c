@@ -61,3 +61,9 @@ bool iol_stream_tls_resumed(const iol_stream *s)
     (void)s;
     return false;
 }
+
+int iol_stream_wait_for_handshake(iol_stream *s, iol_connect_fn cb, void *arg)
+{
+    (void)s, (void)cb, (void)arg;
+    return -ENOTSUP;
+}
