@@ -76,6 +76,5 @@ int main(void)
                        dial_status == -EHOSTUNREACH && dial_error == -EHOSTUNREACH);
     }
     iol_loop_close(loop, true);
-    iol_loop_unref(loop);
     return fails;
 }
