@@ -336,6 +336,44 @@ START_TEST(tls_close_notify_then_fin)
 }
 END_TEST
 
+/* TLS: a shutdown asked during the handshake, then our close or the
+ * loop's close before the handshake ends: the callback once, with
+ * -ECANCELED or -ESHUTDOWN; nothing leaks (ASan). */
+START_TEST(tls_close_while_pending)
+{
+    int loop_close = _i;
+    iol_tls_ctx *sctx, *cctx;
+    bool have_tls = iol_test_tls_ctxs(&sctx, &cctx);
+#ifdef IOL_HAVE_TLS
+    ck_assert(have_tls);
+#endif
+    if (!have_tls)
+        return;
+    story st = {.loop = iol_test_loop_new()};
+    int fds[2];
+    iol_test_socket_pair(fds, false);
+    ck_assert_int_eq(iol_tls_stream_new(&st.s, st.loop, fds[0], sctx, 0), 0);
+    ck_assert_int_eq(iol_stream_write(st.s, "queued", 6, NULL, NULL), 0);
+    ck_assert_int_eq(iol_stream_shutdown(st.s, on_shutdown, &st), 0);
+    ck_assert_int_eq(iol_loop_run_once(st.loop, 0.01), 0); /* no ClientHello comes */
+    ck_assert_int_eq(st.cb_calls, 0);
+    if (loop_close) {
+        ck_assert_int_ge(iol_loop_close(st.loop, false), 0);
+        ck_assert_int_eq(st.cb_status, -ESHUTDOWN);
+    } else {
+        ck_assert_int_eq(iol_stream_set_close_callback(st.s, on_close, &st), 0);
+        ck_assert_int_eq(iol_stream_close(st.s), 0);
+        iol_test_loop_run(st.loop, 10);
+        ck_assert_int_eq(st.cb_status, -ECANCELED);
+        ck_assert_int_eq(iol_loop_close(st.loop, false), 0);
+    }
+    ck_assert_int_eq(st.cb_calls, 1);
+    close(fds[1]);
+    iol_tls_ctx_unref(sctx);
+    iol_tls_ctx_unref(cctx);
+}
+END_TEST
+
 /* Thread rule: from another thread while the loop runs, -EPERM and
  * nothing changes (writes still work, a later shutdown works). */
 static void *foreign_shutdown(void *arg)
@@ -411,6 +449,7 @@ int main(void)
     tcase_add_loop_test(tc, close_while_pending, 0, 2);
     tcase_add_loop_test(tc, loop_close_while_pending, 0, 2);
     tcase_add_test(tc, tls_close_notify_then_fin);
+    tcase_add_loop_test(tc, tls_close_while_pending, 0, 2);
     tcase_add_test(tc, thread_rule);
     tcase_add_test(tc, bad_calls);
     suite_add_tcase(s, tc);
