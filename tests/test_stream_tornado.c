@@ -594,6 +594,54 @@ START_TEST(streaming_edges)
 }
 END_TEST
 
+/* chunk may pause reading (the rest waits for resume) or close the
+ * stream (done then hears -EPIPE). */
+static void resume_later(void *arg)
+{
+    ck_assert_int_eq(iol_stream_resume_reading(arg), 0);
+}
+
+static void chunk_pauses(iol_stream *s, const char *data, size_t len, int status, void *arg)
+{
+    result *r = arg;
+    on_chunk(s, data, len, status, arg);
+    ck_assert_int_eq(iol_stream_pause_reading(s), 0);
+    ck_assert_int_eq(iol_loop_call_later(r->p->loop, 0.01, resume_later, s, NULL), 0);
+}
+
+static void chunk_closes(iol_stream *s, const char *data, size_t len, int status, void *arg)
+{
+    on_chunk(s, data, len, status, arg);
+    ck_assert_int_eq(iol_stream_close(s), 0);
+}
+
+START_TEST(streaming_chunk_pauses_or_closes)
+{
+    pair p;
+    if (!pair_open(&p, _i, 0))
+        return;
+    result r = {.p = &p};
+    ck_assert_int_eq(iol_stream_read_bytes_streaming(p.rs, 9, chunk_pauses, on_result, &r), 0);
+    pair_write(&p, "abc");
+    run_for(&p, 0.05);
+    pair_write(&p, "def");
+    run_for(&p, 0.05);
+    pair_write(&p, "ghi");
+    wait_for(&p, &r.calls, 1);
+    ck_assert_int_eq(r.status, 0);
+    ck_assert_str_eq(r.streamed_text, "abcdefghi");
+    ck_assert_int_ge(r.chunks, 1); /* 3 unless writes merged on a slow machine */
+    run_for(&p, 0.05); /* the last resume */
+    result c = {.p = &p};
+    ck_assert_int_eq(iol_stream_read_until_close_streaming(p.rs, chunk_closes, on_result, &c), 0);
+    pair_write(&p, "xyz");
+    wait_for(&p, &c.calls, 1);
+    ck_assert_int_eq(c.chunks, 1);
+    ck_assert_int_eq(c.status, -EPIPE);
+    pair_close(&p);
+}
+END_TEST
+
 /* ------------------------------------------------------------ Threads */
 
 static iol_stream *foreign_target;
@@ -776,6 +824,7 @@ int main(void)
     tcase_add_loop_test(tc, streaming_with_data_in_buffer, 0, N_KINDS);
     tcase_add_loop_test(tc, streaming_until_close, 0, N_KINDS);
     tcase_add_loop_test(tc, streaming_edges, 0, N_KINDS);
+    tcase_add_loop_test(tc, streaming_chunk_pauses_or_closes, 0, N_KINDS);
     tcase_add_loop_test(tc, thread_rule, 0, N_KINDS);
     tcase_add_test(tc, wait_for_handshake);
     tcase_add_test(tc, wait_for_handshake_failures);
