@@ -314,6 +314,10 @@ void iol__stream_deliver_chunk(iol_stream *s, size_t n);
  * buffered bytes first, then the final callback (status 0 for
  * read_until_close at EOF, else status). */
 void iol__stream_streaming_close(iol_stream *s, int status);
+/* read_into with nothing buffered: one recv straight into the caller's
+ * buffer (as stream_recv: >0, 0 at EOF, -EAGAIN, -errno); completes the
+ * read when that filled it (or, partial, brought anything). */
+ssize_t iol__stream_recv_into(iol_stream *s, bool *drained);
 
 /* stream_shutdown.c */
 /* Once shutdown was asked and nothing is pending: close_notify (TLS), the

@@ -21,6 +21,8 @@ static ssize_t stream_recv(iol_stream *s, size_t limit, bool *drained)
 {
     if (s->tls)
         return iol__tls_recv(s, limit, drained);
+    if (s->read_streaming && s->ext->into && iol__buffer_len(&s->rbuf) == 0)
+        return iol__stream_recv_into(s, drained);
     int r = iol__buffer_reserve(&s->rbuf, limit < STREAM_READ_CHUNK ? limit : STREAM_READ_CHUNK);
     if (r < 0)
         return r;

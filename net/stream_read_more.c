@@ -9,7 +9,9 @@
  * streaming read (read_into is one, its batches copied into the caller's
  * buffer) is a READ_BYTES or READ_UNTIL_CLOSE with s->read_streaming, so
  * its bytes never pile up in the read buffer: the buffer holds at most
- * what one recv brought, whatever the read's size.
+ * what one recv brought, whatever the read's size. read_into on the fd
+ * handler's path receives straight into the caller's buffer once the
+ * read buffer is empty (no copy); the ring and TLS paths copy once.
  */
 #include "net/stream_impl.h"
 
@@ -18,6 +20,8 @@
 #include <regex.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "loop/status.h"
 
@@ -93,6 +97,27 @@ void iol__stream_deliver_chunk(iol_stream *s, size_t n)
     iol__buffer_trim(&s->rbuf);
     if (last && s->read_streaming)
         streaming_end(s, 0);
+}
+
+ssize_t iol__stream_recv_into(iol_stream *s, bool *drained)
+{
+    stream_ext *x = s->ext;
+    char *dst = x->into + x->into_filled;
+    size_t room = s->read_n;
+    ssize_t n;
+    do {
+        n = s->is_socket ? recv(s->fd, dst, room, 0) : read(s->fd, dst, room);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return (errno == EAGAIN || errno == EWOULDBLOCK) ? -EAGAIN : -errno;
+    if (n == 0)
+        return 0;
+    *drained = (size_t)n < room;
+    x->into_filled += (size_t)n;
+    s->read_n -= (size_t)n;
+    if (s->read_n == 0 || s->read_partial)
+        streaming_end(s, 0);
+    return n;
 }
 
 void iol__stream_streaming_close(iol_stream *s, int status)
