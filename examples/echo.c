@@ -46,13 +46,9 @@ static void read_more(void *arg)
     if (iol_stream_closed(c->stream))
         return;
     if (draining && !c->fin_sent) {
-        /* Everything echoed so far is in the kernel: FIN follows it (a
-         * TLS stream closes: close_notify, then FIN). */
-        if (iol_stream_is_tls(c->stream)) {
-            iol_stream_close(c->stream);
-            return;
-        }
-        shutdown(iol_stream_fd(c->stream), SHUT_WR);
+        /* FIN once everything echoed so far is out (TLS: close_notify
+         * first); reading goes on, discarding, until the client's EOF. */
+        iol_stream_shutdown(c->stream, NULL, NULL);
         c->fin_sent = true;
     }
     if (iol_stream_read_bytes(c->stream, READ_CHUNK, true, on_read, c) < 0)
@@ -132,14 +128,11 @@ static void worker_drain(iol_loop *loop, unsigned index, void *arg)
     (void)arg;
     draining = true;
     for (conn *c = open_head.next; c != &open_head; c = c->next) {
-        if (iol_stream_closed(c->stream) || iol_stream_write_buffer_size(c->stream) > 0)
+        if (iol_stream_closed(c->stream) || c->fin_sent)
             continue;
-        if (iol_stream_is_tls(c->stream)) {
-            iol_stream_close(c->stream); /* close_notify; c is freed later, from the loop */
-        } else {
-            shutdown(iol_stream_fd(c->stream), SHUT_WR);
-            c->fin_sent = true;
-        }
+        /* The FIN waits for an echo still queued: nothing is dropped. */
+        iol_stream_shutdown(c->stream, NULL, NULL);
+        c->fin_sent = true;
     }
 }
 

@@ -1072,6 +1072,42 @@ int iol_stream_read_until_max(iol_stream *s, const char *delim, size_t max_bytes
 int iol_stream_read_bytes(iol_stream *s, size_t n, bool partial, iol_read_fn cb, void *arg);
 /* Reads everything until the peer closes; status 0 then (never IOL_EOF). */
 int iol_stream_read_until_close(iol_stream *s, iol_read_fn cb, void *arg);
+
+/* More reads of Tornado's IOStream. Each is one pending read like those
+ * above (one at a time: -EBUSY), with the same callback rules and
+ * statuses (see "Read calls" below: IOL_EOF, -EPIPE, -ECONNRESET...).
+ * Loop thread; from another thread -EPERM and nothing changes. -EPIPE:
+ * closed. -ENOMEM.
+ *
+ * read_until_regex: reads until the first match of pattern, a POSIX
+ * extended regular expression (regcomp, REG_EXTENDED); data runs from the
+ * start of the buffer to the end of that match. The buffer is searched
+ * whole again as bytes arrive (as Tornado), so a match found earlier
+ * wins over a longer one more bytes would make ("a+" answers "a").
+ * max_bytes as read_until_max (-EMSGSIZE and close once the match cannot
+ * end within it; 0: max_buffer_size only, -ENOBUFS past it). -EINVAL:
+ * NULL s/pattern/cb, empty pattern, a pattern regcomp refuses, or one
+ * that matches the empty string (it would answer with no bytes). */
+int iol_stream_read_until_regex(iol_stream *s, const char *pattern, size_t max_bytes, iol_read_fn cb, void *arg);
+/* read_into: fills the caller's buffer: cb(s, buf, n, status, arg) once
+ * len bytes were copied into it, or (partial) once at least one was.
+ * Bytes go into buf as they arrive, so len may exceed max_buffer_size
+ * and the stream buffers no more than one recv's worth meanwhile. On
+ * failure (IOL_EOF...) cb still gets buf and how many bytes landed in it.
+ * buf must stay valid until cb. -EINVAL: NULL s/buf/cb, len 0. */
+int iol_stream_read_into(iol_stream *s, void *buf, size_t len, bool partial, iol_read_fn cb, void *arg);
+/* Streaming reads (Tornado's streaming_callback): chunk(s, data, len, 0,
+ * arg) runs for each batch of bytes as it arrives (len > 0, data valid
+ * until chunk returns), then done(s, NULL, 0, status, arg) once: status
+ * 0 after n bytes (read_bytes_streaming) or at the peer's clean close
+ * (read_until_close_streaming), else why not (IOL_EOF: the peer closed
+ * before n bytes; -EPIPE, -ECONNRESET...). The bytes do not collect in
+ * the stream's buffer, so n (or the whole transfer) may exceed
+ * max_buffer_size. chunk may pause reading, write, or close the stream;
+ * another read call from it says -EBUSY (the read is pending until
+ * done). -EINVAL: NULL s/chunk/done, n 0. */
+int iol_stream_read_bytes_streaming(iol_stream *s, size_t n, iol_read_fn chunk, iol_read_fn done, void *arg);
+int iol_stream_read_until_close_streaming(iol_stream *s, iol_read_fn chunk, iol_read_fn done, void *arg);
 /* Backpressure on the reading side: while paused the stream takes nothing
  * from the socket (the kernel's buffer fills and TCP's window closes on
  * the peer) and runs no read callback; read calls are still accepted and
@@ -1419,6 +1455,18 @@ int iol_tls_connect(iol_stream **out, iol_loop *loop, const char *host, uint16_t
  * update the fd handler closes the stream and is returned. */
 int iol_stream_start_tls(iol_stream *s, iol_tls_ctx *ctx, const char *server_name, iol_connect_fn cb,
                          void *arg);
+
+/* Tornado's SSLIOStream.wait_for_handshake, for streams whose handshake
+ * started without a callback (iol_tls_stream_new on a server, STARTTLS):
+ * cb(s, status, arg) runs once, on the loop thread, never inside this
+ * call: 0 once the handshake finished (later from the loop if it has
+ * already), or the error that ended it (see above; the stream is closed
+ * then, cb runs before the close callback). One waiter at a time. Loop
+ * thread. -EINVAL: NULL s/cb, s not a TLS stream. -EPERM: another thread
+ * runs the loop (nothing changes). -EPIPE: closed. -EBUSY: a wait is
+ * pending (Tornado's "Already waiting"). -ENOMEM, -ESHUTDOWN: the loop
+ * could not queue the answer. -ENOTSUP: built without TLS. */
+int iol_stream_wait_for_handshake(iol_stream *s, iol_connect_fn cb, void *arg);
 
 /* Whether s is a TLS stream (handshake done or not); false for NULL.
  * Loop thread: false from another thread while the loop runs. */

@@ -34,6 +34,8 @@ void iol__stream_free(iol_stream *s)
         free(x->segs);
         if (x->delim != x->delim_inline)
             free(x->delim);
+        if (x->regex)
+            iol__stream_regex_clear(s);
         free(x->addrs);
         free(x->source);
         if (x->connect_timer)
@@ -239,12 +241,15 @@ static void stream_finish_close(iol_stream *s)
         /* A clean close by the peer is IOL_EOF, our own close -EPIPE. */
         int status = s->error ? s->error : s->eof ? IOL_EOF : -EPIPE;
         size_t n = 0;
-        if (s->read_kind == READ_UNTIL_CLOSE) {
+        if (s->read_streaming)
+            iol__stream_streaming_close(s, status);
+        else if (s->read_kind == READ_UNTIL_CLOSE) {
             n = iol__buffer_len(&s->rbuf);
             if (s->eof)
                 status = 0;
         }
-        iol__stream_deliver(s, n, status);
+        if (s->read_kind != READ_NONE && !s->read_streaming)
+            iol__stream_deliver(s, n, status);
     }
     iol_close_fn fn = s->close_cb;
     s->close_cb = NULL;
@@ -265,6 +270,8 @@ static void stream_deferred(void *arg)
         iol__stream_shutdown_step(s);
         iol__stream_shutdown_report(s);
     }
+    if (!s->closed && s->tls)
+        iol__tls_deferred(s);
     if (!s->closed)
         iol__stream_fire_watermark(s);
     if (!s->closed && s->read_kind != READ_NONE && !s->read_paused)

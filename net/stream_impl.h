@@ -117,6 +117,16 @@ typedef struct stream_ext {
     iol_timeout connect_timer;   /* the connect deadline, 0 if none */
     iol__address *source; /* bound before connecting */
 
+    /* read_until_regex: the compiled pattern while that read is pending
+     * (then read_kind is READ_UNTIL and delim unused); NULL otherwise */
+    struct stream_regex *regex;
+    /* streaming reads (stream_read_more.c): each batch of bytes goes to
+     * read_chunk, or is copied into `into` (read_into), as it arrives */
+    iol_read_fn read_chunk;
+    char *into;
+    size_t into_len;    /* the caller's buffer */
+    size_t into_filled; /* bytes copied into it so far */
+
     /* iol_stream_shutdown: cb runs once, from the loop */
     void (*shutdown_cb)(iol_stream *s, int status, void *arg);
     void *shutdown_arg;
@@ -162,6 +172,7 @@ struct iol_stream {
     bool claimed : 1;         /* fd claimed on the loop instead of a handler (iol__loop_fd_claim) */
     bool wr_shut : 1;         /* iol_stream_shutdown was called: no more writes */
     bool fin_sent : 1;        /* ... and the FIN (TLS: close_notify first) went out */
+    bool read_streaming : 1;  /* the pending read hands bytes over as they come (ext->read_chunk/into) */
     stream_read_kind read_kind : 2; /* the pending read */
 
     uint32_t max_buffer; /* max_buffer_size; 0: in ext (4 GiB or more) */
@@ -243,6 +254,11 @@ int iol__stream_socket_error(const iol_stream *s);
 void iol__stream_handle_read(iol_stream *s);
 bool iol__stream_try_complete_read(iol_stream *s);
 void iol__stream_deliver(iol_stream *s, size_t n, int status);
+/* A read call's checks: -EPIPE closed, -EBUSY a read pending. */
+int iol__stream_check_read(const iol_stream *s);
+/* A new read was recorded: answered from the buffer through the deferred
+ * callback, or the socket watched; on failure the read is undone. */
+int iol__stream_arm_read(iol_stream *s);
 
 /* stream_write.c */
 void iol__stream_handle_write(iol_stream *s);
@@ -285,6 +301,23 @@ static inline bool iol__stream_uring_busy(const iol_stream *s)
 {
     return s->op.inflight > 0;
 }
+
+/* stream_read_more.c: read_until_regex, read_into, streaming reads */
+/* READ_UNTIL with a pattern: where the first match ends, 0: none yet. */
+size_t iol__stream_regex_ready(iol_stream *s);
+/* Drops the pending read's pattern (the read ended). */
+void iol__stream_regex_clear(iol_stream *s);
+/* A streaming read: hands over up to n buffered bytes (n > 0), and
+ * completes the read when that was its last. */
+void iol__stream_deliver_chunk(iol_stream *s, size_t n);
+/* The stream closed with a streaming read pending: at the peer's EOF the
+ * buffered bytes first, then the final callback (status 0 for
+ * read_until_close at EOF, else status). */
+void iol__stream_streaming_close(iol_stream *s, int status);
+/* read_into with nothing buffered: one recv straight into the caller's
+ * buffer (as stream_recv: >0, 0 at EOF, -EAGAIN, -errno); completes the
+ * read when that filled it (or, partial, brought anything). */
+ssize_t iol__stream_recv_into(iol_stream *s, bool *drained);
 
 /* stream_shutdown.c */
 /* Once shutdown was asked and nothing is pending: close_notify (TLS), the

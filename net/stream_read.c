@@ -21,6 +21,8 @@ static ssize_t stream_recv(iol_stream *s, size_t limit, bool *drained)
 {
     if (s->tls)
         return iol__tls_recv(s, limit, drained);
+    if (s->read_streaming && s->ext->into && iol__buffer_len(&s->rbuf) == 0)
+        return iol__stream_recv_into(s, drained);
     int r = iol__buffer_reserve(&s->rbuf, limit < STREAM_READ_CHUNK ? limit : STREAM_READ_CHUNK);
     if (r < 0)
         return r;
@@ -46,12 +48,16 @@ static ssize_t stream_recv(iol_stream *s, size_t limit, bool *drained)
 static size_t stream_read_ready(iol_stream *s)
 {
     size_t len = iol__buffer_len(&s->rbuf);
+    if (s->read_streaming) /* whatever came, up to what is still wanted */
+        return s->read_kind == READ_BYTES && len > s->read_n ? s->read_n : len;
     switch (s->read_kind) {
     case READ_BYTES:
         if (len >= s->read_n)
             return s->read_n;
         return s->read_partial ? len : 0;
     case READ_UNTIL: {
+        if (s->ext->regex)
+            return iol__stream_regex_ready(s);
         size_t dlen = s->ext->delim_len;
         if (len < dlen)
             return 0;
@@ -85,6 +91,9 @@ void iol__stream_deliver(iol_stream *s, size_t n, int status)
     s->read_kind = READ_NONE;
     s->read_cb = NULL;
     s->read_arg = NULL;
+    s->read_streaming = false;
+    if (s->ext && s->ext->regex)
+        iol__stream_regex_clear(s);
     iol__buffer_consume(&s->rbuf, n);
     cb(s, data, n, iol__loop_status(s->loop, status), arg);
     iol__buffer_trim(&s->rbuf);
@@ -125,7 +134,10 @@ bool iol__stream_try_complete_read(iol_stream *s)
         return true;
     }
     if (n > 0) {
-        iol__stream_deliver(s, n, 0);
+        if (s->read_streaming)
+            iol__stream_deliver_chunk(s, n);
+        else
+            iol__stream_deliver(s, n, 0);
         return true;
     }
     if (stream_buffer_over(s)) {
@@ -321,5 +333,22 @@ int iol_stream_resume_reading(iol_stream *s)
                                                                     : iol__stream_update_events(s);
     if (r < 0)
         iol__stream_close_internal(s, r); /* the pending read would never finish */
+    return r;
+}
+
+/* For the reads of stream_read_more.c. */
+int iol__stream_check_read(const iol_stream *s)
+{
+    return stream_check_read(s);
+}
+
+int iol__stream_arm_read(iol_stream *s)
+{
+    int r = stream_arm_read(s);
+    if (r < 0) {
+        s->read_streaming = false;
+        if (s->ext && s->ext->regex)
+            iol__stream_regex_clear(s);
+    }
     return r;
 }

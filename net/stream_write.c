@@ -143,6 +143,8 @@ int iol_stream_write(iol_stream *s, const void *data, size_t len, iol_callback_f
         return -EINVAL;
     if (s->closed)
         return -EPIPE;
+    if (s->wr_shut)
+        return -EPIPE; /* iol_stream_shutdown closed the write side */
     /* Tornado checks the whole write against the limit, even one that
      * could go straight to the kernel: the limit is predictable. */
     if (s->ext && s->ext->max_write_buffer && (len > s->ext->max_write_buffer || iol__stream_pending(s) > s->ext->max_write_buffer - len))
@@ -152,8 +154,6 @@ int iol_stream_write(iol_stream *s, const void *data, size_t len, iol_callback_f
         r = iol__stream_segs_reserve(s, 1);
     if (r < 0)
         return r;
-    if (s->wr_shut)
-        return -EPIPE; /* iol_stream_shutdown closed the write side */
 
     iol__stream_hold(s);
     size_t sent = 0;

@@ -35,6 +35,9 @@ void iol__tls_finish_close(iol_stream *s);
 /* The loop winds down (a runtime's drain is over, its FIN comes next):
  * close_notify now, once, if the handshake finished. */
 void iol__tls_wind_down(iol_stream *s);
+/* From the deferred callback: a wait_for_handshake made after the
+ * handshake finished hears it now. */
+void iol__tls_deferred(iol_stream *s);
 void iol__tls_free(iol_stream *s);
 #else
 static inline ssize_t iol__tls_recv(iol_stream *s, size_t limit, bool *drained)
@@ -51,6 +54,7 @@ static inline void iol__tls_on_close(iol_stream *s, int err) { (void)s; (void)er
 static inline int iol__tls_shutdown(iol_stream *s) { (void)s; return 0; }
 static inline void iol__tls_finish_close(iol_stream *s) { (void)s; }
 static inline void iol__tls_wind_down(iol_stream *s) { (void)s; }
+static inline void iol__tls_deferred(iol_stream *s) { (void)s; }
 static inline void iol__tls_free(iol_stream *s) { (void)s; }
 #endif
 

@@ -69,9 +69,15 @@ struct iol__tls {
     iol_connect_fn hs_cb;
     void *hs_arg;
     iol_timeout hs_timer;
+    /* iol_stream_wait_for_handshake (tls_wait.c): runs once */
+    iol_connect_fn wait_cb;
+    void *wait_arg;
 };
 
 BIO *iol__tls_bio_new(iol__tls *t);
+/* The handshake ended (phase OPEN or DEAD) or the stream closed: runs
+ * the wait_for_handshake callback, if any, with status (tls_wait.c). */
+void iol__tls_wait_report(iol_stream *s, int status);
 /* ctx: an SSL for one stream, with the client's cached session for name. */
 SSL *iol__tls_ctx_new_ssl(iol_tls_ctx *ctx, const char *server_name);
 /* Error queue → "reason; reason" into buf; clears the queue. */

@@ -97,3 +97,9 @@ int iol_stream_tls_cipher(const iol_stream *s, char *buf, size_t size)
     (void)s, (void)buf, (void)size;
     return -ENOTSUP;
 }
+
+int iol_stream_wait_for_handshake(iol_stream *s, iol_connect_fn cb, void *arg)
+{
+    (void)s, (void)cb, (void)arg;
+    return -ENOTSUP;
+}

@@ -170,6 +170,8 @@ static void tls_opened(iol_stream *s)
         (void)tls_drain(s);
     if (cb)
         cb(s, 0, t->hs_arg);
+    if (!s->closed)
+        iol__tls_wait_report(s, 0);
     if (!s->closed && iol__buffer_len(&s->wbuf) > 0)
         iol__stream_handle_write(s);
     if (!s->closed)
@@ -428,6 +430,7 @@ void iol__tls_finish_close(iol_stream *s)
     t->hs_cb = NULL;
     if (cb)
         cb(s, s->error ? s->error : -EPIPE, t->hs_arg);
+    iol__tls_wait_report(s, s->error ? s->error : s->eof ? IOL_EOF : -EPIPE);
 }
 
 static void tls_state_free(iol__tls *t)

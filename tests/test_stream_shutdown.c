@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -63,6 +65,15 @@ static void on_shutdown(iol_stream *s, int status, void *arg)
     ck_assert_ptr_eq(s, st->s);
     st->cb_calls++;
     st->cb_status = status;
+}
+
+static void on_connected(iol_stream *s, int status, void *arg)
+{
+    (void)s;
+    story *st = arg;
+    ck_assert(!st->in_call);
+    ck_assert_int_eq(status, 0);
+    ck_assert_int_eq(st->cb_calls, 0); /* the FIN only after the connect */
 }
 
 static void on_release(void *arg)
@@ -213,6 +224,40 @@ static void shrink_buffers(iol_stream *s, int peer)
     ck_assert_int_eq(setsockopt(peer, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
 }
 
+/* Asked while connecting: the write and then the FIN follow the connect. */
+START_TEST(shutdown_while_connecting)
+{
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sin);
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(lfd, 0);
+    ck_assert_int_eq(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    ck_assert_int_eq(listen(lfd, 4), 0);
+    ck_assert_int_eq(getsockname(lfd, (struct sockaddr *)&sin, &len), 0);
+
+    story st = {.loop = iol_test_loop_new()};
+    ck_assert_int_eq(iol_stream_connect(&st.s, st.loop, "127.0.0.1", ntohs(sin.sin_port), 0, on_connected, &st), 0);
+    st.in_call = true;
+    ck_assert_int_eq(iol_stream_write(st.s, "hi", 2, NULL, NULL), 0);
+    ck_assert_int_eq(iol_stream_shutdown(st.s, on_shutdown, &st), 0);
+    st.in_call = false;
+    ck_assert_int_eq(iol_stream_set_close_callback(st.s, on_close, &st), 0);
+    while (st.cb_calls == 0)
+        ck_assert_int_eq(iol_loop_run_once(st.loop, 0.05), 0);
+    ck_assert_int_eq(st.cb_status, 0);
+    int peer = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    ck_assert_int_ge(peer, 0);
+    char buf[4];
+    ck_assert_int_eq(read(peer, buf, sizeof(buf)), 2);
+    ck_assert_int_eq(read(peer, buf, sizeof(buf)), 0); /* the FIN */
+    close(peer);
+    iol_test_loop_run(st.loop, 10); /* our stream sees the peer's close */
+    ck_assert_int_eq(st.closes, 1);
+    ck_assert_int_eq(iol_loop_close(st.loop, false), 0);
+    close(lfd);
+}
+END_TEST
+
 /* Closed before the FIN could go (the peer reads nothing): the callback
  * runs once, with -ECANCELED; the zero-copy release runs too. */
 START_TEST(close_while_pending)
@@ -336,6 +381,44 @@ START_TEST(tls_close_notify_then_fin)
 }
 END_TEST
 
+/* TLS: a shutdown asked during the handshake, then our close or the
+ * loop's close before the handshake ends: the callback once, with
+ * -ECANCELED or -ESHUTDOWN; nothing leaks (ASan). */
+START_TEST(tls_close_while_pending)
+{
+    int loop_close = _i;
+    iol_tls_ctx *sctx, *cctx;
+    bool have_tls = iol_test_tls_ctxs(&sctx, &cctx);
+#ifdef IOL_HAVE_TLS
+    ck_assert(have_tls);
+#endif
+    if (!have_tls)
+        return;
+    story st = {.loop = iol_test_loop_new()};
+    int fds[2];
+    iol_test_socket_pair(fds, false);
+    ck_assert_int_eq(iol_tls_stream_new(&st.s, st.loop, fds[0], sctx, 0), 0);
+    ck_assert_int_eq(iol_stream_write(st.s, "queued", 6, NULL, NULL), 0);
+    ck_assert_int_eq(iol_stream_shutdown(st.s, on_shutdown, &st), 0);
+    ck_assert_int_eq(iol_loop_run_once(st.loop, 0.01), 0); /* no ClientHello comes */
+    ck_assert_int_eq(st.cb_calls, 0);
+    if (loop_close) {
+        ck_assert_int_ge(iol_loop_close(st.loop, false), 0);
+        ck_assert_int_eq(st.cb_status, -ESHUTDOWN);
+    } else {
+        ck_assert_int_eq(iol_stream_set_close_callback(st.s, on_close, &st), 0);
+        ck_assert_int_eq(iol_stream_close(st.s), 0);
+        iol_test_loop_run(st.loop, 10);
+        ck_assert_int_eq(st.cb_status, -ECANCELED);
+        ck_assert_int_eq(iol_loop_close(st.loop, false), 0);
+    }
+    ck_assert_int_eq(st.cb_calls, 1);
+    close(fds[1]);
+    iol_tls_ctx_unref(sctx);
+    iol_tls_ctx_unref(cctx);
+}
+END_TEST
+
 /* Thread rule: from another thread while the loop runs, -EPERM and
  * nothing changes (writes still work, a later shutdown works). */
 static void *foreign_shutdown(void *arg)
@@ -408,9 +491,11 @@ int main(void)
     TCase *tc = iol_test_tcase("shutdown", 120);
     tcase_add_loop_test(tc, peer_gets_every_byte_then_fin, 0, N_VARIANTS);
     tcase_add_test(tc, fin_at_once_when_nothing_is_queued);
+    tcase_add_test(tc, shutdown_while_connecting);
     tcase_add_loop_test(tc, close_while_pending, 0, 2);
     tcase_add_loop_test(tc, loop_close_while_pending, 0, 2);
     tcase_add_test(tc, tls_close_notify_then_fin);
+    tcase_add_loop_test(tc, tls_close_while_pending, 0, 2);
     tcase_add_test(tc, thread_rule);
     tcase_add_test(tc, bad_calls);
     suite_add_tcase(s, tc);

@@ -361,6 +361,66 @@ START_TEST(bad_args)
 }
 END_TEST
 
+/* A big copied write, then a zero-copy one, on a Unix pair: on a uring
+ * loop the copy goes out by a ring send that the kernel cuts short, and
+ * its rest must go before the zero-copy bytes queued behind it (they
+ * went first, reordering the stream). The peer, read from the loop,
+ * checks every byte's place. */
+enum { ORDER_COPY = 2u << 20, ORDER_REF = 1u << 20 };
+
+typedef struct order_story {
+    iol_loop *loop;
+    size_t got;
+    long first_bad; /* -1: none */
+} order_story;
+
+static unsigned char order_byte(size_t k)
+{
+    return (unsigned char)(k % 253);
+}
+
+static void order_peer(int fd, unsigned events, void *arg)
+{
+    (void)events;
+    order_story *o = arg;
+    unsigned char buf[65536];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof(buf))) > 0) {
+        for (ssize_t i = 0; i < n; i++)
+            if (o->first_bad < 0 && buf[i] != order_byte(o->got + (size_t)i))
+                o->first_bad = (long)(o->got + (size_t)i);
+        o->got += (size_t)n;
+    }
+    if (o->got == ORDER_COPY + ORDER_REF)
+        iol_loop_stop(o->loop);
+}
+
+START_TEST(ref_behind_a_short_ring_send)
+{
+    order_story o = {.loop = iol_test_loop_new(), .first_bad = -1};
+    int peer;
+    iol_stream *s = iol_test_stream_pair(o.loop, false, &peer);
+    ck_assert_int_eq(fcntl(peer, F_SETFL, O_NONBLOCK), 0);
+    unsigned char *copy = malloc(ORDER_COPY), *ref = malloc(ORDER_REF);
+    for (size_t i = 0; i < ORDER_COPY; i++)
+        copy[i] = order_byte(i);
+    for (size_t i = 0; i < ORDER_REF; i++)
+        ref[i] = order_byte(ORDER_COPY + i);
+    ck_assert_int_eq(iol_stream_write(s, copy, ORDER_COPY, NULL, NULL), 0);
+    ck_assert_int_eq(iol_stream_write_ref(s, ref, ORDER_REF, NULL, NULL), 0);
+    ck_assert_int_eq(iol_loop_add_handler(o.loop, peer, IOL_READ, order_peer, &o), 0);
+    iol_test_loop_run(o.loop, 10);
+    ck_assert_msg(o.first_bad < 0, "byte %ld out of place", o.first_bad);
+    ck_assert_int_eq(iol_loop_remove_handler(o.loop, peer), 0);
+    ck_assert_int_eq(iol_stream_close(s), 0);
+    ck_assert_int_eq(iol_loop_run_once(o.loop, 0), 0);
+    ck_assert_int_eq(iol_loop_close(o.loop, false), 0);
+    close(peer);
+    free(copy);
+    free(ref);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("zerocopy");
@@ -375,6 +435,7 @@ int main(void)
         {"close_releases_queued", close_releases_queued},
         {"loop_close_releases_queued", loop_close_releases_queued},
         {"bad_args", bad_args},
+        {"ref_behind_a_short_ring_send", ref_behind_a_short_ring_send},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = iol_test_tcase(cases[i].name, 60);
