@@ -108,32 +108,27 @@ static void append(conn *c, const char *data, size_t len)
 
 /* ------------------------------------------------------- graceful close */
 
-static void finish_after_writes(void *arg)
+/* A shutdown that could not finish (the client reset, the loop closed):
+ * nothing more to do than make sure the stream is gone. */
+static void on_shutdown(iol_stream *s, int status, void *arg)
 {
-    conn *c = arg;
-    if (iol_stream_closed(c->stream))
-        return;
-    if (iol_stream_is_tls(c->stream))
-        iol_stream_close(c->stream); /* close_notify, then FIN */
-    else
-        shutdown(iol_stream_fd(c->stream), SHUT_WR);
+    (void)arg;
+    if (status < 0 && !iol_stream_closed(s))
+        iol_stream_close(s);
 }
 
-/* Ends c's stream cleanly once every line queued for it is written: FIN
- * after the last byte, input read and dropped until the client closes
- * (then the stream closes), so closing never sends a reset. The one place
- * to change for iol_stream_shutdown. */
+/* Ends c's stream cleanly once every line queued for it is written:
+ * iol_stream_shutdown sends the FIN (TLS: close_notify first) after the
+ * last byte, while the pending line read goes on dropping input until the
+ * client closes (then the stream closes), so closing never sends a reset. */
 static void finish_conn(conn *c)
 {
     if (c->finishing || iol_stream_closed(c->stream))
         return;
     c->finishing = true;
     flush_conn(c);
-    if (iol_stream_closed(c->stream))
-        return;
-    /* A write of nothing: its done runs once everything before it was
-     * handed to the kernel. */
-    if (iol_stream_write(c->stream, "", 0, finish_after_writes, c) < 0 && !iol_stream_closed(c->stream))
+    if (!iol_stream_closed(c->stream) && iol_stream_shutdown(c->stream, on_shutdown, c) < 0 &&
+        !iol_stream_closed(c->stream))
         iol_stream_close(c->stream);
 }
 
