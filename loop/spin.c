@@ -75,7 +75,11 @@
  * estimated L from the wait instead made every sleep of an overloaded
  * host look like an early hit, each worth a 50 µs gamble: a ping-pong
  * there went from 15 to 55 µs per round trip.) So a ping-pong whose peer
- * kept spinning, answering at once, pulls the sleeper back.
+ * kept spinning, answering at once, pulls the sleeper back. A judged hit
+ * gains half its C - w: its saving was never made, and a periodic
+ * producer on a loaded host posts early after every late wakeup, so
+ * judged early hits funded a spin of W every few posts that the next
+ * post, a full period later, missed (wakecost at a 10 µs gap).
  *
  * MEASURING. The stamp is an atomic the loop reads with no happens-before
  * edge to the producer's store (relaxed both: the eventfd is no C11
@@ -244,18 +248,27 @@ int iol__spin_init(iol__spin *s, double spin_us)
     return 0;
 }
 
-void iol__spin_learn(iol__spin *s, int64_t waited_ns)
+/* half: a judged sleep, whose saving is hypothetical (LEARNING WITHOUT
+ * SPINNING): its gain counts half. */
+static void score(iol__spin *s, int64_t waited_ns, bool half)
 {
     if (!s->adaptive)
         return;
-    if (waited_ns < 0 || waited_ns > s->window_ns)
+    if (waited_ns < 0 || waited_ns > s->window_ns) {
         s->credit -= s->window_ns; /* a miss wastes the window */
-    else
-        s->credit += s->cost_ns - waited_ns; /* a hit saves a sleep, less the spin */
+    } else {
+        int64_t gain = s->cost_ns - waited_ns; /* a hit saves a sleep, less the spin */
+        s->credit += half && gain > 0 ? gain / 2 : gain;
+    }
     if (s->credit < 0)
         s->credit = 0;
     if (s->credit > CREDIT_WINDOWS * s->window_ns)
         s->credit = CREDIT_WINDOWS * s->window_ns;
+}
+
+void iol__spin_learn(iol__spin *s, int64_t waited_ns)
+{
+    score(s, waited_ns, false);
 }
 
 /* GATHERING above: spins until IOL__SPIN_GATHER_NS after the batch ended. */
@@ -365,5 +378,5 @@ void iol__spin_after_sleep(iol__spin *s, bool arrived, bool slept, int64_t now)
     s->learn_after_sleep = false;
     /* LEARNING WITHOUT SPINNING: when the post came, else when we woke. */
     int64_t waited = (stamped ? stamp : now) - s->wait_start_ns;
-    iol__spin_learn(s, !arrived ? -1 : waited > 0 ? waited : 0);
+    score(s, !arrived ? -1 : waited > 0 ? waited : 0, true);
 }

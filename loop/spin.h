@@ -89,8 +89,9 @@ static inline void iol__spin_note_wake(iol__spin *s)
  * window (BREAK-EVEN in spin.c). */
 void iol__spin_learn_wake(iol__spin *s, int64_t ns);
 void iol__spin_learn_cost(iol__spin *s, int64_t ns);
-/* Scores one wait: waited_ns from the end of the batch to the work, or
- * -1 when none came within the window (ESTIMATOR in spin.c). */
+/* Scores one wait that spun: waited_ns from the end of the batch to the
+ * work, or -1 when none came within the window (ESTIMATOR in spin.c; a
+ * sleep judged on waking scores its gains at half). */
 void iol__spin_learn(iol__spin *s, int64_t waited_ns);
 
 #endif

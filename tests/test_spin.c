@@ -378,6 +378,17 @@ START_TEST(test_learns_latency_from_stamp)
     iol__spin_after_sleep(&s, false, true, mono_ns() + 1000);
     ck_assert_uint_eq(s.wake_samples, 1);
 
+    /* A judged sleep whose post came early gains half of what a spin
+     * that caught it would have (its saving was never made). */
+    int64_t t4 = mono_ns();
+    s.credit = 0;
+    s.period = t4 / 1000000;
+    s.skipped = 0;
+    ck_assert(!iol__spin_before_sleep(&s, q, t4, true));
+    atomic_store(&s.woken_at_ns, t4 + 1000); /* posted 1 µs after the batch */
+    iol__spin_after_sleep(&s, true, true, t4 + 30000);
+    ck_assert_int_eq(s.credit, (s.cost_ns - 1000) / 2);
+
     /* The loop's CPU per sleep is sampled once every eight sleeps. */
     for (int i = 0; i < 64; i++) {
         int64_t ti = mono_ns();
