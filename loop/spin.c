@@ -31,9 +31,9 @@
  *     learns now - stamp. Tracked at its upper quartile (a stochastic
  *     quantile, steps of 1/64 of the estimate: an outlier such as a
  *     preempted producer moves it by one step, not by its size).
- *   - C: one sleep in COST_SAMPLE_EVERY reads the thread's CPU clock
- *     before and after (two system calls, ~0.1 µs per sleep spread over
- *     eight); tracked at its lower quartile the same way. Not the median:
+ *   - C: one sleep in COST_SAMPLE_EVERY (32) reads the thread's CPU
+ *     clock before and after (two system calls, ~0.5 µs on a KVM guest,
+ *     under 0.02 µs per sleep spread over 32); tracked at its lower quartile the same way. Not the median:
  *     on the loaded KVM guest half the samples read 14-33 µs while a
  *     sleeping loop's whole CPU per callback was 4-5 µs (iol-bench
  *     wakecost), and an inflated C makes late hits look like savings
@@ -95,13 +95,14 @@
  * and a loop's estimate of L may lag (a host whose wakeups just got
  * slower): then neither side's waits look like hits. So a loop without credit
  * probes, at most once every PROBE_EVERY waits, at its first wait after
- * each millisecond tick of the monotonic clock, with a longer window
- * (PROBE_WINDOWS times W). The tick lines two
+ * each millisecond tick of the monotonic clock, with a window of
+ * PROBE_WINDOWS times W (1: W >= 5/4 L already holds a sleeping peer's
+ * answer; the fixed 5 µs window needed 3). The tick lines two
  * such loops up: each probes in the same round trip, the first catches the
  * other's answer (a late hit, worth one spin), and the second then gets
  * an answer at once (an early hit): both spin again. A lone loop pays at
- * most PROBE_WINDOWS W per millisecond and per PROBE_EVERY waits, ~0.06 µs
- * per wait at W = 5 µs. PROBE_EVERY was 64 (~0.25 µs a wait): wakecost then showed
+ * most PROBE_WINDOWS W per millisecond and per PROBE_EVERY waits, under
+ * 0.1 µs per wait. PROBE_EVERY was 64 (~0.25 µs a wait): wakecost then showed
  * 4.9 to 6.1 µs of loop CPU per callback at gaps of 60 to 1000 µs with
  * 256 against 6.1 to 9.8 with 64; the price is that two sleeping loops
  * find their ping-pong again after 256 waits rather than 64 (a few ms).
@@ -141,7 +142,7 @@
  * unchanged: a spin that sees nothing falls through to the full
  * prepare_sleep / recheck protocol. The measurements add one clock read
  * to the wakeup's winner only (MEASURING) and two CPU-clock reads to one
- * sleep in eight after a batch: an idle loop reads nothing. */
+ * sleep in 32 after a batch: an idle loop reads nothing. */
 #include "loop/spin.h"
 
 #include <errno.h>
@@ -151,8 +152,8 @@
 #define CREDIT_WINDOWS 6
 #define PROBE_EVERY 256
 #define PROBE_PERIOD_NS 1000000
-#define PROBE_WINDOWS 3
-#define COST_SAMPLE_EVERY 8
+#define PROBE_WINDOWS 1
+#define COST_SAMPLE_EVERY IOL__SPIN_COST_SAMPLE_EVERY
 #define PREEMPT_SLACK_NS 50000
 #define PREEMPTED (-2)
 

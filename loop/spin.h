@@ -22,6 +22,8 @@
 #define IOL__SPIN_INITIAL_NS 5000
 #define IOL__SPIN_MIN_NS 500
 #define IOL__SPIN_ADAPTIVE_MAX_NS 25000
+/* One sleep in this many measures the loop's CPU for it. */
+#define IOL__SPIN_COST_SAMPLE_EVERY 32
 
 typedef struct iol__spin {
     int64_t window_ns;      /* spin length; 0: never spin */
@@ -30,7 +32,7 @@ typedef struct iol__spin {
     int64_t wake_ns;        /* adaptive: post-to-running latency after a sleep (upper quartile) */
     int64_t cost_ns;        /* adaptive: loop thread CPU per sleep and wakeup (lower quartile) */
     unsigned skipped;       /* adaptive, no credit: waits since the last probe */
-    unsigned waits;         /* adaptive: sleeps so far (samples every COST_SAMPLE_EVERY) */
+    unsigned waits;         /* adaptive: sleeps so far (samples every IOL__SPIN_COST_SAMPLE_EVERY) */
     int64_t period;         /* adaptive: the millisecond tick of the last wait */
     bool learn_after_sleep; /* this wait did not spin: judge it after the sleep */
     bool sample_cost;       /* this sleep's CPU is measured (cpu0_ns) */
