@@ -99,7 +99,7 @@
  * PROBE_WINDOWS times W (1: W >= 5/4 L already holds a sleeping peer's
  * answer; the fixed 5 µs window needed 3). The tick lines two
  * such loops up: each probes in the same round trip, the first catches the
- * other's answer (a late hit, worth one spin), and the second then gets
+ * other's answer (a hit, late or not, worth one spin), and the second then gets
  * an answer at once (an early hit): both spin again. A lone loop pays at
  * most PROBE_WINDOWS W per millisecond and per PROBE_EVERY waits, under
  * 0.1 µs per wait. PROBE_EVERY was 64 (~0.25 µs a wait): wakecost then showed
@@ -150,7 +150,7 @@
 #include <time.h>
 
 #define CREDIT_WINDOWS 6
-#define PROBE_EVERY 256
+#define PROBE_EVERY IOL__SPIN_PROBE_EVERY
 #define PROBE_PERIOD_NS 1000000
 #define PROBE_WINDOWS 1
 #define COST_SAMPLE_EVERY IOL__SPIN_COST_SAMPLE_EVERY
@@ -349,8 +349,8 @@ bool iol__spin_before_sleep(iol__spin *s, iol__cbqueue *q, int64_t start, bool i
     s->spin_hits += waited >= 0;
     if (waited == PREEMPTED)
         s->credit = 0; /* OVERLOAD above */
-    else if (probe && waited > s->window_ns)
-        s->credit = s->window_ns; /* a late answer: worth one spin, to see if it was a peer */
+    else if (probe && waited >= 0)
+        s->credit = s->window_ns; /* an answer: worth one spin, to see if it was a peer */
     else
         iol__spin_learn(s, waited);
     if (waited >= 0)

@@ -22,6 +22,8 @@
 #define IOL__SPIN_INITIAL_NS 5000
 #define IOL__SPIN_MIN_NS 500
 #define IOL__SPIN_ADAPTIVE_MAX_NS 25000
+/* A loop without credit probes at most once in this many waits. */
+#define IOL__SPIN_PROBE_EVERY 256
 /* One sleep in this many measures the loop's CPU for it. */
 #define IOL__SPIN_COST_SAMPLE_EVERY 32
 

@@ -337,6 +337,35 @@ START_TEST(test_preempted_spin_stops_spinning)
 }
 END_TEST
 
+/* PROBES: a loop without credit probes at its first wait after a tick
+ * once PROBE_EVERY waits went by; an answer within the window buys one
+ * more spin (to see whether a peer answers early now), a miss nothing. */
+START_TEST(test_probe_hit_buys_one_spin)
+{
+    iol__cbqueue *q;
+    ck_assert_int_eq(iol__cbqueue_new(&q, 0), 0);
+    iol__spin s;
+    ck_assert_int_eq(iol__spin_init(&s, 0), 0);
+    s.credit = 0;
+    s.skipped = IOL__SPIN_PROBE_EVERY - 1;
+    s.period = 0; /* the next wait is in a new millisecond */
+    ck_assert_int_eq(iol__cbqueue_push(q, nop, NULL), 0);
+    int64_t t = mono_ns();
+    ck_assert(iol__spin_before_sleep(&s, q, t, true)); /* the probe, a hit */
+    ck_assert_uint_eq(s.spins, 1);
+    ck_assert_int_eq(s.credit, s.window_ns);
+    drain(q);
+    /* Same millisecond, no probe due: it spins on that credit. */
+    ck_assert(!iol__spin_before_sleep(&s, q, t, true));
+    ck_assert_uint_eq(s.spins, 2);
+    ck_assert_int_lt(s.credit, s.window_ns);
+    /* Then sleeps without spinning. */
+    ck_assert(!iol__spin_before_sleep(&s, q, t, true));
+    ck_assert_uint_eq(s.spins, 2);
+    iol__cbqueue_free(q);
+}
+END_TEST
+
 /* MEASURING: the wakeup's winner stamps the clock; the loop learns the
  * latency from a real sleep with work queued, and ignores a stamp older
  * than the wait (an earlier sleep's) or a wait that did not block. */
@@ -669,6 +698,7 @@ int main(void)
     tcase_add_test(tc, test_credit_scores_by_cost);
     tcase_add_test(tc, test_learns_latency_from_stamp);
     tcase_add_test(tc, test_preempted_spin_stops_spinning);
+    tcase_add_test(tc, test_probe_hit_buys_one_spin);
     suite_add_tcase(s, tc);
 
     tc = iol_test_tcase("loop", 120);
