@@ -31,9 +31,9 @@
  *     learns now - stamp. Tracked at its upper quartile (a stochastic
  *     quantile, steps of 1/64 of the estimate: an outlier such as a
  *     preempted producer moves it by one step, not by its size).
- *   - C: one sleep in COST_SAMPLE_EVERY reads the thread's CPU clock
- *     before and after (two system calls, ~0.1 µs per sleep spread over
- *     eight); tracked at its lower quartile the same way. Not the median:
+ *   - C: one sleep in COST_SAMPLE_EVERY (32) reads the thread's CPU
+ *     clock before and after (two system calls, ~0.5 µs on a KVM guest,
+ *     under 0.02 µs per sleep spread over 32); tracked at its lower quartile the same way. Not the median:
  *     on the loaded KVM guest half the samples read 14-33 µs while a
  *     sleeping loop's whole CPU per callback was 4-5 µs (iol-bench
  *     wakecost), and an inflated C makes late hits look like savings
@@ -75,7 +75,11 @@
  * estimated L from the wait instead made every sleep of an overloaded
  * host look like an early hit, each worth a 50 µs gamble: a ping-pong
  * there went from 15 to 55 µs per round trip.) So a ping-pong whose peer
- * kept spinning, answering at once, pulls the sleeper back.
+ * kept spinning, answering at once, pulls the sleeper back. A judged hit
+ * gains half its C - w: its saving was never made, and a periodic
+ * producer on a loaded host posts early after every late wakeup, so
+ * judged early hits funded a spin of W every few posts that the next
+ * post, a full period later, missed (wakecost at a 10 µs gap).
  *
  * MEASURING. The stamp is an atomic the loop reads with no happens-before
  * edge to the producer's store (relaxed both: the eventfd is no C11
@@ -91,13 +95,14 @@
  * and a loop's estimate of L may lag (a host whose wakeups just got
  * slower): then neither side's waits look like hits. So a loop without credit
  * probes, at most once every PROBE_EVERY waits, at its first wait after
- * each millisecond tick of the monotonic clock, with a longer window
- * (PROBE_WINDOWS times W). The tick lines two
+ * each millisecond tick of the monotonic clock, with a window of
+ * PROBE_WINDOWS times W (1: W >= 5/4 L already holds a sleeping peer's
+ * answer; the fixed 5 µs window needed 3). The tick lines two
  * such loops up: each probes in the same round trip, the first catches the
- * other's answer (a late hit, worth one spin), and the second then gets
+ * other's answer (a hit, late or not, worth one spin), and the second then gets
  * an answer at once (an early hit): both spin again. A lone loop pays at
- * most PROBE_WINDOWS W per millisecond and per PROBE_EVERY waits, ~0.06 µs
- * per wait at W = 5 µs. PROBE_EVERY was 64 (~0.25 µs a wait): wakecost then showed
+ * most PROBE_WINDOWS W per millisecond and per PROBE_EVERY waits, under
+ * 0.1 µs per wait. PROBE_EVERY was 64 (~0.25 µs a wait): wakecost then showed
  * 4.9 to 6.1 µs of loop CPU per callback at gaps of 60 to 1000 µs with
  * 256 against 6.1 to 9.8 with 64; the price is that two sleeping loops
  * find their ping-pong again after 256 waits rather than 64 (a few ms).
@@ -137,7 +142,7 @@
  * unchanged: a spin that sees nothing falls through to the full
  * prepare_sleep / recheck protocol. The measurements add one clock read
  * to the wakeup's winner only (MEASURING) and two CPU-clock reads to one
- * sleep in eight after a batch: an idle loop reads nothing. */
+ * sleep in 32 after a batch: an idle loop reads nothing. */
 #include "loop/spin.h"
 
 #include <errno.h>
@@ -145,10 +150,10 @@
 #include <time.h>
 
 #define CREDIT_WINDOWS 6
-#define PROBE_EVERY 256
+#define PROBE_EVERY IOL__SPIN_PROBE_EVERY
 #define PROBE_PERIOD_NS 1000000
-#define PROBE_WINDOWS 3
-#define COST_SAMPLE_EVERY 8
+#define PROBE_WINDOWS 1
+#define COST_SAMPLE_EVERY IOL__SPIN_COST_SAMPLE_EVERY
 #define PREEMPT_SLACK_NS 50000
 #define PREEMPTED (-2)
 
@@ -244,18 +249,27 @@ int iol__spin_init(iol__spin *s, double spin_us)
     return 0;
 }
 
-void iol__spin_learn(iol__spin *s, int64_t waited_ns)
+/* half: a judged sleep, whose saving is hypothetical (LEARNING WITHOUT
+ * SPINNING): its gain counts half. */
+static void score(iol__spin *s, int64_t waited_ns, bool half)
 {
     if (!s->adaptive)
         return;
-    if (waited_ns < 0 || waited_ns > s->window_ns)
+    if (waited_ns < 0 || waited_ns > s->window_ns) {
         s->credit -= s->window_ns; /* a miss wastes the window */
-    else
-        s->credit += s->cost_ns - waited_ns; /* a hit saves a sleep, less the spin */
+    } else {
+        int64_t gain = s->cost_ns - waited_ns; /* a hit saves a sleep, less the spin */
+        s->credit += half && gain > 0 ? gain / 2 : gain;
+    }
     if (s->credit < 0)
         s->credit = 0;
     if (s->credit > CREDIT_WINDOWS * s->window_ns)
         s->credit = CREDIT_WINDOWS * s->window_ns;
+}
+
+void iol__spin_learn(iol__spin *s, int64_t waited_ns)
+{
+    score(s, waited_ns, false);
 }
 
 /* GATHERING above: spins until IOL__SPIN_GATHER_NS after the batch ended. */
@@ -335,8 +349,8 @@ bool iol__spin_before_sleep(iol__spin *s, iol__cbqueue *q, int64_t start, bool i
     s->spin_hits += waited >= 0;
     if (waited == PREEMPTED)
         s->credit = 0; /* OVERLOAD above */
-    else if (probe && waited > s->window_ns)
-        s->credit = s->window_ns; /* a late answer: worth one spin, to see if it was a peer */
+    else if (probe && waited >= 0)
+        s->credit = s->window_ns; /* an answer: worth one spin, to see if it was a peer */
     else
         iol__spin_learn(s, waited);
     if (waited >= 0)
@@ -365,5 +379,5 @@ void iol__spin_after_sleep(iol__spin *s, bool arrived, bool slept, int64_t now)
     s->learn_after_sleep = false;
     /* LEARNING WITHOUT SPINNING: when the post came, else when we woke. */
     int64_t waited = (stamped ? stamp : now) - s->wait_start_ns;
-    iol__spin_learn(s, !arrived ? -1 : waited > 0 ? waited : 0);
+    score(s, !arrived ? -1 : waited > 0 ? waited : 0, true);
 }

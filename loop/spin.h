@@ -22,6 +22,10 @@
 #define IOL__SPIN_INITIAL_NS 5000
 #define IOL__SPIN_MIN_NS 500
 #define IOL__SPIN_ADAPTIVE_MAX_NS 25000
+/* A loop without credit probes at most once in this many waits. */
+#define IOL__SPIN_PROBE_EVERY 256
+/* One sleep in this many measures the loop's CPU for it. */
+#define IOL__SPIN_COST_SAMPLE_EVERY 32
 
 typedef struct iol__spin {
     int64_t window_ns;      /* spin length; 0: never spin */
@@ -30,7 +34,7 @@ typedef struct iol__spin {
     int64_t wake_ns;        /* adaptive: post-to-running latency after a sleep (upper quartile) */
     int64_t cost_ns;        /* adaptive: loop thread CPU per sleep and wakeup (lower quartile) */
     unsigned skipped;       /* adaptive, no credit: waits since the last probe */
-    unsigned waits;         /* adaptive: sleeps so far (samples every COST_SAMPLE_EVERY) */
+    unsigned waits;         /* adaptive: sleeps so far (samples every IOL__SPIN_COST_SAMPLE_EVERY) */
     int64_t period;         /* adaptive: the millisecond tick of the last wait */
     bool learn_after_sleep; /* this wait did not spin: judge it after the sleep */
     bool sample_cost;       /* this sleep's CPU is measured (cpu0_ns) */
@@ -89,8 +93,9 @@ static inline void iol__spin_note_wake(iol__spin *s)
  * window (BREAK-EVEN in spin.c). */
 void iol__spin_learn_wake(iol__spin *s, int64_t ns);
 void iol__spin_learn_cost(iol__spin *s, int64_t ns);
-/* Scores one wait: waited_ns from the end of the batch to the work, or
- * -1 when none came within the window (ESTIMATOR in spin.c). */
+/* Scores one wait that spun: waited_ns from the end of the batch to the
+ * work, or -1 when none came within the window (ESTIMATOR in spin.c; a
+ * sleep judged on waking scores its gains at half). */
 void iol__spin_learn(iol__spin *s, int64_t waited_ns);
 
 #endif

@@ -109,7 +109,7 @@ static void pop_top(iol__timer_heap *h)
     sift_up(heap, i, heap[len]);
 }
 
-/* Keeps the top key live: drops dead keys that reached it. */
+/* Drops dead keys that reached the top (before the top is read). */
 static void purge_top(iol__timer_heap *h)
 {
     while (h->len > 0 && !slot_at(h, h->heap[0].slot)->fn) {
@@ -244,15 +244,21 @@ int iol__timer_heap_remove(iol__timer_heap *h, iol_timeout t)
         return -ENOENT;
     s->fn = NULL;
     h->dead++;
-    if (h->heap[0].slot == slot)
-        purge_top(h);
-    else if (h->dead >= COMPACT_MIN && h->dead > h->len - h->dead)
+    /* At the top too: dropped when the top is next read (timer_heap.h). */
+    if (h->dead >= COMPACT_MIN && h->dead > h->len - h->dead)
         compact(h);
     return 0;
 }
 
+double iol__timer_heap_next(iol__timer_heap *h)
+{
+    purge_top(h);
+    return h->heap[0].when;
+}
+
 int iol__timer_heap_pop_due(iol__timer_heap *h, double now, iol_callback_fn *fn, void **arg)
 {
+    purge_top(h);
     if (h->len == 0 || h->heap[0].when > now || h->heap[0].seq >= h->mark)
         return 0;
     uint32_t slot = h->heap[0].slot;

@@ -9,8 +9,12 @@
  * as dead; dead keys are dropped when they reach the top, and all at once
  * (O(n) rebuild) when they outnumber the live ones, so memory stays bounded
  * under add/remove churn (at most 2 x live + 32 keys) and each remove costs
- * O(1) amortized. The top key is never dead, so the earliest deadline is
- * always a live one.
+ * O(1) amortized. A dead key at the top is dropped when the top is next
+ * read (iol__timer_heap_next, pop_due), not by the remove: cancelling the
+ * earliest timeouts one after another (libuv's million_timers cancels in
+ * deadline order) then costs O(1) each instead of a pop each, and the
+ * loop, which reads the top once per iteration, still never sees a dead
+ * one.
  *
  * Handles carry the slot's generation (bumped when a slot is reused), so a
  * fired, removed or unknown handle is recognised without touching freed
@@ -63,8 +67,9 @@ int iol__timer_heap_add(iol__timer_heap *h, double when, iol_callback_fn fn, voi
 int iol__timer_heap_remove(iol__timer_heap *h, iol_timeout t);
 /* Pending (live) timeouts. */
 static inline size_t iol__timer_heap_len(const iol__timer_heap *h) { return h->len - h->dead; }
-/* Earliest deadline; only when len > 0 (the top key is never dead). */
-static inline double iol__timer_heap_next(const iol__timer_heap *h) { return h->heap[0].when; }
+/* Earliest live deadline; only when len > 0. Drops dead keys that
+ * reached the top first. */
+double iol__timer_heap_next(iol__timer_heap *h);
 /* Starts a pass over the due timeouts: those added from now on wait for
  * the next pass. */
 static inline void iol__timer_heap_begin_pass(iol__timer_heap *h) { h->mark = h->next_seq; }

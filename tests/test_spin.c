@@ -337,6 +337,35 @@ START_TEST(test_preempted_spin_stops_spinning)
 }
 END_TEST
 
+/* PROBES: a loop without credit probes at its first wait after a tick
+ * once PROBE_EVERY waits went by; an answer within the window buys one
+ * more spin (to see whether a peer answers early now), a miss nothing. */
+START_TEST(test_probe_hit_buys_one_spin)
+{
+    iol__cbqueue *q;
+    ck_assert_int_eq(iol__cbqueue_new(&q, 0), 0);
+    iol__spin s;
+    ck_assert_int_eq(iol__spin_init(&s, 0), 0);
+    s.credit = 0;
+    s.skipped = IOL__SPIN_PROBE_EVERY - 1;
+    s.period = 0; /* the next wait is in a new millisecond */
+    ck_assert_int_eq(iol__cbqueue_push(q, nop, NULL), 0);
+    int64_t t = mono_ns();
+    ck_assert(iol__spin_before_sleep(&s, q, t, true)); /* the probe, a hit */
+    ck_assert_uint_eq(s.spins, 1);
+    ck_assert_int_eq(s.credit, s.window_ns);
+    drain(q);
+    /* Same millisecond, no probe due: it spins on that credit. */
+    ck_assert(!iol__spin_before_sleep(&s, q, t, true));
+    ck_assert_uint_eq(s.spins, 2);
+    ck_assert_int_lt(s.credit, s.window_ns);
+    /* Then sleeps without spinning. */
+    ck_assert(!iol__spin_before_sleep(&s, q, t, true));
+    ck_assert_uint_eq(s.spins, 2);
+    iol__cbqueue_free(q);
+}
+END_TEST
+
 /* MEASURING: the wakeup's winner stamps the clock; the loop learns the
  * latency from a real sleep with work queued, and ignores a stamp older
  * than the wait (an earlier sleep's) or a wait that did not block. */
@@ -378,8 +407,21 @@ START_TEST(test_learns_latency_from_stamp)
     iol__spin_after_sleep(&s, false, true, mono_ns() + 1000);
     ck_assert_uint_eq(s.wake_samples, 1);
 
-    /* The loop's CPU per sleep is sampled once every eight sleeps. */
-    for (int i = 0; i < 64; i++) {
+    /* A judged sleep whose post came early gains half of what a spin
+     * that caught it would have (its saving was never made). */
+    int64_t t4 = mono_ns();
+    s.credit = 0;
+    s.period = t4 / 1000000;
+    s.skipped = 0;
+    ck_assert(!iol__spin_before_sleep(&s, q, t4, true));
+    atomic_store(&s.woken_at_ns, t4 + 1000); /* posted 1 µs after the batch */
+    iol__spin_after_sleep(&s, true, true, t4 + 30000);
+    ck_assert_int_eq(s.credit, (s.cost_ns - 1000) / 2);
+
+    /* The loop's CPU per sleep is sampled once every
+     * IOL__SPIN_COST_SAMPLE_EVERY sleeps. */
+    uint64_t sampled = s.cost_samples;
+    for (int i = 0; i < 8 * IOL__SPIN_COST_SAMPLE_EVERY; i++) {
         int64_t ti = mono_ns();
         s.credit = 0;
         s.period = ti / 1000000;
@@ -387,8 +429,8 @@ START_TEST(test_learns_latency_from_stamp)
         ck_assert(!iol__spin_before_sleep(&s, q, ti, true));
         iol__spin_after_sleep(&s, true, true, mono_ns());
     }
-    ck_assert_uint_ge(s.cost_samples, 7);
-    ck_assert_uint_le(s.cost_samples, 9);
+    ck_assert_uint_ge(s.cost_samples - sampled, 7);
+    ck_assert_uint_le(s.cost_samples - sampled, 9);
     ck_assert_uint_eq(s.spins, 0);
     iol__cbqueue_free(q);
 }
@@ -656,6 +698,7 @@ int main(void)
     tcase_add_test(tc, test_credit_scores_by_cost);
     tcase_add_test(tc, test_learns_latency_from_stamp);
     tcase_add_test(tc, test_preempted_spin_stops_spinning);
+    tcase_add_test(tc, test_probe_hit_buys_one_spin);
     suite_add_tcase(s, tc);
 
     tc = iol_test_tcase("loop", 120);

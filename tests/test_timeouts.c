@@ -261,7 +261,7 @@ static ssize_t model_first(bool in_pass, double now)
     return best;
 }
 
-static void model_check(const iol__timer_heap *h)
+static void model_check(iol__timer_heap *h)
 {
     size_t live = 0;
     for (size_t i = 0; i < nrefs; i++)
@@ -424,6 +424,47 @@ START_TEST(test_heap_signed_zero_tie)
 }
 END_TEST
 
+/* Cancelling the earliest timeouts one after another (libuv's
+ * million_timers order) pops nothing: each is O(1), and the top read
+ * next (the loop's timeout, a pass) skips the dead ones. */
+START_TEST(test_heap_cancel_top_is_deferred)
+{
+    iol__timer_heap h;
+    iol__timer_heap_init(&h);
+    iol_timeout t[100];
+    for (int i = 0; i < 100; i++)
+        ck_assert_int_eq(iol__timer_heap_add(&h, 1.0 + i, nop, (void *)(uintptr_t)i, &t[i]), 0);
+    for (int i = 0; i < 10; i++)
+        ck_assert_int_eq(iol__timer_heap_remove(&h, t[i]), 0);
+    ck_assert_uint_eq(h.len, 100); /* nothing popped yet */
+    ck_assert_uint_eq(iol__timer_heap_len(&h), 90);
+    ck_assert(iol__timer_heap_next(&h) == 11.0);
+    ck_assert_uint_eq(h.len, 90); /* dropped on that read */
+    ck_assert_uint_eq(h.dead, 0);
+    /* A pass never hands out a dead top either. */
+    ck_assert_int_eq(iol__timer_heap_remove(&h, t[10]), 0);
+    ck_assert_int_eq(iol__timer_heap_remove(&h, t[11]), 0);
+    iol__timer_heap_begin_pass(&h);
+    iol_callback_fn fn;
+    void *arg;
+    ck_assert_int_eq(iol__timer_heap_pop_due(&h, 13.0, &fn, &arg), 1);
+    ck_assert_ptr_eq(fn, nop);
+    ck_assert_uint_eq((uintptr_t)arg, 12);
+    ck_assert_int_eq(iol__timer_heap_pop_due(&h, 13.0, &fn, &arg), 0);
+    /* Cancelled handles stay cancelled. */
+    ck_assert_int_eq(iol__timer_heap_remove(&h, t[0]), -ENOENT);
+    ck_assert_int_eq(iol__timer_heap_remove(&h, t[10]), -ENOENT);
+    /* Cancelling all but one in deadline order: bounded, never empty-topped. */
+    for (int i = 13; i < 99; i++) {
+        ck_assert_int_eq(iol__timer_heap_remove(&h, t[i]), 0);
+        ck_assert_uint_le(h.len, 2 * iol__timer_heap_len(&h) + 32);
+    }
+    ck_assert_uint_eq(iol__timer_heap_len(&h), 1);
+    ck_assert(iol__timer_heap_next(&h) == 100.0);
+    iol__timer_heap_destroy(&h);
+}
+END_TEST
+
 /* Cancels that leave dead keys inside the heap (not at its top) stay
  * bounded too, and the loop reports only live timeouts as dropped. */
 START_TEST(test_churn_dead_keys_bounded)
@@ -536,6 +577,7 @@ int main(void)
     TCase *churn = iol_test_tcase("churn", 60);
     tcase_add_test(churn, test_churn_bounded_memory);
     tcase_add_test(churn, test_churn_dead_keys_bounded);
+    tcase_add_test(churn, test_heap_cancel_top_is_deferred);
     suite_add_tcase(s, churn);
     TCase *heap = iol_test_tcase("heap", 60);
     tcase_add_test(heap, test_heap_model);
