@@ -663,7 +663,8 @@ int iol_runtime_start(iol_runtime *rt);
  * queued, hand it to on_accept, then close. Then the drain: each worker
  * calls on_drain and keeps running its loop while the application has fds
  * registered on it, for at most drain_timeout. Sockets still registered
- * then are shut down for writing (FIN) and their input is discarded until
+ * then (streams too, whether a handler or the loop's io_uring operations
+ * watch them) are shut down for writing (FIN) and their input is discarded until
  * the peer closes, for at most 200 ms in all, so that closing them sends
  * no reset. Then on_stop, which may close them (or leave them: the
  * worker's loop is closed with all fds, after discarding input again).
