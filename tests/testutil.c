@@ -1,6 +1,8 @@
 #include "testutil.h"
 
 #include <dirent.h>
+#include <stdio.h>
+#include <string.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <time.h>
@@ -79,4 +81,20 @@ uint64_t iol_test_wakeups(const iol_loop *loop)
     iol_loop_stats st;
     ck_assert_int_eq(iol_loop_get_stats(loop, &st, sizeof st), 0);
     return st.wakeups;
+}
+
+int iol_test_make_cert(char *dir, size_t size)
+{
+    if (size < 64)
+        return -1;
+    snprintf(dir, size, "/tmp/iol-cert-XXXXXX");
+    if (!mkdtemp(dir))
+        return -1;
+    char cmd[512];
+    snprintf(cmd, sizeof cmd,
+             "cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout key.pem -out cert.pem -subj /CN=localhost "
+             "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -days 2 >/dev/null 2>&1",
+             dir);
+    return system(cmd) == 0 ? 0 : -1;
 }
