@@ -166,7 +166,7 @@ iol_loop *iol_loop_current(void);
 /* Makes loop this thread's current one (NULL clears). Any thread: it
  * changes only the calling thread's current. -ESHUTDOWN: closed. */
 int iol_loop_make_current(iol_loop *loop);
-void iol_loop_clear_current(void);
+void iol_loop_clear_current(void); /* Any thread (its own current). */
 /* The process-wide loop, created on first call (NULL on allocation
  * failure). Any thread. */
 iol_loop *iol_loop_instance(void);
