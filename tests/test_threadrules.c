@@ -631,6 +631,16 @@ static int call_backend_timeout(void)
     return iol_loop_backend_timeout(fx.loop, &t);
 }
 static int call_loop_close(void) { return iol_loop_close(fx.loop, false); }
+/* Running the loop: any one thread at a time, so -EBUSY (not -EPERM). */
+static int call_loop_start(void) { return iol_loop_start(fx.loop); }
+static int call_run_once(void) { return iol_loop_run_once(fx.loop, 0); }
+static int foreign_sync(iol_loop *loop, iol_future *done, void *arg)
+{
+    (void)loop, (void)done, (void)arg;
+    atomic_fetch_add(&foreign_calls, 1);
+    return 0;
+}
+static int call_run_sync(void) { return iol_loop_run_sync(fx.loop, foreign_sync, NULL, 1, NULL); }
 static int call_set_default_executor(void)
 {
     iol_executor *ex;
@@ -753,6 +763,9 @@ static const row rows[] = {
     RULE(set_call_timing, 0, -EPERM, check_no_call_timing),
     RULE(backend_timeout, 0, -EPERM, NULL),
     RULE(loop_close, 0, -EPERM, NULL),
+    RULE(loop_start, 0, -EBUSY, NULL),
+    RULE(run_once, 0, -EBUSY, NULL),
+    RULE(run_sync, 0, -EBUSY, NULL),
     RULE(set_default_executor, 0, -EPERM, NULL),
     RULE(run_in_executor, 0, -EPERM, check_no_future),
     RULE(add_zmq_handler, 0, ZMQ_EPERM, NULL),
