@@ -221,7 +221,7 @@ iol_loop *iol_loop_current(void);
 /* Makes loop this thread's current one (NULL clears). Any thread: it
  * changes only the calling thread's current. -ESHUTDOWN: closed. */
 int iol_loop_make_current(iol_loop *loop);
-void iol_loop_clear_current(void);
+void iol_loop_clear_current(void); /* Any thread (its own current). */
 /* The process-wide loop, created on first call (NULL on allocation
  * failure). Any thread. */
 iol_loop *iol_loop_instance(void) IOL_STATUS_V2_(iol_loop_instance);
@@ -753,7 +753,8 @@ int iol_runtime_start(iol_runtime *rt);
  * queued, hand it to on_accept, then close. Then the drain: each worker
  * calls on_drain and keeps running its loop while the application has fds
  * registered on it, for at most drain_timeout. Sockets still registered
- * then are shut down for writing (FIN) and their input is discarded until
+ * then (streams too, whether a handler or the loop's io_uring operations
+ * watch them) are shut down for writing (FIN) and their input is discarded until
  * the peer closes, for at most 200 ms in all, so that closing them sends
  * no reset. Then on_stop, which may close them (or leave them: the
  * worker's loop is closed with all fds, after discarding input again).

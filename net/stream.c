@@ -128,6 +128,23 @@ void iol__stream_drop_fd(iol_stream *s)
     iol__stream_uring_count(s);
 }
 
+/* Lets go of the fd without closing it: no handler, no claim, not in the
+ * loop's handler count. For a constructor that fails after iol_stream_new
+ * (iol_tls_stream_new): the caller keeps its fd, as after any failed
+ * iol_stream_new, and the loop keeps nothing of it. */
+void iol__stream_disown_fd(iol_stream *s)
+{
+    if (s->fd < 0)
+        return;
+    if (s->registered)
+        (void)iol_loop_remove_handler(s->loop, s->fd); /* nothing to undo if the loop is gone */
+    stream_unclaim(s, s->fd);
+    s->fd = -1;
+    s->registered = false;
+    s->watched = 0;
+    iol__stream_uring_count(s);
+}
+
 /* Marks the stream closed; the deferred callback finishes the job. Never
  * frees and never calls back, so callers may keep using s. */
 void iol__stream_close_internal(iol_stream *s, int err)

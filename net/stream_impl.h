@@ -241,6 +241,9 @@ void iol__stream_release(iol_stream *s);
 /* Queues the one deferred callback. -ESHUTDOWN, -ENOMEM. */
 int iol__stream_schedule(iol_stream *s);
 void iol__stream_drop_fd(iol_stream *s);
+/* Lets go of the fd without closing it (a failed constructor gives it
+ * back): no handler, no claim, not counted. */
+void iol__stream_disown_fd(iol_stream *s);
 /* Marks the stream closed with err; never frees, never calls back. */
 void iol__stream_close_internal(iol_stream *s, int err);
 /* Brings the fd handler in line with what the stream waits for. */

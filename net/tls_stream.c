@@ -524,11 +524,10 @@ int iol_tls_stream_new(iol_stream **out, iol_loop *loop, int fd, iol_tls_ctx *ct
         return r;
     r = iol_stream_start_tls(s, ctx, NULL, NULL, NULL);
     if (r < 0) {
-        /* Give fd back untouched, as iol_stream_new's failures do. */
-        if (s->fd >= 0 && s->registered)
-            (void)iol_loop_remove_handler(loop, s->fd);
-        s->fd = -1;
-        s->registered = false;
+        /* Give fd back untouched, as iol_stream_new's failures do: on a
+         * uring loop that also drops its claim and its place in the
+         * handler count. */
+        iol__stream_disown_fd(s);
         if (!s->closed)
             (void)iol_stream_close(s);
         return r;

@@ -140,8 +140,9 @@ int iol__unix_listen(const char *path, int backlog, int *out);
  * (no sock_diag). */
 int iol__half_open_count(uint16_t port);
 
-/* loop/handler_fds.c: writes up to cap fds that have a handler on loop
- * into fds and returns how many have one. Owner thread, loop stopped. */
+/* loop/handler_fds.c: writes up to cap fds that have a handler on loop,
+ * or are claimed by ring operations (a stream on io_uring), into fds and
+ * returns how many there are. Owner thread, loop stopped. */
 int iol__loop_handler_fds(iol_loop *loop, int *fds, int cap);
 
 /* udp_shard.c: on worker `index` at shutdown: closes its sockets of every

@@ -8,10 +8,14 @@
  * ASan/TSan the sanitizer owns malloc, so the suite skips itself there;
  * valgrind runs it (its own leak check doubles the net). */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "ioloop.h"
@@ -406,6 +410,85 @@ START_TEST(test_add_handler_enomem)
     close(p[1]);
 }
 END_TEST
+
+#ifdef IOL_HAVE_TLS
+/* iol_tls_stream_new with the k-th allocation failing (SSL_new's among
+ * them), for k = 1, 2, ... until it succeeds, on a runtime worker: each
+ * failure leaves nothing behind. The fd stays open and free (the next
+ * stream on it is not refused with -EEXIST: on a uring loop no claim is
+ * left), the handler count is back where it was, and the runtime's drain
+ * does not wait for a connection that does not exist. */
+static const char *tls_pollers[] = { "epoll",
+#ifdef IOL_HAVE_URING
+                                     "uring",
+#endif
+};
+static char cert_dir[64];
+
+typedef struct tls_sweep {
+    iol_tls_ctx *ctx;
+    int failures;
+    sem_t done;
+} tls_sweep;
+
+static void tls_sweep_on_worker(void *arg)
+{
+    tls_sweep *t = arg;
+    iol_loop *loop = iol_loop_current();
+    int baseline = iol_loop_handler_count(loop);
+    for (long k = 1; k < 100000; k++) {
+        int pair[2];
+        ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+        iol_stream *s = NULL;
+        arm(k);
+        int rc = iol_tls_stream_new(&s, loop, pair[0], t->ctx, 0);
+        bool hit = disarm();
+        if (rc == 0) {
+            ck_assert_int_eq(iol_stream_close(s), 0); /* closes pair[0] */
+            close(pair[1]);
+            if (!hit)
+                break; /* past the last allocation */
+            continue;  /* the failed allocation was optional */
+        }
+        ck_assert_msg(rc == -ENOMEM, "k=%ld: rc=%d", k, rc);
+        t->failures++;
+        ck_assert_msg(iol_loop_handler_count(loop) == baseline, "k=%ld: handler count %d, was %d", k,
+                      iol_loop_handler_count(loop), baseline);
+        ck_assert_int_ge(fcntl(pair[0], F_GETFD), 0); /* not owned: left open */
+        iol_stream *again;
+        ck_assert_msg((rc = iol_stream_new(&again, loop, pair[0], 0)) == 0, "k=%ld: the fd is not free: %d", k, rc);
+        ck_assert_int_eq(iol_stream_close(again), 0);
+        close(pair[1]);
+    }
+    sem_post(&t->done);
+}
+
+START_TEST(test_tls_stream_new_enomem_leaves_nothing)
+{
+    iol_runtime *rt;
+    iol_runtime_config cfg = { .workers = 1, .poller = tls_pollers[_i], .drain_timeout = 5 };
+    ck_assert_int_eq(iol_runtime_new(&rt, &cfg), 0);
+    char cert[128], key[128];
+    snprintf(cert, sizeof cert, "%s/cert.pem", cert_dir);
+    snprintf(key, sizeof key, "%s/key.pem", cert_dir);
+    tls_sweep t = { 0 };
+    ck_assert_int_eq(iol_tls_ctx_new(&t.ctx, &(iol_tls_config){ .server = true, .cert_file = cert, .key_file = key }), 0);
+    ck_assert_int_eq(sem_init(&t.done, 0, 0), 0);
+    ck_assert_int_eq(iol_runtime_start(rt), 0);
+    ck_assert_int_eq(iol_runtime_post(rt, 0, tls_sweep_on_worker, &t), 0);
+    ck_assert_int_eq(sem_wait(&t.done), 0);
+    ck_assert_int_gt(t.failures, 3);
+    double t0 = iol_test_now();
+    ck_assert_int_eq(iol_runtime_stop(rt), 0);
+    ck_assert_int_eq(iol_runtime_join(rt), 0);
+    /* Nothing is registered: the 5 s drain ends at once. */
+    ck_assert_msg(iol_test_now() - t0 < 3.0, "the drain waited %.2f s", iol_test_now() - t0);
+    iol_runtime_free(rt);
+    iol_tls_ctx_unref(t.ctx);
+    sem_destroy(&t.done);
+}
+END_TEST
+#endif
 #endif
 
 START_TEST(test_skipped_without_interposition)
@@ -444,6 +527,13 @@ int main(void)
         tcase_add_test(tc, test_add_timeout_enomem);
         tcase_add_test(tc, test_add_timeout_enomem_each_growth);
         tcase_add_loop_test(tc, test_add_handler_enomem, 0, NPOLLERS);
+#ifdef IOL_HAVE_TLS
+        if (iol_test_make_cert(cert_dir, sizeof cert_dir) == 0)
+            tcase_add_loop_test(tc, test_tls_stream_new_enomem_leaves_nothing, 0,
+                                (int)(sizeof tls_pollers / sizeof tls_pollers[0]));
+        else
+            printf("faults: no openssl CLI: the TLS sweep is skipped\n");
+#endif
 #endif
     }
     suite_add_tcase(s, tc);

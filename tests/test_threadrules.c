@@ -45,6 +45,8 @@ enum {
     NEED_PERIODIC = 1u << 6, /* fx.pc ticking every 5 ms */
     NEED_PERIODIC_IDLE = 1u << 7, /* fx.pc created, not started */
     NEED_PREFILL = 1u << 8,  /* with NEED_STREAM: bytes waiting in the write buffer */
+    NEED_TLS = 1u << 9,      /* fx.s a TLS server stream, fx.c its TLS client on the
+                                same loop, handshake done (ALPN "x") */
 };
 
 enum { PREFILL_BYTES = 1 << 20 };
@@ -62,6 +64,9 @@ static struct {
     pthread_t thread;
     unsigned needs;
     iol_stream *s;
+    iol_stream *c; /* NEED_TLS: the client end */
+    iol_tls_ctx *sctx, *cctx;
+    sem_t handshake;
     int s_fd, peer;
     int spare[2];
     int efd;
@@ -80,6 +85,7 @@ static struct {
 /* Anything handed in by the foreign thread that runs: must stay 0. */
 static _Atomic int foreign_calls;
 static bool have_tls, have_zmq;
+static char cert_dir[64]; /* "": no certificate (no openssl CLI): NEED_TLS rows are skipped */
 
 /* ------------------------------------------------------------ callbacks */
 
@@ -165,6 +171,15 @@ static void on_tick(void *arg)
     atomic_fetch_add(&fx.ticks, 1);
 }
 
+static void stream_works(void);
+
+static void on_handshake(iol_stream *s, int status, void *arg)
+{
+    (void)s, (void)arg;
+    ck_assert_int_eq(status, 0);
+    sem_post(&fx.handshake);
+}
+
 /* ------------------------------------------------------ the loop thread */
 
 static void *loop_main(void *arg)
@@ -232,6 +247,21 @@ static void setup(unsigned needs)
             ck_assert_uint_gt(iol_stream_write_buffer_size(fx.s), 0);
         }
     }
+    if (needs & NEED_TLS) {
+        char cert[128], key[128];
+        snprintf(cert, sizeof cert, "%s/cert.pem", cert_dir);
+        snprintf(key, sizeof key, "%s/key.pem", cert_dir);
+        ck_assert_int_eq(iol_tls_ctx_new(&fx.sctx, &(iol_tls_config){ .server = true, .cert_file = cert,
+                                                                       .key_file = key, .alpn = "x" }), 0);
+        ck_assert_int_eq(iol_tls_ctx_new(&fx.cctx, &(iol_tls_config){ .insecure_no_verify = true, .alpn = "x" }), 0);
+        int sv[2];
+        ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        fx.s_fd = sv[0];
+        ck_assert_int_eq(iol_tls_stream_new(&fx.s, fx.loop, sv[0], fx.sctx, 0), 0);
+        ck_assert_int_eq(iol_stream_new(&fx.c, fx.loop, sv[1], 0), 0);
+        ck_assert_int_eq(sem_init(&fx.handshake, 0, 0), 0);
+        ck_assert_int_eq(iol_stream_start_tls(fx.c, fx.cctx, "localhost", on_handshake, NULL), 0);
+    }
     if (needs & NEED_SPARE)
         ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fx.spare), 0);
     if (needs & NEED_HANDLER) {
@@ -260,6 +290,11 @@ static void setup(unsigned needs)
         usleep(100);
     }
     on_loop(nothing); /* the loop has run an iteration */
+    if (needs & NEED_TLS) {
+        ck_assert_int_eq(sem_wait(&fx.handshake), 0);
+        stream_works(); /* the server's end of the handshake too */
+        on_loop(nothing);
+    }
 }
 
 /* ----------------------------------------------------- generic checks */
@@ -269,7 +304,7 @@ static void stream_unchanged(void)
     ck_assert(!iol_stream_closed(fx.s));
     ck_assert_int_eq(iol_stream_fd(fx.s), fx.s_fd);
     ck_assert_int_eq(iol_stream_error(fx.s), 0);
-    ck_assert(!iol_stream_is_tls(fx.s));
+    ck_assert(iol_stream_is_tls(fx.s) == !!(fx.needs & NEED_TLS));
     if (!(fx.needs & NEED_PREFILL))
         ck_assert_uint_eq(iol_stream_write_buffer_size(fx.s), 0);
 }
@@ -282,7 +317,7 @@ static void on_ping(iol_stream *s, const char *data, size_t len, int status, voi
     ck_assert(memcmp(data, "ping\n", 5) == 0);
     ck_assert_int_eq(iol_stream_write(s, "pong\n", 5, NULL, NULL), 0);
     /* Written at once: no write limit, no deferred writes were set. */
-    if (!(fx.needs & NEED_PREFILL))
+    if (!(fx.needs & (NEED_PREFILL | NEED_TLS)))
         ck_assert_uint_eq(iol_stream_write_buffer_size(s), 0);
     sem_post(&fx.done);
 }
@@ -292,10 +327,33 @@ static void start_ping_read(void)
     ck_assert_int_eq(iol_stream_read_until(fx.s, "\n", on_ping, NULL), 0);
 }
 
+/* TLS: the client stream is the peer; it must get exactly "pong\n". */
+static void on_pong(iol_stream *s, const char *data, size_t len, int status, void *arg)
+{
+    (void)s, (void)arg;
+    ck_assert_int_eq(status, 0);
+    ck_assert_uint_eq(len, 5);
+    ck_assert(memcmp(data, "pong\n", 5) == 0);
+    sem_post(&fx.done);
+}
+
+static void start_tls_ping(void)
+{
+    ck_assert_int_eq(iol_stream_read_until(fx.s, "\n", on_ping, NULL), 0);
+    ck_assert_int_eq(iol_stream_read_until(fx.c, "\n", on_pong, NULL), 0);
+    ck_assert_int_eq(iol_stream_write(fx.c, "ping\n", 5, NULL, NULL), 0);
+}
+
 /* The stream still reads and writes: a line each way, and the peer gets
  * exactly what the loop thread wrote (nothing from the foreign call). */
 static void stream_works(void)
 {
+    if (fx.needs & NEED_TLS) {
+        on_loop(start_tls_ping);
+        ck_assert_int_eq(sem_wait(&fx.done), 0); /* on_ping */
+        ck_assert_int_eq(sem_wait(&fx.done), 0); /* on_pong */
+        return;
+    }
     on_loop(start_ping_read);
     ck_assert_int_eq(write(fx.peer, "ping\n", 5), 5);
     ck_assert_int_eq(sem_wait(&fx.done), 0);
@@ -326,7 +384,7 @@ static void check_handler_count(void)
 static void generic_checks(void)
 {
     on_loop(check_handler_count);
-    if (fx.needs & NEED_STREAM) {
+    if (fx.needs & (NEED_STREAM | NEED_TLS)) {
         on_loop(stream_unchanged);
         stream_works();
     }
@@ -355,6 +413,8 @@ static void close_all(void)
 {
     if (fx.s)
         ck_assert_int_eq(iol_stream_close(fx.s), 0);
+    if (fx.c)
+        ck_assert_int_eq(iol_stream_close(fx.c), 0);
     if (fx.pc)
         iol_periodic_free(fx.pc);
     if (fx.made)
@@ -378,6 +438,8 @@ static void teardown(void)
             close(fx.spare[i]);
     if (fx.file_fd >= 0)
         close(fx.file_fd);
+    iol_tls_ctx_unref(fx.sctx);
+    iol_tls_ctx_unref(fx.cctx);
     ck_assert_int_eq(atomic_load(&foreign_calls), 0);
     sem_destroy(&fx.done);
 }
@@ -428,6 +490,16 @@ static void check_resume_on_loop(void)
 static void pause_before(void)
 {
     ck_assert_int_eq(iol_stream_pause_reading(fx.s), 0);
+}
+static void check_is_tls(void)
+{
+    ck_assert(iol_stream_is_tls(fx.s));
+}
+static void check_alpn(void)
+{
+    char buf[8];
+    ck_assert_int_eq(iol_stream_tls_alpn(fx.s, buf, sizeof buf), 1);
+    ck_assert_str_eq(buf, "x");
 }
 static void check_write_buffer_size(void)
 {
@@ -559,6 +631,16 @@ static int call_backend_timeout(void)
     return iol_loop_backend_timeout(fx.loop, &t);
 }
 static int call_loop_close(void) { return iol_loop_close(fx.loop, false); }
+/* Running the loop: any one thread at a time, so -EBUSY (not -EPERM). */
+static int call_loop_start(void) { return iol_loop_start(fx.loop); }
+static int call_run_once(void) { return iol_loop_run_once(fx.loop, 0); }
+static int foreign_sync(iol_loop *loop, iol_future *done, void *arg)
+{
+    (void)loop, (void)done, (void)arg;
+    atomic_fetch_add(&foreign_calls, 1);
+    return 0;
+}
+static int call_run_sync(void) { return iol_loop_run_sync(fx.loop, foreign_sync, NULL, 1, NULL); }
 static int call_set_default_executor(void)
 {
     iol_executor *ex;
@@ -643,6 +725,13 @@ static const row rows[] = {
     RULE(write_buffer_size, S | NEED_PREFILL, 0, check_write_buffer_size),
     RULE(is_tls, S, 0, NULL),
     RULE(tls_resumed, S, 0, NULL),
+    /* TLS streams: the same rule; the getters' answers differ from the
+     * loop thread's (check_*). */
+    { "is_tls on a TLS stream", NEED_TLS, call_is_tls, 0, check_is_tls },
+    { "tls_alpn on a TLS stream", NEED_TLS, call_tls_alpn, TLS_EPERM, check_alpn },
+    { "write on a TLS stream", NEED_TLS, call_write, -EPERM, NULL },
+    { "pause_reading on a TLS stream", NEED_TLS, call_pause_reading, -EPERM, NULL },
+    { "close on a TLS stream", NEED_TLS, call_close, -EPERM, NULL },
     RULE(stream_loop, S, 1, NULL),
     /* stream constructors */
     RULE(stream_new, NEED_SPARE, -EPERM, check_fd_free),
@@ -674,6 +763,9 @@ static const row rows[] = {
     RULE(set_call_timing, 0, -EPERM, check_no_call_timing),
     RULE(backend_timeout, 0, -EPERM, NULL),
     RULE(loop_close, 0, -EPERM, NULL),
+    RULE(loop_start, 0, -EBUSY, NULL),
+    RULE(run_once, 0, -EBUSY, NULL),
+    RULE(run_sync, 0, -EBUSY, NULL),
     RULE(set_default_executor, 0, -EPERM, NULL),
     RULE(run_in_executor, 0, -EPERM, check_no_future),
     RULE(add_zmq_handler, 0, ZMQ_EPERM, NULL),
@@ -696,6 +788,8 @@ static int call_resume_after_pause(void)
 
 static void run_row(const row *r, void (*before)(void))
 {
+    if ((r->needs & NEED_TLS) && (!have_tls || !cert_dir[0]))
+        return; /* no TLS build, or no certificate */
     setup(r->needs);
     if (before)
         on_loop(before);
@@ -824,6 +918,8 @@ int main(void)
     iol_tls_ctx *probe = NULL;
     have_tls = iol_tls_ctx_new(&probe, &(iol_tls_config){ 0 }) != -ENOTSUP;
     iol_tls_ctx_unref(probe);
+    if (have_tls && iol_test_make_cert(cert_dir, sizeof cert_dir) < 0)
+        cert_dir[0] = '\0';
     iol_loop *l;
     if (iol_loop_new(&l, &(iol_loop_config){ .make_current = IOL_CURRENT_NEVER }) == 0) {
         have_zmq = iol_loop_remove_zmq_handler(l, &zmq_dummy) != -ENOTSUP;

@@ -154,6 +154,22 @@ void iol_test_write_all(int fd, const void *data, size_t len)
     }
 }
 
+int iol_test_make_cert(char *dir, size_t size)
+{
+    if (size < 64)
+        return -1;
+    snprintf(dir, size, "/tmp/iol-cert-XXXXXX");
+    if (!mkdtemp(dir))
+        return -1;
+    char cmd[512];
+    snprintf(cmd, sizeof cmd,
+             "cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout key.pem -out cert.pem -subj /CN=localhost "
+             "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -days 2 >/dev/null 2>&1",
+             dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
 static char fixture_tls_dir[64];
 
 static void fixture_tls_cleanup(void)
@@ -166,17 +182,11 @@ static void fixture_tls_cleanup(void)
 bool iol_test_tls_ctxs(iol_tls_ctx **server, iol_tls_ctx **client)
 {
     if (!fixture_tls_dir[0]) {
-        snprintf(fixture_tls_dir, sizeof(fixture_tls_dir), "/tmp/iol-fixture-XXXXXX");
-        if (!mkdtemp(fixture_tls_dir))
+        if (iol_test_make_cert(fixture_tls_dir, sizeof fixture_tls_dir) < 0) {
+            fixture_tls_dir[0] = '\0';
             return false;
+        }
         atexit(fixture_tls_cleanup);
-        char cmd[512];
-        snprintf(cmd, sizeof(cmd),
-                 "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout %s/key.pem "
-                 "-out %s/cert.pem -subj /CN=localhost -addext subjectAltName=DNS:localhost -days 1 2>/dev/null",
-                 fixture_tls_dir, fixture_tls_dir);
-        if (system(cmd) != 0)
-            return false;
     }
     char cert[96], key[96];
     snprintf(cert, sizeof(cert), "%s/cert.pem", fixture_tls_dir);

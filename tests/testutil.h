@@ -32,6 +32,12 @@ TCase *iol_test_tcase(const char *name, double timeout_s);
             ck_abort_msg("%s:%d: %s", __FILE__, __LINE__, #e);        \
     } while (0)
 
+/* A self-signed server certificate for 127.0.0.1 / localhost, made with
+ * the openssl CLI into a new temporary directory: dir (size >= 64) gets
+ * its path, holding cert.pem and key.pem. 0, or -1 when the CLI is
+ * missing or fails. */
+int iol_test_make_cert(char *dir, size_t size);
+
 /* eventfd writes made to wake loop (iol_loop_get_stats). */
 uint64_t iol_test_wakeups(const iol_loop *loop);
 
