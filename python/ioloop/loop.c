@@ -937,6 +937,23 @@ static PyObject *core_remove_signal(CoreObject *c, PyObject *arg)
     Py_RETURN_TRUE;
 }
 
+/* _stats(): the library loop's counters (iol_loop_get_stats), for tests
+ * and benches: iterations, wakeups, callbacks_remote, timeouts... */
+static PyObject *core_stats(CoreObject *c, PyObject *Py_UNUSED(ignored))
+{
+    if (check_closed(c) < 0)
+        return NULL;
+    iol_loop_stats st;
+    int err = iol_loop_get_stats(c->loop, &st, sizeof st);
+    if (err < 0)
+        return set_errno_error(err);
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "iterations", (unsigned long long)st.iterations,
+                         "wakeups", (unsigned long long)st.wakeups, "callbacks_self",
+                         (unsigned long long)st.callbacks_self, "callbacks_remote",
+                         (unsigned long long)st.callbacks_remote, "timeouts", (unsigned long long)st.timeouts,
+                         "handlers", (unsigned long long)st.handlers, "signals", (unsigned long long)st.signals);
+}
+
 /* ------------------------------------------------------------ attributes */
 
 static PyObject *get_flag(CoreObject *c, void *which)
@@ -1011,6 +1028,7 @@ static PyMethodDef core_methods[] = {
     {"_remove_reader", (PyCFunction)core_remove_reader, METH_O, NULL},
     {"_remove_writer", (PyCFunction)core_remove_writer, METH_O, NULL},
     {"_fd_handles", (PyCFunction)core_fd_handles, METH_O, NULL},
+    {"_stats", (PyCFunction)core_stats, METH_NOARGS, NULL},
     {"_new_handle", (PyCFunction)(void (*)(void))core_new_handle, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"_add_signal", (PyCFunction)core_add_signal, METH_VARARGS, NULL},
     {"_remove_signal", (PyCFunction)core_remove_signal, METH_O, NULL},
