@@ -203,28 +203,37 @@ static void timer_unlink(CoreObject *c, HandleObject *h)
 }
 
 /* With the GIL, right after run_once: pending entries become ready
- * handles, in the order the library produced them. */
+ * handles in asyncio's order (posts were on the ready queue already, then
+ * I/O, then due timers), whatever order the library's phases produced
+ * them in (posts, timers, I/O). */
 static void drain_pending(CoreObject *c)
 {
-    for (size_t i = 0; i < c->pending_len; i++) {
-        pending_entry *e = &c->pending[i];
-        if (e->kind == PENDING_HANDLE) {
-            HandleObject *h = e->ptr;
-            if (h->scheduled)
-                timer_unlink(c, h);
-            ready_push(c, h); /* the registration's / node's reference moves to ready */
-        } else if (e->kind == PENDING_FD) {
-            fd_record *r = e->ptr;
-            if ((e->events & (IOL_READ | IOL_ERROR)) && r->reader && !r->reader->cancelled)
-                ready_push(c, (HandleObject *)Py_NewRef((PyObject *)r->reader));
-            if ((e->events & (IOL_WRITE | IOL_ERROR)) && r->writer && !r->writer->cancelled)
-                ready_push(c, (HandleObject *)Py_NewRef((PyObject *)r->writer));
-        } else {
-            PyObject *key = PyLong_FromLong((long)(intptr_t)e->ptr);
-            PyObject *h = key ? PyDict_GetItemWithError(c->signals, key) : NULL; /* borrowed */
-            Py_XDECREF(key);
-            if (h)
-                ready_push(c, (HandleObject *)Py_NewRef(h));
+    for (int pass = 0; pass < 3; pass++) {
+        for (size_t i = 0; i < c->pending_len; i++) {
+            pending_entry *e = &c->pending[i];
+            if (e->kind == PENDING_HANDLE) {
+                HandleObject *h = e->ptr;
+                int timer = Py_IS_TYPE(h, &TimerHandle_Type);
+                if (pass != (timer ? 2 : 0))
+                    continue;
+                if (h->scheduled)
+                    timer_unlink(c, h);
+                ready_push(c, h); /* the registration's / node's reference moves to ready */
+            } else if (pass != 1) {
+                continue;
+            } else if (e->kind == PENDING_FD) {
+                fd_record *r = e->ptr;
+                if ((e->events & (IOL_READ | IOL_ERROR)) && r->reader && !r->reader->cancelled)
+                    ready_push(c, (HandleObject *)Py_NewRef((PyObject *)r->reader));
+                if ((e->events & (IOL_WRITE | IOL_ERROR)) && r->writer && !r->writer->cancelled)
+                    ready_push(c, (HandleObject *)Py_NewRef((PyObject *)r->writer));
+            } else {
+                PyObject *key = PyLong_FromLong((long)(intptr_t)e->ptr);
+                PyObject *h = key ? PyDict_GetItemWithError(c->signals, key) : NULL; /* borrowed */
+                Py_XDECREF(key);
+                if (h)
+                    ready_push(c, (HandleObject *)Py_NewRef(h));
+            }
         }
     }
     c->pending_len = 0;
