@@ -17,7 +17,15 @@ sys.path = [p for p in sys.path if os.path.abspath(p or '.') != _here]
 import ioloop  # noqa: E402
 
 ioloop.install()
-assert isinstance(asyncio.new_event_loop(), ioloop.Loop)
+_probe = asyncio.new_event_loop()
+assert isinstance(_probe, ioloop.Loop)
+_probe.close()
+
+from tornado.ioloop import IOLoop  # noqa: E402
+
+_probe = IOLoop(make_current=False)
+assert isinstance(_probe.asyncio_loop, ioloop.Loop), _probe.asyncio_loop  # Tornado runs on ours
+_probe.close()
 
 import runpy  # noqa: E402
 

@@ -14,11 +14,12 @@ docs/python.md for what is native and what is not yet.
 """
 
 import asyncio
+import errno
 import sys
 import threading
 import weakref
 
-from asyncio import base_events, coroutines, events, futures, selector_events, trsock, unix_events
+from asyncio import base_events, constants, coroutines, events, futures, selector_events, trsock, unix_events
 from asyncio.log import logger
 
 from . import _ioloop
@@ -145,9 +146,55 @@ class Loop(_ioloop.CoreLoop, base_events.BaseEventLoop):
             self.call_soon(futures._set_result_unless_cancelled, waiter, None)
         return transport
 
+    def _accept_connection(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100,
+                           ssl_handshake_timeout=None, ssl_shutdown_timeout=None):
+        """Accepts up to backlog connections of a readable listening socket.
+        As asyncio's selector loop, except that each connection gets its
+        protocol and transport right here, as uvloop does, instead of in a
+        Task of its own (a Task and a Future less per connection); servers
+        never have an sslcontext here (create_server refuses ssl=)."""
+        for _ in range(backlog):
+            try:
+                conn, addr = sock.accept()
+                if self._debug:
+                    logger.debug("%r got a new connection from %r: %r", server, addr, conn)
+                conn.setblocking(False)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return None  # the accept queue is empty
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # The fd stays readable: stop watching it for a while.
+                    self.call_exception_handler({
+                        'message': 'socket.accept() out of system resource',
+                        'exception': exc,
+                        'socket': trsock.TransportSocket(sock),
+                    })
+                    self._remove_reader(sock.fileno())
+                    self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving,
+                                    protocol_factory, sock, sslcontext, server, backlog,
+                                    ssl_handshake_timeout, ssl_shutdown_timeout)
+                else:
+                    raise  # the loop's exception handler logs it
+            else:
+                protocol = transport = None
+                try:
+                    protocol = protocol_factory()
+                    transport = self._make_socket_transport(conn, protocol, extra={'peername': addr},
+                                                            server=server)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    if transport is None:
+                        conn.close()
+                    if self._debug:  # asyncio reports these in debug mode only
+                        context = {'message': 'Error on transport creation for incoming connection',
+                                   'exception': exc}
+                        if protocol is not None:
+                            context['protocol'] = protocol
+                        self.call_exception_handler(context)
+
     locals().update(_borrow(
-        _selector, '_start_serving', '_accept_connection',
-        '_accept_connection2', '_ensure_fd_no_transport', '_stop_serving',
+        _selector, '_start_serving', '_ensure_fd_no_transport', '_stop_serving',
         'sock_recv', '_sock_read_done', '_sock_recv', 'sock_recv_into', '_sock_recv_into',
         'sock_sendall', '_sock_sendall', 'sock_connect', '_sock_connect', '_sock_write_done',
         '_sock_connect_cb', 'sock_accept', '_sock_accept', '_sendfile_native',

@@ -1,4 +1,6 @@
-/* ioloop._ioloop.CoreLoop: the native half of ioloop.Loop.
+/* ioloop._ioloop.CoreLoop: the native half of ioloop.Loop. This file:
+ * scheduling, the run loop and the lifecycle; fd watches are in fds.c,
+ * signals in signals.c, the shared state in core.h.
  *
  * What is native: the ready queue, call_soon / call_later / call_at /
  * call_soon_threadsafe, the run loop (iol_loop_run_once), fd readiness
@@ -25,50 +27,13 @@
  *    owns the Handles.
  *  - the ready queue owns one reference per entry.
  */
-#include "_ioloop.h"
+#include "core.h"
 #include <errno.h>
 #include <math.h>
 #include <pythread.h>
 #include <stdlib.h>
 #include <structmember.h>
 #include <time.h>
-
-enum { PENDING_HANDLE, PENDING_FD, PENDING_SIGNAL };
-
-typedef struct {
-    int kind;
-    unsigned events;
-    void *ptr; /* HandleObject * (a reference moved in), fd_record *, or the signal number */
-} pending_entry;
-
-typedef struct fd_record {
-    CoreObject *core; /* borrowed: records die before the core */
-    int fd;
-    unsigned events;  /* IOL_READ / IOL_WRITE as registered with the library */
-    HandleObject *reader, *writer; /* owned */
-} fd_record;
-
-struct CoreObject {
-    PyObject_HEAD
-    iol_loop *loop; /* NULL once closed */
-    /* Ready queue: a ring of owned Handle references. GIL. */
-    HandleObject **ready;
-    size_t ready_head, ready_len, ready_cap;
-    /* Filled by library callbacks on the loop's thread (maybe without
-     * the GIL), emptied right after run_once by that same thread. */
-    pending_entry *pending;
-    size_t pending_len, pending_cap;
-    size_t pending_lost; /* entries dropped for want of memory */
-    fd_record **fds;
-    int nfds;
-    PyObject *signals;      /* dict: signal number -> Handle */
-    HandleObject *timers;   /* scheduled TimerHandles (each holds the registration's ref) */
-    int closed, stopping, debug, running;
-    unsigned long thread_ident;
-    double slow_callback_duration;
-    PyObject *weakreflist;
-    PyObject *dict;
-};
 
 static PyTypeObject Core_Type;
 
@@ -79,7 +44,7 @@ int core_is_debug(CoreObject *c)
 
 /* ------------------------------------------------------------ helpers */
 
-static int check_closed(CoreObject *c)
+int core_check_closed(CoreObject *c)
 {
     if (c->closed || !c->loop) {
         PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
@@ -93,7 +58,7 @@ static int check_closed(CoreObject *c)
  * parts of an iteration without the GIL, so another thread's call would
  * race with it (asyncio only checks this in debug mode; for us it is
  * memory safety). */
-static int check_thread(CoreObject *c)
+int core_check_thread(CoreObject *c)
 {
     if (c->running && PyThread_get_thread_ident() != c->thread_ident) {
         PyErr_SetString(PyExc_RuntimeError,
@@ -103,13 +68,13 @@ static int check_thread(CoreObject *c)
     return 0;
 }
 
-static PyObject *set_errno_error(int err)
+PyObject *core_errno_error(int err)
 {
     errno = -err;
     return PyErr_SetFromErrno(PyExc_OSError);
 }
 
-static int ready_push(CoreObject *c, HandleObject *h) /* steals h */
+int core_ready_push(CoreObject *c, HandleObject *h) /* steals h */
 {
     if (c->ready_len == c->ready_cap) {
         size_t cap = c->ready_cap ? c->ready_cap * 2 : 64;
@@ -141,7 +106,7 @@ static HandleObject *ready_pop(CoreObject *c) /* new ref to caller */
 
 /* Library callbacks: no Python here (see _ioloop.h). malloc, not
  * PyMem_*, since the GIL may not be held. */
-static void pending_push(CoreObject *c, int kind, void *ptr, unsigned events)
+void core_pending_push(CoreObject *c, int kind, void *ptr, unsigned events)
 {
     if (c->pending_len == c->pending_cap) {
         size_t cap = c->pending_cap ? c->pending_cap * 2 : 64;
@@ -159,19 +124,7 @@ static void pending_push(CoreObject *c, int kind, void *ptr, unsigned events)
 static void handle_fired(void *arg) /* a timeout or a posted callback */
 {
     HandleObject *h = arg;
-    pending_push(h->loop, PENDING_HANDLE, h, 0);
-}
-
-static void fd_fired(int fd, unsigned events, void *arg)
-{
-    (void)fd;
-    fd_record *r = arg;
-    pending_push(r->core, PENDING_FD, r, events);
-}
-
-static void signal_fired(int signo, void *arg)
-{
-    pending_push((CoreObject *)arg, PENDING_SIGNAL, (void *)(intptr_t)signo, 0);
+    core_pending_push(h->loop, PENDING_HANDLE, h, 0);
 }
 
 static void nothing(void *arg)
@@ -203,28 +156,29 @@ static void timer_unlink(CoreObject *c, HandleObject *h)
 }
 
 /* With the GIL, right after run_once: pending entries become ready
- * handles, in the order the library produced them. */
+ * handles in asyncio's order (posts were on the ready queue already, then
+ * I/O, then due timers), whatever order the library's phases produced
+ * them in (posts, timers, I/O). */
 static void drain_pending(CoreObject *c)
 {
-    for (size_t i = 0; i < c->pending_len; i++) {
-        pending_entry *e = &c->pending[i];
-        if (e->kind == PENDING_HANDLE) {
-            HandleObject *h = e->ptr;
-            if (h->scheduled)
-                timer_unlink(c, h);
-            ready_push(c, h); /* the registration's / node's reference moves to ready */
-        } else if (e->kind == PENDING_FD) {
-            fd_record *r = e->ptr;
-            if ((e->events & (IOL_READ | IOL_ERROR)) && r->reader && !r->reader->cancelled)
-                ready_push(c, (HandleObject *)Py_NewRef((PyObject *)r->reader));
-            if ((e->events & (IOL_WRITE | IOL_ERROR)) && r->writer && !r->writer->cancelled)
-                ready_push(c, (HandleObject *)Py_NewRef((PyObject *)r->writer));
-        } else {
-            PyObject *key = PyLong_FromLong((long)(intptr_t)e->ptr);
-            PyObject *h = key ? PyDict_GetItemWithError(c->signals, key) : NULL; /* borrowed */
-            Py_XDECREF(key);
-            if (h)
-                ready_push(c, (HandleObject *)Py_NewRef(h));
+    for (int pass = 0; pass < 3; pass++) {
+        for (size_t i = 0; i < c->pending_len; i++) {
+            pending_entry *e = &c->pending[i];
+            if (e->kind == PENDING_HANDLE) {
+                HandleObject *h = e->ptr;
+                int timer = Py_IS_TYPE(h, &TimerHandle_Type);
+                if (pass != (timer ? 2 : 0))
+                    continue;
+                if (h->scheduled)
+                    timer_unlink(c, h);
+                core_ready_push(c, h); /* the registration's / node's reference moves to ready */
+            } else if (pass != 1) {
+                continue;
+            } else if (e->kind == PENDING_FD) {
+                core_fd_ready(c, e->ptr, e->events);
+            } else {
+                core_signal_ready(c, (int)(intptr_t)e->ptr);
+            }
         }
     }
     c->pending_len = 0;
@@ -252,11 +206,11 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (err < 0) {
         c->loop = NULL;
         Py_DECREF(c);
-        return set_errno_error(err);
+        return core_errno_error(err);
     }
     if ((err = iol_loop_add_prepare(c->loop, before_poll, c)) < 0) {
         Py_DECREF(c);
-        return set_errno_error(err);
+        return core_errno_error(err);
     }
     return (PyObject *)c;
 }
@@ -271,24 +225,8 @@ static void core_shutdown(CoreObject *c)
      * can then hold a reference. Collected first, released last, since a
      * DECREF can run arbitrary code (which finds the loop closed). */
     PyObject *garbage = PyList_New(0);
-    for (int fd = 0; fd < c->nfds; fd++) {
-        fd_record *r = c->fds[fd];
-        if (!r)
-            continue;
-        iol_loop_remove_handler(c->loop, fd);
-        if (r->reader && garbage)
-            PyList_Append(garbage, (PyObject *)r->reader);
-        if (r->writer && garbage)
-            PyList_Append(garbage, (PyObject *)r->writer);
-        Py_XDECREF(r->reader);
-        Py_XDECREF(r->writer);
-        free(r);
-        c->fds[fd] = NULL;
-    }
-    PyObject *key, *value;
-    Py_ssize_t pos = 0;
-    while (PyDict_Next(c->signals, &pos, &key, &value))
-        iol_loop_remove_signal(c->loop, (int)PyLong_AsLong(key), signal_fired, c);
+    core_fds_shutdown(c, garbage);
+    core_signals_shutdown(c);
     while (c->timers) {
         HandleObject *h = c->timers;
         iol_loop_remove_timeout(c->loop, h->tid);
@@ -329,12 +267,9 @@ static int core_traverse(CoreObject *c, visitproc visit, void *arg)
     Py_VISIT(c->dict);
     for (size_t i = 0; i < c->ready_len; i++)
         Py_VISIT((PyObject *)c->ready[(c->ready_head + i) & (c->ready_cap - 1)]);
-    for (int fd = 0; fd < c->nfds; fd++) {
-        if (c->fds[fd]) {
-            Py_VISIT((PyObject *)c->fds[fd]->reader);
-            Py_VISIT((PyObject *)c->fds[fd]->writer);
-        }
-    }
+    int r = core_fds_traverse(c, visit, arg);
+    if (r)
+        return r;
     for (HandleObject *h = c->timers; h; h = h->tnext)
         Py_VISIT((PyObject *)h);
     return 0;
@@ -422,7 +357,7 @@ static int debug_checks(CoreObject *c, PyObject *callback, const char *method, i
 static PyObject *core_call_soon(CoreObject *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     PyObject *callback, *cbargs, *context;
-    if (check_closed(c) < 0)
+    if (core_check_closed(c) < 0)
         return NULL;
     if (parse_callback("call_soon", args, nargs, kwnames, &callback, &cbargs, &context) < 0)
         return NULL;
@@ -434,7 +369,7 @@ static PyObject *core_call_soon(CoreObject *c, PyObject *const *args, Py_ssize_t
     Py_DECREF(cbargs);
     if (!h)
         return NULL;
-    if (ready_push(c, (HandleObject *)Py_NewRef((PyObject *)h)) < 0) { /* the ready queue's reference */
+    if (core_ready_push(c, (HandleObject *)Py_NewRef((PyObject *)h)) < 0) { /* the ready queue's reference */
         Py_DECREF(h);
         return NULL;
     }
@@ -443,19 +378,19 @@ static PyObject *core_call_soon(CoreObject *c, PyObject *const *args, Py_ssize_t
 
 int core_soon(CoreObject *c, PyObject *callback, PyObject *args)
 {
-    if (check_closed(c) < 0)
+    if (core_check_closed(c) < 0)
         return -1;
     HandleObject *h = handle_new(c, callback, args, NULL, 0);
     if (!h)
         return -1;
-    return ready_push(c, h); /* the ready queue's reference */
+    return core_ready_push(c, h); /* the ready queue's reference */
 }
 
 static PyObject *schedule_at(CoreObject *c, double when, const char *name, PyObject *const *args, Py_ssize_t nargs,
                              PyObject *kwnames)
 {
     PyObject *callback, *cbargs, *context;
-    if (check_closed(c) < 0 || check_thread(c) < 0)
+    if (core_check_closed(c) < 0 || core_check_thread(c) < 0)
         return NULL;
     if (parse_callback(name, args, nargs, kwnames, &callback, &cbargs, &context) < 0)
         return NULL;
@@ -471,7 +406,7 @@ static PyObject *schedule_at(CoreObject *c, double when, const char *name, PyObj
     int err = iol_loop_call_at(c->loop, when, handle_fired, h, &h->tid);
     if (err < 0) {
         Py_DECREF(h);
-        return set_errno_error(err);
+        return core_errno_error(err);
     }
     Py_INCREF(h); /* the registration's reference */
     h->scheduled = 1;
@@ -537,7 +472,7 @@ static PyObject *core_call_soon_threadsafe(CoreObject *c, PyObject *const *args,
                                            PyObject *kwnames)
 {
     PyObject *callback, *cbargs, *context;
-    if (check_closed(c) < 0)
+    if (core_check_closed(c) < 0)
         return NULL;
     if (parse_callback("call_soon_threadsafe", args, nargs, kwnames, &callback, &cbargs, &context) < 0)
         return NULL;
@@ -558,7 +493,7 @@ static PyObject *core_call_soon_threadsafe(CoreObject *c, PyObject *const *args,
             PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
             return NULL;
         }
-        return set_errno_error(err);
+        return core_errno_error(err);
     }
     return (PyObject *)h;
 }
@@ -624,7 +559,7 @@ static int run_ready(CoreObject *c)
 
 static PyObject *core_run_forever_native(CoreObject *c, PyObject *Py_UNUSED(ignored))
 {
-    if (check_closed(c) < 0)
+    if (core_check_closed(c) < 0)
         return NULL;
     if (c->running) {
         PyErr_SetString(PyExc_RuntimeError, "This event loop is already running");
@@ -646,7 +581,7 @@ static PyObject *core_run_forever_native(CoreObject *c, PyObject *Py_UNUSED(igno
         }
         drain_pending(c);
         if (r < 0) {
-            set_errno_error(r);
+            core_errno_error(r);
             break;
         }
         /* A signal that interrupted the poll: Python's handlers run now
@@ -676,192 +611,7 @@ static PyObject *core_close_native(CoreObject *c, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-/* ------------------------------------------------------------ fds */
-
-static fd_record *record_of(CoreObject *c, int fd)
-{
-    return fd < c->nfds ? c->fds[fd] : NULL;
-}
-
-static PyObject *fd_add_impl(CoreObject *c, int fd, HandleObject *h, int write);
-
-static PyObject *fd_add(CoreObject *c, PyObject *const *args, Py_ssize_t nargs, int write)
-{
-    if (nargs < 2) {
-        PyErr_SetString(PyExc_TypeError, "expected fd and callback");
-        return NULL;
-    }
-    if (check_closed(c) < 0 || check_thread(c) < 0)
-        return NULL;
-    int fd = PyObject_AsFileDescriptor(args[0]);
-    if (fd < 0)
-        return NULL;
-    PyObject *cbargs = PyTuple_New(nargs - 2);
-    if (!cbargs)
-        return NULL;
-    for (Py_ssize_t i = 2; i < nargs; i++)
-        PyTuple_SET_ITEM(cbargs, i - 2, Py_NewRef(args[i]));
-    HandleObject *h = handle_new(c, args[1], cbargs, NULL, 0);
-    Py_DECREF(cbargs);
-    if (!h)
-        return NULL;
-    return fd_add_impl(c, fd, h, write);
-}
-
-PyObject *core_watch_fd(CoreObject *c, int fd, int write, PyObject *callback)
-{
-    if (check_closed(c) < 0 || check_thread(c) < 0)
-        return NULL;
-    PyObject *noargs = PyTuple_New(0);
-    if (!noargs)
-        return NULL;
-    HandleObject *h = handle_new(c, callback, noargs, NULL, 0);
-    Py_DECREF(noargs);
-    if (!h)
-        return NULL;
-    return fd_add_impl(c, fd, h, write);
-}
-
-/* Steals h; returns it (a new reference) or NULL. */
-static PyObject *fd_add_impl(CoreObject *c, int fd, HandleObject *h, int write)
-{
-    unsigned bit = write ? IOL_WRITE : IOL_READ;
-    fd_record *r = record_of(c, fd);
-    int err;
-    if (!r) {
-        if (fd >= c->nfds) {
-            int n = c->nfds ? c->nfds : 64;
-            while (n <= fd)
-                n *= 2;
-            fd_record **t = realloc(c->fds, (size_t)n * sizeof *t);
-            if (!t) {
-                Py_DECREF(h);
-                return PyErr_NoMemory();
-            }
-            for (int i = c->nfds; i < n; i++)
-                t[i] = NULL;
-            c->fds = t;
-            c->nfds = n;
-        }
-        r = calloc(1, sizeof *r);
-        if (!r) {
-            Py_DECREF(h);
-            return PyErr_NoMemory();
-        }
-        r->core = c;
-        r->fd = fd;
-        if ((err = iol_loop_add_handler(c->loop, fd, bit, fd_fired, r)) < 0) {
-            free(r);
-            Py_DECREF(h);
-            return set_errno_error(err);
-        }
-        r->events = bit;
-        c->fds[fd] = r;
-    } else if (!(r->events & bit)) {
-        err = iol_loop_update_handler(c->loop, fd, r->events | bit);
-        if (err == -ENOENT || err == -EBADF) {
-            /* The fd was closed and its number reused without a remove:
-             * the poller forgot it; register the new file afresh. */
-            iol_loop_remove_handler(c->loop, fd);
-            err = iol_loop_add_handler(c->loop, fd, r->events | bit, fd_fired, r);
-        }
-        if (err < 0) {
-            Py_DECREF(h);
-            return set_errno_error(err);
-        }
-        r->events |= bit;
-    }
-    HandleObject **slot = write ? &r->writer : &r->reader;
-    HandleObject *old = *slot;
-    *slot = (HandleObject *)Py_NewRef((PyObject *)h); /* the record's reference */
-    if (old) {
-        PyObject *x = PyObject_CallMethod((PyObject *)old, "cancel", NULL);
-        Py_XDECREF(x);
-        Py_DECREF(old);
-        if (!x) {
-            Py_DECREF(h);
-            return NULL;
-        }
-    }
-    return (PyObject *)h;
-}
-
-/* 1 removed, 0 nothing to remove, -1 error. */
-int core_unwatch_fd(CoreObject *c, int fd, int write)
-{
-    if (c->closed || !c->loop)
-        return 0;
-    if (check_thread(c) < 0)
-        return -1;
-    fd_record *r = record_of(c, fd);
-    HandleObject **slot = r ? (write ? &r->writer : &r->reader) : NULL;
-    if (!slot || !*slot)
-        return 0;
-    unsigned bit = write ? IOL_WRITE : IOL_READ;
-    unsigned events = r->events & ~bit;
-    if (events == 0) {
-        iol_loop_remove_handler(c->loop, fd); /* an fd closed meanwhile is gone already */
-        c->fds[fd] = NULL;
-    } else {
-        int err = iol_loop_update_handler(c->loop, fd, events);
-        if (err < 0 && err != -ENOENT && err != -EBADF) {
-            set_errno_error(err);
-            return -1;
-        }
-        r->events = events;
-    }
-    HandleObject *h = *slot;
-    *slot = NULL;
-    if (events == 0)
-        free(r);
-    PyObject *x = PyObject_CallMethod((PyObject *)h, "cancel", NULL);
-    Py_DECREF(h); /* the record's reference */
-    if (!x)
-        return -1;
-    Py_DECREF(x);
-    return 1;
-}
-
-static PyObject *fd_remove(CoreObject *c, PyObject *arg, int write)
-{
-    if (c->closed || !c->loop)
-        Py_RETURN_FALSE;
-    int fd = PyObject_AsFileDescriptor(arg);
-    if (fd < 0)
-        return NULL;
-    int r = core_unwatch_fd(c, fd, write);
-    if (r < 0)
-        return NULL;
-    return PyBool_FromLong(r);
-}
-
-static PyObject *core_add_reader(CoreObject *c, PyObject *const *args, Py_ssize_t nargs)
-{
-    return fd_add(c, args, nargs, 0);
-}
-static PyObject *core_add_writer(CoreObject *c, PyObject *const *args, Py_ssize_t nargs)
-{
-    return fd_add(c, args, nargs, 1);
-}
-static PyObject *core_remove_reader(CoreObject *c, PyObject *fd)
-{
-    return fd_remove(c, fd, 0);
-}
-static PyObject *core_remove_writer(CoreObject *c, PyObject *fd)
-{
-    return fd_remove(c, fd, 1);
-}
-
-/* (reader handle or None, writer handle or None) for fd. */
-static PyObject *core_fd_handles(CoreObject *c, PyObject *arg)
-{
-    int fd = PyObject_AsFileDescriptor(arg);
-    if (fd < 0)
-        return NULL;
-    fd_record *r = c->loop ? record_of(c, fd) : NULL;
-    return Py_BuildValue("(OO)", r && r->reader ? (PyObject *)r->reader : Py_None,
-                         r && r->writer ? (PyObject *)r->writer : Py_None);
-}
+/* ------------------------------------------------------------ handles */
 
 /* _new_handle(callback, *args): a Handle that is not scheduled (signals). */
 static PyObject *core_new_handle(CoreObject *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -874,67 +624,21 @@ static PyObject *core_new_handle(CoreObject *c, PyObject *const *args, Py_ssize_
     return (PyObject *)h;
 }
 
-/* ------------------------------------------------------------ signals */
-
-/* _add_signal(signo, handle): handle runs on the loop for each delivery.
- * The checks asyncio makes (main thread, valid number) are in Python. */
-static PyObject *core_add_signal(CoreObject *c, PyObject *args)
+/* _stats(): the library loop's counters (iol_loop_get_stats), for tests
+ * and benches: iterations, wakeups, callbacks_remote, timeouts... */
+static PyObject *core_stats(CoreObject *c, PyObject *Py_UNUSED(ignored))
 {
-    int signo;
-    PyObject *h;
-    if (!PyArg_ParseTuple(args, "iO!", &signo, &Handle_Type, &h))
+    if (core_check_closed(c) < 0)
         return NULL;
-    if (check_closed(c) < 0 || check_thread(c) < 0)
-        return NULL;
-    PyObject *key = PyLong_FromLong(signo);
-    if (!key)
-        return NULL;
-    int had = PyDict_Contains(c->signals, key);
-    if (had == 0) {
-        int err = iol_loop_add_signal(c->loop, signo, signal_fired, c);
-        if (err < 0) {
-            Py_DECREF(key);
-            if (err == -EINVAL)
-                return PyErr_Format(PyExc_RuntimeError, "sig %d cannot be caught", signo);
-            if (err == -EBUSY)
-                return PyErr_Format(PyExc_RuntimeError, "sig %d is handled by another ioloop.Loop", signo);
-            return set_errno_error(err);
-        }
-    }
-    int r = had < 0 ? -1 : PyDict_SetItem(c->signals, key, h);
-    Py_DECREF(key);
-    if (r < 0)
-        return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *core_remove_signal(CoreObject *c, PyObject *arg)
-{
-    int signo = PyLong_AsLong(arg);
-    if (signo == -1 && PyErr_Occurred())
-        return NULL;
-    if (!c->loop)
-        Py_RETURN_FALSE;
-    if (check_thread(c) < 0)
-        return NULL;
-    PyObject *h = PyDict_GetItemWithError(c->signals, arg);
-    if (!h) {
-        if (PyErr_Occurred())
-            return NULL;
-        Py_RETURN_FALSE;
-    }
-    iol_loop_remove_signal(c->loop, signo, signal_fired, c);
-    Py_INCREF(h);
-    if (PyDict_DelItem(c->signals, arg) < 0) {
-        Py_DECREF(h);
-        return NULL;
-    }
-    PyObject *x = PyObject_CallMethod(h, "cancel", NULL);
-    Py_DECREF(h);
-    if (!x)
-        return NULL;
-    Py_DECREF(x);
-    Py_RETURN_TRUE;
+    iol_loop_stats st;
+    int err = iol_loop_get_stats(c->loop, &st, sizeof st);
+    if (err < 0)
+        return core_errno_error(err);
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "iterations", (unsigned long long)st.iterations,
+                         "wakeups", (unsigned long long)st.wakeups, "callbacks_self",
+                         (unsigned long long)st.callbacks_self, "callbacks_remote",
+                         (unsigned long long)st.callbacks_remote, "timeouts", (unsigned long long)st.timeouts,
+                         "handlers", (unsigned long long)st.handlers, "signals", (unsigned long long)st.signals);
 }
 
 /* ------------------------------------------------------------ attributes */
@@ -1011,6 +715,7 @@ static PyMethodDef core_methods[] = {
     {"_remove_reader", (PyCFunction)core_remove_reader, METH_O, NULL},
     {"_remove_writer", (PyCFunction)core_remove_writer, METH_O, NULL},
     {"_fd_handles", (PyCFunction)core_fd_handles, METH_O, NULL},
+    {"_stats", (PyCFunction)core_stats, METH_NOARGS, NULL},
     {"_new_handle", (PyCFunction)(void (*)(void))core_new_handle, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"_add_signal", (PyCFunction)core_add_signal, METH_VARARGS, NULL},
     {"_remove_signal", (PyCFunction)core_remove_signal, METH_O, NULL},

@@ -157,3 +157,17 @@ def test_sock_connect_refused(loop):
     with pytest.raises(ConnectionRefusedError):
         loop.run_until_complete(loop.sock_connect(c, addr))
     c.close()
+
+
+def test_pipes(loop):
+    async def main():
+        r, w = os.pipe()
+        reader = asyncio.StreamReader()
+        rt, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(r, 'rb'))
+        wt, wp = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(w, 'wb'))
+        wt.write(b'through the pipe')
+        wt.close()
+        got = await reader.read()
+        rt.close()
+        return got
+    assert loop.run_until_complete(main()) == b'through the pipe'

@@ -394,3 +394,23 @@ def test_handle_repr_and_attrs(loop):
     u.cancel()
     with pytest.raises(TypeError):
         ioloop.Handle()
+
+
+def test_iteration_order_is_asyncios(loop):
+    # One iteration: posts, then I/O callbacks, then due timers (asyncio's
+    # _run_once order), whatever order the library produced them in.
+    import socket as _socket
+    a, b = _socket.socketpair()
+    out = []
+    b.send(b'x')
+
+    def start():
+        loop.call_later(0, out.append, 'timer')
+        loop.add_reader(a, lambda: (out.append('io'), loop.remove_reader(a)))
+        loop.call_soon_threadsafe(out.append, 'post')
+        loop.call_later(0.05, loop.stop)
+    loop.call_soon(start)
+    loop.run_forever()
+    assert out == ['post', 'io', 'timer']
+    a.close()
+    b.close()

@@ -33,6 +33,38 @@ def test_several_threads_exactly_once_in_order(loop):
         assert seen[t] == list(range(per_thread)), t  # exactly once, per-thread order
 
 
+def test_at_most_one_wakeup_per_sleep(loop):
+    # A flood of posts from two threads: the waker writes the eventfd at
+    # most once per sleep of the loop, never once per post.
+    n = 50000
+    done = []
+
+    def producer():
+        for i in range(n):
+            loop.call_soon_threadsafe(int)
+        loop.call_soon_threadsafe(done.append, 1)
+
+    def check():
+        if len(done) == 2:
+            loop.stop()
+        else:
+            loop.call_later(0.002, check)
+    ts = [threading.Thread(target=producer) for _ in range(2)]
+    before = loop._stats()
+    loop.call_soon(lambda: [t.start() for t in ts])
+    loop.call_soon(check)
+    loop.run_forever()
+    for t in ts:
+        t.join()
+    st = loop._stats()
+    posts = st['callbacks_remote'] - before['callbacks_remote']
+    wakeups = st['wakeups'] - before['wakeups']
+    iterations = st['iterations'] - before['iterations']
+    assert posts >= 2 * n
+    assert wakeups <= iterations + 1
+    assert wakeups < posts / 10
+
+
 def test_wakes_a_sleeping_loop_promptly(loop):
     got = []
 

@@ -338,3 +338,43 @@ def test_add_reader_on_transport_fd_refused(loop):
         srv.close()
         await srv.wait_closed()
     loop.run_until_complete(main())
+
+
+def test_server_protocol_factory_failure_closes_that_connection(loop):
+    calls = []
+
+    def factory():
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError('no protocol for you')
+        return Echo()
+
+    async def main():
+        srv = await loop.create_server(factory, '127.0.0.1', 0)
+        addr = srv.sockets[0].getsockname()
+        r, w = await asyncio.open_connection(*addr)
+        assert await r.read() == b''  # the first connection is closed
+        w.close()
+        r, w = await asyncio.open_connection(*addr)
+        w.write(b'ok')
+        assert await r.readexactly(2) == b'ok'  # the server still serves
+        w.close()
+        await w.wait_closed()
+        srv.close()
+        await srv.wait_closed()
+    loop.run_until_complete(main())
+
+
+def test_many_pending_accepts(loop):
+    async def main():
+        srv = await loop.create_server(Echo, '127.0.0.1', 0, backlog=200)
+        addr = srv.sockets[0].getsockname()
+        conns = await asyncio.gather(*(asyncio.open_connection(*addr) for _ in range(150)))
+        for i, (r, w) in enumerate(conns):
+            w.write(b'%03d' % i)
+        for i, (r, w) in enumerate(conns):
+            assert await r.readexactly(3) == b'%03d' % i
+            w.close()
+        srv.close()
+        await srv.wait_closed()
+    loop.run_until_complete(main())
