@@ -682,7 +682,8 @@ int iol_runtime_start(iol_runtime *rt);
  * queued, hand it to on_accept, then close. Then the drain: each worker
  * calls on_drain and keeps running its loop while the application has fds
  * registered on it, for at most drain_timeout. Sockets still registered
- * then are shut down for writing (FIN) and their input is discarded until
+ * then are shut down for writing (FIN; a TLS stream sends close_notify
+ * first, so its peer sees a clean end) and their input is discarded until
  * the peer closes, for at most 200 ms in all, so that closing them sends
  * no reset. Then on_stop, which may close them (or leave them: the
  * worker's loop is closed with all fds, after discarding input again).
@@ -1037,8 +1038,11 @@ iol_loop *iol_stream_loop(const iol_stream *s);
  *                  (or that sent none to a server that requires one)
  *                  sees its handshake callback succeed, then its first
  *                  read (or iol_stream_error) fail with
- *                  IOL_ETLS_PEER_REJECTED. A loop of a 0.1 program hears
- *                  -EKEYREJECTED for each.
+ *                  IOL_ETLS_PEER_REJECTED. Under TLS 1.2 OpenSSL's server
+ *                  refuses a missing client certificate with a
+ *                  handshake_failure alert, which names no certificate:
+ *                  the client hears -EPROTO. A loop of a 0.1 program
+ *                  hears -EKEYREJECTED for each IOL_ETLS_*.
  *   -EPROTO        not TLS or a protocol violation: garbage instead of a
  *                  ClientHello, plain HTTP to a TLS port, no shared
  *                  cipher or version, a bad record, a fatal alert

@@ -232,12 +232,10 @@ static void pair_close(pair *p)
 static const iol_tls_config *server_cfg(const char *cert)
 {
     static iol_tls_config cfg;
-    static char c[160], k[160];
-    snprintf(c, sizeof(c), "%s.pem", cert);
-    snprintf(k, sizeof(k), "%s.key", cert);
-    cfg = (iol_tls_config){.server = true};
-    cfg.cert_file = strdup(P(c)); /* freed never: a few bytes per test process */
-    cfg.key_file = strdup(P(k));
+    static char c[200], k[200];
+    snprintf(c, sizeof(c), "%s/%s.pem", P(""), cert);
+    snprintf(k, sizeof(k), "%s/%s.key", P(""), cert);
+    cfg = (iol_tls_config){.server = true, .cert_file = c, .key_file = k};
     return &cfg;
 }
 
@@ -505,6 +503,13 @@ START_TEST(mtls_required_without_cert)
     ck_assert_str_eq(p.client.verify_text, "tlsv13 alert certificate required");
     ck_assert_int_eq(log_level_of("(server, closing with"), IOL_LOG_INFO); /* the peer's fault, both sides */
     ck_assert_int_eq(log_level_of("(client of a.test, closing with"), IOL_LOG_INFO);
+    /* TLS 1.2: the server checks before the client's handshake ends, and
+     * says so with a handshake_failure alert, which names no certificate:
+     * -EPROTO for the client. */
+    iol_tls_config v12 = {.ca_file = P("ca.pem"), .max_version = IOL_TLS_1_2};
+    pair_dial(&p, &v12, "a.test");
+    ck_assert_int_eq(p.server.status, IOL_ETLS_NO_PEER_CERT);
+    ck_assert_int_eq(p.client.status, -EPROTO);
     pair_close(&p);
 }
 END_TEST

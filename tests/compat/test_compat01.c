@@ -137,8 +137,7 @@ int main(void)
     close(sv[1]); /* a clean EOF before the delimiter */
     iol_loop_start(loop);
     fails += check("a clean EOF reaches a 0.1 program as -EPIPE", got_status == -EPIPE);
-    iol_loop_close(loop, true);
-    iol_loop_unref(loop);
+    iol_loop_close(loop, true); /* drops the creator's (our only) reference */
     fails += tls_case();
     return fails;
 }
