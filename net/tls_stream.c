@@ -297,7 +297,7 @@ ssize_t iol__tls_recv(iol_stream *s, size_t limit, bool *drained)
     }
 }
 
-/* A write failed on the socket (the peer reset it). If the peer said why
+/* The socket reports an error (the peer reset it). If the peer said why
  * first, a fatal alert (a server rejecting our certificate after a TLS
  * 1.3 handshake) waits in the socket's receive queue, which a reset does
  * not discard: true with that alert's error on OpenSSL's queue, the
@@ -308,7 +308,11 @@ static bool tls_peer_alert_waits(iol__tls *t)
     ERR_clear_error();
     char c;
     int n = SSL_peek(t->ssl, &c, 1);
-    if (n <= 0 && SSL_get_error(t->ssl, n) == SSL_ERROR_SSL)
+    unsigned long e = ERR_peek_last_error();
+    /* An alert's reason is SSL_AD_REASON_OFFSET + its code; any other
+     * error (the SSL refusing I/O after the failure) is no news. */
+    if (n <= 0 && SSL_get_error(t->ssl, n) == SSL_ERROR_SSL && ERR_GET_LIB(e) == ERR_LIB_SSL &&
+        ERR_GET_REASON(e) >= SSL_AD_REASON_OFFSET)
         return true;
     ERR_clear_error();
     t->sys_errno = sys_errno;
@@ -337,8 +341,6 @@ ssize_t iol__tls_send(iol_stream *s, const void *data, size_t len)
         t->write_wants_read = true;
         return -EAGAIN;
     default:
-        if (e == SSL_ERROR_SYSCALL && tls_peer_alert_waits(t))
-            return tls_error(s, SSL_ERROR_SSL, "read");
         return tls_error(s, e, "write");
     }
 }
