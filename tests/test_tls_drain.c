@@ -128,6 +128,43 @@ START_TEST(runtime_drain_sends_close_notify)
 }
 END_TEST
 
+/* The same with `openssl s_client` as the peer: it reports a FIN without
+ * close_notify as "unexpected eof while reading" and exits with 1. */
+START_TEST(runtime_drain_clean_for_s_client)
+{
+    memset(&rt_state, 0, sizeof(rt_state));
+    iol_runtime *rt;
+    iol_runtime_config cfg = {.workers = 1, .drain_timeout = 0.2};
+    ck_assert_int_eq(iol_runtime_new(&rt, &cfg), 0);
+    iol_listen_config lc = {.host = "127.0.0.1", .on_accept = rt_on_accept};
+    int id = iol_runtime_listen(rt, &lc);
+    ck_assert_int_ge(id, 0);
+    ck_assert_int_eq(iol_runtime_start(rt), 0);
+    char cmd[512];
+    /* -quiet: stdin's end is ignored, s_client reads until the server ends. */
+    snprintf(cmd, sizeof(cmd),
+             "echo from-s_client | timeout 30 openssl s_client -connect 127.0.0.1:%d -servername a.test "
+             "-verify_hostname a.test -CAfile %s -verify_return_error -quiet 2>&1",
+             iol_runtime_listener_port(rt, id), tls_fixture_path("ca.pem"));
+    FILE *f = popen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    char out[4096] = "";
+    size_t used = 0;
+    /* Until the echo came back: the connection is up and idle. */
+    while (!strstr(out, "from-s_client") && used < sizeof(out) - 1 && fgets(out + used, (int)(sizeof(out) - used), f))
+        used = strlen(out);
+    ck_assert_msg(strstr(out, "from-s_client"), "%s", out);
+    ck_assert_int_eq(iol_runtime_stop(rt), 0);
+    ck_assert_int_eq(iol_runtime_join(rt), 0);
+    used += fread(out + used, 1, sizeof(out) - 1 - used, f);
+    out[used] = '\0';
+    int status = pclose(f);
+    ck_assert_msg(!strstr(out, "unexpected eof"), "%s", out);
+    ck_assert_msg(status == 0, "s_client exit %d: %s", status, out);
+    iol_runtime_free(rt);
+}
+END_TEST
+
 /* ------------------------------------------------------------- Loop close */
 
 static void loop_on_accept(int lfd, unsigned events, void *arg)
@@ -191,6 +228,7 @@ int main(void)
     Suite *s = suite_create("tls_drain");
     TCase *tc = iol_test_tcase("close_notify", 60);
     tcase_add_test(tc, runtime_drain_sends_close_notify);
+    tcase_add_test(tc, runtime_drain_clean_for_s_client);
     tcase_add_test(tc, loop_close_sends_close_notify);
     suite_add_tcase(s, tc);
     int rc = iol_test_run(s);
