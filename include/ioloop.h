@@ -1225,7 +1225,8 @@ bool iol_stream_tls_resumed(const iol_stream *s);
  * our own verdict on the peer's certificate, IOL_ETLS_NO_PEER_CERT, or
  * IOL_ETLS_PEER_REJECTED when the peer's alert rejected ours. text (size
  * > 0): OpenSSL's words for it ("ok", "certificate has expired",
- * "hostname mismatch", "tlsv13 alert certificate required"), NUL-ended,
+ * "hostname mismatch", "tlsv13 alert certificate required"; "not
+ * verified" when no check was made), NUL-ended,
  * cut to fit (never -ENOSPC, so the status always comes back). Ready
  * once the check is over: in the handshake callback (either way), the
  * close callback, until the stream is freed. -ENOTCONN: the handshake is

@@ -264,11 +264,20 @@ START_TEST(verified_handshake_reports_what_it_settled)
     /* The server asked for no client certificate: nothing to read, a check passed by default. */
     ck_assert_str_eq(p.server.got, "hello\n");
     ck_assert_int_eq(p.server.verify, 0);
+    ck_assert_str_eq(p.server.verify_text, "not verified");
     ck_assert_int_eq(p.server.subject_r, -ENOENT);
     ck_assert_int_eq(p.server.version, IOL_TLS_1_3);
     ck_assert_str_eq(p.server.cipher, p.client.cipher);
     ck_assert_int_eq(p.server.status, 0);
     ck_assert_int_eq(log_level_of("tls:"), -1);
+    /* A client that verifies nothing: 0, and says so, whatever the
+     * certificate (this one is for another CA). */
+    iol_tls_config insecure = {.ca_file = P("other-ca.pem"), .insecure_no_verify = true};
+    pair_dial(&p, &insecure, "a.test");
+    ck_assert_int_eq(p.client.status, 0);
+    ck_assert_int_eq(p.client.verify, 0);
+    ck_assert_str_eq(p.client.verify_text, "not verified");
+    ck_assert_str_eq(p.client.subject, "CN=a.test");
     pair_close(&p);
 }
 END_TEST
@@ -539,11 +548,14 @@ START_TEST(mtls_requested)
     pair_dial(&p, &none, "a.test"); /* no certificate: welcome all the same */
     ck_assert_str_eq(p.client.got, "hello\n");
     ck_assert_int_eq(p.server.verify, 0);
+    ck_assert_str_eq(p.server.verify_text, "not verified");
     ck_assert_int_eq(p.server.subject_r, -ENOENT);
     iol_tls_config with = {.ca_file = P("ca.pem"), .cert_file = P("client.pem"), .key_file = P("client.key")};
     pair_dial(&p, &with, "a.test");
     ck_assert_str_eq(p.client.got, "hello\n");
     ck_assert_str_eq(p.server.subject, "CN=client-1");
+    ck_assert_int_eq(p.server.verify, 0);
+    ck_assert_str_eq(p.server.verify_text, "ok");
     iol_tls_config rogue = {.ca_file = P("ca.pem"), .cert_file = P("rogue.pem"), .key_file = P("rogue.key")};
     pair_dial(&p, &rogue, "a.test"); /* sent, so checked */
     ck_assert_int_eq(p.server.status, IOL_ETLS_UNTRUSTED);
