@@ -1055,7 +1055,9 @@ iol_loop *iol_stream_loop(const iol_stream *s);
  * answers the peer's too) and does not wait for the answer. So do
  * iol_loop_close and a runtime's drain (before it shuts a socket for
  * writing): a TLS stream left open then ends with close_notify before
- * its FIN, a clean end for its peer, never a truncation. */
+ * its FIN, a clean end for its peer. Except over lost data: a close
+ * that drops queued writes sends no close_notify (it would say all was
+ * sent), so the peer sees a truncation ("unexpected eof"), as it should. */
 
 typedef struct iol_tls_ctx iol_tls_ctx;
 

@@ -384,11 +384,15 @@ bool iol__tls_on_events(iol_stream *s, unsigned *events)
 
 /* close_notify, once, without waiting for the peer's (answering it when
  * that came first); a full socket loses it, as Tornado loses unwritten
- * data. */
+ * data. Not while writes are queued: they are about to be dropped, and
+ * close_notify would tell the peer it got everything (the socket may
+ * well have room for the 24-byte alert and not for the rest); it gets
+ * the truncation instead. */
 static void tls_close_notify(iol_stream *s)
 {
     iol__tls *t = s->tls;
-    if (t->phase != TLS_OPEN || s->fd < 0 || (SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN))
+    if (t->phase != TLS_OPEN || s->fd < 0 || iol__stream_pending(s) > 0 ||
+        (SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN))
         return;
     ERR_clear_error();
     (void)SSL_shutdown(t->ssl);
