@@ -33,7 +33,8 @@ static inline void tls_clear_errors(void)
 
 /* ------------------------------------------------------------------ Errors */
 
-int iol__tls_x509_status(long x509_result)
+/* The verification status (0 or IOL_ETLS_*) an X509_V_* result stands for. */
+static int tls_x509_status(long x509_result)
 {
     switch (x509_result) {
     case X509_V_OK:
@@ -68,7 +69,7 @@ static int tls_cert_status(const iol__tls *t, unsigned long e)
         return 0;
     switch (ERR_GET_REASON(e)) {
     case SSL_R_CERTIFICATE_VERIFY_FAILED: {
-        int st = iol__tls_x509_status(SSL_get_verify_result(t->ssl));
+        int st = tls_x509_status(SSL_get_verify_result(t->ssl));
         return st ? st : IOL_ETLS_VERIFY;
     }
     case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE:
