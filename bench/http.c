@@ -181,7 +181,7 @@ static int error_kind(int err)
         return HTTP_ERR_RESET;
     case ETIMEDOUT:
         return HTTP_ERR_TIMEOUT;
-    /* TLS: EKEYREJECTED (verification), EPROTO (not TLS, no common
+    /* TLS: IOL_ETLS_* (verification), EPROTO (not TLS, no common
      * cipher...) are "other", with the first one printed. */
     default:
         return HTTP_ERR_OTHER;
@@ -553,8 +553,9 @@ static void tls_tell_failure(struct conn *c, int err)
     struct load *ld = c->w->ld;
     if (ld->cfg.quiet || atomic_exchange_explicit(&ld->tls_failure_told, true, memory_order_relaxed))
         return;
-    fprintf(stderr, "iol-bench http: TLS handshake with %s failed: %s%s\n", ld->host, strerror(-err),
-            err == -EKEYREJECTED ? " (certificate not trusted or not for this name: --ca FILE or --insecure)" : "");
+    bool own_check = err >= IOL_ETLS_VERIFY && err <= IOL_ETLS_NOT_YET_VALID; /* we rejected the server's */
+    fprintf(stderr, "iol-bench http: TLS handshake with %s failed: %s%s\n", ld->host, iol_strerror(err),
+            own_check ? " (--ca FILE or --insecure)" : "");
 }
 
 static void tls_on_read(iol_stream *s, const char *data, size_t len, int status, void *arg)

@@ -754,7 +754,9 @@ int iol_runtime_start(iol_runtime *rt);
  * calls on_drain and keeps running its loop while the application has fds
  * registered on it, for at most drain_timeout. Sockets still registered
  * then (streams too, whether a handler or the loop's io_uring operations
- * watch them) are shut down for writing (FIN) and their input is discarded until
+ * watch them) are shut down for writing (FIN; a TLS stream sends
+ * close_notify first, so its peer sees a clean end) and their input is
+ * discarded until
  * the peer closes, for at most 200 ms in all, so that closing them sends
  * no reset. Then on_stop, which may close them (or leave them: the
  * worker's loop is closed with all fds, after discarding input again).
@@ -1293,8 +1295,11 @@ iol_loop *iol_stream_loop(const iol_stream *s);
  *                  (or that sent none to a server that requires one)
  *                  sees its handshake callback succeed, then its first
  *                  read (or iol_stream_error) fail with
- *                  IOL_ETLS_PEER_REJECTED. A loop of a 0.1 program hears
- *                  -EKEYREJECTED for each.
+ *                  IOL_ETLS_PEER_REJECTED. Under TLS 1.2 OpenSSL's server
+ *                  refuses a missing client certificate with a
+ *                  handshake_failure alert, which names no certificate:
+ *                  the client hears -EPROTO. A loop of a 0.1 program
+ *                  hears -EKEYREJECTED for each IOL_ETLS_*.
  *   -EPROTO        not TLS or a protocol violation: garbage instead of a
  *                  ClientHello, plain HTTP to a TLS port, no shared
  *                  cipher or version, a bad record, a fatal alert
@@ -1307,8 +1312,10 @@ iol_loop *iol_stream_loop(const iol_stream *s);
  * close sends close_notify (a clean close answers the peer's too) and
  * does not wait for the answer. So do iol_loop_close and a runtime's
  * drain (before it shuts a socket for writing): a TLS stream left open
- * then ends with close_notify before its FIN, a clean end for its peer,
- * never a truncation. */
+ * then ends with close_notify before its FIN, a clean end for its peer.
+ * Except over lost data: a close that drops queued writes sends no
+ * close_notify (it would say all was sent), so the peer sees a
+ * truncation ("unexpected eof"), as it should. */
 
 typedef struct iol_tls_ctx iol_tls_ctx;
 
@@ -1496,7 +1503,8 @@ bool iol_stream_tls_resumed(const iol_stream *s);
  * our own verdict on the peer's certificate, IOL_ETLS_NO_PEER_CERT, or
  * IOL_ETLS_PEER_REJECTED when the peer's alert rejected ours. text (size
  * > 0): OpenSSL's words for it ("ok", "certificate has expired",
- * "hostname mismatch", "tlsv13 alert certificate required"), NUL-ended,
+ * "hostname mismatch", "tlsv13 alert certificate required"; "not
+ * verified" when no check was made), NUL-ended,
  * cut to fit (never -ENOSPC, so the status always comes back). Ready
  * once the check is over: in the handshake callback (either way), the
  * close callback, until the stream is freed. -ENOTCONN: the handshake is

@@ -82,8 +82,6 @@ void iol__tls_wait_report(iol_stream *s, int status);
 SSL *iol__tls_ctx_new_ssl(iol_tls_ctx *ctx, const char *server_name);
 /* Error queue → "reason; reason" into buf; clears the queue. */
 void iol__tls_reason(char *buf, size_t size);
-/* The verification status (0 or IOL_ETLS_*) an X509_V_* result stands for. */
-int iol__tls_x509_status(long x509_result);
 
 /* The thread rule of the TLS calls on a stream: -EPERM when another
  * thread runs the stream's loop. Public API only: the thread running a

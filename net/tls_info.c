@@ -54,8 +54,14 @@ int iol_stream_tls_verify_result(const iol_stream *s, char *text, size_t size)
     if (!t || !t->verified)
         return -ENOTCONN;
     if (size > 0) {
+        /* Passed, or not made: a client that does not verify, a server
+         * that asked for no certificate or got none it only requested
+         * (OpenSSL's result then says nothing that counted). */
+        bool checked = t->ctx->server ? t->ctx->client_cert && SSL_get0_peer_certificate(t->ssl) : t->ctx->verify;
         const char *why;
-        if (t->verify_status == IOL_ETLS_PEER_REJECTED || t->verify_status == IOL_ETLS_NO_PEER_CERT)
+        if (t->verify_status == 0 && !checked)
+            why = "not verified";
+        else if (t->verify_status == IOL_ETLS_PEER_REJECTED || t->verify_status == IOL_ETLS_NO_PEER_CERT)
             why = ERR_reason_error_string(ERR_PACK(ERR_LIB_SSL, 0, t->verify_reason));
         else
             why = X509_verify_cert_error_string(SSL_get_verify_result(t->ssl));

@@ -33,7 +33,8 @@ static inline void tls_clear_errors(void)
 
 /* ------------------------------------------------------------------ Errors */
 
-int iol__tls_x509_status(long x509_result)
+/* The verification status (0 or IOL_ETLS_*) an X509_V_* result stands for. */
+static int tls_x509_status(long x509_result)
 {
     switch (x509_result) {
     case X509_V_OK:
@@ -68,7 +69,7 @@ static int tls_cert_status(const iol__tls *t, unsigned long e)
         return 0;
     switch (ERR_GET_REASON(e)) {
     case SSL_R_CERTIFICATE_VERIFY_FAILED: {
-        int st = iol__tls_x509_status(SSL_get_verify_result(t->ssl));
+        int st = tls_x509_status(SSL_get_verify_result(t->ssl));
         return st ? st : IOL_ETLS_VERIFY;
     }
     case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE:
@@ -299,7 +300,7 @@ ssize_t iol__tls_recv(iol_stream *s, size_t limit, bool *drained)
     }
 }
 
-/* A write failed on the socket (the peer reset it). If the peer said why
+/* The socket reports an error (the peer reset it). If the peer said why
  * first, a fatal alert (a server rejecting our certificate after a TLS
  * 1.3 handshake) waits in the socket's receive queue, which a reset does
  * not discard: true with that alert's error on OpenSSL's queue, the
@@ -310,7 +311,11 @@ static bool tls_peer_alert_waits(iol__tls *t)
     ERR_clear_error();
     char c;
     int n = SSL_peek(t->ssl, &c, 1);
-    if (n <= 0 && SSL_get_error(t->ssl, n) == SSL_ERROR_SSL)
+    unsigned long e = ERR_peek_last_error();
+    /* An alert's reason is SSL_AD_REASON_OFFSET + its code; any other
+     * error (the SSL refusing I/O after the failure) is no news. */
+    if (n <= 0 && SSL_get_error(t->ssl, n) == SSL_ERROR_SSL && ERR_GET_LIB(e) == ERR_LIB_SSL &&
+        ERR_GET_REASON(e) >= SSL_AD_REASON_OFFSET)
         return true;
     ERR_clear_error();
     t->sys_errno = sys_errno;
@@ -339,8 +344,6 @@ ssize_t iol__tls_send(iol_stream *s, const void *data, size_t len)
         t->write_wants_read = true;
         return -EAGAIN;
     default:
-        if (e == SSL_ERROR_SYSCALL && tls_peer_alert_waits(t))
-            return tls_error(s, SSL_ERROR_SSL, "read");
         return tls_error(s, e, "write");
     }
 }
@@ -384,11 +387,15 @@ bool iol__tls_on_events(iol_stream *s, unsigned *events)
 
 /* close_notify, once, without waiting for the peer's (answering it when
  * that came first); a full socket loses it, as Tornado loses unwritten
- * data. */
+ * data. Not while writes are queued: they are about to be dropped, and
+ * close_notify would tell the peer it got everything (the socket may
+ * well have room for the 24-byte alert and not for the rest); it gets
+ * the truncation instead. */
 static void tls_close_notify(iol_stream *s)
 {
     iol__tls *t = s->tls;
-    if (t->phase != TLS_OPEN || s->fd < 0 || (SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN))
+    if (t->phase != TLS_OPEN || s->fd < 0 || iol__stream_pending(s) > 0 ||
+        (SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN))
         return;
     ERR_clear_error();
     (void)SSL_shutdown(t->ssl);

@@ -128,6 +128,126 @@ START_TEST(runtime_drain_sends_close_notify)
 }
 END_TEST
 
+/* The same with `openssl s_client` as the peer: it reports a FIN without
+ * close_notify as "unexpected eof while reading" and exits with 1. */
+START_TEST(runtime_drain_clean_for_s_client)
+{
+    memset(&rt_state, 0, sizeof(rt_state));
+    iol_runtime *rt;
+    iol_runtime_config cfg = {.workers = 1, .drain_timeout = 0.2};
+    ck_assert_int_eq(iol_runtime_new(&rt, &cfg), 0);
+    iol_listen_config lc = {.host = "127.0.0.1", .on_accept = rt_on_accept};
+    int id = iol_runtime_listen(rt, &lc);
+    ck_assert_int_ge(id, 0);
+    ck_assert_int_eq(iol_runtime_start(rt), 0);
+    char cmd[512];
+    /* -quiet: stdin's end is ignored, s_client reads until the server ends. */
+    snprintf(cmd, sizeof(cmd),
+             "echo from-s_client | timeout 30 openssl s_client -connect 127.0.0.1:%d -servername a.test "
+             "-verify_hostname a.test -CAfile %s -verify_return_error -quiet 2>&1",
+             iol_runtime_listener_port(rt, id), tls_fixture_path("ca.pem"));
+    FILE *f = popen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    char out[4096] = "";
+    size_t used = 0;
+    /* Until the echo came back: the connection is up and idle. */
+    while (!strstr(out, "from-s_client") && used < sizeof(out) - 1 && fgets(out + used, (int)(sizeof(out) - used), f))
+        used = strlen(out);
+    ck_assert_msg(strstr(out, "from-s_client"), "%s", out);
+    ck_assert_int_eq(iol_runtime_stop(rt), 0);
+    ck_assert_int_eq(iol_runtime_join(rt), 0);
+    used += fread(out + used, 1, sizeof(out) - 1 - used, f);
+    out[used] = '\0';
+    int status = pclose(f);
+    ck_assert_msg(!strstr(out, "unexpected eof"), "%s", out);
+    ck_assert_msg(status == 0, "s_client exit %d: %s", status, out);
+    iol_runtime_free(rt);
+}
+END_TEST
+
+/* Writes still queued when the drain gives up are lost: then no
+ * close_notify, whose promise (everything was sent) would be false; the
+ * peer sees the truncation it is owed. The client asks for 32 MiB and
+ * reads none of it until the runtime is gone (the flag file). */
+static const char big_client_py[] =
+    "import os, socket, ssl, sys, time\n"
+    "ctx = ssl.create_default_context(cafile=sys.argv[1])\n"
+    "ctx.options &= ~getattr(ssl, 'OP_IGNORE_UNEXPECTED_EOF', 0)\n"
+    "raw = socket.create_connection(('127.0.0.1', int(sys.argv[2])), timeout=20)\n"
+    "s = ctx.wrap_socket(raw, server_hostname='a.test', suppress_ragged_eofs=False)\n"
+    "s.sendall(b'big\\n')\n"
+    "total = len(s.recv(1))\n"
+    "print('READY', flush=True)\n"
+    "while not os.path.exists(sys.argv[3]):\n"
+    "    time.sleep(0.01)\n"
+    "try:\n"
+    "    while True:\n"
+    "        d = s.recv(1 << 16)\n"
+    "        if not d:\n"
+    "            print('CLEAN %d' % total, flush=True)\n"
+    "            break\n"
+    "        total += len(d)\n"
+    "except Exception as e:\n"
+    "    print('ERROR %d %s' % (total, e), flush=True)\n";
+
+enum { BIG = 32 << 20 };
+
+static void big_on_line(iol_stream *s, const char *data, size_t len, int status, void *arg)
+{
+    (void)data, (void)len, (void)arg;
+    if (status < 0)
+        return;
+    char *chunk = malloc(1 << 20);
+    ck_assert_ptr_nonnull(chunk);
+    memset(chunk, 'x', 1 << 20);
+    for (int i = 0; i < BIG >> 20; i++)
+        ck_assert_int_eq(iol_stream_write(s, chunk, 1 << 20, NULL, NULL), 0);
+    free(chunk);
+}
+
+static void big_on_accept(iol_loop *loop, int fd, const struct sockaddr *peer, socklen_t peerlen, void *arg)
+{
+    (void)peer, (void)peerlen, (void)arg;
+    iol_stream *s;
+    ck_assert_int_eq(iol_tls_stream_new(&s, loop, fd, server_ctx, 0), 0);
+    ck_assert_int_eq(iol_stream_read_until(s, "\n", big_on_line, NULL), 0);
+}
+
+START_TEST(runtime_drain_no_close_notify_over_lost_writes)
+{
+    if (!have_python)
+        return;
+    iol_runtime *rt;
+    iol_runtime_config cfg = {.workers = 1, .drain_timeout = 0.2};
+    ck_assert_int_eq(iol_runtime_new(&rt, &cfg), 0);
+    iol_listen_config lc = {.host = "127.0.0.1", .on_accept = big_on_accept};
+    int id = iol_runtime_listen(rt, &lc);
+    ck_assert_int_ge(id, 0);
+    ck_assert_int_eq(iol_runtime_start(rt), 0);
+    const char *flag = tls_fixture_path("go");
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "timeout 30 /usr/bin/python3 %s %s %u %s 2>&1", tls_fixture_path("big_client.py"),
+             tls_fixture_path("ca.pem"), iol_runtime_listener_port(rt, id), flag);
+    FILE *f = popen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    char line[256];
+    client_line(f, line, sizeof(line));
+    ck_assert_str_eq(line, "READY");
+    ck_assert_int_eq(iol_runtime_stop(rt), 0);
+    ck_assert_int_eq(iol_runtime_join(rt), 0);
+    iol_runtime_free(rt);
+    FILE *go = fopen(flag, "w");
+    ck_assert_ptr_nonnull(go);
+    fclose(go);
+    client_line(f, line, sizeof(line));
+    pclose(f);
+    unlink(flag);
+    long total = -1;
+    ck_assert_msg(sscanf(line, "ERROR %ld", &total) == 1, "%s", line); /* not CLEAN */
+    ck_assert_msg(total < BIG, "%s", line);
+}
+END_TEST
+
 /* ------------------------------------------------------------- Loop close */
 
 static void loop_on_accept(int lfd, unsigned events, void *arg)
@@ -185,12 +305,17 @@ int main(void)
     FILE *py = fopen(tls_fixture_path("client.py"), "w");
     if (!py || fputs(client_py, py) < 0 || fclose(py) != 0)
         return 1;
+    py = fopen(tls_fixture_path("big_client.py"), "w");
+    if (!py || fputs(big_client_py, py) < 0 || fclose(py) != 0)
+        return 1;
     iol_tls_config cfg = {.server = true, .cert_file = tls_fixture_path("a.pem"), .key_file = tls_fixture_path("a.key")};
     if (iol_tls_ctx_new(&server_ctx, &cfg) != 0)
         return 1;
     Suite *s = suite_create("tls_drain");
     TCase *tc = iol_test_tcase("close_notify", 60);
     tcase_add_test(tc, runtime_drain_sends_close_notify);
+    tcase_add_test(tc, runtime_drain_clean_for_s_client);
+    tcase_add_test(tc, runtime_drain_no_close_notify_over_lost_writes);
     tcase_add_test(tc, loop_close_sends_close_notify);
     suite_add_tcase(s, tc);
     int rc = iol_test_run(s);

@@ -232,12 +232,10 @@ static void pair_close(pair *p)
 static const iol_tls_config *server_cfg(const char *cert)
 {
     static iol_tls_config cfg;
-    static char c[160], k[160];
-    snprintf(c, sizeof(c), "%s.pem", cert);
-    snprintf(k, sizeof(k), "%s.key", cert);
-    cfg = (iol_tls_config){.server = true};
-    cfg.cert_file = strdup(P(c)); /* freed never: a few bytes per test process */
-    cfg.key_file = strdup(P(k));
+    static char c[200], k[200];
+    snprintf(c, sizeof(c), "%s/%s.pem", P(""), cert);
+    snprintf(k, sizeof(k), "%s/%s.key", P(""), cert);
+    cfg = (iol_tls_config){.server = true, .cert_file = c, .key_file = k};
     return &cfg;
 }
 
@@ -266,11 +264,20 @@ START_TEST(verified_handshake_reports_what_it_settled)
     /* The server asked for no client certificate: nothing to read, a check passed by default. */
     ck_assert_str_eq(p.server.got, "hello\n");
     ck_assert_int_eq(p.server.verify, 0);
+    ck_assert_str_eq(p.server.verify_text, "not verified");
     ck_assert_int_eq(p.server.subject_r, -ENOENT);
     ck_assert_int_eq(p.server.version, IOL_TLS_1_3);
     ck_assert_str_eq(p.server.cipher, p.client.cipher);
     ck_assert_int_eq(p.server.status, 0);
     ck_assert_int_eq(log_level_of("tls:"), -1);
+    /* A client that verifies nothing: 0, and says so, whatever the
+     * certificate (this one is for another CA). */
+    iol_tls_config insecure = {.ca_file = P("other-ca.pem"), .insecure_no_verify = true};
+    pair_dial(&p, &insecure, "a.test");
+    ck_assert_int_eq(p.client.status, 0);
+    ck_assert_int_eq(p.client.verify, 0);
+    ck_assert_str_eq(p.client.verify_text, "not verified");
+    ck_assert_str_eq(p.client.subject, "CN=a.test");
     pair_close(&p);
 }
 END_TEST
@@ -505,6 +512,13 @@ START_TEST(mtls_required_without_cert)
     ck_assert_str_eq(p.client.verify_text, "tlsv13 alert certificate required");
     ck_assert_int_eq(log_level_of("(server, closing with"), IOL_LOG_INFO); /* the peer's fault, both sides */
     ck_assert_int_eq(log_level_of("(client of a.test, closing with"), IOL_LOG_INFO);
+    /* TLS 1.2: the server checks before the client's handshake ends, and
+     * says so with a handshake_failure alert, which names no certificate:
+     * -EPROTO for the client. */
+    iol_tls_config v12 = {.ca_file = P("ca.pem"), .max_version = IOL_TLS_1_2};
+    pair_dial(&p, &v12, "a.test");
+    ck_assert_int_eq(p.server.status, IOL_ETLS_NO_PEER_CERT);
+    ck_assert_int_eq(p.client.status, -EPROTO);
     pair_close(&p);
 }
 END_TEST
@@ -534,11 +548,14 @@ START_TEST(mtls_requested)
     pair_dial(&p, &none, "a.test"); /* no certificate: welcome all the same */
     ck_assert_str_eq(p.client.got, "hello\n");
     ck_assert_int_eq(p.server.verify, 0);
+    ck_assert_str_eq(p.server.verify_text, "not verified");
     ck_assert_int_eq(p.server.subject_r, -ENOENT);
     iol_tls_config with = {.ca_file = P("ca.pem"), .cert_file = P("client.pem"), .key_file = P("client.key")};
     pair_dial(&p, &with, "a.test");
     ck_assert_str_eq(p.client.got, "hello\n");
     ck_assert_str_eq(p.server.subject, "CN=client-1");
+    ck_assert_int_eq(p.server.verify, 0);
+    ck_assert_str_eq(p.server.verify_text, "ok");
     iol_tls_config rogue = {.ca_file = P("ca.pem"), .cert_file = P("rogue.pem"), .key_file = P("rogue.key")};
     pair_dial(&p, &rogue, "a.test"); /* sent, so checked */
     ck_assert_int_eq(p.server.status, IOL_ETLS_UNTRUSTED);

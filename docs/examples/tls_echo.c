@@ -20,7 +20,7 @@ static iol_tls_ctx *server_tls; /* made before the workers start, read by them *
 static void on_line(iol_stream *s, const char *data, size_t len, int status, void *arg)
 {
     if (status < 0)
-        return; /* -EPROTO, -EKEYREJECTED, -ETIMEDOUT, -ECONNRESET...: closed already */
+        return; /* -EPROTO, IOL_ETLS_*, -ETIMEDOUT, -ECONNRESET...: closed already */
     if (iol_stream_write(s, data, len, NULL, NULL) < 0 || iol_stream_read_until(s, "\n", on_line, arg) < 0)
         iol_stream_close(s);
 }
