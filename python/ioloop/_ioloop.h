@@ -29,7 +29,6 @@ typedef struct HandleObject {
     PyObject *source_traceback;  /* owned, debug mode only, else NULL */
     PyObject *weakreflist;
     char cancelled;
-    char repr_cache_unused;
     /* TimerHandle only */
     char scheduled;              /* registered with the library (holds one ref, see loop.c) */
     double when;

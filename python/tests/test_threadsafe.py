@@ -120,3 +120,36 @@ def test_post_from_thread_after_close_raises():
     t.start()
     t.join()
     assert errs
+
+
+def test_loop_state_calls_refused_from_other_thread_while_running(loop):
+    import socket
+    a, b = socket.socketpair()
+    errors = []
+
+    def other():
+        for call in (lambda: loop.add_reader(a, print), lambda: loop.remove_reader(a),
+                     lambda: loop.call_at(loop.time() + 1, print)):
+            try:
+                call()
+            except RuntimeError as e:
+                errors.append(str(e))
+        loop.call_soon_threadsafe(loop.stop)
+    loop.call_soon(lambda: threading.Thread(target=other).start())
+    loop.run_forever()
+    assert len(errors) == 3 and all('Non-thread-safe' in e for e in errors)
+    assert loop._fd_handles(a) == (None, None)
+    a.close()
+    b.close()
+
+
+def test_timer_cancelled_from_other_thread_never_runs(loop):
+    out = []
+    h = loop.call_later(0.05, out.append, 'ran')
+    t = threading.Thread(target=h.cancel)
+    loop.call_soon(t.start)
+    loop.call_later(0.1, loop.stop)
+    loop.run_forever()
+    t.join()
+    assert h.cancelled() and out == []
+    assert loop._timer_count == 0  # the library's timer fired and was dropped
