@@ -1205,6 +1205,19 @@ bool iol_stream_tls_resumed(const iol_stream *s);
  * same way. Unix datagram: peers that did not bind have an unnamed
  * address (peerlen == sizeof(sa_family_t)) and cannot be answered.
  *
+ * Pollers: on every poller the object watches its fd with a handler and
+ * reads with recvmmsg, except on a "uring" loop whose kernel has
+ * multishot receives and provided buffers (6.0): there one multishot
+ * recvmsg stays armed and the kernel writes each datagram into a buffer
+ * of the loop's shared ring (no system call per batch); the datagrams
+ * that one wait of the loop brought in reach the callback as one batch
+ * (at most `batch`), after the loop's other events. A batch is then what
+ * arrived by the time of the wait, which may split a burst that the
+ * handler path would read at once. Objects whose datagram, address and
+ * ancillary data do not fit a ring buffer (16 KiB: max_datagram above
+ * about 15.5 KiB, or IOL_UDP_GRO) use the handler path there too. Sends
+ * are system calls on every poller (sendmsg, sendmmsg).
+ *
  * Threads: every call is loop-thread only (or any thread while the loop
  * is not running) except iol_udp_offload and iol_udp_address: from
  * another thread while the loop runs, -EPERM and nothing changes.
@@ -1296,7 +1309,8 @@ typedef void (*iol_udp_close_fn)(iol_udp *u, void *arg);
 /* What a udp object has done (grows at the end; size as iol_loop_get_stats). */
 typedef struct iol_udp_stats {
     uint64_t received;       /* datagrams delivered to the receive callback */
-    uint64_t recv_calls;     /* receive system calls (recvmmsg) that returned datagrams */
+    uint64_t recv_calls;     /* receive system calls (recvmmsg) that returned datagrams
+                                (ring: batches delivered) */
     uint64_t truncated;      /* datagrams delivered IOL_UDP_TRUNCATED */
     uint64_t kernel_drops;   /* datagrams the kernel dropped on this socket, a full
                                 receive buffer above all (SO_RXQ_OVFL with each batch,
@@ -1308,6 +1322,9 @@ typedef struct iol_udp_stats {
     uint64_t dropped_at_close; /* queued datagrams never sent because of a close */
     size_t queue_len;        /* datagrams in the send queue now */
     size_t queue_peak;       /* most datagrams ever queued at once */
+    /* receiving goes through io_uring (a multishot recvmsg on a uring
+     * loop, see "Pollers" above); recv_calls then counts batches delivered */
+    bool ring;
 } iol_udp_stats;
 
 /* Bits of iol_udp_offload(). */
