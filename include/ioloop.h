@@ -124,7 +124,9 @@ int iol_loop_new(iol_loop **out, const iol_loop_config *cfg);
  * and freed, on this thread before close returns: its fd is closed by the
  * stream itself, a pending read (or connect) fails with -ESHUTDOWN, and
  * its close callback runs (iol_stream_error() then says -ESHUTDOWN);
- * afterwards no stream pointer of this loop may be used. Then it closes
+ * afterwards no stream pointer of this loop may be used. Datagram objects
+ * (iol_udp) still on the loop are released the same way: fd closed, send
+ * queue dropped, close callback run. Then it closes
  * the poller and, when all_fds, every fd that still has a handler; drops
  * pending callbacks (signal ones included) and active timeouts without
  * running them and returns how many it dropped (cancelled timeouts do
@@ -1216,7 +1218,9 @@ bool iol_stream_tls_resumed(const iol_stream *s);
  * handler path would read at once. Objects whose datagram, address and
  * ancillary data do not fit a ring buffer (16 KiB: max_datagram above
  * about 15.5 KiB, or IOL_UDP_GRO) use the handler path there too. Sends
- * are system calls on every poller (sendmsg, sendmmsg).
+ * are system calls on every poller (sendmsg, sendmmsg). An object on the
+ * ring path has no fd handler for reading, so it does not count in
+ * iol_loop_handler_count while it only receives.
  *
  * Threads: every call is loop-thread only (or any thread while the loop
  * is not running) except iol_udp_offload and iol_udp_address: from
