@@ -460,7 +460,7 @@ int bench_udp(int argc, char **argv, const bench_opts *o)
     }
     bench_progress_done();
     bench_report_print(&echo, o);
-    bench_report_target(&echo, o, 0, "libuv", 1.5);
+    bench_report_target(&echo, o, 0, "libuv-uv_udp", 1.5);
     bench_report_target(&echo, o, 0, "floor", 0.9);
     if (gso) {
         bench_report_print(&bulk, o);

@@ -1186,7 +1186,11 @@ bool iol_stream_tls_resumed(const iol_stream *s);
  * Offload: iol_udp_send_gso sends one buffer as equal-size segments
  * (UDP_SEGMENT, one system call and one trip through the stack for up to
  * 64 datagrams); where the kernel lacks it, the same datagrams go out with
- * one sendmmsg. IOL_UDP_GRO asks the kernel to coalesce arriving
+ * one sendmmsg. iol_udp_send_batch does the same by itself for runs of
+ * consecutive datagrams to one destination of one size (the last of a
+ * run may be shorter; no local/ifindex), as QUIC stacks do by hand: the
+ * receiver gets the same datagrams, and a run the kernel refuses goes
+ * again as separate datagrams. IOL_UDP_GRO asks the kernel to coalesce arriving
  * datagrams of one flow (UDP_GRO); the receive callback still sees one
  * entry per datagram (pointing into the coalesced buffer). Both are
  * probed at run time: iol_udp_offload() says what this kernel does.
@@ -1326,6 +1330,7 @@ typedef struct iol_udp_stats {
     uint64_t dropped_at_close; /* queued datagrams never sent because of a close */
     size_t queue_len;        /* datagrams in the send queue now */
     size_t queue_peak;       /* most datagrams ever queued at once */
+    uint64_t segmented;      /* datagrams that left as GSO segments (send_gso, coalesced runs) */
     /* receiving goes through io_uring (a multishot recvmsg on a uring
      * loop, see "Pollers" above); recv_calls then counts batches delivered */
     bool ring;

@@ -597,6 +597,84 @@ START_TEST(send_batch)
 }
 END_TEST
 
+typedef struct seq_rx {
+    int ids[512];
+    size_t lens[512];
+    size_t total;
+} seq_rx;
+
+static void on_seq(iol_udp *u, const iol_udp_datagram *d, unsigned n, int status, void *arg)
+{
+    (void)u;
+    seq_rx *r = arg;
+    ck_assert_int_eq(status, 0);
+    for (unsigned i = 0; i < n && r->total < 512; i++) {
+        ck_assert_uint_ge(d[i].len, sizeof(int));
+        memcpy(&r->ids[r->total], d[i].data, sizeof(int));
+        for (size_t b = sizeof(int); b < d[i].len; b++) /* the rest: the id's low byte */
+            ck_assert_int_eq((unsigned char)d[i].data[b], (unsigned char)r->ids[r->total]);
+        r->lens[r->total++] = d[i].len;
+    }
+}
+
+/* A batch with runs of equal-size datagrams to one peer: where the kernel
+ * has GSO each run leaves as one UDP_SEGMENT send (all of it in one
+ * sendmmsg); the peers get exactly the datagrams, in order. */
+START_TEST(send_batch_coalesces)
+{
+    iol_loop *loop = new_loop();
+    iol_udp_config cfg = { .batch = 256, .rcvbuf = 4 << 20 };
+    struct sockaddr_storage aa, ab;
+    socklen_t al, bl;
+    iol_udp *a = new_udp(loop, NULL, &cfg, &aa, &al);
+    iol_udp *b = new_udp(loop, NULL, &cfg, &ab, &bl);
+    iol_udp *s = new_udp(loop, NULL, NULL, NULL, NULL);
+    seq_rx *ra = calloc(1, sizeof *ra), *rb = calloc(1, sizeof *rb);
+    ck_assert_int_eq(iol_udp_recv_start(a, on_seq, ra), 0);
+    ck_assert_int_eq(iol_udp_recv_start(b, on_seq, rb), 0);
+    enum { N = 116 };
+    static char bufs[N][100];
+    iol_udp_msg m[N];
+    for (int i = 0; i < N; i++) {
+        size_t len = i < 100 ? 100 : i == 100 ? 37 : 60;
+        bool to_b = i > 100 && i <= 110;
+        memset(bufs[i], i & 0xff, sizeof bufs[i]);
+        memcpy(bufs[i], &i, sizeof i);
+        m[i] = (iol_udp_msg){ .data = bufs[i], .len = len, .to = (struct sockaddr *)(to_b ? &ab : &aa),
+                              .tolen = to_b ? bl : al };
+    }
+    ck_assert_int_eq(iol_udp_send_batch(s, m, N), N);
+    size_t want_a = N - 10;
+    double end = iol_test_now() + 5;
+    while ((ra->total < want_a || rb->total < 10) && iol_test_now() < end)
+        iol_loop_run_once(loop, 0.01);
+    ck_assert_uint_eq(ra->total, want_a);
+    ck_assert_uint_eq(rb->total, 10);
+    size_t ka = 0, kb = 0;
+    for (int i = 0; i < N; i++) {
+        bool to_b = i > 100 && i <= 110;
+        seq_rx *r = to_b ? rb : ra;
+        size_t k = to_b ? kb++ : ka++;
+        ck_assert_int_eq(r->ids[k], i);
+        ck_assert_uint_eq(r->lens[k], m[i].len);
+    }
+    iol_udp_stats st;
+    ck_assert_int_eq(iol_udp_get_stats(s, &st, sizeof st), 0);
+    ck_assert_uint_eq(st.sent, N);
+    ck_assert_uint_le(st.send_calls, 2); /* 64 datagrams per sendmmsg */
+    if (iol_udp_offload() & IOL_UDP_OFFLOAD_GSO)
+        ck_assert_uint_eq(st.segmented, N); /* runs: 64 | 37 to a, 10 to b, 5 to a */
+    else
+        ck_assert_uint_eq(st.segmented, 0);
+    free(ra);
+    free(rb);
+    iol_udp_close(s);
+    iol_udp_close(b);
+    iol_udp_close(a);
+    iol_loop_close(loop, false);
+}
+END_TEST
+
 /* GSO: 64 KiB in 1452-byte segments is 46 datagrams at the receiver, the
  * last one shorter; with GRO on the receiving side too (the callback
  * still sees one entry per datagram). */
@@ -625,8 +703,10 @@ static void gso_case(unsigned recv_flags)
     iol_udp_stats st;
     ck_assert_int_eq(iol_udp_get_stats(s, &st, sizeof st), 0);
     ck_assert_uint_eq(st.sent, 45);
-    if (iol_udp_offload() & IOL_UDP_OFFLOAD_GSO)
+    if (iol_udp_offload() & IOL_UDP_OFFLOAD_GSO) {
         ck_assert_uint_eq(st.send_calls, 1);
+        ck_assert_uint_eq(st.segmented, 45);
+    }
     unsigned want_gro = IOL_UDP_OFFLOAD_GSO | IOL_UDP_OFFLOAD_GRO;
     if ((recv_flags & IOL_UDP_GRO) && (iol_udp_offload() & want_gro) == want_gro)
         ck_assert_uint_eq(r->coalesced, 44); /* one coalesced buffer, split back into 45 */
@@ -1146,6 +1226,7 @@ int main(void)
         {"close_with_sends_queued", close_with_sends_queued},
         {"icmp_port_unreachable", icmp_port_unreachable},
         {"send_batch", send_batch},
+        {"send_batch_coalesces", send_batch_coalesces},
         {"gso_send", gso_send},
         {"gso_send_gro_receive", gso_send_gro_receive},
         {"unix_datagrams", unix_datagrams},
