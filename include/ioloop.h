@@ -185,7 +185,9 @@ int iol_loop_new(iol_loop **out, const iol_loop_config *cfg) IOL_STATUS_V2_(iol_
  * and freed, on this thread before close returns: its fd is closed by the
  * stream itself, a pending read (or connect) fails with -ESHUTDOWN, and
  * its close callback runs (iol_stream_error() then says -ESHUTDOWN);
- * afterwards no stream pointer of this loop may be used. Then it closes
+ * afterwards no stream pointer of this loop may be used. Datagram objects
+ * (iol_udp) still on the loop are released the same way: fd closed, send
+ * queue dropped, close callback run. Then it closes
  * the poller and, when all_fds, every fd that still has a handler; drops
  * pending callbacks (signal ones included) and active timeouts without
  * running them and returns how many it dropped (cancelled timeouts do
@@ -1559,7 +1561,11 @@ int iol_stream_tls_cipher(const iol_stream *s, char *buf, size_t size);
  * Offload: iol_udp_send_gso sends one buffer as equal-size segments
  * (UDP_SEGMENT, one system call and one trip through the stack for up to
  * 64 datagrams); where the kernel lacks it, the same datagrams go out with
- * one sendmmsg. IOL_UDP_GRO asks the kernel to coalesce arriving
+ * one sendmmsg. iol_udp_send_batch does the same by itself for runs of
+ * consecutive datagrams to one destination of one size (the last of a
+ * run may be shorter; no local/ifindex), as QUIC stacks do by hand: the
+ * receiver gets the same datagrams, and a run the kernel refuses goes
+ * again as separate datagrams. IOL_UDP_GRO asks the kernel to coalesce arriving
  * datagrams of one flow (UDP_GRO); the receive callback still sees one
  * entry per datagram (pointing into the coalesced buffer). Both are
  * probed at run time: iol_udp_offload() says what this kernel does.
@@ -1579,6 +1585,21 @@ int iol_stream_tls_cipher(const iol_stream *s, char *buf, size_t size);
  * a send to an IPv4 address (sockaddr_in) on such a socket is mapped the
  * same way. Unix datagram: peers that did not bind have an unnamed
  * address (peerlen == sizeof(sa_family_t)) and cannot be answered.
+ *
+ * Pollers: on every poller the object watches its fd with a handler and
+ * reads with recvmmsg, except on a "uring" loop whose kernel has
+ * multishot receives and provided buffers (6.0): there one multishot
+ * recvmsg stays armed and the kernel writes each datagram into a buffer
+ * of the loop's shared ring (no system call per batch); the datagrams
+ * that one wait of the loop brought in reach the callback as one batch
+ * (at most `batch`), after the loop's other events. A batch is then what
+ * arrived by the time of the wait, which may split a burst that the
+ * handler path would read at once. Objects whose datagram, address and
+ * ancillary data do not fit a ring buffer (16 KiB: max_datagram above
+ * about 15.5 KiB, or IOL_UDP_GRO) use the handler path there too. Sends
+ * are system calls on every poller (sendmsg, sendmmsg). An object on the
+ * ring path has no fd handler for reading, so it does not count in
+ * iol_loop_handler_count while it only receives.
  *
  * Threads: every call is loop-thread only (or any thread while the loop
  * is not running) except iol_udp_offload and iol_udp_address: from
@@ -1671,7 +1692,8 @@ typedef void (*iol_udp_close_fn)(iol_udp *u, void *arg);
 /* What a udp object has done (grows at the end; size as iol_loop_get_stats). */
 typedef struct iol_udp_stats {
     uint64_t received;       /* datagrams delivered to the receive callback */
-    uint64_t recv_calls;     /* receive system calls (recvmmsg) that returned datagrams */
+    uint64_t recv_calls;     /* receive system calls (recvmmsg) that returned datagrams
+                                (ring: batches delivered) */
     uint64_t truncated;      /* datagrams delivered IOL_UDP_TRUNCATED */
     uint64_t kernel_drops;   /* datagrams the kernel dropped on this socket, a full
                                 receive buffer above all (SO_RXQ_OVFL with each batch,
@@ -1683,6 +1705,10 @@ typedef struct iol_udp_stats {
     uint64_t dropped_at_close; /* queued datagrams never sent because of a close */
     size_t queue_len;        /* datagrams in the send queue now */
     size_t queue_peak;       /* most datagrams ever queued at once */
+    uint64_t segmented;      /* datagrams that left as GSO segments (send_gso, coalesced runs) */
+    /* receiving goes through io_uring (a multishot recvmsg on a uring
+     * loop, see "Pollers" above); recv_calls then counts batches delivered */
+    bool ring;
 } iol_udp_stats;
 
 /* Bits of iol_udp_offload(). */

@@ -9,7 +9,7 @@
 /* The shared recv buffers: enough for a burst on many connections at
  * once; -ENOBUFS beyond that, never a wrong result. */
 #define RING_BUFFERS 256
-#define RING_BUFFER_SIZE (16 * 1024)
+#define RING_BUFFER_SIZE IOL__RING_BUFFER_SIZE
 
 /* The completion path is off when the backend has none, or when
  * IOL_URING_OPS lacks bit 8 (a switch for benchmarks and tests). */
@@ -60,18 +60,41 @@ static int submit(iol_loop *loop, iol__completion *c, unsigned kind, iol__poller
     return err ? err : submit_checked(loop, c, kind, op);
 }
 
+/* The shared buffer ring, set up at the first operation that reads from it. */
+static int ring_setup(iol_loop *loop)
+{
+    if (!loop->ring_ready) {
+        int err = loop->poller_ops->op_buffers(loop->poller, RING_BUFFERS, RING_BUFFER_SIZE);
+        if (err < 0 && err != -EEXIST)
+            return err;
+        loop->ring_ready = true;
+    }
+    return 0;
+}
+
+int iol__loop_recvmsg_multishot(iol_loop *loop, iol__completion *c, unsigned kind, int fd, struct msghdr *tmpl)
+{
+    int err = check_path(loop);
+    if (err)
+        return err;
+    if (!tmpl)
+        return -EINVAL;
+    if (!(loop->poller_ops->op_features(loop->poller) & IOL__OPS_MULTISHOT_RECV))
+        return -ENOTSUP;
+    if ((err = ring_setup(loop)) < 0)
+        return err;
+    return submit_checked(loop, c, kind,
+                          (iol__poller_op){ .code = IOL__OP_RECVMSG, .fd = fd, .buf = tmpl, .multishot = true });
+}
+
 int iol__loop_recv(iol_loop *loop, iol__completion *c, unsigned kind, int fd, size_t max, unsigned flags)
 {
     bool multishot = flags & IOL__RECV_MULTISHOT;
     int err = check_path(loop);
     if (err)
         return err;
-    if (!loop->ring_ready) {
-        err = loop->poller_ops->op_buffers(loop->poller, RING_BUFFERS, RING_BUFFER_SIZE);
-        if (err < 0 && err != -EEXIST)
-            return err;
-        loop->ring_ready = true;
-    }
+    if ((err = ring_setup(loop)) < 0)
+        return err;
     if (max >= RING_BUFFER_SIZE || multishot)
         max = 0;
     return submit_checked(loop, c, kind,

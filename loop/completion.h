@@ -78,6 +78,18 @@ enum { /* iol__loop_recv flags */
 /* recv from the shared buffer ring, at most max bytes (0 or more than a
  * buffer: a buffer's worth); flags IOL__RECV_*. */
 int iol__loop_recv(iol_loop *loop, iol__completion *c, unsigned kind, int fd, size_t max, unsigned flags);
+/* The size of each buffer of the shared ring (what one recv or one
+ * recvmsg result can hold). */
+#define IOL__RING_BUFFER_SIZE (16 * 1024)
+/* A multishot recvmsg from the shared buffer ring (datagram sockets): one
+ * result per datagram, its buffer holding a struct io_uring_recvmsg_out,
+ * then tmpl->msg_namelen bytes of name, tmpl->msg_controllen of control
+ * data, then the payload (liburing's io_uring_recvmsg_* helpers read it);
+ * a datagram longer than the room left is cut (MSG_TRUNC in its flags).
+ * tmpl stays alive and unchanged while the operation is armed. It ends
+ * (more false) on an error, -ENOBUFS when the ring ran dry included.
+ * -ENOTSUP: no multishot receive on this kernel (then read otherwise). */
+int iol__loop_recvmsg_multishot(iol_loop *loop, iol__completion *c, unsigned kind, int fd, struct msghdr *tmpl);
 /* send len bytes of buf (kept alive by the caller until the result). */
 int iol__loop_send(iol_loop *loop, iol__completion *c, unsigned kind, int fd, const void *buf, size_t len);
 /* accept: results are new fds (nonblocking, close-on-exec). */

@@ -108,7 +108,7 @@ int iol__udp_update_events(iol_udp *u)
 {
     if (u->closed)
         return 0;
-    unsigned want = (u->recv_cb ? IOL_READ : 0) | (u->qcount ? IOL_WRITE : 0);
+    unsigned want = (u->recv_cb && !u->ring ? IOL_READ : 0) | (u->qcount ? IOL_WRITE : 0);
     int r = 0;
     if (want == 0) {
         if (u->registered) {
@@ -139,9 +139,9 @@ static void udp_on_events(int fd, unsigned events, void *arg)
     u->depth++;
     if ((events & (IOL_WRITE | IOL_ERROR)) && u->qcount)
         iol__udp_flush(u, true);
-    if (!u->closed && (events & (IOL_READ | IOL_ERROR)) && u->recv_cb) {
+    if (!u->closed && (events & (IOL_READ | IOL_ERROR)) && u->recv_cb && !u->ring) {
         iol__udp_handle_read(u);
-    } else if (!u->closed && (events & IOL_ERROR) && !u->qcount) {
+    } else if (!u->closed && (events & IOL_ERROR) && !u->qcount && !u->ring) {
         /* Nothing reads or writes to consume the socket's error, and an
          * unconsumed one would keep the handler firing: keep it for the
          * next send call. */
@@ -152,8 +152,8 @@ static void udp_on_events(int fd, unsigned events, void *arg)
     }
     if (!u->closed)
         (void)iol__udp_update_events(u); /* a failure leaves the old registration: still correct, only wider */
-    if (--u->depth == 0 && u->closed)
-        udp_free(u);
+    u->depth--;
+    iol__udp_maybe_free(u);
 }
 
 /* --------------------------------------------------------------- Lifetime */
@@ -174,6 +174,7 @@ static void udp_free(iol_udp *u)
     free(u->siov);
     free(u->sctl);
     free(u->smapped);
+    free(u->pend);
     free(u->path);
     iol_loop_unref(u->loop);
     free(u);
@@ -183,6 +184,7 @@ static void udp_free(iol_udp *u)
 static size_t udp_shut(iol_udp *u)
 {
     u->closed = true;
+    iol__udp_ring_close(u);
     size_t dropped = iol__udp_queue_drop(u);
     u->st.dropped_at_close += dropped;
     if (u->fd >= 0) {
@@ -210,7 +212,15 @@ static void udp_loop_closing(iol__close_hook *hook)
     u->close_cb = NULL;
     if (fn)
         fn(u, u->close_arg);
-    udp_free(u);
+    /* A ring operation still in flight ends in the loop's close, which
+     * delivers its last result: freed then. */
+    iol__udp_maybe_free(u);
+}
+
+void iol__udp_maybe_free(iol_udp *u)
+{
+    if (u->closed && u->depth == 0 && u->op.inflight == 0)
+        udp_free(u);
 }
 
 int iol_udp_close(iol_udp *u)
@@ -225,8 +235,7 @@ int iol_udp_close(iol_udp *u)
     if (u->qcount)
         iol__udp_flush(u, false);
     size_t dropped = udp_shut(u);
-    if (u->depth == 0)
-        udp_free(u);
+    iol__udp_maybe_free(u);
     return dropped > INT32_MAX ? INT32_MAX : (int)dropped;
 }
 
@@ -551,6 +560,10 @@ int iol_udp_recv_start(iol_udp *u, iol_udp_recv_fn cb, void *arg)
     void *old_arg = u->recv_arg;
     u->recv_cb = cb;
     u->recv_arg = arg;
+    if (iol__udp_ring_start(u) < 0 && u->ring) {
+        /* The ring path was in use and cannot go on: the handler's. */
+        iol__udp_ring_close(u);
+    }
     r = iol__udp_update_events(u);
     if (r < 0) {
         u->recv_cb = old_cb;
@@ -566,6 +579,7 @@ int iol_udp_recv_stop(iol_udp *u)
         return r;
     u->recv_cb = NULL;
     u->recv_arg = NULL;
+    iol__udp_ring_stop(u);
     (void)iol__udp_update_events(u); /* removing or narrowing a handler fails only on a closing loop */
     return 0;
 }
@@ -606,6 +620,7 @@ int iol_udp_get_stats(const iol_udp *u, iol_udp_stats *out, size_t size)
         return r;
     iol_udp_stats st = u->st;
     st.queue_len = u->qdgrams;
+    st.ring = u->ring;
     /* SO_RXQ_OVFL rides only on datagrams queued after a drop; the
      * socket's own count (SO_MEMINFO) is current even when none came since. */
     uint32_t mem[SK_MEMINFO_VARS];

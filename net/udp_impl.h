@@ -22,6 +22,7 @@
 #include <sys/socket.h>
 
 #include "loop/close_hook.h"
+#include "loop/completion.h"
 
 enum {
     UDP_DEFAULT_BATCH = 32,
@@ -32,6 +33,14 @@ enum {
     UDP_SEND_CTL = 64,    /* ancillary bytes per sent datagram: pktinfo (v6: 32) + UDP_SEGMENT (24) */
     UDP_RECV_ROUNDS = 8,  /* full batches per event before other fds get a turn */
 };
+
+/* A datagram received through the ring, waiting in its ring buffer for
+ * the batch to be delivered (udp_ring.c). */
+typedef struct udp_ring_dgram {
+    unsigned bid;
+    iol_udp_datagram d;
+    struct sockaddr_storage local; /* pktinfo's address (d.local points here once delivered) */
+} udp_ring_dgram;
 
 /* A datagram (or a GSO buffer of nseg segments) waiting for the socket. */
 typedef struct udp_qent {
@@ -91,6 +100,16 @@ struct iol_udp {
     char *sctl;
     struct sockaddr_in6 *smapped;
 
+    /* receiving through the ring (udp_ring.c): a multishot recvmsg whose
+     * results gather in pend and go to the callback as one batch, from a
+     * check hook after the loop's events (or when batch are there) */
+    iol__completion op;
+    bool ring;          /* this object receives through the ring */
+    bool check_hook;    /* udp_ring_flush is a check hook of the loop */
+    struct msghdr rtmpl;
+    udp_ring_dgram *pend;
+    size_t npend, pend_cap;
+
     iol_udp_stats st;
 };
 
@@ -102,6 +121,21 @@ void iol__udp_report(iol_udp *u, int err);
 /* udp_recv.c: reads batches until the socket is dry, the callback
  * stopped receiving, or UDP_RECV_ROUNDS batches. */
 void iol__udp_handle_read(iol_udp *u);
+/* udp_recv.c: the ancillary data of one datagram into d (GRO segment size
+ * into *gso), pktinfo's address into *local. */
+void iol__udp_parse_cmsgs(iol_udp *u, struct msghdr *h, struct sockaddr_storage *local, iol_udp_datagram *d,
+                          size_t *gso);
+/* udp_ring.c: whether receiving can go through the ring on this loop and
+ * socket; arms it (0) or says why not (-errno: the handler path then). */
+int iol__udp_ring_start(iol_udp *u);
+/* udp_ring.c: stops the ring's receive (results still in flight are kept
+ * for the next start, or dropped at close). */
+void iol__udp_ring_stop(iol_udp *u);
+/* udp_ring.c: at close: cancels, gives every buffer back. */
+void iol__udp_ring_close(iol_udp *u);
+/* udp.c: frees u once it is closed and nothing of it is on the stack or
+ * in flight. */
+void iol__udp_maybe_free(iol_udp *u);
 /* udp_send.c: sends what the queue holds while the kernel takes it. */
 void iol__udp_flush(iol_udp *u, bool report);
 /* udp_send.c: frees every queued datagram; returns how many there were. */

@@ -17,8 +17,8 @@
 
 /* Reads the ancillary data of one received datagram into d (and its GRO
  * segment size into *gso). */
-static void parse_cmsgs(iol_udp *u, struct msghdr *h, struct sockaddr_storage *local, iol_udp_datagram *d,
-                        size_t *gso)
+void iol__udp_parse_cmsgs(iol_udp *u, struct msghdr *h, struct sockaddr_storage *local, iol_udp_datagram *d,
+                          size_t *gso)
 {
     for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c)) {
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL) {
@@ -106,7 +106,7 @@ static size_t collect(iol_udp *u, unsigned n)
         };
         size_t gso = 0;
         if (h->msg_controllen)
-            parse_cmsgs(u, h, &u->rlocal[i], &d, &gso);
+            iol__udp_parse_cmsgs(u, h, &u->rlocal[i], &d, &gso);
         if (h->msg_flags & MSG_TRUNC) {
             d.flags |= IOL_UDP_TRUNCATED;
             u->st.truncated++;

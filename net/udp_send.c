@@ -243,7 +243,10 @@ void iol__udp_flush(iol_udp *u, bool report)
         }
         u->st.send_calls++;
         for (int i = 0; i < r; i++) {
-            u->st.sent += u->q[u->qhead].nseg;
+            udp_qent *e = &u->q[u->qhead];
+            u->st.sent += e->nseg;
+            if (e->gso && !u->gso_broken)
+                u->st.segmented += e->nseg;
             queue_pop(u);
         }
         if ((unsigned)r < n)
@@ -303,6 +306,29 @@ static int check_msg(const iol_udp *u, const iol_udp_msg *m, const struct sockad
     return check_dest(u, to, tolen, mapped);
 }
 
+/* Whether m may join the run of datagrams that mmsghdr `h` sends as GSO
+ * segments: same destination, no source address of its own, not longer
+ * than the run's segment (a shorter one ends the run), within the
+ * kernel's bounds on segments and bytes. */
+typedef struct udp_run {
+    const struct sockaddr *to;
+    socklen_t tolen;
+    size_t seg, bytes;
+    unsigned count, first;
+    bool closed;
+} udp_run;
+
+static bool run_joins(const udp_run *g, const iol_udp_msg *m, const struct sockaddr *to, socklen_t tolen)
+{
+    if (g->closed || m->len == 0 || m->local || m->ifindex || m->len > g->seg)
+        return false;
+    if (g->count >= IOL_UDP_MAX_GSO_SEGMENTS || g->bytes + m->len > IOL_UDP_MAX_PAYLOAD - 28)
+        return false;
+    if (tolen != g->tolen)
+        return false;
+    return to == g->to || (to && g->to && memcmp(to, g->to, tolen) == 0);
+}
+
 int iol_udp_send_batch(iol_udp *u, const iol_udp_msg *msgs, unsigned n)
 {
     int r = send_prologue(u);
@@ -310,6 +336,10 @@ int iol_udp_send_batch(iol_udp *u, const iol_udp_msg *msgs, unsigned n)
         return r;
     if (!msgs && n)
         return -EINVAL;
+    /* Runs of equal-size datagrams to one destination go as one GSO send
+     * (what QUIC stacks do by hand); off for good when the kernel cannot,
+     * off for this call once a run was refused (sent apart instead). */
+    bool coalesce = !u->gso_broken && u->family != AF_UNIX && (iol_udp_offload() & IOL_UDP_OFFLOAD_GSO);
     unsigned done = 0;
     while (done < n) {
         if (u->qcount) {
@@ -327,7 +357,8 @@ int iol_udp_send_batch(iol_udp *u, const iol_udp_msg *msgs, unsigned n)
         }
         if (!scratch(u))
             return done ? (int)done : -ENOMEM;
-        unsigned k = 0;
+        udp_run runs[UDP_SEND_CHUNK];
+        unsigned k = 0, nm = 0;
         for (; k < UDP_SEND_CHUNK && done + k < n; k++) {
             const iol_udp_msg *m = &msgs[done + k];
             const struct sockaddr *to;
@@ -335,25 +366,54 @@ int iol_udp_send_batch(iol_udp *u, const iol_udp_msg *msgs, unsigned n)
             r = check_msg(u, m, &to, &tolen, &u->smapped[k]);
             if (r < 0)
                 break;
-            fill_msg(u, &u->smsgs[k].msg_hdr, &u->siov[k], u->sctl + k * UDP_SEND_CTL, m->data, m->len, to, tolen,
+            u->siov[k] = (struct iovec){ (void *)m->data, m->len };
+            if (coalesce && nm > 0 && run_joins(&runs[nm - 1], m, to, tolen)) {
+                udp_run *g = &runs[nm - 1];
+                g->count++;
+                g->bytes += m->len;
+                g->closed = m->len < g->seg;
+                continue;
+            }
+            fill_msg(u, &u->smsgs[nm].msg_hdr, &u->siov[k], u->sctl + nm * UDP_SEND_CTL, m->data, m->len, to, tolen,
                      m->local, m->ifindex, 0);
+            runs[nm++] = (udp_run){ .to = to, .tolen = tolen, .seg = m->len, .bytes = m->len, .count = 1, .first = k,
+                                    .closed = m->len == 0 || m->local || m->ifindex };
         }
         if (k == 0)
             return done ? (int)done : r; /* msgs[done] is malformed */
+        for (unsigned i = 0; i < nm; i++) {
+            udp_run *g = &runs[i];
+            if (g->count < 2)
+                continue;
+            struct msghdr *h = &u->smsgs[i].msg_hdr;
+            fill_msg(u, h, &u->siov[g->first], u->sctl + i * UDP_SEND_CTL, u->siov[g->first].iov_base, g->seg, g->to,
+                     g->tolen, NULL, 0, (uint16_t)g->seg);
+            h->msg_iovlen = g->count; /* the run's datagrams, back to back: one every seg bytes */
+        }
         int s;
-        if (k == 1) {
+        if (nm == 1) {
             ssize_t w = sendmsg(u->fd, &u->smsgs[0].msg_hdr, MSG_DONTWAIT | MSG_NOSIGNAL);
             s = w < 0 ? -1 : 1;
         } else {
-            s = sendmmsg(u->fd, u->smsgs, k, MSG_DONTWAIT | MSG_NOSIGNAL);
+            s = sendmmsg(u->fd, u->smsgs, nm, MSG_DONTWAIT | MSG_NOSIGNAL);
         }
         if (s < 0) {
             int err = errno;
             if (err == EINTR)
                 continue;
             u->st.send_calls++;
-            if (err != EAGAIN && err != EWOULDBLOCK)
+            if (err != EAGAIN && err != EWOULDBLOCK) {
+                if (runs[0].count > 1) {
+                    /* A run the kernel would not segment (a device without
+                     * checksum offload: EIO; a segment past the path's MTU):
+                     * the same datagrams again, one by one. */
+                    if (err == EIO)
+                        u->gso_broken = true;
+                    coalesce = false;
+                    continue;
+                }
                 return done ? (int)done : -err;
+            }
             /* The socket is full: queue the first; the rest follow it above. */
             const iol_udp_msg *m = &msgs[done];
             r = enqueue(u, m->data, m->len, u->smsgs[0].msg_hdr.msg_name, u->smsgs[0].msg_hdr.msg_namelen, m->local,
@@ -364,10 +424,16 @@ int iol_udp_send_batch(iol_udp *u, const iol_udp_msg *msgs, unsigned n)
             continue;
         }
         u->st.send_calls++;
-        u->st.sent += (unsigned)s;
-        done += (unsigned)s;
-        if ((unsigned)s < k) {
-            /* The kernel stopped inside the batch: the next one goes alone
+        unsigned sent = 0;
+        for (int i = 0; i < s; i++) {
+            sent += runs[i].count;
+            if (runs[i].count > 1)
+                u->st.segmented += runs[i].count;
+        }
+        u->st.sent += sent;
+        done += sent;
+        if ((unsigned)s < nm) {
+            /* The kernel stopped inside the batch: the next one goes first
              * and tells why (EAGAIN queues it; an error is returned). */
             continue;
         }
@@ -428,6 +494,7 @@ int iol_udp_send_gso(iol_udp *u, const void *data, size_t len, size_t segment_si
         u->st.send_calls++;
         if (w >= 0) {
             u->st.sent += nseg;
+            u->st.segmented += nseg;
             return (int)nseg;
         }
         int err = errno;

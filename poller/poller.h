@@ -81,6 +81,11 @@ typedef enum iol__op_code {
     IOL__OP_CANCEL, /* every operation with tag (IORING_OP_ASYNC_CANCEL);
                        its own result is not reported */
     IOL__OP_CANCEL_ALL, /* every operation in flight (the loop closes) */
+    IOL__OP_RECVMSG, /* fd, buf: a struct msghdr template (msg_namelen,
+                        msg_controllen; alive while armed), multishot: each
+                        CQE's ring buffer holds an io_uring_recvmsg_out, the
+                        name, the control data and the payload (datagram
+                        sockets; IOL__OPS_MULTISHOT_RECV and a buffer ring) */
 } iol__op_code;
 typedef struct iol__poller_op {
     iol__op_code code;

@@ -467,6 +467,12 @@ static int uring_op_submit(iol__poller *p, const iol__poller_op *op)
         if (multishot && (op->buf || !(p->features & IOL__OPS_MULTISHOT_RECV)))
             return -ENOTSUP;
         break;
+    case IOL__OP_RECVMSG:
+        if (!multishot || !op->buf)
+            return -EINVAL;
+        if (!p->br || !(p->features & IOL__OPS_MULTISHOT_RECV))
+            return -ENOTSUP;
+        break;
     case IOL__OP_ACCEPT:
         if (multishot && !(p->features & IOL__OPS_MULTISHOT_ACCEPT))
             return -ENOTSUP;
@@ -504,6 +510,11 @@ static int uring_op_submit(iol__poller *p, const iol__poller_op *op)
             sqe->flags |= IOSQE_BUFFER_SELECT;
             sqe->buf_group = 0;
         }
+        break;
+    case IOL__OP_RECVMSG:
+        io_uring_prep_recvmsg_multishot(sqe, op->fd, op->buf, 0);
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = 0;
         break;
     case IOL__OP_SEND:
         io_uring_prep_send(sqe, op->fd, op->buf, op->len, MSG_NOSIGNAL);

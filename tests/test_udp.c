@@ -167,6 +167,7 @@ START_TEST(batches_of_every_size)
     int c = raw_socket(AF_INET, NULL, NULL);
     char buf[256];
     memset(buf, 'x', sizeof buf);
+    unsigned ring_calls = 0;
     for (unsigned k = 1; k <= limit; k++) {
         r.calls = 0;
         r.total = 0;
@@ -174,15 +175,37 @@ START_TEST(batches_of_every_size)
             ck_assert_int_eq(sendto(c, buf, i, 0, (struct sockaddr *)&addr, alen), (ssize_t)i);
         pump_until(loop, &r.total, k);
         ck_assert_uint_eq(r.total, k);
-        ck_assert_uint_eq(r.calls, 1); /* all of them in one batch */
-        ck_assert_uint_eq(r.last_n, k);
+        iol_udp_stats st;
+        ck_assert_int_eq(iol_udp_get_stats(u, &st, sizeof st), 0);
+        if (!st.ring) {
+            ck_assert_uint_eq(r.calls, 1); /* all of them in one batch */
+            ck_assert_uint_eq(r.last_n, k);
+        } else {
+            /* io_uring posts a burst over a few waits (the wait returns
+             * at the first result while the kernel's task work posts the
+             * rest): a batch is what one wait brought */
+            ck_assert_uint_le(r.calls, k);
+            ring_calls += r.calls;
+        }
+        ck_assert_uint_le(r.max_n, limit);
         for (unsigned i = 0; i < k; i++)
             ck_assert_uint_eq(r.lens[i], i); /* i = 0: a zero-length datagram */
     }
     iol_udp_stats st;
     ck_assert_int_eq(iol_udp_get_stats(u, &st, sizeof st), 0);
     ck_assert_uint_eq(st.received, (size_t)limit * (limit + 1) / 2);
-    ck_assert_uint_eq(st.recv_calls, limit);
+    if (!st.ring)
+        ck_assert_uint_eq(st.recv_calls, limit);
+    else /* batching happens: far fewer batches than datagrams */
+        ck_assert_msg(ring_calls < st.received / 4, "%u batches for %llu datagrams", ring_calls,
+                      (unsigned long long)st.received);
+    if (getenv("IOL_TEST_VERBOSE"))
+        fprintf(stderr, "batches_of_every_size: ring %d, %u batches for %llu datagrams\n", st.ring, ring_calls,
+                (unsigned long long)st.received);
+    /* The ring path where the poller and the kernel have it, else none. */
+    const char *poller = iol_loop_poller(loop);
+    if (strcmp(poller, "uring") != 0)
+        ck_assert(!st.ring);
     close(c);
     ck_assert_int_eq(iol_udp_close(u), 0);
     ck_assert_int_eq(iol_loop_close(loop, false), 0);
@@ -245,6 +268,39 @@ START_TEST(maximum_datagram_size)
     iol_udp_close(s);
     iol_udp_close(u);
     iol_loop_close(loop, false);
+}
+END_TEST
+
+/* More datagrams in one go than the loop's ring has buffers (256): on the
+ * ring path the multishot receive runs dry (-ENOBUFS), the batch goes to
+ * the callback, the buffers come back and it is armed again; nothing is
+ * lost on any path. */
+START_TEST(ring_runs_dry)
+{
+    iol_loop *loop = new_loop();
+    iol_udp_config cfg = { .batch = IOL_UDP_MAX_BATCH, .rcvbuf = 8 << 20 };
+    struct sockaddr_storage addr;
+    socklen_t alen;
+    iol_udp *u = new_udp(loop, NULL, &cfg, &addr, &alen);
+    rx *r = calloc(1, sizeof *r);
+    ck_assert_int_eq(iol_udp_recv_start(u, on_recv, r), 0);
+    iol_loop_run_once(loop, 0); /* arms the ring's receive, where there is one */
+    int c = raw_socket(AF_INET, NULL, NULL);
+    for (int round = 0; round < 3; round++) {
+        size_t want = r->total + 1000;
+        for (int i = 0; i < 1000; i++)
+            ck_assert_int_eq(sendto(c, &i, sizeof i, 0, (struct sockaddr *)&addr, alen), (ssize_t)sizeof i);
+        pump_until(loop, &r->total, want);
+        ck_assert_uint_eq(r->total, want);
+    }
+    iol_udp_stats st;
+    ck_assert_int_eq(iol_udp_get_stats(u, &st, sizeof st), 0);
+    ck_assert_uint_eq(st.kernel_drops, 0);
+    ck_assert_uint_eq(st.received, 3000);
+    close(c);
+    iol_udp_close(u);
+    free(r);
+    ck_assert_int_eq(iol_loop_close(loop, false), 0);
 }
 END_TEST
 
@@ -541,6 +597,84 @@ START_TEST(send_batch)
 }
 END_TEST
 
+typedef struct seq_rx {
+    int ids[512];
+    size_t lens[512];
+    size_t total;
+} seq_rx;
+
+static void on_seq(iol_udp *u, const iol_udp_datagram *d, unsigned n, int status, void *arg)
+{
+    (void)u;
+    seq_rx *r = arg;
+    ck_assert_int_eq(status, 0);
+    for (unsigned i = 0; i < n && r->total < 512; i++) {
+        ck_assert_uint_ge(d[i].len, sizeof(int));
+        memcpy(&r->ids[r->total], d[i].data, sizeof(int));
+        for (size_t b = sizeof(int); b < d[i].len; b++) /* the rest: the id's low byte */
+            ck_assert_int_eq((unsigned char)d[i].data[b], (unsigned char)r->ids[r->total]);
+        r->lens[r->total++] = d[i].len;
+    }
+}
+
+/* A batch with runs of equal-size datagrams to one peer: where the kernel
+ * has GSO each run leaves as one UDP_SEGMENT send (all of it in one
+ * sendmmsg); the peers get exactly the datagrams, in order. */
+START_TEST(send_batch_coalesces)
+{
+    iol_loop *loop = new_loop();
+    iol_udp_config cfg = { .batch = 256, .rcvbuf = 4 << 20 };
+    struct sockaddr_storage aa, ab;
+    socklen_t al, bl;
+    iol_udp *a = new_udp(loop, NULL, &cfg, &aa, &al);
+    iol_udp *b = new_udp(loop, NULL, &cfg, &ab, &bl);
+    iol_udp *s = new_udp(loop, NULL, NULL, NULL, NULL);
+    seq_rx *ra = calloc(1, sizeof *ra), *rb = calloc(1, sizeof *rb);
+    ck_assert_int_eq(iol_udp_recv_start(a, on_seq, ra), 0);
+    ck_assert_int_eq(iol_udp_recv_start(b, on_seq, rb), 0);
+    enum { N = 116 };
+    static char bufs[N][100];
+    iol_udp_msg m[N];
+    for (int i = 0; i < N; i++) {
+        size_t len = i < 100 ? 100 : i == 100 ? 37 : 60;
+        bool to_b = i > 100 && i <= 110;
+        memset(bufs[i], i & 0xff, sizeof bufs[i]);
+        memcpy(bufs[i], &i, sizeof i);
+        m[i] = (iol_udp_msg){ .data = bufs[i], .len = len, .to = (struct sockaddr *)(to_b ? &ab : &aa),
+                              .tolen = to_b ? bl : al };
+    }
+    ck_assert_int_eq(iol_udp_send_batch(s, m, N), N);
+    size_t want_a = N - 10;
+    double end = iol_test_now() + 5;
+    while ((ra->total < want_a || rb->total < 10) && iol_test_now() < end)
+        iol_loop_run_once(loop, 0.01);
+    ck_assert_uint_eq(ra->total, want_a);
+    ck_assert_uint_eq(rb->total, 10);
+    size_t ka = 0, kb = 0;
+    for (int i = 0; i < N; i++) {
+        bool to_b = i > 100 && i <= 110;
+        seq_rx *r = to_b ? rb : ra;
+        size_t k = to_b ? kb++ : ka++;
+        ck_assert_int_eq(r->ids[k], i);
+        ck_assert_uint_eq(r->lens[k], m[i].len);
+    }
+    iol_udp_stats st;
+    ck_assert_int_eq(iol_udp_get_stats(s, &st, sizeof st), 0);
+    ck_assert_uint_eq(st.sent, N);
+    ck_assert_uint_le(st.send_calls, 2); /* 64 datagrams per sendmmsg */
+    if (iol_udp_offload() & IOL_UDP_OFFLOAD_GSO)
+        ck_assert_uint_eq(st.segmented, N); /* runs: 64 | 37 to a, 10 to b, 5 to a */
+    else
+        ck_assert_uint_eq(st.segmented, 0);
+    free(ra);
+    free(rb);
+    iol_udp_close(s);
+    iol_udp_close(b);
+    iol_udp_close(a);
+    iol_loop_close(loop, false);
+}
+END_TEST
+
 /* GSO: 64 KiB in 1452-byte segments is 46 datagrams at the receiver, the
  * last one shorter; with GRO on the receiving side too (the callback
  * still sees one entry per datagram). */
@@ -569,8 +703,10 @@ static void gso_case(unsigned recv_flags)
     iol_udp_stats st;
     ck_assert_int_eq(iol_udp_get_stats(s, &st, sizeof st), 0);
     ck_assert_uint_eq(st.sent, 45);
-    if (iol_udp_offload() & IOL_UDP_OFFLOAD_GSO)
+    if (iol_udp_offload() & IOL_UDP_OFFLOAD_GSO) {
         ck_assert_uint_eq(st.send_calls, 1);
+        ck_assert_uint_eq(st.segmented, 45);
+    }
     unsigned want_gro = IOL_UDP_OFFLOAD_GSO | IOL_UDP_OFFLOAD_GRO;
     if ((recv_flags & IOL_UDP_GRO) && (iol_udp_offload() & want_gro) == want_gro)
         ck_assert_uint_eq(r->coalesced, 44); /* one coalesced buffer, split back into 45 */
@@ -1081,6 +1217,7 @@ int main(void)
         {"batches_of_every_size", batches_of_every_size},
         {"more_than_a_batch", more_than_a_batch},
         {"maximum_datagram_size", maximum_datagram_size},
+        {"ring_runs_dry", ring_runs_dry},
         {"truncation_is_flagged", truncation_is_flagged},
         {"ipv6_and_v4_mapped_peers", ipv6_and_v4_mapped_peers},
         {"ancillary_data", ancillary_data},
@@ -1089,6 +1226,7 @@ int main(void)
         {"close_with_sends_queued", close_with_sends_queued},
         {"icmp_port_unreachable", icmp_port_unreachable},
         {"send_batch", send_batch},
+        {"send_batch_coalesces", send_batch_coalesces},
         {"gso_send", gso_send},
         {"gso_send_gro_receive", gso_send_gro_receive},
         {"unix_datagrams", unix_datagrams},
