@@ -83,13 +83,5 @@ SSL *iol__tls_ctx_new_ssl(iol_tls_ctx *ctx, const char *server_name);
 /* Error queue → "reason; reason" into buf; clears the queue. */
 void iol__tls_reason(char *buf, size_t size);
 
-/* The thread rule of the TLS calls on a stream: -EPERM when another
- * thread runs the stream's loop. Public API only: the thread running a
- * loop has it current, so a running loop that is not this thread's
- * current one runs elsewhere. */
-static inline int iol__tls_check_thread(iol_loop *loop)
-{
-    return iol_loop_running(loop) && iol_loop_current() != loop ? -EPERM : 0;
-}
 
 #endif /* IOL_NET_TLS_IMPL_H */

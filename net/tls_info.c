@@ -17,7 +17,7 @@ static int info_check(const iol_stream *s, const char *buf, size_t size)
 {
     if (!s)
         return -EINVAL;
-    int err = iol__tls_check_thread(s->loop);
+    int err = iol__stream_check_thread(s);
     if (err)
         return err;
     if (!buf && size > 0)

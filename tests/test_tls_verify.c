@@ -356,6 +356,7 @@ END_TEST
 typedef struct {
     pair *p;
     iol_stream *s;
+    bool as_current; /* the foreign thread makes the loop its current one first */
     int results[6];
 } foreign_job;
 
@@ -363,6 +364,8 @@ static void *foreign_calls(void *arg)
 {
     foreign_job *j = arg;
     char buf[256];
+    if (j->as_current)
+        iol_loop_make_current(j->p->loop); /* as the thread that created it has */
     j->results[0] = iol_stream_tls_verify_result(j->s, buf, sizeof(buf));
     j->results[1] = iol_stream_tls_peer_subject(j->s, buf, sizeof(buf));
     j->results[2] = iol_stream_tls_peer_sans(j->s, buf, sizeof(buf));
@@ -395,13 +398,13 @@ static void thread_on_handshake(iol_stream *s, int status, void *arg)
     ck_assert_int_eq(iol_loop_add_callback(j->p->loop, call_from_thread, j), 0);
 }
 
-START_TEST(other_thread_gets_eperm)
+static void check_other_thread_gets_eperm(bool as_current)
 {
     pair p;
     pair_open(&p, server_cfg("a"));
     iol_tls_config ccfg = {.ca_file = P("ca.pem")};
     iol_tls_ctx *cctx = new_ctx(&ccfg);
-    foreign_job j = {.p = &p};
+    foreign_job j = {.p = &p, .as_current = as_current};
     iol_stream *s;
     ck_assert_int_eq(iol_tls_connect(&s, p.loop, "127.0.0.1", p.port, NULL, cctx, "a.test", thread_on_handshake, &j), 0);
     iol_tls_ctx_unref(cctx);
@@ -409,6 +412,20 @@ START_TEST(other_thread_gets_eperm)
     for (int i = 0; i < 6; i++)
         ck_assert_msg(j.results[i] == -EPERM, "call %d: %d", i, j.results[i]);
     pair_close(&p);
+}
+
+START_TEST(other_thread_gets_eperm)
+{
+    check_other_thread_gets_eperm(false);
+}
+END_TEST
+
+/* The thread rule is about who runs the loop, not whose current loop it
+ * is: the thread that created a loop (IOL_CURRENT_IF_NONE makes it
+ * current there) must not read a stream while another thread runs it. */
+START_TEST(current_but_not_running_thread_gets_eperm)
+{
+    check_other_thread_gets_eperm(true);
 }
 END_TEST
 
@@ -713,6 +730,7 @@ int main(void)
         {"bad_arguments", bad_arguments},
         {"short_buffers", short_buffers},
         {"other_thread_gets_eperm", other_thread_gets_eperm},
+        {"current_but_not_running_thread_gets_eperm", current_but_not_running_thread_gets_eperm},
         {"expired", expired},
         {"not_yet_valid", not_yet_valid},
         {"self_signed", self_signed},
