@@ -99,10 +99,15 @@ const char *iol_strerror(int err);
  * the codes of whichever entry point created it). Define IOL_LEGACY_STATUS
  * before including this header to keep the 0.1 codes in a new build. */
 #define IOL_STR_(x) #x
-#if defined(__GNUC__) && !defined(IOL_LEGACY_STATUS)
-#define IOL_STATUS_V2_(name) __asm__(IOL_STR_(name##_v2))
-#else
+#if defined(IOL_LEGACY_STATUS)
 #define IOL_STATUS_V2_(name)
+#elif defined(__GNUC__) /* gcc, clang: an asm label binds the name */
+#define IOL_STATUS_V2_(name) __asm__(IOL_STR_(name##_v2))
+#else /* other compilers: the same binding by macro */
+#define IOL_STATUS_V2_(name)
+#define iol_loop_new iol_loop_new_v2
+#define iol_loop_instance iol_loop_instance_v2
+#define iol_runtime_new iol_runtime_new_v2
 #endif
 
 /* Config structs (iol_loop_config, iol_runtime_config,

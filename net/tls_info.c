@@ -5,6 +5,7 @@
  * calls of the loop thread.
  */
 #include "net/stream_impl.h"
+#include "loop/status.h"
 #include "net/tls_impl.h"
 
 #include <arpa/inet.h>
@@ -67,7 +68,7 @@ int iol_stream_tls_verify_result(const iol_stream *s, char *text, size_t size)
             why = X509_verify_cert_error_string(SSL_get_verify_result(t->ssl));
         snprintf(text, size, "%s", why ? why : iol_strerror(t->verify_status));
     }
-    return t->verify_status;
+    return iol__loop_status(s->loop, t->verify_status);
 }
 
 /* The peer's leaf certificate, once the check is over (a client whose

@@ -87,8 +87,9 @@ static int tls_cert_status(const iol__tls *t, unsigned long e)
     }
 }
 
-/* A fatal SSL error: the status it closes the stream with (as the loop's
- * application expects it: iol__loop_status), and one log line with
+/* A fatal SSL error: the status it closes the stream with (the library's
+ * own code: the hand-over points map it with iol__loop_status), and one
+ * log line with
  * OpenSSL's reason: IOL_LOG_WARNING when our client rejected the
  * server's certificate (the user asked for that server: a reason to
  * see), IOL_LOG_INFO for every fault of the peer. The SSL may not be used
@@ -128,7 +129,7 @@ static int tls_error(iol_stream *s, int ssl_err, const char *during)
              t->server_name ? t->server_name : "", iol_strerror(err), reason, verify != X509_V_OK ? "; verify: " : "",
              verify != X509_V_OK ? X509_verify_cert_error_string(verify) : "");
     t->phase = TLS_DEAD;
-    return iol__loop_status(s->loop, err);
+    return err;
 }
 
 /* -------------------------------------------------------------- Handshake */
@@ -435,9 +436,13 @@ void iol__tls_finish_close(iol_stream *s)
     iol__tls *t = s->tls;
     iol_connect_fn cb = t->hs_cb;
     t->hs_cb = NULL;
+    /* The handshake callback and wait_for_handshake hear the same status
+     * (iol__tls_wait_report maps it as the handshake callback is mapped
+     * here). */
+    int status = s->error ? s->error : s->eof ? IOL_EOF : -EPIPE;
     if (cb)
-        cb(s, s->error ? s->error : -EPIPE, t->hs_arg);
-    iol__tls_wait_report(s, s->error ? s->error : s->eof ? IOL_EOF : -EPIPE);
+        cb(s, iol__loop_status(s->loop, status), t->hs_arg);
+    iol__tls_wait_report(s, status);
 }
 
 static void tls_state_free(iol__tls *t)
