@@ -943,7 +943,11 @@ typedef struct iol_udp_shard_config {
  * -EINVAL: NULL rt/cfg/on_recv, unknown mode, cfg->udp with a path or
  * bad fields (as iol_udp_new). -EADDRINUSE: the port is taken outside a
  * REUSEPORT group of this user. -ESHUTDOWN: stopped. -ENOMEM, socket
- * errors. */
+ * errors. A stop that comes while the call hands the sockets to the
+ * workers (or a post refused for memory) leaves the workers not reached
+ * without a socket: theirs are closed at once (logged), so the kernel
+ * spreads the peers over the sockets that are read, and the id is
+ * returned. */
 int iol_runtime_udp_bind(iol_runtime *rt, const iol_udp_shard_config *cfg);
 /* The bound port of shard id. Any thread. -EINVAL: NULL. -ENOENT: unknown id. */
 int iol_runtime_udp_port(iol_runtime *rt, int id);

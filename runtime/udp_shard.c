@@ -272,11 +272,19 @@ int iol_runtime_udp_bind(iol_runtime *rt, const iol_udp_shard_config *cfg)
     rt->udp_shards[rt->nudp_shards++] = sh;
     pthread_mutex_unlock(&rt->mu);
     /* Published: from here each worker's fd is its worker's. A post that
-     * is refused (stop came meanwhile) leaves the fd to runtime free. */
+     * is refused (stop came meanwhile, or -ENOMEM) reaches no worker, so
+     * that slot and the ones after it are still ours: close their sockets
+     * now, or the kernel would keep hashing a share of the peers to
+     * sockets nobody reads. The workers reached share the traffic. */
     for (unsigned i = 0; i < n; i++) {
-        r = iol__runtime_post(rt, i, shard_open, &sh->workers[i]);
-        if (r < 0)
-            return r;
+        if (iol__runtime_post(rt, i, shard_open, &sh->workers[i]) == 0)
+            continue;
+        iol__log(IOL_LOG_WARNING, "udp shard %d: worker %u not reached, %u socket(s) closed", id, i, n - i);
+        for (unsigned j = i; j < n; j++) {
+            close(sh->workers[j].fd);
+            sh->workers[j].fd = -1;
+        }
+        break;
     }
     return id;
 }
