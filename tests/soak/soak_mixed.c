@@ -184,7 +184,7 @@ static void server_on_request(iol_stream *s, const char *data, size_t len, int s
     (void)len;
     if (status < 0) {
         /* EOF from a client that finished is normal; a reset is not. */
-        if (status != -ECONNRESET && status != -EPIPE && !stopping())
+        if (status != IOL_EOF && status != -ECONNRESET && status != -EPIPE && !stopping())
             INC(server_errors);
         close_quietly(s);
         return;
@@ -542,7 +542,7 @@ int main(int argc, char **argv)
         printf("last client error: step %d, status %d (%s)\n",
                atomic_load_explicit(&g_last_client_error_site, memory_order_relaxed),
                atomic_load_explicit(&g_last_client_error_status, memory_order_relaxed),
-               strerror(-atomic_load_explicit(&g_last_client_error_status, memory_order_relaxed)));
+               iol_strerror(atomic_load_explicit(&g_last_client_error_status, memory_order_relaxed)));
     printf("timers: %llu added, %llu fired, %llu removed, %llu already gone; periodic runs %llu, "
            "re-created %llu\n",
            (unsigned long long)GET(timers_added), (unsigned long long)GET(timers_fired),
