@@ -399,7 +399,7 @@ static void post_or_die(hctx *c)
 {
     int err = c->im->post(c);
     if (err < 0) {
-        fprintf(stderr, "iol-bench handoff: %s post failed: %s\n", c->im->label, strerror(-err));
+        fprintf(stderr, "iol-bench handoff: %s post failed: %s\n", c->im->label, iol_strerror(err));
         exit(1);
     }
 }
@@ -464,7 +464,7 @@ static double run_once(const himpl *im, const bench_opts *o, unsigned producers,
         c->quota[i] = count / producers + (i == 0 ? count % producers : 0);
     int err = im->setup(c);
     if (err < 0) {
-        fprintf(stderr, "iol-bench handoff: %s setup failed: %s\n", im->label, strerror(-err));
+        fprintf(stderr, "iol-bench handoff: %s setup failed: %s\n", im->label, iol_strerror(err));
         exit(1);
     }
     pthread_barrier_init(&c->start, NULL, producers);

@@ -1243,7 +1243,7 @@ int bench_http(int argc, char **argv, const bench_opts *o)
         rc = http_load_run(&cfg, &runs[i]);
         if (rc < 0) {
             fprintf(stderr, "iol-bench http: %s: %s%s%s\n", cfg.url,
-                    rc == -EHOSTUNREACH ? "host does not resolve" : strerror(-rc), cfg.tls_ca ? " (--ca " : "",
+                    iol_strerror(rc), cfg.tls_ca ? " (--ca " : "",
                     cfg.tls_ca ? "FILE?)" : "");
             free(runs);
             return 1;

@@ -84,7 +84,7 @@ static void iol_fire(void *arg)
 static void iol_or_die(int err, const char *what)
 {
     if (err < 0) {
-        fprintf(stderr, "iol-bench timers: ioloop %s: %s\n", what, strerror(-err));
+        fprintf(stderr, "iol-bench timers: ioloop %s: %s\n", what, iol_strerror(err));
         exit(1);
     }
 }

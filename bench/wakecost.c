@@ -263,7 +263,7 @@ static void post_or_die(wctx *c, void (*fn)(void *))
 {
     int err = c->im->post(c, fn, c);
     if (err < 0) {
-        fprintf(stderr, "iol-bench wakecost: %s post failed: %s\n", c->im->label, strerror(-err));
+        fprintf(stderr, "iol-bench wakecost: %s post failed: %s\n", c->im->label, iol_strerror(err));
         exit(1);
     }
 }

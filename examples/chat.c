@@ -170,7 +170,7 @@ static void on_line(iol_stream *s, const char *data, size_t len, int status, voi
         if (r == -ESHUTDOWN)
             free(l); /* stopping: not accepted, reaches no one */
         else if (r < 0)
-            fprintf(stderr, "chat: broadcast: %s\n", strerror(-r)); /* -ENOMEM: done still frees it */
+            fprintf(stderr, "chat: broadcast: %s\n", iol_strerror(r)); /* -ENOMEM: done still frees it */
     }
     read_line(c); /* stopping: read and drop until the client closes */
 }
@@ -208,7 +208,7 @@ static void on_accept(iol_loop *loop, int fd, const struct sockaddr *peer, sockl
     iol_tls_ctx *tls = example_server_tls();
     int r = tls ? iol_tls_stream_new(&c->stream, loop, fd, tls, 0) : iol_stream_new(&c->stream, loop, fd, 0);
     if (r < 0) {
-        fprintf(stderr, "chat: stream: %s\n", strerror(-r));
+        fprintf(stderr, "chat: stream: %s\n", iol_strerror(r));
         close(fd);
         free(c);
         return;

@@ -95,7 +95,7 @@ static void on_accept(iol_loop *loop, int fd, const struct sockaddr *peer, sockl
     iol_tls_ctx *tls = example_server_tls();
     int r = tls ? iol_tls_stream_new(&c->stream, loop, fd, tls, 0) : iol_stream_new(&c->stream, loop, fd, 0);
     if (r < 0) {
-        fprintf(stderr, "echo: stream: %s\n", strerror(-r));
+        fprintf(stderr, "echo: stream: %s\n", iol_strerror(r));
         close(fd);
         free(c);
         return;

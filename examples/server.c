@@ -147,7 +147,7 @@ int example_server_main(const example_server *srv, int argc, char **argv)
                              .no_resumption = tls_no_resumption};
         int r = iol_tls_ctx_new(&the_tls, &tc);
         if (r < 0) {
-            fprintf(stderr, "%s: TLS certificate %s / key %s: %s\n", srv->name, tls_cert, tls_key, strerror(-r));
+            fprintf(stderr, "%s: TLS certificate %s / key %s: %s\n", srv->name, tls_cert, tls_key, iol_strerror(r));
             return 1;
         }
     }
@@ -161,7 +161,7 @@ int example_server_main(const example_server *srv, int argc, char **argv)
     };
     int r = iol_runtime_new(&the_runtime, &rc);
     if (r < 0) {
-        fprintf(stderr, "%s: runtime: %s\n", srv->name, strerror(-r));
+        fprintf(stderr, "%s: runtime: %s\n", srv->name, iol_strerror(r));
         iol_tls_ctx_unref(the_tls);
         return 1;
     }
@@ -172,27 +172,27 @@ int example_server_main(const example_server *srv, int argc, char **argv)
     lc.on_accept = srv->on_accept;
     int id = iol_runtime_listen(the_runtime, &lc);
     if (id < 0) {
-        fprintf(stderr, "%s: listen on %s:%ld: %s\n", srv->name, host, port, strerror(-id));
+        fprintf(stderr, "%s: listen on %s:%ld: %s\n", srv->name, host, port, iol_strerror(id));
         iol_runtime_free(the_runtime);
         iol_tls_ctx_unref(the_tls);
         return 1;
     }
     if ((r = iol_loop_new(&main_loop, NULL)) < 0) {
-        fprintf(stderr, "%s: loop: %s\n", srv->name, strerror(-r));
+        fprintf(stderr, "%s: loop: %s\n", srv->name, iol_strerror(r));
         iol_runtime_free(the_runtime);
         return 1;
     }
     /* Before start: the workers the runtime creates block them anyway. */
     if ((r = iol_loop_add_signal(main_loop, SIGINT, on_signal, NULL)) < 0 ||
         (r = iol_loop_add_signal(main_loop, SIGTERM, on_signal, NULL)) < 0) {
-        fprintf(stderr, "%s: signals: %s\n", srv->name, strerror(-r));
+        fprintf(stderr, "%s: signals: %s\n", srv->name, iol_strerror(r));
         iol_runtime_free(the_runtime);
         iol_loop_close(main_loop, false);
         iol_tls_ctx_unref(the_tls);
         return 1;
     }
     if ((r = iol_runtime_start(the_runtime)) < 0) {
-        fprintf(stderr, "%s: start: %s\n", srv->name, strerror(-r));
+        fprintf(stderr, "%s: start: %s\n", srv->name, iol_strerror(r));
         iol_runtime_free(the_runtime);
         iol_loop_close(main_loop, false);
         iol_tls_ctx_unref(the_tls);

@@ -28,7 +28,7 @@ static void on_recv(iol_udp *u, const iol_udp_datagram *d, unsigned n, int statu
 {
     (void)arg;
     if (status < 0) {
-        fprintf(stderr, "udp-echo: receive: %s\n", strerror(-status));
+        fprintf(stderr, "udp-echo: receive: %s\n", iol_strerror(status));
         return;
     }
     unsigned done = 0;
@@ -101,7 +101,7 @@ int main(int argc, char **argv)
     iol_runtime_config rcfg = { .workers = (unsigned)workers, .drain_timeout = 0.5 };
     int r = iol_runtime_new(&rt, &rcfg);
     if (r < 0) {
-        fprintf(stderr, "udp-echo: runtime: %s\n", strerror(-r));
+        fprintf(stderr, "udp-echo: runtime: %s\n", iol_strerror(r));
         return 1;
     }
     iol_udp_config ucfg = { .host = host, .port = (uint16_t)port, .batch = (unsigned)batch,
@@ -110,12 +110,12 @@ int main(int argc, char **argv)
                                   .on_recv = on_recv };
     int id = iol_runtime_udp_bind(rt, &scfg);
     if (id < 0) {
-        fprintf(stderr, "udp-echo: bind %s:%ld: %s\n", host, port, strerror(-id));
+        fprintf(stderr, "udp-echo: bind %s:%ld: %s\n", host, port, iol_strerror(id));
         iol_runtime_free(rt);
         return 1;
     }
     if ((r = iol_runtime_start(rt)) < 0) {
-        fprintf(stderr, "udp-echo: start: %s\n", strerror(-r));
+        fprintf(stderr, "udp-echo: start: %s\n", iol_strerror(r));
         return 1;
     }
     iol_loop_add_signal(main_loop, SIGINT, on_signal, NULL);

@@ -68,7 +68,7 @@ static void worker_start(iol_loop *loop, unsigned index, void *arg)
     }
     int err = iol_loop_add_zmq_handler(loop, w->tasks, IOL_READ, on_task, w);
     if (err < 0) {
-        fprintf(stderr, "zmq-pipeline: add_zmq_handler: %s\n", strerror(-err));
+        fprintf(stderr, "zmq-pipeline: add_zmq_handler: %s\n", iol_strerror(err));
         exit(1);
     }
 }
@@ -186,13 +186,13 @@ int main(int argc, char **argv)
     if (err == 0)
         err = iol_runtime_new(&rt, &rcfg);
     if (err < 0) {
-        fprintf(stderr, "zmq-pipeline: %s (poller %s)\n", strerror(-err), poller ? poller : "default");
+        fprintf(stderr, "zmq-pipeline: %s (poller %s)\n", iol_strerror(err), poller ? poller : "default");
         return 1;
     }
     if ((err = iol_runtime_start(rt)) < 0 ||
         (err = iol_loop_add_zmq_handler(m.loop, sink, IOL_READ, on_result, &m)) < 0 ||
         (err = iol_loop_add_zmq_handler(m.loop, ventilator, IOL_WRITE, on_ventilator_writable, &m)) < 0) {
-        fprintf(stderr, "zmq-pipeline: %s\n", strerror(-err));
+        fprintf(stderr, "zmq-pipeline: %s\n", iol_strerror(err));
         return 1;
     }
     struct timespec t0, t1;

@@ -90,7 +90,7 @@ static void on_header(iol_stream *s, const char *data, size_t len, int status, v
 {
     demo *d = arg;
     if (status < 0) {               /* -EMSGSIZE: no "\n" within 64 bytes */
-        fprintf(stderr, "header: %s\n", strerror(-status));
+        fprintf(stderr, "header: %s\n", iol_strerror(status));
         iol_loop_stop(d->loop);
         return;
     }

@@ -73,7 +73,7 @@ int main(void)
     printf("run_sync: %d, sum of squares 1..1000 = %lu\n", err, (unsigned long)(uintptr_t)result);
 
     err = iol_loop_run_sync(loop, never_done, NULL, 0.1, &result);
-    printf("run_sync with 0.1 s timeout: %s\n", err == -ETIMEDOUT ? "-ETIMEDOUT" : strerror(-err));
+    printf("run_sync with 0.1 s timeout: %s\n", err == -ETIMEDOUT ? "-ETIMEDOUT" : iol_strerror(err));
 
     /* The default executor belongs to the loop and goes with it. */
     iol_loop_close(loop, false);

@@ -54,14 +54,14 @@ int main(void)
         return 1;
     int err = iol_loop_new(&a.loop, NULL);
     if (err < 0) {
-        fprintf(stderr, "iol_loop_new: %s\n", strerror(-err));
+        fprintf(stderr, "iol_loop_new: %s\n", iol_strerror(err));
         return 1;
     }
     printf("poller: %s\n", iol_loop_poller(a.loop));
 
     err = iol_loop_add_handler(a.loop, a.pipe_fds[0], IOL_READ, on_readable, &a);
     if (err < 0) {
-        fprintf(stderr, "add_handler: %s\n", strerror(-err));
+        fprintf(stderr, "add_handler: %s\n", iol_strerror(err));
         return 1;
     }
     iol_timeout cancelled;

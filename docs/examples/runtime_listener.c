@@ -57,13 +57,13 @@ int main(int argc, char **argv)
     iol_runtime *rt;
     int err = iol_runtime_new(&rt, &cfg);
     if (err < 0) {
-        fprintf(stderr, "runtime_new: %s\n", strerror(-err));
+        fprintf(stderr, "runtime_new: %s\n", iol_strerror(err));
         return 1;
     }
     iol_listen_config lc = { .host = "127.0.0.1", .port = 0, .shard = shard, .on_accept = on_accept };
     int id = iol_runtime_listen(rt, &lc); /* before or after start */
     if (id < 0 || (err = iol_runtime_start(rt)) < 0) {
-        fprintf(stderr, "listen/start: %s\n", strerror(-(id < 0 ? id : err)));
+        fprintf(stderr, "listen/start: %s\n", iol_strerror(id < 0 ? id : err));
         return 1;
     }
     int port = iol_runtime_listener_port(rt, id);

@@ -137,7 +137,7 @@ int main(void)
         return 1;
     client c = { .port = (uint16_t)iol_runtime_listener_port(rt, id) };
     int err = iol_loop_run_sync(loop, dial, &c, 5.0, NULL);
-    printf("client: %s\n", err == 0 ? "all three lines echoed" : strerror(-err));
+    printf("client: %s\n", err == 0 ? "all three lines echoed" : iol_strerror(err));
 
     iol_loop_close(loop, false);
     iol_runtime_free(rt); /* stop + join + free; open server streams close with their loops */

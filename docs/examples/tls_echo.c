@@ -108,7 +108,7 @@ int main(int argc, char **argv)
     iol_tls_config scfg = { .server = true, .cert_file = argv[1], .key_file = argv[2], .alpn = "echo/1" };
     int err = iol_tls_ctx_new(&server_tls, &scfg);
     if (err < 0) {
-        fprintf(stderr, "server context: %s\n", strerror(-err)); /* -ENOTSUP: built without TLS */
+        fprintf(stderr, "server context: %s\n", iol_strerror(err)); /* -ENOTSUP: built without TLS */
         return 1;
     }
     iol_runtime_config cfg = { .workers = 2 };
@@ -130,7 +130,7 @@ int main(int argc, char **argv)
     if (iol_loop_new(&loop, NULL) < 0)
         return 1;
     err = iol_loop_run_sync(loop, dial, &c, 5.0, NULL);
-    printf("client: %s\n", err == 0 ? "echoed over TLS" : strerror(-err));
+    printf("client: %s\n", err == 0 ? "echoed over TLS" : iol_strerror(err));
 
     iol_loop_close(loop, false);
     iol_runtime_free(rt);

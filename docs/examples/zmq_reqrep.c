@@ -61,7 +61,7 @@ int main(void)
         return 1;
     int err = iol_loop_add_zmq_handler(loop, rep, IOL_READ, on_request, NULL);
     if (err < 0) {
-        fprintf(stderr, "add_zmq_handler: %s\n", strerror(-err));  /* -ENOTSUP: built without libzmq */
+        fprintf(stderr, "add_zmq_handler: %s\n", iol_strerror(err));  /* -ENOTSUP: built without libzmq */
         return 1;
     }
     pthread_t t;
