@@ -1573,8 +1573,10 @@ int iol_stream_tls_cipher(const iol_stream *s, char *buf, size_t size);
  * address (peerlen == sizeof(sa_family_t)) and cannot be answered.
  *
  * Threads: every call is loop-thread only (or any thread while the loop
- * is not running) except iol_udp_offload and iol_udp_address: from
- * another thread while the loop runs, -EPERM and nothing changes.
+ * is not running) except iol_udp_offload, iol_udp_address and
+ * iol_udp_loop: from another thread while the loop runs, -EPERM and
+ * nothing changes (iol_udp_send_queue_size, which cannot say -EPERM,
+ * answers 0).
  * Lifetime: iol_udp_close ends the object (from inside its own callback:
  * once the callback returns). iol_loop_close releases every udp object
  * still on the loop: its fd is closed, its queued datagrams dropped and
@@ -1745,7 +1747,8 @@ int iol_udp_send_batch(iol_udp *u, const iol_udp_msg *msgs, unsigned n);
  * Other errors as iol_udp_send. Unix datagram sockets: -EOPNOTSUPP. */
 int iol_udp_send_gso(iol_udp *u, const void *data, size_t len, size_t segment_size, const struct sockaddr *to,
                      socklen_t tolen);
-/* Datagrams in the send queue (0 for NULL). */
+/* Datagrams in the send queue (0 for NULL). Loop thread: 0 from another
+ * thread while the loop runs (the count is the loop's, read unlocked). */
 size_t iol_udp_send_queue_size(const iol_udp *u);
 
 /* fn(u, arg) runs when iol_loop_close releases u (see Lifetime); NULL
@@ -1758,8 +1761,11 @@ int iol_udp_set_close_callback(iol_udp *u, iol_udp_close_fn fn, void *arg);
  * The close callback does not run. Loop thread. -EINVAL: NULL. -EPERM
  * (nothing closed). */
 int iol_udp_close(iol_udp *u);
-/* The socket's fd (for options), -EBADF once closed, -EINVAL for NULL. */
+/* The socket's fd (for options), -EBADF once closed, -EINVAL for NULL.
+ * Loop thread: -EPERM from another thread while the loop runs. */
 int iol_udp_fd(const iol_udp *u);
+/* u's loop (NULL for NULL). Any thread: fixed at creation, so a thread
+ * holding a socket of another loop can post to that loop. */
 iol_loop *iol_udp_loop(const iol_udp *u);
 /* Fills *out (size = sizeof *out, as iol_loop_get_stats). Loop thread.
  * -EINVAL: NULL u/out, size 0. -EPERM. */
