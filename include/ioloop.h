@@ -945,7 +945,8 @@ int iol_runtime_udp_port(iol_runtime *rt, int id);
 int iol_runtime_udp_counts(iol_runtime *rt, int id, uint64_t *counts, unsigned n, uint64_t *dropped);
 /* Worker index's socket of shard id, NULL until that worker wrapped it or
  * after it closed. Call it on that worker (its loop thread) only, as for
- * any use of the socket. NULL for bad arguments. */
+ * any use of the socket: from another thread while that worker runs,
+ * NULL. NULL for bad arguments. */
 struct iol_udp *iol_runtime_udp_socket(iol_runtime *rt, int id, unsigned worker);
 
 /* Statistics of one worker, or of all of them (index IOL_RUNTIME_ALL). */

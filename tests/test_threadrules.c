@@ -1209,6 +1209,63 @@ START_TEST(worker_writes_to_another_workers_stream)
 }
 END_TEST
 
+/* ----------------------------------- a sharded udp socket of a worker */
+
+/* iol_runtime_udp_socket hands out worker w's socket on worker w only:
+ * from the test thread and from another worker, NULL (the slot is that
+ * worker's, read unlocked); worker w gets it and it works. */
+static struct {
+    iol_runtime *rt;
+    int id;
+    iol_udp *own[2], *other[2];
+    int fd[2];
+    sem_t done;
+} shard;
+
+static void shard_recv(iol_udp *u, const iol_udp_datagram *d, unsigned n, int status, void *arg)
+{
+    (void)u, (void)d, (void)n, (void)status, (void)arg;
+}
+
+static void shard_ask(void *arg)
+{
+    unsigned w = (unsigned)(uintptr_t)arg;
+    ck_assert_int_eq(iol_runtime_worker_index(), (int)w);
+    shard.own[w] = iol_runtime_udp_socket(shard.rt, shard.id, w);
+    shard.other[w] = iol_runtime_udp_socket(shard.rt, shard.id, 1 - w);
+    shard.fd[w] = shard.own[w] ? iol_udp_fd(shard.own[w]) : -1;
+    sem_post(&shard.done);
+}
+
+START_TEST(runtime_udp_socket_of_another_worker)
+{
+    memset(&shard, 0, sizeof shard);
+    ck_assert_int_eq(sem_init(&shard.done, 0, 0), 0);
+    ck_assert_int_eq(iol_runtime_new(&shard.rt, &(iol_runtime_config){ .workers = 2 }), 0);
+    iol_udp_config ucfg = { .host = "127.0.0.1" };
+    shard.id = iol_runtime_udp_bind(shard.rt, &(iol_udp_shard_config){ .udp = &ucfg, .on_recv = shard_recv });
+    ck_assert_int_ge(shard.id, 0);
+    ck_assert_int_eq(iol_runtime_start(shard.rt), 0);
+    /* Posted after the bind's own posts from this thread: each worker has
+     * wrapped its socket by then. */
+    for (unsigned w = 0; w < 2; w++) {
+        ck_assert_int_eq(iol_runtime_post(shard.rt, w, shard_ask, (void *)(uintptr_t)w), 0);
+        ck_assert_int_eq(sem_wait(&shard.done), 0);
+    }
+    for (unsigned w = 0; w < 2; w++) {
+        ck_assert_ptr_nonnull(shard.own[w]);
+        ck_assert_ptr_null(shard.other[w]);
+        ck_assert_int_ge(shard.fd[w], 0);
+        ck_assert_ptr_null(iol_runtime_udp_socket(shard.rt, shard.id, w)); /* the test thread */
+    }
+    ck_assert_ptr_ne(shard.own[0], shard.own[1]);
+    ck_assert_int_eq(iol_runtime_stop(shard.rt), 0);
+    ck_assert_int_eq(iol_runtime_join(shard.rt), 0);
+    iol_runtime_free(shard.rt);
+    sem_destroy(&shard.done);
+}
+END_TEST
+
 int main(void)
 {
     iol_tls_ctx *probe = NULL;
@@ -1226,6 +1283,7 @@ int main(void)
     tcase_add_loop_test(tc, foreign_call, 0, (int)(sizeof rows / sizeof rows[0]));
     tcase_add_test(tc, foreign_resume_reading);
     tcase_add_test(tc, worker_writes_to_another_workers_stream);
+    tcase_add_test(tc, runtime_udp_socket_of_another_worker);
     suite_add_tcase(s, tc);
     return iol_test_run(s);
 }
