@@ -90,11 +90,14 @@ static struct {
     struct sockaddr_storage u_addr, peer_addr;
     socklen_t u_len, peer_len;
     int expect_waited; /* wait_for_handshake callbacks the loop thread asked for */
+    iol_future *future;  /* any-thread future rows */
+    int expect_future;   /* its callback's iol_future_result, once it must have run; 0: none */
+    int future_status;   /* what the callback saw (loop thread; read after wait_above) */
     /* Written on the loop thread, read by the test thread after a sem_wait
      * on `done` (which orders them) or polled: atomics, relaxed, as each is
      * one counter read whole and ordered by nothing else. */
     _Atomic int handler_calls, handler_bad, timer_fired, prepare_calls, check_calls, signal_calls, ticks;
-    _Atomic int udp_pings, udp_closed, waited;
+    _Atomic int udp_pings, udp_closed, waited, future_calls;
     sem_t done;
 } fx;
 
@@ -506,6 +509,10 @@ static void generic_checks(void)
     }
     if (fx.needs & NEED_PERIODIC)
         wait_above(&fx.ticks, atomic_load(&fx.ticks) + 1);
+    if (fx.expect_future) {
+        wait_above(&fx.future_calls, 0);
+        ck_assert_int_eq(fx.future_status, fx.expect_future);
+    }
     if (fx.needs & NEED_UDP) {
         on_loop(udp_unchanged);
         udp_works();
@@ -539,6 +546,8 @@ static void teardown(void)
      * ours, not one a foreign thread tried to set. */
     ck_assert_int_eq(atomic_load(&fx.udp_closed), fx.u ? 1 : 0);
     ck_assert_int_eq(atomic_load(&fx.waited), fx.expect_waited);
+    ck_assert_int_eq(atomic_load(&fx.future_calls), fx.expect_future ? 1 : 0);
+    iol_future_unref(fx.future);
     if (fx.udp_peer >= 0)
         close(fx.udp_peer);
     if (fx.peer >= 0)
@@ -825,6 +834,43 @@ static void check_no_future(void)
     ck_assert_ptr_eq(foreign_future, no_future);
 }
 
+/* Any thread: a future's callback registered from the foreign thread runs
+ * on the loop thread, once; release (only for a loop closed first) never. */
+static void on_future(iol_future *f, void *arg)
+{
+    (void)arg;
+    ck_assert(pthread_equal(pthread_self(), fx.thread));
+    void *res;
+    fx.future_status = iol_future_result(f, &res);
+    if (fx.future_status == 0)
+        fx.future_status = (int)(intptr_t)res;
+    atomic_fetch_add(&fx.future_calls, 1);
+}
+static void foreign_release(void *arg)
+{
+    foreign_cb(arg);
+}
+static int call_add_future_ex(void)
+{
+    ck_assert_int_eq(iol_future_new(&fx.future), 0);
+    return iol_loop_add_future_ex(fx.loop, fx.future, on_future, NULL, foreign_release);
+}
+static void check_future_resolve(void)
+{
+    ck_assert_int_eq(iol_future_set_result(fx.future, (void *)(intptr_t)7), 0);
+    fx.expect_future = 7;
+}
+static int call_future_cancel(void)
+{
+    ck_assert_int_eq(iol_future_new(&fx.future), 0);
+    ck_assert_int_eq(iol_loop_add_future(fx.loop, fx.future, on_future, NULL), 0);
+    return iol_future_cancel(fx.future);
+}
+static void check_future_cancelled(void)
+{
+    fx.expect_future = -ECANCELED;
+}
+
 /* A pointer that is no zmq socket: the thread check must answer before
  * anything dereferences it. Without libzmq: -ENOTSUP (expected then). */
 static int zmq_dummy;
@@ -1043,6 +1089,8 @@ static const row rows[] = {
     RULE(run_sync, 0, -EBUSY, NULL),
     RULE(set_default_executor, 0, -EPERM, NULL),
     RULE(run_in_executor, 0, -EPERM, check_no_future),
+    RULE(add_future_ex, 0, 0, check_future_resolve),  /* any thread */
+    RULE(future_cancel, 0, 0, check_future_cancelled), /* any thread */
     RULE(add_zmq_handler, 0, ZMQ_EPERM, NULL),
     RULE(update_zmq_handler, 0, ZMQ_EPERM, NULL),
     RULE(remove_zmq_handler, 0, ZMQ_EPERM, NULL),
