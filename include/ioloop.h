@@ -861,7 +861,8 @@ typedef struct iol_listen_config {
 } iol_listen_config;
 
 /* Listens on host:port (or path), before or after start. Returns a
- * listener id >= 0.
+ * listener id >= 0. Any thread (the sockets are opened here, the workers
+ * take them in posted callbacks).
  * -EINVAL: NULL rt/cfg/on_accept, unknown shard, bad host, reuseport_join
  * with HANDOFF or port 0, defer_accept < 0, max_accept_rate < 0 or NaN,
  * connections_low set and not below max_connections; path with REUSEPORT
@@ -873,7 +874,7 @@ typedef struct iol_listen_config {
  * socket that is not in a REUSEPORT group of this user).
  * -ESHUTDOWN: stopped. -ENOMEM, socket errors. */
 int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg);
-/* The bound port of listener id (0 for a path). -EINVAL: NULL.
+/* The bound port of listener id (0 for a path). Any thread. -EINVAL: NULL.
  * -ENOENT: unknown id. */
 int iol_runtime_listener_port(iol_runtime *rt, int id);
 /* counts[i] = on_accept calls made on worker i (for i < n); returns the
