@@ -870,7 +870,8 @@ typedef struct iol_listen_config {
 } iol_listen_config;
 
 /* Listens on host:port (or path), before or after start. Returns a
- * listener id >= 0.
+ * listener id >= 0. Any thread (the sockets are opened here, the workers
+ * take them in posted callbacks).
  * -EINVAL: NULL rt/cfg/on_accept, unknown shard, bad host, reuseport_join
  * with HANDOFF or port 0, defer_accept < 0, max_accept_rate < 0 or NaN,
  * connections_low set and not below max_connections; path with REUSEPORT
@@ -882,7 +883,7 @@ typedef struct iol_listen_config {
  * socket that is not in a REUSEPORT group of this user).
  * -ESHUTDOWN: stopped. -ENOMEM, socket errors. */
 int iol_runtime_listen(iol_runtime *rt, const iol_listen_config *cfg);
-/* The bound port of listener id (0 for a path). -EINVAL: NULL.
+/* The bound port of listener id (0 for a path). Any thread. -EINVAL: NULL.
  * -ENOENT: unknown id. */
 int iol_runtime_listener_port(iol_runtime *rt, int id);
 /* counts[i] = on_accept calls made on worker i (for i < n); returns the
@@ -958,7 +959,8 @@ int iol_runtime_udp_port(iol_runtime *rt, int id);
 int iol_runtime_udp_counts(iol_runtime *rt, int id, uint64_t *counts, unsigned n, uint64_t *dropped);
 /* Worker index's socket of shard id, NULL until that worker wrapped it or
  * after it closed. Call it on that worker (its loop thread) only, as for
- * any use of the socket. NULL for bad arguments. */
+ * any use of the socket: from another thread while that worker runs,
+ * NULL. NULL for bad arguments. */
 struct iol_udp *iol_runtime_udp_socket(iol_runtime *rt, int id, unsigned worker);
 
 /* Statistics of one worker, or of all of them (index IOL_RUNTIME_ALL). */
@@ -1611,8 +1613,10 @@ int iol_stream_tls_cipher(const iol_stream *s, char *buf, size_t size);
  * iol_loop_handler_count while it only receives.
  *
  * Threads: every call is loop-thread only (or any thread while the loop
- * is not running) except iol_udp_offload and iol_udp_address: from
- * another thread while the loop runs, -EPERM and nothing changes.
+ * is not running) except iol_udp_offload, iol_udp_address and
+ * iol_udp_loop: from another thread while the loop runs, -EPERM and
+ * nothing changes (iol_udp_send_queue_size, which cannot say -EPERM,
+ * answers 0).
  * Lifetime: iol_udp_close ends the object (from inside its own callback:
  * once the callback returns). iol_loop_close releases every udp object
  * still on the loop: its fd is closed, its queued datagrams dropped and
@@ -1788,7 +1792,8 @@ int iol_udp_send_batch(iol_udp *u, const iol_udp_msg *msgs, unsigned n);
  * Other errors as iol_udp_send. Unix datagram sockets: -EOPNOTSUPP. */
 int iol_udp_send_gso(iol_udp *u, const void *data, size_t len, size_t segment_size, const struct sockaddr *to,
                      socklen_t tolen);
-/* Datagrams in the send queue (0 for NULL). */
+/* Datagrams in the send queue (0 for NULL). Loop thread: 0 from another
+ * thread while the loop runs (the count is the loop's, read unlocked). */
 size_t iol_udp_send_queue_size(const iol_udp *u);
 
 /* fn(u, arg) runs when iol_loop_close releases u (see Lifetime); NULL
@@ -1801,8 +1806,11 @@ int iol_udp_set_close_callback(iol_udp *u, iol_udp_close_fn fn, void *arg);
  * The close callback does not run. Loop thread. -EINVAL: NULL. -EPERM
  * (nothing closed). */
 int iol_udp_close(iol_udp *u);
-/* The socket's fd (for options), -EBADF once closed, -EINVAL for NULL. */
+/* The socket's fd (for options), -EBADF once closed, -EINVAL for NULL.
+ * Loop thread: -EPERM from another thread while the loop runs. */
 int iol_udp_fd(const iol_udp *u);
+/* u's loop (NULL for NULL). Any thread: fixed at creation, so a thread
+ * holding a socket of another loop can post to that loop. */
 iol_loop *iol_udp_loop(const iol_udp *u);
 /* Fills *out (size = sizeof *out, as iol_loop_get_stats). Loop thread.
  * -EINVAL: NULL u/out, size 0. -EPERM. */

@@ -18,6 +18,8 @@ static int info_check(const iol_stream *s, const char *buf, size_t size)
 {
     if (!s)
         return -EINVAL;
+    /* The owner rule of every stream call (the thread running the loop),
+     * not "the loop is current here": any thread may make it current. */
     int err = iol__stream_check_thread(s);
     if (err)
         return err;

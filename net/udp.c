@@ -598,6 +598,9 @@ int iol_udp_fd(const iol_udp *u)
 {
     if (!u)
         return -EINVAL;
+    int r = iol__loop_owner_check(u->loop);
+    if (r < 0)
+        return r;
     return u->closed ? -EBADF : u->fd;
 }
 
@@ -608,7 +611,7 @@ iol_loop *iol_udp_loop(const iol_udp *u)
 
 size_t iol_udp_send_queue_size(const iol_udp *u)
 {
-    return u ? u->qdgrams : 0;
+    return u && iol__loop_owner_check(u->loop) == 0 ? u->qdgrams : 0; /* the loop's count, read unlocked */
 }
 
 int iol_udp_get_stats(const iol_udp *u, iol_udp_stats *out, size_t size)

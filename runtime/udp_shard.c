@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "loop/log.h"
+#include "loop/owner.h"
 
 typedef struct shard_worker {
     struct iol__udp_shard *shard;
@@ -322,6 +323,10 @@ int iol_runtime_udp_counts(iol_runtime *rt, int id, uint64_t *counts, unsigned n
 iol_udp *iol_runtime_udp_socket(iol_runtime *rt, int id, unsigned worker)
 {
     if (!rt || worker >= rt->n)
+        return NULL;
+    /* The slot is that worker's (read unlocked): from another thread while
+     * its loop runs, NULL, as the thread rule's fixed answer. */
+    if (iol__loop_owner_check(rt->workers[worker].loop) < 0)
         return NULL;
     iol__udp_shard *sh = shard_get(rt, id);
     return sh ? sh->workers[worker].udp : NULL;

@@ -1,6 +1,6 @@
 /* The thread rule (include/ioloop.h, top comment): a call on an object
  * bound to a loop (stream, TLS stream, handler, timeout, periodic, signal
- * handler, hook, zmq handler), made from another thread while the loop
+ * handler, hook, zmq handler, udp socket), made from another thread while the loop
  * runs, returns -EPERM and changes nothing. The calls the header names as
  * any-thread are the exceptions; the stream getters answer with a fixed
  * value from another thread (see each row).
@@ -11,7 +11,8 @@
  * (now a foreign thread) makes the call and compares the answer, then
  * checks on the loop thread that nothing changed and that every object
  * still works (a stream reads and writes, a handler runs, a timeout fires,
- * a hook runs, a signal arrives, a periodic ticks). At the end nothing the
+ * a hook runs, a signal arrives, a periodic ticks, a udp socket answers
+ * a datagram). At the end nothing the
  * foreign thread passed in (callbacks) has ever run.
  *
  * To add a call: write a `call_*` function that makes it from the foreign
@@ -47,6 +48,15 @@ enum {
     NEED_PREFILL = 1u << 8,  /* with NEED_STREAM: bytes waiting in the write buffer */
     NEED_TLS = 1u << 9,      /* fx.s a TLS server stream, fx.c its TLS client on the
                                 same loop, handshake done (ALPN "x") */
+    NEED_UDP = 1u << 10,     /* fx.u: a udp socket on 127.0.0.1 answering "ping" with
+                                "pong" (on_udp); fx.udp_peer: a plain udp socket */
+    NEED_UDP_FULL = 1u << 11, /* fx.u over one end of an AF_UNIX datagram pair whose
+                                 other end (fx.udp_peer) reads nothing: datagrams wait
+                                 in fx.u's send queue */
+    /* Not a need: the foreign thread makes the call with the loop as its
+     * current loop (iol_loop_make_current, which any thread may do): being
+     * current is not running the loop, the rule still says -EPERM. */
+    FOREIGN_CURRENT = 1u << 12,
 };
 
 enum { PREFILL_BYTES = 1 << 20 };
@@ -75,10 +85,19 @@ static struct {
     iol_periodic *pc;
     iol_periodic *made; /* by periodic_new from the foreign thread */
     int file_fd;
+    iol_udp *u;
+    int udp_peer;
+    struct sockaddr_storage u_addr, peer_addr;
+    socklen_t u_len, peer_len;
+    int expect_waited; /* wait_for_handshake callbacks the loop thread asked for */
+    iol_future *future;  /* any-thread future rows */
+    int expect_future;   /* its callback's iol_future_result, once it must have run; 0: none */
+    int future_status;   /* what the callback saw (loop thread; read after wait_above) */
     /* Written on the loop thread, read by the test thread after a sem_wait
      * on `done` (which orders them) or polled: atomics, relaxed, as each is
      * one counter read whole and ordered by nothing else. */
     _Atomic int handler_calls, handler_bad, timer_fired, prepare_calls, check_calls, signal_calls, ticks;
+    _Atomic int udp_pings, udp_closed, waited, future_calls;
     sem_t done;
 } fx;
 
@@ -129,6 +148,16 @@ static void foreign_zmq(void *socket, unsigned ev, void *arg)
     (void)socket, (void)ev, (void)arg;
     atomic_fetch_add(&foreign_calls, 1);
 }
+static void foreign_udp_recv(iol_udp *u, const iol_udp_datagram *d, unsigned n, int st, void *arg)
+{
+    (void)u, (void)d, (void)n, (void)st, (void)arg;
+    atomic_fetch_add(&foreign_calls, 1);
+}
+static void foreign_udp_close(iol_udp *u, void *arg)
+{
+    (void)u, (void)arg;
+    atomic_fetch_add(&foreign_calls, 1);
+}
 static int foreign_work(void *arg, void **result)
 {
     (void)arg, (void)result;
@@ -169,6 +198,30 @@ static void on_tick(void *arg)
 {
     (void)arg;
     atomic_fetch_add(&fx.ticks, 1);
+}
+
+/* Answers each "ping" with a "pong" to its sender. */
+static void on_udp(iol_udp *u, const iol_udp_datagram *d, unsigned n, int status, void *arg)
+{
+    (void)arg;
+    ck_assert_int_eq(status, 0);
+    for (unsigned i = 0; i < n; i++) {
+        ck_assert_uint_eq(d[i].len, 4);
+        ck_assert(memcmp(d[i].data, "ping", 4) == 0);
+        ck_assert_int_eq(iol_udp_send(u, "pong", 4, d[i].peer, d[i].peerlen), 0);
+        atomic_fetch_add(&fx.udp_pings, 1);
+    }
+}
+static void on_udp_close(iol_udp *u, void *arg)
+{
+    (void)u, (void)arg;
+    atomic_fetch_add(&fx.udp_closed, 1);
+}
+static void on_waited(iol_stream *s, int status, void *arg)
+{
+    (void)s, (void)arg;
+    ck_assert_int_eq(status, 0);
+    atomic_fetch_add(&fx.waited, 1);
 }
 
 static void stream_works(void);
@@ -225,7 +278,7 @@ static void setup(unsigned needs)
 {
     memset(&fx, 0, sizeof fx);
     fx.needs = needs;
-    fx.efd = fx.s_fd = fx.peer = fx.file_fd = -1;
+    fx.efd = fx.s_fd = fx.peer = fx.file_fd = fx.udp_peer = -1;
     fx.spare[0] = fx.spare[1] = -1;
     ck_assert_int_eq(sem_init(&fx.done, 0, 0), 0);
     /* The poller comes from $IOL_POLLER (`meson test --setup uring`). */
@@ -282,6 +335,30 @@ static void setup(unsigned needs)
         if (needs & NEED_PERIODIC)
             ck_assert_int_eq(iol_periodic_start(fx.pc), 0);
     }
+    if (needs & NEED_UDP) {
+        ck_assert_int_eq(iol_udp_new(&fx.u, fx.loop, &(iol_udp_config){ .host = "127.0.0.1" }), 0);
+        fx.u_len = sizeof fx.u_addr;
+        ck_assert_int_eq(iol_udp_local_address(fx.u, (struct sockaddr *)&fx.u_addr, &fx.u_len), 0);
+        ck_assert_int_eq(iol_udp_recv_start(fx.u, on_udp, NULL), 0);
+        fx.udp_peer = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        ck_assert_int_ge(fx.udp_peer, 0);
+        fx.peer_len = sizeof fx.peer_addr;
+        ck_assert_int_eq(iol_udp_address("127.0.0.1", 0, &fx.peer_addr, &fx.peer_len), 0);
+        ck_assert_int_eq(bind(fx.udp_peer, (struct sockaddr *)&fx.peer_addr, fx.peer_len), 0);
+        ck_assert_int_eq(getsockname(fx.udp_peer, (struct sockaddr *)&fx.peer_addr, &fx.peer_len), 0);
+    }
+    if (needs & NEED_UDP_FULL) {
+        int sv[2];
+        ck_assert_int_eq(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv), 0);
+        ck_assert_int_eq(iol_udp_open(&fx.u, fx.loop, sv[0], NULL), 0);
+        fx.udp_peer = sv[1];
+        static const char d[1024];
+        for (int i = 0; i < 100000 && iol_udp_send_queue_size(fx.u) == 0; i++)
+            ck_assert_int_eq(iol_udp_send(fx.u, d, sizeof d, NULL, 0), 0);
+        ck_assert_uint_gt(iol_udp_send_queue_size(fx.u), 0);
+    }
+    if (fx.u)
+        ck_assert_int_eq(iol_udp_set_close_callback(fx.u, on_udp_close, NULL), 0);
     fx.handlers_before = iol_loop_handler_count(fx.loop);
     ck_assert_int_eq(pthread_create(&fx.thread, NULL, loop_main, NULL), 0);
     double deadline = iol_test_now() + 10;
@@ -376,6 +453,31 @@ static void stream_works(void)
     free(buf);
 }
 
+static void udp_unchanged(void)
+{
+    ck_assert_int_ge(iol_udp_fd(fx.u), 0);
+    ck_assert_uint_eq(iol_udp_send_queue_size(fx.u), 0);
+    iol_udp_stats st;
+    ck_assert_int_eq(iol_udp_get_stats(fx.u, &st, sizeof st), 0);
+    ck_assert_uint_eq(st.sent, (uint64_t)atomic_load(&fx.udp_pings)); /* pongs only */
+    ck_assert_uint_eq(st.queued, 0);
+}
+
+/* The udp socket still receives and sends: a "ping" from the peer comes
+ * back as a "pong", the first datagram the peer gets (nothing of the
+ * foreign call went out before it). */
+static void udp_works(void)
+{
+    int before = atomic_load(&fx.udp_pings);
+    ck_assert_int_eq(sendto(fx.udp_peer, "ping", 4, 0, (struct sockaddr *)&fx.u_addr, fx.u_len), 4);
+    wait_above(&fx.udp_pings, before);
+    char buf[64];
+    struct pollfd p = { fx.udp_peer, POLLIN, 0 };
+    ck_assert_int_eq(poll(&p, 1, 10000), 1);
+    ck_assert_int_eq(recv(fx.udp_peer, buf, sizeof buf, 0), 4);
+    ck_assert(memcmp(buf, "pong", 4) == 0);
+}
+
 static void check_handler_count(void)
 {
     ck_assert_int_eq(iol_loop_handler_count(fx.loop), fx.handlers_before);
@@ -407,6 +509,15 @@ static void generic_checks(void)
     }
     if (fx.needs & NEED_PERIODIC)
         wait_above(&fx.ticks, atomic_load(&fx.ticks) + 1);
+    if (fx.expect_future) {
+        wait_above(&fx.future_calls, 0);
+        ck_assert_int_eq(fx.future_status, fx.expect_future);
+    }
+    if (fx.needs & NEED_UDP) {
+        on_loop(udp_unchanged);
+        udp_works();
+        on_loop(udp_unchanged);
+    }
 }
 
 static void close_all(void)
@@ -431,6 +542,14 @@ static void teardown(void)
     on_loop(close_all); /* which stops the loop */
     ck_assert_int_eq(pthread_join(fx.thread, NULL), 0);
     ck_assert_int_ge(iol_loop_close(fx.loop, true), 0);
+    /* fx.u was left to the loop's close, which runs its close callback:
+     * ours, not one a foreign thread tried to set. */
+    ck_assert_int_eq(atomic_load(&fx.udp_closed), fx.u ? 1 : 0);
+    ck_assert_int_eq(atomic_load(&fx.waited), fx.expect_waited);
+    ck_assert_int_eq(atomic_load(&fx.future_calls), fx.expect_future ? 1 : 0);
+    iol_future_unref(fx.future);
+    if (fx.udp_peer >= 0)
+        close(fx.udp_peer);
     if (fx.peer >= 0)
         close(fx.peer);
     for (int i = 0; i < 2; i++)
@@ -482,6 +601,60 @@ static int call_write_buffer_size(void) { return (int)iol_stream_write_buffer_si
 static int call_is_tls(void) { return iol_stream_is_tls(fx.s); }
 static int call_tls_resumed(void) { return iol_stream_tls_resumed(fx.s); }
 static int call_stream_loop(void) { return iol_stream_loop(fx.s) == fx.loop; } /* any thread */
+
+/* The later reads and the graceful close: a read armed or a shutdown
+ * begun by the foreign call would make the generic checks fail (the
+ * loop's read_until says -EBUSY, its write -EPIPE). */
+static int call_shutdown(void) { return iol_stream_shutdown(fx.s, foreign_connect, NULL); }
+static int call_read_until_regex(void) { return iol_stream_read_until_regex(fx.s, "\n", 0, foreign_read, NULL); }
+static char into_buf[8];
+static int call_read_into(void) { return iol_stream_read_into(fx.s, into_buf, sizeof into_buf, true, foreign_read, NULL); }
+static int call_read_bytes_streaming(void)
+{
+    return iol_stream_read_bytes_streaming(fx.s, 1, foreign_read, foreign_read, NULL);
+}
+static int call_read_until_close_streaming(void)
+{
+    return iol_stream_read_until_close_streaming(fx.s, foreign_read, foreign_read, NULL);
+}
+static int call_wait_for_handshake(void) { return iol_stream_wait_for_handshake(fx.s, foreign_connect, NULL); }
+/* The foreign call took no waiter's place: one for the loop thread is
+ * accepted (not -EBUSY) and answered (teardown counts it). */
+static void check_wait_free(void)
+{
+    ck_assert_int_eq(iol_stream_wait_for_handshake(fx.s, on_waited, NULL), 0);
+    fx.expect_waited = 1;
+}
+
+/* What the handshake settled, read on the client end (fx.c), which has
+ * the server's certificate: the buffer the foreign thread passes in stays
+ * as it was (nothing is read). */
+static char info_buf[4096];
+static int tls_info_call(int (*fn)(const iol_stream *, char *, size_t))
+{
+    memset(info_buf, 'Z', sizeof info_buf);
+    int r = fn(fx.c, info_buf, sizeof info_buf);
+    for (size_t i = 0; i < sizeof info_buf; i++)
+        ck_assert_msg(info_buf[i] == 'Z', "byte %zu written", i);
+    return r;
+}
+static int call_tls_verify_result(void) { return tls_info_call(iol_stream_tls_verify_result); }
+static int call_tls_peer_subject(void) { return tls_info_call(iol_stream_tls_peer_subject); }
+static int call_tls_peer_sans(void) { return tls_info_call(iol_stream_tls_peer_sans); }
+static int call_tls_peer_cert_pem(void) { return tls_info_call(iol_stream_tls_peer_cert_pem); }
+static int call_tls_cipher(void) { return tls_info_call(iol_stream_tls_cipher); }
+static int call_tls_version(void) { return iol_stream_tls_version(fx.c); }
+/* The loop thread reads them all (insecure_no_verify: no check made). */
+static void check_tls_info(void)
+{
+    ck_assert_int_eq(iol_stream_tls_verify_result(fx.c, info_buf, sizeof info_buf), 0);
+    ck_assert_int_gt(iol_stream_tls_peer_subject(fx.c, info_buf, sizeof info_buf), 0);
+    ck_assert_int_ge(iol_stream_tls_peer_sans(fx.c, info_buf, sizeof info_buf), 0);
+    ck_assert_int_gt(iol_stream_tls_peer_cert_pem(fx.c, info_buf, sizeof info_buf), 0);
+    ck_assert_int_gt(iol_stream_tls_cipher(fx.c, info_buf, sizeof info_buf), 0);
+    int v = iol_stream_tls_version(fx.c);
+    ck_assert(v == IOL_TLS_1_2 || v == IOL_TLS_1_3);
+}
 
 static void check_resume_on_loop(void)
 {
@@ -661,6 +834,43 @@ static void check_no_future(void)
     ck_assert_ptr_eq(foreign_future, no_future);
 }
 
+/* Any thread: a future's callback registered from the foreign thread runs
+ * on the loop thread, once; release (only for a loop closed first) never. */
+static void on_future(iol_future *f, void *arg)
+{
+    (void)arg;
+    ck_assert(pthread_equal(pthread_self(), fx.thread));
+    void *res;
+    fx.future_status = iol_future_result(f, &res);
+    if (fx.future_status == 0)
+        fx.future_status = (int)(intptr_t)res;
+    atomic_fetch_add(&fx.future_calls, 1);
+}
+static void foreign_release(void *arg)
+{
+    foreign_cb(arg);
+}
+static int call_add_future_ex(void)
+{
+    ck_assert_int_eq(iol_future_new(&fx.future), 0);
+    return iol_loop_add_future_ex(fx.loop, fx.future, on_future, NULL, foreign_release);
+}
+static void check_future_resolve(void)
+{
+    ck_assert_int_eq(iol_future_set_result(fx.future, (void *)(intptr_t)7), 0);
+    fx.expect_future = 7;
+}
+static int call_future_cancel(void)
+{
+    ck_assert_int_eq(iol_future_new(&fx.future), 0);
+    ck_assert_int_eq(iol_loop_add_future(fx.loop, fx.future, on_future, NULL), 0);
+    return iol_future_cancel(fx.future);
+}
+static void check_future_cancelled(void)
+{
+    fx.expect_future = -ECANCELED;
+}
+
 /* A pointer that is no zmq socket: the thread check must answer before
  * anything dereferences it. Without libzmq: -ENOTSUP (expected then). */
 static int zmq_dummy;
@@ -691,6 +901,90 @@ static void check_periodic_idle(void)
 static void check_periodic_running(void)
 {
     ck_assert(iol_periodic_is_running(fx.pc));
+}
+
+/* ------------------------------------------------------------ datagrams */
+
+static iol_udp *const no_udp = (iol_udp *)(uintptr_t)0x1;
+static iol_udp *made_udp;
+static int call_udp_new(void)
+{
+    made_udp = no_udp;
+    return iol_udp_new(&made_udp, fx.loop, &(iol_udp_config){ .host = "127.0.0.1" });
+}
+static int call_udp_open(void)
+{
+    made_udp = no_udp;
+    fx.file_fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(fx.file_fd, 0);
+    return iol_udp_open(&made_udp, fx.loop, fx.file_fd, NULL);
+}
+static void check_no_udp_made(void)
+{
+    ck_assert_ptr_eq(made_udp, no_udp);
+}
+/* The fd stays the caller's, untouched (open makes it non-blocking). */
+static void check_udp_fd_untouched(void)
+{
+    check_no_udp_made();
+    int fl = fcntl(fx.file_fd, F_GETFL);
+    ck_assert_int_ge(fl, 0);
+    ck_assert(!(fl & O_NONBLOCK));
+}
+static int call_udp_connect(void)
+{
+    return iol_udp_connect(fx.u, (struct sockaddr *)&fx.peer_addr, fx.peer_len);
+}
+static void check_udp_unconnected(void)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    ck_assert_int_eq(getpeername(iol_udp_fd(fx.u), (struct sockaddr *)&ss, &len), -1);
+    ck_assert_int_eq(errno, ENOTCONN);
+}
+static int call_udp_local_address(void)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0xab, sizeof ss);
+    socklen_t len = sizeof ss;
+    int r = iol_udp_local_address(fx.u, (struct sockaddr *)&ss, &len);
+    ck_assert_uint_eq(len, sizeof ss);
+    for (size_t i = 0; i < sizeof ss; i++)
+        ck_assert(((unsigned char *)&ss)[i] == 0xab);
+    return r;
+}
+static int call_udp_recv_start(void) { return iol_udp_recv_start(fx.u, foreign_udp_recv, NULL); }
+static int call_udp_recv_stop(void) { return iol_udp_recv_stop(fx.u); }
+static int call_udp_send(void)
+{
+    return iol_udp_send(fx.u, "X", 1, (struct sockaddr *)&fx.peer_addr, fx.peer_len);
+}
+static int call_udp_send_batch(void)
+{
+    iol_udp_msg m = { .data = "X", .len = 1, .to = (struct sockaddr *)&fx.peer_addr, .tolen = fx.peer_len };
+    return iol_udp_send_batch(fx.u, &m, 1);
+}
+static int call_udp_send_gso(void)
+{
+    return iol_udp_send_gso(fx.u, "XX", 2, 1, (struct sockaddr *)&fx.peer_addr, fx.peer_len);
+}
+static int call_udp_send_queue_size(void) { return (int)iol_udp_send_queue_size(fx.u); }
+static void check_udp_queue_full(void)
+{
+    ck_assert_uint_gt(iol_udp_send_queue_size(fx.u), 0);
+}
+static int call_udp_set_close_callback(void) { return iol_udp_set_close_callback(fx.u, foreign_udp_close, NULL); }
+static int call_udp_close(void) { return iol_udp_close(fx.u); }
+static int call_udp_fd(void) { return iol_udp_fd(fx.u); }
+static int call_udp_loop(void) { return iol_udp_loop(fx.u) == fx.loop; } /* any thread */
+static int call_udp_get_stats(void)
+{
+    iol_udp_stats st;
+    memset(&st, 0xab, sizeof st);
+    int r = iol_udp_get_stats(fx.u, &st, sizeof st);
+    for (size_t i = 0; i < sizeof st; i++)
+        ck_assert(((unsigned char *)&st)[i] == 0xab);
+    return r;
 }
 
 /* --------------------------------------------------------------- table */
@@ -733,6 +1027,33 @@ static const row rows[] = {
     { "pause_reading on a TLS stream", NEED_TLS, call_pause_reading, -EPERM, NULL },
     { "close on a TLS stream", NEED_TLS, call_close, -EPERM, NULL },
     RULE(stream_loop, S, 1, NULL),
+    /* later stream calls */
+    RULE(shutdown, S, -EPERM, NULL),
+    RULE(read_until_regex, S, -EPERM, NULL),
+    RULE(read_into, S, -EPERM, NULL),
+    RULE(read_bytes_streaming, S, -EPERM, NULL),
+    RULE(read_until_close_streaming, S, -EPERM, NULL),
+    RULE(wait_for_handshake, S, TLS_EPERM, NULL),
+    { "shutdown on a TLS stream", NEED_TLS, call_shutdown, -EPERM, NULL },
+    { "read_until_regex on a TLS stream", NEED_TLS, call_read_until_regex, -EPERM, NULL },
+    { "wait_for_handshake on a TLS stream", NEED_TLS, call_wait_for_handshake, TLS_EPERM, check_wait_free },
+    /* what the handshake settled */
+    RULE(tls_verify_result, NEED_TLS, TLS_EPERM, check_tls_info),
+    RULE(tls_peer_subject, NEED_TLS, TLS_EPERM, check_tls_info),
+    RULE(tls_peer_sans, NEED_TLS, TLS_EPERM, check_tls_info),
+    RULE(tls_peer_cert_pem, NEED_TLS, TLS_EPERM, check_tls_info),
+    RULE(tls_version, NEED_TLS, TLS_EPERM, check_tls_info),
+    RULE(tls_cipher, NEED_TLS, TLS_EPERM, check_tls_info),
+    /* the same with the loop current on the foreign thread */
+    { "tls_verify_result, loop current", NEED_TLS | FOREIGN_CURRENT, call_tls_verify_result, TLS_EPERM, check_tls_info },
+    { "tls_peer_subject, loop current", NEED_TLS | FOREIGN_CURRENT, call_tls_peer_subject, TLS_EPERM, check_tls_info },
+    { "tls_peer_sans, loop current", NEED_TLS | FOREIGN_CURRENT, call_tls_peer_sans, TLS_EPERM, check_tls_info },
+    { "tls_peer_cert_pem, loop current", NEED_TLS | FOREIGN_CURRENT, call_tls_peer_cert_pem, TLS_EPERM, check_tls_info },
+    { "tls_version, loop current", NEED_TLS | FOREIGN_CURRENT, call_tls_version, TLS_EPERM, check_tls_info },
+    { "tls_cipher, loop current", NEED_TLS | FOREIGN_CURRENT, call_tls_cipher, TLS_EPERM, check_tls_info },
+    { "tls_alpn, loop current", NEED_TLS | FOREIGN_CURRENT, call_tls_alpn, TLS_EPERM, check_alpn },
+    { "write, loop current", S | FOREIGN_CURRENT, call_write, -EPERM, NULL },
+    { "shutdown, loop current", S | FOREIGN_CURRENT, call_shutdown, -EPERM, NULL },
     /* stream constructors */
     RULE(stream_new, NEED_SPARE, -EPERM, check_fd_free),
     RULE(tls_stream_new, NEED_SPARE, TLS_EPERM, check_fd_free),
@@ -768,6 +1089,8 @@ static const row rows[] = {
     RULE(run_sync, 0, -EBUSY, NULL),
     RULE(set_default_executor, 0, -EPERM, NULL),
     RULE(run_in_executor, 0, -EPERM, check_no_future),
+    RULE(add_future_ex, 0, 0, check_future_resolve),  /* any thread */
+    RULE(future_cancel, 0, 0, check_future_cancelled), /* any thread */
     RULE(add_zmq_handler, 0, ZMQ_EPERM, NULL),
     RULE(update_zmq_handler, 0, ZMQ_EPERM, NULL),
     RULE(remove_zmq_handler, 0, ZMQ_EPERM, NULL),
@@ -778,6 +1101,23 @@ static const row rows[] = {
     RULE(periodic_is_running, NEED_PERIODIC, 0, check_periodic_running),
     RULE(periodic_free, NEED_PERIODIC, 0, check_periodic_running),
     RULE(periodic_new, 0, 0, NULL),
+    /* datagrams */
+    RULE(udp_new, 0, -EPERM, check_no_udp_made),
+    RULE(udp_open, 0, -EPERM, check_udp_fd_untouched),
+    RULE(udp_connect, NEED_UDP, -EPERM, check_udp_unconnected),
+    RULE(udp_local_address, NEED_UDP, -EPERM, NULL),
+    RULE(udp_recv_start, NEED_UDP, -EPERM, NULL),
+    RULE(udp_recv_stop, NEED_UDP, -EPERM, NULL),
+    RULE(udp_send, NEED_UDP, -EPERM, NULL),
+    RULE(udp_send_batch, NEED_UDP, -EPERM, NULL),
+    RULE(udp_send_gso, NEED_UDP, -EPERM, NULL),
+    RULE(udp_send_queue_size, NEED_UDP_FULL, 0, check_udp_queue_full),
+    RULE(udp_set_close_callback, NEED_UDP, -EPERM, NULL),
+    RULE(udp_close, NEED_UDP, -EPERM, NULL),
+    RULE(udp_fd, NEED_UDP, -EPERM, NULL),
+    RULE(udp_get_stats, NEED_UDP, -EPERM, NULL),
+    RULE(udp_loop, NEED_UDP, 1, NULL),
+    { "udp_send, loop current", NEED_UDP | FOREIGN_CURRENT, call_udp_send, -EPERM, NULL },
 };
 
 /* resume_reading needs the stream paused first (by the loop thread). */
@@ -799,7 +1139,11 @@ static void run_row(const row *r, void (*before)(void))
         expect = have_tls ? -EPERM : -ENOTSUP;
     if (expect == ZMQ_EPERM)
         expect = have_zmq ? -EPERM : -ENOTSUP;
+    if (r->needs & FOREIGN_CURRENT)
+        ck_assert_int_eq(iol_loop_make_current(fx.loop), 0);
     int got = r->call();
+    if (r->needs & FOREIGN_CURRENT)
+        iol_loop_clear_current();
     ck_assert_msg(got == expect, "%s from a foreign thread: %d, want %d", r->name, got, expect);
     if (r->check)
         on_loop(r->check);
@@ -913,6 +1257,63 @@ START_TEST(worker_writes_to_another_workers_stream)
 }
 END_TEST
 
+/* ----------------------------------- a sharded udp socket of a worker */
+
+/* iol_runtime_udp_socket hands out worker w's socket on worker w only:
+ * from the test thread and from another worker, NULL (the slot is that
+ * worker's, read unlocked); worker w gets it and it works. */
+static struct {
+    iol_runtime *rt;
+    int id;
+    iol_udp *own[2], *other[2];
+    int fd[2];
+    sem_t done;
+} shard;
+
+static void shard_recv(iol_udp *u, const iol_udp_datagram *d, unsigned n, int status, void *arg)
+{
+    (void)u, (void)d, (void)n, (void)status, (void)arg;
+}
+
+static void shard_ask(void *arg)
+{
+    unsigned w = (unsigned)(uintptr_t)arg;
+    ck_assert_int_eq(iol_runtime_worker_index(), (int)w);
+    shard.own[w] = iol_runtime_udp_socket(shard.rt, shard.id, w);
+    shard.other[w] = iol_runtime_udp_socket(shard.rt, shard.id, 1 - w);
+    shard.fd[w] = shard.own[w] ? iol_udp_fd(shard.own[w]) : -1;
+    sem_post(&shard.done);
+}
+
+START_TEST(runtime_udp_socket_of_another_worker)
+{
+    memset(&shard, 0, sizeof shard);
+    ck_assert_int_eq(sem_init(&shard.done, 0, 0), 0);
+    ck_assert_int_eq(iol_runtime_new(&shard.rt, &(iol_runtime_config){ .workers = 2 }), 0);
+    iol_udp_config ucfg = { .host = "127.0.0.1" };
+    shard.id = iol_runtime_udp_bind(shard.rt, &(iol_udp_shard_config){ .udp = &ucfg, .on_recv = shard_recv });
+    ck_assert_int_ge(shard.id, 0);
+    ck_assert_int_eq(iol_runtime_start(shard.rt), 0);
+    /* Posted after the bind's own posts from this thread: each worker has
+     * wrapped its socket by then. */
+    for (unsigned w = 0; w < 2; w++) {
+        ck_assert_int_eq(iol_runtime_post(shard.rt, w, shard_ask, (void *)(uintptr_t)w), 0);
+        ck_assert_int_eq(sem_wait(&shard.done), 0);
+    }
+    for (unsigned w = 0; w < 2; w++) {
+        ck_assert_ptr_nonnull(shard.own[w]);
+        ck_assert_ptr_null(shard.other[w]);
+        ck_assert_int_ge(shard.fd[w], 0);
+        ck_assert_ptr_null(iol_runtime_udp_socket(shard.rt, shard.id, w)); /* the test thread */
+    }
+    ck_assert_ptr_ne(shard.own[0], shard.own[1]);
+    ck_assert_int_eq(iol_runtime_stop(shard.rt), 0);
+    ck_assert_int_eq(iol_runtime_join(shard.rt), 0);
+    iol_runtime_free(shard.rt);
+    sem_destroy(&shard.done);
+}
+END_TEST
+
 int main(void)
 {
     iol_tls_ctx *probe = NULL;
@@ -930,6 +1331,7 @@ int main(void)
     tcase_add_loop_test(tc, foreign_call, 0, (int)(sizeof rows / sizeof rows[0]));
     tcase_add_test(tc, foreign_resume_reading);
     tcase_add_test(tc, worker_writes_to_another_workers_stream);
+    tcase_add_test(tc, runtime_udp_socket_of_another_worker);
     suite_add_tcase(s, tc);
     return iol_test_run(s);
 }
