@@ -8,7 +8,8 @@
 # cross-thread handoff figure; then the same http-hello beside the raw
 # epoll floor (bench/floor_http.c), nginx and h2o (iol-bench compare http:
 # keep-alive, churn and idle memory, 1 worker each; req/s and requests
-# per server CPU-ms). Writes demo.svg. Leaves no process behind.
+# per server CPU-ms); UDP echo beside libuv and the raw floor; the Python
+# asyncio loop beside uvloop. Writes demo.svg. Leaves no process behind.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -159,6 +160,21 @@ if "ioloop" in rows and "floor" in rows:
     print(f"ioloop keep-alive requests per server CPU-ms over the floor's: {rows['ioloop'].get('ka_cpu', nan) / f:.2f}x"
           if f == f and f > 0 else "ioloop over the floor: not measured")
 EOF
+
+# Datagrams: udp echo per server CPU-ms beside libuv's uv_udp and the raw
+# recvmmsg/sendmmsg floor, and GSO bulk send against sendmmsg.
+echo >&2
+echo "  udp: echo of 64-byte datagrams (ioloop, libuv uv_udp, raw floor) and GSO bulk send ..." >&2
+"$bench" udp --duration 1 --repeat 1 --gso 2>"$tmp/udp.err" || { echo "udp bench failed:" >&2; cat "$tmp/udp.err" >&2; }
+
+# Python: the asyncio loop (python/) beside uvloop and asyncio's default
+# loop, when the package was built (python3-dev) and uvloop is there.
+if [ -f "$build/python/ioloop/__init__.py" ] && /usr/bin/python3 -c 'import uvloop' 2>/dev/null; then
+  echo >&2
+  echo "  python: echo on a Protocol (1 KiB) and call_soon_threadsafe, ioloop / uvloop / asyncio ..." >&2
+  PYTHONPATH=$build/python /usr/bin/python3 bench/python/bench.py --rounds 1 --duration 1 --count 100000 \
+    --client "$build/bench/python/echo-client" --only echo-1k --only threadsafe-1 || echo "python bench failed" >&2
+fi
 
 # demo.svg: both shard modes side by side (throughput and latency), and
 # ioloop beside nginx and h2o.
