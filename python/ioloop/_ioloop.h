@@ -29,6 +29,7 @@ typedef struct HandleObject {
     PyObject *source_traceback;  /* owned, debug mode only, else NULL */
     PyObject *weakreflist;
     char cancelled;
+    char ctx_untracked;          /* context is our private copy, untracked by the GC while queued (handle.c) */
     /* TimerHandle only */
     char scheduled;              /* registered with the library (holds one ref, see loop.c) */
     double when;
@@ -42,9 +43,18 @@ extern PyTypeObject TimerHandle_Type;
 /* asyncio.format_helpers, imported once by the module. */
 extern PyObject *ioloop_format_helpers;
 
-/* New Handle (or TimerHandle when timer) for callback(*args) in context
- * (NULL: a copy of the current one). Returns a new reference. */
-HandleObject *handle_new(CoreObject *loop, PyObject *callback, PyObject *args, PyObject *context, int timer);
+/* New Handle (or TimerHandle with HANDLE_TIMER) for callback(*args) in
+ * context (NULL: a copy of the current one). Returns a new reference.
+ * HANDLE_QUEUED: a Handle going onto the ready queue or the post queue,
+ * created untracked by the GC (its context copy too): the queue's
+ * reference keeps it reachable, and the thousands a busy loop queues
+ * then cost the collector nothing. Whoever drops a queue's reference
+ * calls handle_release(), which hands the handle to the GC if someone
+ * else still holds it. */
+enum { HANDLE_TIMER = 1, HANDLE_QUEUED = 2 };
+HandleObject *handle_new(CoreObject *loop, PyObject *callback, PyObject *args, PyObject *context, int flags);
+/* Drops a queue's reference (steals it); see HANDLE_QUEUED. */
+void handle_release(HandleObject *h);
 /* Runs the handle. 0, or -1 with SystemExit/KeyboardInterrupt set (other
  * exceptions go to loop.call_exception_handler, as asyncio.Handle._run). */
 int handle_run(HandleObject *h);

@@ -6,7 +6,7 @@
 
 #include "_ioloop.h"
 
-enum { PENDING_HANDLE, PENDING_FD, PENDING_SIGNAL };
+enum { PENDING_POST, PENDING_TIMER, PENDING_FD, PENDING_SIGNAL }; /* POST, TIMER: a HandleObject */
 
 typedef struct {
     int kind;
@@ -32,6 +32,7 @@ struct CoreObject {
     pending_entry *pending;
     size_t pending_len, pending_cap;
     size_t pending_lost; /* entries dropped for want of memory */
+    int pending_mixed;   /* pending holds more than posts (drain_pending's fast path) */
     fd_record **fds;
     int nfds;
     PyObject *signals;      /* dict: signal number -> Handle */

@@ -7,17 +7,25 @@
 
 PyObject *ioloop_format_helpers;
 
-HandleObject *handle_new(CoreObject *loop, PyObject *callback, PyObject *args, PyObject *context, int timer)
+HandleObject *handle_new(CoreObject *loop, PyObject *callback, PyObject *args, PyObject *context, int flags)
 {
-    HandleObject *h = PyObject_GC_New(HandleObject, timer ? &TimerHandle_Type : &Handle_Type);
+    HandleObject *h = PyObject_GC_New(HandleObject, (flags & HANDLE_TIMER) ? &TimerHandle_Type : &Handle_Type);
     if (!h)
         return NULL;
     h->callback = Py_NewRef(callback);
     h->args = Py_NewRef(args);
-    if (context && context != Py_None)
+    h->ctx_untracked = 0;
+    if (context && context != Py_None) {
         h->context = Py_NewRef(context);
-    else
+    } else {
         h->context = PyContext_CopyCurrent();
+        /* Our private copy: nobody else can reach it until get_context()
+         * or the run, which track it again (handle_track_context). */
+        if (h->context && (flags & HANDLE_QUEUED)) {
+            PyObject_GC_UnTrack(h->context);
+            h->ctx_untracked = 1;
+        }
+    }
     h->loop = (CoreObject *)Py_NewRef((PyObject *)loop);
     h->source_traceback = NULL;
     h->weakreflist = NULL;
@@ -27,7 +35,6 @@ HandleObject *handle_new(CoreObject *loop, PyObject *callback, PyObject *args, P
     h->tid = 0;
     h->tprev = h->tnext = NULL;
     if (!h->context) {
-        PyObject_GC_Track(h);
         Py_DECREF(h);
         return NULL;
     }
@@ -36,8 +43,32 @@ HandleObject *handle_new(CoreObject *loop, PyObject *callback, PyObject *args, P
         if (!h->source_traceback)
             PyErr_Clear();
     }
-    PyObject_GC_Track(h);
+    if (!(flags & HANDLE_QUEUED))
+        PyObject_GC_Track(h);
     return h;
+}
+
+/* The context copy goes back to the GC before anyone else can reach it
+ * (get_context, the callback running in it) and before it is released
+ * (a Context's dealloc expects to be tracked). */
+static void handle_track_context(HandleObject *h)
+{
+    if (h->ctx_untracked) {
+        h->ctx_untracked = 0;
+        if (h->context)
+            PyObject_GC_Track(h->context);
+    }
+}
+
+void handle_release(HandleObject *h)
+{
+    /* Someone else holds it (the Handle call_soon returned, kept): from
+     * now on it may be part of a cycle the GC must see. */
+    if (Py_REFCNT(h) > 1 && !PyObject_GC_IsTracked((PyObject *)h)) {
+        handle_track_context(h);
+        PyObject_GC_Track(h);
+    }
+    Py_DECREF(h);
 }
 
 static int handle_traverse(HandleObject *h, visitproc visit, void *arg)
@@ -52,6 +83,7 @@ static int handle_traverse(HandleObject *h, visitproc visit, void *arg)
 
 static int handle_clear(HandleObject *h)
 {
+    handle_track_context(h);
     Py_CLEAR(h->callback);
     Py_CLEAR(h->args);
     Py_CLEAR(h->context);
@@ -98,6 +130,7 @@ int handle_run(HandleObject *h)
     if (h->cancelled || !h->callback)
         return 0;
     /* The handle is kept alive by the caller (the ready queue's reference). */
+    handle_track_context(h);
     PyObject *callback = Py_NewRef(h->callback);
     PyObject *args = Py_NewRef(h->args);
     PyObject *ctx = Py_NewRef(h->context);
@@ -142,6 +175,7 @@ static PyObject *handle_cancelled(HandleObject *h, PyObject *Py_UNUSED(ignored))
 
 static PyObject *handle_get_context(HandleObject *h, PyObject *Py_UNUSED(ignored))
 {
+    handle_track_context(h);
     return Py_NewRef(h->context ? h->context : Py_None);
 }
 
