@@ -14,26 +14,25 @@ HandleObject *handle_new(CoreObject *loop, PyObject *callback, PyObject *args, P
         return NULL;
     h->callback = Py_NewRef(callback);
     h->args = Py_NewRef(args);
-    h->ctx_untracked = 0;
+    h->ctx_shared = 0;
     if (context && context != Py_None) {
         h->context = Py_NewRef(context);
+    } else if (flags & HANDLE_QUEUED) {
+        h->context = core_context_snapshot(loop);
+        h->ctx_shared = 1;
     } else {
         h->context = PyContext_CopyCurrent();
-        /* Our private copy: nobody else can reach it until get_context()
-         * or the run, which track it again (handle_track_context). */
-        if (h->context && (flags & HANDLE_QUEUED)) {
-            PyObject_GC_UnTrack(h->context);
-            h->ctx_untracked = 1;
-        }
     }
     h->loop = (CoreObject *)Py_NewRef((PyObject *)loop);
     h->source_traceback = NULL;
     h->weakreflist = NULL;
     h->cancelled = 0;
     h->scheduled = 0;
-    h->when = 0;
-    h->tid = 0;
-    h->tprev = h->tnext = NULL;
+    if (flags & HANDLE_TIMER) { /* a plain Handle ends before `when` (Handle_Type's basicsize) */
+        h->when = 0;
+        h->tid = 0;
+        h->tprev = h->tnext = NULL;
+    }
     if (!h->context) {
         Py_DECREF(h);
         return NULL;
@@ -48,26 +47,29 @@ HandleObject *handle_new(CoreObject *loop, PyObject *callback, PyObject *args, P
     return h;
 }
 
-/* The context copy goes back to the GC before anyone else can reach it
- * (get_context, the callback running in it) and before it is released
- * (a Context's dealloc expects to be tracked). */
-static void handle_track_context(HandleObject *h)
+/* A handle's own copy of its shared snapshot, made when first needed:
+ * before the callback runs in it or get_context() hands it out (asyncio:
+ * one copy per handle, taken when it was scheduled). 0 or -1. */
+static int handle_own_context(HandleObject *h)
 {
-    if (h->ctx_untracked) {
-        h->ctx_untracked = 0;
-        if (h->context)
-            PyObject_GC_Track(h->context);
-    }
+    if (!h->ctx_shared || !h->context)
+        return 0;
+    PyObject *own = PyContext_Copy(h->context);
+    if (!own)
+        return -1;
+    PyObject *snapshot = h->context;
+    h->context = own;
+    h->ctx_shared = 0;
+    Py_DECREF(snapshot);
+    return 0;
 }
 
 void handle_release(HandleObject *h)
 {
     /* Someone else holds it (the Handle call_soon returned, kept): from
      * now on it may be part of a cycle the GC must see. */
-    if (Py_REFCNT(h) > 1 && !PyObject_GC_IsTracked((PyObject *)h)) {
-        handle_track_context(h);
+    if (Py_REFCNT(h) > 1 && !PyObject_GC_IsTracked((PyObject *)h))
         PyObject_GC_Track(h);
-    }
     Py_DECREF(h);
 }
 
@@ -83,7 +85,6 @@ static int handle_traverse(HandleObject *h, visitproc visit, void *arg)
 
 static int handle_clear(HandleObject *h)
 {
-    handle_track_context(h);
     Py_CLEAR(h->callback);
     Py_CLEAR(h->args);
     Py_CLEAR(h->context);
@@ -125,12 +126,15 @@ static void report_exception(HandleObject *h, PyObject *exc)
         PyErr_WriteUnraisable((PyObject *)h);
 }
 
+static int run_failed(HandleObject *h);
+
 int handle_run(HandleObject *h)
 {
     if (h->cancelled || !h->callback)
         return 0;
     /* The handle is kept alive by the caller (the ready queue's reference). */
-    handle_track_context(h);
+    if (handle_own_context(h) < 0)
+        return run_failed(h);
     PyObject *callback = Py_NewRef(h->callback);
     PyObject *args = Py_NewRef(h->args);
     PyObject *ctx = Py_NewRef(h->context);
@@ -148,6 +152,11 @@ int handle_run(HandleObject *h)
         Py_DECREF(res);
         return 0;
     }
+    return run_failed(h);
+}
+
+static int run_failed(HandleObject *h)
+{
     if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
         return -1;
     PyObject *exc = PyErr_GetRaisedException_compat();
@@ -175,7 +184,8 @@ static PyObject *handle_cancelled(HandleObject *h, PyObject *Py_UNUSED(ignored))
 
 static PyObject *handle_get_context(HandleObject *h, PyObject *Py_UNUSED(ignored))
 {
-    handle_track_context(h);
+    if (handle_own_context(h) < 0)
+        return NULL;
     return Py_NewRef(h->context ? h->context : Py_None);
 }
 
@@ -314,7 +324,7 @@ static Py_hash_t timer_hash(PyObject *o)
 PyTypeObject Handle_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "ioloop.Handle",
-    .tp_basicsize = sizeof(HandleObject),
+    .tp_basicsize = offsetof(HandleObject, when), /* without the timer part: 96 bytes a handle, not 128 */
     .tp_dealloc = (destructor)handle_dealloc,
     .tp_repr = (reprfunc)handle_repr,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,

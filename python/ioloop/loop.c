@@ -27,9 +27,10 @@
  *    owns the Handles.
  *  - the ready queue owns one reference per entry.
  *  - GC: a Handle made for the ready or post queue (call_soon,
- *    call_soon_threadsafe, transports' core_soon) and its context copy
- *    are untracked while queued; the queue's reference is released with
- *    handle_release(), which tracks them if anyone else still holds the
+ *    call_soon_threadsafe, transports' core_soon) is untracked while
+ *    queued (it holds a shared context snapshot then, not a copy of its
+ *    own: core_context_snapshot); the queue's reference is released with
+ *    handle_release(), which tracks it if anyone else still holds the
  *    handle (handle.c). So a flood of queued handles costs the collector
  *    nothing. The price: an unclosed loop dropped with kept handles
  *    still queued is not collected (close it, as asyncio asks).
@@ -224,6 +225,58 @@ static void drain_pending(CoreObject *c)
         PyErr_WriteUnraisable((PyObject *)c);
 }
 
+/* ------------------------------------------------------------ contexts */
+
+/* The layout of a Context (CPython's internal pycore_context.h, the same
+ * from 3.7 to 3.13): only ctx_vars is read, to compare two contexts'
+ * variable mappings (immutable; a ContextVar set replaces the pointer). */
+#if PY_VERSION_HEX >= 0x03070000 && PY_VERSION_HEX < 0x030E0000
+#define HAVE_CONTEXT_LAYOUT 1
+typedef struct {
+    PyObject_HEAD
+    PyObject *ctx_prev;
+    PyObject *ctx_vars;
+    PyObject *ctx_weakreflist;
+    int ctx_entered;
+} context_layout;
+#define CONTEXT_VARS(ctx) (((context_layout *)(ctx))->ctx_vars)
+#endif
+
+PyObject *core_context_snapshot(CoreObject *c)
+{
+#ifdef HAVE_CONTEXT_LAYOUT
+    PyThreadState *ts = PyThreadState_Get();
+    struct ctx_cache *e = &c->ctx_cache[ts->id & 3];
+    /* snap's reference keeps its mapping alive: the pointer cannot be reused */
+    if (e->snap && e->ts_id == ts->id && ts->context && CONTEXT_VARS(ts->context) == CONTEXT_VARS(e->snap))
+        return Py_NewRef(e->snap);
+    PyObject *snap = PyContext_CopyCurrent(); /* creates the thread's context if it had none */
+    if (!snap)
+        return NULL;
+    PyObject *old = e->snap;
+    e->ts_id = ts->id;
+    e->snap = Py_NewRef(snap);
+    c->ctx_cache_used = 1;
+    Py_XDECREF(old); /* last: may run arbitrary code */
+    return snap;
+#else
+    (void)c;
+    return PyContext_CopyCurrent();
+#endif
+}
+
+static void context_cache_clear(CoreObject *c)
+{
+    if (!c->ctx_cache_used)
+        return;
+    c->ctx_cache_used = 0;
+    for (int i = 0; i < 4; i++) {
+        PyObject *snap = c->ctx_cache[i].snap;
+        c->ctx_cache[i].snap = NULL;
+        Py_XDECREF(snap);
+    }
+}
+
 /* ------------------------------------------------------------ lifecycle */
 
 static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -295,6 +348,7 @@ static void core_shutdown(CoreObject *c)
         handle_release(h);
     }
     PyDict_Clear(c->signals);
+    context_cache_clear(c);
     if (PyErr_Occurred())
         PyErr_WriteUnraisable((PyObject *)c);
     Py_XDECREF(garbage);
@@ -311,6 +365,8 @@ static int core_traverse(CoreObject *c, visitproc visit, void *arg)
         return r;
     for (HandleObject *h = c->timers; h; h = h->tnext)
         Py_VISIT((PyObject *)h);
+    for (int i = 0; i < 4; i++)
+        Py_VISIT(c->ctx_cache[i].snap);
     return 0;
 }
 
@@ -318,6 +374,7 @@ static int core_clear(CoreObject *c)
 {
     if (!c->running)
         core_shutdown(c);
+    context_cache_clear(c);
     Py_CLEAR(c->dict);
     return 0;
 }
@@ -329,6 +386,7 @@ static void core_dealloc(CoreObject *c)
     if (c->weakreflist)
         PyObject_ClearWeakRefs((PyObject *)c);
     core_shutdown(c);
+    context_cache_clear(c);
     Py_CLEAR(c->signals);
     Py_CLEAR(c->dict);
     PyMem_Free(c->ready);
@@ -627,7 +685,9 @@ static PyObject *core_run_forever_native(CoreObject *c, PyObject *Py_UNUSED(igno
          * (KeyboardInterrupt ends the run, as in asyncio). */
         if (PyErr_CheckSignals() < 0)
             break;
-        if (run_ready(c) < 0)
+        int rr = run_ready(c);
+        context_cache_clear(c);
+        if (rr < 0)
             break;
         if (c->stopping) {
             ret = Py_NewRef(Py_None);

@@ -134,3 +134,39 @@ def test_threadsafe_from_threads_then_get_context(loop):
     loop.run_forever()
     assert all(gc.is_tracked(h) and h.get_context() is not None for h in handles)
     gc.collect()
+
+
+def test_context_snapshot_follows_every_change(loop):
+    # Handles scheduled from the same unchanged context share a snapshot;
+    # any change in between (set, reset, another context entered, another
+    # thread) must show in the handles scheduled after it.
+    seen = []
+
+    def record(tag):
+        seen.append((tag, var.get()))
+        var.set(f'changed by {tag}')   # in the handle's own copy only
+
+    var.set('v1')
+    loop.call_soon(record, 1)
+    loop.call_soon_threadsafe(record, 2)
+    tok = var.set('v2')
+    loop.call_soon(record, 3)
+    var.reset(tok)
+    loop.call_soon(record, 4)
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, 'in ctx')
+    ctx.run(loop.call_soon, record, 5)
+    loop.call_soon(record, 6)
+
+    def other_thread():
+        var.set('thread')
+        loop.call_soon_threadsafe(record, 7)
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join()
+    loop.call_soon(record, 8)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert sorted(seen) == [(1, 'v1'), (2, 'v1'), (3, 'v2'), (4, 'v1'), (5, 'in ctx'),
+                            (6, 'v1'), (7, 'thread'), (8, 'v1')]
+    assert var.get() == 'v1'
