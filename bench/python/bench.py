@@ -145,6 +145,8 @@ def tornado_round(impl, conns, duration):
     finally:
         server.kill()
         server.wait()
+    if 'Non-2xx' in out:  # a server answering errors is not measured
+        raise RuntimeError(f'tornado-hello on {impl}: wrk saw error responses:\n{out}')
     requests, seconds = parse_wrk(out)
     return {'requests_per_sec': requests / seconds,
             'requests_per_cpu_ms': requests / max(cpu * 1000, 1e-9)}
