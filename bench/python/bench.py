@@ -12,6 +12,10 @@ Rows:
                                 (build/bench/python/echo-client): round trips/s
                                 and round trips per server CPU ms
   streams-1k                    the same server on asyncio streams
+  tornado-hello                 Tornado's "Hello, world" (tornado.web) in its
+                                own process, keep-alive load from wrk
+                                (-t1 -c10): requests/s and requests per
+                                server CPU ms
   threadsafe-1, threadsafe-4    call_soon_threadsafe from 1 and 4 threads:
                                 callbacks/s until the last one ran
   churn                         call_soon + call_later + cancel: ops/s
@@ -21,6 +25,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -62,11 +67,34 @@ def serve(impl, kind):
     """Child process: serve echo on 127.0.0.1, print the port, run until killed."""
     loop = new_loop(impl)
     asyncio.set_event_loop(loop)
+    if kind == 'tornado':
+        return serve_tornado(loop)
     if kind == 'protocol':
         srv = loop.run_until_complete(loop.create_server(Echo, '127.0.0.1', 0, backlog=1024))
     else:
         srv = loop.run_until_complete(asyncio.start_server(stream_echo, '127.0.0.1', 0, backlog=1024))
     print(srv.sockets[0].getsockname()[1], flush=True)
+    loop.run_forever()
+
+
+def serve_tornado(loop):
+    """Tornado's "Hello, world" (tornado.web) on `loop` (set as current)."""
+    import tornado.httpserver
+    import tornado.netutil
+    import tornado.web
+
+    class MainHandler(tornado.web.RequestHandler):
+        def get(self):
+            self.write('Hello, world')
+
+    async def start():
+        app = tornado.web.Application([(r'/', MainHandler)])
+        server = tornado.httpserver.HTTPServer(app)
+        socks = tornado.netutil.bind_sockets(0, '127.0.0.1', backlog=1024)
+        server.add_sockets(socks)
+        return socks[0].getsockname()[1]
+    port = loop.run_until_complete(start())
+    print(port, flush=True)
     loop.run_forever()
 
 
@@ -91,6 +119,37 @@ def echo_round(impl, kind, size, conns, duration, client):
     roundtrips, seconds = int(out[1]), float(out[3])
     return {'requests_per_sec': roundtrips / seconds,
             'requests_per_cpu_ms': roundtrips / max(cpu * 1000, 1e-9)}
+
+
+def parse_wrk(text):
+    """(requests, seconds) from wrk's summary ("N requests in 2.00s, ...")."""
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 4 and words[1] == 'requests' and words[2] == 'in':
+            t = words[3].rstrip(',')
+            scale = {'ms': 1e-3, 'us': 1e-6, 'm': 60.0}.get(t.lstrip('0123456789.'), 1.0)
+            return int(words[0]), float(t.rstrip('smu')) * scale
+    raise RuntimeError('wrk: no summary in its output:\n' + text)
+
+
+def tornado_round(impl, conns, duration):
+    server = subprocess.Popen([sys.executable, __file__, '--serve', impl, '--kind', 'tornado'],
+                              stdout=subprocess.PIPE, env=os.environ)
+    try:
+        port = int(server.stdout.readline())
+        cpu0 = cpu_seconds(server.pid)
+        out = subprocess.run(['wrk', '-t1', f'-c{conns}', f'-d{max(1, round(duration))}s',
+                              f'http://127.0.0.1:{port}/'],
+                             check=True, capture_output=True, text=True).stdout
+        cpu = cpu_seconds(server.pid) - cpu0
+    finally:
+        server.kill()
+        server.wait()
+    if 'Non-2xx' in out:  # a server answering errors is not measured
+        raise RuntimeError(f'tornado-hello on {impl}: wrk saw error responses:\n{out}')
+    requests, seconds = parse_wrk(out)
+    return {'requests_per_sec': requests / seconds,
+            'requests_per_cpu_ms': requests / max(cpu * 1000, 1e-9)}
 
 
 # ------------------------------------------------------------ in-process rows
@@ -179,12 +238,15 @@ def main():
         ('echo-10k', 'requests_per_sec', lambda i: echo_round(i, 'protocol', 10240, args.connections, args.duration, client)),
         ('echo-100k', 'requests_per_sec', lambda i: echo_round(i, 'protocol', 102400, args.connections, args.duration, client)),
         ('streams-1k', 'requests_per_sec', lambda i: echo_round(i, 'streams', 1024, args.connections, args.duration, client)),
+        ('tornado-hello', 'requests_per_sec', lambda i: tornado_round(i, args.connections, args.duration)),
         ('threadsafe-1', 'callbacks_per_sec', lambda i: threadsafe_round(i, 1, args.count)),
         ('threadsafe-4', 'callbacks_per_sec', lambda i: threadsafe_round(i, 4, args.count // 4)),
         ('churn', 'ops_per_sec', lambda i: churn_round(i, args.count)),
     ]
     if args.only:
         rows = [r for r in rows if r[0] in args.only]
+    if any(r[0] == 'tornado-hello' for r in rows) and not shutil.which('wrk'):
+        sys.exit('bench.py: tornado-hello needs wrk (apt-get install wrk)')
     if any(r[0].startswith(('echo', 'streams')) for r in rows) and not client:
         sys.exit('bench.py: no echo-client; build the project (ninja -C build) or pass --client')
     out = sys.stderr if args.json else sys.stdout
@@ -205,8 +267,9 @@ def main():
                 summary[key] = statistics.median(vals)
                 summary[key + '_min'] = min(vals)
                 summary[key + '_max'] = max(vals)
-                print(f'{name:<14} {impl:<8} {key:<20} {min(vals):>12.0f} {statistics.median(vals):>12.0f} '
-                      f'{max(vals):>12.0f}', file=out)
+                fmt = '>12.0f' if max(vals) >= 1000 else '>12.2f'
+                print(f'{name:<14} {impl:<8} {key:<20} {min(vals):{fmt}} {statistics.median(vals):{fmt}} '
+                      f'{max(vals):{fmt}}', file=out)
             if args.json:
                 print(json.dumps({'bench': 'python-' + name, 'impl': impl,
                                   'params': {'rounds': args.rounds, 'duration': args.duration,

@@ -6,7 +6,7 @@
 
 #include "_ioloop.h"
 
-enum { PENDING_HANDLE, PENDING_FD, PENDING_SIGNAL };
+enum { PENDING_POST, PENDING_TIMER, PENDING_FD, PENDING_SIGNAL }; /* POST, TIMER: a HandleObject */
 
 typedef struct {
     int kind;
@@ -32,6 +32,7 @@ struct CoreObject {
     pending_entry *pending;
     size_t pending_len, pending_cap;
     size_t pending_lost; /* entries dropped for want of memory */
+    int pending_mixed;   /* pending holds more than posts (drain_pending's fast path) */
     fd_record **fds;
     int nfds;
     PyObject *signals;      /* dict: signal number -> Handle */
@@ -41,6 +42,17 @@ struct CoreObject {
     double slow_callback_duration;
     PyObject *weakreflist;
     PyObject *dict;
+    /* core_context_snapshot's cache, one entry per producer thread slot
+     * (GIL): a Context's variables live in an immutable mapping that a
+     * ContextVar set replaces; while a thread's current Context holds
+     * the same mapping as a snapshot taken earlier, one snapshot serves
+     * every handle it schedules. Emptied after each iteration, so it pins
+     * no variable's value for long. */
+    struct ctx_cache {
+        uint64_t ts_id;   /* PyThreadState.id of the thread that took it */
+        PyObject *snap;   /* owned: a copy of its context, never entered nor handed out */
+    } ctx_cache[4];
+    int ctx_cache_used;
 };
 
 

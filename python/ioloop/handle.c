@@ -7,27 +7,33 @@
 
 PyObject *ioloop_format_helpers;
 
-HandleObject *handle_new(CoreObject *loop, PyObject *callback, PyObject *args, PyObject *context, int timer)
+HandleObject *handle_new(CoreObject *loop, PyObject *callback, PyObject *args, PyObject *context, int flags)
 {
-    HandleObject *h = PyObject_GC_New(HandleObject, timer ? &TimerHandle_Type : &Handle_Type);
+    HandleObject *h = PyObject_GC_New(HandleObject, (flags & HANDLE_TIMER) ? &TimerHandle_Type : &Handle_Type);
     if (!h)
         return NULL;
     h->callback = Py_NewRef(callback);
     h->args = Py_NewRef(args);
-    if (context && context != Py_None)
+    h->ctx_shared = 0;
+    if (context && context != Py_None) {
         h->context = Py_NewRef(context);
-    else
+    } else if (flags & HANDLE_QUEUED) {
+        h->context = core_context_snapshot(loop);
+        h->ctx_shared = 1;
+    } else {
         h->context = PyContext_CopyCurrent();
+    }
     h->loop = (CoreObject *)Py_NewRef((PyObject *)loop);
     h->source_traceback = NULL;
     h->weakreflist = NULL;
     h->cancelled = 0;
     h->scheduled = 0;
-    h->when = 0;
-    h->tid = 0;
-    h->tprev = h->tnext = NULL;
+    if (flags & HANDLE_TIMER) { /* a plain Handle ends before `when` (Handle_Type's basicsize) */
+        h->when = 0;
+        h->tid = 0;
+        h->tprev = h->tnext = NULL;
+    }
     if (!h->context) {
-        PyObject_GC_Track(h);
         Py_DECREF(h);
         return NULL;
     }
@@ -36,8 +42,35 @@ HandleObject *handle_new(CoreObject *loop, PyObject *callback, PyObject *args, P
         if (!h->source_traceback)
             PyErr_Clear();
     }
-    PyObject_GC_Track(h);
+    if (!(flags & HANDLE_QUEUED))
+        PyObject_GC_Track(h);
     return h;
+}
+
+/* A handle's own copy of its shared snapshot, made when first needed:
+ * before the callback runs in it or get_context() hands it out (asyncio:
+ * one copy per handle, taken when it was scheduled). 0 or -1. */
+static int handle_own_context(HandleObject *h)
+{
+    if (!h->ctx_shared || !h->context)
+        return 0;
+    PyObject *own = PyContext_Copy(h->context);
+    if (!own)
+        return -1;
+    PyObject *snapshot = h->context;
+    h->context = own;
+    h->ctx_shared = 0;
+    Py_DECREF(snapshot);
+    return 0;
+}
+
+void handle_release(HandleObject *h)
+{
+    /* Someone else holds it (the Handle call_soon returned, kept): from
+     * now on it may be part of a cycle the GC must see. */
+    if (Py_REFCNT(h) > 1 && !PyObject_GC_IsTracked((PyObject *)h))
+        PyObject_GC_Track(h);
+    Py_DECREF(h);
 }
 
 static int handle_traverse(HandleObject *h, visitproc visit, void *arg)
@@ -93,11 +126,15 @@ static void report_exception(HandleObject *h, PyObject *exc)
         PyErr_WriteUnraisable((PyObject *)h);
 }
 
+static int run_failed(HandleObject *h);
+
 int handle_run(HandleObject *h)
 {
     if (h->cancelled || !h->callback)
         return 0;
     /* The handle is kept alive by the caller (the ready queue's reference). */
+    if (handle_own_context(h) < 0)
+        return run_failed(h);
     PyObject *callback = Py_NewRef(h->callback);
     PyObject *args = Py_NewRef(h->args);
     PyObject *ctx = Py_NewRef(h->context);
@@ -115,6 +152,11 @@ int handle_run(HandleObject *h)
         Py_DECREF(res);
         return 0;
     }
+    return run_failed(h);
+}
+
+static int run_failed(HandleObject *h)
+{
     if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
         return -1;
     PyObject *exc = PyErr_GetRaisedException_compat();
@@ -142,6 +184,8 @@ static PyObject *handle_cancelled(HandleObject *h, PyObject *Py_UNUSED(ignored))
 
 static PyObject *handle_get_context(HandleObject *h, PyObject *Py_UNUSED(ignored))
 {
+    if (handle_own_context(h) < 0)
+        return NULL;
     return Py_NewRef(h->context ? h->context : Py_None);
 }
 
@@ -280,7 +324,7 @@ static Py_hash_t timer_hash(PyObject *o)
 PyTypeObject Handle_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "ioloop.Handle",
-    .tp_basicsize = sizeof(HandleObject),
+    .tp_basicsize = offsetof(HandleObject, when), /* without the timer part: 96 bytes a handle, not 128 */
     .tp_dealloc = (destructor)handle_dealloc,
     .tp_repr = (reprfunc)handle_repr,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,

@@ -26,6 +26,14 @@
  *    registration ends before the core dies); core->signals (a dict)
  *    owns the Handles.
  *  - the ready queue owns one reference per entry.
+ *  - GC: a Handle made for the ready or post queue (call_soon,
+ *    call_soon_threadsafe, transports' core_soon) is untracked while
+ *    queued (it holds a shared context snapshot then, not a copy of its
+ *    own: core_context_snapshot); the queue's reference is released with
+ *    handle_release(), which tracks it if anyone else still holds the
+ *    handle (handle.c). So a flood of queued handles costs the collector
+ *    nothing. The price: an unclosed loop dropped with kept handles
+ *    still queued is not collected (close it, as asyncio asks).
  */
 #include "core.h"
 #include <errno.h>
@@ -80,7 +88,7 @@ int core_ready_push(CoreObject *c, HandleObject *h) /* steals h */
         size_t cap = c->ready_cap ? c->ready_cap * 2 : 64;
         HandleObject **n = PyMem_Malloc(cap * sizeof *n);
         if (!n) {
-            Py_DECREF(h);
+            handle_release(h);
             PyErr_NoMemory();
             return -1;
         }
@@ -119,12 +127,34 @@ void core_pending_push(CoreObject *c, int kind, void *ptr, unsigned events)
         c->pending_cap = cap;
     }
     c->pending[c->pending_len++] = (pending_entry){ .kind = kind, .events = events, .ptr = ptr };
+    if (kind != PENDING_POST)
+        c->pending_mixed = 1;
 }
 
-static void handle_fired(void *arg) /* a timeout or a posted callback */
+/* The core whose iol_loop_run_once runs on this thread (set around every
+ * call): a posted callback finds its core without touching its Handle,
+ * which a producer thread wrote last (one cache miss less per post). */
+static _Thread_local CoreObject *running_core;
+
+static int run_once(CoreObject *c, int timeout_ms)
+{
+    CoreObject *outer = running_core;
+    running_core = c;
+    int r = iol_loop_run_once(c->loop, timeout_ms);
+    running_core = outer;
+    return r;
+}
+
+static void timer_fired(void *arg)
 {
     HandleObject *h = arg;
-    core_pending_push(h->loop, PENDING_HANDLE, h, 0);
+    core_pending_push(h->loop, PENDING_TIMER, h, 0);
+}
+
+static void post_fired(void *arg) /* call_soon_threadsafe's callback */
+{
+    CoreObject *c = running_core;
+    core_pending_push(c ? c : ((HandleObject *)arg)->loop, PENDING_POST, arg, 0);
 }
 
 static void nothing(void *arg)
@@ -161,29 +191,90 @@ static void timer_unlink(CoreObject *c, HandleObject *h)
  * them in (posts, timers, I/O). */
 static void drain_pending(CoreObject *c)
 {
-    for (int pass = 0; pass < 3; pass++) {
+    int passes = c->pending_mixed ? 3 : 1; /* only posts: one pass */
+    for (int pass = 0; pass < passes; pass++) {
         for (size_t i = 0; i < c->pending_len; i++) {
             pending_entry *e = &c->pending[i];
-            if (e->kind == PENDING_HANDLE) {
-                HandleObject *h = e->ptr;
-                int timer = Py_IS_TYPE(h, &TimerHandle_Type);
-                if (pass != (timer ? 2 : 0))
-                    continue;
-                if (h->scheduled)
-                    timer_unlink(c, h);
-                core_ready_push(c, h); /* the registration's / node's reference moves to ready */
-            } else if (pass != 1) {
-                continue;
-            } else if (e->kind == PENDING_FD) {
-                core_fd_ready(c, e->ptr, e->events);
-            } else {
-                core_signal_ready(c, (int)(intptr_t)e->ptr);
+            switch (e->kind) {
+            case PENDING_POST:
+                if (pass == 0)
+                    core_ready_push(c, e->ptr); /* the node's reference moves to ready */
+                break;
+            case PENDING_TIMER:
+                if (pass == 2) {
+                    HandleObject *h = e->ptr;
+                    if (h->scheduled)
+                        timer_unlink(c, h);
+                    core_ready_push(c, h); /* the registration's reference moves to ready */
+                }
+                break;
+            case PENDING_FD:
+                if (pass == 1)
+                    core_fd_ready(c, e->ptr, e->events);
+                break;
+            default:
+                if (pass == 1)
+                    core_signal_ready(c, (int)(intptr_t)e->ptr);
+                break;
             }
         }
     }
     c->pending_len = 0;
+    c->pending_mixed = 0;
     if (PyErr_Occurred())
         PyErr_WriteUnraisable((PyObject *)c);
+}
+
+/* ------------------------------------------------------------ contexts */
+
+/* The layout of a Context (CPython's internal pycore_context.h, the same
+ * from 3.7 to 3.13): only ctx_vars is read, to compare two contexts'
+ * variable mappings (immutable; a ContextVar set replaces the pointer). */
+#if PY_VERSION_HEX >= 0x03070000 && PY_VERSION_HEX < 0x030E0000
+#define HAVE_CONTEXT_LAYOUT 1
+typedef struct {
+    PyObject_HEAD
+    PyObject *ctx_prev;
+    PyObject *ctx_vars;
+    PyObject *ctx_weakreflist;
+    int ctx_entered;
+} context_layout;
+#define CONTEXT_VARS(ctx) (((context_layout *)(ctx))->ctx_vars)
+#endif
+
+PyObject *core_context_snapshot(CoreObject *c)
+{
+#ifdef HAVE_CONTEXT_LAYOUT
+    PyThreadState *ts = PyThreadState_Get();
+    struct ctx_cache *e = &c->ctx_cache[ts->id & 3];
+    /* snap's reference keeps its mapping alive: the pointer cannot be reused */
+    if (e->snap && e->ts_id == ts->id && ts->context && CONTEXT_VARS(ts->context) == CONTEXT_VARS(e->snap))
+        return Py_NewRef(e->snap);
+    PyObject *snap = PyContext_CopyCurrent(); /* creates the thread's context if it had none */
+    if (!snap)
+        return NULL;
+    PyObject *old = e->snap;
+    e->ts_id = ts->id;
+    e->snap = Py_NewRef(snap);
+    c->ctx_cache_used = 1;
+    Py_XDECREF(old); /* last: may run arbitrary code */
+    return snap;
+#else
+    (void)c;
+    return PyContext_CopyCurrent();
+#endif
+}
+
+static void context_cache_clear(CoreObject *c)
+{
+    if (!c->ctx_cache_used)
+        return;
+    c->ctx_cache_used = 0;
+    for (int i = 0; i < 4; i++) {
+        PyObject *snap = c->ctx_cache[i].snap;
+        c->ctx_cache[i].snap = NULL;
+        Py_XDECREF(snap);
+    }
 }
 
 /* ------------------------------------------------------------ lifecycle */
@@ -237,25 +328,27 @@ static void core_shutdown(CoreObject *c)
     }
     /* Posted callbacks (call_soon_threadsafe) still queued: one iteration
      * that does not wait hands them to pending; drop them from there. */
-    iol_loop_run_once(c->loop, 0);
+    run_once(c, 0);
     for (size_t i = 0; i < c->pending_len; i++) {
-        if (c->pending[i].kind == PENDING_HANDLE) {
+        if (c->pending[i].kind == PENDING_POST || c->pending[i].kind == PENDING_TIMER) {
             HandleObject *h = c->pending[i].ptr;
             if (garbage)
                 PyList_Append(garbage, (PyObject *)h);
-            Py_DECREF(h);
+            handle_release(h);
         }
     }
     c->pending_len = 0;
+    c->pending_mixed = 0;
     iol_loop_close(c->loop, false);
     c->loop = NULL;
     while (c->ready_len) {
         HandleObject *h = ready_pop(c);
         if (garbage)
             PyList_Append(garbage, (PyObject *)h);
-        Py_DECREF(h);
+        handle_release(h);
     }
     PyDict_Clear(c->signals);
+    context_cache_clear(c);
     if (PyErr_Occurred())
         PyErr_WriteUnraisable((PyObject *)c);
     Py_XDECREF(garbage);
@@ -272,6 +365,8 @@ static int core_traverse(CoreObject *c, visitproc visit, void *arg)
         return r;
     for (HandleObject *h = c->timers; h; h = h->tnext)
         Py_VISIT((PyObject *)h);
+    for (int i = 0; i < 4; i++)
+        Py_VISIT(c->ctx_cache[i].snap);
     return 0;
 }
 
@@ -279,6 +374,7 @@ static int core_clear(CoreObject *c)
 {
     if (!c->running)
         core_shutdown(c);
+    context_cache_clear(c);
     Py_CLEAR(c->dict);
     return 0;
 }
@@ -290,6 +386,7 @@ static void core_dealloc(CoreObject *c)
     if (c->weakreflist)
         PyObject_ClearWeakRefs((PyObject *)c);
     core_shutdown(c);
+    context_cache_clear(c);
     Py_CLEAR(c->signals);
     Py_CLEAR(c->dict);
     PyMem_Free(c->ready);
@@ -365,7 +462,7 @@ static PyObject *core_call_soon(CoreObject *c, PyObject *const *args, Py_ssize_t
         Py_DECREF(cbargs);
         return NULL;
     }
-    HandleObject *h = handle_new(c, callback, cbargs, context, 0);
+    HandleObject *h = handle_new(c, callback, cbargs, context, HANDLE_QUEUED);
     Py_DECREF(cbargs);
     if (!h)
         return NULL;
@@ -380,7 +477,7 @@ int core_soon(CoreObject *c, PyObject *callback, PyObject *args)
 {
     if (core_check_closed(c) < 0)
         return -1;
-    HandleObject *h = handle_new(c, callback, args, NULL, 0);
+    HandleObject *h = handle_new(c, callback, args, NULL, HANDLE_QUEUED);
     if (!h)
         return -1;
     return core_ready_push(c, h); /* the ready queue's reference */
@@ -398,12 +495,12 @@ static PyObject *schedule_at(CoreObject *c, double when, const char *name, PyObj
         Py_DECREF(cbargs);
         return NULL;
     }
-    HandleObject *h = handle_new(c, callback, cbargs, context, 1);
+    HandleObject *h = handle_new(c, callback, cbargs, context, HANDLE_TIMER);
     Py_DECREF(cbargs);
     if (!h)
         return NULL;
     h->when = when;
-    int err = iol_loop_call_at(c->loop, when, handle_fired, h, &h->tid);
+    int err = iol_loop_call_at(c->loop, when, timer_fired, h, &h->tid);
     if (err < 0) {
         Py_DECREF(h);
         return core_errno_error(err);
@@ -480,12 +577,12 @@ static PyObject *core_call_soon_threadsafe(CoreObject *c, PyObject *const *args,
         Py_DECREF(cbargs);
         return NULL;
     }
-    HandleObject *h = handle_new(c, callback, cbargs, context, 0);
+    HandleObject *h = handle_new(c, callback, cbargs, context, HANDLE_QUEUED);
     Py_DECREF(cbargs);
     if (!h)
         return NULL;
     Py_INCREF(h); /* the queue node's reference (see the top of this file) */
-    int err = iol_loop_add_callback(c->loop, handle_fired, h);
+    int err = iol_loop_add_callback(c->loop, post_fired, h);
     if (err < 0) {
         Py_DECREF(h);
         Py_DECREF(h);
@@ -530,7 +627,7 @@ static int run_ready(CoreObject *c)
     for (size_t i = 0; i < ntodo && c->ready_len; i++) {
         HandleObject *h = ready_pop(c); /* the queue's reference, now ours */
         if (h->cancelled) {
-            Py_DECREF(h);
+            handle_release(h);
             continue;
         }
         int r;
@@ -550,7 +647,7 @@ static int run_ready(CoreObject *c)
         } else {
             r = handle_run(h);
         }
-        Py_DECREF(h);
+        handle_release(h);
         if (r < 0)
             return -1;
     }
@@ -571,12 +668,12 @@ static PyObject *core_run_forever_native(CoreObject *c, PyObject *Py_UNUSED(igno
     for (;;) {
         int r;
         if (c->ready_len || c->stopping) {
-            r = iol_loop_run_once(c->loop, 0);
+            r = run_once(c, 0);
         } else {
             /* The only place the GIL is released: the loop is about to
              * sleep (run_once's callbacks take no Python object). */
             Py_BEGIN_ALLOW_THREADS
-            r = iol_loop_run_once(c->loop, -1);
+            r = run_once(c, -1);
             Py_END_ALLOW_THREADS
         }
         drain_pending(c);
@@ -588,7 +685,9 @@ static PyObject *core_run_forever_native(CoreObject *c, PyObject *Py_UNUSED(igno
          * (KeyboardInterrupt ends the run, as in asyncio). */
         if (PyErr_CheckSignals() < 0)
             break;
-        if (run_ready(c) < 0)
+        int rr = run_ready(c);
+        context_cache_clear(c);
+        if (rr < 0)
             break;
         if (c->stopping) {
             ret = Py_NewRef(Py_None);
