@@ -21,16 +21,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static char dir[64]; /* the certificates, made once in main */
-
-static const char *path(const char *name)
-{
-    static char buf[8][128];
-    static int next;
-    char *p = buf[next++ % 8];
-    snprintf(p, sizeof(buf[0]), "%s/%s", dir, name);
-    return p;
-}
+/* The certificates: testutil's CA set, made once in main. */
+#define path(name) iol_test_cert_path(name)
 
 /* ------------------------------------------------------------- Log capture */
 
@@ -404,8 +396,7 @@ START_TEST(zero_copy_writes_go_through_tls)
     iol_loop *loop = new_loop();
     server sv;
     server_start(&sv, loop, MODE_ZEROCOPY, 0);
-    char file[128];
-    snprintf(file, sizeof file, "%s/zc.txt", dir);
+    const char *file = path("zc.txt");
     sv.file_fd = open(file, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     ck_assert_int_ge(sv.file_fd, 0);
     ck_assert_int_eq(write(sv.file_fd, "file\n", 5), 5);
@@ -975,9 +966,7 @@ static void *serve_thread(void *arg)
 
 static bool have_tool(const char *name)
 {
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "command -v %s >/dev/null 2>&1", name);
-    if (system(cmd) == 0)
+    if (iol_test_have_program(name))
         return true;
     printf("tls: %s not found, skipping its test\n", name);
     return false;
@@ -989,7 +978,7 @@ static char *run_against(server *sv, const char *fmt)
     pthread_t th;
     ck_assert_int_eq(pthread_create(&th, NULL, serve_thread, sv), 0);
     char cmd[1024];
-    snprintf(cmd, sizeof(cmd), fmt, dir, sv->port, dir, sv->port);
+    snprintf(cmd, sizeof(cmd), fmt, iol_test_certs_dir(), sv->port, iol_test_certs_dir(), sv->port);
     FILE *f = popen(cmd, "r");
     ck_assert_ptr_nonnull(f);
     static char out[16384];
@@ -1046,41 +1035,6 @@ START_TEST(without_tls_says_enotsup)
 }
 END_TEST
 
-/* ------------------------------------------------------------ Certificates */
-
-static int sh(const char *fmt)
-{
-    char cmd[2048];
-    snprintf(cmd, sizeof(cmd), fmt, dir, dir, dir, dir, dir, dir, dir, dir);
-    return system(cmd);
-}
-
-/* A CA, a.test (+ localhost, 127.0.0.1) and b.test signed by it, and an
- * unrelated CA. EC keys: quick to make. */
-static bool make_certs(void)
-{
-    strcpy(dir, "/tmp/iol-tls-XXXXXX");
-    if (!mkdtemp(dir))
-        return false;
-    static const char *cmds[] = {
-        "cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key "
-        "-out ca.pem -subj /CN=iol-test-ca -days 2 2>/dev/null",
-        "cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout other-ca.key "
-        "-out other-ca.pem -subj /CN=iol-other-ca -days 2 2>/dev/null",
-        "cd %s && for n in a b; do "
-        "if [ $n = a ]; then san='DNS:a.test,DNS:localhost,IP:127.0.0.1'; else san='DNS:b.test'; fi; "
-        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout $n.key -out $n.csr "
-        "-subj /CN=$n.test 2>/dev/null && "
-        "printf 'subjectAltName=%%s\\n' \"$san\" > $n.ext && "
-        "openssl x509 -req -in $n.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile $n.ext "
-        "-out $n.pem 2>/dev/null || exit 1; done",
-    };
-    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
-        if (sh(cmds[i]) != 0)
-            return false;
-    return true;
-}
-
 int main(void)
 {
     Suite *s = suite_create("tls");
@@ -1093,11 +1047,11 @@ int main(void)
         return iol_test_run(s);
     }
     iol_tls_ctx_unref(probe);
-    if (system("command -v openssl >/dev/null 2>&1") != 0) {
+    if (!iol_test_have_program("openssl")) {
         printf("tls: the openssl CLI is missing: cannot make certificates, skipping the suite\n");
         return 77; /* meson: skipped */
     }
-    if (!make_certs()) {
+    if (!iol_test_certs_make()) {
         fprintf(stderr, "tls: making the test certificates failed\n");
         return 1;
     }
@@ -1131,6 +1085,6 @@ int main(void)
         suite_add_tcase(s, tc);
     }
     int rc = iol_test_run(s);
-    sh("rm -rf %s");
+    iol_test_certs_remove();
     return rc;
 }

@@ -5,10 +5,9 @@
  * requested, missing, untrusted client certificates), certificates and
  * keys from PEM in memory, protocol versions and cipher settings, the
  * log level of each failure, and the thread rule of the new calls.
- * Certificates come from tests/tls_fixture.c. */
+ * Certificates come from the testutil fixture (iol_test_certs_make). */
 #include "ioloop.h"
 #include "testutil.h"
-#include "tls_fixture.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -20,7 +19,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define P(name) tls_fixture_path(name)
+#define P(name) iol_test_cert_path(name)
 
 /* ------------------------------------------------------------- Log capture */
 
@@ -256,7 +255,7 @@ START_TEST(verified_handshake_reports_what_it_settled)
     ck_assert_str_eq(p.client.sans, "DNS:a.test,DNS:localhost,IP:127.0.0.1");
     ck_assert_msg(strncmp(p.client.pem, "-----BEGIN CERTIFICATE-----\n", 28) == 0, "%s", p.client.pem);
     size_t len;
-    char *file = tls_fixture_read("a.pem", &len);
+    char *file = iol_test_cert_read("a.pem", &len);
     ck_assert_str_eq(p.client.pem, file); /* the PEM is the file's */
     free(file);
     ck_assert_int_eq(p.client.version, IOL_TLS_1_3);
@@ -585,11 +584,11 @@ END_TEST
 START_TEST(pem_from_memory)
 {
     size_t cert_len, key_len, ca_len, ccert_len, ckey_len;
-    char *cert = tls_fixture_read("a.pem", &cert_len);
-    char *key = tls_fixture_read("a.key", &key_len);
-    char *ca = tls_fixture_read("ca.pem", &ca_len);
-    char *ccert = tls_fixture_read("client.pem", &ccert_len);
-    char *ckey = tls_fixture_read("client.key", &ckey_len);
+    char *cert = iol_test_cert_read("a.pem", &cert_len);
+    char *key = iol_test_cert_read("a.key", &key_len);
+    char *ca = iol_test_cert_read("ca.pem", &ca_len);
+    char *ccert = iol_test_cert_read("client.pem", &ccert_len);
+    char *ckey = iol_test_cert_read("client.key", &ckey_len);
     iol_tls_config scfg = {.server = true, .cert_pem = cert, .cert_pem_len = cert_len, .key_pem = key,
                            .client_cert = IOL_TLS_CLIENT_CERT_REQUIRE, .ca_pem = ca}; /* lengths 0: up to the NUL */
     pair p;
@@ -714,12 +713,12 @@ int main(void)
 {
     iol_tls_ctx *probe = NULL;
     iol_tls_config none = {0};
-    if (iol_tls_ctx_new(&probe, &none) == -ENOTSUP || !tls_fixture_have("openssl")) {
+    if (iol_tls_ctx_new(&probe, &none) == -ENOTSUP || !iol_test_have_program("openssl")) {
         printf("tls_verify: no TLS in the build or no openssl CLI, skipping\n");
         return 77;
     }
     iol_tls_ctx_unref(probe);
-    if (!tls_fixture_make_certs())
+    if (!iol_test_certs_make())
         return 1;
     Suite *s = suite_create("tls_verify");
     struct {
@@ -750,6 +749,6 @@ int main(void)
         suite_add_tcase(s, tc);
     }
     int rc = iol_test_run(s);
-    tls_fixture_remove();
+    iol_test_certs_remove();
     return rc;
 }
