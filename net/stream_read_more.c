@@ -102,16 +102,10 @@ void iol__stream_deliver_chunk(iol_stream *s, size_t n)
 ssize_t iol__stream_recv_into(iol_stream *s, bool *drained)
 {
     stream_ext *x = s->ext;
-    char *dst = x->into + x->into_filled;
     size_t room = s->read_n;
-    ssize_t n;
-    do {
-        n = s->is_socket ? recv(s->fd, dst, room, 0) : read(s->fd, dst, room);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0)
-        return (errno == EAGAIN || errno == EWOULDBLOCK) ? -EAGAIN : -errno;
-    if (n == 0)
-        return 0;
+    ssize_t n = iol__stream_recv_raw(s, x->into + x->into_filled, room);
+    if (n <= 0)
+        return n;
     *drained = (size_t)n < room;
     x->into_filled += (size_t)n;
     s->read_n -= (size_t)n;
