@@ -321,6 +321,15 @@ bool iol_test_tls_ctxs(iol_tls_ctx **server, iol_tls_ctx **client)
     return true;
 }
 
+bool iol_test_need_tls_ctxs(iol_tls_ctx **server, iol_tls_ctx **client)
+{
+    bool have_tls = iol_test_tls_ctxs(server, client);
+#ifdef IOL_HAVE_TLS
+    ck_assert(have_tls); /* a TLS build must run it */
+#endif
+    return have_tls;
+}
+
 void iol_test_tls_pair(iol_loop *loop, iol_tls_ctx *server, iol_tls_ctx *client, iol_stream **srv, iol_stream **cli,
                        iol_connect_fn cb, void *arg)
 {

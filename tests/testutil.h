@@ -99,6 +99,9 @@ void iol_test_write_all(int fd, const void *data, size_t len);
  * and a client context that does not verify. false: built without TLS
  * (or no openssl CLI): the caller skips. The files go at process exit. */
 bool iol_test_tls_ctxs(iol_tls_ctx **server, iol_tls_ctx **client);
+/* The same for a test that must run in a TLS build: there, no contexts
+ * fail the test; in a build without TLS false (the caller skips). */
+bool iol_test_need_tls_ctxs(iol_tls_ctx **server, iol_tls_ctx **client);
 /* Two TLS streams over a new socketpair on loop: *srv (iol_tls_stream_new)
  * and *cli (iol_stream_start_tls as a client, with cb, arg: may be NULL),
  * handshake under way. */
