@@ -514,8 +514,7 @@ int iol_udp_new(iol_udp **out, iol_loop *loop, const iol_udp_config *cfg)
 
 /* ------------------------------------------------------------ Small calls */
 
-/* The prologue of every loop-thread call on an open object. */
-static int udp_check(const iol_udp *u)
+int iol__udp_check(const iol_udp *u)
 {
     if (!u)
         return -EINVAL;
@@ -527,7 +526,7 @@ static int udp_check(const iol_udp *u)
 
 int iol_udp_connect(iol_udp *u, const struct sockaddr *addr, socklen_t len)
 {
-    int r = udp_check(u);
+    int r = iol__udp_check(u);
     if (r < 0)
         return r;
     if (!addr || len < (socklen_t)sizeof(sa_family_t))
@@ -560,7 +559,7 @@ int iol_udp_connect(iol_udp *u, const struct sockaddr *addr, socklen_t len)
 
 int iol_udp_local_address(const iol_udp *u, struct sockaddr *addr, socklen_t *len)
 {
-    int r = udp_check(u);
+    int r = iol__udp_check(u);
     if (r < 0)
         return r;
     if (!addr || !len)
@@ -573,7 +572,7 @@ int iol_udp_local_address(const iol_udp *u, struct sockaddr *addr, socklen_t *le
 
 int iol_udp_recv_start(iol_udp *u, iol_udp_recv_fn cb, void *arg)
 {
-    int r = udp_check(u);
+    int r = iol__udp_check(u);
     if (r < 0)
         return r;
     if (!cb)
@@ -596,7 +595,7 @@ int iol_udp_recv_start(iol_udp *u, iol_udp_recv_fn cb, void *arg)
 
 int iol_udp_recv_stop(iol_udp *u)
 {
-    int r = udp_check(u);
+    int r = iol__udp_check(u);
     if (r < 0)
         return r;
     u->recv_cb = NULL;
@@ -608,7 +607,7 @@ int iol_udp_recv_stop(iol_udp *u)
 
 int iol_udp_set_close_callback(iol_udp *u, iol_udp_close_fn fn, void *arg)
 {
-    int r = udp_check(u);
+    int r = iol__udp_check(u);
     if (r < 0)
         return r;
     u->close_cb = fn;
