@@ -1038,23 +1038,15 @@ END_TEST
 int main(void)
 {
     Suite *s = suite_create("tls");
-    iol_tls_ctx *probe = NULL;
-    iol_tls_config none = {0};
-    if (iol_tls_ctx_new(&probe, &none) == -ENOTSUP) {
+    if (!iol_test_build_has_tls()) {
         TCase *tc = iol_test_tcase("without_tls_says_enotsup", 30);
         tcase_add_test(tc, without_tls_says_enotsup);
         suite_add_tcase(s, tc);
         return iol_test_run(s);
     }
-    iol_tls_ctx_unref(probe);
-    if (!iol_test_have_program("openssl")) {
-        printf("tls: the openssl CLI is missing: cannot make certificates, skipping the suite\n");
-        return 77; /* meson: skipped */
-    }
-    if (!iol_test_certs_make()) {
-        fprintf(stderr, "tls: making the test certificates failed\n");
-        return 1;
-    }
+    int setup = iol_test_certs_setup("tls");
+    if (setup != 0)
+        return setup;
     struct {
         const char *name;
         const TTest *test;

@@ -289,15 +289,9 @@ END_TEST
 
 int main(void)
 {
-    iol_tls_ctx *probe = NULL;
-    iol_tls_config none = {0};
-    if (iol_tls_ctx_new(&probe, &none) == -ENOTSUP || !iol_test_have_program("openssl")) {
-        printf("tls_drain: no TLS in the build or no openssl CLI, skipping\n");
-        return 77;
-    }
-    iol_tls_ctx_unref(probe);
-    if (!iol_test_certs_make())
-        return 1;
+    int setup = iol_test_certs_setup("tls_drain");
+    if (setup != 0)
+        return setup;
     have_python = system("/usr/bin/python3 -c 'import ssl' >/dev/null 2>&1") == 0;
     if (!have_python)
         printf("tls_drain: no /usr/bin/python3 with ssl, its tests pass without running\n");

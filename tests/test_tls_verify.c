@@ -711,15 +711,9 @@ END_TEST
 
 int main(void)
 {
-    iol_tls_ctx *probe = NULL;
-    iol_tls_config none = {0};
-    if (iol_tls_ctx_new(&probe, &none) == -ENOTSUP || !iol_test_have_program("openssl")) {
-        printf("tls_verify: no TLS in the build or no openssl CLI, skipping\n");
-        return 77;
-    }
-    iol_tls_ctx_unref(probe);
-    if (!iol_test_certs_make())
-        return 1;
+    int setup = iol_test_certs_setup("tls_verify");
+    if (setup != 0)
+        return setup;
     Suite *s = suite_create("tls_verify");
     struct {
         const char *name;

@@ -286,6 +286,29 @@ bool iol_test_certs_make(void)
     return true;
 }
 
+bool iol_test_build_has_tls(void)
+{
+    iol_tls_ctx *probe = NULL;
+    iol_tls_config none = {0};
+    if (iol_tls_ctx_new(&probe, &none) == -ENOTSUP)
+        return false;
+    iol_tls_ctx_unref(probe);
+    return true;
+}
+
+int iol_test_certs_setup(const char *suite)
+{
+    if (!iol_test_build_has_tls() || !iol_test_have_program("openssl")) {
+        printf("%s: no TLS in the build or no openssl CLI, skipping\n", suite);
+        return 77;
+    }
+    if (!iol_test_certs_make()) {
+        fprintf(stderr, "%s: making the test certificates failed\n", suite);
+        return 1;
+    }
+    return 0;
+}
+
 char *iol_test_cert_read(const char *name, size_t *len)
 {
     FILE *f = fopen(iol_test_cert_path(name), "rb");

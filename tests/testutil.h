@@ -60,6 +60,13 @@ const char *iol_test_localhost_key(void);
  *   rogue.pem/.key      CN=rogue (by other-ca)
  * false if the openssl CLI failed. */
 bool iol_test_certs_make(void);
+/* Whether the library was built with TLS (iol_tls_ctx_new does not say
+ * -ENOTSUP). */
+bool iol_test_build_has_tls(void);
+/* main's set-up for a suite that needs the CA set: 0 once made; 77
+ * (meson: skipped; a line says why) without TLS in the build or without
+ * the openssl CLI; 1 when making them failed. */
+int iol_test_certs_setup(const char *suite);
 /* That directory; dir/name (a rotating static buffer: 8 in use at once). */
 const char *iol_test_certs_dir(void);
 const char *iol_test_cert_path(const char *name);
