@@ -24,39 +24,6 @@
 /* The certificates: testutil's CA set, made once in main. */
 #define path(name) iol_test_cert_path(name)
 
-/* ------------------------------------------------------------- Log capture */
-
-static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
-static char log_text[16384];
-
-static void capture_log(int level, const char *msg, void *ud)
-{
-    (void)level;
-    (void)ud;
-    pthread_mutex_lock(&log_lock);
-    size_t used = strlen(log_text);
-    snprintf(log_text + used, sizeof(log_text) - used, "%s\n", msg);
-    pthread_mutex_unlock(&log_lock);
-}
-
-static bool log_has(const char *needle)
-{
-    pthread_mutex_lock(&log_lock);
-    bool yes = strstr(log_text, needle) != NULL;
-    pthread_mutex_unlock(&log_lock);
-    return yes;
-}
-
-static int log_lines(const char *needle)
-{
-    pthread_mutex_lock(&log_lock);
-    int n = 0;
-    for (const char *p = log_text; (p = strstr(p, needle)); p++)
-        n++;
-    pthread_mutex_unlock(&log_lock);
-    return n;
-}
-
 /* ------------------------------------------------------------------ Server */
 
 enum { MODE_ECHO, MODE_ONE_LINE, MODE_HTTP, MODE_STARTTLS, MODE_ZEROCOPY };
@@ -305,8 +272,7 @@ static iol_loop *new_loop(void)
 {
     iol_loop *loop = NULL;
     ck_assert_int_eq(iol_loop_new(&loop, NULL), 0);
-    iol_set_log_handler(capture_log, NULL);
-    log_text[0] = '\0';
+    iol_test_log_capture();
     return loop;
 }
 
@@ -383,7 +349,7 @@ START_TEST(handshake_echo_alpn)
     ck_assert_str_eq(c3.alpn, "");
     iol_tls_ctx_unref(cctx);
     wait_server_closes(&sv, 3);
-    ck_assert_int_eq(log_lines("tls:"), 0);
+    ck_assert_int_eq(iol_test_log_count("tls:"), 0);
     finish(loop, &sv);
 }
 END_TEST
@@ -447,9 +413,9 @@ START_TEST(wrong_ca_is_rejected)
     ck_assert_int_eq(dial(&sv, cctx, "a.test", &c), IOL_ETLS_UNTRUSTED);
     wait_server_closes(&sv, 1);
     ck_assert_int_eq(sv.last_error, IOL_ETLS_PEER_REJECTED); /* the client's alert (unknown_ca) */
-    ck_assert(log_has("certificate verify failed"));
-    ck_assert(log_has("unknown ca"));
-    ck_assert_int_eq(log_lines("tls:"), 2); /* one per side */
+    ck_assert(iol_test_log_has("certificate verify failed"));
+    ck_assert(iol_test_log_has("unknown ca"));
+    ck_assert_int_eq(iol_test_log_count("tls:"), 2); /* one per side */
     iol_tls_ctx_unref(cctx);
     finish(loop, &sv);
 }
@@ -463,7 +429,7 @@ START_TEST(wrong_host_name_is_rejected)
     iol_tls_ctx *cctx = client_ctx("ca.pem", NULL);
     client c = {0};
     ck_assert_int_eq(dial(&sv, cctx, "wrong.test", &c), IOL_ETLS_HOSTNAME);
-    ck_assert(log_has("hostname mismatch"));
+    ck_assert(iol_test_log_has("hostname mismatch"));
     wait_server_closes(&sv, 1);
     iol_tls_ctx_unref(cctx);
     finish(loop, &sv);
@@ -482,8 +448,8 @@ static void raw_bytes_then_tls(const char *bytes, size_t len, int want_err, cons
     wait_server_closes(&sv, 1);
     close(fd);
     ck_assert_int_eq(sv.last_error, want_err);
-    ck_assert_msg(log_has(reason), "log: %s", log_text);
-    ck_assert_int_eq(log_lines("tls:"), 1);
+    ck_assert_msg(iol_test_log_has(reason), "log: %s", iol_test_log_text());
+    ck_assert_int_eq(iol_test_log_count("tls:"), 1);
     iol_tls_ctx *cctx = client_ctx("ca.pem", NULL);
     client c = {0};
     ck_assert_int_eq(dial(&sv, cctx, "a.test", &c), 0);
@@ -608,7 +574,7 @@ START_TEST(truncated_record)
     ck_assert_int_eq(c.calls, 1);
     wait_server_closes(&sv, 1);
     ck_assert_int_eq(sv.last_error, -ECONNRESET);
-    ck_assert_msg(log_has("unexpected eof"), "log: %s", log_text);
+    ck_assert_msg(iol_test_log_has("unexpected eof"), "log: %s", iol_test_log_text());
     iol_stream_close(s);
     iol_tls_ctx_unref(cctx);
     finish(loop, &sv);
@@ -626,7 +592,7 @@ START_TEST(handshake_deadline)
     double took = iol_test_now() - t0;
     ck_assert_int_eq(sv.last_error, -ETIMEDOUT);
     ck_assert(took >= 0.25 && took < 15);
-    ck_assert(log_has("timed out"));
+    ck_assert(iol_test_log_has("timed out"));
     /* The server closed its end: the silent client reads EOF. */
     char b;
     ck_assert_int_eq(read(fd, &b, 1), 0);
@@ -648,7 +614,7 @@ START_TEST(close_notify_both_ways)
     ck_assert_str_eq(c.reply, "hello\n");
     wait_server_closes(&sv, 1);
     ck_assert_int_eq(sv.last_error, 0);
-    ck_assert_int_eq(log_lines("tls:"), 0);
+    ck_assert_int_eq(iol_test_log_count("tls:"), 0);
     iol_tls_ctx_unref(cctx);
     finish(loop, &sv);
     /* The server closing first is handshake_echo_alpn: the client's
@@ -728,8 +694,7 @@ START_TEST(short_read_waits_for_poller)
 {
     iol_loop *loop = NULL;
     ck_assert_int_eq(iol_loop_new(&loop, &(iol_loop_config){.poller = "epoll"}), 0);
-    iol_set_log_handler(capture_log, NULL);
-    log_text[0] = '\0';
+    iol_test_log_capture();
     server sv;
     server_start(&sv, loop, MODE_ECHO, 0);
     sv.count_eagain = true;
@@ -761,7 +726,7 @@ START_TEST(bad_arguments)
     ck_assert_int_eq(iol_tls_ctx_new(&ctx, &cfg), -ENOENT);
     cfg.cert_file = path("a.pem");
     cfg.key_file = path("b.key"); /* not a's key */
-    iol_set_log_handler(capture_log, NULL);
+    iol_test_log_capture();
     ck_assert_int_eq(iol_tls_ctx_new(&ctx, &cfg), -EBADMSG);
     cfg.key_file = path("a.pem"); /* not a key at all */
     ck_assert_int_eq(iol_tls_ctx_new(&ctx, &cfg), -EBADMSG);

@@ -21,35 +21,6 @@
 
 #define P(name) iol_test_cert_path(name)
 
-/* ------------------------------------------------------------- Log capture */
-
-static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
-static char log_text[16384];
-
-static void capture_log(int level, const char *msg, void *ud)
-{
-    (void)ud;
-    pthread_mutex_lock(&log_lock);
-    size_t used = strlen(log_text);
-    snprintf(log_text + used, sizeof(log_text) - used, "%d %s\n", level, msg);
-    pthread_mutex_unlock(&log_lock);
-}
-
-/* The level of the first log line holding needle, -1 if none. */
-static int log_level_of(const char *needle)
-{
-    pthread_mutex_lock(&log_lock);
-    int level = -1;
-    const char *p = strstr(log_text, needle);
-    if (p) {
-        while (p > log_text && p[-1] != '\n')
-            p--;
-        level = atoi(p);
-    }
-    pthread_mutex_unlock(&log_lock);
-    return level;
-}
-
 /* ------------------------------------------------------------ What we saw */
 
 /* What one side of a connection learnt of the handshake. */
@@ -187,8 +158,7 @@ static void pair_open(pair *p, const iol_tls_config *scfg)
 {
     memset(p, 0, sizeof(*p));
     ck_assert_int_eq(iol_loop_new(&p->loop, NULL), 0);
-    iol_set_log_handler(capture_log, NULL);
-    log_text[0] = '\0';
+    iol_test_log_capture();
     p->sctx = new_ctx(scfg);
     p->lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -268,7 +238,7 @@ START_TEST(verified_handshake_reports_what_it_settled)
     ck_assert_int_eq(p.server.version, IOL_TLS_1_3);
     ck_assert_str_eq(p.server.cipher, p.client.cipher);
     ck_assert_int_eq(p.server.status, 0);
-    ck_assert_int_eq(log_level_of("tls:"), -1);
+    ck_assert_int_eq(iol_test_log_level_of("tls:"), -1);
     /* A client that verifies nothing: 0, and says so, whatever the
      * certificate (this one is for another CA). */
     iol_tls_config insecure = {.ca_file = P("other-ca.pem"), .insecure_no_verify = true};
@@ -442,12 +412,12 @@ static void check_rejection(const char *cert, const char *ca, const char *name, 
     ck_assert_str_eq(p.client.verify_text, text);
     ck_assert_str_eq(p.client.subject, "CN=a.test"); /* the rejected certificate */
     ck_assert_int_eq(p.client.version, -ENOTCONN);
-    ck_assert_int_eq(log_level_of("tls: handshake failed on fd"), IOL_LOG_WARNING);
-    ck_assert_msg(log_level_of(iol_strerror(want)) == IOL_LOG_WARNING, "%s", log_text);
+    ck_assert_int_eq(iol_test_log_level_of("tls: handshake failed on fd"), IOL_LOG_WARNING);
+    ck_assert_msg(iol_test_log_level_of(iol_strerror(want)) == IOL_LOG_WARNING, "%s", iol_test_log_text());
     /* The server: the client's alert, at INFO. */
     ck_assert_msg(p.server.status == IOL_ETLS_PEER_REJECTED, "%s: server %d (%s)", cert, p.server.status,
                   iol_strerror(p.server.status));
-    ck_assert_int_eq(log_level_of("(server, closing with"), IOL_LOG_INFO);
+    ck_assert_int_eq(iol_test_log_level_of("(server, closing with"), IOL_LOG_INFO);
     pair_close(&p);
 }
 
@@ -523,11 +493,11 @@ START_TEST(mtls_required_without_cert)
     ck_assert_str_eq(p.server.verify_text, "peer did not return a certificate");
     ck_assert_int_eq(p.server.subject_r, -ENOENT);
     ck_assert_int_eq(p.client.status, 0);
-    ck_assert_msg(p.client.read_status == IOL_ETLS_PEER_REJECTED, "%d %s", p.client.read_status, log_text);
+    ck_assert_msg(p.client.read_status == IOL_ETLS_PEER_REJECTED, "%d %s", p.client.read_status, iol_test_log_text());
     ck_assert_int_eq(p.client.verify, IOL_ETLS_PEER_REJECTED);
     ck_assert_str_eq(p.client.verify_text, "tlsv13 alert certificate required");
-    ck_assert_int_eq(log_level_of("(server, closing with"), IOL_LOG_INFO); /* the peer's fault, both sides */
-    ck_assert_int_eq(log_level_of("(client of a.test, closing with"), IOL_LOG_INFO);
+    ck_assert_int_eq(iol_test_log_level_of("(server, closing with"), IOL_LOG_INFO); /* the peer's fault, both sides */
+    ck_assert_int_eq(iol_test_log_level_of("(client of a.test, closing with"), IOL_LOG_INFO);
     /* TLS 1.2: the server checks before the client's handshake ends, and
      * says so with a handshake_failure alert, which names no certificate:
      * -EPROTO for the client. */
@@ -548,7 +518,7 @@ START_TEST(mtls_untrusted_client_cert)
     pair_dial(&p, &ccfg, "a.test");
     ck_assert_int_eq(p.server.status, IOL_ETLS_UNTRUSTED);
     ck_assert_int_eq(p.server.verify, IOL_ETLS_UNTRUSTED);
-    ck_assert_int_eq(log_level_of("(server, closing with"), IOL_LOG_INFO);
+    ck_assert_int_eq(iol_test_log_level_of("(server, closing with"), IOL_LOG_INFO);
     ck_assert_int_eq(p.client.status, 0);
     ck_assert_int_eq(p.client.read_status, IOL_ETLS_PEER_REJECTED);
     pair_close(&p);

@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -79,6 +80,62 @@ int iol_test_dir_entries(const char *path)
             n++;
     closedir(d);
     return n;
+}
+
+/* ----------------------------------------------------------- Log capture */
+
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static char log_text[16384];
+
+static void capture_log(int level, const char *msg, void *ud)
+{
+    (void)ud;
+    pthread_mutex_lock(&log_lock);
+    size_t used = strlen(log_text);
+    snprintf(log_text + used, sizeof(log_text) - used, "%d %s\n", level, msg);
+    pthread_mutex_unlock(&log_lock);
+}
+
+void iol_test_log_capture(void)
+{
+    iol_set_log_handler(capture_log, NULL);
+    pthread_mutex_lock(&log_lock);
+    log_text[0] = '\0';
+    pthread_mutex_unlock(&log_lock);
+}
+
+bool iol_test_log_has(const char *needle)
+{
+    return iol_test_log_count(needle) > 0;
+}
+
+int iol_test_log_count(const char *needle)
+{
+    pthread_mutex_lock(&log_lock);
+    int n = 0;
+    for (const char *p = log_text; (p = strstr(p, needle)); p++)
+        n++;
+    pthread_mutex_unlock(&log_lock);
+    return n;
+}
+
+int iol_test_log_level_of(const char *needle)
+{
+    pthread_mutex_lock(&log_lock);
+    int level = -1;
+    const char *p = strstr(log_text, needle);
+    if (p) {
+        while (p > log_text && p[-1] != '\n')
+            p--;
+        level = atoi(p);
+    }
+    pthread_mutex_unlock(&log_lock);
+    return level;
+}
+
+const char *iol_test_log_text(void)
+{
+    return log_text;
 }
 
 uint64_t iol_test_wakeups(const iol_loop *loop)

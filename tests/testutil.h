@@ -75,6 +75,17 @@ char *iol_test_cert_read(const char *name, size_t *len);
 /* Removes the directory. */
 void iol_test_certs_remove(void);
 
+/* Log capture: iol_test_log_capture sets the library's log handler to one
+ * that appends "LEVEL message\n" lines to a buffer (16 KiB; what does
+ * not fit is dropped) and empties it; any thread may log. Then: whether
+ * a line holds needle, how many times needle occurs, the level of the
+ * first line holding it (-1: none), and the text (for failure messages). */
+void iol_test_log_capture(void);
+bool iol_test_log_has(const char *needle);
+int iol_test_log_count(const char *needle);
+int iol_test_log_level_of(const char *needle);
+const char *iol_test_log_text(void);
+
 /* eventfd writes made to wake loop (iol_loop_get_stats). */
 uint64_t iol_test_wakeups(const iol_loop *loop);
 
