@@ -100,18 +100,26 @@ static void rt_on_accept(iol_loop *loop, int fd, const struct sockaddr *peer, so
     serve(loop, fd, &rt_state);
 }
 
+/* A started one-worker runtime (drain_timeout 0.2 s) listening on
+ * 127.0.0.1 with on_accept: the listener's id. */
+static int start_runtime(iol_runtime **rt, iol_accept_fn on_accept)
+{
+    iol_runtime_config cfg = {.workers = 1, .drain_timeout = 0.2};
+    ck_assert_int_eq(iol_runtime_new(rt, &cfg), 0);
+    iol_listen_config lc = {.host = "127.0.0.1", .on_accept = on_accept};
+    int id = iol_runtime_listen(*rt, &lc);
+    ck_assert_int_ge(id, 0);
+    ck_assert_int_eq(iol_runtime_start(*rt), 0);
+    return id;
+}
+
 START_TEST(runtime_drain_sends_close_notify)
 {
     if (!have_python)
         return;
     memset(&rt_state, 0, sizeof(rt_state));
     iol_runtime *rt;
-    iol_runtime_config cfg = {.workers = 1, .drain_timeout = 0.2};
-    ck_assert_int_eq(iol_runtime_new(&rt, &cfg), 0);
-    iol_listen_config lc = {.host = "127.0.0.1", .on_accept = rt_on_accept};
-    int id = iol_runtime_listen(rt, &lc);
-    ck_assert_int_ge(id, 0);
-    ck_assert_int_eq(iol_runtime_start(rt), 0);
+    int id = start_runtime(&rt, rt_on_accept);
     FILE *f = start_client((uint16_t)iol_runtime_listener_port(rt, id));
     char line[256];
     client_line(f, line, sizeof(line));
@@ -133,12 +141,7 @@ START_TEST(runtime_drain_clean_for_s_client)
 {
     memset(&rt_state, 0, sizeof(rt_state));
     iol_runtime *rt;
-    iol_runtime_config cfg = {.workers = 1, .drain_timeout = 0.2};
-    ck_assert_int_eq(iol_runtime_new(&rt, &cfg), 0);
-    iol_listen_config lc = {.host = "127.0.0.1", .on_accept = rt_on_accept};
-    int id = iol_runtime_listen(rt, &lc);
-    ck_assert_int_ge(id, 0);
-    ck_assert_int_eq(iol_runtime_start(rt), 0);
+    int id = start_runtime(&rt, rt_on_accept);
     char cmd[512];
     /* -quiet: stdin's end is ignored, s_client reads until the server ends. */
     snprintf(cmd, sizeof(cmd),
@@ -217,12 +220,7 @@ START_TEST(runtime_drain_no_close_notify_over_lost_writes)
     if (!have_python)
         return;
     iol_runtime *rt;
-    iol_runtime_config cfg = {.workers = 1, .drain_timeout = 0.2};
-    ck_assert_int_eq(iol_runtime_new(&rt, &cfg), 0);
-    iol_listen_config lc = {.host = "127.0.0.1", .on_accept = big_on_accept};
-    int id = iol_runtime_listen(rt, &lc);
-    ck_assert_int_ge(id, 0);
-    ck_assert_int_eq(iol_runtime_start(rt), 0);
+    int id = start_runtime(&rt, big_on_accept);
     const char *flag = iol_test_cert_path("go");
     char cmd[512];
     snprintf(cmd, sizeof(cmd), "timeout 30 /usr/bin/python3 %s %s %u %s 2>&1", iol_test_cert_path("big_client.py"),
