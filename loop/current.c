@@ -2,7 +2,6 @@
 #include "loop/loop_impl.h"
 #include "loop/owner.h"
 #include "loop/status.h"
-#include "loop/owner.h"
 
 #include <errno.h>
 #include <pthread.h>

@@ -6,11 +6,6 @@
  * Owner thread, loop not running: the tables are owner-thread state. */
 #include "loop/loop_impl.h"
 
-static bool fd_claimed(const iol_loop *loop, int fd)
-{
-    return fd < loop->claimed_cap && (loop->claimed[fd / 64] >> (fd % 64) & 1);
-}
-
 /* Writes up to cap of those fds into fds (ascending) and returns how many
  * there are (may exceed cap; fds may be NULL when cap is 0). */
 int iol__loop_handler_fds(iol_loop *loop, int *fds, int cap)
@@ -18,7 +13,7 @@ int iol__loop_handler_fds(iol_loop *loop, int *fds, int cap)
     int n = 0;
     int end = loop->handlers_cap > loop->claimed_cap ? loop->handlers_cap : loop->claimed_cap;
     for (int fd = 0; fd < end; fd++) {
-        if (!(fd < loop->handlers_cap && loop->handlers[fd].fn) && !fd_claimed(loop, fd))
+        if (!iol__loop_has_handler(loop, fd) && !iol__loop_fd_claimed(loop, fd))
             continue;
         if (n < cap)
             fds[n] = fd;

@@ -20,22 +20,12 @@ static int check_fd_open(int fd)
     return 0;
 }
 
-static inline bool has_handler(const iol_loop *loop, int fd)
-{
-    return fd < loop->handlers_cap && loop->handlers[fd].fn;
-}
-
-static inline bool is_claimed(const iol_loop *loop, int fd)
-{
-    return fd < loop->claimed_cap && (loop->claimed[fd / 64] >> (fd % 64) & 1);
-}
-
 /* Whether fd already has an owner on this loop: the loop's own fds, a
  * handler, or a claim. */
 static bool fd_taken(const iol_loop *loop, int fd)
 {
-    return fd == iol__waker_fd(&loop->waker) || fd == iol__loop_signal_fd(loop) || has_handler(loop, fd) ||
-           is_claimed(loop, fd);
+    return fd == iol__waker_fd(&loop->waker) || fd == iol__loop_signal_fd(loop) || iol__loop_has_handler(loop, fd) ||
+           iol__loop_fd_claimed(loop, fd);
 }
 
 /* A table's new capacity to cover fd: doubled from cap (first when 0). */
@@ -128,7 +118,7 @@ int iol_loop_update_handler(iol_loop *loop, int fd, unsigned events)
         return -EBADF;
     if (events == 0 || (events & ~KNOWN_EVENTS))
         return -EINVAL;
-    if (!has_handler(loop, fd))
+    if (!iol__loop_has_handler(loop, fd))
         return -ENOENT;
     if ((err = loop->poller_ops->modify(loop->poller, fd, events & (IOL_READ | IOL_WRITE))) < 0)
         return err;
@@ -162,7 +152,7 @@ int iol_loop_remove_handler(iol_loop *loop, int fd)
         return err;
     if (fd < 0)
         return -EBADF;
-    if (!has_handler(loop, fd))
+    if (!iol__loop_has_handler(loop, fd))
         return -ENOENT;
     /* The fd may be closed already; the poller forgets it either way. */
     loop->poller_ops->remove(loop->poller, fd);
@@ -177,7 +167,7 @@ int iol_loop_close_fd(iol_loop *loop, int fd)
         return err;
     if (fd < 0)
         return -EBADF;
-    if (has_handler(loop, fd)) {
+    if (iol__loop_has_handler(loop, fd)) {
         if (loop->poller_ops->forget)
             loop->poller_ops->forget(loop->poller, fd);
         else
@@ -208,7 +198,7 @@ void iol__loop_dispatch_events(iol_loop *loop)
         }
         if (ev.fd == IOL__POLLER_MSG_FAILED)
             iol__loop_msg_failed(loop);
-        if (ev.fd < 0 || ev.fd == waker_fd || !has_handler(loop, ev.fd)) {
+        if (ev.fd < 0 || ev.fd == waker_fd || !iol__loop_has_handler(loop, ev.fd)) {
             loop->io_events--;
             if (ev.fd >= 0 && loop->signals)
                 iol__loop_signal_fd_event(loop, ev.fd);

@@ -164,6 +164,18 @@ struct iol_loop {
 
 #include "loop/post.h"
 
+/* Whether fd has a handler on loop / is claimed by ring operations
+ * (iol__loop_fd_claim). Owner-thread state. */
+static inline bool iol__loop_has_handler(const iol_loop *loop, int fd)
+{
+    return fd < loop->handlers_cap && loop->handlers[fd].fn;
+}
+
+static inline bool iol__loop_fd_claimed(const iol_loop *loop, int fd)
+{
+    return fd < loop->claimed_cap && (loop->claimed[fd / 64] >> (fd % 64) & 1);
+}
+
 /* A unique id of the calling thread: the address of a thread-local. */
 const void *iol__thread_id(void);
 

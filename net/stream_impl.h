@@ -321,6 +321,9 @@ void iol__stream_streaming_close(iol_stream *s, int status);
  * buffer (as stream_recv: >0, 0 at EOF, -EAGAIN, -errno); completes the
  * read when that filled it (or, partial, brought anything). */
 ssize_t iol__stream_recv_into(iol_stream *s, bool *drained);
+/* One recv (socket) or read into dst, retried on EINTR: the bytes (0 at
+ * EOF), -EAGAIN when none are ready, or -errno. */
+ssize_t iol__stream_recv_raw(iol_stream *s, char *dst, size_t room);
 
 /* stream_shutdown.c */
 /* Once shutdown was asked and nothing is pending: close_notify (TLS), the

@@ -13,6 +13,17 @@
 
 /* ---------------------------------------------------------------- Syscall */
 
+ssize_t iol__stream_recv_raw(iol_stream *s, char *dst, size_t room)
+{
+    ssize_t n;
+    do {
+        n = s->is_socket ? recv(s->fd, dst, room, 0) : read(s->fd, dst, room);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return (errno == EAGAIN || errno == EWOULDBLOCK) ? -EAGAIN : -errno;
+    return n;
+}
+
 /* One read into the read buffer, at most `limit` bytes (> 0).
  * >0 bytes read, 0 at EOF, -EAGAIN, or -errno. *drained: a read of > 0
  * bytes found the socket emptied (it returned less than it had room
@@ -29,13 +40,9 @@ static ssize_t stream_recv(iol_stream *s, size_t limit, bool *drained)
     size_t room = iol__buffer_tail_room(&s->rbuf);
     if (room > limit)
         room = limit;
-    char *tail = iol__buffer_tail(&s->rbuf);
-    ssize_t n;
-    do {
-        n = s->is_socket ? recv(s->fd, tail, room, 0) : read(s->fd, tail, room);
-    } while (n < 0 && errno == EINTR);
+    ssize_t n = iol__stream_recv_raw(s, iol__buffer_tail(&s->rbuf), room);
     if (n < 0)
-        return (errno == EAGAIN || errno == EWOULDBLOCK) ? -EAGAIN : -errno;
+        return n;
     iol__buffer_commit(&s->rbuf, (size_t)n);
     *drained = (size_t)n < room;
     return n;

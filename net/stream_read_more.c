@@ -102,16 +102,10 @@ void iol__stream_deliver_chunk(iol_stream *s, size_t n)
 ssize_t iol__stream_recv_into(iol_stream *s, bool *drained)
 {
     stream_ext *x = s->ext;
-    char *dst = x->into + x->into_filled;
     size_t room = s->read_n;
-    ssize_t n;
-    do {
-        n = s->is_socket ? recv(s->fd, dst, room, 0) : read(s->fd, dst, room);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0)
-        return (errno == EAGAIN || errno == EWOULDBLOCK) ? -EAGAIN : -errno;
-    if (n == 0)
-        return 0;
+    ssize_t n = iol__stream_recv_raw(s, x->into + x->into_filled, room);
+    if (n <= 0)
+        return n;
     *drained = (size_t)n < room;
     x->into_filled += (size_t)n;
     s->read_n -= (size_t)n;
@@ -185,6 +179,30 @@ int iol_stream_read_until_regex(iol_stream *s, const char *pattern, size_t max_b
     return iol__stream_arm_read(s);
 }
 
+/* The streaming reads' start once their own arguments passed: the stream
+ * takes a read (iol__stream_check_read) and has its extension (*x); 0 or
+ * the call's -errno. */
+static int streaming_begin(iol_stream *s, stream_ext **x)
+{
+    int r = iol__stream_check_read(s);
+    if (r < 0)
+        return r;
+    *x = iol__stream_ext(s);
+    return *x ? 0 : -ENOMEM;
+}
+
+/* Their end: the read's kind, size and callback, then armed. */
+static int streaming_arm(iol_stream *s, stream_read_kind kind, size_t n, bool partial, iol_read_fn cb, void *arg)
+{
+    s->read_kind = kind;
+    s->read_n = n;
+    s->read_partial = partial;
+    s->read_streaming = true;
+    s->read_cb = cb;
+    s->read_arg = arg;
+    return iol__stream_arm_read(s);
+}
+
 int iol_stream_read_into(iol_stream *s, void *buf, size_t len, bool partial, iol_read_fn cb, void *arg)
 {
     int r = read_call_check(s, cb);
@@ -192,23 +210,14 @@ int iol_stream_read_into(iol_stream *s, void *buf, size_t len, bool partial, iol
         return r;
     if (!buf || len == 0)
         return -EINVAL;
-    r = iol__stream_check_read(s);
-    if (r < 0)
+    stream_ext *x;
+    if ((r = streaming_begin(s, &x)) < 0)
         return r;
-    stream_ext *x = iol__stream_ext(s);
-    if (!x)
-        return -ENOMEM;
     x->into = buf;
     x->into_len = len;
     x->into_filled = 0;
     x->read_chunk = NULL;
-    s->read_kind = READ_BYTES;
-    s->read_n = len;
-    s->read_partial = partial;
-    s->read_streaming = true;
-    s->read_cb = cb;
-    s->read_arg = arg;
-    return iol__stream_arm_read(s);
+    return streaming_arm(s, READ_BYTES, len, partial, cb, arg);
 }
 
 static int streaming_read(iol_stream *s, stream_read_kind kind, size_t n, iol_read_fn chunk, iol_read_fn done,
@@ -219,21 +228,12 @@ static int streaming_read(iol_stream *s, stream_read_kind kind, size_t n, iol_re
         return r;
     if (!chunk || (kind == READ_BYTES && n == 0))
         return -EINVAL;
-    r = iol__stream_check_read(s);
-    if (r < 0)
+    stream_ext *x;
+    if ((r = streaming_begin(s, &x)) < 0)
         return r;
-    stream_ext *x = iol__stream_ext(s);
-    if (!x)
-        return -ENOMEM;
     x->into = NULL;
     x->read_chunk = chunk;
-    s->read_kind = kind;
-    s->read_n = n;
-    s->read_partial = false;
-    s->read_streaming = true;
-    s->read_cb = done;
-    s->read_arg = arg;
-    return iol__stream_arm_read(s);
+    return streaming_arm(s, kind, n, false, done, arg);
 }
 
 int iol_stream_read_bytes_streaming(iol_stream *s, size_t n, iol_read_fn chunk, iol_read_fn done, void *arg)

@@ -5,6 +5,7 @@
  * is in udp_recv.c, sending in udp_send.c; see udp_impl.h.
  */
 #include "net/udp_impl.h"
+#include "net/udp_bind.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -241,7 +242,7 @@ int iol_udp_close(iol_udp *u)
 
 /* ----------------------------------------------------------------- Set-up */
 
-static int check_config(const iol_udp_config *cfg)
+int iol__udp_check_config(const iol_udp_config *cfg)
 {
     if (cfg->batch > IOL_UDP_MAX_BATCH || cfg->max_datagram > IOL_UDP_MAX_PAYLOAD)
         return -EINVAL;
@@ -314,8 +315,7 @@ static int udp_setup(iol_udp *u, int fd, const iol_udp_config *cfg)
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
     if (ip && getsockname(fd, (struct sockaddr *)&ss, &len) == 0)
-        u->local_port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
-                                                      : ((struct sockaddr_in6 *)&ss)->sin6_port);
+        u->local_port = iol__udp_port_of(&ss);
     return 0;
 }
 
@@ -376,7 +376,7 @@ int iol_udp_open(iol_udp **out, iol_loop *loop, int fd, const iol_udp_config *cf
         return -EINVAL;
     if (!cfg)
         cfg = &defaults;
-    int r = check_config(cfg);
+    int r = iol__udp_check_config(cfg);
     if (r < 0)
         return r;
     if ((r = iol__loop_owner_check(loop)) < 0)
@@ -423,31 +423,53 @@ static int bind_unix(const char *path, int *fdp)
     return 0;
 }
 
-static int bind_ip(const iol_udp_config *cfg, int *fdp, int *family)
+int iol__udp_bind_address(const iol_udp_config *cfg, struct sockaddr_storage *ss, socklen_t *len)
 {
-    struct sockaddr_storage ss;
-    socklen_t len;
-    int r = iol_udp_address(cfg->host ? cfg->host : "0.0.0.0", cfg->port, &ss, &len);
+    int r = iol_udp_address(cfg->host ? cfg->host : "0.0.0.0", cfg->port, ss, len);
     if (r < 0)
         return r;
-    if (cfg->v6only && ss.ss_family != AF_INET6)
+    if (cfg->v6only && ss->ss_family != AF_INET6)
         return -EINVAL;
-    int fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    return 0;
+}
+
+int iol__udp_bind(const struct sockaddr_storage *ss, socklen_t len, bool v6only, bool reuseport, int *fdp)
+{
+    int r;
+    int fd = socket(ss->ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
-    if ((ss.ss_family == AF_INET6 && (r = setopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, cfg->v6only)) < 0) ||
-        ((cfg->flags & IOL_UDP_REUSEPORT) && (r = setopt(fd, SOL_SOCKET, SO_REUSEPORT, 1)) < 0))
+    if ((ss->ss_family == AF_INET6 && (r = setopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, v6only)) < 0) ||
+        (reuseport && (r = setopt(fd, SOL_SOCKET, SO_REUSEPORT, 1)) < 0))
         goto fail;
-    if (bind(fd, (struct sockaddr *)&ss, len) < 0) {
+    if (bind(fd, (const struct sockaddr *)ss, len) < 0) {
         r = -errno;
         goto fail;
     }
     *fdp = fd;
-    *family = ss.ss_family;
     return 0;
 fail:
     close(fd);
     return r;
+}
+
+uint16_t iol__udp_port_of(const struct sockaddr_storage *ss)
+{
+    return ntohs(ss->ss_family == AF_INET ? ((const struct sockaddr_in *)ss)->sin_port
+                                          : ((const struct sockaddr_in6 *)ss)->sin6_port);
+}
+
+static int bind_ip(const iol_udp_config *cfg, int *fdp, int *family)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int r = iol__udp_bind_address(cfg, &ss, &len);
+    if (r < 0)
+        return r;
+    if ((r = iol__udp_bind(&ss, len, cfg->v6only, cfg->flags & IOL_UDP_REUSEPORT, fdp)) < 0)
+        return r;
+    *family = ss.ss_family;
+    return 0;
 }
 
 int iol_udp_new(iol_udp **out, iol_loop *loop, const iol_udp_config *cfg)
@@ -457,7 +479,7 @@ int iol_udp_new(iol_udp **out, iol_loop *loop, const iol_udp_config *cfg)
         return -EINVAL;
     if (!cfg)
         cfg = &defaults;
-    int r = check_config(cfg);
+    int r = iol__udp_check_config(cfg);
     if (r < 0)
         return r;
     if (cfg->path && (cfg->host || cfg->port || cfg->v6only))
@@ -492,8 +514,7 @@ int iol_udp_new(iol_udp **out, iol_loop *loop, const iol_udp_config *cfg)
 
 /* ------------------------------------------------------------ Small calls */
 
-/* The prologue of every loop-thread call on an open object. */
-static int udp_check(const iol_udp *u)
+int iol__udp_check(const iol_udp *u)
 {
     if (!u)
         return -EINVAL;
@@ -505,7 +526,7 @@ static int udp_check(const iol_udp *u)
 
 int iol_udp_connect(iol_udp *u, const struct sockaddr *addr, socklen_t len)
 {
-    int r = udp_check(u);
+    int r = iol__udp_check(u);
     if (r < 0)
         return r;
     if (!addr || len < (socklen_t)sizeof(sa_family_t))
@@ -538,7 +559,7 @@ int iol_udp_connect(iol_udp *u, const struct sockaddr *addr, socklen_t len)
 
 int iol_udp_local_address(const iol_udp *u, struct sockaddr *addr, socklen_t *len)
 {
-    int r = udp_check(u);
+    int r = iol__udp_check(u);
     if (r < 0)
         return r;
     if (!addr || !len)
@@ -551,7 +572,7 @@ int iol_udp_local_address(const iol_udp *u, struct sockaddr *addr, socklen_t *le
 
 int iol_udp_recv_start(iol_udp *u, iol_udp_recv_fn cb, void *arg)
 {
-    int r = udp_check(u);
+    int r = iol__udp_check(u);
     if (r < 0)
         return r;
     if (!cb)
@@ -574,7 +595,7 @@ int iol_udp_recv_start(iol_udp *u, iol_udp_recv_fn cb, void *arg)
 
 int iol_udp_recv_stop(iol_udp *u)
 {
-    int r = udp_check(u);
+    int r = iol__udp_check(u);
     if (r < 0)
         return r;
     u->recv_cb = NULL;
@@ -586,7 +607,7 @@ int iol_udp_recv_stop(iol_udp *u)
 
 int iol_udp_set_close_callback(iol_udp *u, iol_udp_close_fn fn, void *arg)
 {
-    int r = udp_check(u);
+    int r = iol__udp_check(u);
     if (r < 0)
         return r;
     u->close_cb = fn;

@@ -136,6 +136,10 @@ void iol__udp_ring_close(iol_udp *u);
 /* udp.c: frees u once it is closed and nothing of it is on the stack or
  * in flight. */
 void iol__udp_maybe_free(iol_udp *u);
+/* udp.c: the prologue of every loop-thread call on an open object:
+ * -EINVAL (NULL), -EPERM (another thread runs the loop), -EBADF (closed)
+ * or 0. */
+int iol__udp_check(const iol_udp *u);
 /* udp_send.c: sends what the queue holds while the kernel takes it. */
 void iol__udp_flush(iol_udp *u, bool report);
 /* udp_send.c: frees every queued datagram; returns how many there were. */

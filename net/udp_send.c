@@ -16,8 +16,6 @@
 #include <string.h>
 #include <sys/un.h>
 
-#include "loop/owner.h"
-
 /* ----------------------------------------------------------- Destinations */
 
 /* Checks `to` against the socket; an IPv4 address on a dual-stack IPv6
@@ -258,13 +256,9 @@ void iol__udp_flush(iol_udp *u, bool report)
 
 static int send_prologue(iol_udp *u)
 {
-    if (!u)
-        return -EINVAL;
-    int r = iol__loop_owner_check(u->loop);
+    int r = iol__udp_check(u);
     if (r < 0)
         return r;
-    if (u->closed)
-        return -EBADF;
     if (u->pending_error) {
         r = u->pending_error;
         u->pending_error = 0;

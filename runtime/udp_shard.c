@@ -13,6 +13,7 @@
  * The counters are relaxed atomics: statistics, they order nothing.
  */
 #include "runtime/runtime_impl.h"
+#include "net/udp_bind.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -190,28 +191,17 @@ static int bind_group(iol__udp_shard *sh, const iol_udp_config *cfg, unsigned n)
 {
     struct sockaddr_storage ss;
     socklen_t len;
-    int r = iol_udp_address(cfg->host ? cfg->host : "0.0.0.0", cfg->port, &ss, &len);
+    int r = iol__udp_bind_address(cfg, &ss, &len);
     if (r < 0)
         return r;
-    if (cfg->v6only && ss.ss_family != AF_INET6)
-        return -EINVAL;
     for (unsigned i = 0; i < n; i++) {
-        int fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-            return -errno;
-        sh->workers[i].fd = fd;
-        int on = 1, v6only = cfg->v6only;
-        if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0 ||
-            (ss.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) < 0) ||
-            bind(fd, (struct sockaddr *)&ss, len) < 0)
-            return -errno;
+        if ((r = iol__udp_bind(&ss, len, cfg->v6only, true, &sh->workers[i].fd)) < 0)
+            return r;
         if (i == 0) {
             socklen_t l = sizeof ss;
-            if (getsockname(fd, (struct sockaddr *)&ss, &l) < 0)
+            if (getsockname(sh->workers[i].fd, (struct sockaddr *)&ss, &l) < 0)
                 return -errno;
-            uint16_t port = ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
-                                                    : ((struct sockaddr_in6 *)&ss)->sin6_port;
-            sh->port = ntohs(port);
+            sh->port = iol__udp_port_of(&ss);
         }
     }
     return 0;
@@ -225,9 +215,7 @@ int iol_runtime_udp_bind(iol_runtime *rt, const iol_udp_shard_config *cfg)
     if (cfg->mode != IOL_UDP_SHARD_KERNEL && cfg->mode != IOL_UDP_SHARD_PEER)
         return -EINVAL;
     const iol_udp_config *ucfg = cfg->udp ? cfg->udp : &defaults;
-    unsigned known = IOL_UDP_GRO | IOL_UDP_PKTINFO | IOL_UDP_RECV_TIMESTAMP | IOL_UDP_RECV_ECN | IOL_UDP_REUSEPORT;
-    if (ucfg->path || ucfg->batch > IOL_UDP_MAX_BATCH || ucfg->max_datagram > IOL_UDP_MAX_PAYLOAD ||
-        (ucfg->flags & ~known) || ucfg->rcvbuf < 0 || ucfg->sndbuf < 0)
+    if (ucfg->path || iol__udp_check_config(ucfg) < 0)
         return -EINVAL;
     if (atomic_load_explicit(&rt->stopped, memory_order_seq_cst)) /* early answer; posts decide below */
         return -ESHUTDOWN;

@@ -45,17 +45,6 @@ static void make_pair(int fds[2])
     ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
 }
 
-static void write_all(int fd, const void *data, size_t len)
-{
-    const char *p = data;
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        ck_assert_int_gt(n, 0);
-        p += n;
-        len -= (size_t)n;
-    }
-}
-
 static void stop_on_close(iol_stream *s, void *arg)
 {
     (void)s;
@@ -112,7 +101,7 @@ static void pause_check_and_resume(void *arg)
     ck_assert_int_eq(p->reads, 1); /* nothing was delivered while paused */
     /* Paused also means the socket is not read: the third line sits in
      * the kernel until resume. */
-    write_all(p->peer, "three\n", 6);
+    iol_test_write_all(p->peer, "three\n", 6);
     p->in_call = true;
     ck_assert_int_eq(iol_stream_resume_reading(p->s), 0);
     ck_assert_int_eq(iol_stream_resume_reading(p->s), 0);
@@ -127,7 +116,7 @@ START_TEST(pause_holds_reads_until_resume)
     p.peer = fds[1];
     ck_assert_int_eq(iol_stream_new(&p.s, p.loop, fds[0], 0), 0);
     ck_assert_int_eq(iol_stream_set_close_callback(p.s, stop_on_close, p.loop), 0);
-    write_all(p.peer, "one\ntwo\n", 8);
+    iol_test_write_all(p.peer, "one\ntwo\n", 8);
     ck_assert_int_eq(iol_stream_read_until(p.s, "\n", pause_on_line, &p), 0);
     ck_assert_int_eq(iol_loop_call_later(p.loop, 0.1, pause_check_and_resume, &p, NULL), 0);
     run_loop(p.loop, 10);
@@ -235,7 +224,7 @@ static void run_max_story(const char *input, max_story *m)
     ck_assert_int_eq(iol_stream_read_until_max(s, "\r\n", 1, max_on_read, m), -EINVAL); /* < delim */
     ck_assert_int_eq(iol_stream_read_until_max(s, "\r\n", 8, max_on_read, m), 0);
     ck_assert_int_eq(iol_stream_read_until_max(s, "\r\n", 8, max_on_read, m), -EBUSY);
-    write_all(fds[1], input, strlen(input));
+    iol_test_write_all(fds[1], input, strlen(input));
     run_loop(m->loop, 10);
     close(fds[1]);
     ck_assert_int_eq(iol_loop_close(m->loop, false), 0);
@@ -391,7 +380,7 @@ static void producer_let_client_read(void *arg)
 {
     producer *p = arg;
     producer_sample(p); /* stalled: the buffer sits at its fullest */
-    write_all(p->go_fd, "g", 1);
+    iol_test_write_all(p->go_fd, "g", 1);
     p->client_reading = true;
 }
 

@@ -680,26 +680,21 @@ static void check_results(const char *cond)
 }
 
 /* iol-bench http loads https:// through our TLS client streams, against
- * http-hello serving HTTPS with a certificate made now (removed with
- * tmpdir): verified with --ca (by IP and by name), not verified with
+ * http-hello serving HTTPS with testutil's localhost certificate (removed
+ * at the test's exit): verified with --ca (by IP and by name), not verified with
  * --insecure, full handshakes on churn with --tls-no-resumption; an
  * untrusted certificate is an error kind, not a crash or a hang. */
 START_TEST(https_through_our_tls_client)
 {
     REQUIRE_BENCH();
-    char hello[PATH_MAX + 32], cmd[PATH_MAX + 512], cert[PATH_MAX + 16], key[PATH_MAX + 16];
+    char hello[PATH_MAX + 32];
     snprintf(hello, sizeof hello, "%s/examples/http-hello", build_dir);
     if (!have_program("openssl") || access(hello, X_OK) != 0) {
         fprintf(stderr, "skip: openssl or %s missing\n", hello);
         return;
     }
-    snprintf(cmd, sizeof cmd,
-             "cd '%s' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout key.pem "
-             "-out cert.pem -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -days 2 2>/dev/null",
-             tmpdir);
-    ck_assert_int_eq(system(cmd), 0);
-    snprintf(cert, sizeof cert, "%s/cert.pem", tmpdir);
-    snprintf(key, sizeof key, "%s/key.pem", tmpdir);
+    const char *cert = iol_test_localhost_cert(), *key = iol_test_localhost_key();
+    ck_assert_ptr_nonnull(cert);
     char url[64], args[PATH_MAX + 256];
     unsigned port = pick_port();
     pid_t server = start_server_tls(hello, port, cert, key, url, sizeof url);

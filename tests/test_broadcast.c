@@ -191,18 +191,26 @@ static void never(void *arg)
     ck_abort_msg("must not run");
 }
 
-START_TEST(test_queued_across_stop)
+/* A started runtime whose workers wait at the (closed) gate, with n
+ * broadcasts queued behind; dones starts at 0. */
+static iol_runtime *runtime_with_queued(int n)
 {
     atomic_store(&dones, 0);
     atomic_store(&gate_open, false);
     iol_runtime *rt = new_runtime();
     ck_assert_int_eq(iol_runtime_start(rt), 0);
     ck_assert_int_eq(iol_runtime_broadcast(rt, hold_worker, NULL), 0);
-    int n = (int)iol_test_scaled(500, 20);
     for (int i = 0; i < n; i++) {
         message *m = message_new(WORKERS, true);
         ck_assert_int_eq(iol_runtime_broadcast_ex(rt, deliver, m, message_done, m), 0);
     }
+    return rt;
+}
+
+START_TEST(test_queued_across_stop)
+{
+    int n = (int)iol_test_scaled(500, 20);
+    iol_runtime *rt = runtime_with_queued(n);
     ck_assert_int_eq(atomic_load(&dones), 0);
     pthread_t t;
     ck_assert_int_eq(pthread_create(&t, NULL, stop_then_open, rt), 0);
@@ -227,16 +235,8 @@ static void *open_gate_later(void *arg)
 
 START_TEST(test_queued_across_free)
 {
-    atomic_store(&dones, 0);
-    atomic_store(&gate_open, false);
-    iol_runtime *rt = new_runtime();
-    ck_assert_int_eq(iol_runtime_start(rt), 0);
-    ck_assert_int_eq(iol_runtime_broadcast(rt, hold_worker, NULL), 0);
     int n = (int)iol_test_scaled(500, 20);
-    for (int i = 0; i < n; i++) {
-        message *m = message_new(WORKERS, true);
-        ck_assert_int_eq(iol_runtime_broadcast_ex(rt, deliver, m, message_done, m), 0);
-    }
+    iol_runtime *rt = runtime_with_queued(n);
     pthread_t t;
     ck_assert_int_eq(pthread_create(&t, NULL, open_gate_later, NULL), 0);
     iol_runtime_free(rt);

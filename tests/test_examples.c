@@ -625,56 +625,37 @@ END_TEST
 
 /* ------------------------------------------------------------------- TLS */
 
-static char cert_dir[64];
-
-/* A self-signed certificate for localhost, made now (no key is
- * committed); false (and the test skips) without TLS or the openssl CLI. */
+/* A self-signed certificate for localhost (testutil's, made once per
+ * test process; no key is committed); false (and the test skips) without
+ * TLS or the openssl CLI. */
 static bool make_tls_args(void)
 {
-    iol_tls_ctx *probe = NULL;
-    iol_tls_config cfg = {0};
-    if (iol_tls_ctx_new(&probe, &cfg) == -ENOTSUP) {
+    if (!iol_test_build_has_tls()) {
         printf("test_examples: built without TLS: skipped\n");
         return false;
     }
-    iol_tls_ctx_unref(probe);
-    if (system("command -v openssl >/dev/null && command -v curl >/dev/null") != 0) {
+    if (!iol_test_have_program("openssl") || !iol_test_have_program("curl")) {
         printf("test_examples: openssl or curl missing: TLS tests skipped\n");
         return false;
     }
-    strcpy(cert_dir, "/tmp/iol-ex-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(cert_dir));
-    char cmd[512];
-    snprintf(cmd, sizeof(cmd),
-             "cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout key.pem "
-             "-out cert.pem -subj /CN=localhost -addext subjectAltName=DNS:localhost -days 2 2>/dev/null",
-             cert_dir);
-    ck_assert_int_eq(system(cmd), 0);
-    static char cert[96], key[96];
-    snprintf(cert, sizeof(cert), "%s/cert.pem", cert_dir);
-    snprintf(key, sizeof(key), "%s/key.pem", cert_dir);
     tls_args[0] = "--tls-cert";
-    tls_args[1] = cert;
+    tls_args[1] = iol_test_localhost_cert();
     tls_args[2] = "--tls-key";
-    tls_args[3] = key;
+    tls_args[3] = iol_test_localhost_key();
+    ck_assert_ptr_nonnull(tls_args[1]);
     return true;
 }
 
 static void tls_teardown(void)
 {
     teardown();
-    if (cert_dir[0]) {
-        char cmd[128];
-        snprintf(cmd, sizeof(cmd), "rm -rf %s", cert_dir);
-        (void)system(cmd);
-    }
 }
 
-/* Runs a shell command (%1$s: the cert dir, %2$d: the port); its output. */
+/* Runs a shell command (%1$s: the certificate, %2$d: the port); its output. */
 static char *shell(const char *fmt)
 {
     char cmd[1024];
-    snprintf(cmd, sizeof(cmd), fmt, cert_dir, (int)srv.port);
+    snprintf(cmd, sizeof(cmd), fmt, tls_args[1] ? tls_args[1] : "", (int)srv.port);
     FILE *f = popen(cmd, "r");
     ck_assert_ptr_nonnull(f);
     static char out[8192];
@@ -713,7 +694,7 @@ START_TEST(https_curl)
         return;
     /* Three requests on one kept-alive connection, verified against the
      * certificate, over ALPN http/1.1. */
-    char *out = shell("timeout 20 curl -sS -v --cacert %1$s/cert.pem https://localhost:%2$d/ "
+    char *out = shell("timeout 20 curl -sS -v --cacert %1$s https://localhost:%2$d/ "
                       "https://localhost:%2$d/a https://localhost:%2$d/b 2>&1");
     ck_assert_msg(count(out, "Hello, World!") == 3, "%s", out);
     ck_assert_msg(strstr(out, "ALPN: server accepted http/1.1") || strstr(out, "ALPN, server accepted to use http/1.1"),
@@ -723,15 +704,15 @@ START_TEST(https_curl)
     /* Pipelined: both answered, in order, then the close. */
     out = shell("printf 'GET / HTTP/1.1\\r\\nHost: a\\r\\n\\r\\nHEAD / HTTP/1.1\\r\\nHost: a\\r\\n"
                 "Connection: close\\r\\n\\r\\n' | timeout 20 openssl s_client -quiet -connect 127.0.0.1:%2$d "
-                "-CAfile %1$s/cert.pem -verify_hostname localhost -verify_return_error 2>/dev/null");
+                "-CAfile %1$s -verify_hostname localhost -verify_return_error 2>/dev/null");
     ck_assert_msg(count(out, "HTTP/1.1 200 OK") == 2 && count(out, "Hello, World!") == 1, "%s", out);
     /* Plain HTTP to the TLS port: that connection fails, the next works. */
     out = shell("timeout 20 curl -sS http://localhost:%2$d/ 2>&1; "
-                "timeout 20 curl -sS --cacert %1$s/cert.pem https://localhost:%2$d/ 2>&1");
+                "timeout 20 curl -sS --cacert %1$s https://localhost:%2$d/ 2>&1");
     ck_assert_msg(count(out, "Hello, World!") == 1, "%s", out);
     /* A malformed request still gets its 400 over TLS. */
     out = shell("printf 'BLAH\\r\\n\\r\\n' | timeout 20 openssl s_client -quiet -connect 127.0.0.1:%2$d "
-                "-CAfile %1$s/cert.pem 2>/dev/null");
+                "-CAfile %1$s 2>/dev/null");
     ck_assert_msg(strstr(out, "HTTP/1.1 400"), "%s", out);
     stop_cleanly();
 }
@@ -744,7 +725,7 @@ START_TEST(echo_tls)
     /* -no_ign_eof: s_client closes (close_notify) once stdin ends, after
      * the echo had a second to come back. */
     char *out = shell("(printf 'hello over tls\\nsecond line\\n'; sleep 1) | timeout 20 openssl s_client -quiet -no_ign_eof "
-                      "-connect 127.0.0.1:%2$d -CAfile %1$s/cert.pem -verify_hostname localhost "
+                      "-connect 127.0.0.1:%2$d -CAfile %1$s -verify_hostname localhost "
                       "-verify_return_error 2>/dev/null");
     ck_assert_str_eq(out, "hello over tls\nsecond line\n");
     stop_cleanly();

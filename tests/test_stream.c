@@ -98,17 +98,6 @@ static void tcp_pair(int fds[2])
     fds[1] = a;
 }
 
-static void write_all(int fd, const void *data, size_t len)
-{
-    const char *p = data;
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        ck_assert_int_gt(n, 0);
-        p += n;
-        len -= (size_t)n;
-    }
-}
-
 /* What a test's callbacks record. */
 typedef struct story {
     iol_loop *loop;
@@ -191,7 +180,7 @@ static void script_step(void *arg)
         }
         return;
     }
-    write_all(sc->fd, chunk, strlen(chunk));
+    iol_test_write_all(sc->fd, chunk, strlen(chunk));
     sc->next++;
     if (sc->chunks[sc->next] || sc->close_after)
         ck_assert_int_eq(iol_loop_call_later(sc->loop, 0.003, script_step, sc, NULL), 0);
@@ -269,7 +258,7 @@ START_TEST(read_until_buffered_lines)
     make_pair(fds);
     story st;
     new_story(&st, fds[0], 0);
-    write_all(fds[1], "one\ntwo\nthree\nrest", 18);
+    iol_test_write_all(fds[1], "one\ntwo\nthree\nrest", 18);
     st.in_call = true;
     ck_assert_int_eq(iol_stream_read_until(st.s, "\n", on_buffered_line, &st), 0);
     ck_assert_int_eq(iol_stream_read_until(st.s, "\n", on_buffered_line, &st), -EBUSY);
@@ -389,7 +378,7 @@ START_TEST(read_until_close_gets_everything)
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
         close(fds[0]);
-        write_all(fds[1], data, b.expected);
+        iol_test_write_all(fds[1], data, b.expected);
         _exit(0);
     }
     close(fds[1]); /* the child holds the peer end; EOF when it exits */
@@ -428,7 +417,7 @@ static void until_close_at_limit(size_t limit, size_t sent, int want_status, siz
     unsigned char *data = malloc(sent);
     for (size_t i = 0; i < sent; i++)
         data[i] = pattern_byte(i);
-    write_all(fds[1], data, sent);
+    iol_test_write_all(fds[1], data, sent);
     close(fds[1]);
     ck_assert_int_eq(iol_stream_set_close_callback(s, on_limit_close, &b), 0);
     run_loop(loop);
@@ -652,7 +641,7 @@ START_TEST(max_buffer_size_overflow)
     new_story(&st, fds[0], 1024);
     char block[4096];
     memset(block, 'x', sizeof(block));
-    write_all(fds[1], block, sizeof(block));
+    iol_test_write_all(fds[1], block, sizeof(block));
     ck_assert_int_eq(iol_stream_read_until(st.s, "\n", on_failed_read, &st), 0);
     run_loop(st.loop);
     ck_assert_int_eq(st.reads, 1);
@@ -682,7 +671,7 @@ START_TEST(peer_reset_fails_pending_read)
     /* SO_LINGER 0: close sends a RST instead of a FIN. */
     struct linger lg = {.l_onoff = 1, .l_linger = 0};
     ck_assert_int_eq(setsockopt(fds[0], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
-    write_all(fds[0], "partial", 7);
+    iol_test_write_all(fds[0], "partial", 7);
     close(fds[0]);
     run_loop(st.loop);
     ck_assert_int_eq(st.reads, 1);
@@ -700,7 +689,7 @@ START_TEST(eof_fails_read_until)
     make_pair(fds);
     story st;
     new_story(&st, fds[0], 0);
-    write_all(fds[1], "no newline", 10);
+    iol_test_write_all(fds[1], "no newline", 10);
     close(fds[1]);
     ck_assert_int_eq(iol_stream_read_until(st.s, "\n", on_failed_read, &st), 0);
     run_loop(st.loop);
@@ -718,7 +707,7 @@ START_TEST(eof_fails_read_bytes)
     make_pair(fds);
     story st;
     new_story(&st, fds[0], 0);
-    write_all(fds[1], "short", 5);
+    iol_test_write_all(fds[1], "short", 5);
     close(fds[1]);
     ck_assert_int_eq(iol_stream_read_bytes(st.s, 6, false, on_failed_read, &st), 0);
     run_loop(st.loop);
@@ -941,7 +930,7 @@ START_TEST(close_inside_read_callback)
     make_pair(fds);
     story st;
     new_story(&st, fds[0], 0);
-    write_all(fds[1], "hello\nmore\n", 11);
+    iol_test_write_all(fds[1], "hello\nmore\n", 11);
     ck_assert_int_eq(iol_stream_read_until(st.s, "\n", on_read_then_close, &st), 0);
     run_loop(st.loop);
     ck_assert_int_eq(st.reads, 1);
@@ -1038,7 +1027,7 @@ static void on_connected(iol_stream *s, int status, void *arg)
     d->server = accept(d->lfd, NULL, NULL); /* already queued: does not block */
     ck_assert_int_ge(d->server, 0);
     ck_assert_int_eq(iol_stream_write(s, "ping\n", 5, on_dial_written, d), 0);
-    write_all(d->server, "pong\n", 5);
+    iol_test_write_all(d->server, "pong\n", 5);
     ck_assert_int_eq(iol_stream_read_until(s, "\n", on_dial_line, d), 0);
 }
 

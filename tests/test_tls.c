@@ -21,49 +21,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static char dir[64]; /* the certificates, made once in main */
-
-static const char *path(const char *name)
-{
-    static char buf[8][128];
-    static int next;
-    char *p = buf[next++ % 8];
-    snprintf(p, sizeof(buf[0]), "%s/%s", dir, name);
-    return p;
-}
-
-/* ------------------------------------------------------------- Log capture */
-
-static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
-static char log_text[16384];
-
-static void capture_log(int level, const char *msg, void *ud)
-{
-    (void)level;
-    (void)ud;
-    pthread_mutex_lock(&log_lock);
-    size_t used = strlen(log_text);
-    snprintf(log_text + used, sizeof(log_text) - used, "%s\n", msg);
-    pthread_mutex_unlock(&log_lock);
-}
-
-static bool log_has(const char *needle)
-{
-    pthread_mutex_lock(&log_lock);
-    bool yes = strstr(log_text, needle) != NULL;
-    pthread_mutex_unlock(&log_lock);
-    return yes;
-}
-
-static int log_lines(const char *needle)
-{
-    pthread_mutex_lock(&log_lock);
-    int n = 0;
-    for (const char *p = log_text; (p = strstr(p, needle)); p++)
-        n++;
-    pthread_mutex_unlock(&log_lock);
-    return n;
-}
+/* The certificates: testutil's CA set, made once in main. */
+#define path(name) iol_test_cert_path(name)
 
 /* ------------------------------------------------------------------ Server */
 
@@ -313,8 +272,7 @@ static iol_loop *new_loop(void)
 {
     iol_loop *loop = NULL;
     ck_assert_int_eq(iol_loop_new(&loop, NULL), 0);
-    iol_set_log_handler(capture_log, NULL);
-    log_text[0] = '\0';
+    iol_test_log_capture();
     return loop;
 }
 
@@ -391,7 +349,7 @@ START_TEST(handshake_echo_alpn)
     ck_assert_str_eq(c3.alpn, "");
     iol_tls_ctx_unref(cctx);
     wait_server_closes(&sv, 3);
-    ck_assert_int_eq(log_lines("tls:"), 0);
+    ck_assert_int_eq(iol_test_log_count("tls:"), 0);
     finish(loop, &sv);
 }
 END_TEST
@@ -404,8 +362,7 @@ START_TEST(zero_copy_writes_go_through_tls)
     iol_loop *loop = new_loop();
     server sv;
     server_start(&sv, loop, MODE_ZEROCOPY, 0);
-    char file[128];
-    snprintf(file, sizeof file, "%s/zc.txt", dir);
+    const char *file = path("zc.txt");
     sv.file_fd = open(file, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     ck_assert_int_ge(sv.file_fd, 0);
     ck_assert_int_eq(write(sv.file_fd, "file\n", 5), 5);
@@ -456,9 +413,9 @@ START_TEST(wrong_ca_is_rejected)
     ck_assert_int_eq(dial(&sv, cctx, "a.test", &c), IOL_ETLS_UNTRUSTED);
     wait_server_closes(&sv, 1);
     ck_assert_int_eq(sv.last_error, IOL_ETLS_PEER_REJECTED); /* the client's alert (unknown_ca) */
-    ck_assert(log_has("certificate verify failed"));
-    ck_assert(log_has("unknown ca"));
-    ck_assert_int_eq(log_lines("tls:"), 2); /* one per side */
+    ck_assert(iol_test_log_has("certificate verify failed"));
+    ck_assert(iol_test_log_has("unknown ca"));
+    ck_assert_int_eq(iol_test_log_count("tls:"), 2); /* one per side */
     iol_tls_ctx_unref(cctx);
     finish(loop, &sv);
 }
@@ -472,7 +429,7 @@ START_TEST(wrong_host_name_is_rejected)
     iol_tls_ctx *cctx = client_ctx("ca.pem", NULL);
     client c = {0};
     ck_assert_int_eq(dial(&sv, cctx, "wrong.test", &c), IOL_ETLS_HOSTNAME);
-    ck_assert(log_has("hostname mismatch"));
+    ck_assert(iol_test_log_has("hostname mismatch"));
     wait_server_closes(&sv, 1);
     iol_tls_ctx_unref(cctx);
     finish(loop, &sv);
@@ -491,8 +448,8 @@ static void raw_bytes_then_tls(const char *bytes, size_t len, int want_err, cons
     wait_server_closes(&sv, 1);
     close(fd);
     ck_assert_int_eq(sv.last_error, want_err);
-    ck_assert_msg(log_has(reason), "log: %s", log_text);
-    ck_assert_int_eq(log_lines("tls:"), 1);
+    ck_assert_msg(iol_test_log_has(reason), "log: %s", iol_test_log_text());
+    ck_assert_int_eq(iol_test_log_count("tls:"), 1);
     iol_tls_ctx *cctx = client_ctx("ca.pem", NULL);
     client c = {0};
     ck_assert_int_eq(dial(&sv, cctx, "a.test", &c), 0);
@@ -617,7 +574,7 @@ START_TEST(truncated_record)
     ck_assert_int_eq(c.calls, 1);
     wait_server_closes(&sv, 1);
     ck_assert_int_eq(sv.last_error, -ECONNRESET);
-    ck_assert_msg(log_has("unexpected eof"), "log: %s", log_text);
+    ck_assert_msg(iol_test_log_has("unexpected eof"), "log: %s", iol_test_log_text());
     iol_stream_close(s);
     iol_tls_ctx_unref(cctx);
     finish(loop, &sv);
@@ -635,7 +592,7 @@ START_TEST(handshake_deadline)
     double took = iol_test_now() - t0;
     ck_assert_int_eq(sv.last_error, -ETIMEDOUT);
     ck_assert(took >= 0.25 && took < 15);
-    ck_assert(log_has("timed out"));
+    ck_assert(iol_test_log_has("timed out"));
     /* The server closed its end: the silent client reads EOF. */
     char b;
     ck_assert_int_eq(read(fd, &b, 1), 0);
@@ -657,7 +614,7 @@ START_TEST(close_notify_both_ways)
     ck_assert_str_eq(c.reply, "hello\n");
     wait_server_closes(&sv, 1);
     ck_assert_int_eq(sv.last_error, 0);
-    ck_assert_int_eq(log_lines("tls:"), 0);
+    ck_assert_int_eq(iol_test_log_count("tls:"), 0);
     iol_tls_ctx_unref(cctx);
     finish(loop, &sv);
     /* The server closing first is handshake_echo_alpn: the client's
@@ -737,8 +694,7 @@ START_TEST(short_read_waits_for_poller)
 {
     iol_loop *loop = NULL;
     ck_assert_int_eq(iol_loop_new(&loop, &(iol_loop_config){.poller = "epoll"}), 0);
-    iol_set_log_handler(capture_log, NULL);
-    log_text[0] = '\0';
+    iol_test_log_capture();
     server sv;
     server_start(&sv, loop, MODE_ECHO, 0);
     sv.count_eagain = true;
@@ -770,7 +726,7 @@ START_TEST(bad_arguments)
     ck_assert_int_eq(iol_tls_ctx_new(&ctx, &cfg), -ENOENT);
     cfg.cert_file = path("a.pem");
     cfg.key_file = path("b.key"); /* not a's key */
-    iol_set_log_handler(capture_log, NULL);
+    iol_test_log_capture();
     ck_assert_int_eq(iol_tls_ctx_new(&ctx, &cfg), -EBADMSG);
     cfg.key_file = path("a.pem"); /* not a key at all */
     ck_assert_int_eq(iol_tls_ctx_new(&ctx, &cfg), -EBADMSG);
@@ -975,9 +931,7 @@ static void *serve_thread(void *arg)
 
 static bool have_tool(const char *name)
 {
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "command -v %s >/dev/null 2>&1", name);
-    if (system(cmd) == 0)
+    if (iol_test_have_program(name))
         return true;
     printf("tls: %s not found, skipping its test\n", name);
     return false;
@@ -989,7 +943,7 @@ static char *run_against(server *sv, const char *fmt)
     pthread_t th;
     ck_assert_int_eq(pthread_create(&th, NULL, serve_thread, sv), 0);
     char cmd[1024];
-    snprintf(cmd, sizeof(cmd), fmt, dir, sv->port, dir, sv->port);
+    snprintf(cmd, sizeof(cmd), fmt, iol_test_certs_dir(), sv->port, iol_test_certs_dir(), sv->port);
     FILE *f = popen(cmd, "r");
     ck_assert_ptr_nonnull(f);
     static char out[16384];
@@ -1046,61 +1000,18 @@ START_TEST(without_tls_says_enotsup)
 }
 END_TEST
 
-/* ------------------------------------------------------------ Certificates */
-
-static int sh(const char *fmt)
-{
-    char cmd[2048];
-    snprintf(cmd, sizeof(cmd), fmt, dir, dir, dir, dir, dir, dir, dir, dir);
-    return system(cmd);
-}
-
-/* A CA, a.test (+ localhost, 127.0.0.1) and b.test signed by it, and an
- * unrelated CA. EC keys: quick to make. */
-static bool make_certs(void)
-{
-    strcpy(dir, "/tmp/iol-tls-XXXXXX");
-    if (!mkdtemp(dir))
-        return false;
-    static const char *cmds[] = {
-        "cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key "
-        "-out ca.pem -subj /CN=iol-test-ca -days 2 2>/dev/null",
-        "cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout other-ca.key "
-        "-out other-ca.pem -subj /CN=iol-other-ca -days 2 2>/dev/null",
-        "cd %s && for n in a b; do "
-        "if [ $n = a ]; then san='DNS:a.test,DNS:localhost,IP:127.0.0.1'; else san='DNS:b.test'; fi; "
-        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout $n.key -out $n.csr "
-        "-subj /CN=$n.test 2>/dev/null && "
-        "printf 'subjectAltName=%%s\\n' \"$san\" > $n.ext && "
-        "openssl x509 -req -in $n.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile $n.ext "
-        "-out $n.pem 2>/dev/null || exit 1; done",
-    };
-    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
-        if (sh(cmds[i]) != 0)
-            return false;
-    return true;
-}
-
 int main(void)
 {
     Suite *s = suite_create("tls");
-    iol_tls_ctx *probe = NULL;
-    iol_tls_config none = {0};
-    if (iol_tls_ctx_new(&probe, &none) == -ENOTSUP) {
+    if (!iol_test_build_has_tls()) {
         TCase *tc = iol_test_tcase("without_tls_says_enotsup", 30);
         tcase_add_test(tc, without_tls_says_enotsup);
         suite_add_tcase(s, tc);
         return iol_test_run(s);
     }
-    iol_tls_ctx_unref(probe);
-    if (system("command -v openssl >/dev/null 2>&1") != 0) {
-        printf("tls: the openssl CLI is missing: cannot make certificates, skipping the suite\n");
-        return 77; /* meson: skipped */
-    }
-    if (!make_certs()) {
-        fprintf(stderr, "tls: making the test certificates failed\n");
-        return 1;
-    }
+    int setup = iol_test_certs_setup("tls");
+    if (setup != 0)
+        return setup;
     struct {
         const char *name;
         const TTest *test;
@@ -1131,6 +1042,6 @@ int main(void)
         suite_add_tcase(s, tc);
     }
     int rc = iol_test_run(s);
-    sh("rm -rf %s");
+    iol_test_certs_remove();
     return rc;
 }

@@ -6,7 +6,6 @@
  * (/usr/bin/python3), an implementation other than ours. */
 #include "ioloop.h"
 #include "testutil.h"
-#include "tls_fixture.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -45,8 +44,8 @@ static bool have_python;
 static FILE *start_client(uint16_t port)
 {
     char cmd[512];
-    snprintf(cmd, sizeof(cmd), "timeout 30 /usr/bin/python3 %s %s %u 2>&1", tls_fixture_path("client.py"),
-             tls_fixture_path("ca.pem"), port);
+    snprintf(cmd, sizeof(cmd), "timeout 30 /usr/bin/python3 %s %s %u 2>&1", iol_test_cert_path("client.py"),
+             iol_test_cert_path("ca.pem"), port);
     FILE *f = popen(cmd, "r");
     ck_assert_ptr_nonnull(f);
     return f;
@@ -101,18 +100,26 @@ static void rt_on_accept(iol_loop *loop, int fd, const struct sockaddr *peer, so
     serve(loop, fd, &rt_state);
 }
 
+/* A started one-worker runtime (drain_timeout 0.2 s) listening on
+ * 127.0.0.1 with on_accept: the listener's id. */
+static int start_runtime(iol_runtime **rt, iol_accept_fn on_accept)
+{
+    iol_runtime_config cfg = {.workers = 1, .drain_timeout = 0.2};
+    ck_assert_int_eq(iol_runtime_new(rt, &cfg), 0);
+    iol_listen_config lc = {.host = "127.0.0.1", .on_accept = on_accept};
+    int id = iol_runtime_listen(*rt, &lc);
+    ck_assert_int_ge(id, 0);
+    ck_assert_int_eq(iol_runtime_start(*rt), 0);
+    return id;
+}
+
 START_TEST(runtime_drain_sends_close_notify)
 {
     if (!have_python)
         return;
     memset(&rt_state, 0, sizeof(rt_state));
     iol_runtime *rt;
-    iol_runtime_config cfg = {.workers = 1, .drain_timeout = 0.2};
-    ck_assert_int_eq(iol_runtime_new(&rt, &cfg), 0);
-    iol_listen_config lc = {.host = "127.0.0.1", .on_accept = rt_on_accept};
-    int id = iol_runtime_listen(rt, &lc);
-    ck_assert_int_ge(id, 0);
-    ck_assert_int_eq(iol_runtime_start(rt), 0);
+    int id = start_runtime(&rt, rt_on_accept);
     FILE *f = start_client((uint16_t)iol_runtime_listener_port(rt, id));
     char line[256];
     client_line(f, line, sizeof(line));
@@ -134,18 +141,13 @@ START_TEST(runtime_drain_clean_for_s_client)
 {
     memset(&rt_state, 0, sizeof(rt_state));
     iol_runtime *rt;
-    iol_runtime_config cfg = {.workers = 1, .drain_timeout = 0.2};
-    ck_assert_int_eq(iol_runtime_new(&rt, &cfg), 0);
-    iol_listen_config lc = {.host = "127.0.0.1", .on_accept = rt_on_accept};
-    int id = iol_runtime_listen(rt, &lc);
-    ck_assert_int_ge(id, 0);
-    ck_assert_int_eq(iol_runtime_start(rt), 0);
+    int id = start_runtime(&rt, rt_on_accept);
     char cmd[512];
     /* -quiet: stdin's end is ignored, s_client reads until the server ends. */
     snprintf(cmd, sizeof(cmd),
              "echo from-s_client | timeout 30 openssl s_client -connect 127.0.0.1:%d -servername a.test "
              "-verify_hostname a.test -CAfile %s -verify_return_error -quiet 2>&1",
-             iol_runtime_listener_port(rt, id), tls_fixture_path("ca.pem"));
+             iol_runtime_listener_port(rt, id), iol_test_cert_path("ca.pem"));
     FILE *f = popen(cmd, "r");
     ck_assert_ptr_nonnull(f);
     char out[4096] = "";
@@ -218,16 +220,11 @@ START_TEST(runtime_drain_no_close_notify_over_lost_writes)
     if (!have_python)
         return;
     iol_runtime *rt;
-    iol_runtime_config cfg = {.workers = 1, .drain_timeout = 0.2};
-    ck_assert_int_eq(iol_runtime_new(&rt, &cfg), 0);
-    iol_listen_config lc = {.host = "127.0.0.1", .on_accept = big_on_accept};
-    int id = iol_runtime_listen(rt, &lc);
-    ck_assert_int_ge(id, 0);
-    ck_assert_int_eq(iol_runtime_start(rt), 0);
-    const char *flag = tls_fixture_path("go");
+    int id = start_runtime(&rt, big_on_accept);
+    const char *flag = iol_test_cert_path("go");
     char cmd[512];
-    snprintf(cmd, sizeof(cmd), "timeout 30 /usr/bin/python3 %s %s %u %s 2>&1", tls_fixture_path("big_client.py"),
-             tls_fixture_path("ca.pem"), iol_runtime_listener_port(rt, id), flag);
+    snprintf(cmd, sizeof(cmd), "timeout 30 /usr/bin/python3 %s %s %u %s 2>&1", iol_test_cert_path("big_client.py"),
+             iol_test_cert_path("ca.pem"), iol_runtime_listener_port(rt, id), flag);
     FILE *f = popen(cmd, "r");
     ck_assert_ptr_nonnull(f);
     char line[256];
@@ -290,25 +287,19 @@ END_TEST
 
 int main(void)
 {
-    iol_tls_ctx *probe = NULL;
-    iol_tls_config none = {0};
-    if (iol_tls_ctx_new(&probe, &none) == -ENOTSUP || !tls_fixture_have("openssl")) {
-        printf("tls_drain: no TLS in the build or no openssl CLI, skipping\n");
-        return 77;
-    }
-    iol_tls_ctx_unref(probe);
-    if (!tls_fixture_make_certs())
-        return 1;
+    int setup = iol_test_certs_setup("tls_drain");
+    if (setup != 0)
+        return setup;
     have_python = system("/usr/bin/python3 -c 'import ssl' >/dev/null 2>&1") == 0;
     if (!have_python)
         printf("tls_drain: no /usr/bin/python3 with ssl, its tests pass without running\n");
-    FILE *py = fopen(tls_fixture_path("client.py"), "w");
+    FILE *py = fopen(iol_test_cert_path("client.py"), "w");
     if (!py || fputs(client_py, py) < 0 || fclose(py) != 0)
         return 1;
-    py = fopen(tls_fixture_path("big_client.py"), "w");
+    py = fopen(iol_test_cert_path("big_client.py"), "w");
     if (!py || fputs(big_client_py, py) < 0 || fclose(py) != 0)
         return 1;
-    iol_tls_config cfg = {.server = true, .cert_file = tls_fixture_path("a.pem"), .key_file = tls_fixture_path("a.key")};
+    iol_tls_config cfg = {.server = true, .cert_file = iol_test_cert_path("a.pem"), .key_file = iol_test_cert_path("a.key")};
     if (iol_tls_ctx_new(&server_ctx, &cfg) != 0)
         return 1;
     Suite *s = suite_create("tls_drain");
@@ -320,6 +311,6 @@ int main(void)
     suite_add_tcase(s, tc);
     int rc = iol_test_run(s);
     iol_tls_ctx_unref(server_ctx);
-    tls_fixture_remove();
+    iol_test_certs_remove();
     return rc;
 }

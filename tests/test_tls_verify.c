@@ -5,10 +5,9 @@
  * requested, missing, untrusted client certificates), certificates and
  * keys from PEM in memory, protocol versions and cipher settings, the
  * log level of each failure, and the thread rule of the new calls.
- * Certificates come from tests/tls_fixture.c. */
+ * Certificates come from the testutil fixture (iol_test_certs_make). */
 #include "ioloop.h"
 #include "testutil.h"
-#include "tls_fixture.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -20,36 +19,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define P(name) tls_fixture_path(name)
-
-/* ------------------------------------------------------------- Log capture */
-
-static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
-static char log_text[16384];
-
-static void capture_log(int level, const char *msg, void *ud)
-{
-    (void)ud;
-    pthread_mutex_lock(&log_lock);
-    size_t used = strlen(log_text);
-    snprintf(log_text + used, sizeof(log_text) - used, "%d %s\n", level, msg);
-    pthread_mutex_unlock(&log_lock);
-}
-
-/* The level of the first log line holding needle, -1 if none. */
-static int log_level_of(const char *needle)
-{
-    pthread_mutex_lock(&log_lock);
-    int level = -1;
-    const char *p = strstr(log_text, needle);
-    if (p) {
-        while (p > log_text && p[-1] != '\n')
-            p--;
-        level = atoi(p);
-    }
-    pthread_mutex_unlock(&log_lock);
-    return level;
-}
+#define P(name) iol_test_cert_path(name)
 
 /* ------------------------------------------------------------ What we saw */
 
@@ -188,8 +158,7 @@ static void pair_open(pair *p, const iol_tls_config *scfg)
 {
     memset(p, 0, sizeof(*p));
     ck_assert_int_eq(iol_loop_new(&p->loop, NULL), 0);
-    iol_set_log_handler(capture_log, NULL);
-    log_text[0] = '\0';
+    iol_test_log_capture();
     p->sctx = new_ctx(scfg);
     p->lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -256,7 +225,7 @@ START_TEST(verified_handshake_reports_what_it_settled)
     ck_assert_str_eq(p.client.sans, "DNS:a.test,DNS:localhost,IP:127.0.0.1");
     ck_assert_msg(strncmp(p.client.pem, "-----BEGIN CERTIFICATE-----\n", 28) == 0, "%s", p.client.pem);
     size_t len;
-    char *file = tls_fixture_read("a.pem", &len);
+    char *file = iol_test_cert_read("a.pem", &len);
     ck_assert_str_eq(p.client.pem, file); /* the PEM is the file's */
     free(file);
     ck_assert_int_eq(p.client.version, IOL_TLS_1_3);
@@ -269,7 +238,7 @@ START_TEST(verified_handshake_reports_what_it_settled)
     ck_assert_int_eq(p.server.version, IOL_TLS_1_3);
     ck_assert_str_eq(p.server.cipher, p.client.cipher);
     ck_assert_int_eq(p.server.status, 0);
-    ck_assert_int_eq(log_level_of("tls:"), -1);
+    ck_assert_int_eq(iol_test_log_level_of("tls:"), -1);
     /* A client that verifies nothing: 0, and says so, whatever the
      * certificate (this one is for another CA). */
     iol_tls_config insecure = {.ca_file = P("other-ca.pem"), .insecure_no_verify = true};
@@ -443,12 +412,12 @@ static void check_rejection(const char *cert, const char *ca, const char *name, 
     ck_assert_str_eq(p.client.verify_text, text);
     ck_assert_str_eq(p.client.subject, "CN=a.test"); /* the rejected certificate */
     ck_assert_int_eq(p.client.version, -ENOTCONN);
-    ck_assert_int_eq(log_level_of("tls: handshake failed on fd"), IOL_LOG_WARNING);
-    ck_assert_msg(log_level_of(iol_strerror(want)) == IOL_LOG_WARNING, "%s", log_text);
+    ck_assert_int_eq(iol_test_log_level_of("tls: handshake failed on fd"), IOL_LOG_WARNING);
+    ck_assert_msg(iol_test_log_level_of(iol_strerror(want)) == IOL_LOG_WARNING, "%s", iol_test_log_text());
     /* The server: the client's alert, at INFO. */
     ck_assert_msg(p.server.status == IOL_ETLS_PEER_REJECTED, "%s: server %d (%s)", cert, p.server.status,
                   iol_strerror(p.server.status));
-    ck_assert_int_eq(log_level_of("(server, closing with"), IOL_LOG_INFO);
+    ck_assert_int_eq(iol_test_log_level_of("(server, closing with"), IOL_LOG_INFO);
     pair_close(&p);
 }
 
@@ -524,11 +493,11 @@ START_TEST(mtls_required_without_cert)
     ck_assert_str_eq(p.server.verify_text, "peer did not return a certificate");
     ck_assert_int_eq(p.server.subject_r, -ENOENT);
     ck_assert_int_eq(p.client.status, 0);
-    ck_assert_msg(p.client.read_status == IOL_ETLS_PEER_REJECTED, "%d %s", p.client.read_status, log_text);
+    ck_assert_msg(p.client.read_status == IOL_ETLS_PEER_REJECTED, "%d %s", p.client.read_status, iol_test_log_text());
     ck_assert_int_eq(p.client.verify, IOL_ETLS_PEER_REJECTED);
     ck_assert_str_eq(p.client.verify_text, "tlsv13 alert certificate required");
-    ck_assert_int_eq(log_level_of("(server, closing with"), IOL_LOG_INFO); /* the peer's fault, both sides */
-    ck_assert_int_eq(log_level_of("(client of a.test, closing with"), IOL_LOG_INFO);
+    ck_assert_int_eq(iol_test_log_level_of("(server, closing with"), IOL_LOG_INFO); /* the peer's fault, both sides */
+    ck_assert_int_eq(iol_test_log_level_of("(client of a.test, closing with"), IOL_LOG_INFO);
     /* TLS 1.2: the server checks before the client's handshake ends, and
      * says so with a handshake_failure alert, which names no certificate:
      * -EPROTO for the client. */
@@ -549,7 +518,7 @@ START_TEST(mtls_untrusted_client_cert)
     pair_dial(&p, &ccfg, "a.test");
     ck_assert_int_eq(p.server.status, IOL_ETLS_UNTRUSTED);
     ck_assert_int_eq(p.server.verify, IOL_ETLS_UNTRUSTED);
-    ck_assert_int_eq(log_level_of("(server, closing with"), IOL_LOG_INFO);
+    ck_assert_int_eq(iol_test_log_level_of("(server, closing with"), IOL_LOG_INFO);
     ck_assert_int_eq(p.client.status, 0);
     ck_assert_int_eq(p.client.read_status, IOL_ETLS_PEER_REJECTED);
     pair_close(&p);
@@ -585,11 +554,11 @@ END_TEST
 START_TEST(pem_from_memory)
 {
     size_t cert_len, key_len, ca_len, ccert_len, ckey_len;
-    char *cert = tls_fixture_read("a.pem", &cert_len);
-    char *key = tls_fixture_read("a.key", &key_len);
-    char *ca = tls_fixture_read("ca.pem", &ca_len);
-    char *ccert = tls_fixture_read("client.pem", &ccert_len);
-    char *ckey = tls_fixture_read("client.key", &ckey_len);
+    char *cert = iol_test_cert_read("a.pem", &cert_len);
+    char *key = iol_test_cert_read("a.key", &key_len);
+    char *ca = iol_test_cert_read("ca.pem", &ca_len);
+    char *ccert = iol_test_cert_read("client.pem", &ccert_len);
+    char *ckey = iol_test_cert_read("client.key", &ckey_len);
     iol_tls_config scfg = {.server = true, .cert_pem = cert, .cert_pem_len = cert_len, .key_pem = key,
                            .client_cert = IOL_TLS_CLIENT_CERT_REQUIRE, .ca_pem = ca}; /* lengths 0: up to the NUL */
     pair p;
@@ -712,15 +681,9 @@ END_TEST
 
 int main(void)
 {
-    iol_tls_ctx *probe = NULL;
-    iol_tls_config none = {0};
-    if (iol_tls_ctx_new(&probe, &none) == -ENOTSUP || !tls_fixture_have("openssl")) {
-        printf("tls_verify: no TLS in the build or no openssl CLI, skipping\n");
-        return 77;
-    }
-    iol_tls_ctx_unref(probe);
-    if (!tls_fixture_make_certs())
-        return 1;
+    int setup = iol_test_certs_setup("tls_verify");
+    if (setup != 0)
+        return setup;
     Suite *s = suite_create("tls_verify");
     struct {
         const char *name;
@@ -750,6 +713,6 @@ int main(void)
         suite_add_tcase(s, tc);
     }
     int rc = iol_test_run(s);
-    tls_fixture_remove();
+    iol_test_certs_remove();
     return rc;
 }

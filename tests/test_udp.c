@@ -127,6 +127,15 @@ static iol_udp *new_udp(iol_loop *loop, const char *host, iol_udp_config *cfg, s
     return u;
 }
 
+/* A datagram socketpair (CLOEXEC), sv[0] wrapped with cfg (may be NULL). */
+static iol_udp *open_unix_pair(iol_loop *loop, int sv[2], const iol_udp_config *cfg)
+{
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv), 0);
+    iol_udp *u;
+    ck_assert_int_eq(iol_udp_open(&u, loop, sv[0], cfg), 0);
+    return u;
+}
+
 static int raw_socket(int family, struct sockaddr_storage *bound, socklen_t *len)
 {
     int fd = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -463,10 +472,8 @@ START_TEST(full_send_queue)
 {
     iol_loop *loop = new_loop();
     int sv[2];
-    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv), 0);
     iol_udp_config cfg = { .send_queue_limit = 50 };
-    iol_udp *u;
-    ck_assert_int_eq(iol_udp_open(&u, loop, sv[0], &cfg), 0);
+    iol_udp *u = open_unix_pair(loop, sv, &cfg);
     int sent = 0, r;
     while ((r = iol_udp_send(u, &sent, sizeof sent, NULL, 0)) == 0)
         sent++;
@@ -506,9 +513,7 @@ START_TEST(close_with_sends_queued)
 {
     iol_loop *loop = new_loop();
     int sv[2];
-    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv), 0);
-    iol_udp *u;
-    ck_assert_int_eq(iol_udp_open(&u, loop, sv[0], NULL), 0);
+    iol_udp *u = open_unix_pair(loop, sv, NULL);
     int i = 0;
     while (iol_udp_send_queue_size(u) < 20) {
         ck_assert_int_eq(iol_udp_send(u, &i, sizeof i, NULL, 0), 0);
@@ -814,9 +819,7 @@ START_TEST(loop_close_releases_udp)
     ck_assert_int_eq(iol_udp_set_close_callback(u, count_close, &closed), 0);
     int ufd = iol_udp_fd(u);
     int sv[2];
-    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv), 0);
-    iol_udp *q;
-    ck_assert_int_eq(iol_udp_open(&q, loop, sv[0], NULL), 0);
+    iol_udp *q = open_unix_pair(loop, sv, NULL);
     ck_assert_int_eq(iol_udp_set_close_callback(q, count_close, &closed), 0);
     int i = 0;
     while (iol_udp_send_queue_size(q) < 5)

@@ -32,11 +32,59 @@ TCase *iol_test_tcase(const char *name, double timeout_s);
             ck_abort_msg("%s:%d: %s", __FILE__, __LINE__, #e);        \
     } while (0)
 
+/* ------------------------------------------------ Certificates
+ * Made at run time with the openssl CLI in temporary directories (no key
+ * is committed); EC P-256 keys (quick). */
+
+/* Whether `command -v name` finds the program. */
+bool iol_test_have_program(const char *name);
 /* A self-signed server certificate for 127.0.0.1 / localhost, made with
  * the openssl CLI into a new temporary directory: dir (size >= 64) gets
  * its path, holding cert.pem and key.pem. 0, or -1 when the CLI is
  * missing or fails. */
 int iol_test_make_cert(char *dir, size_t size);
+/* The certificate and key files of one such certificate, made once per
+ * process on first use and removed at that process's exit (a fork's
+ * child reuses it and leaves it); NULL when the openssl CLI is missing or
+ * fails. */
+const char *iol_test_localhost_cert(void);
+const char *iol_test_localhost_key(void);
+/* The CA set, made in a new temporary directory (iol_test_certs_dir):
+ *   ca.pem/.key         the test CA; other-ca.pem/.key an unrelated one
+ *   a.pem/.key          CN=a.test, SAN DNS:a.test,DNS:localhost,IP:127.0.0.1 (by ca)
+ *   b.pem/.key          CN=b.test, SAN DNS:b.test (by ca)
+ *   expired.pem/.key    a.test, expired a day ago (by ca)
+ *   future.pem/.key     a.test, valid from 2099 (by ca)
+ *   self.pem/.key       a.test, self-signed
+ *   client.pem/.key     CN=client-1, SAN email:client-1@a.test (by ca)
+ *   rogue.pem/.key      CN=rogue (by other-ca)
+ * false if the openssl CLI failed. */
+bool iol_test_certs_make(void);
+/* Whether the library was built with TLS (iol_tls_ctx_new does not say
+ * -ENOTSUP). */
+bool iol_test_build_has_tls(void);
+/* main's set-up for a suite that needs the CA set: 0 once made; 77
+ * (meson: skipped; a line says why) without TLS in the build or without
+ * the openssl CLI; 1 when making them failed. */
+int iol_test_certs_setup(const char *suite);
+/* That directory; dir/name (a rotating static buffer: 8 in use at once). */
+const char *iol_test_certs_dir(void);
+const char *iol_test_cert_path(const char *name);
+/* The file's bytes, NUL-ended (malloc'd; NULL if unreadable). */
+char *iol_test_cert_read(const char *name, size_t *len);
+/* Removes the directory. */
+void iol_test_certs_remove(void);
+
+/* Log capture: iol_test_log_capture sets the library's log handler to one
+ * that appends "LEVEL message\n" lines to a buffer (16 KiB; what does
+ * not fit is dropped) and empties it; any thread may log. Then: whether
+ * a line holds needle, how many times needle occurs, the level of the
+ * first line holding it (-1: none), and the text (for failure messages). */
+void iol_test_log_capture(void);
+bool iol_test_log_has(const char *needle);
+int iol_test_log_count(const char *needle);
+int iol_test_log_level_of(const char *needle);
+const char *iol_test_log_text(void);
 
 /* eventfd writes made to wake loop (iol_loop_get_stats). */
 uint64_t iol_test_wakeups(const iol_loop *loop);
@@ -65,10 +113,13 @@ iol_stream *iol_test_stream_pair(iol_loop *loop, bool tcp, int *peer);
 /* Writes all of data to a blocking fd. */
 void iol_test_write_all(int fd, const void *data, size_t len);
 /* TLS: a self-signed certificate for "localhost" made once per process
- * in a temporary directory with the openssl CLI, a server context on it
+ * (iol_test_localhost_cert), a server context on it
  * and a client context that does not verify. false: built without TLS
  * (or no openssl CLI): the caller skips. The files go at process exit. */
 bool iol_test_tls_ctxs(iol_tls_ctx **server, iol_tls_ctx **client);
+/* The same for a test that must run in a TLS build: there, no contexts
+ * fail the test; in a build without TLS false (the caller skips). */
+bool iol_test_need_tls_ctxs(iol_tls_ctx **server, iol_tls_ctx **client);
 /* Two TLS streams over a new socketpair on loop: *srv (iol_tls_stream_new)
  * and *cli (iol_stream_start_tls as a client, with cb, arg: may be NULL),
  * handshake under way. */
