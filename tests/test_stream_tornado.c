@@ -148,7 +148,8 @@ static void on_result(iol_stream *s, const char *data, size_t len, int status, v
     r->len = len;
     r->data = data;
     if (len < sizeof(r->text)) {
-        memcpy(r->text, data, len);
+        if (len > 0) /* data may be NULL with len 0 (memcpy wants neither NULL) */
+            memcpy(r->text, data, len);
         r->text[len] = '\0';
     }
 }
