@@ -15,7 +15,8 @@
  * to max_buffer_size; a read the full buffer cannot answer fails with
  * -ENOBUFS (read_until_close only past it: at the limit one byte more is
  * read, and EOF then delivers the max_buffer_size bytes); EOF completes
- * read_until_close (status 0) and fails the others with -EPIPE; an idle stream with a close callback and an empty buffer
+ * read_until_close (status 0) and fails the others with IOL_EOF (our own
+ * close: -EPIPE); an idle stream with a close callback and an empty buffer
  * reads too (to notice the peer closing). The loop settles after each
  * chunk and the socket never holds more than the stream's least read size
  * (64 KiB), so a read takes all of it (up to the buffer's limit) and even
@@ -160,7 +161,8 @@ static void model_close(model *m, int error, bool eof)
             m->pos += m->buf;
             m->buf = 0;
         } else {
-            log_add(&m->log, m->pending, error ? error : -EPIPE, NULL, 0);
+            /* the peer's clean close is IOL_EOF; ours is -EPIPE */
+            log_add(&m->log, m->pending, error ? error : eof ? IOL_EOF : -EPIPE, NULL, 0);
         }
         m->pending = -1;
     }
