@@ -1741,7 +1741,10 @@ int iol_udp_new(iol_udp **out, iol_loop *loop, const iol_udp_config *cfg);
  * close-on-exec is left alone); the object owns fd from success on. cfg
  * as iol_udp_new, host, port, path and IOL_UDP_REUSEPORT ignored. Loop
  * thread. -EINVAL as new; -EBADF: fd < 0 or not open; -ENOTSOCK: not a
- * socket; -EPROTOTYPE: not SOCK_DGRAM. On failure fd stays the caller's. */
+ * socket; -EPROTOTYPE: not SOCK_DGRAM; -EAFNOSUPPORT: not IPv4, IPv6 or
+ * Unix. -EPERM: another thread runs the loop. -ESHUTDOWN: loop closed.
+ * -ENOMEM. On failure fd stays the caller's (it may have been made
+ * non-blocking and had the config's socket options set). */
 int iol_udp_open(iol_udp **out, iol_loop *loop, int fd, const iol_udp_config *cfg);
 /* Connects to addr: sends without an address go there, only its
  * datagrams are received, and ICMP errors are reported (see above).
@@ -1804,7 +1807,8 @@ int iol_udp_set_close_callback(iol_udp *u, iol_udp_close_fn fn, void *arg);
  * were dropped. From inside u's receive callback the memory goes once
  * the callback returns; otherwise at once: u must not be used afterwards.
  * The close callback does not run. Loop thread. -EINVAL: NULL. -EPERM
- * (nothing closed). */
+ * (nothing closed). -EBADF: closed already (reachable only from inside
+ * its own receive callback, where u still exists). */
 int iol_udp_close(iol_udp *u);
 /* The socket's fd (for options), -EBADF once closed, -EINVAL for NULL.
  * Loop thread: -EPERM from another thread while the loop runs. */
