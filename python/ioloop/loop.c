@@ -451,19 +451,30 @@ static int debug_checks(CoreObject *c, PyObject *callback, const char *method, i
     return 0;
 }
 
-static PyObject *core_call_soon(CoreObject *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+/* The handle of call_soon / call_at / call_soon_threadsafe: parses
+ * (callback, *args, context=), makes debug mode's checks (thread: whether
+ * the method belongs to the loop's thread), and builds the handle (a new
+ * reference, or NULL with an exception set). */
+static HandleObject *handle_from_args(CoreObject *c, const char *name, PyObject *const *args, Py_ssize_t nargs,
+                                      PyObject *kwnames, int thread, int kind)
 {
     PyObject *callback, *cbargs, *context;
-    if (core_check_closed(c) < 0)
+    if (parse_callback(name, args, nargs, kwnames, &callback, &cbargs, &context) < 0)
         return NULL;
-    if (parse_callback("call_soon", args, nargs, kwnames, &callback, &cbargs, &context) < 0)
-        return NULL;
-    if (debug_checks(c, callback, "call_soon", 1) < 0) {
+    if (debug_checks(c, callback, name, thread) < 0) {
         Py_DECREF(cbargs);
         return NULL;
     }
-    HandleObject *h = handle_new(c, callback, cbargs, context, HANDLE_QUEUED);
+    HandleObject *h = handle_new(c, callback, cbargs, context, kind);
     Py_DECREF(cbargs);
+    return h;
+}
+
+static PyObject *core_call_soon(CoreObject *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (core_check_closed(c) < 0)
+        return NULL;
+    HandleObject *h = handle_from_args(c, "call_soon", args, nargs, kwnames, 1, HANDLE_QUEUED);
     if (!h)
         return NULL;
     if (core_ready_push(c, (HandleObject *)Py_NewRef((PyObject *)h)) < 0) { /* the ready queue's reference */
@@ -486,17 +497,9 @@ int core_soon(CoreObject *c, PyObject *callback, PyObject *args)
 static PyObject *schedule_at(CoreObject *c, double when, const char *name, PyObject *const *args, Py_ssize_t nargs,
                              PyObject *kwnames)
 {
-    PyObject *callback, *cbargs, *context;
     if (core_check_closed(c) < 0 || core_check_thread(c) < 0)
         return NULL;
-    if (parse_callback(name, args, nargs, kwnames, &callback, &cbargs, &context) < 0)
-        return NULL;
-    if (debug_checks(c, callback, name, 1) < 0) {
-        Py_DECREF(cbargs);
-        return NULL;
-    }
-    HandleObject *h = handle_new(c, callback, cbargs, context, HANDLE_TIMER);
-    Py_DECREF(cbargs);
+    HandleObject *h = handle_from_args(c, name, args, nargs, kwnames, 1, HANDLE_TIMER);
     if (!h)
         return NULL;
     h->when = when;
@@ -568,17 +571,9 @@ static PyObject *core_call_later(CoreObject *c, PyObject *const *args, Py_ssize_
 static PyObject *core_call_soon_threadsafe(CoreObject *c, PyObject *const *args, Py_ssize_t nargs,
                                            PyObject *kwnames)
 {
-    PyObject *callback, *cbargs, *context;
     if (core_check_closed(c) < 0)
         return NULL;
-    if (parse_callback("call_soon_threadsafe", args, nargs, kwnames, &callback, &cbargs, &context) < 0)
-        return NULL;
-    if (debug_checks(c, callback, "call_soon_threadsafe", 0) < 0) {
-        Py_DECREF(cbargs);
-        return NULL;
-    }
-    HandleObject *h = handle_new(c, callback, cbargs, context, HANDLE_QUEUED);
-    Py_DECREF(cbargs);
+    HandleObject *h = handle_from_args(c, "call_soon_threadsafe", args, nargs, kwnames, 0, HANDLE_QUEUED);
     if (!h)
         return NULL;
     Py_INCREF(h); /* the queue node's reference (see the top of this file) */
